@@ -1,0 +1,181 @@
+# Benchmarks of Vsmcp.CRDT.ContextStore through its public Elixir API.
+#
+#   MIX_ENV=prod mix run bench/store.exs            # full run (several minutes)
+#   QUICK=1 mix run bench/store.exs                 # smaller sizes, for a smoke test
+#
+# Prints one table per section; results with machine and command are kept in
+# bench/RESULTS-store.md.
+
+alias Vsmcp.CRDT.ContextStore
+
+defmodule Bench do
+  def quick?, do: System.get_env("QUICK") in ["1", "true"]
+
+  def tmp_dir(tag) do
+    dir = Path.join(System.tmp_dir!(), "vsmcp_bench_#{tag}_#{System.unique_integer([:positive])}")
+    File.rm_rf!(dir)
+    dir
+  end
+
+  def start(tag, storage \\ []) do
+    dir = tmp_dir(tag)
+
+    {:ok, store} =
+      ContextStore.start_link(
+        node_id: :bench,
+        storage_opts: Keyword.merge([data_dir: dir, decay_interval: 3_600_000], storage)
+      )
+
+    {store, dir}
+  end
+
+  def stop({store, dir}) do
+    ContextStore.stop(store)
+    File.rm_rf!(dir)
+  end
+
+  # Run `fun.(process_index, i)` `per_proc` times in each of `procs`
+  # processes; returns total ops/s.
+  def parallel(procs, per_proc, fun) do
+    parent = self()
+
+    {us, _} =
+      :timer.tc(fn ->
+        pids =
+          for p <- 1..procs do
+            spawn_link(fn ->
+              for i <- 1..per_proc, do: fun.(p, i)
+              send(parent, {:done, self()})
+            end)
+          end
+
+        for pid <- pids, do: receive(do: ({:done, ^pid} -> :ok))
+      end)
+
+    procs * per_proc / (us / 1_000_000)
+  end
+
+  def fmt_rate(r) when r >= 1_000_000, do: "#{Float.round(r / 1_000_000, 2)} M/s"
+  def fmt_rate(r), do: "#{round(r / 1000)} k/s"
+
+  def row(cols), do: IO.puts(Enum.map_join(cols, " | ", &String.pad_trailing(to_string(&1), 22)))
+
+  def percentile(sorted, p), do: Enum.at(sorted, min(length(sorted) - 1, trunc(length(sorted) * p)))
+end
+
+n_ops = if Bench.quick?(), do: 50_000, else: 400_000
+
+IO.puts("# vsmcp_crdt store benchmarks")
+IO.puts("schedulers: #{System.schedulers_online()}, OTP #{System.otp_release()}, Elixir #{System.version()}\n")
+
+# --- per-operation throughput -------------------------------------------------
+IO.puts("## Operations (ops/s, total across callers)")
+Bench.row(["operation", "1 process", "2 processes", "16 processes"])
+
+ctx = Bench.start("ops")
+{store, _} = ctx
+
+for t <- [:g_counter, :pn_counter, :or_set, :lww_register], p <- 1..16 do
+  :ok = ContextStore.create(store, {t, p}, t)
+end
+
+ops = [
+  {"create", fn p, i -> ContextStore.create(store, {:new, p, i, make_ref()}, :g_counter) end},
+  {"get (counter)", fn p, _ -> ContextStore.get(store, {:g_counter, p}) end},
+  {"increment", fn p, _ -> ContextStore.increment(store, {:g_counter, p}) end},
+  {"increment (shared id)", fn _, _ -> ContextStore.increment(store, {:pn_counter, 1}) end},
+  {"add (small set)", fn p, i -> ContextStore.add(store, {:or_set, p}, rem(i, 100)) end},
+  {"set (register)", fn p, i -> ContextStore.set(store, {:lww_register, p}, i) end}
+]
+
+for {name, fun} <- ops do
+  rates =
+    for procs <- [1, 2, 16] do
+      per = div(n_ops, procs)
+      name |> then(fn _ -> Bench.parallel(procs, per, fun) end) |> Bench.fmt_rate()
+    end
+
+  Bench.row([name | rates])
+end
+
+Bench.stop(ctx)
+
+# --- big OR-Sets --------------------------------------------------------------
+IO.puts("\n## OR-Set add / get at size N (one process)")
+Bench.row(["N", "add (return: :ok)", "add (returns value)", "get (full MapSet)"])
+sizes = if Bench.quick?(), do: [1_000, 100_000], else: [1_000, 100_000, 1_000_000]
+
+for n <- sizes do
+  ctx = Bench.start("set#{n}")
+  {store, _} = ctx
+  :ok = ContextStore.create(store, :big, :or_set)
+  for i <- 1..n, do: :ok = ContextStore.update(store, :big, {:add, i}, return: :ok)
+
+  m = 100_000
+  {us, _} = :timer.tc(fn -> for i <- 1..m, do: ContextStore.update(store, :big, {:add, n + i}, return: :ok) end)
+  add_rate = m / (us / 1_000_000)
+
+  k = if n >= 100_000, do: 3, else: 300
+  {us_v, _} = :timer.tc(fn -> for i <- 1..k, do: ContextStore.add(store, :big, -i) end)
+  {us_g, _} = :timer.tc(fn -> for _ <- 1..k, do: ContextStore.get(store, :big) end)
+
+  Bench.row([n, Bench.fmt_rate(add_rate), "#{Float.round(us_v / k / 1000, 2)} ms/op", "#{Float.round(us_g / k / 1000, 2)} ms/op"])
+  Bench.stop(ctx)
+end
+
+# --- cold tier ----------------------------------------------------------------
+IO.puts("\n## Cold-tier get latency (id only on disk, block cache warm)")
+n_cold = if Bench.quick?(), do: 20_000, else: 200_000
+ctx = Bench.start("cold", memory_limit: 1, ets_limit: 1)
+{store, _} = ctx
+for i <- 1..n_cold, do: :ok = ContextStore.create(store, i, :g_counter)
+:ok = ContextStore.sync(store)
+ContextStore.decay_now(store)
+ContextStore.decay_now(store)
+
+samples =
+  for _ <- 1..20_000 do
+    id = :rand.uniform(n_cold)
+    {us, {:ok, 0}} = :timer.tc(fn -> ContextStore.get(store, id) end)
+    us
+  end
+  |> Enum.sort()
+
+Bench.row(["ids on disk", "p50", "p99", "max"])
+Bench.row([n_cold, "#{Bench.percentile(samples, 0.5)} µs", "#{Bench.percentile(samples, 0.99)} µs", "#{List.last(samples)} µs"])
+Bench.stop(ctx)
+
+# --- demotion-heavy -----------------------------------------------------------
+IO.puts("\n## Demotion-heavy workload (memory_limit 1000, ets_limit 10000, 100k ids round-robin)")
+ctx = Bench.start("demote", memory_limit: 1_000, ets_limit: 10_000, access_threshold: 2)
+{store, _} = ctx
+ids = if Bench.quick?(), do: 20_000, else: 100_000
+for i <- 1..ids, do: :ok = ContextStore.create(store, i, :g_counter)
+ops_d = if Bench.quick?(), do: 100_000, else: 400_000
+
+rate =
+  Bench.parallel(2, div(ops_d, 2), fn p, i ->
+    {:ok, _} = ContextStore.increment(store, rem(i * 7919 + p, ids) + 1)
+  end)
+
+Bench.row(["increments", "rate", "hot/warm after", ""])
+st = ContextStore.stats(store)
+Bench.row([ops_d, Bench.fmt_rate(rate), "#{st.hot}/#{st.warm}", ""])
+Bench.stop(ctx)
+
+# --- memory per key -----------------------------------------------------------
+IO.puts("\n## Memory per key (hot tier, G-Counter ids {:k, i})")
+keys = if Bench.quick?(), do: 100_000, else: 1_000_000
+ctx = Bench.start("mem", memory_limit: keys * 2, ets_limit: keys * 2)
+{store, _} = ctx
+rss = fn -> String.to_integer(String.trim(elem(System.cmd("ps", ["-o", "rss=", "-p", System.pid()]), 0))) * 1024 end
+:erlang.garbage_collect()
+before = rss.()
+for i <- 1..keys, do: :ok = ContextStore.create(store, {:k, i}, :g_counter)
+for i <- 1..keys, do: {:ok, 1} = ContextStore.increment(store, {:k, i})
+:ok = ContextStore.sync(store)
+:erlang.garbage_collect()
+after_ = rss.()
+Bench.row(["keys", "RSS growth", "bytes/key", ""])
+Bench.row([keys, "#{div(after_ - before, 1_048_576)} MiB", div(after_ - before, keys), ""])
+Bench.stop(ctx)

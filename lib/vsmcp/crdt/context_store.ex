@@ -1,0 +1,417 @@
+defmodule Vsmcp.CRDT.ContextStore do
+  @moduledoc """
+  A store of named CRDTs: the drop-in replacement of the application's
+  `Vsmcp.CRDT.ContextStore`, with its engine in Rust.
+
+      {:ok, store} = ContextStore.start_link(node_id: :n1, storage_opts: [data_dir: "data/crdt"])
+      :ok = ContextStore.create(store, :page_views, :g_counter)
+      {:ok, 1} = ContextStore.increment(store, :page_views)
+      {:ok, 6} = ContextStore.increment(store, :page_views, 5)
+
+  Every function takes the store (a pid or registered name) as an optional
+  first argument; without it, the application's default store registered as
+  `Vsmcp.CRDT.ContextStore` (see `Vsmcp.CRDT.Supervisor`) is used.
+
+  ## Types
+
+  `:g_counter`, `:pn_counter`, `:or_set` (observed-remove, remove-wins),
+  `:aw_set` (observed-remove, add-wins) and `:lww_register` (ordered by a
+  hybrid logical clock). Ids, elements and values are any Erlang terms.
+
+  ## Process model
+
+  Reads and writes do not go through this GenServer's mailbox: the caller
+  looks up the store's native handle (a `:persistent_term` read) and calls
+  the NIF itself, so callers scale with cores. The NIF runs on the normal
+  scheduler while the id is in memory (a few hundred nanoseconds) and the
+  call is repeated on a dirty IO scheduler when the disk is needed (a cold
+  id, or every write with `durability: :strict`). The GenServer owns the
+  store's lifecycle and its decay timer.
+
+  ## Options of `start_link/1`
+
+    * `:node_id` - this replica's id (default `node()`), any term.
+    * `:name` - register the store under this name (only when given).
+    * `:storage_opts` - `:data_dir` (the RocksDB directory), or the legacy
+      `:dets_file` (see `Vsmcp.CRDT.Storage.Location`); `:memory_limit`
+      (items kept decoded in the hot tier, default 10_000), `:ets_limit`
+      (items kept encoded in the warm tier, default 100_000),
+      `:access_threshold` (accesses before a warm item is promoted, default
+      3), `:decay_interval` (ms between demotion passes, default 60_000),
+      `:max_value_bytes` (largest id, element or value in encoded bytes,
+      default 16 MiB; larger ones get `{:error, {:value_too_large, size,
+      max}}`), `:flush_interval` (ms of group commit, default 5),
+      `:cache_bytes` (RocksDB block cache). `:ets_name` and `:dets_name` are
+      accepted and ignored.
+    * `:durability` - `:relaxed` (default: acknowledged writes reach the
+      RocksDB write-ahead log within `:flush_interval` ms) or `:strict`
+      (acknowledged only once in the log; survives a SIGKILL of the OS
+      process).
+    * `:sync_opts` - reserved for distributed sync.
+
+  ## Errors
+
+  `{:error, :not_found}`, `{:error, :already_exists}`,
+  `{:error, {:unknown_type, type}}`, `{:error, {:unsupported_operation, type, op}}`,
+  `{:error, {:value_too_large, size, max}}`, `{:error, {:storage_error, message}}`
+  (disk full, read-only directory; reads keep working), `{:error, :closed}`
+  and `{:error, :noproc}` (no such store).
+  """
+
+  use GenServer
+
+  alias Vsmcp.CRDT.Native
+  alias Vsmcp.CRDT.Storage.Location
+
+  @types [:g_counter, :pn_counter, :or_set, :aw_set, :lww_register]
+  @default_decay_interval 60_000
+
+  @type store :: pid() | atom()
+  @type crdt_type :: :g_counter | :pn_counter | :or_set | :aw_set | :lww_register
+  @type crdt_id :: term()
+  @type operation ::
+          {:increment, integer()}
+          | {:decrement, integer()}
+          | {:add, term()}
+          | {:remove, term()}
+          | {:set, term()}
+
+  # ---------------------------------------------------------------------------
+  # Lifecycle
+
+  @doc "Start a store. See the moduledoc for options."
+  @spec start_link(keyword()) :: GenServer.on_start()
+  def start_link(opts \\ []) do
+    with {:ok, config} <- native_config(opts),
+         {:ok, handle} <- Native.store_open(config) do
+      gen_opts = if name = opts[:name], do: [name: name], else: []
+
+      case GenServer.start_link(__MODULE__, {handle, opts}, gen_opts) do
+        {:ok, pid} ->
+          {:ok, pid}
+
+        other ->
+          Native.store_close(handle)
+          other
+      end
+    end
+  end
+
+  @doc false
+  def child_spec(opts) do
+    %{
+      id: Keyword.get(opts, :name, __MODULE__),
+      start: {__MODULE__, :start_link, [opts]},
+      type: :worker,
+      shutdown: 10_000
+    }
+  end
+
+  @doc "Stop a store, writing what is pending."
+  @spec stop(store()) :: :ok
+  def stop(store, reason \\ :normal), do: GenServer.stop(store, reason)
+
+  defp native_config(opts) do
+    storage = Keyword.get(opts, :storage_opts, [])
+
+    with :ok <- check_keyword(storage),
+         {:ok, loc} <- Location.resolve(storage),
+         {:ok, durability} <- durability(opts[:durability] || storage[:durability] || :relaxed) do
+      numeric =
+        for key <- [
+              :memory_limit,
+              :ets_limit,
+              :access_threshold,
+              :flush_interval,
+              :max_value_bytes,
+              :max_clock_offset,
+              :cache_bytes
+            ],
+            Keyword.has_key?(storage, key),
+            into: %{},
+            do: {key, storage[key]}
+
+      case Enum.find(numeric, fn {_k, v} -> not (is_integer(v) and v >= 0) end) do
+        nil ->
+          {:ok,
+           Map.merge(numeric, %{
+             path: loc.path,
+             ephemeral: loc.ephemeral,
+             node_id: Keyword.get(opts, :node_id, node()),
+             durability: durability
+           })}
+
+        {k, v} ->
+          {:error, {:invalid_option, k, v}}
+      end
+    end
+  end
+
+  defp check_keyword(list) when is_list(list) do
+    if Keyword.keyword?(list), do: :ok, else: {:error, {:invalid_option, :storage_opts, list}}
+  end
+
+  defp check_keyword(other), do: {:error, {:invalid_option, :storage_opts, other}}
+
+  defp durability(d) when d in [:relaxed, :strict], do: {:ok, d}
+  defp durability(d), do: {:error, {:invalid_option, :durability, d}}
+
+  @impl true
+  def init({handle, opts}) do
+    Process.flag(:trap_exit, true)
+    Native.store_monitor(handle, self())
+    :persistent_term.put({__MODULE__, self()}, handle)
+    interval = get_in(opts, [:storage_opts, :decay_interval]) || @default_decay_interval
+    state = %{handle: handle, decay_interval: interval, opts: opts}
+    schedule_decay(state)
+    {:ok, state}
+  end
+
+  @impl true
+  def handle_info(:decay, state) do
+    Native.store_decay(state.handle)
+    schedule_decay(state)
+    {:noreply, state}
+  end
+
+  def handle_info({:EXIT, _from, reason}, state), do: {:stop, reason, state}
+  def handle_info(_msg, state), do: {:noreply, state}
+
+  @impl true
+  def handle_call(:sync, _from, state), do: {:reply, flush_reply(state.handle), state}
+
+  @impl true
+  def terminate(_reason, state) do
+    :persistent_term.erase({__MODULE__, self()})
+    Native.store_close(state.handle)
+    :ok
+  end
+
+  defp schedule_decay(%{decay_interval: i}) when is_integer(i) and i > 0,
+    do: Process.send_after(self(), :decay, i)
+
+  defp schedule_decay(_), do: :ok
+
+  defp flush_reply(handle) do
+    case Native.store_flush(handle) do
+      :ok -> :ok
+      {:error, _} = e -> e
+    end
+  end
+
+  # ---------------------------------------------------------------------------
+  # Handle lookup
+
+  defp handle(pid) when is_pid(pid) do
+    case :persistent_term.get({__MODULE__, pid}, nil) do
+      nil -> {:error, :noproc}
+      h -> {:ok, h}
+    end
+  end
+
+  defp handle(name) when is_atom(name) do
+    case Process.whereis(name) do
+      nil -> {:error, :noproc}
+      pid -> handle(pid)
+    end
+  end
+
+  defp handle({:via, _, _} = name) do
+    case GenServer.whereis(name) do
+      pid when is_pid(pid) -> handle(pid)
+      _ -> {:error, :noproc}
+    end
+  end
+
+  defp handle({:global, _} = name), do: handle({:via, :global, elem(name, 1)})
+  defp handle(_), do: {:error, :noproc}
+
+  # Is `x` a running store (so that `increment(x, y)` means `(store, id)`)?
+  defp store?(x) when is_pid(x) or is_atom(x), do: match?({:ok, _}, handle(x))
+  defp store?(_), do: false
+
+  # ---------------------------------------------------------------------------
+  # API
+
+  @doc """
+  Create `id` of `type`: `:ok`, `{:error, :already_exists}` or
+  `{:error, {:unknown_type, type}}`.
+  """
+  @spec create(store(), crdt_id(), crdt_type()) :: :ok | {:error, term()}
+  def create(store \\ __MODULE__, id, type)
+
+  def create(store, id, type) when type in @types do
+    with {:ok, h} <- handle(store) do
+      case Native.store_create(h, id, type) do
+        :dirty -> Native.store_create_dirty(h, id, type)
+        other -> other
+      end
+    end
+  end
+
+  def create(_store, _id, type), do: {:error, {:unknown_type, type}}
+
+  @doc """
+  The value of `id`: an integer for counters, a `MapSet` for sets, the
+  latest value (`nil` before the first `set/3`) for registers.
+  """
+  @spec get(store(), crdt_id()) :: {:ok, term()} | {:error, term()}
+  def get(store \\ __MODULE__, id) do
+    with {:ok, h} <- handle(store) do
+      case Native.store_get(h, id) do
+        :dirty -> Native.store_get_dirty(h, id) |> value()
+        other -> value(other)
+      end
+    end
+  end
+
+  defp value({:ok, {:set, elements}}), do: {:ok, MapSet.new(elements)}
+  defp value(other), do: other
+
+  @doc """
+  Apply `operation` to `id` and return `{:ok, new_value}`.
+
+  `{:increment, n}` (counters; a G-Counter ignores n <= 0),
+  `{:decrement, n}` (PN-Counter), `{:add, e}` / `{:remove, e}` (sets),
+  `{:set, v}` (registers). An operation that does not fit the type gives
+  `{:error, {:unsupported_operation, type, operation}}`.
+
+  With `return: :ok` in `opts` the call answers `:ok` instead of the new
+  value: building a large set's value costs O(n), the mutation O(1).
+  """
+  @spec update(store(), crdt_id(), operation(), keyword()) :: {:ok, term()} | :ok | {:error, term()}
+  def update(store \\ __MODULE__, id, operation, opts \\ [])
+
+  def update(store, id, operation, opts) do
+    want_value = Keyword.get(opts, :return, :value) != :ok
+
+    with {:ok, h} <- handle(store) do
+      case Native.store_update(h, id, operation, want_value) do
+        :dirty -> Native.store_update_dirty(h, id, operation, want_value) |> value()
+        {:dirty, :value} -> Native.store_get_dirty(h, id) |> value()
+        other -> value(other)
+      end
+    end
+  end
+
+  @doc """
+  Increment a counter. `increment(store, id)` and `increment(id, amount)`
+  (default store) are told apart by whether the first argument is a running
+  store.
+  """
+  def increment(id), do: update(__MODULE__, id, {:increment, 1})
+
+  def increment(store_or_id, id_or_amount) do
+    if store?(store_or_id),
+      do: update(store_or_id, id_or_amount, {:increment, 1}),
+      else: update(__MODULE__, store_or_id, {:increment, id_or_amount})
+  end
+
+  def increment(store, id, amount), do: update(store, id, {:increment, amount})
+
+  @doc "Decrement a PN-Counter (may go negative). Arguments as `increment/2`."
+  def decrement(id), do: update(__MODULE__, id, {:decrement, 1})
+
+  def decrement(store_or_id, id_or_amount) do
+    if store?(store_or_id),
+      do: update(store_or_id, id_or_amount, {:decrement, 1}),
+      else: update(__MODULE__, store_or_id, {:decrement, id_or_amount})
+  end
+
+  def decrement(store, id, amount), do: update(store, id, {:decrement, amount})
+
+  @doc "Add `element` to a set."
+  def add(store \\ __MODULE__, id, element), do: update(store, id, {:add, element})
+
+  @doc "Remove `element` from a set."
+  def remove(store \\ __MODULE__, id, element), do: update(store, id, {:remove, element})
+
+  @doc "Set a register's value."
+  def set(store \\ __MODULE__, id, value), do: update(store, id, {:set, value})
+
+  @doc "Whether `element` is in the set `id`: `{:ok, boolean}`."
+  @spec member?(store(), crdt_id(), term()) :: {:ok, boolean()} | {:error, term()}
+  def member?(store \\ __MODULE__, id, element) do
+    with {:ok, h} <- handle(store) do
+      case Native.store_member(h, id, element) do
+        :dirty -> Native.store_member_dirty(h, id, element)
+        other -> other
+      end
+      |> case do
+        {:error, :unsupported_operation} -> unsupported(store, id, {:member?, element})
+        other -> other
+      end
+    end
+  end
+
+  defp unsupported(store, id, op) do
+    case get_metadata(store, id) do
+      {:ok, %{type: type}} -> {:error, {:unsupported_operation, type, op}}
+      error -> error
+    end
+  end
+
+  @doc "All ids in the store."
+  @spec list_crdts(store()) :: [crdt_id()] | {:error, term()}
+  def list_crdts(store \\ __MODULE__) do
+    with {:ok, h} <- handle(store),
+         {:ok, ids} <- Native.store_ids(h) do
+      ids
+    end
+  end
+
+  @doc """
+  Metadata of `id`: `%{type:, created_by:, created_at:, updated_at:, tier:}`
+  with times in ms since the epoch and `tier` one of `:hot`, `:warm`, `:cold`.
+  Reading metadata does not promote the id.
+  """
+  @spec get_metadata(store(), crdt_id()) :: {:ok, map()} | {:error, term()}
+  def get_metadata(store \\ __MODULE__, id) do
+    with {:ok, h} <- handle(store) do
+      case Native.store_metadata(h, id) do
+        :dirty -> Native.store_metadata_dirty(h, id)
+        other -> other
+      end
+    end
+  end
+
+  @doc "Delete `id`: `:ok` or `{:error, :not_found}`."
+  @spec delete(store(), crdt_id()) :: :ok | {:error, term()}
+  def delete(store \\ __MODULE__, id) do
+    with {:ok, h} <- handle(store) do
+      case Native.store_delete(h, id) do
+        :dirty -> Native.store_delete_dirty(h, id)
+        other -> other
+      end
+    end
+  end
+
+  @doc """
+  Write everything pending to disk now (and, once distributed sync exists,
+  exchange state with peers). Returns `:ok` or `{:error, reason}`.
+  """
+  @spec sync(store()) :: :ok | {:error, term()}
+  def sync(store \\ __MODULE__) do
+    with {:ok, h} <- handle(store), do: flush_reply(h)
+  end
+
+  @doc """
+  Store statistics: items per tier, pending writes, incarnation, HLC, path.
+  """
+  @spec stats(store()) :: map() | {:error, term()}
+  def stats(store \\ __MODULE__) do
+    with {:ok, h} <- handle(store), do: Native.store_stats(h)
+  end
+
+  @doc false
+  # Run one decay pass now (tests and benchmarks).
+  def decay_now(store \\ __MODULE__) do
+    with {:ok, h} <- handle(store), do: Native.store_decay(h)
+  end
+
+  @doc false
+  # Fault injection for tests: make durable writes fail like a full disk.
+  def inject_write_failure(store, on?) do
+    with {:ok, h} <- handle(store), do: Native.store_fail_writes(h, on?)
+  end
+end

@@ -1,0 +1,62 @@
+defmodule Vsmcp.CRDT.Supervisor do
+  @moduledoc """
+  Supervises the application's default store, registered as
+  `Vsmcp.CRDT.ContextStore`, so that `ContextStore.get(:id)` and friends work
+  without a store argument.
+
+  Options come from the application environment, under `:vsmcp` (the
+  application this library replaces) or `:vsmcp_crdt`, the latter winning:
+
+      config :vsmcp, Vsmcp.CRDT.ContextStore,
+        node_id: :custom_node_name,
+        storage_opts: [memory_limit: 5000, ets_limit: 50_000,
+                       access_threshold: 5, decay_interval: 120_000]
+
+  Options given to `start_link/1` win over both. Without a location the data
+  lives at `data/crdt_storage.dets` (a marker file, see
+  `Vsmcp.CRDT.Storage.Location`), relative to the working directory; missing
+  directories are created, so a fresh application starts with no
+  preparation.
+
+  Stores started elsewhere with `Vsmcp.CRDT.ContextStore.start_link/1` and no
+  `:name` coexist with the default store.
+  """
+
+  use Supervisor
+
+  alias Vsmcp.CRDT.ContextStore
+
+  @default_storage [dets_file: "data/crdt_storage.dets"]
+
+  def start_link(opts \\ []) do
+    Supervisor.start_link(__MODULE__, opts, name: Keyword.get(opts, :supervisor_name, __MODULE__))
+  end
+
+  @impl true
+  def init(opts) do
+    Supervisor.init([{ContextStore, store_options(opts)}], strategy: :one_for_one)
+  end
+
+  @doc "The options the default store is started with."
+  @spec store_options(keyword()) :: keyword()
+  def store_options(opts \\ []) do
+    env =
+      Keyword.merge(
+        Application.get_env(:vsmcp, ContextStore, []),
+        Application.get_env(:vsmcp_crdt, ContextStore, [])
+      )
+
+    merged = env |> Keyword.merge(Keyword.delete(opts, :supervisor_name))
+    storage = Keyword.get(env, :storage_opts, []) |> Keyword.merge(Keyword.get(opts, :storage_opts, []))
+
+    storage =
+      if Keyword.has_key?(storage, :data_dir) or Keyword.has_key?(storage, :dets_file),
+        do: storage,
+        else: Keyword.merge(@default_storage, storage)
+
+    merged
+    |> Keyword.put(:storage_opts, storage)
+    |> Keyword.put_new(:node_id, node())
+    |> Keyword.put(:name, ContextStore)
+  end
+end

@@ -1,0 +1,85 @@
+defmodule Vsmcp.CRDT.Types.PNCounter do
+  @moduledoc """
+  Positive-negative counter: a pair of grow-only counters `P` and `N`, value
+  `P - N` (Shapiro et al. 2011, §3.1.2). The delta of an increment or a
+  decrement is the one changed entry of `P` or `N`.
+
+  A value is `%PNCounter{node_id: term, state: binary}` as described in
+  `Vsmcp.CRDT.Behaviour` (immutable, ETS-storable, sendable). Each call is
+  one NIF call costing O(number of replicas).
+
+  `mutate/2` with `{:increment, n}` or `{:decrement, n}` and `n <= 0`
+  returns the counter unchanged with an empty delta, as
+  `Vsmcp.CRDT.Types.GCounter` does; `increment/2` and `decrement/2` demand
+  a positive amount. Errors follow `Vsmcp.CRDT.Behaviour`.
+  """
+
+  @behaviour Vsmcp.CRDT.Behaviour
+
+  alias Vsmcp.CRDT.Behaviour
+  alias Vsmcp.CRDT.Types.EncodedState
+
+  @enforce_keys [:node_id, :state]
+  defstruct [:node_id, :state]
+
+  @type t :: %__MODULE__{node_id: term(), state: binary()}
+  @type op :: {:increment, integer()} | {:decrement, integer()}
+
+  @kinds [:pn_counter]
+
+  @doc "An empty counter held by replica `node_id`."
+  @impl Behaviour
+  @spec new(term()) :: t
+  def new(node_id), do: EncodedState.new(__MODULE__, :pn_counter, node_id)
+
+  @doc "Adds `amount` (a positive integer, default 1); raises `ArgumentError` otherwise."
+  @spec increment(t, pos_integer()) :: {t, t} | {:error, Behaviour.reason()}
+  def increment(counter, amount \\ 1), do: positive(counter, :increment, amount)
+
+  @doc "Subtracts `amount` (a positive integer, default 1); raises `ArgumentError` otherwise."
+  @spec decrement(t, pos_integer()) :: {t, t} | {:error, Behaviour.reason()}
+  def decrement(counter, amount \\ 1), do: positive(counter, :decrement, amount)
+
+  defp positive(counter, tag, amount) when is_integer(amount) and amount > 0,
+    do: EncodedState.mutate(counter, __MODULE__, @kinds, {tag, amount})
+
+  defp positive(_counter, tag, amount) do
+    raise ArgumentError,
+          "#{inspect(__MODULE__)}.#{tag}/2: amount must be a positive integer, got: " <>
+            inspect(amount)
+  end
+
+  @doc """
+  Applies `{:increment, n}` or `{:decrement, n}`; with `n <= 0` the counter
+  is returned unchanged with an empty delta.
+  """
+  @impl Behaviour
+  @spec mutate(t, op) :: {t, t} | {:error, Behaviour.reason()}
+  def mutate(counter, {tag, n}) when tag in [:increment, :decrement] and is_integer(n) and n <= 0,
+    do: EncodedState.unchanged(counter, __MODULE__, @kinds, {tag, 0})
+
+  def mutate(counter, op), do: EncodedState.mutate(counter, __MODULE__, @kinds, op)
+
+  @doc "Joins a counter state or delta into `counter`, keeping `counter`'s node id."
+  @impl Behaviour
+  @spec merge(t, t) :: t | {:error, Behaviour.reason()}
+  def merge(counter, other), do: EncodedState.merge(counter, other, __MODULE__, @kinds)
+
+  @doc "Increments minus decrements."
+  @impl Behaviour
+  @spec value(t) :: integer()
+  def value(counter), do: EncodedState.value(counter, __MODULE__, @kinds)
+
+  @doc "Whether both counters hold the same entries (node ids of the holders do not matter)."
+  @impl Behaviour
+  @spec equal?(t, t) :: boolean()
+  def equal?(a, b), do: EncodedState.equal?(a, b, __MODULE__, @kinds)
+
+  @doc """
+  `%{node_id => p + n}`: per replica, its increments plus its decrements.
+  Both only grow, so the sum is that replica's version number.
+  """
+  @impl Behaviour
+  @spec causal_context(t) :: %{optional(term()) => pos_integer()}
+  def causal_context(counter), do: EncodedState.causal_context(counter, __MODULE__, @kinds)
+end

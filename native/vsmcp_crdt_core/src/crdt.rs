@@ -1,0 +1,259 @@
+//! The closed family of CRDTs and their versioned wire format.
+//!
+//! [`Crdt`] is what the NIF and the store hold: one enum so a delta that
+//! arrives as bytes can be joined into whatever state the API reads.
+//!
+//! Wire format (states and deltas alike):
+//!
+//! ```text
+//! byte 0   MAGIC  0xC7
+//! byte 1   FORMAT_VERSION (1)
+//! byte 2   kind code (see [`Kind`])
+//! rest     MessagePack body (rmp-serde, structs as arrays)
+//! ```
+//!
+//! Decoding validates everything (replica indices, duplicate entries,
+//! trailing bytes) and returns `Err`, never panics. Golden vectors in
+//! `tests/codec.rs` pin the bytes.
+
+use crate::causal::ReplicaId;
+use crate::error::{Error, Result};
+use crate::gcounter::GCounter;
+use crate::hlc::Timestamp;
+use crate::lww::{LwwEntry, LwwRegister};
+use crate::orset::{ORSet, Policy};
+use crate::pncounter::PNCounter;
+use serde::Deserialize;
+use serde_bytes::ByteBuf;
+
+pub const MAGIC: u8 = 0xC7;
+pub const FORMAT_VERSION: u8 = 1;
+
+/// CRDT kinds, with their stable wire codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    GCounter,
+    PNCounter,
+    /// Remove-wins observed-remove set.
+    ORSet,
+    /// Add-wins observed-remove set.
+    AWSet,
+    LwwRegister,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::GCounter,
+        Kind::PNCounter,
+        Kind::ORSet,
+        Kind::AWSet,
+        Kind::LwwRegister,
+    ];
+
+    pub fn code(self) -> u8 {
+        match self {
+            Kind::GCounter => 1,
+            Kind::PNCounter => 2,
+            Kind::ORSet => 3,
+            Kind::AWSet => 4,
+            Kind::LwwRegister => 5,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Result<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.code() == c)
+            .ok_or_else(|| Error::Decode(format!("unknown CRDT kind {c}")))
+    }
+
+    /// The Elixir-facing name (`:g_counter`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::GCounter => "g_counter",
+            Kind::PNCounter => "pn_counter",
+            Kind::ORSet => "or_set",
+            Kind::AWSet => "aw_set",
+            Kind::LwwRegister => "lww_register",
+        }
+    }
+
+    pub fn from_name(n: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == n)
+    }
+}
+
+/// One CRDT state or delta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Crdt {
+    GCounter(GCounter),
+    PNCounter(PNCounter),
+    ORSet(ORSet),
+    LwwRegister(LwwRegister),
+}
+
+/// A mutation, with payloads already in canonical term bytes.
+#[derive(Debug, Clone, Copy)]
+pub enum Op<'a> {
+    Increment(u64),
+    Decrement(u64),
+    Add(&'a [u8]),
+    Remove(&'a [u8]),
+    Set(&'a [u8], Timestamp),
+}
+
+/// The value of a CRDT, in core terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value<'a> {
+    Counter(i128),
+    Set(Vec<&'a [u8]>),
+    Register(Option<&'a [u8]>),
+}
+
+impl Crdt {
+    pub fn new(kind: Kind) -> Crdt {
+        match kind {
+            Kind::GCounter => Crdt::GCounter(GCounter::new()),
+            Kind::PNCounter => Crdt::PNCounter(PNCounter::new()),
+            Kind::ORSet => Crdt::ORSet(ORSet::new(Policy::RemoveWins)),
+            Kind::AWSet => Crdt::ORSet(ORSet::new(Policy::AddWins)),
+            Kind::LwwRegister => Crdt::LwwRegister(LwwRegister::new()),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Crdt::GCounter(_) => Kind::GCounter,
+            Crdt::PNCounter(_) => Kind::PNCounter,
+            Crdt::ORSet(s) if s.policy() == Policy::RemoveWins => Kind::ORSet,
+            Crdt::ORSet(_) => Kind::AWSet,
+            Crdt::LwwRegister(_) => Kind::LwwRegister,
+        }
+    }
+
+    /// Apply `op` as `replica`; returns the delta. An operation that does not
+    /// fit the kind is `Error::UnsupportedOperation`. A non-positive amount
+    /// is expressed by the caller as `Increment(0)` and yields an empty delta.
+    pub fn mutate(&mut self, replica: &ReplicaId, op: Op<'_>) -> Result<Crdt> {
+        Ok(match (self, op) {
+            (Crdt::GCounter(c), Op::Increment(n)) => Crdt::GCounter(c.increment(replica, n)?),
+            (Crdt::PNCounter(c), Op::Increment(n)) => Crdt::PNCounter(c.increment(replica, n)?),
+            (Crdt::PNCounter(c), Op::Decrement(n)) => Crdt::PNCounter(c.decrement(replica, n)?),
+            (Crdt::ORSet(s), Op::Add(e)) => Crdt::ORSet(s.add(replica, e)?),
+            (Crdt::ORSet(s), Op::Remove(e)) => Crdt::ORSet(s.remove(replica, e)?),
+            (Crdt::LwwRegister(r), Op::Set(v, ts)) => Crdt::LwwRegister(r.set(replica, v, ts)),
+            _ => return Err(Error::UnsupportedOperation),
+        })
+    }
+
+    /// The join (least upper bound). Kinds must match.
+    pub fn join(&mut self, other: &Crdt) -> Result<()> {
+        match (self, other) {
+            (Crdt::GCounter(a), Crdt::GCounter(b)) => a.join(b),
+            (Crdt::PNCounter(a), Crdt::PNCounter(b)) => a.join(b),
+            (Crdt::ORSet(a), Crdt::ORSet(b)) => a.join(b)?,
+            (Crdt::LwwRegister(a), Crdt::LwwRegister(b)) => a.join(b),
+            _ => return Err(Error::TypeMismatch),
+        }
+        Ok(())
+    }
+
+    pub fn value(&self) -> Value<'_> {
+        match self {
+            Crdt::GCounter(c) => Value::Counter(c.value() as i128),
+            Crdt::PNCounter(c) => Value::Counter(c.value()),
+            Crdt::ORSet(s) => Value::Set(s.elements().collect()),
+            Crdt::LwwRegister(r) => Value::Register(r.value()),
+        }
+    }
+
+    /// Encode with the versioned header.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![MAGIC, FORMAT_VERSION, self.kind().code()];
+        let res = match self {
+            Crdt::GCounter(c) => rmp_serde::encode::write(&mut out, &gcounter_wire(c)),
+            Crdt::PNCounter(c) => rmp_serde::encode::write(
+                &mut out,
+                &(gcounter_wire(c.positive()), gcounter_wire(c.negative())),
+            ),
+            Crdt::ORSet(s) => rmp_serde::encode::write(&mut out, s),
+            Crdt::LwwRegister(r) => rmp_serde::encode::write(&mut out, &lww_wire(r)),
+        };
+        // Writing to a Vec cannot fail, and every field is serializable.
+        debug_assert!(res.is_ok());
+        out
+    }
+
+    /// Decode bytes from anywhere (a peer, a file, a caller). Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Crdt> {
+        let (kind, body) = split_header(bytes)?;
+        // A `&[u8]` reader advances as it is read, so `get_ref` below is the
+        // unread rest. (`from_read_ref`'s `get_ref` is the whole input.)
+        let mut de = rmp_serde::Deserializer::new(body);
+        let crdt = match kind {
+            Kind::GCounter => Crdt::GCounter(gcounter_from_wire(Deserialize::deserialize(&mut de).map_err(de_err)?)?),
+            Kind::PNCounter => {
+                let (p, n): (GCounterWire, GCounterWire) = Deserialize::deserialize(&mut de).map_err(de_err)?;
+                Crdt::PNCounter(PNCounter::from_parts(gcounter_from_wire(p)?, gcounter_from_wire(n)?))
+            }
+            Kind::ORSet | Kind::AWSet => {
+                let s: ORSet = Deserialize::deserialize(&mut de).map_err(de_err)?;
+                let expected = if kind == Kind::ORSet { Policy::RemoveWins } else { Policy::AddWins };
+                if s.policy() != expected {
+                    return Err(Error::Decode("OR-Set policy does not match kind".into()));
+                }
+                Crdt::ORSet(s)
+            }
+            Kind::LwwRegister => Crdt::LwwRegister(lww_from_wire(Deserialize::deserialize(&mut de).map_err(de_err)?)),
+        };
+        if de.get_ref().is_empty() {
+            Ok(crdt)
+        } else {
+            Err(Error::Decode("trailing bytes".into()))
+        }
+    }
+}
+
+/// Check magic and version; return the kind and the body.
+pub fn split_header(bytes: &[u8]) -> Result<(Kind, &[u8])> {
+    match bytes {
+        [MAGIC, FORMAT_VERSION, kind, body @ ..] => Ok((Kind::from_code(*kind)?, body)),
+        [MAGIC, v, _, ..] => Err(Error::UnsupportedVersion(*v)),
+        _ => Err(Error::Decode("missing header".into())),
+    }
+}
+
+fn de_err(e: rmp_serde::decode::Error) -> Error {
+    Error::Decode(e.to_string())
+}
+
+type GCounterWire = Vec<(ReplicaId, u64)>;
+
+fn gcounter_wire(c: &GCounter) -> Vec<(&ReplicaId, u64)> {
+    c.sorted_entries().into_iter().collect()
+}
+
+fn gcounter_from_wire(w: GCounterWire) -> Result<GCounter> {
+    GCounter::from_entries(w)
+}
+
+type LwwWire = Option<(u64, u32, ReplicaId, ByteBuf)>;
+
+fn lww_wire(r: &LwwRegister) -> Option<(u64, u32, &ReplicaId, &serde_bytes::Bytes)> {
+    r.entry().map(|e| {
+        (
+            e.ts.wall_ms,
+            e.ts.counter,
+            &e.replica,
+            serde_bytes::Bytes::new(&e.value),
+        )
+    })
+}
+
+fn lww_from_wire(w: LwwWire) -> LwwRegister {
+    LwwRegister::from_entry(w.map(|(wall, counter, replica, value)| LwwEntry {
+        ts: Timestamp::new(wall, counter),
+        replica,
+        value: value.into_vec().into_boxed_slice(),
+    }))
+}

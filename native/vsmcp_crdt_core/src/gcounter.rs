@@ -1,0 +1,111 @@
+//! Grow-only counter: one monotone entry per replica, merge is pointwise max
+//! (Shapiro et al., "A comprehensive study of CRDTs", 2011, §3.1.1).
+//!
+//! A delta is a counter holding only the changed entry. The sum is cached
+//! so `value` is O(1) at any number of replicas; `increment` is one hash
+//! probe.
+
+use crate::causal::ReplicaId;
+use crate::error::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, Clone, Default)]
+pub struct GCounter {
+    entries: HashMap<ReplicaId, u64>,
+    sum: u128,
+}
+
+impl GCounter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add `n` to `replica`'s entry; returns the delta (the changed entry).
+    /// `n == 0` changes nothing and returns an empty delta.
+    pub fn increment(&mut self, replica: &ReplicaId, n: u64) -> Result<GCounter> {
+        if n == 0 {
+            return Ok(GCounter::new());
+        }
+        let entry = match self.entries.get_mut(replica) {
+            Some(e) => e,
+            None => self.entries.entry(replica.clone()).or_insert(0),
+        };
+        let next = entry.checked_add(n).ok_or(Error::Overflow)?;
+        *entry = next;
+        self.sum += n as u128;
+        let mut delta = GCounter::new();
+        delta.entries.insert(replica.clone(), next);
+        delta.sum = next as u128;
+        Ok(delta)
+    }
+
+    /// Pointwise max.
+    pub fn join(&mut self, other: &GCounter) {
+        for (r, &n) in &other.entries {
+            match self.entries.get_mut(r) {
+                Some(e) if *e >= n => {}
+                Some(e) => {
+                    self.sum += (n - *e) as u128;
+                    *e = n;
+                }
+                None => {
+                    self.entries.insert(r.clone(), n);
+                    self.sum += n as u128;
+                }
+            }
+        }
+    }
+
+    pub fn value(&self) -> u128 {
+        self.sum
+    }
+
+    pub fn get(&self, replica: &ReplicaId) -> u64 {
+        self.entries.get(replica).copied().unwrap_or(0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries sorted by replica: the canonical form used by equality and
+    /// the wire format.
+    pub fn sorted_entries(&self) -> BTreeMap<&ReplicaId, u64> {
+        self.entries
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(r, &n)| (r, n))
+            .collect()
+    }
+
+    pub fn from_entries(entries: impl IntoIterator<Item = (ReplicaId, u64)>) -> Result<Self> {
+        let mut c = GCounter::new();
+        for (r, n) in entries {
+            if c.entries.contains_key(&r) {
+                return Err(Error::Decode("duplicate counter entry".into()));
+            }
+            c.sum += n as u128;
+            c.entries.insert(r, n);
+        }
+        Ok(c)
+    }
+
+    /// The entries as a causal summary: replica -> count.
+    pub fn causal_context(&self) -> BTreeMap<ReplicaId, u64> {
+        self.sorted_entries()
+            .into_iter()
+            .map(|(r, n)| (r.clone(), n))
+            .collect()
+    }
+}
+
+impl PartialEq for GCounter {
+    fn eq(&self, other: &Self) -> bool {
+        self.sorted_entries() == other.sorted_entries()
+    }
+}
+impl Eq for GCounter {}

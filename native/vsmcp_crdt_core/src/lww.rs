@@ -1,0 +1,81 @@
+//! Last-writer-wins register ordered by `(HLC timestamp, replica, value
+//! bytes)`: a total order, so concurrent writes resolve identically on every
+//! replica whatever the delivery order (Shapiro et al. 2011, §3.2.1, with an
+//! HLC instead of a wall clock so causally later writes always win).
+//!
+//! The state is at most one entry; the delta of `set` is the new entry; join
+//! keeps the larger entry.
+
+use crate::causal::ReplicaId;
+use crate::hlc::Timestamp;
+use std::cmp::Ordering;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LwwEntry {
+    pub ts: Timestamp,
+    pub replica: ReplicaId,
+    pub value: Box<[u8]>,
+}
+
+impl Ord for LwwEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.ts, &self.replica, &self.value).cmp(&(other.ts, &other.replica, &other.value))
+    }
+}
+impl PartialOrd for LwwEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LwwRegister {
+    entry: Option<LwwEntry>,
+}
+
+impl LwwRegister {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Write `value` at a timestamp greater than both `ts` (the writer's
+    /// clock) and the current entry's, so a local write always supersedes
+    /// what this replica has seen. Returns the delta.
+    pub fn set(&mut self, replica: &ReplicaId, value: &[u8], ts: Timestamp) -> LwwRegister {
+        let ts = match &self.entry {
+            Some(cur) if cur.ts >= ts => cur.ts.successor(),
+            _ => ts,
+        };
+        let entry = LwwEntry {
+            ts,
+            replica: replica.clone(),
+            value: value.into(),
+        };
+        self.entry = Some(entry.clone());
+        LwwRegister { entry: Some(entry) }
+    }
+
+    pub fn join(&mut self, other: &LwwRegister) {
+        if let Some(o) = &other.entry {
+            if self.entry.as_ref().is_none_or(|cur| o > cur) {
+                self.entry = Some(o.clone());
+            }
+        }
+    }
+
+    pub fn entry(&self) -> Option<&LwwEntry> {
+        self.entry.as_ref()
+    }
+
+    pub fn value(&self) -> Option<&[u8]> {
+        self.entry.as_ref().map(|e| &*e.value)
+    }
+
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        self.entry.as_ref().map(|e| e.ts)
+    }
+
+    pub fn from_entry(entry: Option<LwwEntry>) -> Self {
+        LwwRegister { entry }
+    }
+}

@@ -1,0 +1,246 @@
+//! The cold tier: RocksDB (the successor of the replaced DETS tier).
+//!
+//! Column families: `crdt` (id bytes -> record, with the record-join merge
+//! operator) and `meta` (format marker, node id, incarnation, HLC
+//! high-water mark). One [`ColdTier`] per directory per OS process:
+//! RocksDB refuses a second open of a path this process holds (its LOCK
+//! file), so open handles are kept in a process-wide registry and a store
+//! that starts on a path whose previous store is still shutting down takes
+//! the handle over instead of failing.
+
+use super::record::merge_records;
+use crate::error::{Error, Result};
+use parking_lot::Mutex;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, MergeOperands,
+    Options, WriteBatch, WriteOptions, DB,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+pub const CF_CRDT: &str = "crdt";
+pub const CF_META: &str = "meta";
+/// Written once at creation; its absence marks a foreign RocksDB.
+pub const FORMAT_KEY: &[u8] = b"format";
+pub const FORMAT_VALUE: &[u8] = b"vsmcp_crdt/1";
+pub const NODE_KEY: &[u8] = b"node_id";
+pub const INCARNATION_KEY: &[u8] = b"incarnation";
+pub const HLC_KEY: &[u8] = b"hlc";
+
+fn full_merge(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
+    merge_records(existing, ops.iter())
+}
+
+fn partial_merge(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
+    merge_records(existing, ops.iter())
+}
+
+/// An open RocksDB directory, shared by the stores of this OS process that
+/// use it (normally one; two only during a hand-over).
+pub struct ColdTier {
+    db: DB,
+    path: PathBuf,
+    /// Stores that used this handle; a newcomer closes them (flushing their
+    /// pending writes) before it proceeds.
+    owners: Mutex<Vec<Weak<dyn Owner>>>,
+    _cleanup: DirCleanup,
+}
+
+/// Something that holds unflushed writes for a [`ColdTier`].
+pub trait Owner: Send + Sync {
+    /// Flush pending writes and refuse further operations.
+    fn hand_over(&self);
+}
+
+struct DirCleanup(Option<PathBuf>);
+
+impl Drop for DirCleanup {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// How long [`ColdTier::open`] waits for a closing handle of this process.
+const LOCK_RETRY_FOR: Duration = Duration::from_secs(10);
+/// RocksDB's message when this process already holds the directory's LOCK.
+const HELD_BY_THIS_PROCESS: &str = "lock hold by current process";
+
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<ColdTier>>> {
+    static REG: OnceLock<Mutex<HashMap<PathBuf, Weak<ColdTier>>>> = OnceLock::new();
+    REG.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn storage_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("{}: {e}", path.display()))
+}
+
+impl ColdTier {
+    /// Open (or share) the RocksDB at `path`, creating it when missing.
+    /// `ephemeral` directories are removed when the last handle goes.
+    pub fn open(path: &Path, ephemeral: bool, cache_bytes: usize) -> Result<Arc<ColdTier>> {
+        std::fs::create_dir_all(path).map_err(|e| storage_err(path, e))?;
+        let canon = std::fs::canonicalize(path).map_err(|e| storage_err(path, e))?;
+        // A handle of this process whose last reference was just dropped is
+        // gone from the registry but may still be closing (its RocksDB LOCK
+        // not yet released): retry for a while instead of failing.
+        let deadline = Instant::now() + LOCK_RETRY_FOR;
+        loop {
+            let mut reg = registry().lock();
+            if let Some(existing) = reg.get(&canon).and_then(Weak::upgrade) {
+                let owners: Vec<_> = existing.owners.lock().drain(..).collect();
+                for o in owners.iter().filter_map(Weak::upgrade) {
+                    o.hand_over();
+                }
+                return Ok(existing);
+            }
+            match Self::open_fresh(&canon, ephemeral, cache_bytes) {
+                Ok(tier) => {
+                    let tier = Arc::new(tier);
+                    reg.retain(|_, w| w.strong_count() > 0);
+                    reg.insert(canon, Arc::downgrade(&tier));
+                    return Ok(tier);
+                }
+                Err(Error::Storage(msg))
+                    if msg.contains(HELD_BY_THIS_PROCESS) && Instant::now() < deadline =>
+                {
+                    drop(reg);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn open_fresh(path: &Path, ephemeral: bool, cache_bytes: usize) -> Result<ColdTier> {
+        let has_current = path.join("CURRENT").exists();
+        if !has_current {
+            let foreign = std::fs::read_dir(path)
+                .map_err(|e| storage_err(path, e))?
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name() != "LOCK" && e.file_name() != "LOG");
+            if foreign {
+                return Err(storage_err(path, "directory holds files that are not a vsmcp_crdt store"));
+            }
+        }
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_keep_log_file_num(2);
+        db_opts.set_max_total_wal_size(64 << 20);
+        let mut crdt_opts = Options::default();
+        crdt_opts.set_merge_operator("vsmcp_record_join", full_merge, partial_merge);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(cache_bytes));
+        table.set_bloom_filter(10.0, false);
+        crdt_opts.set_block_based_table_factory(&table);
+        crdt_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_CRDT, crdt_opts),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| storage_err(path, e))?;
+        let tier = ColdTier {
+            db,
+            path: path.to_path_buf(),
+            owners: Mutex::new(Vec::new()),
+            _cleanup: DirCleanup(ephemeral.then(|| path.to_path_buf())),
+        };
+        match tier.get_meta(FORMAT_KEY)? {
+            Some(v) if v == FORMAT_VALUE => {}
+            Some(_) => return Err(storage_err(path, "unknown store format")),
+            None if has_current && tier.has_any_record()? => {
+                return Err(storage_err(path, "RocksDB without a vsmcp_crdt format marker"))
+            }
+            None => tier.put_meta(FORMAT_KEY, FORMAT_VALUE, true)?,
+        }
+        Ok(tier)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn add_owner(&self, o: Weak<dyn Owner>) {
+        self.owners.lock().push(o);
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| storage_err(&self.path, format!("missing column family {name}")))
+    }
+
+    pub fn crdt_cf(&self) -> Result<&ColumnFamily> {
+        self.cf(CF_CRDT)
+    }
+
+    pub fn cf_by_name(&self, name: &str) -> Result<&ColumnFamily> {
+        self.cf(name)
+    }
+
+    /// True when no record is stored (cheap: one iterator seek).
+    pub fn keys_empty(&self) -> Result<bool> {
+        Ok(!self.has_any_record()?)
+    }
+
+    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(CF_META)?, key)
+            .map_err(|e| storage_err(&self.path, e))
+    }
+
+    pub fn put_meta(&self, key: &[u8], value: &[u8], sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db
+            .put_cf_opt(self.cf(CF_META)?, key, value, &wo)
+            .map_err(|e| storage_err(&self.path, e))
+    }
+
+    fn has_any_record(&self) -> Result<bool> {
+        Ok(self
+            .db
+            .iterator_cf(self.crdt_cf()?, IteratorMode::Start)
+            .next()
+            .is_some())
+    }
+
+    /// Point read of a record's bytes.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.crdt_cf()?, key)
+            .map_err(|e| storage_err(&self.path, e))
+    }
+
+    /// Write a batch to the WAL (no fsync: survives a killed process).
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|e| storage_err(&self.path, e))
+    }
+
+    pub fn keys(&self) -> Result<Vec<Box<[u8]>>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.crdt_cf()?, IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| storage_err(&self.path, e))?;
+            out.push(k);
+        }
+        Ok(out)
+    }
+
+    pub fn estimate_keys(&self) -> u64 {
+        self.crdt_cf()
+            .ok()
+            .and_then(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.estimate-num-keys")
+                    .ok()
+                    .flatten()
+            })
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,205 @@
+//! The tiered store against a real RocksDB in a temporary directory.
+
+use vsmcp_crdt_core::crdt::{Crdt, Kind, Value};
+use vsmcp_crdt_core::store::{Access, Durability, Mutation, Store, StoreConfig, Tier};
+use vsmcp_crdt_core::Error;
+
+fn cfg(dir: &std::path::Path) -> StoreConfig {
+    StoreConfig::new(dir, b"node-a")
+}
+
+fn counter(store: &Store, id: &[u8]) -> i128 {
+    store
+        .read(id, Access::MayUseDisk, |c| match c.value() {
+            Value::Counter(n) => n,
+            other => panic!("not a counter: {other:?}"),
+        })
+        .unwrap()
+        .unwrap()
+}
+
+fn set_len(store: &Store, id: &[u8]) -> usize {
+    store
+        .read(id, Access::MayUseDisk, |c| match c.value() {
+            Value::Set(s) => s.len(),
+            other => panic!("not a set: {other:?}"),
+        })
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn create_update_read_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(cfg(dir.path())).unwrap();
+    s.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap().unwrap();
+    assert_eq!(s.create(b"c", Kind::GCounter, Access::MemoryOnly), Err(Error::AlreadyExists));
+    for _ in 0..10 {
+        s.update(b"c", Mutation::Increment(2), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    }
+    s.update(b"c", Mutation::Increment(-5), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    assert_eq!(counter(&s, b"c"), 20);
+    assert_eq!(
+        s.update(b"c", Mutation::Add(b"x"), Access::MemoryOnly, |_| ()).err(),
+        Some(Error::UnsupportedOperation)
+    );
+    assert_eq!(
+        s.update(b"missing", Mutation::Increment(1), Access::MayUseDisk, |_| ()).err(),
+        Some(Error::NotFound)
+    );
+    s.create(b"p", Kind::PNCounter, Access::MemoryOnly).unwrap().unwrap();
+    s.update(b"p", Mutation::Decrement(7), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    s.update(b"p", Mutation::Increment(-1), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    assert_eq!(counter(&s, b"p"), -8);
+}
+
+#[test]
+fn data_survives_restart_and_restart_loads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(cfg(dir.path())).unwrap();
+        for i in 0..500u32 {
+            let id = i.to_be_bytes();
+            s.create(&id, Kind::GCounter, Access::MemoryOnly).unwrap().unwrap();
+            s.update(&id, Mutation::Increment(i as i128 + 1), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+        }
+        s.create(b"set", Kind::ORSet, Access::MemoryOnly).unwrap().unwrap();
+        for e in 0..100u32 {
+            s.update(b"set", Mutation::Add(&e.to_be_bytes()), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+        }
+        s.update(b"set", Mutation::Remove(&7u32.to_be_bytes()), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+        s.close();
+    }
+    let s = Store::open(cfg(dir.path())).unwrap();
+    let st = s.stats();
+    assert_eq!((st.hot, st.warm), (0, 0));
+    assert_eq!(st.incarnation, 2);
+    assert_eq!(s.read(&3u32.to_be_bytes(), Access::MemoryOnly, |_| ()), Ok(None));
+    for i in 0..500u32 {
+        assert_eq!(counter(&s, &i.to_be_bytes()), i as i128 + 1);
+    }
+    assert_eq!(set_len(&s, b"set"), 99);
+    assert_eq!(s.ids().unwrap().len(), 501);
+}
+
+#[test]
+fn tiers_respect_limits_and_promote_on_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.memory_limit = 2;
+    c.ets_limit = 3;
+    c.access_threshold = 2;
+    let s = Store::open(c).unwrap();
+    for i in 0..10u8 {
+        s.create(&[i], Kind::GCounter, Access::MayUseDisk).unwrap().unwrap();
+        s.update(&[i], Mutation::Increment(i as i128 + 1), Access::MayUseDisk, |_| ()).unwrap().unwrap();
+    }
+    let st = s.stats();
+    assert!(st.hot <= 2 && st.warm <= 3, "{st:?}");
+    let tier = |id: u8| s.metadata(&[id], Access::MayUseDisk).unwrap().unwrap().1;
+    assert_eq!(tier(0), Tier::Cold);
+    assert_eq!(counter(&s, &[0]), 1);
+    assert_eq!(tier(0), Tier::Warm);
+    assert_eq!(counter(&s, &[0]), 1);
+    assert_eq!(tier(0), Tier::Hot);
+    for i in 0..10u8 {
+        assert_eq!(counter(&s, &[i]), i as i128 + 1);
+    }
+    let st = s.stats();
+    assert!(st.hot <= 2 && st.warm <= 3, "{st:?}");
+    // Two decay passes without access: everything leaves memory.
+    s.decay();
+    s.decay();
+    s.decay();
+    let st = s.stats();
+    assert_eq!((st.hot, st.warm), (0, 0), "{st:?}");
+    assert_eq!(counter(&s, &[9]), 10);
+}
+
+#[test]
+fn pending_writes_of_cold_items_are_visible_before_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.memory_limit = 1;
+    c.ets_limit = 0;
+    c.flush_interval_ms = 60_000;
+    let s = Store::open(c).unwrap();
+    s.create(b"a", Kind::AWSet, Access::MemoryOnly).unwrap().unwrap();
+    s.update(b"a", Mutation::Add(b"x"), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    // Creating more ids pushes "a" out of memory before any flush.
+    for i in 0..5u8 {
+        s.create(&[i], Kind::GCounter, Access::MayUseDisk).unwrap().unwrap();
+    }
+    assert_eq!(s.metadata(b"a", Access::MayUseDisk).unwrap().unwrap().1, Tier::Cold);
+    assert_eq!(set_len(&s, b"a"), 1);
+    s.delete(b"a", Access::MayUseDisk).unwrap().unwrap();
+    assert_eq!(s.read(b"a", Access::MayUseDisk, |_| ()).err(), Some(Error::NotFound));
+    s.create(b"a", Kind::GCounter, Access::MayUseDisk).unwrap().unwrap();
+    s.flush().unwrap();
+    assert_eq!(counter(&s, b"a"), 0);
+}
+
+#[test]
+fn failing_writes_are_refused_and_reads_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(cfg(dir.path())).unwrap();
+    s.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap().unwrap();
+    s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    s.set_fail_writes(true);
+    assert!(matches!(
+        s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ()),
+        Err(Error::Storage(_))
+    ));
+    assert_eq!(counter(&s, b"c"), 1);
+    s.set_fail_writes(false);
+    s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    assert_eq!(counter(&s, b"c"), 2);
+}
+
+#[test]
+fn strict_mode_writes_need_the_disk_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.durability = Durability::Strict;
+    let s = Store::open(c).unwrap();
+    assert_eq!(s.create(b"c", Kind::LwwRegister, Access::MemoryOnly), Ok(None));
+    s.create(b"c", Kind::LwwRegister, Access::MayUseDisk).unwrap().unwrap();
+    s.update(b"c", Mutation::Set(b"v1"), Access::MayUseDisk, |_| ()).unwrap().unwrap();
+    let before = s.clock();
+    drop(s);
+    let s = Store::open(cfg(dir.path())).unwrap();
+    assert!(s.clock() >= before);
+    let v = s
+        .read(b"c", Access::MayUseDisk, |c| match c {
+            Crdt::LwwRegister(r) => r.value().map(|v| v.to_vec()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.as_deref(), Some(&b"v1"[..]));
+}
+
+#[test]
+fn a_second_open_of_the_same_path_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.flush_interval_ms = 60_000;
+    let a = Store::open(c.clone()).unwrap();
+    a.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap().unwrap();
+    a.update(b"c", Mutation::Increment(3), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    let b = Store::open(c).unwrap();
+    assert!(a.is_closed());
+    assert_eq!(a.read(b"c", Access::MemoryOnly, |_| ()).err(), Some(Error::Closed));
+    assert_eq!(counter(&b, b"c"), 3);
+}
+
+#[test]
+fn foreign_directory_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+    match Store::open(cfg(dir.path())) {
+        Err(Error::Storage(msg)) => assert!(msg.contains(&*dir.path().to_string_lossy()), "{msg}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened a foreign directory"),
+    }
+}

@@ -1,0 +1,19 @@
+//! Thin rustler glue over `vsmcp_crdt_core`: term conversion, resources,
+//! error mapping and scheduler flags. No CRDT semantics live here.
+//!
+//! * `term`   - Erlang terms <-> canonical bytes
+//! * `errors` - core errors -> `{:error, reason}`
+//! * `types`  - the pure CRDT and HLC functions behind `Vsmcp.CRDT.Types.*`
+//! * `store`  - the store resource behind `Vsmcp.CRDT.ContextStore`
+
+mod errors;
+mod store;
+mod term;
+mod types;
+
+#[rustler::nif]
+fn nif_loaded() -> bool {
+    true
+}
+
+rustler::init!("Elixir.Vsmcp.CRDT.Native");

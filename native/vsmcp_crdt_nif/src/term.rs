@@ -1,0 +1,151 @@
+//! Erlang term <-> canonical bytes (`vsmcp_crdt_core::term`).
+//!
+//! Encoding walks the term; anything the canonical format has no tag for
+//! (big integers, pids, refs, ports, funs, improper lists, bitstrings) is
+//! carried as external term format. Decoding builds terms back; atoms are
+//! created only for `Trust::Local` data (this node's own store), while
+//! `Trust::Remote` bytes may only name atoms that already exist, and ETF
+//! payloads are always decoded with `binary_to_term(_, [:safe])` rules.
+
+use rustler::types::map::MapIterator;
+use rustler::types::tuple::{get_tuple, make_tuple};
+use rustler::{Atom, Binary, Encoder, Env, NewBinary, NifResult, Term, TermType};
+use vsmcp_crdt_core::term::{self as ct, TermBuilder};
+use vsmcp_crdt_core::{Error, Result};
+
+/// Whether decoded bytes may create atoms.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    Local,
+    Remote,
+}
+
+/// Canonical bytes of `term`; `Err(Error::InvalidArgument)` when the term is
+/// nested deeper than `term::MAX_DEPTH`.
+pub fn encode(term: Term) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(32);
+    encode_into(term, &mut out, 0)?;
+    Ok(out)
+}
+
+pub fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize) -> Result<()> {
+    if depth > ct::MAX_DEPTH {
+        return Err(Error::InvalidArgument("term nested too deeply"));
+    }
+    match term.get_type() {
+        TermType::Atom => match term.atom_to_string() {
+            Ok(name) => ct::write_atom(out, name.as_bytes()),
+            Err(_) => write_etf(term, out),
+        },
+        TermType::Integer => match term.decode::<i64>() {
+            Ok(i) => ct::write_int(out, i),
+            Err(_) => write_etf(term, out),
+        },
+        TermType::Float => match term.decode::<f64>() {
+            Ok(f) => ct::write_float(out, f),
+            Err(_) => write_etf(term, out),
+        },
+        TermType::Binary => match term.decode::<Binary>() {
+            Ok(b) => ct::write_binary(out, b.as_slice()),
+            Err(_) => write_etf(term, out),
+        },
+        TermType::List => match term.list_length() {
+            Ok(n) => {
+                ct::write_header(out, ct::LIST, n);
+                let iter = term
+                    .into_list_iterator()
+                    .map_err(|_| Error::InvalidArgument("list"))?;
+                for item in iter {
+                    encode_into(item, out, depth + 1)?;
+                }
+            }
+            Err(_) => write_etf(term, out), // improper list
+        },
+        TermType::Tuple => {
+            let items = get_tuple(term).map_err(|_| Error::InvalidArgument("tuple"))?;
+            ct::write_header(out, ct::TUPLE, items.len());
+            for item in items {
+                encode_into(item, out, depth + 1)?;
+            }
+        }
+        TermType::Map => {
+            let iter = MapIterator::new(term).ok_or(Error::InvalidArgument("map"))?;
+            let mut pairs = Vec::new();
+            for (k, v) in iter {
+                let (mut kb, mut vb) = (Vec::new(), Vec::new());
+                encode_into(k, &mut kb, depth + 1)?;
+                encode_into(v, &mut vb, depth + 1)?;
+                pairs.push((kb, vb));
+            }
+            ct::write_map(out, &mut pairs);
+        }
+        _ => write_etf(term, out),
+    }
+    Ok(())
+}
+
+fn write_etf(term: Term, out: &mut Vec<u8>) {
+    let bin = term.to_binary();
+    ct::write_etf(out, bin.as_slice());
+}
+
+struct Maker<'a> {
+    env: Env<'a>,
+    trust: Trust,
+}
+
+impl<'a> TermBuilder for Maker<'a> {
+    type Term = Term<'a>;
+
+    fn atom(&mut self, name: &str) -> Result<Term<'a>> {
+        let atom = match self.trust {
+            Trust::Local => Atom::from_str(self.env, name),
+            Trust::Remote => Atom::existing_from_str(self.env, name),
+        };
+        atom.map(|a| a.encode(self.env))
+            .map_err(|_| Error::Decode(format!("atom {name:?} is unknown or invalid")))
+    }
+    fn int(&mut self, v: i64) -> Result<Term<'a>> {
+        Ok(v.encode(self.env))
+    }
+    fn float(&mut self, v: f64) -> Result<Term<'a>> {
+        Ok(v.encode(self.env))
+    }
+    fn binary(&mut self, b: &[u8]) -> Result<Term<'a>> {
+        Ok(make_binary(self.env, b))
+    }
+    fn list(&mut self, items: Vec<Term<'a>>) -> Result<Term<'a>> {
+        Ok(items.encode(self.env))
+    }
+    fn tuple(&mut self, items: Vec<Term<'a>>) -> Result<Term<'a>> {
+        Ok(make_tuple(self.env, &items))
+    }
+    fn map(&mut self, pairs: Vec<(Term<'a>, Term<'a>)>) -> Result<Term<'a>> {
+        let (keys, values): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        Term::map_from_term_arrays(self.env, &keys, &values)
+            .map_err(|_| Error::Decode("map with duplicate keys".into()))
+    }
+    fn etf(&mut self, etf: &[u8]) -> Result<Term<'a>> {
+        match self.env.binary_to_term(etf) {
+            Some((t, used)) if used == etf.len() => Ok(t),
+            _ => Err(Error::Decode("invalid or unsafe external term".into())),
+        }
+    }
+}
+
+/// Decode canonical bytes into a term of `env`.
+pub fn decode<'a>(env: Env<'a>, bytes: &[u8], trust: Trust) -> Result<Term<'a>> {
+    ct::decode(bytes, &mut Maker { env, trust })
+}
+
+/// A fresh binary term holding `bytes`.
+pub fn make_binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut nb = NewBinary::new(env, bytes.len());
+    nb.as_mut_slice().copy_from_slice(bytes);
+    Binary::from(nb).encode(env)
+}
+
+/// Read a binary argument or fail with `badarg`.
+pub fn binary_arg<'a>(t: Term<'a>) -> NifResult<Binary<'a>> {
+    t.decode::<Binary>()
+}
