@@ -45,7 +45,11 @@ IO.puts("\n== restart on the same directory")
 IO.puts("ids:                        #{inspect(Enum.sort(ContextStore.list_crdts(store)))}")
 IO.puts("page_views:                 #{inspect(ContextStore.get(store, :page_views))}")
 IO.puts("tags:                       #{inspect(ContextStore.get(store, :tags))}")
-IO.puts("tier of :tags after restart: #{inspect(elem(ContextStore.get_metadata(store, :tags), 1).tier)}")
+
+IO.puts(
+  "tier of :tags after restart: #{inspect(elem(ContextStore.get_metadata(store, :tags), 1).tier)}"
+)
+
 IO.puts("stats:                      #{inspect(ContextStore.stats(store))}")
 :ok = ContextStore.stop(store)
 File.rm_rf!(dir)
@@ -57,13 +61,17 @@ c2 = GCounter.new(:node2)
 {c2, d2} = GCounter.increment(c2, 3)
 m1 = GCounter.merge(c1, d2)
 m2 = GCounter.merge(c2, d1)
-IO.puts("G-Counter: #{GCounter.value(m1)} == #{GCounter.value(m2)}, equal? #{GCounter.equal?(m1, m2)}")
+
+IO.puts(
+  "G-Counter: #{GCounter.value(m1)} == #{GCounter.value(m2)}, equal? #{GCounter.equal?(m1, m2)}"
+)
 
 s1 = ORSet.new(:node1)
 s2 = ORSet.new(:node2)
 {s1, _} = ORSet.add(s1, "item")
 {s2, add2} = ORSet.add(s2, "item")
 {s1, rm1} = ORSet.remove(s1, "item")
+
 IO.puts(
   "OR-Set (remove-wins), concurrent add and remove: " <>
     "#{inspect(ORSet.value(ORSet.merge(s1, add2)))} / #{inspect(ORSet.value(ORSet.merge(s2, rm1)))}"

@@ -60,13 +60,17 @@ defmodule Bench do
 
   def row(cols), do: IO.puts(Enum.map_join(cols, " | ", &String.pad_trailing(to_string(&1), 22)))
 
-  def percentile(sorted, p), do: Enum.at(sorted, min(length(sorted) - 1, trunc(length(sorted) * p)))
+  def percentile(sorted, p),
+    do: Enum.at(sorted, min(length(sorted) - 1, trunc(length(sorted) * p)))
 end
 
 n_ops = if Bench.quick?(), do: 50_000, else: 400_000
 
 IO.puts("# vsmcp_crdt store benchmarks")
-IO.puts("schedulers: #{System.schedulers_online()}, OTP #{System.otp_release()}, Elixir #{System.version()}\n")
+
+IO.puts(
+  "schedulers: #{System.schedulers_online()}, OTP #{System.otp_release()}, Elixir #{System.version()}\n"
+)
 
 # --- per-operation throughput -------------------------------------------------
 IO.puts("## Operations (ops/s, total across callers)")
@@ -112,14 +116,25 @@ for n <- sizes do
   for i <- 1..n, do: :ok = ContextStore.update(store, :big, {:add, i}, return: :ok)
 
   m = 100_000
-  {us, _} = :timer.tc(fn -> for i <- 1..m, do: ContextStore.update(store, :big, {:add, n + i}, return: :ok) end)
+
+  {us, _} =
+    :timer.tc(fn ->
+      for i <- 1..m, do: ContextStore.update(store, :big, {:add, n + i}, return: :ok)
+    end)
+
   add_rate = m / (us / 1_000_000)
 
   k = if n >= 100_000, do: 3, else: 300
   {us_v, _} = :timer.tc(fn -> for i <- 1..k, do: ContextStore.add(store, :big, -i) end)
   {us_g, _} = :timer.tc(fn -> for _ <- 1..k, do: ContextStore.get(store, :big) end)
 
-  Bench.row([n, Bench.fmt_rate(add_rate), "#{Float.round(us_v / k / 1000, 2)} ms/op", "#{Float.round(us_g / k / 1000, 2)} ms/op"])
+  Bench.row([
+    n,
+    Bench.fmt_rate(add_rate),
+    "#{Float.round(us_v / k / 1000, 2)} ms/op",
+    "#{Float.round(us_g / k / 1000, 2)} ms/op"
+  ])
+
   Bench.stop(ctx)
 end
 
@@ -142,7 +157,14 @@ samples =
   |> Enum.sort()
 
 Bench.row(["ids on disk", "p50", "p99", "max"])
-Bench.row([n_cold, "#{Bench.percentile(samples, 0.5)} µs", "#{Bench.percentile(samples, 0.99)} µs", "#{List.last(samples)} µs"])
+
+Bench.row([
+  n_cold,
+  "#{Bench.percentile(samples, 0.5)} µs",
+  "#{Bench.percentile(samples, 0.99)} µs",
+  "#{List.last(samples)} µs"
+])
+
 Bench.stop(ctx)
 
 # --- demotion-heavy -----------------------------------------------------------
@@ -168,7 +190,12 @@ IO.puts("\n## Memory per key (hot tier, G-Counter ids {:k, i})")
 keys = if Bench.quick?(), do: 100_000, else: 1_000_000
 ctx = Bench.start("mem", memory_limit: keys * 2, ets_limit: keys * 2)
 {store, _} = ctx
-rss = fn -> String.to_integer(String.trim(elem(System.cmd("ps", ["-o", "rss=", "-p", System.pid()]), 0))) * 1024 end
+
+rss = fn ->
+  String.to_integer(String.trim(elem(System.cmd("ps", ["-o", "rss=", "-p", System.pid()]), 0))) *
+    1024
+end
+
 :erlang.garbage_collect()
 before = rss.()
 for i <- 1..keys, do: :ok = ContextStore.create(store, {:k, i}, :g_counter)
@@ -179,3 +206,19 @@ after_ = rss.()
 Bench.row(["keys", "RSS growth", "bytes/key", ""])
 Bench.row([keys, "#{div(after_ - before, 1_048_576)} MiB", div(after_ - before, keys), ""])
 Bench.stop(ctx)
+
+# --- restart ------------------------------------------------------------------
+IO.puts("\n## Restart with N stored ids (time until start_link returns, then first get)")
+n_restart = if Bench.quick?(), do: 100_000, else: 1_000_000
+dir = Bench.tmp_dir("restart")
+opts = [node_id: :bench, storage_opts: [data_dir: dir, memory_limit: 1_000, ets_limit: 10_000]]
+{:ok, store} = ContextStore.start_link(opts)
+for i <- 1..n_restart, do: :ok = ContextStore.create(store, i, :g_counter)
+:ok = ContextStore.stop(store)
+{us_start, {:ok, store}} = :timer.tc(fn -> ContextStore.start_link(opts) end)
+{us_get, {:ok, 0}} = :timer.tc(fn -> ContextStore.get(store, div(n_restart, 2)) end)
+st = ContextStore.stats(store)
+Bench.row(["ids", "start_link", "first get", "in memory after"])
+Bench.row([n_restart, "#{div(us_start, 1000)} ms", "#{us_get} µs", st.hot + st.warm])
+:ok = ContextStore.stop(store)
+File.rm_rf!(dir)

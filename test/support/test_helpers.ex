@@ -49,8 +49,11 @@ defmodule Vsmcp.CRDT.TestHelpers do
       other ->
         if System.monotonic_time(:millisecond) >= deadline do
           case other do
-            {:raised, e, stack} -> reraise e, stack
-            {:ok, value} -> flunk("#{message} before the deadline (last value: #{inspect(value)})")
+            {:raised, e, stack} ->
+              reraise e, stack
+
+            {:ok, value} ->
+              flunk("#{message} before the deadline (last value: #{inspect(value)})")
           end
         else
           # A poll interval, not a wait for an event: the condition is
@@ -173,19 +176,46 @@ defmodule Vsmcp.CRDT.TestHelpers do
     kinds = if depth <= 0, do: 8, else: 13
 
     case :rand.uniform(kinds) do
-      1 -> Enum.random([:a, :b, nil, true, false, :increment, :add, :set, :g_counter, :or_set])
-      2 -> :rand.uniform(1_000) - 500
-      3 -> (:rand.uniform(1 <<< 20) - (1 <<< 19)) * (1 <<< :rand.uniform(200))
-      4 -> :rand.uniform() * 1.0e6 - 5.0e5
-      5 -> :crypto.strong_rand_bytes(:rand.uniform(40) - 1)
-      6 -> String.duplicate("é", :rand.uniform(5))
-      7 -> self()
-      8 -> bits(:rand.uniform(7))
-      9 -> for _ <- 1..:rand.uniform(4)//1, do: random_term(depth - 1)
-      10 -> List.to_tuple(for _ <- 1..(:rand.uniform(4) - 1)//1, do: random_term(depth - 1))
-      11 -> Map.new(for _ <- 1..:rand.uniform(4)//1, do: {random_term(depth - 1), random_term(depth - 1)})
-      12 -> [random_term(depth - 1) | random_term(0)]
-      13 -> {Enum.random([:increment, :decrement, :add, :remove, :set, :foo]), random_term(depth - 1)}
+      1 ->
+        Enum.random([:a, :b, nil, true, false, :increment, :add, :set, :g_counter, :or_set])
+
+      2 ->
+        :rand.uniform(1_000) - 500
+
+      3 ->
+        (:rand.uniform(1 <<< 20) - (1 <<< 19)) * (1 <<< :rand.uniform(200))
+
+      4 ->
+        :rand.uniform() * 1.0e6 - 5.0e5
+
+      5 ->
+        :crypto.strong_rand_bytes(:rand.uniform(40) - 1)
+
+      6 ->
+        String.duplicate("é", :rand.uniform(5))
+
+      7 ->
+        self()
+
+      8 ->
+        bits(:rand.uniform(7))
+
+      9 ->
+        for _ <- 1..:rand.uniform(4)//1, do: random_term(depth - 1)
+
+      10 ->
+        List.to_tuple(for _ <- 1..(:rand.uniform(4) - 1)//1, do: random_term(depth - 1))
+
+      11 ->
+        Map.new(
+          for _ <- 1..:rand.uniform(4)//1, do: {random_term(depth - 1), random_term(depth - 1)}
+        )
+
+      12 ->
+        [random_term(depth - 1) | random_term(0)]
+
+      13 ->
+        {Enum.random([:increment, :decrement, :add, :remove, :set, :foo]), random_term(depth - 1)}
     end
   end
 

@@ -112,9 +112,10 @@ defmodule Vsmcp.CRDT.ContextStore do
   def stop(store, reason \\ :normal), do: GenServer.stop(store, reason)
 
   defp native_config(opts) do
-    storage = Keyword.get(opts, :storage_opts, [])
-
-    with :ok <- check_keyword(storage),
+    with :ok <- check_options(opts),
+         storage = Keyword.get(opts, :storage_opts, []),
+         :ok <- check_keyword(storage),
+         :ok <- check_decay_interval(storage[:decay_interval]),
          {:ok, loc} <- Location.resolve(storage),
          {:ok, durability} <- durability(opts[:durability] || storage[:durability] || :relaxed) do
       numeric =
@@ -146,6 +147,29 @@ defmodule Vsmcp.CRDT.ContextStore do
       end
     end
   end
+
+  # Checked before anything is opened: GenServer.start_link/3 would raise on
+  # a bad name only after the store's directory was opened.
+  defp check_options(opts) do
+    cond do
+      not (is_list(opts) and Keyword.keyword?(opts)) ->
+        {:error, {:invalid_option, :options, opts}}
+
+      not valid_name?(opts[:name]) ->
+        {:error, {:invalid_option, :name, opts[:name]}}
+
+      true ->
+        :ok
+    end
+  end
+
+  defp valid_name?(name) when is_atom(name), do: true
+  defp valid_name?({:global, _}), do: true
+  defp valid_name?({:via, mod, _}) when is_atom(mod), do: true
+  defp valid_name?(_), do: false
+
+  defp check_decay_interval(i) when is_nil(i) or (is_integer(i) and i >= 0), do: :ok
+  defp check_decay_interval(i), do: {:error, {:invalid_option, :decay_interval, i}}
 
   defp check_keyword(list) when is_list(list) do
     if Keyword.keyword?(list), do: :ok, else: {:error, {:invalid_option, :storage_opts, list}}
@@ -279,7 +303,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   With `return: :ok` in `opts` the call answers `:ok` instead of the new
   value: building a large set's value costs O(n), the mutation O(1).
   """
-  @spec update(store(), crdt_id(), operation(), keyword()) :: {:ok, term()} | :ok | {:error, term()}
+  @spec update(store(), crdt_id(), operation(), keyword()) ::
+          {:ok, term()} | :ok | {:error, term()}
   def update(store \\ __MODULE__, id, operation, opts \\ [])
 
   def update(store, id, operation, opts) do

@@ -47,7 +47,9 @@ defmodule Vsmcp.CRDT.Supervisor do
       )
 
     merged = env |> Keyword.merge(Keyword.delete(opts, :supervisor_name))
-    storage = Keyword.get(env, :storage_opts, []) |> Keyword.merge(Keyword.get(opts, :storage_opts, []))
+
+    storage =
+      Keyword.get(env, :storage_opts, []) |> Keyword.merge(Keyword.get(opts, :storage_opts, []))
 
     storage =
       if Keyword.has_key?(storage, :data_dir) or Keyword.has_key?(storage, :dets_file),

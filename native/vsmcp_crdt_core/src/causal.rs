@@ -15,10 +15,25 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
-/// Opaque, totally ordered replica identity.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ReplicaId(#[serde(with = "serde_bytes")] pub Box<[u8]>);
+/// Opaque, totally ordered replica identity. Shared (`Arc`), because every
+/// delta names its replica: cloning one must not allocate.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplicaId(pub Arc<[u8]>);
+
+impl Serialize for ReplicaId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        serde_bytes::Bytes::new(&self.0).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplicaId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let b = serde_bytes::ByteBuf::deserialize(d)?;
+        Ok(ReplicaId(Arc::from(b.into_vec())))
+    }
+}
 
 impl ReplicaId {
     pub fn new(bytes: &[u8]) -> Self {
@@ -137,7 +152,10 @@ impl CausalContext {
         // A vector entry at u64::MAX (possible in decoded peer bytes) has no
         // successor to absorb.
         while let Some(counter) = self.vv[ri].checked_add(1) {
-            if !self.cloud.remove(&Dot { replica: r, counter }) {
+            if !self.cloud.remove(&Dot {
+                replica: r,
+                counter,
+            }) {
                 break;
             }
             self.vv[ri] = counter;
@@ -167,7 +185,10 @@ impl CausalContext {
     /// A fresh dot for replica `r`, not yet inserted.
     pub fn next_dot(&self, r: u32) -> Result<Dot> {
         let counter = self.max_counter(r).checked_add(1).ok_or(Error::Overflow)?;
-        Ok(Dot { replica: r, counter })
+        Ok(Dot {
+            replica: r,
+            counter,
+        })
     }
 
     /// Join `other` (whose replica indices map through `remap`) into `self`.

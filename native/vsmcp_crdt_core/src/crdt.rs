@@ -191,20 +191,32 @@ impl Crdt {
         // unread rest. (`from_read_ref`'s `get_ref` is the whole input.)
         let mut de = rmp_serde::Deserializer::new(body);
         let crdt = match kind {
-            Kind::GCounter => Crdt::GCounter(gcounter_from_wire(Deserialize::deserialize(&mut de).map_err(de_err)?)?),
+            Kind::GCounter => Crdt::GCounter(gcounter_from_wire(
+                Deserialize::deserialize(&mut de).map_err(de_err)?,
+            )?),
             Kind::PNCounter => {
-                let (p, n): (GCounterWire, GCounterWire) = Deserialize::deserialize(&mut de).map_err(de_err)?;
-                Crdt::PNCounter(PNCounter::from_parts(gcounter_from_wire(p)?, gcounter_from_wire(n)?))
+                let (p, n): (GCounterWire, GCounterWire) =
+                    Deserialize::deserialize(&mut de).map_err(de_err)?;
+                Crdt::PNCounter(PNCounter::from_parts(
+                    gcounter_from_wire(p)?,
+                    gcounter_from_wire(n)?,
+                ))
             }
             Kind::ORSet | Kind::AWSet => {
                 let s: ORSet = Deserialize::deserialize(&mut de).map_err(de_err)?;
-                let expected = if kind == Kind::ORSet { Policy::RemoveWins } else { Policy::AddWins };
+                let expected = if kind == Kind::ORSet {
+                    Policy::RemoveWins
+                } else {
+                    Policy::AddWins
+                };
                 if s.policy() != expected {
                     return Err(Error::Decode("OR-Set policy does not match kind".into()));
                 }
                 Crdt::ORSet(s)
             }
-            Kind::LwwRegister => Crdt::LwwRegister(lww_from_wire(Deserialize::deserialize(&mut de).map_err(de_err)?)),
+            Kind::LwwRegister => Crdt::LwwRegister(lww_from_wire(
+                Deserialize::deserialize(&mut de).map_err(de_err)?,
+            )),
         };
         if de.get_ref().is_empty() {
             Ok(crdt)

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_MAX_OFFSET_MS: u64 = 500;
 
 /// `(wall_ms, counter)`, ordered lexicographically.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Timestamp {
     pub wall_ms: u64,
     pub counter: u32,
@@ -44,7 +46,10 @@ impl Timestamp {
                 wall_ms: self.wall_ms,
                 counter,
             },
-            (None, Some(wall_ms)) => Timestamp { wall_ms, counter: 0 },
+            (None, Some(wall_ms)) => Timestamp {
+                wall_ms,
+                counter: 0,
+            },
             (None, None) => self,
         }
     }
@@ -177,10 +182,22 @@ mod tests {
     #[test]
     fn receive_follows_paper_rule() {
         let l = Timestamp::new(10, 2);
-        assert_eq!(l.receive(Timestamp::new(10, 5), 9, 500).unwrap(), Timestamp::new(10, 6));
-        assert_eq!(l.receive(Timestamp::new(8, 5), 9, 500).unwrap(), Timestamp::new(10, 3));
-        assert_eq!(l.receive(Timestamp::new(11, 5), 9, 500).unwrap(), Timestamp::new(11, 6));
-        assert_eq!(l.receive(Timestamp::new(11, 5), 20, 500).unwrap(), Timestamp::new(20, 0));
+        assert_eq!(
+            l.receive(Timestamp::new(10, 5), 9, 500).unwrap(),
+            Timestamp::new(10, 6)
+        );
+        assert_eq!(
+            l.receive(Timestamp::new(8, 5), 9, 500).unwrap(),
+            Timestamp::new(10, 3)
+        );
+        assert_eq!(
+            l.receive(Timestamp::new(11, 5), 9, 500).unwrap(),
+            Timestamp::new(11, 6)
+        );
+        assert_eq!(
+            l.receive(Timestamp::new(11, 5), 20, 500).unwrap(),
+            Timestamp::new(20, 0)
+        );
     }
 
     #[test]

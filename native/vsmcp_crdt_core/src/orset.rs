@@ -416,7 +416,11 @@ impl ORSet {
                 .iter()
                 .map(|d| {
                     let dd = d.dot();
-                    (self.replicas.get(dd.replica).clone(), dd.counter, d.is_remove())
+                    (
+                        self.replicas.get(dd.replica).clone(),
+                        dd.counter,
+                        d.is_remove(),
+                    )
                 })
                 .collect();
             elems.insert(e.elem.to_vec(), dots);
@@ -440,7 +444,14 @@ impl ORSet {
             .elems
             .entries
             .iter()
-            .map(|e| e.elem.len() + if e.dots.spilled() { e.dots.capacity() * 16 } else { 0 })
+            .map(|e| {
+                e.elem.len()
+                    + if e.dots.spilled() {
+                        e.dots.capacity() * 16
+                    } else {
+                        0
+                    }
+            })
             .sum();
         entries + index + elem_bytes + self.replicas.len() * 48
     }
@@ -501,12 +512,15 @@ impl Serialize for ORSet {
     }
 }
 
+/// An entry on the wire: element bytes and `(replica index, counter, remove)` dots.
+type EntryWire = (serde_bytes::ByteBuf, Vec<(u32, u64, bool)>);
+
 #[derive(Deserialize)]
 struct ORSetWire {
     p: u8,
     d: bool,
     r: Vec<ReplicaId>,
-    e: Vec<(serde_bytes::ByteBuf, Vec<(u32, u64, bool)>)>,
+    e: Vec<EntryWire>,
     v: Vec<(u32, u64)>,
     c: Vec<(u32, u64)>,
 }

@@ -142,8 +142,14 @@ impl<'a> Reader<'a> {
     }
 
     fn slice(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).ok_or_else(|| bad("length overflow"))?;
-        let s = self.buf.get(self.pos..end).ok_or_else(|| bad("truncated"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or_else(|| bad("length overflow"))?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or_else(|| bad("truncated"))?;
         self.pos = end;
         Ok(s)
     }
@@ -274,7 +280,11 @@ pub fn encode_value(v: &Value, out: &mut Vec<u8>) {
         Value::Float(f) => write_float(out, *f),
         Value::Binary(b) => write_binary(out, b),
         Value::List(items) | Value::Tuple(items) => {
-            let tag = if matches!(v, Value::List(_)) { LIST } else { TUPLE };
+            let tag = if matches!(v, Value::List(_)) {
+                LIST
+            } else {
+                TUPLE
+            };
             write_header(out, tag, items.len());
             for i in items {
                 encode_value(i, out);
@@ -304,12 +314,18 @@ mod tests {
     fn round_trip_and_canonical_maps() {
         let v = Value::Map(vec![
             (Value::Atom("b".into()), Value::Int(-5)),
-            (Value::Atom("a".into()), Value::List(vec![Value::Float(1.5)])),
+            (
+                Value::Atom("a".into()),
+                Value::List(vec![Value::Float(1.5)]),
+            ),
         ]);
         let mut a = Vec::new();
         encode_value(&v, &mut a);
         let w = Value::Map(vec![
-            (Value::Atom("a".into()), Value::List(vec![Value::Float(1.5)])),
+            (
+                Value::Atom("a".into()),
+                Value::List(vec![Value::Float(1.5)]),
+            ),
             (Value::Atom("b".into()), Value::Int(-5)),
         ]);
         let mut b = Vec::new();
@@ -322,7 +338,11 @@ mod tests {
     fn golden_bytes() {
         let mut out = Vec::new();
         encode_value(
-            &Value::Tuple(vec![Value::Atom("ok".into()), Value::Int(-1), Value::Binary(b"hi".to_vec())]),
+            &Value::Tuple(vec![
+                Value::Atom("ok".into()),
+                Value::Int(-1),
+                Value::Binary(b"hi".to_vec()),
+            ]),
             &mut out,
         );
         assert_eq!(out, vec![6, 3, 1, 2, b'o', b'k', 2, 1, 4, 2, b'h', b'i']);
@@ -330,7 +350,13 @@ mod tests {
 
     #[test]
     fn malformed_is_error() {
-        for bad in [&[][..], &[1, 5, b'a'], &[5, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200], &[9], &[2, 0, 0]] {
+        for bad in [
+            &[][..],
+            &[1, 5, b'a'],
+            &[5, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200],
+            &[9],
+            &[2, 0, 0],
+        ] {
             assert!(decode(bad, &mut ValueBuilder).is_err(), "{bad:?}");
         }
         let deep: Vec<u8> = std::iter::repeat_n([LIST, 1], 10_000).flatten().collect();

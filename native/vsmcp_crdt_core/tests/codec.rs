@@ -45,7 +45,12 @@ fn round_trip_history<const CODE: u8>(n: usize, steps: &[Step]) {
 fn encodings(n: usize, steps: &[Step]) -> Vec<Vec<u8>> {
     fn of<const CODE: u8>(n: usize, steps: &[Step], out: &mut Vec<Vec<u8>>) {
         let run = play::<Via<CODE>>(n, steps, false);
-        out.extend(run.states.iter().chain(run.all_deltas()).map(|x| x.0.encode()));
+        out.extend(
+            run.states
+                .iter()
+                .chain(run.all_deltas())
+                .map(|x| x.0.encode()),
+        );
     }
     let mut out = Vec::new();
     of::<1>(n, steps, &mut out);
@@ -109,7 +114,16 @@ enum Mutation {
 }
 
 fn interesting_byte() -> impl Strategy<Value = u8> {
-    prop_oneof![any::<u8>(), Just(0x00), Just(0xff), Just(0xcf), Just(0xc0), Just(0xc3), Just(0x90), Just(0x7f)]
+    prop_oneof![
+        any::<u8>(),
+        Just(0x00),
+        Just(0xff),
+        Just(0xcf),
+        Just(0xc0),
+        Just(0xc3),
+        Just(0x90),
+        Just(0x7f)
+    ]
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -147,14 +161,24 @@ fn wire_replica() -> impl Strategy<Value = ByteBuf> {
 }
 
 type WireDot = (u32, u64, bool);
-type WireORSet = (u8, bool, Vec<ByteBuf>, Vec<(ByteBuf, Vec<WireDot>)>, Vec<(u32, u64)>, Vec<(u32, u64)>);
+type WireORSet = (
+    u8,
+    bool,
+    Vec<ByteBuf>,
+    Vec<(ByteBuf, Vec<WireDot>)>,
+    Vec<(u32, u64)>,
+    Vec<(u32, u64)>,
+);
 
 /// An OR-Set in the wire layout (policy, delta, replicas, entries, vector,
 /// cloud) with small indices and counters near 0 and near `u64::MAX`.
 fn wire_orset() -> impl Strategy<Value = WireORSet> {
     let idx = 0u32..4;
     let dot = (idx.clone(), counter_value(), any::<bool>());
-    let entry = ((0u8..3).prop_map(|i| ByteBuf::from(elem(i))), prop::collection::vec(dot, 0..3));
+    let entry = (
+        (0u8..3).prop_map(|i| ByteBuf::from(elem(i))),
+        prop::collection::vec(dot, 0..3),
+    );
     (
         0u8..3,
         any::<bool>(),
@@ -275,8 +299,22 @@ fn saturated_causal_context_does_not_panic() {
     let none: Vec<(ByteBuf, Vec<WireDot>)> = Vec::new();
     let cases: Vec<WireORSet> = vec![
         (0, false, r(), none.clone(), vec![(0, u64::MAX)], vec![]),
-        (0, false, r(), none.clone(), vec![(0, u64::MAX - 1)], vec![(0, u64::MAX)]),
-        (0, false, r(), vec![(ByteBuf::from(elem(0)), vec![(0, u64::MAX, false)])], vec![(0, u64::MAX - 1)], vec![]),
+        (
+            0,
+            false,
+            r(),
+            none.clone(),
+            vec![(0, u64::MAX - 1)],
+            vec![(0, u64::MAX)],
+        ),
+        (
+            0,
+            false,
+            r(),
+            vec![(ByteBuf::from(elem(0)), vec![(0, u64::MAX, false)])],
+            vec![(0, u64::MAX - 1)],
+            vec![],
+        ),
     ];
     for w in cases {
         let bytes = with_header(Kind::ORSet, &w);
@@ -315,7 +353,11 @@ fn golden_history(kind: Kind) -> (Crdt, Crdt, Crdt) {
             deltas.push(a.mutate(&n1(), Op::Increment(5)).unwrap());
             deltas.push(b.mutate(&n2(), Op::Increment(3)).unwrap());
             a.join(&deltas[1]).unwrap();
-            let op = if kind == Kind::GCounter { Op::Increment(2) } else { Op::Decrement(4) };
+            let op = if kind == Kind::GCounter {
+                Op::Increment(2)
+            } else {
+                Op::Decrement(4)
+            };
             deltas.push(a.mutate(&n1(), op).unwrap());
         }
         Kind::ORSet | Kind::AWSet => {
@@ -329,10 +371,28 @@ fn golden_history(kind: Kind) -> (Crdt, Crdt, Crdt) {
             deltas.push(rm);
         }
         Kind::LwwRegister => {
-            deltas.push(a.mutate(&n1(), Op::Set(&bin("v1"), Timestamp::new(1_700_000_000_000, 0))).unwrap());
-            deltas.push(b.mutate(&n2(), Op::Set(&bin("v2"), Timestamp::new(1_700_000_000_000, 0))).unwrap());
+            deltas.push(
+                a.mutate(
+                    &n1(),
+                    Op::Set(&bin("v1"), Timestamp::new(1_700_000_000_000, 0)),
+                )
+                .unwrap(),
+            );
+            deltas.push(
+                b.mutate(
+                    &n2(),
+                    Op::Set(&bin("v2"), Timestamp::new(1_700_000_000_000, 0)),
+                )
+                .unwrap(),
+            );
             a.join(&deltas[1]).unwrap();
-            deltas.push(a.mutate(&n1(), Op::Set(&bin("v3"), Timestamp::new(1_699_999_999_999, 7))).unwrap());
+            deltas.push(
+                a.mutate(
+                    &n1(),
+                    Op::Set(&bin("v3"), Timestamp::new(1_699_999_999_999, 7)),
+                )
+                .unwrap(),
+            );
         }
     }
     let last = deltas.last().unwrap().clone();
@@ -382,7 +442,11 @@ fn golden_crdt_bytes() {
     let mut mismatches = Vec::new();
     for &(kind, state, delta, group) in GOLDEN {
         let (s, d, g) = golden_history(kind);
-        for (what, x, want) in [("state", &s, state), ("delta", &d, delta), ("group", &g, group)] {
+        for (what, x, want) in [
+            ("state", &s, state),
+            ("delta", &d, delta),
+            ("group", &g, group),
+        ] {
             let got = hex(&x.encode());
             if got != want {
                 mismatches.push(format!("{kind:?} {what}: \"{got}\""));
@@ -390,7 +454,11 @@ fn golden_crdt_bytes() {
             assert_round_trip(x);
         }
     }
-    assert!(mismatches.is_empty(), "golden bytes changed:\n{}", mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "golden bytes changed:\n{}",
+        mismatches.join("\n")
+    );
 }
 
 #[test]
@@ -428,8 +496,17 @@ const GOLDEN_TERMS: &[&str] = &[
 fn golden_terms() -> Vec<T> {
     vec![
         T::Int(0),
-        T::List(vec![T::Int(-1), T::Int(i64::MIN), T::Int(i64::MAX), T::Int(300)]),
-        T::Tuple(vec![T::Atom("ok".into()), T::Binary(b"item".to_vec()), T::Float(-1.5)]),
+        T::List(vec![
+            T::Int(-1),
+            T::Int(i64::MIN),
+            T::Int(i64::MAX),
+            T::Int(300),
+        ]),
+        T::Tuple(vec![
+            T::Atom("ok".into()),
+            T::Binary(b"item".to_vec()),
+            T::Float(-1.5),
+        ]),
         T::Map(vec![
             (T::Atom("b".into()), T::List(vec![])),
             (T::Atom("a".into()), T::Tuple(vec![])),
@@ -451,8 +528,12 @@ fn golden_term_bytes() {
 fn contract_g_counter() {
     let mut a = Crdt::new(Kind::GCounter);
     let mut b = Crdt::new(Kind::GCounter);
-    let da = a.mutate(&ReplicaId::from("node1"), Op::Increment(5)).unwrap();
-    let db = b.mutate(&ReplicaId::from("node2"), Op::Increment(3)).unwrap();
+    let da = a
+        .mutate(&ReplicaId::from("node1"), Op::Increment(5))
+        .unwrap();
+    let db = b
+        .mutate(&ReplicaId::from("node2"), Op::Increment(3))
+        .unwrap();
     a.join(&db).unwrap();
     b.join(&da).unwrap();
     assert_eq!(a.value(), Value::Counter(8));

@@ -22,7 +22,10 @@ fn check_laws<T: Replicated>(n: usize, steps: &[Step], mask: u64) {
     let run = play::<T>(n, steps, true);
 
     if T::tracks_delta() {
-        assert!(run.all_deltas().all(|d| d.is_delta()), "a mutation returned a full state");
+        assert!(
+            run.all_deltas().all(|d| d.is_delta()),
+            "a mutation returned a full state"
+        );
         assert!(run.states.iter().all(|s| !s.is_delta()));
     }
 
@@ -50,7 +53,11 @@ fn check_laws<T: Replicated>(n: usize, steps: &[Step], mask: u64) {
 
     // Delta groups: per replica log, and across all logs.
     let everything: Vec<T> = run.all_deltas().cloned().collect();
-    let logs = run.logs.iter().map(|l| &l[..]).chain(std::iter::once(&everything[..]));
+    let logs = run
+        .logs
+        .iter()
+        .map(|l| &l[..])
+        .chain(std::iter::once(&everything[..]));
     for (i, log) in logs.enumerate() {
         let Some(g) = group(log, mask) else { continue };
         if T::tracks_delta() {
@@ -95,7 +102,10 @@ fn check_laws<T: Replicated>(n: usize, steps: &[Step], mask: u64) {
         assert_eq!(c, &converged[0], "replicas did not converge");
         assert_eq!(c.observed(), converged[0].observed());
     }
-    assert_eq!(converged[0], all_deltas, "a state is not the join of its deltas");
+    assert_eq!(
+        converged[0], all_deltas,
+        "a state is not the join of its deltas"
+    );
 }
 
 proptest! {
@@ -157,7 +167,11 @@ fn synced_pair(policy: Policy, steps: &[Step]) -> (ORSet, ORSet) {
 }
 
 fn dots_of(s: &ORSet, e: &[u8]) -> Vec<bool> {
-    s.normalized().elems.get(e).map(|d| d.iter().map(|x| x.2).collect()).unwrap_or_default()
+    s.normalized()
+        .elems
+        .get(e)
+        .map(|d| d.iter().map(|x| x.2).collect())
+        .unwrap_or_default()
 }
 
 fn pair_history() -> impl Strategy<Value = Vec<Step>> {
@@ -249,11 +263,20 @@ fn crdt_enum_rejects_mismatches() {
     use vsmcp_crdt_core::{Crdt, Op};
     let r = replica(0);
     let mut g = Crdt::new(Kind::GCounter);
-    assert_eq!(g.mutate(&r, Op::Decrement(1)), Err(Error::UnsupportedOperation));
-    assert_eq!(g.mutate(&r, Op::Add(b"x")), Err(Error::UnsupportedOperation));
+    assert_eq!(
+        g.mutate(&r, Op::Decrement(1)),
+        Err(Error::UnsupportedOperation)
+    );
+    assert_eq!(
+        g.mutate(&r, Op::Add(b"x")),
+        Err(Error::UnsupportedOperation)
+    );
     let mut rw = Crdt::new(Kind::ORSet);
     assert_eq!(rw.join(&Crdt::new(Kind::AWSet)), Err(Error::TypeMismatch));
-    assert_eq!(rw.join(&Crdt::new(Kind::GCounter)), Err(Error::TypeMismatch));
+    assert_eq!(
+        rw.join(&Crdt::new(Kind::GCounter)),
+        Err(Error::TypeMismatch)
+    );
     for k in Kind::ALL {
         assert_eq!(Crdt::new(k).kind(), k);
         assert_eq!(Kind::from_name(k.name()), Some(k));

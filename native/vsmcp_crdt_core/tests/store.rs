@@ -32,24 +32,46 @@ fn set_len(store: &Store, id: &[u8]) -> usize {
 fn create_update_read_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(cfg(dir.path())).unwrap();
-    s.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap().unwrap();
-    assert_eq!(s.create(b"c", Kind::GCounter, Access::MemoryOnly), Err(Error::AlreadyExists));
+    s.create(b"c", Kind::GCounter, Access::MemoryOnly)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.create(b"c", Kind::GCounter, Access::MemoryOnly),
+        Err(Error::AlreadyExists)
+    );
     for _ in 0..10 {
-        s.update(b"c", Mutation::Increment(2), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+        s.update(b"c", Mutation::Increment(2), Access::MemoryOnly, |_| ())
+            .unwrap()
+            .unwrap();
     }
-    s.update(b"c", Mutation::Increment(-5), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    s.update(b"c", Mutation::Increment(-5), Access::MemoryOnly, |_| ())
+        .unwrap()
+        .unwrap();
     assert_eq!(counter(&s, b"c"), 20);
     assert_eq!(
-        s.update(b"c", Mutation::Add(b"x"), Access::MemoryOnly, |_| ()).err(),
+        s.update(b"c", Mutation::Add(b"x"), Access::MemoryOnly, |_| ())
+            .err(),
         Some(Error::UnsupportedOperation)
     );
     assert_eq!(
-        s.update(b"missing", Mutation::Increment(1), Access::MayUseDisk, |_| ()).err(),
+        s.update(
+            b"missing",
+            Mutation::Increment(1),
+            Access::MayUseDisk,
+            |_| ()
+        )
+        .err(),
         Some(Error::NotFound)
     );
-    s.create(b"p", Kind::PNCounter, Access::MemoryOnly).unwrap().unwrap();
-    s.update(b"p", Mutation::Decrement(7), Access::MemoryOnly, |_| ()).unwrap().unwrap();
-    s.update(b"p", Mutation::Increment(-1), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    s.create(b"p", Kind::PNCounter, Access::MemoryOnly)
+        .unwrap()
+        .unwrap();
+    s.update(b"p", Mutation::Decrement(7), Access::MemoryOnly, |_| ())
+        .unwrap()
+        .unwrap();
+    s.update(b"p", Mutation::Increment(-1), Access::MemoryOnly, |_| ())
+        .unwrap()
+        .unwrap();
     assert_eq!(counter(&s, b"p"), -8);
 }
 
@@ -60,21 +82,49 @@ fn data_survives_restart_and_restart_loads_nothing() {
         let s = Store::open(cfg(dir.path())).unwrap();
         for i in 0..500u32 {
             let id = i.to_be_bytes();
-            s.create(&id, Kind::GCounter, Access::MemoryOnly).unwrap().unwrap();
-            s.update(&id, Mutation::Increment(i as i128 + 1), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+            s.create(&id, Kind::GCounter, Access::MemoryOnly)
+                .unwrap()
+                .unwrap();
+            s.update(
+                &id,
+                Mutation::Increment(i as i128 + 1),
+                Access::MemoryOnly,
+                |_| (),
+            )
+            .unwrap()
+            .unwrap();
         }
-        s.create(b"set", Kind::ORSet, Access::MemoryOnly).unwrap().unwrap();
+        s.create(b"set", Kind::ORSet, Access::MemoryOnly)
+            .unwrap()
+            .unwrap();
         for e in 0..100u32 {
-            s.update(b"set", Mutation::Add(&e.to_be_bytes()), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+            s.update(
+                b"set",
+                Mutation::Add(&e.to_be_bytes()),
+                Access::MemoryOnly,
+                |_| (),
+            )
+            .unwrap()
+            .unwrap();
         }
-        s.update(b"set", Mutation::Remove(&7u32.to_be_bytes()), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+        s.update(
+            b"set",
+            Mutation::Remove(&7u32.to_be_bytes()),
+            Access::MemoryOnly,
+            |_| (),
+        )
+        .unwrap()
+        .unwrap();
         s.close();
     }
     let s = Store::open(cfg(dir.path())).unwrap();
     let st = s.stats();
     assert_eq!((st.hot, st.warm), (0, 0));
     assert_eq!(st.incarnation, 2);
-    assert_eq!(s.read(&3u32.to_be_bytes(), Access::MemoryOnly, |_| ()), Ok(None));
+    assert_eq!(
+        s.read(&3u32.to_be_bytes(), Access::MemoryOnly, |_| ()),
+        Ok(None)
+    );
     for i in 0..500u32 {
         assert_eq!(counter(&s, &i.to_be_bytes()), i as i128 + 1);
     }
@@ -91,8 +141,17 @@ fn tiers_respect_limits_and_promote_on_access() {
     c.access_threshold = 2;
     let s = Store::open(c).unwrap();
     for i in 0..10u8 {
-        s.create(&[i], Kind::GCounter, Access::MayUseDisk).unwrap().unwrap();
-        s.update(&[i], Mutation::Increment(i as i128 + 1), Access::MayUseDisk, |_| ()).unwrap().unwrap();
+        s.create(&[i], Kind::GCounter, Access::MayUseDisk)
+            .unwrap()
+            .unwrap();
+        s.update(
+            &[i],
+            Mutation::Increment(i as i128 + 1),
+            Access::MayUseDisk,
+            |_| (),
+        )
+        .unwrap()
+        .unwrap();
     }
     let st = s.stats();
     assert!(st.hot <= 2 && st.warm <= 3, "{st:?}");
@@ -124,17 +183,31 @@ fn pending_writes_of_cold_items_are_visible_before_flush() {
     c.ets_limit = 0;
     c.flush_interval_ms = 60_000;
     let s = Store::open(c).unwrap();
-    s.create(b"a", Kind::AWSet, Access::MemoryOnly).unwrap().unwrap();
-    s.update(b"a", Mutation::Add(b"x"), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    s.create(b"a", Kind::AWSet, Access::MemoryOnly)
+        .unwrap()
+        .unwrap();
+    s.update(b"a", Mutation::Add(b"x"), Access::MemoryOnly, |_| ())
+        .unwrap()
+        .unwrap();
     // Creating more ids pushes "a" out of memory before any flush.
     for i in 0..5u8 {
-        s.create(&[i], Kind::GCounter, Access::MayUseDisk).unwrap().unwrap();
+        s.create(&[i], Kind::GCounter, Access::MayUseDisk)
+            .unwrap()
+            .unwrap();
     }
-    assert_eq!(s.metadata(b"a", Access::MayUseDisk).unwrap().unwrap().1, Tier::Cold);
+    assert_eq!(
+        s.metadata(b"a", Access::MayUseDisk).unwrap().unwrap().1,
+        Tier::Cold
+    );
     assert_eq!(set_len(&s, b"a"), 1);
     s.delete(b"a", Access::MayUseDisk).unwrap().unwrap();
-    assert_eq!(s.read(b"a", Access::MayUseDisk, |_| ()).err(), Some(Error::NotFound));
-    s.create(b"a", Kind::GCounter, Access::MayUseDisk).unwrap().unwrap();
+    assert_eq!(
+        s.read(b"a", Access::MayUseDisk, |_| ()).err(),
+        Some(Error::NotFound)
+    );
+    s.create(b"a", Kind::GCounter, Access::MayUseDisk)
+        .unwrap()
+        .unwrap();
     s.flush().unwrap();
     assert_eq!(counter(&s, b"a"), 0);
 }
@@ -143,8 +216,12 @@ fn pending_writes_of_cold_items_are_visible_before_flush() {
 fn failing_writes_are_refused_and_reads_still_work() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(cfg(dir.path())).unwrap();
-    s.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap().unwrap();
-    s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    s.create(b"c", Kind::GCounter, Access::MemoryOnly)
+        .unwrap()
+        .unwrap();
+    s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ())
+        .unwrap()
+        .unwrap();
     s.set_fail_writes(true);
     assert!(matches!(
         s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ()),
@@ -152,7 +229,9 @@ fn failing_writes_are_refused_and_reads_still_work() {
     ));
     assert_eq!(counter(&s, b"c"), 1);
     s.set_fail_writes(false);
-    s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ())
+        .unwrap()
+        .unwrap();
     assert_eq!(counter(&s, b"c"), 2);
 }
 
@@ -162,9 +241,16 @@ fn strict_mode_writes_need_the_disk_path() {
     let mut c = cfg(dir.path());
     c.durability = Durability::Strict;
     let s = Store::open(c).unwrap();
-    assert_eq!(s.create(b"c", Kind::LwwRegister, Access::MemoryOnly), Ok(None));
-    s.create(b"c", Kind::LwwRegister, Access::MayUseDisk).unwrap().unwrap();
-    s.update(b"c", Mutation::Set(b"v1"), Access::MayUseDisk, |_| ()).unwrap().unwrap();
+    assert_eq!(
+        s.create(b"c", Kind::LwwRegister, Access::MemoryOnly),
+        Ok(None)
+    );
+    s.create(b"c", Kind::LwwRegister, Access::MayUseDisk)
+        .unwrap()
+        .unwrap();
+    s.update(b"c", Mutation::Set(b"v1"), Access::MayUseDisk, |_| ())
+        .unwrap()
+        .unwrap();
     let before = s.clock();
     drop(s);
     let s = Store::open(cfg(dir.path())).unwrap();
@@ -185,11 +271,18 @@ fn a_second_open_of_the_same_path_takes_over() {
     let mut c = cfg(dir.path());
     c.flush_interval_ms = 60_000;
     let a = Store::open(c.clone()).unwrap();
-    a.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap().unwrap();
-    a.update(b"c", Mutation::Increment(3), Access::MemoryOnly, |_| ()).unwrap().unwrap();
+    a.create(b"c", Kind::GCounter, Access::MemoryOnly)
+        .unwrap()
+        .unwrap();
+    a.update(b"c", Mutation::Increment(3), Access::MemoryOnly, |_| ())
+        .unwrap()
+        .unwrap();
     let b = Store::open(c).unwrap();
     assert!(a.is_closed());
-    assert_eq!(a.read(b"c", Access::MemoryOnly, |_| ()).err(), Some(Error::Closed));
+    assert_eq!(
+        a.read(b"c", Access::MemoryOnly, |_| ()).err(),
+        Some(Error::Closed)
+    );
     assert_eq!(counter(&b, b"c"), 3);
 }
 

@@ -146,9 +146,22 @@ fn kind_of(t: Term) -> Option<Kind> {
     t.atom_to_string().ok().and_then(|s| Kind::from_name(&s))
 }
 
-fn create_impl<'a>(env: Env<'a>, h: Handle, id: Term<'a>, kind: Term<'a>, access: Access) -> Term<'a> {
+fn create_impl<'a>(
+    env: Env<'a>,
+    h: Handle,
+    id: Term<'a>,
+    kind: Term<'a>,
+    access: Access,
+) -> Term<'a> {
     let Some(kind) = kind_of(kind) else {
-        return (crate::errors::error(), (Atom::from_str(env, "unknown_type").unwrap_or_else(|_| nil()), kind)).encode(env);
+        return (
+            crate::errors::error(),
+            (
+                Atom::from_str(env, "unknown_type").unwrap_or_else(|_| nil()),
+                kind,
+            ),
+        )
+            .encode(env);
     };
     let r = id_bytes(id).and_then(|id| h.store.create(&id, kind, access));
     reply(env, r.map(|o| o.map(|()| ok().encode(env))))
@@ -205,7 +218,13 @@ fn store_get_dirty<'a>(env: Env<'a>, h: Handle, id: Term<'a>) -> Term<'a> {
     get_impl(env, h, id, Access::MayUseDisk)
 }
 
-fn member_impl<'a>(env: Env<'a>, h: Handle, id: Term<'a>, elem: Term<'a>, access: Access) -> Term<'a> {
+fn member_impl<'a>(
+    env: Env<'a>,
+    h: Handle,
+    id: Term<'a>,
+    elem: Term<'a>,
+    access: Access,
+) -> Term<'a> {
     let r = id_bytes(id).and_then(|id| {
         let e = tc::encode(elem)?;
         h.store.read(&id, access, |c| match c {
@@ -236,8 +255,13 @@ fn parse_op<'b>(op: Term<'_>, buf: &'b mut Vec<u8>) -> Result<Option<Mutation<'b
         return Ok(None);
     };
     let int = |t: Term| -> Result<i128, Error> {
-        t.decode::<i128>()
-            .map_err(|_| if t.is_integer() { Error::Overflow } else { Error::InvalidArgument("amount must be an integer") })
+        t.decode::<i128>().map_err(|_| {
+            if t.is_integer() {
+                Error::Overflow
+            } else {
+                Error::InvalidArgument("amount must be an integer")
+            }
+        })
     };
     Ok(Some(if tag == increment() {
         Mutation::Increment(int(arg)?)
@@ -269,7 +293,14 @@ fn unsupported<'a>(env: Env<'a>, h: &Handle, id: &[u8], op: Term<'a>) -> Term<'a
     }
 }
 
-fn update_impl<'a>(env: Env<'a>, h: Handle, id: Term<'a>, op: Term<'a>, want_value: bool, access: Access) -> Term<'a> {
+fn update_impl<'a>(
+    env: Env<'a>,
+    h: Handle,
+    id: Term<'a>,
+    op: Term<'a>,
+    want_value: bool,
+    access: Access,
+) -> Term<'a> {
     let id = match id_bytes(id) {
         Ok(id) => id,
         Err(e) => return error_term(env, &e),
@@ -292,18 +323,34 @@ fn update_impl<'a>(env: Env<'a>, h: Handle, id: Term<'a>, op: Term<'a>, want_val
         Err(Error::UnsupportedOperation) => unsupported(env, &h, &id, op),
         // Too large to build here: the mutation is done, fetch the value
         // from the dirty scheduler.
-        Ok(Some(None)) => (dirty(), Atom::from_str(env, "value").unwrap_or_else(|_| nil())).encode(env),
+        Ok(Some(None)) => (
+            dirty(),
+            Atom::from_str(env, "value").unwrap_or_else(|_| nil()),
+        )
+            .encode(env),
         other => reply(env, other.map(Option::flatten)),
     }
 }
 
 #[rustler::nif]
-fn store_update<'a>(env: Env<'a>, h: Handle, id: Term<'a>, op: Term<'a>, want_value: bool) -> Term<'a> {
+fn store_update<'a>(
+    env: Env<'a>,
+    h: Handle,
+    id: Term<'a>,
+    op: Term<'a>,
+    want_value: bool,
+) -> Term<'a> {
     update_impl(env, h, id, op, want_value, Access::MemoryOnly)
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
-fn store_update_dirty<'a>(env: Env<'a>, h: Handle, id: Term<'a>, op: Term<'a>, want_value: bool) -> Term<'a> {
+fn store_update_dirty<'a>(
+    env: Env<'a>,
+    h: Handle,
+    id: Term<'a>,
+    op: Term<'a>,
+    want_value: bool,
+) -> Term<'a> {
     update_impl(env, h, id, op, want_value, Access::MayUseDisk)
 }
 
@@ -328,7 +375,9 @@ fn metadata_impl<'a>(env: Env<'a>, h: Handle, id: Term<'a>, access: Access) -> T
             let mut map = map_new(env);
             for (k, v) in pairs {
                 let key = Atom::from_str(env, k).map_err(|_| Error::InvalidArgument("atom"))?;
-                map = map.map_put(key, v).map_err(|_| Error::InvalidArgument("map"))?;
+                map = map
+                    .map_put(key, v)
+                    .map_err(|_| Error::InvalidArgument("map"))?;
             }
             Ok((ok(), map).encode(env))
         })
@@ -396,7 +445,8 @@ fn store_decay(h: Handle) -> Atom {
 #[rustler::nif]
 fn store_stats<'a>(env: Env<'a>, h: Handle) -> NifResult<Term<'a>> {
     let s = h.store.stats();
-    let node = tc::decode(env, h.store.node_id(), Trust::Local).unwrap_or_else(|_| nil().encode(env));
+    let node =
+        tc::decode(env, h.store.node_id(), Trust::Local).unwrap_or_else(|_| nil().encode(env));
     let clock = h.store.clock();
     let durability = match h.store.durability() {
         Durability::Strict => strict(),

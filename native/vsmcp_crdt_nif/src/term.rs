@@ -9,7 +9,7 @@
 
 use rustler::types::map::MapIterator;
 use rustler::types::tuple::{get_tuple, make_tuple};
-use rustler::{Atom, Binary, Encoder, Env, NewBinary, NifResult, Term, TermType};
+use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term, TermType};
 use vsmcp_crdt_core::term::{self as ct, TermBuilder};
 use vsmcp_crdt_core::{Error, Result};
 
@@ -17,6 +17,8 @@ use vsmcp_crdt_core::{Error, Result};
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Trust {
     Local,
+    /// Bytes from a peer: the distributed sync layer decodes with this.
+    #[allow(dead_code)]
     Remote,
 }
 
@@ -143,9 +145,4 @@ pub fn make_binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     let mut nb = NewBinary::new(env, bytes.len());
     nb.as_mut_slice().copy_from_slice(bytes);
     Binary::from(nb).encode(env)
-}
-
-/// Read a binary argument or fail with `badarg`.
-pub fn binary_arg<'a>(t: Term<'a>) -> NifResult<Binary<'a>> {
-    t.decode::<Binary>()
 }

@@ -233,11 +233,15 @@ defmodule Vsmcp.CRDT.ContextStoreDurabilityTest do
       store = start_store!(storage_opts: [data_dir: dir])
       assert {:ok, count} = ContextStore.get(store, :counter)
       assert count >= acked, "acknowledged #{acked} increments, found #{count}"
-      assert count <= acked + 1
       assert {:ok, set} = ContextStore.get(store, :set)
       missing = for i <- 1..acked, not MapSet.member?(set, i), do: i
       assert missing == [], "acknowledged adds lost: #{inspect(Enum.take(missing, 10))}"
-      assert MapSet.subset?(set, MapSet.new(1..(acked + 1)))
+      # More may be there: an ack printed just before the kill can be lost
+      # on its way out. What is there is a prefix of the operations, in order
+      # (increment i, then add i).
+      k = MapSet.size(set)
+      assert set == MapSet.new(1..k)
+      assert count in [k, k + 1]
       assert {:ok, %{created_by: :victim}} = ContextStore.get_metadata(store, :counter)
     end
   end
@@ -360,7 +364,9 @@ defmodule Vsmcp.CRDT.ContextStoreDurabilityTest do
       # Stale data directories of removed markers do not pile up.
       store = start_store!(opts)
       assert ContextStore.list_crdts(store) == []
-      assert length(Path.wildcard(Path.join(dir, ".test_crdt.dets.*.rocksdb"), match_dot: true)) <= 2
+
+      assert length(Path.wildcard(Path.join(dir, ".test_crdt.dets.*.rocksdb"), match_dot: true)) <=
+               2
     end
 
     test "a store started on an existing marker recovers; after File.rm it begins empty" do

@@ -190,7 +190,10 @@ defmodule Vsmcp.CRDT.ContextStoreTest do
     test "an unknown type is refused", %{store: store} do
       assert {:error, {:unknown_type, :bogus}} = ContextStore.create(store, :x, :bogus)
       assert {:error, {:unknown_type, "g_counter"}} = ContextStore.create(store, :x, "g_counter")
-      assert {:error, {:unknown_type, {:g_counter}}} = ContextStore.create(store, :x, {:g_counter})
+
+      assert {:error, {:unknown_type, {:g_counter}}} =
+               ContextStore.create(store, :x, {:g_counter})
+
       assert {:error, :not_found} = ContextStore.get(store, :x)
       assert ContextStore.list_crdts(store) == []
     end
@@ -433,7 +436,10 @@ defmodule Vsmcp.CRDT.ContextStoreTest do
       dir = tmp_dir!("vsmcp_crdt_child")
       pid = start_supervised!({ContextStore, storage_opts: [data_dir: dir]})
       assert :ok = ContextStore.create(pid, :x, :g_counter)
-      assert %{id: ContextStore, start: {ContextStore, :start_link, [_]}} = ContextStore.child_spec([])
+
+      assert %{id: ContextStore, start: {ContextStore, :start_link, [_]}} =
+               ContextStore.child_spec([])
+
       assert %{id: :my_name} = ContextStore.child_spec(name: :my_name)
     end
 
@@ -464,7 +470,7 @@ defmodule Vsmcp.CRDT.ContextStoreTest do
     [
       :atom,
       :"an atom with spaces",
-      :"ünïcödé",
+      :ünïcödé,
       nil,
       true,
       false,
@@ -564,7 +570,10 @@ defmodule Vsmcp.CRDT.ContextStoreDefaultStoreTest do
              ContextStore.get_metadata(:page_views)
 
     assert node_id == node()
-    assert Enum.sort(ContextStore.list_crdts()) == Enum.sort([:page_views, :balance, :tags, :name])
+
+    assert Enum.sort(ContextStore.list_crdts()) ==
+             Enum.sort([:page_views, :balance, :tags, :name])
+
     assert :ok = ContextStore.sync()
     assert :ok = ContextStore.delete(:name)
     assert {:error, :not_found} = ContextStore.get(:name)
@@ -614,7 +623,10 @@ defmodule Vsmcp.CRDT.ContextStoreDefaultStoreTest do
 
   test "the default store and anonymous stores with the same legacy names coexist" do
     dir = tmp_dir!("vsmcp_crdt_coexist")
-    start_supervised!({Vsmcp.CRDT.Supervisor, storage_opts: [data_dir: Path.join(dir, "default")]})
+
+    start_supervised!(
+      {Vsmcp.CRDT.Supervisor, storage_opts: [data_dir: Path.join(dir, "default")]}
+    )
 
     stores =
       for i <- 1..3 do
@@ -648,7 +660,9 @@ defmodule Vsmcp.CRDT.ContextStoreDefaultStoreTest do
       assert created_by == :"anon_#{i}"
     end
 
-    paths = [ContextStore.stats() | Enum.map(stores, &ContextStore.stats/1)] |> Enum.map(& &1.path)
+    paths =
+      [ContextStore.stats() | Enum.map(stores, &ContextStore.stats/1)] |> Enum.map(& &1.path)
+
     assert length(Enum.uniq(paths)) == 4
   end
 end

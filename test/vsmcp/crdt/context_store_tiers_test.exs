@@ -146,7 +146,13 @@ defmodule Vsmcp.CRDT.ContextStoreTiersTest do
     # Push them all to cold.
     for i <- 1..10, do: :ok = ContextStore.create(store, {:filler, i}, :g_counter)
     for _ <- 1..3, do: :ok = ContextStore.decay_now(store)
-    assert tiers(store, [:counter, :pn, :set, :reg]) == %{counter: :cold, pn: :cold, set: :cold, reg: :cold}
+
+    assert tiers(store, [:counter, :pn, :set, :reg]) == %{
+             counter: :cold,
+             pn: :cold,
+             set: :cold,
+             reg: :cold
+           }
 
     assert {:ok, 7} = ContextStore.increment(store, :counter, 2)
     for _ <- 1..3, do: :ok = ContextStore.decay_now(store)

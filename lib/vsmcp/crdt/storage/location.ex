@@ -85,6 +85,7 @@ defmodule Vsmcp.CRDT.Storage.Location do
 
   defp valid_name?(path, name) do
     prefix = "." <> Path.basename(path) <> "."
+
     String.starts_with?(name, prefix) and String.ends_with?(name, ".rocksdb") and
       not String.contains?(name, ["/", "\\", "\0"]) and name not in [".", ".."]
   end

@@ -123,7 +123,10 @@ impl ColdTier {
                 .filter_map(|e| e.ok())
                 .any(|e| e.file_name() != "LOCK" && e.file_name() != "LOG");
             if foreign {
-                return Err(storage_err(path, "directory holds files that are not a vsmcp_crdt store"));
+                return Err(storage_err(
+                    path,
+                    "directory holds files that are not a vsmcp_crdt store",
+                ));
             }
         }
         let mut db_opts = Options::default();
@@ -153,7 +156,10 @@ impl ColdTier {
             Some(v) if v == FORMAT_VALUE => {}
             Some(_) => return Err(storage_err(path, "unknown store format")),
             None if has_current && tier.has_any_record()? => {
-                return Err(storage_err(path, "RocksDB without a vsmcp_crdt format marker"))
+                return Err(storage_err(
+                    path,
+                    "RocksDB without a vsmcp_crdt format marker",
+                ))
             }
             None => tier.put_meta(FORMAT_KEY, FORMAT_VALUE, true)?,
         }

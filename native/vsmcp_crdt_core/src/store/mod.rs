@@ -237,6 +237,8 @@ struct Inner {
     cold_possible: AtomicBool,
     closed: AtomicBool,
     write_error: Mutex<Option<String>>,
+    /// Mirrors `write_error.is_some()`, read on every write without a lock.
+    has_write_error: AtomicBool,
     fail_writes: AtomicBool,
     stop: Arc<(Mutex<bool>, Condvar)>,
     flusher: Mutex<Option<JoinHandle<()>>>,
@@ -251,7 +253,10 @@ struct Inner {
 pub struct Store(Arc<Inner>);
 
 fn shard_count(memory_limit: usize) -> usize {
-    (memory_limit / 256).clamp(1, 32).next_power_of_two().min(32)
+    (memory_limit / 256)
+        .clamp(1, 32)
+        .next_power_of_two()
+        .min(32)
 }
 
 fn decode_u64(b: &[u8]) -> Option<u64> {
@@ -299,6 +304,7 @@ impl Store {
             cold_possible: AtomicBool::new(cold_possible),
             closed: AtomicBool::new(false),
             write_error: Mutex::new(None),
+            has_write_error: AtomicBool::new(false),
             fail_writes: AtomicBool::new(false),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             flusher: Mutex::new(None),
@@ -374,7 +380,12 @@ impl Store {
     }
 
     /// Call `f` with the CRDT of `id`. `Ok(None)`: the disk must be consulted.
-    pub fn read<R>(&self, id: &[u8], access: Access, f: impl FnOnce(&Crdt) -> R) -> Result<Option<R>> {
+    pub fn read<R>(
+        &self,
+        id: &[u8],
+        access: Access,
+        f: impl FnOnce(&Crdt) -> R,
+    ) -> Result<Option<R>> {
         let inner = &self.0;
         let mut sh = inner.lock_shard(id)?;
         match inner.presence(&mut sh, id, access)? {
@@ -449,14 +460,21 @@ impl Store {
             }
         }
         slot.meta.updated_at = now_ms();
-        let meta = slot.meta.clone();
-        inner.persist(sh, id, &meta, &delta, false)?;
+        let Shard { map, dirty, .. } = sh;
+        let meta = &map.get(id).ok_or(Error::NotFound)?.meta;
+        inner.persist_with(dirty, id, meta, &delta, false)?;
         Ok(Some(result))
     }
 
     /// Join a CRDT (state or delta, e.g. from a peer) into `id`, creating it
     /// when missing. `Ok(None)`: repeat with `Access::MayUseDisk`.
-    pub fn merge(&self, id: &[u8], meta: &Meta, other: &Crdt, access: Access) -> Result<Option<()>> {
+    pub fn merge(
+        &self,
+        id: &[u8],
+        meta: &Meta,
+        other: &Crdt,
+        access: Access,
+    ) -> Result<Option<()>> {
         let inner = &self.0;
         if meta.kind != other.kind() {
             return Err(Error::TypeMismatch);
@@ -512,7 +530,7 @@ impl Store {
     /// Metadata and tier of `id`, without promoting it.
     pub fn metadata(&self, id: &[u8], access: Access) -> Result<Option<(Meta, Tier)>> {
         let inner = &self.0;
-        let mut sh = inner.lock_shard(id)?;
+        let sh = inner.lock_shard(id)?;
         if let Some(slot) = sh.map.get(id) {
             let tier = match slot.body {
                 Body::Hot(_) => Tier::Hot,
@@ -526,7 +544,7 @@ impl Store {
         if access == Access::MemoryOnly {
             return Ok(None);
         }
-        match inner.load_cold(&mut sh, id)? {
+        match inner.load_cold(&sh, id)? {
             Some((meta, _)) => Ok(Some((meta, Tier::Cold))),
             None => Err(Error::NotFound),
         }
@@ -645,12 +663,16 @@ impl Shard {
     fn compact_queues(&mut self) {
         let map = &self.map;
         if self.hot_q.len() > 2 * self.hot_len + 64 {
-            self.hot_q
-                .retain(|(k, g)| map.get(k).is_some_and(|s| s.gen == *g && matches!(s.body, Body::Hot(_))));
+            self.hot_q.retain(|(k, g)| {
+                map.get(k)
+                    .is_some_and(|s| s.gen == *g && matches!(s.body, Body::Hot(_)))
+            });
         }
         if self.warm_q.len() > 2 * self.warm_len + 64 {
-            self.warm_q
-                .retain(|(k, g)| map.get(k).is_some_and(|s| s.gen == *g && matches!(s.body, Body::Warm(_))));
+            self.warm_q.retain(|(k, g)| {
+                map.get(k)
+                    .is_some_and(|s| s.gen == *g && matches!(s.body, Body::Warm(_)))
+            });
         }
     }
 }
@@ -683,6 +705,9 @@ impl Inner {
                 "{}: writes are failing (injected fault)",
                 self.cold.path().display()
             )));
+        }
+        if !self.has_write_error.load(Ordering::Acquire) {
+            return Ok(());
         }
         match &*self.write_error.lock() {
             Some(e) => Err(Error::Storage(e.clone())),
@@ -725,10 +750,18 @@ impl Inner {
     /// Read `id` from RocksDB with the writes still pending in memory laid
     /// over it. Returns metadata and encoded CRDT bytes.
     fn load_cold(&self, sh: &Shard, id: &[u8]) -> Result<Option<(Meta, Box<[u8]>)>> {
-        let overlays: Vec<&Pending> = [sh.inflight.get(id), sh.dirty.get(id)].into_iter().flatten().collect();
+        let overlays: Vec<&Pending> = [sh.inflight.get(id), sh.dirty.get(id)]
+            .into_iter()
+            .flatten()
+            .collect();
         let reset = overlays.iter().any(|p| p.reset);
         let base = if reset { None } else { self.cold.get(id)? };
-        let corrupt = |e: Error| Error::Storage(format!("{}: corrupt record: {e}", self.cold.path().display()));
+        let corrupt = |e: Error| {
+            Error::Storage(format!(
+                "{}: corrupt record: {e}",
+                self.cold.path().display()
+            ))
+        };
         if overlays.iter().all(|p| p.delta.is_none()) {
             return match base {
                 None => Ok(None),
@@ -794,9 +827,13 @@ impl Inner {
         let mut budget = 2 * sh.hot_q.len() + 2;
         while sh.hot_len > self.hot_limit && budget > 0 {
             budget -= 1;
-            let Some((k, g)) = sh.hot_q.pop_front() else { break };
+            let Some((k, g)) = sh.hot_q.pop_front() else {
+                break;
+            };
             let gen = sh.next_gen + 1;
-            let Some(slot) = sh.map.get_mut(&k) else { continue };
+            let Some(slot) = sh.map.get_mut(&k) else {
+                continue;
+            };
             let Body::Hot(c) = &slot.body else { continue };
             if slot.gen != g {
                 continue;
@@ -816,8 +853,12 @@ impl Inner {
         let mut budget = 2 * sh.warm_q.len() + 2;
         while sh.warm_len > self.warm_limit && budget > 0 {
             budget -= 1;
-            let Some((k, g)) = sh.warm_q.pop_front() else { break };
-            let Some(slot) = sh.map.get_mut(&k) else { continue };
+            let Some((k, g)) = sh.warm_q.pop_front() else {
+                break;
+            };
+            let Some(slot) = sh.map.get_mut(&k) else {
+                continue;
+            };
             if slot.gen != g || !matches!(slot.body, Body::Warm(_)) {
                 continue;
             }
@@ -834,7 +875,27 @@ impl Inner {
         sh.compact_queues();
     }
 
-    fn persist(&self, sh: &mut Shard, id: &[u8], meta: &Meta, delta: &Crdt, reset: bool) -> Result<()> {
+    fn persist(
+        &self,
+        sh: &mut Shard,
+        id: &[u8],
+        meta: &Meta,
+        delta: &Crdt,
+        reset: bool,
+    ) -> Result<()> {
+        self.persist_with(&mut sh.dirty, id, meta, delta, reset)
+    }
+
+    /// Record a delta: into the shard's dirty map (relaxed) or straight to
+    /// the WAL (strict).
+    fn persist_with(
+        &self,
+        dirty: &mut HashMap<Box<[u8]>, Pending>,
+        id: &[u8],
+        meta: &Meta,
+        delta: &Crdt,
+        reset: bool,
+    ) -> Result<()> {
         match self.cfg.durability {
             Durability::Strict => {
                 let mut p = Pending {
@@ -852,7 +913,12 @@ impl Inner {
                 self.cold.write(batch)
             }
             Durability::Relaxed => {
-                let p = sh.dirty.entry(id.into()).or_default();
+                if !dirty.contains_key(id) {
+                    dirty.insert(id.into(), Pending::default());
+                }
+                let Some(p) = dirty.get_mut(id) else {
+                    return Err(Error::NotFound);
+                };
                 if reset {
                     *p = Pending {
                         reset: true,
@@ -907,19 +973,24 @@ impl Inner {
             return Ok(());
         }
         let res = if self.fail_writes.load(Ordering::Acquire) {
-            Err(Error::Storage(format!("{}: writes are failing (injected fault)", self.cold.path().display())))
+            Err(Error::Storage(format!(
+                "{}: writes are failing (injected fault)",
+                self.cold.path().display()
+            )))
         } else {
             self.cold.write(batch)
         };
         match &res {
             Ok(()) => {
                 *self.write_error.lock() = None;
+                self.has_write_error.store(false, Ordering::Release);
                 for shard in self.shards.iter() {
                     shard.lock().inflight.clear();
                 }
             }
             Err(e) => {
                 *self.write_error.lock() = Some(e.to_string());
+                self.has_write_error.store(true, Ordering::Release);
                 if hlc_changed {
                     *self.persisted_hlc.lock() = Timestamp::ZERO;
                 }

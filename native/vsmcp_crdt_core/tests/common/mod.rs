@@ -30,11 +30,18 @@ pub fn replica(i: usize) -> ReplicaId {
 /// One mutation; each type reads the fields it needs.
 #[derive(Debug, Clone, Copy)]
 pub struct MutOp {
-    /// Even: add / increment / set; odd: remove / decrement / set.
+    /// Low bit 0: add / increment / set; 1: remove / decrement / set.
     pub kind: u8,
     pub elem: u8,
     pub amount: u64,
     pub ts: Timestamp,
+}
+
+impl MutOp {
+    /// Add / increment (else remove / decrement).
+    pub fn is_add(&self) -> bool {
+        self.kind & 1 == 0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -52,18 +59,27 @@ pub enum Step {
         reverse: bool,
     },
     /// `to` joins the selected deltas of `from` joined into one delta group.
-    DeliverGroup { from: usize, to: usize, mask: u64 },
+    DeliverGroup {
+        from: usize,
+        to: usize,
+        mask: u64,
+    },
     /// `to` joins `from`'s full state.
-    Sync { from: usize, to: usize },
+    Sync {
+        from: usize,
+        to: usize,
+    },
 }
 
 pub fn mut_op() -> impl Strategy<Value = MutOp> {
-    (any::<u8>(), 0u8..3, 0u64..4, 0u64..4, 0u32..3).prop_map(|(kind, elem, amount, wall, counter)| MutOp {
-        kind,
-        elem,
-        amount,
-        ts: Timestamp::new(wall, counter),
-    })
+    (any::<u8>(), 0u8..3, 0u64..4, 0u64..4, 0u32..3).prop_map(
+        |(kind, elem, amount, wall, counter)| MutOp {
+            kind,
+            elem,
+            amount,
+            ts: Timestamp::new(wall, counter),
+        },
+    )
 }
 
 pub fn step(replicas: usize) -> impl Strategy<Value = Step> {
@@ -132,7 +148,7 @@ impl Replicated for PNCounter {
         PNCounter::new()
     }
     fn mutate(&mut self, r: &ReplicaId, op: MutOp) -> Self {
-        if op.kind % 2 == 0 {
+        if op.is_add() {
             self.increment(r, op.amount).unwrap()
         } else {
             self.decrement(r, op.amount).unwrap()
@@ -176,7 +192,7 @@ pub struct Aw(pub ORSet);
 
 fn set_mutate(s: &mut ORSet, r: &ReplicaId, op: MutOp) -> ORSet {
     let e = elem(op.elem);
-    if op.kind % 2 == 0 {
+    if op.is_add() {
         s.add(r, &e).unwrap()
     } else {
         s.remove(r, &e).unwrap()
@@ -210,8 +226,8 @@ impl Replicated for Rw {
         let dots = &n.elems[&elem(op.elem)];
         assert_eq!(dots.len(), 1, "{dots:?}");
         let is_remove = dots.iter().next().unwrap().2;
-        assert_eq!(is_remove, op.kind % 2 == 1);
-        assert_eq!(self.0.contains(&elem(op.elem)), op.kind % 2 == 0);
+        assert_eq!(is_remove, !op.is_add());
+        assert_eq!(self.0.contains(&elem(op.elem)), op.is_add());
     }
 }
 
@@ -239,11 +255,14 @@ impl Replicated for Aw {
         let n = self.0.normalized();
         match n.elems.get(&elem(op.elem)) {
             Some(dots) => {
-                assert!(op.kind % 2 == 0, "entry survived a remove: {dots:?}");
+                assert!(op.is_add(), "entry survived a remove: {dots:?}");
                 assert_eq!(dots.len(), 1);
-                assert!(!dots.iter().next().unwrap().2, "remove token in add-wins set");
+                assert!(
+                    !dots.iter().next().unwrap().2,
+                    "remove token in add-wins set"
+                );
             }
-            None => assert!(op.kind % 2 == 1),
+            None => assert!(!op.is_add()),
         }
         assert_eq!(self.0.entry_count(), n.elems.len());
     }
@@ -259,12 +278,12 @@ impl<const CODE: u8> Replicated for Via<CODE> {
     }
     fn mutate(&mut self, r: &ReplicaId, op: MutOp) -> Self {
         let e = elem(op.elem);
-        let o = match (self.0.kind(), op.kind % 2) {
+        let o = match (self.0.kind(), op.is_add()) {
             (Kind::GCounter, _) => Op::Increment(op.amount),
-            (Kind::PNCounter, 0) => Op::Increment(op.amount),
-            (Kind::PNCounter, _) => Op::Decrement(op.amount),
-            (Kind::ORSet | Kind::AWSet, 0) => Op::Add(&e),
-            (Kind::ORSet | Kind::AWSet, _) => Op::Remove(&e),
+            (Kind::PNCounter, true) => Op::Increment(op.amount),
+            (Kind::PNCounter, false) => Op::Decrement(op.amount),
+            (Kind::ORSet | Kind::AWSet, true) => Op::Add(&e),
+            (Kind::ORSet | Kind::AWSet, false) => Op::Remove(&e),
             (Kind::LwwRegister, _) => Op::Set(&e, op.ts),
         };
         Via(self.0.mutate(r, o).unwrap())
@@ -303,7 +322,11 @@ impl<T: Replicated> Run<T> {
 
 /// Join the deltas of `log` selected by `mask` into one delta group.
 pub fn group<T: Replicated>(log: &[T], mask: u64) -> Option<T> {
-    let mut it = log.iter().enumerate().filter(|(i, _)| selected(mask, *i)).map(|(_, d)| d);
+    let mut it = log
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| selected(mask, *i))
+        .map(|(_, d)| d);
     let mut g = it.next()?.clone();
     for d in it {
         g.join_in(d);

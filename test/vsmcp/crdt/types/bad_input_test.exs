@@ -134,6 +134,15 @@ defmodule Vsmcp.CRDT.Types.BadInputTest do
     end
   end
 
+  test "a struct of the right type with a non-binary state is an invalid argument" do
+    for mod <- @modules, state <- [nil, 123, ~c"list", {:state}] do
+      forged = %{mod.new(:n) | state: state}
+      assert mod.merge(mod.new(:n), forged) == {:error, :invalid_argument}
+      assert mod.mutate(forged, @good_ops[mod]) == {:error, :invalid_argument}
+      assert_raise ArgumentError, ~r/with a binary state/, fn -> mod.value(forged) end
+    end
+  end
+
   test "wrong operations are errors" do
     for mod <- @modules,
         op <- [
