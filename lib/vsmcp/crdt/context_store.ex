@@ -185,10 +185,24 @@ defmodule Vsmcp.CRDT.ContextStore do
     Process.flag(:trap_exit, true)
     Native.store_monitor(handle, self())
     :persistent_term.put({__MODULE__, self()}, handle)
+    watch_handle_entry(self())
     interval = get_in(opts, [:storage_opts, :decay_interval]) || @default_decay_interval
     state = %{handle: handle, decay_interval: interval, opts: opts}
     schedule_decay(state)
     {:ok, state}
+  end
+
+  # `terminate/2` does not run when the store is killed: a small unlinked
+  # watcher removes the handle entry then (the NIF resource itself closes
+  # the store when its owner dies).
+  defp watch_handle_entry(store) do
+    spawn(fn ->
+      ref = Process.monitor(store)
+
+      receive do
+        {:DOWN, ^ref, :process, _, _} -> :persistent_term.erase({__MODULE__, store})
+      end
+    end)
   end
 
   @impl true
@@ -251,7 +265,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   defp handle(_), do: {:error, :noproc}
 
   # Is `x` a running store (so that `increment(x, y)` means `(store, id)`)?
-  defp store?(x) when is_pid(x) or is_atom(x), do: match?({:ok, _}, handle(x))
+  defp store?(x) when is_pid(x), do: true
+  defp store?(x) when is_atom(x), do: match?({:ok, _}, handle(x))
   defp store?(_), do: false
 
   # ---------------------------------------------------------------------------

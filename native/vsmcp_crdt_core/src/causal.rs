@@ -13,8 +13,9 @@
 //! states remaps the other side's indices through [`ReplicaTable::remap`].
 
 use crate::error::{Error, Result};
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Opaque, totally ordered replica identity. Shared (`Arc`), because every

@@ -121,6 +121,15 @@ impl Crdt {
         }
     }
 
+    /// The bottom element of `kind` as a *delta*: the starting point of a
+    /// delta group (an OR-Set delta is scoped, see `orset`).
+    pub fn empty_delta(kind: Kind) -> Crdt {
+        match Crdt::new(kind) {
+            Crdt::ORSet(s) => Crdt::ORSet(ORSet::empty_delta(s.policy())),
+            other => other,
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Crdt::GCounter(_) => Kind::GCounter,
@@ -144,6 +153,32 @@ impl Crdt {
             (Crdt::LwwRegister(r), Op::Set(v, ts)) => Crdt::LwwRegister(r.set(replica, v, ts)),
             _ => return Err(Error::UnsupportedOperation),
         })
+    }
+
+    /// Apply `op` as `replica` and join its delta into `acc` (a delta group
+    /// being accumulated, e.g. the writes not yet on disk). Equivalent to
+    /// `acc.join(&self.mutate(replica, op)?)`, but counters update `acc` in
+    /// place instead of building a temporary delta.
+    pub fn mutate_join(&mut self, replica: &ReplicaId, op: Op<'_>, acc: &mut Crdt) -> Result<()> {
+        match (self, op, acc) {
+            (Crdt::GCounter(c), Op::Increment(n), Crdt::GCounter(a)) if n > 0 => {
+                c.increment_in_place(replica, n)?;
+                a.join_entry(replica, c.get(replica));
+            }
+            (Crdt::PNCounter(c), Op::Increment(n), Crdt::PNCounter(a)) if n > 0 => {
+                c.p.increment_in_place(replica, n)?;
+                a.p.join_entry(replica, c.p.get(replica));
+            }
+            (Crdt::PNCounter(c), Op::Decrement(n), Crdt::PNCounter(a)) if n > 0 => {
+                c.n.increment_in_place(replica, n)?;
+                a.n.join_entry(replica, c.n.get(replica));
+            }
+            (this, op, acc) => {
+                let delta = this.mutate(replica, op)?;
+                acc.join(&delta)?;
+            }
+        }
+        Ok(())
     }
 
     /// The join (least upper bound). Kinds must match.

@@ -7,7 +7,8 @@
 
 use crate::causal::ReplicaId;
 use crate::error::{Error, Result};
-use std::collections::{BTreeMap, HashMap};
+use hashbrown::HashMap;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct GCounter {
@@ -26,6 +27,16 @@ impl GCounter {
         if n == 0 {
             return Ok(GCounter::new());
         }
+        let next = self.increment_in_place(replica, n)?;
+        let mut delta = GCounter::new();
+        delta.entries.insert(replica.clone(), next);
+        delta.sum = next as u128;
+        Ok(delta)
+    }
+
+    /// Add `n` to `replica`'s entry without building a delta; returns the
+    /// new entry.
+    pub fn increment_in_place(&mut self, replica: &ReplicaId, n: u64) -> Result<u64> {
         let entry = match self.entries.get_mut(replica) {
             Some(e) => e,
             None => self.entries.entry(replica.clone()).or_insert(0),
@@ -33,10 +44,23 @@ impl GCounter {
         let next = entry.checked_add(n).ok_or(Error::Overflow)?;
         *entry = next;
         self.sum += n as u128;
-        let mut delta = GCounter::new();
-        delta.entries.insert(replica.clone(), next);
-        delta.sum = next as u128;
-        Ok(delta)
+        Ok(next)
+    }
+
+    /// Raise `replica`'s entry to at least `n` (the join with a one-entry
+    /// counter, without building it).
+    pub fn join_entry(&mut self, replica: &ReplicaId, n: u64) {
+        match self.entries.get_mut(replica) {
+            Some(e) if *e >= n => {}
+            Some(e) => {
+                self.sum += (n - *e) as u128;
+                *e = n;
+            }
+            None => {
+                self.entries.insert(replica.clone(), n);
+                self.sum += n as u128;
+            }
+        }
     }
 
     /// Pointwise max.

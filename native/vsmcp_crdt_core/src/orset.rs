@@ -196,7 +196,8 @@ impl ORSet {
         }
     }
 
-    fn empty_delta(policy: Policy) -> Self {
+    /// The empty set as a (scoped) delta.
+    pub fn empty_delta(policy: Policy) -> Self {
         ORSet {
             delta: true,
             ..ORSet::new(policy)

@@ -36,10 +36,11 @@ use crate::crdt::{Crdt, Kind, Op};
 use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
 use cold::{ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY};
+use hashbrown::HashMap;
 use parking_lot::{Condvar, Mutex};
 use record::{decode_parts, encode_parts, Meta, Record};
 use rocksdb::WriteBatch;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -442,27 +443,48 @@ impl Store {
             Op::Set(v, _) => Op::Set(v, inner.clock.lock().tick(now_ms())),
             other => other,
         };
-        let (delta, result) = match &mut slot.body {
+        let replica = &inner.replica;
+        let now = now_ms();
+        slot.meta.updated_at = now;
+        let Shard { map, dirty, .. } = sh;
+        let slot = map.get_mut(id).ok_or(Error::NotFound)?;
+        // Apply the mutation; the delta goes straight into the pending
+        // delta group (relaxed) or is written on its own (strict).
+        let mut apply = |c: &mut Crdt| -> Result<()> {
+            match inner.cfg.durability {
+                Durability::Relaxed => {
+                    let p = pending_entry(dirty, id);
+                    let acc = p.delta.get_or_insert_with(|| Crdt::empty_delta(kind));
+                    c.mutate_join(replica, op, acc)?;
+                    match &mut p.meta {
+                        Some(m) => m.join(&slot.meta),
+                        None => p.meta = Some(slot.meta.clone()),
+                    }
+                    Ok(())
+                }
+                Durability::Strict => {
+                    let delta = c.mutate(replica, op)?;
+                    inner.persist_with(dirty, id, &slot.meta, &delta, false)
+                }
+            }
+        };
+        let result = match &mut slot.body {
             Body::Hot(c) => {
-                let d = c.mutate(&inner.replica, op)?;
-                (d, f(c))
+                apply(c)?;
+                f(c)
             }
             Body::Warm(bytes) => {
                 let mut c = decode_stored(bytes)?;
-                let d = c.mutate(&inner.replica, op)?;
+                apply(&mut c)?;
                 *bytes = c.encode().into_boxed_slice();
-                (d, f(&c))
+                f(&c)
             }
         };
-        if let Crdt::LwwRegister(r) = &delta {
+        if let Body::Hot(Crdt::LwwRegister(r)) = &slot.body {
             if let Some(ts) = r.timestamp() {
                 inner.clock.lock().observe(ts);
             }
         }
-        slot.meta.updated_at = now_ms();
-        let Shard { map, dirty, .. } = sh;
-        let meta = &map.get(id).ok_or(Error::NotFound)?.meta;
-        inner.persist_with(dirty, id, meta, &delta, false)?;
         Ok(Some(result))
     }
 
@@ -573,10 +595,24 @@ impl Store {
         Ok(Some(()))
     }
 
-    /// Every id (flushes pending writes first; reads the disk).
+    /// Every id: the ids on disk with the writes still pending laid over
+    /// them. Tries to flush first, but answers even when the disk refuses
+    /// writes (reads keep working on a full disk).
     pub fn ids(&self) -> Result<Vec<Box<[u8]>>> {
-        self.flush()?;
-        self.0.cold.keys()
+        let _ = self.flush();
+        let mut ids: std::collections::BTreeSet<Box<[u8]>> =
+            self.0.cold.keys()?.into_iter().collect();
+        for shard in self.0.shards.iter() {
+            let sh = shard.lock();
+            for (k, p) in sh.inflight.iter().chain(sh.dirty.iter()) {
+                if p.delta.is_some() {
+                    ids.insert(k.clone());
+                } else if p.reset {
+                    ids.remove(k);
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
     }
 
     /// Write pending deltas now (group commit).
@@ -648,6 +684,12 @@ fn fit_mutation(kind: Kind, m: Mutation<'_>) -> Result<Option<Op<'_>>> {
         (Kind::LwwRegister, Mutation::Set(v)) => Some(Op::Set(v, Timestamp::ZERO)),
         _ => return Err(Error::UnsupportedOperation),
     })
+}
+
+/// The pending writes of `id`, created empty when missing (without
+/// allocating a key when present).
+fn pending_entry<'a>(dirty: &'a mut HashMap<Box<[u8]>, Pending>, id: &[u8]) -> &'a mut Pending {
+    dirty.entry_ref(id).or_default()
 }
 
 fn decode_stored(bytes: &[u8]) -> Result<Crdt> {
@@ -913,12 +955,7 @@ impl Inner {
                 self.cold.write(batch)
             }
             Durability::Relaxed => {
-                if !dirty.contains_key(id) {
-                    dirty.insert(id.into(), Pending::default());
-                }
-                let Some(p) = dirty.get_mut(id) else {
-                    return Err(Error::NotFound);
-                };
+                let p = pending_entry(dirty, id);
                 if reset {
                     *p = Pending {
                         reset: true,
