@@ -304,3 +304,64 @@ fn lww_from_wire(w: LwwWire) -> LwwRegister {
         value: value.into_vec().into_boxed_slice(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `mutate_join` must equal `acc.join(mutate(..))` for every kind and op.
+    #[test]
+    fn mutate_join_equals_join_of_the_delta() {
+        let r = ReplicaId::from("r1");
+        let ops: Vec<(Kind, Vec<Op>)> = vec![
+            (
+                Kind::GCounter,
+                vec![Op::Increment(3), Op::Increment(0), Op::Increment(9)],
+            ),
+            (
+                Kind::PNCounter,
+                vec![
+                    Op::Increment(3),
+                    Op::Decrement(5),
+                    Op::Decrement(0),
+                    Op::Increment(1),
+                ],
+            ),
+            (
+                Kind::ORSet,
+                vec![
+                    Op::Add(b"a"),
+                    Op::Add(b"b"),
+                    Op::Remove(b"a"),
+                    Op::Add(b"a"),
+                ],
+            ),
+            (
+                Kind::AWSet,
+                vec![Op::Add(b"a"), Op::Remove(b"a"), Op::Add(b"b")],
+            ),
+            (
+                Kind::LwwRegister,
+                vec![
+                    Op::Set(b"x", Timestamp::new(5, 0)),
+                    Op::Set(b"y", Timestamp::new(4, 0)),
+                ],
+            ),
+        ];
+        for (kind, ops) in ops {
+            let (mut s1, mut s2) = (Crdt::new(kind), Crdt::new(kind));
+            let (mut acc1, mut acc2) = (Crdt::empty_delta(kind), Crdt::empty_delta(kind));
+            for op in ops {
+                s1.mutate_join(&r, op, &mut acc1).unwrap();
+                let d = s2.mutate(&r, op).unwrap();
+                acc2.join(&d).unwrap();
+            }
+            assert_eq!(s1, s2, "{kind:?}");
+            assert_eq!(acc1, acc2, "{kind:?}");
+            // The accumulated delta group rebuilds the state from scratch.
+            let mut fresh = Crdt::new(kind);
+            fresh.join(&acc1).unwrap();
+            assert_eq!(fresh, s1, "{kind:?}");
+        }
+    }
+}

@@ -66,17 +66,7 @@ impl GCounter {
     /// Pointwise max.
     pub fn join(&mut self, other: &GCounter) {
         for (r, &n) in &other.entries {
-            match self.entries.get_mut(r) {
-                Some(e) if *e >= n => {}
-                Some(e) => {
-                    self.sum += (n - *e) as u128;
-                    *e = n;
-                }
-                None => {
-                    self.entries.insert(r.clone(), n);
-                    self.sum += n as u128;
-                }
-            }
+            self.join_entry(r, n);
         }
     }
 

@@ -296,3 +296,68 @@ fn foreign_directory_is_refused_with_its_path() {
         Ok(_) => panic!("opened a foreign directory"),
     }
 }
+
+#[test]
+fn remote_state_merges_into_the_state_the_api_reads() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(cfg(da.path())).unwrap();
+    let b = Store::open(StoreConfig::new(db.path(), b"node-b")).unwrap();
+    a.create(b"s", Kind::ORSet, Access::MemoryOnly)
+        .unwrap()
+        .unwrap();
+    a.update(b"s", Mutation::Add(b"x"), Access::MemoryOnly, |_| ())
+        .unwrap()
+        .unwrap();
+    let (meta, _) = a.metadata(b"s", Access::MayUseDisk).unwrap().unwrap();
+    let state = a
+        .read(b"s", Access::MemoryOnly, |c| c.clone())
+        .unwrap()
+        .unwrap();
+    // Unknown id on b: created from the remote state.
+    b.merge(b"s", &meta, &state, Access::MayUseDisk)
+        .unwrap()
+        .unwrap();
+    assert_eq!(set_len(&b, b"s"), 1);
+    // Concurrent remove on a and add on b converge after exchanging states.
+    a.update(b"s", Mutation::Remove(b"x"), Access::MemoryOnly, |_| ())
+        .unwrap()
+        .unwrap();
+    b.update(b"s", Mutation::Add(b"y"), Access::MemoryOnly, |_| ())
+        .unwrap()
+        .unwrap();
+    let sa = a
+        .read(b"s", Access::MemoryOnly, |c| c.clone())
+        .unwrap()
+        .unwrap();
+    let sb = b
+        .read(b"s", Access::MemoryOnly, |c| c.clone())
+        .unwrap()
+        .unwrap();
+    a.merge(b"s", &meta, &sb, Access::MayUseDisk)
+        .unwrap()
+        .unwrap();
+    b.merge(b"s", &meta, &sa, Access::MayUseDisk)
+        .unwrap()
+        .unwrap();
+    let va = a
+        .read(b"s", Access::MemoryOnly, |c| c.clone())
+        .unwrap()
+        .unwrap();
+    let vb = b
+        .read(b"s", Access::MemoryOnly, |c| c.clone())
+        .unwrap()
+        .unwrap();
+    assert_eq!(va, vb);
+    assert_eq!(set_len(&a, b"s"), 1);
+    // A kind mismatch is refused.
+    let wrong = Crdt::new(Kind::GCounter);
+    assert_eq!(
+        b.merge(b"s", &meta, &wrong, Access::MayUseDisk),
+        Err(Error::TypeMismatch)
+    );
+    // The merged state is durable.
+    b.close();
+    drop(b);
+    let b = Store::open(StoreConfig::new(db.path(), b"node-b")).unwrap();
+    assert_eq!(set_len(&b, b"s"), 1);
+}

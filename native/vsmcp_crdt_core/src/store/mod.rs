@@ -344,14 +344,11 @@ impl Store {
     pub fn create(&self, id: &[u8], kind: Kind, access: Access) -> Result<Option<()>> {
         self.0.check_size(id.len())?;
         let inner = &self.0;
-        if access == Access::MemoryOnly && inner.cfg.durability == Durability::Strict {
+        let Some((mut sh, present)) = inner.locate(id, access, true)? else {
             return Ok(None);
-        }
-        let mut sh = inner.lock_shard(id)?;
-        match inner.presence(&mut sh, id, access)? {
-            Presence::NeedsDisk => return Ok(None),
-            Presence::InMemory => return Err(Error::AlreadyExists),
-            Presence::Absent => {}
+        };
+        if present {
+            return Err(Error::AlreadyExists);
         }
         inner.check_writable()?;
         let now = now_ms();
@@ -363,20 +360,7 @@ impl Store {
         };
         let crdt = Crdt::new(kind);
         inner.persist(&mut sh, id, &meta, &crdt, false)?;
-        let gen = sh.bump_gen();
-        sh.map.insert(
-            id.into(),
-            Slot {
-                meta,
-                body: Body::Hot(crdt),
-                accesses: 1,
-                referenced: true,
-                gen,
-            },
-        );
-        sh.hot_q.push_back((id.into(), gen));
-        sh.hot_len += 1;
-        inner.enforce_limits(&mut sh, id);
+        inner.insert_hot(&mut sh, id, meta, crdt);
         Ok(Some(()))
     }
 
@@ -388,11 +372,11 @@ impl Store {
         f: impl FnOnce(&Crdt) -> R,
     ) -> Result<Option<R>> {
         let inner = &self.0;
-        let mut sh = inner.lock_shard(id)?;
-        match inner.presence(&mut sh, id, access)? {
-            Presence::NeedsDisk => return Ok(None),
-            Presence::Absent => return Err(Error::NotFound),
-            Presence::InMemory => {}
+        let Some((mut sh, present)) = inner.locate(id, access, false)? else {
+            return Ok(None);
+        };
+        if !present {
+            return Err(Error::NotFound);
         }
         inner.touch(&mut sh, id)?;
         let slot = sh.map.get(id).ok_or(Error::NotFound)?;
@@ -415,14 +399,11 @@ impl Store {
         if let Mutation::Add(b) | Mutation::Remove(b) | Mutation::Set(b) = m {
             inner.check_size(b.len())?;
         }
-        if access == Access::MemoryOnly && inner.cfg.durability == Durability::Strict {
+        let Some((mut sh, present)) = inner.locate(id, access, true)? else {
             return Ok(None);
-        }
-        let mut sh = inner.lock_shard(id)?;
-        match inner.presence(&mut sh, id, access)? {
-            Presence::NeedsDisk => return Ok(None),
-            Presence::Absent => return Err(Error::NotFound),
-            Presence::InMemory => {}
+        };
+        if !present {
+            return Err(Error::NotFound);
         }
         inner.touch(&mut sh, id)?;
         let sh = &mut *sh;
@@ -501,34 +482,19 @@ impl Store {
         if meta.kind != other.kind() {
             return Err(Error::TypeMismatch);
         }
-        if access == Access::MemoryOnly && inner.cfg.durability == Durability::Strict {
+        let Some((mut sh, present)) = inner.locate(id, access, true)? else {
             return Ok(None);
-        }
-        let mut sh = inner.lock_shard(id)?;
-        let presence = inner.presence(&mut sh, id, access)?;
+        };
         inner.check_writable()?;
-        match presence {
-            Presence::NeedsDisk => return Ok(None),
-            Presence::Absent => {
+        match present {
+            false => {
                 let mut crdt = Crdt::new(meta.kind);
                 crdt.join(other)?;
-                inner.persist(&mut sh, id, meta, other, false)?;
-                let gen = sh.bump_gen();
-                sh.map.insert(
-                    id.into(),
-                    Slot {
-                        meta: meta.clone(),
-                        body: Body::Hot(crdt),
-                        accesses: 1,
-                        referenced: true,
-                        gen,
-                    },
-                );
-                sh.hot_q.push_back((id.into(), gen));
-                sh.hot_len += 1;
-                inner.enforce_limits(&mut sh, id);
+                // Persist the joined state: a delta alone is no record.
+                inner.persist(&mut sh, id, meta, &crdt, false)?;
+                inner.insert_hot(&mut sh, id, meta.clone(), crdt);
             }
-            Presence::InMemory => {
+            true => {
                 let slot = sh.map.get_mut(id).ok_or(Error::NotFound)?;
                 if slot.meta.kind != meta.kind {
                     return Err(Error::TypeMismatch);
@@ -575,14 +541,11 @@ impl Store {
     /// Delete `id`. `Ok(None)`: repeat with `Access::MayUseDisk`.
     pub fn delete(&self, id: &[u8], access: Access) -> Result<Option<()>> {
         let inner = &self.0;
-        if access == Access::MemoryOnly && inner.cfg.durability == Durability::Strict {
+        let Some((mut sh, present)) = inner.locate(id, access, true)? else {
             return Ok(None);
-        }
-        let mut sh = inner.lock_shard(id)?;
-        match inner.presence(&mut sh, id, access)? {
-            Presence::NeedsDisk => return Ok(None),
-            Presence::Absent => return Err(Error::NotFound),
-            Presence::InMemory => {}
+        };
+        if !present {
+            return Err(Error::NotFound);
         }
         inner.check_writable()?;
         if let Some(slot) = sh.map.remove(id) {
@@ -755,6 +718,43 @@ impl Inner {
             Some(e) => Err(Error::Storage(e.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Put a new id in the hot tier and make room.
+    fn insert_hot(&self, sh: &mut Shard, id: &[u8], meta: Meta, crdt: Crdt) {
+        let gen = sh.bump_gen();
+        let slot = Slot {
+            meta,
+            body: Body::Hot(crdt),
+            accesses: 1,
+            referenced: true,
+            gen,
+        };
+        sh.map.insert(id.into(), slot);
+        sh.hot_q.push_back((id.into(), gen));
+        sh.hot_len += 1;
+        self.enforce_limits(sh, id);
+    }
+
+    /// Lock `id`'s shard and bring `id` into memory if it is on disk.
+    /// `Ok(None)`: the call needs the disk (or, for a write in strict
+    /// durability, the WAL) and must be repeated with `Access::MayUseDisk`.
+    /// Otherwise the guard and whether `id` exists.
+    fn locate(
+        &self,
+        id: &[u8],
+        access: Access,
+        write: bool,
+    ) -> Result<Option<(parking_lot::MutexGuard<'_, Shard>, bool)>> {
+        if write && access == Access::MemoryOnly && self.cfg.durability == Durability::Strict {
+            return Ok(None);
+        }
+        let mut sh = self.lock_shard(id)?;
+        Ok(match self.presence(&mut sh, id, access)? {
+            Presence::NeedsDisk => None,
+            Presence::Absent => Some((sh, false)),
+            Presence::InMemory => Some((sh, true)),
+        })
     }
 
     fn presence(&self, sh: &mut Shard, id: &[u8], access: Access) -> Result<Presence> {
