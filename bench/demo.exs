@@ -52,7 +52,7 @@ IO.puts(
 
 IO.puts("stats:                      #{inspect(ContextStore.stats(store))}")
 :ok = ContextStore.stop(store)
-File.rm_rf!(dir)
+File.rm_rf(dir)
 
 IO.puts("\n== two replicas converge (pure modules, delta-state)")
 c1 = GCounter.new(:node1)

@@ -28,7 +28,7 @@ use vsmcp_crdt_core::hlc::{Clock, Timestamp};
 use vsmcp_crdt_core::lww::LwwRegister;
 use vsmcp_crdt_core::orset::{ORSet, Policy};
 use vsmcp_crdt_core::pncounter::PNCounter;
-use vsmcp_crdt_core::{Crdt, ReplicaId};
+use vsmcp_crdt_core::{Crdt, Kind, Op, ReplicaId};
 
 // ---- live-byte counting allocator --------------------------------------------
 
@@ -202,6 +202,18 @@ fn counters(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("increment", n), |b| {
             b.iter(|| counter.increment(black_box(&me), 1).unwrap())
         });
+        // The store's write path: fold the increment into a pending delta
+        // group instead of building a one-entry delta counter.
+        let mut state = Crdt::GCounter(counter.clone());
+        let mut group = Crdt::empty_delta(Kind::GCounter);
+        g.bench_function(BenchmarkId::new("mutate_join", n), |b| {
+            b.iter(|| {
+                state
+                    .mutate_join(black_box(&me), Op::Increment(1), &mut group)
+                    .unwrap()
+            })
+        });
+        drop(state);
         g.bench_function(BenchmarkId::new("value", n), |b| {
             b.iter(|| black_box(&counter).value())
         });

@@ -258,6 +258,53 @@ proptest! {
     }
 }
 
+proptest! {
+    /// `mutate_join` (mutate and fold the delta into a delta group in one
+    /// step) equals `mutate` followed by joining the delta, and the group
+    /// it accumulates does what its deltas do.
+    #[test]
+    fn crdt_mutate_join_equals_join_of_delta(
+        ops in prop::collection::vec((0usize..3, mut_op()), 0..30),
+        code in 1u8..=5,
+    ) {
+        use vsmcp_crdt_core::Crdt;
+        let kind = Kind::from_code(code).unwrap();
+        let (mut s1, mut s2) = (Crdt::new(kind), Crdt::new(kind));
+        let (mut acc1, mut acc2) = (Crdt::empty_delta(kind), Crdt::empty_delta(kind));
+        let mut other = Crdt::new(kind);
+        other
+            .mutate(&replica(9), crdt_op(kind, mut_op_zero(), &elem(0)))
+            .unwrap();
+        let mut one_by_one = other.clone();
+        for (r, op) in &ops {
+            let e = elem(op.elem);
+            s1.mutate_join(&replica(*r), crdt_op(kind, *op, &e), &mut acc1).unwrap();
+            let d = s2.mutate(&replica(*r), crdt_op(kind, *op, &e)).unwrap();
+            acc2.join(&d).unwrap();
+            one_by_one.join(&d).unwrap();
+        }
+        prop_assert_eq!(&s1, &s2);
+        prop_assert_eq!(&acc1, &acc2);
+        if matches!(kind, Kind::ORSet | Kind::AWSet) {
+            prop_assert!(matches!(&acc1, vsmcp_crdt_core::Crdt::ORSet(s) if s.is_delta()));
+        }
+        let mut fresh = Crdt::new(kind);
+        fresh.join(&acc1).unwrap();
+        prop_assert_eq!(&fresh, &s1, "the group does not rebuild the state");
+        other.join(&acc1).unwrap();
+        prop_assert_eq!(&other, &one_by_one, "the group != its deltas one by one");
+    }
+}
+
+fn mut_op_zero() -> MutOp {
+    MutOp {
+        kind: 0,
+        elem: 0,
+        amount: 1,
+        ts: Timestamp::new(0, 0),
+    }
+}
+
 #[test]
 fn crdt_enum_rejects_mismatches() {
     use vsmcp_crdt_core::{Crdt, Op};

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use parking_lot::Mutex;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, MergeOperands,
-    Options, WriteBatch, WriteOptions, DB,
+    Options, ReadOptions, ReadTier, WriteBatch, WriteOptions, DB,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,15 @@ fn full_merge(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Opti
 
 fn partial_merge(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
     merge_records(existing, ops.iter())
+}
+
+/// Outcome of a point read.
+#[derive(Debug)]
+pub enum Cached {
+    Found(Vec<u8>),
+    Missing,
+    /// Only with `cache_only`: the answer is on disk.
+    NeedsIo,
 }
 
 /// An open RocksDB directory, shared by the stores of this OS process that
@@ -215,11 +224,23 @@ impl ColdTier {
             .is_some())
     }
 
-    /// Point read of a record's bytes.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db
-            .get_cf(self.crdt_cf()?, key)
-            .map_err(|e| storage_err(&self.path, e))
+    /// Point read of a record's bytes. With `cache_only`, RocksDB answers
+    /// from the memtables and the block cache alone and `Ok(Cached::NeedsIo)`
+    /// says a disk read would be needed: such a call never blocks, so it may
+    /// run on a normal BEAM scheduler.
+    pub fn get(&self, key: &[u8], cache_only: bool) -> Result<Cached> {
+        let mut ro = ReadOptions::default();
+        if cache_only {
+            ro.set_read_tier(ReadTier::BlockCache);
+        }
+        match self.db.get_cf_opt(self.crdt_cf()?, key, &ro) {
+            Ok(Some(v)) => Ok(Cached::Found(v)),
+            Ok(None) => Ok(Cached::Missing),
+            Err(e) if cache_only && e.kind() == rocksdb::ErrorKind::Incomplete => {
+                Ok(Cached::NeedsIo)
+            }
+            Err(e) => Err(storage_err(&self.path, e)),
+        }
     }
 
     /// Write a batch to the WAL (no fsync: survives a killed process).

@@ -35,7 +35,7 @@ use crate::causal::ReplicaId;
 use crate::crdt::{Crdt, Kind, Op};
 use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
-use cold::{ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY};
+use cold::{Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY};
 use hashbrown::HashMap;
 use parking_lot::{Condvar, Mutex};
 use record::{decode_parts, encode_parts, Meta, Record};
@@ -125,9 +125,12 @@ impl Tier {
     }
 }
 
-/// Whether a call may touch the disk. Calls made on a normal BEAM scheduler
-/// pass `MemoryOnly` and get `Ok(None)` when the disk would be needed; the
-/// caller then repeats the call on a dirty IO scheduler with `MayReadDisk`.
+/// Whether a call may block on the disk. Calls made on a normal BEAM
+/// scheduler pass `MemoryOnly`: they read memory, RocksDB's memtables and
+/// its block cache (a cold id whose block is cached costs about a
+/// microsecond), and get `Ok(None)` when a disk read or, in strict
+/// durability, a WAL write would be needed; the caller then repeats the call
+/// on a dirty IO scheduler with `MayUseDisk`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     MemoryOnly,
@@ -213,6 +216,12 @@ struct Shard {
     dirty: HashMap<Box<[u8]>, Pending>,
     /// Taken from `dirty` by a flush whose batch is not yet written.
     inflight: HashMap<Box<[u8]>, Pending>,
+}
+
+enum ColdRead {
+    Found(Meta, Box<[u8]>),
+    Absent,
+    NeedsIo,
 }
 
 enum Presence {
@@ -529,12 +538,10 @@ impl Store {
         if !inner.cold_possible.load(Ordering::Acquire) {
             return Err(Error::NotFound);
         }
-        if access == Access::MemoryOnly {
-            return Ok(None);
-        }
-        match inner.load_cold(&sh, id)? {
-            Some((meta, _)) => Ok(Some((meta, Tier::Cold))),
-            None => Err(Error::NotFound),
+        match inner.load_cold(&sh, id, access)? {
+            ColdRead::Found(meta, _) => Ok(Some((meta, Tier::Cold))),
+            ColdRead::Absent => Err(Error::NotFound),
+            ColdRead::NeedsIo => Ok(None),
         }
     }
 
@@ -764,12 +771,10 @@ impl Inner {
         if !self.cold_possible.load(Ordering::Acquire) {
             return Ok(Presence::Absent);
         }
-        if access == Access::MemoryOnly {
-            return Ok(Presence::NeedsDisk);
-        }
-        match self.load_cold(sh, id)? {
-            None => Ok(Presence::Absent),
-            Some((meta, bytes)) => {
+        match self.load_cold(sh, id, access)? {
+            ColdRead::NeedsIo => Ok(Presence::NeedsDisk),
+            ColdRead::Absent => Ok(Presence::Absent),
+            ColdRead::Found(meta, bytes) => {
                 let gen = sh.bump_gen();
                 sh.map.insert(
                     id.into(),
@@ -790,14 +795,38 @@ impl Inner {
     }
 
     /// Read `id` from RocksDB with the writes still pending in memory laid
-    /// over it. Returns metadata and encoded CRDT bytes.
-    fn load_cold(&self, sh: &Shard, id: &[u8]) -> Result<Option<(Meta, Box<[u8]>)>> {
+    /// over it: metadata and encoded CRDT bytes. With `Access::MemoryOnly`
+    /// only memtables and the block cache are consulted (no blocking IO).
+    fn load_cold(&self, sh: &Shard, id: &[u8], access: Access) -> Result<ColdRead> {
+        Ok(match self.load_cold_record(sh, id, access)? {
+            None => ColdRead::NeedsIo,
+            Some(None) => ColdRead::Absent,
+            Some(Some((meta, bytes))) => ColdRead::Found(meta, bytes),
+        })
+    }
+
+    /// `None`: needs IO; `Some(None)`: absent.
+    #[allow(clippy::type_complexity)]
+    fn load_cold_record(
+        &self,
+        sh: &Shard,
+        id: &[u8],
+        access: Access,
+    ) -> Result<Option<Option<(Meta, Box<[u8]>)>>> {
         let overlays: Vec<&Pending> = [sh.inflight.get(id), sh.dirty.get(id)]
             .into_iter()
             .flatten()
             .collect();
         let reset = overlays.iter().any(|p| p.reset);
-        let base = if reset { None } else { self.cold.get(id)? };
+        let base = if reset {
+            None
+        } else {
+            match self.cold.get(id, access == Access::MemoryOnly)? {
+                Cached::Found(v) => Some(v),
+                Cached::Missing => None,
+                Cached::NeedsIo => return Ok(None),
+            }
+        };
         let corrupt = |e: Error| {
             Error::Storage(format!(
                 "{}: corrupt record: {e}",
@@ -806,10 +835,10 @@ impl Inner {
         };
         if overlays.iter().all(|p| p.delta.is_none()) {
             return match base {
-                None => Ok(None),
+                None => Ok(Some(None)),
                 Some(b) => {
                     let (meta, crdt) = decode_parts(&b).map_err(corrupt)?;
-                    Ok(Some((meta, crdt.into())))
+                    Ok(Some(Some((meta, crdt.into()))))
                 }
             };
         }
@@ -839,7 +868,9 @@ impl Inner {
                 }
             }
         }
-        Ok(rec.map(|r| (r.meta, r.crdt.encode().into_boxed_slice())))
+        Ok(Some(
+            rec.map(|r| (r.meta, r.crdt.encode().into_boxed_slice())),
+        ))
     }
 
     fn touch(&self, sh: &mut Shard, id: &[u8]) -> Result<()> {

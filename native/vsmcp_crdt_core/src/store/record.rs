@@ -124,10 +124,21 @@ pub fn merge_records<'a>(
     existing: Option<&[u8]>,
     operands: impl Iterator<Item = &'a [u8]>,
 ) -> Option<Vec<u8>> {
-    let mut acc: Option<Record> = match existing {
-        Some(b) => Some(Record::decode(b).ok()?),
-        None => None,
-    };
+    let mut operands = operands.peekable();
+    // A record with nothing to fold into it (the common case for an id
+    // created and not yet compacted) is returned as it is.
+    if existing.is_none() {
+        let first = operands.next()?;
+        if operands.peek().is_none() {
+            return decode_parts(first).is_ok().then(|| first.to_vec());
+        }
+        return fold(Some(Record::decode(first).ok()?), operands);
+    }
+    let acc = existing.map(Record::decode).transpose().ok()?;
+    fold(acc, operands)
+}
+
+fn fold<'a>(mut acc: Option<Record>, operands: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
     for op in operands {
         let rec = Record::decode(op).ok()?;
         match &mut acc {

@@ -268,6 +268,18 @@ impl Replicated for Aw {
     }
 }
 
+/// `op` as an [`Op`] of `kind`, with `e` (the bytes of `op.elem`) as payload.
+pub fn crdt_op(kind: Kind, op: MutOp, e: &[u8]) -> Op<'_> {
+    match (kind, op.is_add()) {
+        (Kind::GCounter, _) => Op::Increment(op.amount),
+        (Kind::PNCounter, true) => Op::Increment(op.amount),
+        (Kind::PNCounter, false) => Op::Decrement(op.amount),
+        (Kind::ORSet | Kind::AWSet, true) => Op::Add(e),
+        (Kind::ORSet | Kind::AWSet, false) => Op::Remove(e),
+        (Kind::LwwRegister, _) => Op::Set(e, op.ts),
+    }
+}
+
 /// A CRDT driven through the [`Crdt`] enum, of kind `Kind::from_code(CODE)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Via<const CODE: u8>(pub Crdt);
@@ -278,15 +290,7 @@ impl<const CODE: u8> Replicated for Via<CODE> {
     }
     fn mutate(&mut self, r: &ReplicaId, op: MutOp) -> Self {
         let e = elem(op.elem);
-        let o = match (self.0.kind(), op.is_add()) {
-            (Kind::GCounter, _) => Op::Increment(op.amount),
-            (Kind::PNCounter, true) => Op::Increment(op.amount),
-            (Kind::PNCounter, false) => Op::Decrement(op.amount),
-            (Kind::ORSet | Kind::AWSet, true) => Op::Add(&e),
-            (Kind::ORSet | Kind::AWSet, false) => Op::Remove(&e),
-            (Kind::LwwRegister, _) => Op::Set(&e, op.ts),
-        };
-        Via(self.0.mutate(r, o).unwrap())
+        Via(self.0.mutate(r, crdt_op(self.0.kind(), op, &e)).unwrap())
     }
     fn join_in(&mut self, other: &Self) {
         self.0.join(&other.0).unwrap()
