@@ -66,7 +66,9 @@ defmodule Bench do
   def fmt_rate(r) when r >= 1_000_000, do: "#{Float.round(r / 1_000_000, 2)} M/s"
   def fmt_rate(r), do: "#{round(r / 1000)} k/s"
 
-  def row(cols), do: IO.puts("| " <> Enum.map_join(cols, " | ", &String.pad_trailing(to_string(&1), 22)) <> " |")
+  def row(cols),
+    do:
+      IO.puts("| " <> Enum.map_join(cols, " | ", &String.pad_trailing(to_string(&1), 22)) <> " |")
 
   def percentile(sorted, p),
     do: Enum.at(sorted, min(length(sorted) - 1, trunc(length(sorted) * p)))
@@ -92,13 +94,15 @@ for t <- [:g_counter, :pn_counter, :or_set, :lww_register], p <- 1..16 do
 end
 
 ops = [
-  {"create", fn p, i -> ContextStore.create(store, {:new, p, i, :erlang.unique_integer()}, :g_counter) end},
+  {"create",
+   fn p, i -> ContextStore.create(store, {:new, p, i, :erlang.unique_integer()}, :g_counter) end},
   {"get (counter)", fn p, _ -> ContextStore.get(store, {:g_counter, p}) end},
   {"increment", fn p, _ -> ContextStore.increment(store, {:g_counter, p}) end},
   {"increment (shared id)", fn _, _ -> ContextStore.increment(store, {:pn_counter, 1}) end},
   {"add (100-elem set, return: :ok)",
    fn p, i -> ContextStore.update(store, {:or_set, p}, {:add, rem(i, 100)}, return: :ok) end},
-  {"add (100-elem set, returns MapSet)", fn p, i -> ContextStore.add(store, {:or_set, p}, rem(i, 100)) end},
+  {"add (100-elem set, returns MapSet)",
+   fn p, i -> ContextStore.add(store, {:or_set, p}, rem(i, 100)) end},
   {"set (register)", fn p, i -> ContextStore.set(store, {:lww_register, p}, i) end}
 ]
 
@@ -114,6 +118,27 @@ end
 
 Bench.stop(ctx)
 
+# --- strict durability --------------------------------------------------------
+IO.puts("\n## increment with durability: :strict (each acknowledged after its WAL write)")
+Bench.row(["", "1 process", "2 processes", "16 processes"])
+dir = Bench.tmp_dir("strict")
+
+{:ok, strict} =
+  ContextStore.start_link(node_id: :bench, durability: :strict, storage_opts: [data_dir: dir])
+
+for p <- 1..16, do: :ok = ContextStore.create(strict, p, :g_counter)
+n_strict = div(n_ops, 10)
+
+rates =
+  for procs <- [1, 2, 16] do
+    Bench.parallel(procs, div(n_strict, procs), fn p, _ -> ContextStore.increment(strict, p) end)
+    |> Bench.fmt_rate()
+  end
+
+Bench.row(["increment (strict)" | rates])
+ContextStore.stop(strict)
+File.rm_rf(dir)
+
 # --- big OR-Sets --------------------------------------------------------------
 IO.puts("\n## OR-Set add / get at size N (one process)")
 Bench.row(["N", "add (return: :ok)", "add (returns value)", "get (full MapSet)"])
@@ -125,18 +150,24 @@ for n <- sizes do
   :ok = ContextStore.create(store, :big, :or_set)
   for i <- 1..n, do: :ok = ContextStore.update(store, :big, {:add, i}, return: :ok)
 
+  # Value-returning calls at size ~N (each builds an N-element MapSet).
+  k = if n >= 100_000, do: 3, else: 300
+  {us_v, _} = :timer.tc(fn -> for i <- 1..k, do: ContextStore.add(store, :big, -i) end)
+  {us_g, _} = :timer.tc(fn -> for _ <- 1..k, do: ContextStore.get(store, :big) end)
+
+  # Adds of new elements from size N (100k of them: N grows by 100k).
   m = 100_000
 
   {us, _} =
     :timer.tc(fn ->
-      for i <- 1..m, do: ContextStore.update(store, :big, {:add, n + i}, return: :ok)
+      Bench.loop(
+        fn _, i -> ContextStore.update(store, :big, {:add, n + i}, return: :ok) end,
+        1,
+        m
+      )
     end)
 
   add_rate = m / (us / 1_000_000)
-
-  k = if n >= 100_000, do: 3, else: 300
-  {us_v, _} = :timer.tc(fn -> for i <- 1..k, do: ContextStore.add(store, :big, -i) end)
-  {us_g, _} = :timer.tc(fn -> for _ <- 1..k, do: ContextStore.get(store, :big) end)
 
   Bench.row([
     n,
@@ -178,22 +209,28 @@ Bench.row([
 Bench.stop(ctx)
 
 # --- demotion-heavy -----------------------------------------------------------
-IO.puts("\n## Demotion-heavy workload (memory_limit 1000, ets_limit 10000, 100k ids round-robin)")
-ctx = Bench.start("demote", memory_limit: 1_000, ets_limit: 10_000, access_threshold: 2)
-{store, _} = ctx
-ids = if Bench.quick?(), do: 20_000, else: 100_000
-for i <- 1..ids, do: :ok = ContextStore.create(store, i, :g_counter)
-ops_d = if Bench.quick?(), do: 100_000, else: 400_000
+IO.puts(
+  "\n## Demotion-heavy workloads (memory_limit 1000, ets_limit 10000, access_threshold 2, 2 processes)"
+)
 
-rate =
-  Bench.parallel(2, div(ops_d, 2), fn p, i ->
-    {:ok, _} = ContextStore.increment(store, rem(i * 7919 + p, ids) + 1)
-  end)
+Bench.row(["working set", "increments", "rate", "hot/warm after"])
 
-Bench.row(["increments", "rate", "hot/warm after", ""])
-st = ContextStore.stats(store)
-Bench.row([ops_d, Bench.fmt_rate(rate), "#{st.hot}/#{st.warm}", ""])
-Bench.stop(ctx)
+for ids <- [10_000, if(Bench.quick?(), do: 20_000, else: 100_000)] do
+  ctx = Bench.start("demote#{ids}", memory_limit: 1_000, ets_limit: 10_000, access_threshold: 2)
+  {store, _} = ctx
+  for i <- 1..ids, do: :ok = ContextStore.create(store, i, :g_counter)
+  ops_d = if Bench.quick?(), do: 100_000, else: 400_000
+
+  rate =
+    Bench.parallel(2, div(ops_d, 2), fn p, i ->
+      {:ok, _} = ContextStore.increment(store, rem(i * 7919 + p, ids) + 1)
+    end)
+
+  st = ContextStore.stats(store)
+  label = if ids <= 10_000, do: "#{ids} ids (hot<->warm churn)", else: "#{ids} ids (mostly cold)"
+  Bench.row([label, ops_d, Bench.fmt_rate(rate), "#{st.hot}/#{st.warm}"])
+  Bench.stop(ctx)
+end
 
 # --- memory per key -----------------------------------------------------------
 IO.puts("\n## Memory per key (hot tier, G-Counter ids {:k, i})")

@@ -188,7 +188,7 @@ impl<'a> Reader<'a> {
             }
             tag @ (LIST | TUPLE) => {
                 let n = self.len()?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
                     items.push(self.term(b, depth + 1)?);
                 }
@@ -200,7 +200,7 @@ impl<'a> Reader<'a> {
             }
             MAP => {
                 let n = self.len()?;
-                let mut pairs = Vec::with_capacity(n);
+                let mut pairs = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
                     let k = self.term(b, depth + 1)?;
                     let v = self.term(b, depth + 1)?;

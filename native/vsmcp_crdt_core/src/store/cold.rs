@@ -250,6 +250,18 @@ impl ColdTier {
             .map_err(|e| storage_err(&self.path, e))
     }
 
+    /// Write the memtables to SST files, so the next open has no
+    /// write-ahead log to replay (a clean restart of a large store then
+    /// takes milliseconds instead of seconds).
+    pub fn flush_memtables(&self) -> Result<()> {
+        for name in [CF_CRDT, CF_META] {
+            self.db
+                .flush_cf(self.cf(name)?)
+                .map_err(|e| storage_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+
     pub fn keys(&self) -> Result<Vec<Box<[u8]>>> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.crdt_cf()?, IteratorMode::Start) {

@@ -1143,7 +1143,9 @@ impl Inner {
         for shard in self.shards.iter() {
             drop(shard.lock());
         }
-        let _ = self.flush();
+        if self.flush().is_ok() && !self.fail_writes.load(Ordering::Acquire) {
+            let _ = self.cold.flush_memtables();
+        }
     }
 }
 
