@@ -362,3 +362,27 @@ fn remote_state_merges_into_the_state_the_api_reads() {
     let b = Store::open(StoreConfig::new(db.path(), b"node-b")).unwrap();
     assert_eq!(set_len(&b, b"s"), 1);
 }
+
+#[test]
+fn close_releases_the_directory_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(cfg(dir.path())).unwrap();
+    a.create(b"c", Kind::GCounter, Access::MemoryOnly)
+        .unwrap()
+        .unwrap();
+    a.close();
+    // `a` is still referenced, but its RocksDB is closed: the directory can
+    // be removed and a new store there starts empty, with no lock to wait for.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let b = Store::open(cfg(dir.path())).unwrap();
+    assert_eq!(
+        b.read(b"c", Access::MayUseDisk, |_| ()).err(),
+        Some(Error::NotFound)
+    );
+    assert_eq!(b.stats().incarnation, 1);
+    assert_eq!(a.stats().cold_estimate, 0);
+    drop(a);
+    b.create(b"c", Kind::GCounter, Access::MayUseDisk)
+        .unwrap()
+        .unwrap();
+}

@@ -10,7 +10,7 @@
 
 use super::record::merge_records;
 use crate::error::{Error, Result};
-use parking_lot::Mutex;
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, MergeOperands,
     Options, ReadOptions, ReadTier, WriteBatch, WriteOptions, DB,
@@ -37,6 +37,14 @@ fn partial_merge(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> O
     merge_records(existing, ops.iter())
 }
 
+/// One write of a batch (see [`ColdTier::write`]).
+#[derive(Debug)]
+pub enum BatchOp {
+    Delete(Box<[u8]>),
+    Merge(Box<[u8]>, Vec<u8>),
+    PutMeta(&'static [u8], Vec<u8>),
+}
+
 /// Outcome of a point read.
 #[derive(Debug)]
 pub enum Cached {
@@ -49,7 +57,8 @@ pub enum Cached {
 /// An open RocksDB directory, shared by the stores of this OS process that
 /// use it (normally one; two only during a hand-over).
 pub struct ColdTier {
-    db: DB,
+    /// `None` once released by the last store using it.
+    db: RwLock<Option<DB>>,
     path: PathBuf,
     /// Stores that used this handle; a newcomer closes them (flushing their
     /// pending writes) before it proceeds.
@@ -101,6 +110,10 @@ impl ColdTier {
             let mut reg = registry().lock();
             if let Some(existing) = reg.get(&canon).and_then(Weak::upgrade) {
                 let owners: Vec<_> = existing.owners.lock().drain(..).collect();
+                // Hand over without the registry lock: a previous owner may
+                // be inside its own close, waiting for that lock to release
+                // the handle (which our reference now keeps open).
+                drop(reg);
                 for o in owners.iter().filter_map(Weak::upgrade) {
                     o.hand_over();
                 }
@@ -156,7 +169,7 @@ impl ColdTier {
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| storage_err(path, e))?;
         let tier = ColdTier {
-            db,
+            db: RwLock::new(Some(db)),
             path: path.to_path_buf(),
             owners: Mutex::new(Vec::new()),
             _cleanup: DirCleanup(ephemeral.then(|| path.to_path_buf())),
@@ -183,18 +196,14 @@ impl ColdTier {
         self.owners.lock().push(o);
     }
 
-    fn cf(&self, name: &str) -> Result<&ColumnFamily> {
-        self.db
-            .cf_handle(name)
+    /// The open database, or `Error::Closed` once [`ColdTier::release`] ran.
+    fn db(&self) -> Result<MappedRwLockReadGuard<'_, DB>> {
+        RwLockReadGuard::try_map(self.db.read(), Option::as_ref).map_err(|_| Error::Closed)
+    }
+
+    fn cf<'a>(&self, db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
+        db.cf_handle(name)
             .ok_or_else(|| storage_err(&self.path, format!("missing column family {name}")))
-    }
-
-    pub fn crdt_cf(&self) -> Result<&ColumnFamily> {
-        self.cf(CF_CRDT)
-    }
-
-    pub fn cf_by_name(&self, name: &str) -> Result<&ColumnFamily> {
-        self.cf(name)
     }
 
     /// True when no record is stored (cheap: one iterator seek).
@@ -203,25 +212,24 @@ impl ColdTier {
     }
 
     pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db
-            .get_cf(self.cf(CF_META)?, key)
+        let db = self.db()?;
+        db.get_cf(self.cf(&db, CF_META)?, key)
             .map_err(|e| storage_err(&self.path, e))
     }
 
     pub fn put_meta(&self, key: &[u8], value: &[u8], sync: bool) -> Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db
-            .put_cf_opt(self.cf(CF_META)?, key, value, &wo)
+        let db = self.db()?;
+        db.put_cf_opt(self.cf(&db, CF_META)?, key, value, &wo)
             .map_err(|e| storage_err(&self.path, e))
     }
 
     fn has_any_record(&self) -> Result<bool> {
-        Ok(self
-            .db
-            .iterator_cf(self.crdt_cf()?, IteratorMode::Start)
-            .next()
-            .is_some())
+        let db = self.db()?;
+        let cf = self.cf(&db, CF_CRDT)?;
+        let found = db.iterator_cf(cf, IteratorMode::Start).next().is_some();
+        Ok(found)
     }
 
     /// Point read of a record's bytes. With `cache_only`, RocksDB answers
@@ -233,7 +241,8 @@ impl ColdTier {
         if cache_only {
             ro.set_read_tier(ReadTier::BlockCache);
         }
-        match self.db.get_cf_opt(self.crdt_cf()?, key, &ro) {
+        let db = self.db()?;
+        match db.get_cf_opt(self.cf(&db, CF_CRDT)?, key, &ro) {
             Ok(Some(v)) => Ok(Cached::Found(v)),
             Ok(None) => Ok(Cached::Missing),
             Err(e) if cache_only && e.kind() == rocksdb::ErrorKind::Incomplete => {
@@ -243,10 +252,24 @@ impl ColdTier {
         }
     }
 
-    /// Write a batch to the WAL (no fsync: survives a killed process).
-    pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        self.db
-            .write_opt(batch, &WriteOptions::default())
+    /// Write `ops` as one batch to the WAL (no fsync: survives a killed
+    /// process). Callers may hold a shard lock; nothing here takes one, so
+    /// the lock order is always shard, then database.
+    pub fn write(&self, ops: &[BatchOp]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let db = self.db()?;
+        let (crdt, meta) = (self.cf(&db, CF_CRDT)?, self.cf(&db, CF_META)?);
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            match op {
+                BatchOp::Delete(k) => batch.delete_cf(crdt, k),
+                BatchOp::Merge(k, v) => batch.merge_cf(crdt, k, v),
+                BatchOp::PutMeta(k, v) => batch.put_cf(meta, k, v),
+            }
+        }
+        db.write_opt(batch, &WriteOptions::default())
             .map_err(|e| storage_err(&self.path, e))
     }
 
@@ -254,17 +277,18 @@ impl ColdTier {
     /// write-ahead log to replay (a clean restart of a large store then
     /// takes milliseconds instead of seconds).
     pub fn flush_memtables(&self) -> Result<()> {
+        let db = self.db()?;
         for name in [CF_CRDT, CF_META] {
-            self.db
-                .flush_cf(self.cf(name)?)
+            db.flush_cf(self.cf(&db, name)?)
                 .map_err(|e| storage_err(&self.path, e))?;
         }
         Ok(())
     }
 
     pub fn keys(&self) -> Result<Vec<Box<[u8]>>> {
+        let db = self.db()?;
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.crdt_cf()?, IteratorMode::Start) {
+        for item in db.iterator_cf(self.cf(&db, CF_CRDT)?, IteratorMode::Start) {
             let (k, _) = item.map_err(|e| storage_err(&self.path, e))?;
             out.push(k);
         }
@@ -272,14 +296,40 @@ impl ColdTier {
     }
 
     pub fn estimate_keys(&self) -> u64 {
-        self.crdt_cf()
+        let Ok(db) = self.db() else { return 0 };
+        self.cf(&db, CF_CRDT)
             .ok()
             .and_then(|cf| {
-                self.db
-                    .property_int_value_cf(cf, "rocksdb.estimate-num-keys")
+                db.property_int_value_cf(cf, "rocksdb.estimate-num-keys")
                     .ok()
                     .flatten()
             })
             .unwrap_or(0)
+    }
+
+    /// Close the database now (releasing its files and LOCK) when no other
+    /// store of this process shares it. Done under the registry lock, so a
+    /// concurrent open either shares the handle before this runs (and it
+    /// stays open) or opens the directory afresh after.
+    pub fn release(self: &Arc<Self>) {
+        // Shared (e.g. a newcomer taking the handle over calls this through
+        // `Owner::hand_over` while it holds the registry lock): keep it open.
+        if Arc::strong_count(self) != 1 {
+            return;
+        }
+        let reg = registry().lock();
+        // Re-checked under the lock: opens upgrade the registry's weak
+        // reference only while holding it.
+        if Arc::strong_count(self) != 1 {
+            return;
+        }
+        let mut reg = reg;
+        reg.remove(&self.path);
+        drop(reg);
+        if let Some(db) = self.db.write().take() {
+            // Wait for background flushes and compactions, then close.
+            db.cancel_all_background_work(true);
+            drop(db);
+        }
     }
 }

@@ -35,11 +35,10 @@ use crate::causal::ReplicaId;
 use crate::crdt::{Crdt, Kind, Op};
 use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
-use cold::{Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY};
+use cold::{BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY};
 use hashbrown::HashMap;
 use parking_lot::{Condvar, Mutex};
 use record::{decode_parts, encode_parts, Meta, Record};
-use rocksdb::WriteBatch;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
@@ -195,12 +194,16 @@ impl Pending {
         self
     }
 
-    fn write_to(&self, key: &[u8], batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily) {
+    /// The batch operations that persist these writes.
+    fn write_to(&self, key: &[u8], ops: &mut Vec<BatchOp>) {
         if self.reset {
-            batch.delete_cf(cf, key);
+            ops.push(BatchOp::Delete(key.into()));
         }
         if let (Some(meta), Some(delta)) = (&self.meta, &self.delta) {
-            batch.merge_cf(cf, key, encode_parts(meta, &delta.encode()));
+            ops.push(BatchOp::Merge(
+                key.into(),
+                encode_parts(meta, &delta.encode()),
+            ));
         }
     }
 }
@@ -978,12 +981,12 @@ impl Inner {
                 if !reset {
                     p.add(meta, delta);
                 }
-                let mut batch = WriteBatch::default();
-                p.write_to(id, &mut batch, self.cold.crdt_cf()?);
+                let mut ops = Vec::with_capacity(3);
+                p.write_to(id, &mut ops);
                 if let Crdt::LwwRegister(_) = delta {
-                    self.hlc_to_batch(&mut batch)?;
+                    self.hlc_to_batch(&mut ops);
                 }
-                self.cold.write(batch)
+                self.cold.write(&ops)
             }
             Durability::Relaxed => {
                 let p = pending_entry(dirty, id);
@@ -1000,31 +1003,23 @@ impl Inner {
         }
     }
 
-    fn hlc_to_batch(&self, batch: &mut WriteBatch) -> Result<bool> {
+    /// Add the HLC high-water mark to `ops` if it moved; true if it did.
+    fn hlc_to_batch(&self, ops: &mut Vec<BatchOp>) -> bool {
         let last = self.clock.lock().last();
         let mut persisted = self.persisted_hlc.lock();
         if last <= *persisted {
-            return Ok(false);
+            return false;
         }
         let mut v = last.wall_ms.to_be_bytes().to_vec();
         v.extend_from_slice(&last.counter.to_be_bytes());
-        batch.put_cf(self.cold_meta_cf()?, HLC_KEY, v);
+        ops.push(BatchOp::PutMeta(HLC_KEY, v));
         *persisted = last;
-        Ok(true)
-    }
-
-    fn cold_meta_cf(&self) -> Result<&rocksdb::ColumnFamily> {
-        self.cold_cf(cold::CF_META)
-    }
-
-    fn cold_cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
-        self.cold.cf_by_name(name)
+        true
     }
 
     fn flush(&self) -> Result<()> {
         let _one_at_a_time = self.flush_lock.lock();
-        let cf = self.cold.crdt_cf()?;
-        let mut batch = WriteBatch::default();
+        let mut ops = Vec::new();
         for shard in self.shards.iter() {
             let mut sh = shard.lock();
             if sh.dirty.is_empty() {
@@ -1032,12 +1027,12 @@ impl Inner {
             }
             let taken = std::mem::take(&mut sh.dirty);
             for (k, p) in &taken {
-                p.write_to(k, &mut batch, cf);
+                p.write_to(k, &mut ops);
             }
             sh.inflight = taken;
         }
-        let hlc_changed = self.hlc_to_batch(&mut batch)?;
-        if batch.is_empty() {
+        let hlc_changed = self.hlc_to_batch(&mut ops);
+        if ops.is_empty() {
             return Ok(());
         }
         let res = if self.fail_writes.load(Ordering::Acquire) {
@@ -1046,7 +1041,7 @@ impl Inner {
                 self.cold.path().display()
             )))
         } else {
-            self.cold.write(batch)
+            self.cold.write(&ops)
         };
         match &res {
             Ok(()) => {
@@ -1146,6 +1141,9 @@ impl Inner {
         if self.flush().is_ok() && !self.fail_writes.load(Ordering::Acquire) {
             let _ = self.cold.flush_memtables();
         }
+        // Last user of the directory in this process: close RocksDB now, so
+        // its files and LOCK are free the moment `close` returns.
+        self.cold.release();
     }
 }
 
