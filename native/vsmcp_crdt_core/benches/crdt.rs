@@ -331,7 +331,7 @@ fn register_and_clock(c: &mut Criterion) {
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     let mut set = ORSet::new(Policy::RemoveWins);
-    let delta = Crdt::ORSet(set.add(&local(), &key(42)).unwrap());
+    let delta = Crdt::ORSet(Box::new(set.add(&local(), &key(42)).unwrap()));
     let mut counter = GCounter::new();
     let gdelta = Crdt::GCounter(counter.increment(&local(), 3).unwrap());
     let mut reg = LwwRegister::new();

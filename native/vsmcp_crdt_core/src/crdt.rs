@@ -88,7 +88,9 @@ impl Kind {
 pub enum Crdt {
     GCounter(GCounter),
     PNCounter(PNCounter),
-    ORSet(ORSet),
+    /// Boxed: an OR-Set is several times larger than the other states, and
+    /// the store keeps one `Crdt` per id.
+    ORSet(Box<ORSet>),
     LwwRegister(LwwRegister),
 }
 
@@ -115,8 +117,8 @@ impl Crdt {
         match kind {
             Kind::GCounter => Crdt::GCounter(GCounter::new()),
             Kind::PNCounter => Crdt::PNCounter(PNCounter::new()),
-            Kind::ORSet => Crdt::ORSet(ORSet::new(Policy::RemoveWins)),
-            Kind::AWSet => Crdt::ORSet(ORSet::new(Policy::AddWins)),
+            Kind::ORSet => Crdt::ORSet(Box::new(ORSet::new(Policy::RemoveWins))),
+            Kind::AWSet => Crdt::ORSet(Box::new(ORSet::new(Policy::AddWins))),
             Kind::LwwRegister => Crdt::LwwRegister(LwwRegister::new()),
         }
     }
@@ -125,7 +127,7 @@ impl Crdt {
     /// delta group (an OR-Set delta is scoped, see `orset`).
     pub fn empty_delta(kind: Kind) -> Crdt {
         match Crdt::new(kind) {
-            Crdt::ORSet(s) => Crdt::ORSet(ORSet::empty_delta(s.policy())),
+            Crdt::ORSet(s) => Crdt::ORSet(Box::new(ORSet::empty_delta(s.policy()))),
             other => other,
         }
     }
@@ -148,8 +150,8 @@ impl Crdt {
             (Crdt::GCounter(c), Op::Increment(n)) => Crdt::GCounter(c.increment(replica, n)?),
             (Crdt::PNCounter(c), Op::Increment(n)) => Crdt::PNCounter(c.increment(replica, n)?),
             (Crdt::PNCounter(c), Op::Decrement(n)) => Crdt::PNCounter(c.decrement(replica, n)?),
-            (Crdt::ORSet(s), Op::Add(e)) => Crdt::ORSet(s.add(replica, e)?),
-            (Crdt::ORSet(s), Op::Remove(e)) => Crdt::ORSet(s.remove(replica, e)?),
+            (Crdt::ORSet(s), Op::Add(e)) => Crdt::ORSet(Box::new(s.add(replica, e)?)),
+            (Crdt::ORSet(s), Op::Remove(e)) => Crdt::ORSet(Box::new(s.remove(replica, e)?)),
             (Crdt::LwwRegister(r), Op::Set(v, ts)) => Crdt::LwwRegister(r.set(replica, v, ts)),
             _ => return Err(Error::UnsupportedOperation),
         })
@@ -173,6 +175,8 @@ impl Crdt {
                 c.n.increment_in_place(replica, n)?;
                 a.n.join_entry(replica, c.n.get(replica));
             }
+            (Crdt::ORSet(s), Op::Add(e), Crdt::ORSet(a)) => a.join(&s.add(replica, e)?)?,
+            (Crdt::ORSet(s), Op::Remove(e), Crdt::ORSet(a)) => a.join(&s.remove(replica, e)?)?,
             (this, op, acc) => {
                 let delta = this.mutate(replica, op)?;
                 acc.join(&delta)?;
@@ -247,7 +251,7 @@ impl Crdt {
                 if s.policy() != expected {
                     return Err(Error::Decode("OR-Set policy does not match kind".into()));
                 }
-                Crdt::ORSet(s)
+                Crdt::ORSet(Box::new(s))
             }
             Kind::LwwRegister => Crdt::LwwRegister(lww_from_wire(
                 Deserialize::deserialize(&mut de).map_err(de_err)?,

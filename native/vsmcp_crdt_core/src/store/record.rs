@@ -15,6 +15,7 @@
 use crate::crdt::{Crdt, Kind};
 use crate::error::{Error, Result};
 use serde_bytes::{ByteBuf, Bytes};
+use std::sync::Arc;
 
 pub const RECORD_MAGIC: u8 = 0xC8;
 pub const RECORD_VERSION: u8 = 1;
@@ -23,8 +24,9 @@ pub const RECORD_VERSION: u8 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     pub kind: Kind,
-    /// Canonical term bytes of the creating node id.
-    pub created_by: Box<[u8]>,
+    /// Canonical term bytes of the creating node id (shared: every id a
+    /// store creates names the same node).
+    pub created_by: Arc<[u8]>,
     pub created_at: u64,
     pub updated_at: u64,
 }
@@ -109,7 +111,7 @@ pub fn decode_parts(bytes: &[u8]) -> Result<(Meta, &[u8])> {
     Ok((
         Meta {
             kind: Kind::from_code(kind)?,
-            created_by: created_by.into_vec().into_boxed_slice(),
+            created_by: Arc::from(created_by.into_vec()),
             created_at,
             updated_at,
         },
