@@ -26,6 +26,8 @@ const MAX_INLINE_ELEMENTS: usize = 2_000;
 
 rustler::atoms! {
     dirty,
+    unknown_type,
+    value,
     not_found,
     unsupported_operation,
     increment,
@@ -142,6 +144,11 @@ fn reply<'a>(env: Env<'a>, r: Result<Option<Term<'a>>, Error>) -> Term<'a> {
     }
 }
 
+/// The Elixir name of a kind (`:g_counter`, ...): a fixed set of atoms.
+fn kind_atom(env: Env, kind: Kind) -> Atom {
+    Atom::from_str(env, kind.name()).unwrap_or_else(|_| nil())
+}
+
 fn kind_of(t: Term) -> Option<Kind> {
     t.atom_to_string().ok().and_then(|s| Kind::from_name(&s))
 }
@@ -154,14 +161,7 @@ fn create_impl<'a>(
     access: Access,
 ) -> Term<'a> {
     let Some(kind) = kind_of(kind) else {
-        return (
-            crate::errors::error(),
-            (
-                Atom::from_str(env, "unknown_type").unwrap_or_else(|_| nil()),
-                kind,
-            ),
-        )
-            .encode(env);
+        return (crate::errors::error(), (unknown_type(), kind)).encode(env);
     };
     let r = id_bytes(id).and_then(|id| h.store.create(&id, kind, access));
     reply(env, r.map(|o| o.map(|()| ok().encode(env))))
@@ -285,7 +285,7 @@ fn parse_op<'b>(op: Term<'_>, buf: &'b mut Vec<u8>) -> Result<Option<Mutation<'b
 fn unsupported<'a>(env: Env<'a>, h: &Handle, id: &[u8], op: Term<'a>) -> Term<'a> {
     match h.store.metadata(id, Access::MayUseDisk) {
         Ok(Some((meta, _))) => {
-            let kind = Atom::from_str(env, meta.kind.name()).unwrap_or_else(|_| nil());
+            let kind = kind_atom(env, meta.kind);
             (crate::errors::error(), (unsupported_operation(), kind, op)).encode(env)
         }
         Ok(None) | Err(Error::NotFound) => (crate::errors::error(), not_found()).encode(env),
@@ -323,11 +323,7 @@ fn update_impl<'a>(
         Err(Error::UnsupportedOperation) => unsupported(env, &h, &id, op),
         // Too large to build here: the mutation is done, fetch the value
         // from the dirty scheduler.
-        Ok(Some(None)) => (
-            dirty(),
-            Atom::from_str(env, "value").unwrap_or_else(|_| nil()),
-        )
-            .encode(env),
+        Ok(Some(None)) => (dirty(), value()).encode(env),
         other => reply(env, other.map(Option::flatten)),
     }
 }
@@ -364,7 +360,7 @@ fn metadata_impl<'a>(env: Env<'a>, h: Handle, id: Term<'a>, access: Access) -> T
                 vsmcp_crdt_core::store::Tier::Warm => warm(),
                 vsmcp_crdt_core::store::Tier::Cold => cold(),
             };
-            let kind = Atom::from_str(env, meta.kind.name()).unwrap_or_else(|_| nil());
+            let kind = kind_atom(env, meta.kind);
             let pairs: [(&str, Term<'a>); 5] = [
                 ("type", kind.encode(env)),
                 ("created_by", created_by),

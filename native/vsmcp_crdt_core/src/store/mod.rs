@@ -732,17 +732,31 @@ impl Inner {
 
     /// Put a new id in the hot tier and make room.
     fn insert_hot(&self, sh: &mut Shard, id: &[u8], meta: Meta, crdt: Crdt) {
+        self.insert(sh, id, meta, Body::Hot(crdt), 1);
+    }
+
+    /// Put `id` in the tier its `body` belongs to and make room.
+    fn insert(&self, sh: &mut Shard, id: &[u8], meta: Meta, body: Body, accesses: u32) {
         let gen = sh.bump_gen();
+        let queue = match body {
+            Body::Hot(_) => {
+                sh.hot_len += 1;
+                &mut sh.hot_q
+            }
+            Body::Warm(_) => {
+                sh.warm_len += 1;
+                &mut sh.warm_q
+            }
+        };
+        queue.push_back((id.into(), gen));
         let slot = Slot {
             meta,
-            body: Body::Hot(crdt),
-            accesses: 1,
+            body,
+            accesses,
             referenced: true,
             gen,
         };
         sh.map.insert(id.into(), slot);
-        sh.hot_q.push_back((id.into(), gen));
-        sh.hot_len += 1;
         self.enforce_limits(sh, id);
     }
 
@@ -778,20 +792,7 @@ impl Inner {
             ColdRead::NeedsIo => Ok(Presence::NeedsDisk),
             ColdRead::Absent => Ok(Presence::Absent),
             ColdRead::Found(meta, bytes) => {
-                let gen = sh.bump_gen();
-                sh.map.insert(
-                    id.into(),
-                    Slot {
-                        meta,
-                        body: Body::Warm(bytes),
-                        accesses: 0,
-                        referenced: true,
-                        gen,
-                    },
-                );
-                sh.warm_q.push_back((id.into(), gen));
-                sh.warm_len += 1;
-                self.enforce_limits(sh, id);
+                self.insert(sh, id, meta, Body::Warm(bytes), 0);
                 Ok(Presence::InMemory)
             }
         }
@@ -801,21 +802,6 @@ impl Inner {
     /// over it: metadata and encoded CRDT bytes. With `Access::MemoryOnly`
     /// only memtables and the block cache are consulted (no blocking IO).
     fn load_cold(&self, sh: &Shard, id: &[u8], access: Access) -> Result<ColdRead> {
-        Ok(match self.load_cold_record(sh, id, access)? {
-            None => ColdRead::NeedsIo,
-            Some(None) => ColdRead::Absent,
-            Some(Some((meta, bytes))) => ColdRead::Found(meta, bytes),
-        })
-    }
-
-    /// `None`: needs IO; `Some(None)`: absent.
-    #[allow(clippy::type_complexity)]
-    fn load_cold_record(
-        &self,
-        sh: &Shard,
-        id: &[u8],
-        access: Access,
-    ) -> Result<Option<Option<(Meta, Box<[u8]>)>>> {
         let overlays: Vec<&Pending> = [sh.inflight.get(id), sh.dirty.get(id)]
             .into_iter()
             .flatten()
@@ -827,7 +813,7 @@ impl Inner {
             match self.cold.get(id, access == Access::MemoryOnly)? {
                 Cached::Found(v) => Some(v),
                 Cached::Missing => None,
-                Cached::NeedsIo => return Ok(None),
+                Cached::NeedsIo => return Ok(ColdRead::NeedsIo),
             }
         };
         let corrupt = |e: Error| {
@@ -838,10 +824,10 @@ impl Inner {
         };
         if overlays.iter().all(|p| p.delta.is_none()) {
             return match base {
-                None => Ok(Some(None)),
+                None => Ok(ColdRead::Absent),
                 Some(b) => {
                     let (meta, crdt) = decode_parts(&b).map_err(corrupt)?;
-                    Ok(Some(Some((meta, crdt.into()))))
+                    Ok(ColdRead::Found(meta, crdt.into()))
                 }
             };
         }
@@ -854,26 +840,21 @@ impl Inner {
                 rec = None;
             }
             if let (Some(meta), Some(delta)) = (&p.meta, &p.delta) {
-                let r = Record {
+                let r = rec.get_or_insert_with(|| Record {
                     meta: meta.clone(),
-                    crdt: delta.clone(),
-                };
-                match &mut rec {
-                    None => {
-                        let mut full = Record {
-                            meta: meta.clone(),
-                            crdt: Crdt::new(meta.kind),
-                        };
-                        full.join(&r)?;
-                        rec = Some(full);
-                    }
-                    Some(x) => x.join(&r)?,
+                    crdt: Crdt::new(meta.kind),
+                });
+                if r.meta.kind != meta.kind {
+                    return Err(Error::TypeMismatch);
                 }
+                r.crdt.join(delta)?;
+                r.meta.join(meta);
             }
         }
-        Ok(Some(
-            rec.map(|r| (r.meta, r.crdt.encode().into_boxed_slice())),
-        ))
+        Ok(match rec {
+            None => ColdRead::Absent,
+            Some(r) => ColdRead::Found(r.meta, r.crdt.encode().into_boxed_slice()),
+        })
     }
 
     fn touch(&self, sh: &mut Shard, id: &[u8]) -> Result<()> {
