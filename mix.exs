@@ -32,7 +32,10 @@ defmodule Mix.Tasks.Compile.VsmcpCrdtNif do
     cargo = find_cargo()
     target_dir = target_dir()
 
-    case cargo(cargo, ["build", "--release", "-p", @crate], target_dir) do
+    # The test build carries test-only fault injection (see native/).
+    features = if Mix.env() == :test, do: ["--features", "fault-injection"], else: []
+
+    case cargo(cargo, ["build", "--release", "-p", @crate] ++ features, target_dir) do
       0 ->
         :ok
 

@@ -47,7 +47,9 @@ defmodule Vsmcp.CRDT.Behaviour do
     kind), `:invalid_argument` (not a CRDT struct, or a term that cannot be
     encoded), `{:invalid_encoding, detail}` / `:unsupported_version`
     (malformed state bytes), `:unsupported_operation` (an operation the type
-    does not have) or `:overflow` (a counter entry would exceed 2^64 - 1).
+    does not have) or `{:invalid_amount, n}` (an amount that is not an
+    integer in `-(2^63)..2^64-1`, or one that would take a counter entry
+    past 2^64 - 1).
   * Query functions (`value/1`, `equal?/2`, `causal_context/1`, and
     `member?/2`, `get/1` where the type has them) raise `ArgumentError` with
     a message naming the problem, because any term could be a legitimate
@@ -67,7 +69,7 @@ defmodule Vsmcp.CRDT.Behaviour do
           | {:invalid_encoding, String.t()}
           | :unsupported_version
           | :unsupported_operation
-          | :overflow
+          | {:invalid_amount, term()}
 
   @doc "An empty CRDT held by replica `node_id`."
   @callback new(node_id :: term()) :: crdt

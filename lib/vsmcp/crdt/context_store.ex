@@ -21,12 +21,24 @@ defmodule Vsmcp.CRDT.ContextStore do
   ## Process model
 
   Reads and writes do not go through this GenServer's mailbox: the caller
-  looks up the store's native handle (a `:persistent_term` read) and calls
-  the NIF itself, so callers scale with cores. The NIF runs on the normal
+  passes the store's pid to the NIF, which finds the native handle in its
+  own registry (keyed by pid, so starting and stopping stores costs nothing
+  VM-wide), so callers scale with cores. The NIF runs on the normal
   scheduler while the id is in memory (a few hundred nanoseconds) and the
-  call is repeated on a dirty IO scheduler when the disk is needed (a cold
-  id, or every write with `durability: :strict`). The GenServer owns the
+  call is repeated on a dirty IO scheduler when it would block (a cold id,
+  every write with `durability: :strict`, or O(n) work on an item larger
+  than 64 KiB). A mutation repeated that way happens once, in the dirty
+  call, so its reply is the value right after it. The GenServer owns the
   store's lifecycle and its decay timer.
+
+  ## Naming the store
+
+  The store argument is optional. A pid, `{:global, name}` and
+  `{:via, module, name}` always mean a store (`{:error, :noproc}` when it
+  is not running). A bare atom means a store when a store is registered
+  under it; otherwise it is an id of the default store. So
+  `increment(:views, 5)` adds 5 to `:views` of the default store unless a
+  store is registered as `:views`.
 
   ## Options of `start_link/1`
 
@@ -65,6 +77,10 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   @types [:g_counter, :pn_counter, :or_set, :aw_set, :lww_register]
   @default_decay_interval 60_000
+  # How long a closing store retries writes the disk refused.
+  @close_deadline 5_000
+
+  require Logger
 
   @type store :: pid() | atom()
   @type crdt_type :: :g_counter | :pn_counter | :or_set | :aw_set | :lww_register
@@ -91,7 +107,7 @@ defmodule Vsmcp.CRDT.ContextStore do
           {:ok, pid}
 
         other ->
-          Native.store_close(handle)
+          Native.store_close(handle, @close_deadline)
           other
       end
     end
@@ -107,9 +123,20 @@ defmodule Vsmcp.CRDT.ContextStore do
     }
   end
 
-  @doc "Stop a store, writing what is pending."
-  @spec stop(store()) :: :ok
-  def stop(store, reason \\ :normal), do: GenServer.stop(store, reason)
+  @doc """
+  Stop a store, writing what is pending. Writes are retried until
+  `timeout` ms (default 5_000) if the disk refuses them; if acknowledged
+  writes are then still unwritten, an error is logged and the answer is
+  `{:error, {:unflushed, ids, reason}}` with the number of ids whose writes
+  were lost.
+  """
+  @spec stop(store(), term(), non_neg_integer()) ::
+          :ok | {:error, {:unflushed, non_neg_integer(), String.t()}}
+  def stop(store, reason \\ :normal, timeout \\ @close_deadline) do
+    result = GenServer.call(store, {:close, timeout}, :infinity)
+    GenServer.stop(store, reason)
+    result
+  end
 
   defp native_config(opts) do
     with :ok <- check_options(opts),
@@ -183,26 +210,13 @@ defmodule Vsmcp.CRDT.ContextStore do
   @impl true
   def init({handle, opts}) do
     Process.flag(:trap_exit, true)
-    Native.store_monitor(handle, self())
-    :persistent_term.put({__MODULE__, self()}, handle)
-    watch_handle_entry(self())
+    # Registers the handle under this pid and closes the store (in Rust)
+    # whenever this process dies, even by `Process.exit(pid, :kill)`.
+    Native.store_register(handle, self())
     interval = get_in(opts, [:storage_opts, :decay_interval]) || @default_decay_interval
-    state = %{handle: handle, decay_interval: interval, opts: opts}
+    state = %{handle: handle, decay_interval: interval, closed: nil}
     schedule_decay(state)
     {:ok, state}
-  end
-
-  # `terminate/2` does not run when the store is killed: a small unlinked
-  # watcher removes the handle entry then (the NIF resource itself closes
-  # the store when its owner dies).
-  defp watch_handle_entry(store) do
-    spawn(fn ->
-      ref = Process.monitor(store)
-
-      receive do
-        {:DOWN, ^ref, :process, _, _} -> :persistent_term.erase({__MODULE__, store})
-      end
-    end)
   end
 
   @impl true
@@ -216,58 +230,101 @@ defmodule Vsmcp.CRDT.ContextStore do
   def handle_info(_msg, state), do: {:noreply, state}
 
   @impl true
-  def handle_call(:sync, _from, state), do: {:reply, flush_reply(state.handle), state}
+  # Tests only (fault injection takes the handle itself).
+  def handle_call(:handle, _from, state), do: {:reply, {:ok, state.handle}, state}
+
+  def handle_call({:close, timeout}, _from, state) do
+    result = close(state, timeout)
+    {:reply, result, %{state | closed: result}}
+  end
 
   @impl true
   def terminate(_reason, state) do
-    :persistent_term.erase({__MODULE__, self()})
-    Native.store_close(state.handle)
+    # A supervisor shutdown cannot return a value: a failure is only logged.
+    close(state, @close_deadline)
     :ok
   end
+
+  defp close(%{closed: nil, handle: handle}, timeout) do
+    case Native.store_close(handle, timeout) do
+      :ok ->
+        :ok
+
+      {:error, {:unflushed, ids, reason}} = error ->
+        Logger.error(
+          "Vsmcp.CRDT.ContextStore: acknowledged writes of #{ids} ids were lost " <>
+            "at close: #{reason}",
+          crdt_store: self()
+        )
+
+        error
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  defp close(%{closed: result}, _timeout), do: result
 
   defp schedule_decay(%{decay_interval: i}) when is_integer(i) and i > 0,
     do: Process.send_after(self(), :decay, i)
 
   defp schedule_decay(_), do: :ok
 
-  defp flush_reply(handle) do
-    case Native.store_flush(handle) do
-      :ok -> :ok
-      {:error, _} = e -> e
-    end
-  end
 
   # ---------------------------------------------------------------------------
-  # Handle lookup
+  # Store lookup: the NIF resolves a pid to its handle.
 
-  defp handle(pid) when is_pid(pid) do
-    case :persistent_term.get({__MODULE__, pid}, nil) do
-      nil -> {:error, :noproc}
-      h -> {:ok, h}
-    end
-  end
+  defp whereis(pid) when is_pid(pid), do: {:ok, pid}
 
-  defp handle(name) when is_atom(name) do
+  defp whereis(name) when is_atom(name) do
     case Process.whereis(name) do
       nil -> {:error, :noproc}
-      pid -> handle(pid)
+      pid -> {:ok, pid}
     end
   end
 
-  defp handle({:via, _, _} = name) do
+  defp whereis({:global, _} = name), do: whereis_name(name)
+  defp whereis({:via, mod, _} = name) when is_atom(mod), do: whereis_name(name)
+  defp whereis(_), do: {:error, :noproc}
+
+  defp whereis_name(name) do
     case GenServer.whereis(name) do
-      pid when is_pid(pid) -> handle(pid)
+      pid when is_pid(pid) -> {:ok, pid}
       _ -> {:error, :noproc}
     end
   end
 
-  defp handle({:global, _} = name), do: handle({:via, :global, elem(name, 1)})
-  defp handle(_), do: {:error, :noproc}
-
-  # Is `x` a running store (so that `increment(x, y)` means `(store, id)`)?
+  # Does `x` name a store (so that `increment(x, y)` means `(store, id)`)?
+  # Pids and global/via names always do; a bare atom when a store is
+  # registered under it.
   defp store?(x) when is_pid(x), do: true
-  defp store?(x) when is_atom(x), do: match?({:ok, _}, handle(x))
+  defp store?({:global, _}), do: true
+  defp store?({:via, mod, _}) when is_atom(mod), do: true
+
+  defp store?(x) when is_atom(x) do
+    case Process.whereis(x) do
+      nil -> false
+      pid -> Native.store_registered(pid)
+    end
+  end
+
   defp store?(_), do: false
+
+  # Call the plain NIF (normal scheduler); on `:dirty` repeat the same call
+  # on its `_dirty` twin (dirty IO scheduler). A macro, so the hot path pays
+  # no `apply/3`.
+  defmacrop native(call) do
+    {{:., meta, [mod, fun]}, cmeta, args} = call
+    dirty = {{:., meta, [mod, :"#{fun}_dirty"]}, cmeta, args}
+
+    quote do
+      case unquote(call) do
+        :dirty -> unquote(dirty)
+        other -> other
+      end
+    end
+  end
 
   # ---------------------------------------------------------------------------
   # API
@@ -280,12 +337,7 @@ defmodule Vsmcp.CRDT.ContextStore do
   def create(store \\ __MODULE__, id, type)
 
   def create(store, id, type) when type in @types do
-    with {:ok, h} <- handle(store) do
-      case Native.store_create(h, id, type) do
-        :dirty -> Native.store_create_dirty(h, id, type)
-        other -> other
-      end
-    end
+    with {:ok, pid} <- whereis(store), do: native(Native.store_create(pid, id, type))
   end
 
   def create(_store, _id, type), do: {:error, {:unknown_type, type}}
@@ -296,16 +348,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   """
   @spec get(store(), crdt_id()) :: {:ok, term()} | {:error, term()}
   def get(store \\ __MODULE__, id) do
-    with {:ok, h} <- handle(store) do
-      case Native.store_get(h, id) do
-        :dirty -> Native.store_get_dirty(h, id) |> value()
-        other -> value(other)
-      end
-    end
+    with {:ok, pid} <- whereis(store), do: native(Native.store_get(pid, id))
   end
-
-  defp value({:ok, {:set, elements}}), do: {:ok, MapSet.new(elements)}
-  defp value(other), do: other
 
   @doc """
   Apply `operation` to `id` and return `{:ok, new_value}`.
@@ -325,13 +369,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   def update(store, id, operation, opts) do
     want_value = Keyword.get(opts, :return, :value) != :ok
 
-    with {:ok, h} <- handle(store) do
-      case Native.store_update(h, id, operation, want_value) do
-        :dirty -> Native.store_update_dirty(h, id, operation, want_value) |> value()
-        {:dirty, :value} -> Native.store_get_dirty(h, id) |> value()
-        other -> value(other)
-      end
-    end
+    with {:ok, pid} <- whereis(store),
+         do: native(Native.store_update(pid, id, operation, want_value))
   end
 
   @doc """
@@ -372,11 +411,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   @doc "Whether `element` is in the set `id`: `{:ok, boolean}`."
   @spec member?(store(), crdt_id(), term()) :: {:ok, boolean()} | {:error, term()}
   def member?(store \\ __MODULE__, id, element) do
-    with {:ok, h} <- handle(store) do
-      case Native.store_member(h, id, element) do
-        :dirty -> Native.store_member_dirty(h, id, element)
-        other -> other
-      end
+    with {:ok, pid} <- whereis(store) do
+      native(Native.store_member(pid, id, element))
       |> case do
         {:error, :unsupported_operation} -> unsupported(store, id, {:member?, element})
         other -> other
@@ -394,8 +430,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   @doc "All ids in the store."
   @spec list_crdts(store()) :: [crdt_id()] | {:error, term()}
   def list_crdts(store \\ __MODULE__) do
-    with {:ok, h} <- handle(store),
-         {:ok, ids} <- Native.store_ids(h) do
+    with {:ok, pid} <- whereis(store),
+         {:ok, ids} <- Native.store_ids(pid) do
       ids
     end
   end
@@ -407,23 +443,13 @@ defmodule Vsmcp.CRDT.ContextStore do
   """
   @spec get_metadata(store(), crdt_id()) :: {:ok, map()} | {:error, term()}
   def get_metadata(store \\ __MODULE__, id) do
-    with {:ok, h} <- handle(store) do
-      case Native.store_metadata(h, id) do
-        :dirty -> Native.store_metadata_dirty(h, id)
-        other -> other
-      end
-    end
+    with {:ok, pid} <- whereis(store), do: native(Native.store_metadata(pid, id))
   end
 
   @doc "Delete `id`: `:ok` or `{:error, :not_found}`."
   @spec delete(store(), crdt_id()) :: :ok | {:error, term()}
   def delete(store \\ __MODULE__, id) do
-    with {:ok, h} <- handle(store) do
-      case Native.store_delete(h, id) do
-        :dirty -> Native.store_delete_dirty(h, id)
-        other -> other
-      end
-    end
+    with {:ok, pid} <- whereis(store), do: native(Native.store_delete(pid, id))
   end
 
   @doc """
@@ -432,7 +458,7 @@ defmodule Vsmcp.CRDT.ContextStore do
   """
   @spec sync(store()) :: :ok | {:error, term()}
   def sync(store \\ __MODULE__) do
-    with {:ok, h} <- handle(store), do: flush_reply(h)
+    with {:ok, pid} <- whereis(store), do: Native.store_flush(pid)
   end
 
   @doc """
@@ -440,18 +466,26 @@ defmodule Vsmcp.CRDT.ContextStore do
   """
   @spec stats(store()) :: map() | {:error, term()}
   def stats(store \\ __MODULE__) do
-    with {:ok, h} <- handle(store), do: Native.store_stats(h)
+    with {:ok, pid} <- whereis(store), do: Native.store_stats(pid)
   end
 
   @doc false
   # Run one decay pass now (tests and benchmarks).
   def decay_now(store \\ __MODULE__) do
-    with {:ok, h} <- handle(store), do: Native.store_decay(h)
+    with {:ok, pid} <- whereis(store), do: Native.store_decay(pid)
   end
 
   @doc false
   # Fault injection for tests: make durable writes fail like a full disk.
   def inject_write_failure(store, on?) do
-    with {:ok, h} <- handle(store), do: Native.store_fail_writes(h, on?)
+    with {:ok, pid} <- whereis(store),
+         {:ok, handle} <- call_or_noproc(pid, :handle),
+         do: Native.store_fail_writes(handle, on?)
+  end
+
+  defp call_or_noproc(pid, msg) do
+    GenServer.call(pid, msg)
+  catch
+    :exit, _ -> {:error, :noproc}
   end
 end

@@ -105,9 +105,11 @@ defmodule Vsmcp.CRDT.Native do
   @doc false
   def store_open(_config), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
-  def store_monitor(_h, _pid), do: :erlang.nif_error(:nif_not_loaded)
+  def store_register(_h, _pid), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
-  def store_close(_h), do: :erlang.nif_error(:nif_not_loaded)
+  def store_registered(_pid), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def store_close(_h, _deadline_ms), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_create(_h, _id, _type), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

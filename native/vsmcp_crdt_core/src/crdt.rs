@@ -104,6 +104,44 @@ pub enum Op<'a> {
     Set(&'a [u8], Timestamp),
 }
 
+/// An operation as the API states it (amounts signed, as callers give
+/// them), before it is fitted to a kind with [`Mutation::fit`]. The one
+/// parser behind both the store and the pure `Types.*` modules.
+#[derive(Debug, Clone, Copy)]
+pub enum Mutation<'a> {
+    Increment(i128),
+    Decrement(i128),
+    Add(&'a [u8]),
+    Remove(&'a [u8]),
+    Set(&'a [u8]),
+}
+
+impl<'a> Mutation<'a> {
+    /// Fit to `kind`. `Ok(None)` is a no-op. One rule for every caller: a
+    /// PN-Counter increment by a negative n decrements (a decrement by a
+    /// negative n increments); a G-Counter ignores n <= 0. An amount beyond
+    /// the 64-bit counter range is `Error::Overflow`. A register's
+    /// timestamp is `Timestamp::ZERO`: the caller stamps it.
+    pub fn fit(self, kind: Kind) -> Result<Option<Op<'a>>> {
+        fn amount(n: i128) -> Result<u64> {
+            u64::try_from(n.unsigned_abs()).map_err(|_| Error::Overflow)
+        }
+        Ok(match (kind, self) {
+            (Kind::GCounter, Mutation::Increment(n)) if n <= 0 => None,
+            (Kind::GCounter, Mutation::Increment(n)) => Some(Op::Increment(amount(n)?)),
+            (Kind::PNCounter, Mutation::Increment(0) | Mutation::Decrement(0)) => None,
+            (Kind::PNCounter, Mutation::Increment(n)) if n > 0 => Some(Op::Increment(amount(n)?)),
+            (Kind::PNCounter, Mutation::Increment(n)) => Some(Op::Decrement(amount(n)?)),
+            (Kind::PNCounter, Mutation::Decrement(n)) if n > 0 => Some(Op::Decrement(amount(n)?)),
+            (Kind::PNCounter, Mutation::Decrement(n)) => Some(Op::Increment(amount(n)?)),
+            (Kind::ORSet | Kind::AWSet, Mutation::Add(e)) => Some(Op::Add(e)),
+            (Kind::ORSet | Kind::AWSet, Mutation::Remove(e)) => Some(Op::Remove(e)),
+            (Kind::LwwRegister, Mutation::Set(v)) => Some(Op::Set(v, Timestamp::ZERO)),
+            _ => return Err(Error::UnsupportedOperation),
+        })
+    }
+}
+
 /// The value of a CRDT, in core terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value<'a> {
@@ -155,6 +193,36 @@ impl Crdt {
             (Crdt::LwwRegister(r), Op::Set(v, ts)) => Crdt::LwwRegister(r.set(replica, v, ts)),
             _ => return Err(Error::UnsupportedOperation),
         })
+    }
+
+    /// The delta `op` would produce as `replica`, leaving `self` unchanged
+    /// (the paper's delta mutator m^δ(X)): `self.join(&delta)` then gives
+    /// the state `mutate` would. Lets a durable store write the delta before
+    /// it changes memory, so a failed write leaves the state as it was.
+    pub fn delta_of(&self, replica: &ReplicaId, op: Op<'_>) -> Result<Crdt> {
+        Ok(match (self, op) {
+            (Crdt::GCounter(c), Op::Increment(n)) => Crdt::GCounter(c.clone().increment(replica, n)?),
+            (Crdt::PNCounter(c), Op::Increment(n)) => {
+                Crdt::PNCounter(c.clone().increment(replica, n)?)
+            }
+            (Crdt::PNCounter(c), Op::Decrement(n)) => {
+                Crdt::PNCounter(c.clone().decrement(replica, n)?)
+            }
+            (Crdt::ORSet(s), Op::Add(e)) => Crdt::ORSet(Box::new(s.delta_of_write(replica, e, false)?)),
+            (Crdt::ORSet(s), Op::Remove(e)) => Crdt::ORSet(Box::new(s.delta_of_write(replica, e, true)?)),
+            (Crdt::LwwRegister(r), Op::Set(v, ts)) => Crdt::LwwRegister(r.clone().set(replica, v, ts)),
+            _ => return Err(Error::UnsupportedOperation),
+        })
+    }
+
+    /// O(1) estimate of the encoded size in bytes (see [`ORSet::size_hint`]).
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Crdt::GCounter(c) => 16 + c.len() * 24,
+            Crdt::PNCounter(c) => 16 + (c.positive().len() + c.negative().len()) * 24,
+            Crdt::ORSet(s) => 16 + s.size_hint(),
+            Crdt::LwwRegister(r) => 32 + r.value().map_or(0, <[u8]>::len),
+        }
     }
 
     /// Apply `op` as `replica` and join its delta into `acc` (a delta group

@@ -31,6 +31,12 @@ pub enum Error {
     ValueTooLarge { size: usize, max: usize },
     /// The store was closed.
     Closed,
+    /// The call would block (a disk read, a WAL write, or O(n) work on a
+    /// large item): repeat it with `Access::MayBlock` on a dirty scheduler.
+    /// Never reaches Elixir callers.
+    WouldBlock,
+    /// Closing could not write `ids` ids' acknowledged writes.
+    Unflushed { ids: usize, reason: String },
 }
 
 impl Error {
@@ -49,6 +55,8 @@ impl Error {
             Error::UnsupportedOperation => "unsupported_operation",
             Error::ValueTooLarge { .. } => "value_too_large",
             Error::Closed => "closed",
+            Error::WouldBlock => "dirty",
+            Error::Unflushed { .. } => "unflushed",
         }
     }
 }
@@ -72,6 +80,10 @@ impl fmt::Display for Error {
                 write!(f, "value of {size} bytes exceeds max_value_bytes {max}")
             }
             Error::Closed => write!(f, "store closed"),
+            Error::WouldBlock => write!(f, "the call needs a dirty scheduler"),
+            Error::Unflushed { ids, reason } => {
+                write!(f, "writes of {ids} ids could not be written: {reason}")
+            }
         }
     }
 }

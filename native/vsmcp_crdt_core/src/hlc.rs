@@ -67,6 +67,33 @@ impl Timestamp {
         }
     }
 
+    /// [`Timestamp::tick`], or `Error::Overflow` when no later timestamp
+    /// exists (only at `wall_ms == u64::MAX` with the counter saturated).
+    pub fn tick_checked(self, now_ms: u64) -> Result<Timestamp> {
+        let next = self.tick(now_ms);
+        if next > self {
+            Ok(next)
+        } else {
+            Err(Error::Overflow)
+        }
+    }
+
+    /// [`Timestamp::receive`], or `Error::Overflow` when the result cannot
+    /// exceed both inputs.
+    pub fn receive_checked(
+        self,
+        remote: Timestamp,
+        now_ms: u64,
+        max_offset_ms: u64,
+    ) -> Result<Timestamp> {
+        let next = self.receive(remote, now_ms, max_offset_ms)?;
+        if next > self && next > remote {
+            Ok(next)
+        } else {
+            Err(Error::Overflow)
+        }
+    }
+
     /// Receive rule of the paper: the result is greater than both `self`
     /// and `remote`. Rejects a remote wall time more than `max_offset_ms`
     /// ahead of `now_ms`.

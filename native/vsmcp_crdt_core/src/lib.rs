@@ -17,7 +17,7 @@ pub mod pncounter;
 pub mod term;
 
 pub use causal::ReplicaId;
-pub use crdt::{Crdt, Kind, Op, Value};
+pub use crdt::{Crdt, Kind, Mutation, Op, Value};
 pub use error::{Error, Result};
 pub use hlc::{Clock, Timestamp};
 pub mod store;

@@ -111,6 +111,8 @@ struct Entry {
 #[derive(Clone, Default)]
 struct Elements {
     entries: Vec<Entry>,
+    /// Sum of the element byte lengths: an O(1) size for scheduling choices.
+    elem_bytes: usize,
     index: HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
 }
@@ -136,6 +138,7 @@ impl Elements {
     fn insert_new(&mut self, e: &[u8], dots: Dots) -> usize {
         let h = self.hash(e);
         let i = self.entries.len();
+        self.elem_bytes += e.len();
         self.entries.push(Entry {
             elem: e.into(),
             dots,
@@ -167,7 +170,8 @@ impl Elements {
                 *slot = i as u32;
             }
         }
-        self.entries.swap_remove(i);
+        let removed = self.entries.swap_remove(i);
+        self.elem_bytes -= removed.elem.len();
     }
 
     fn len(&self) -> usize {
@@ -274,6 +278,45 @@ impl ORSet {
                 }
             },
         }
+    }
+
+    /// The delta that adding (`remove == false`) or removing `elem` as
+    /// `replica` would produce, without changing `self`: the paper's delta
+    /// mutator m^δ(X). Joining it into `self` gives the state [`ORSet::add`]
+    /// or [`ORSet::remove`] would leave. The store uses it to write a delta
+    /// durably before the in-memory state changes.
+    pub fn delta_of_write(&self, replica: &ReplicaId, elem: &[u8], remove: bool) -> Result<ORSet> {
+        let old: &[TaggedDot] = match self.elems.find(elem) {
+            Some(i) => &self.elems.entries[i].dots,
+            None => &[],
+        };
+        if remove && self.policy == Policy::AddWins {
+            if old.is_empty() {
+                return Ok(ORSet::empty_delta(self.policy));
+            }
+            return Ok(self.make_delta(elem, None, old));
+        }
+        let counter = match self.replicas.lookup(replica) {
+            Some(r) => self.ctx.next_dot(r)?.counter,
+            None if self.replicas.len() as u32 >= REMOVE_BIT => return Err(Error::Overflow),
+            None => 1,
+        };
+        let mut delta = self.make_delta(elem, None, old);
+        let r = delta.replicas.intern(replica);
+        let d = Dot {
+            replica: r,
+            counter,
+        };
+        delta.ctx.insert(d);
+        let i = delta.elems.find_or_insert(elem);
+        delta.elems.entries[i].dots.push(TaggedDot::new(d, remove));
+        Ok(delta)
+    }
+
+    /// O(1) estimate of the encoded size in bytes: what the store uses to
+    /// decide whether work on this set fits a normal scheduler.
+    pub fn size_hint(&self) -> usize {
+        self.elems.elem_bytes + self.elems.len() * 24
     }
 
     fn present(policy: Policy, dots: &[TaggedDot]) -> bool {

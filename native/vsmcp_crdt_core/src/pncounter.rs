@@ -56,4 +56,16 @@ impl PNCounter {
     pub fn is_empty(&self) -> bool {
         self.p.is_empty() && self.n.is_empty()
     }
+
+    /// Version vector of the counter: `p[r] + n[r]` grows with every
+    /// operation of replica `r`, so it is that replica's version number.
+    pub fn causal_context(&self) -> std::collections::BTreeMap<&ReplicaId, u128> {
+        let mut counts = std::collections::BTreeMap::new();
+        for side in [&self.p, &self.n] {
+            for (r, n) in side.sorted_entries() {
+                *counts.entry(r).or_default() += u128::from(n);
+            }
+        }
+        counts
+    }
 }

@@ -296,6 +296,33 @@ proptest! {
     }
 }
 
+proptest! {
+    /// The delta mutator m^δ(X) (`Crdt::delta_of`, used by strict writes)
+    /// leaves X unchanged, and X ⊔ m^δ(X) equals the state `mutate` leaves,
+    /// with the same delta.
+    #[test]
+    fn delta_of_equals_mutate(
+        ops in prop::collection::vec((0usize..3, mut_op()), 0..30),
+        code in 1u8..=5,
+    ) {
+        use vsmcp_crdt_core::Crdt;
+        let kind = Kind::from_code(code).unwrap();
+        let mut s = Crdt::new(kind);
+        for (r, op) in &ops {
+            let e = elem(op.elem);
+            let o = crdt_op(kind, *op, &e);
+            let before = s.clone();
+            let d1 = s.delta_of(&replica(*r), o).unwrap();
+            prop_assert_eq!(&s, &before, "delta_of changed the state");
+            let mut joined = s.clone();
+            joined.join(&d1).unwrap();
+            let d2 = s.mutate(&replica(*r), o).unwrap();
+            prop_assert_eq!(&joined, &s);
+            prop_assert_eq!(&d1, &d2);
+        }
+    }
+}
+
 fn mut_op_zero() -> MutOp {
     MutOp {
         kind: 0,

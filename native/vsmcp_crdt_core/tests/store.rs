@@ -10,21 +10,19 @@ fn cfg(dir: &std::path::Path) -> StoreConfig {
 
 fn counter(store: &Store, id: &[u8]) -> i128 {
     store
-        .read(id, Access::MayUseDisk, |c| match c.value() {
+        .read(id, Access::MayBlock, |c| match c.value() {
             Value::Counter(n) => n,
             other => panic!("not a counter: {other:?}"),
         })
-        .unwrap()
         .unwrap()
 }
 
 fn set_len(store: &Store, id: &[u8]) -> usize {
     store
-        .read(id, Access::MayUseDisk, |c| match c.value() {
+        .read(id, Access::MayBlock, |c| match c.value() {
             Value::Set(s) => s.len(),
             other => panic!("not a set: {other:?}"),
         })
-        .unwrap()
         .unwrap()
 }
 
@@ -33,7 +31,6 @@ fn create_update_read_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(cfg(dir.path())).unwrap();
     s.create(b"c", Kind::GCounter, Access::MemoryOnly)
-        .unwrap()
         .unwrap();
     assert_eq!(
         s.create(b"c", Kind::GCounter, Access::MemoryOnly),
@@ -41,11 +38,9 @@ fn create_update_read_and_errors() {
     );
     for _ in 0..10 {
         s.update(b"c", Mutation::Increment(2), Access::MemoryOnly, |_| ())
-            .unwrap()
             .unwrap();
     }
     s.update(b"c", Mutation::Increment(-5), Access::MemoryOnly, |_| ())
-        .unwrap()
         .unwrap();
     assert_eq!(counter(&s, b"c"), 20);
     assert_eq!(
@@ -57,20 +52,17 @@ fn create_update_read_and_errors() {
         s.update(
             b"missing",
             Mutation::Increment(1),
-            Access::MayUseDisk,
+            Access::MayBlock,
             |_| ()
         )
         .err(),
         Some(Error::NotFound)
     );
     s.create(b"p", Kind::PNCounter, Access::MemoryOnly)
-        .unwrap()
         .unwrap();
     s.update(b"p", Mutation::Decrement(7), Access::MemoryOnly, |_| ())
-        .unwrap()
         .unwrap();
     s.update(b"p", Mutation::Increment(-1), Access::MemoryOnly, |_| ())
-        .unwrap()
         .unwrap();
     assert_eq!(counter(&s, b"p"), -8);
 }
@@ -83,7 +75,6 @@ fn data_survives_restart_and_restart_loads_nothing() {
         for i in 0..500u32 {
             let id = i.to_be_bytes();
             s.create(&id, Kind::GCounter, Access::MemoryOnly)
-                .unwrap()
                 .unwrap();
             s.update(
                 &id,
@@ -91,11 +82,9 @@ fn data_survives_restart_and_restart_loads_nothing() {
                 Access::MemoryOnly,
                 |_| (),
             )
-            .unwrap()
             .unwrap();
         }
         s.create(b"set", Kind::ORSet, Access::MemoryOnly)
-            .unwrap()
             .unwrap();
         for e in 0..100u32 {
             s.update(
@@ -104,7 +93,6 @@ fn data_survives_restart_and_restart_loads_nothing() {
                 Access::MemoryOnly,
                 |_| (),
             )
-            .unwrap()
             .unwrap();
         }
         s.update(
@@ -113,9 +101,8 @@ fn data_survives_restart_and_restart_loads_nothing() {
             Access::MemoryOnly,
             |_| (),
         )
-        .unwrap()
         .unwrap();
-        s.close();
+        s.close(std::time::Duration::from_secs(1)).unwrap();
     }
     let s = Store::open(cfg(dir.path())).unwrap();
     let st = s.stats();
@@ -137,26 +124,24 @@ fn data_survives_restart_and_restart_loads_nothing() {
 fn tiers_respect_limits_and_promote_on_access() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path());
-    c.memory_limit = 2;
-    c.ets_limit = 3;
+    c.hot_limit = 2;
+    c.warm_limit = 3;
     c.access_threshold = 2;
     let s = Store::open(c).unwrap();
     for i in 0..10u8 {
-        s.create(&[i], Kind::GCounter, Access::MayUseDisk)
-            .unwrap()
+        s.create(&[i], Kind::GCounter, Access::MayBlock)
             .unwrap();
         s.update(
             &[i],
             Mutation::Increment(i as i128 + 1),
-            Access::MayUseDisk,
+            Access::MayBlock,
             |_| (),
         )
-        .unwrap()
         .unwrap();
     }
     let st = s.stats();
     assert!(st.hot <= 2 && st.warm <= 3, "{st:?}");
-    let tier = |id: u8| s.metadata(&[id], Access::MayUseDisk).unwrap().unwrap().1;
+    let tier = |id: u8| s.metadata(&[id], Access::MayBlock).unwrap().1;
     assert_eq!(tier(0), Tier::Cold);
     assert_eq!(counter(&s, &[0]), 1);
     assert_eq!(tier(0), Tier::Warm);
@@ -180,34 +165,30 @@ fn tiers_respect_limits_and_promote_on_access() {
 fn pending_writes_of_cold_items_are_visible_before_flush() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path());
-    c.memory_limit = 1;
-    c.ets_limit = 0;
+    c.hot_limit = 1;
+    c.warm_limit = 0;
     c.flush_interval_ms = 60_000;
     let s = Store::open(c).unwrap();
     s.create(b"a", Kind::AWSet, Access::MemoryOnly)
-        .unwrap()
         .unwrap();
     s.update(b"a", Mutation::Add(b"x"), Access::MemoryOnly, |_| ())
-        .unwrap()
         .unwrap();
     // Creating more ids pushes "a" out of memory before any flush.
     for i in 0..5u8 {
-        s.create(&[i], Kind::GCounter, Access::MayUseDisk)
-            .unwrap()
+        s.create(&[i], Kind::GCounter, Access::MayBlock)
             .unwrap();
     }
     assert_eq!(
-        s.metadata(b"a", Access::MayUseDisk).unwrap().unwrap().1,
+        s.metadata(b"a", Access::MayBlock).unwrap().1,
         Tier::Cold
     );
     assert_eq!(set_len(&s, b"a"), 1);
-    s.delete(b"a", Access::MayUseDisk).unwrap().unwrap();
+    s.delete(b"a", Access::MayBlock).unwrap();
     assert_eq!(
-        s.read(b"a", Access::MayUseDisk, |_| ()).err(),
+        s.read(b"a", Access::MayBlock, |_| ()).err(),
         Some(Error::NotFound)
     );
-    s.create(b"a", Kind::GCounter, Access::MayUseDisk)
-        .unwrap()
+    s.create(b"a", Kind::GCounter, Access::MayBlock)
         .unwrap();
     s.flush().unwrap();
     assert_eq!(counter(&s, b"a"), 0);
@@ -218,10 +199,8 @@ fn failing_writes_are_refused_and_reads_still_work() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(cfg(dir.path())).unwrap();
     s.create(b"c", Kind::GCounter, Access::MemoryOnly)
-        .unwrap()
         .unwrap();
     s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ())
-        .unwrap()
         .unwrap();
     s.set_fail_writes(true);
     assert!(matches!(
@@ -231,7 +210,6 @@ fn failing_writes_are_refused_and_reads_still_work() {
     assert_eq!(counter(&s, b"c"), 1);
     s.set_fail_writes(false);
     s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ())
-        .unwrap()
         .unwrap();
     assert_eq!(counter(&s, b"c"), 2);
 }
@@ -244,24 +222,21 @@ fn strict_mode_writes_need_the_disk_path() {
     let s = Store::open(c).unwrap();
     assert_eq!(
         s.create(b"c", Kind::LwwRegister, Access::MemoryOnly),
-        Ok(None)
+        Err(Error::WouldBlock)
     );
-    s.create(b"c", Kind::LwwRegister, Access::MayUseDisk)
-        .unwrap()
+    s.create(b"c", Kind::LwwRegister, Access::MayBlock)
         .unwrap();
-    s.update(b"c", Mutation::Set(b"v1"), Access::MayUseDisk, |_| ())
-        .unwrap()
+    s.update(b"c", Mutation::Set(b"v1"), Access::MayBlock, |_| ())
         .unwrap();
     let before = s.clock();
     drop(s);
     let s = Store::open(cfg(dir.path())).unwrap();
     assert!(s.clock() >= before);
     let v = s
-        .read(b"c", Access::MayUseDisk, |c| match c {
+        .read(b"c", Access::MayBlock, |c| match c.crdt {
             Crdt::LwwRegister(r) => r.value().map(|v| v.to_vec()),
             _ => None,
         })
-        .unwrap()
         .unwrap();
     assert_eq!(v.as_deref(), Some(&b"v1"[..]));
 }
@@ -273,10 +248,8 @@ fn a_second_open_of_the_same_path_takes_over() {
     c.flush_interval_ms = 60_000;
     let a = Store::open(c.clone()).unwrap();
     a.create(b"c", Kind::GCounter, Access::MemoryOnly)
-        .unwrap()
         .unwrap();
     a.update(b"c", Mutation::Increment(3), Access::MemoryOnly, |_| ())
-        .unwrap()
         .unwrap();
     let b = Store::open(c).unwrap();
     assert!(a.is_closed());
@@ -304,60 +277,48 @@ fn remote_state_merges_into_the_state_the_api_reads() {
     let a = Store::open(cfg(da.path())).unwrap();
     let b = Store::open(StoreConfig::new(db.path(), b"node-b")).unwrap();
     a.create(b"s", Kind::ORSet, Access::MemoryOnly)
-        .unwrap()
         .unwrap();
     a.update(b"s", Mutation::Add(b"x"), Access::MemoryOnly, |_| ())
-        .unwrap()
         .unwrap();
-    let (meta, _) = a.metadata(b"s", Access::MayUseDisk).unwrap().unwrap();
+    let (meta, _) = a.metadata(b"s", Access::MayBlock).unwrap();
     let state = a
         .read(b"s", Access::MemoryOnly, |c| c.clone())
-        .unwrap()
         .unwrap();
     // Unknown id on b: created from the remote state.
-    b.merge(b"s", &meta, &state, Access::MayUseDisk)
-        .unwrap()
+    b.merge(b"s", &meta, &state, Access::MayBlock)
         .unwrap();
     assert_eq!(set_len(&b, b"s"), 1);
     // Concurrent remove on a and add on b converge after exchanging states.
     a.update(b"s", Mutation::Remove(b"x"), Access::MemoryOnly, |_| ())
-        .unwrap()
         .unwrap();
     b.update(b"s", Mutation::Add(b"y"), Access::MemoryOnly, |_| ())
-        .unwrap()
         .unwrap();
     let sa = a
         .read(b"s", Access::MemoryOnly, |c| c.clone())
-        .unwrap()
         .unwrap();
     let sb = b
         .read(b"s", Access::MemoryOnly, |c| c.clone())
-        .unwrap()
         .unwrap();
-    a.merge(b"s", &meta, &sb, Access::MayUseDisk)
-        .unwrap()
+    a.merge(b"s", &meta, &sb, Access::MayBlock)
         .unwrap();
-    b.merge(b"s", &meta, &sa, Access::MayUseDisk)
-        .unwrap()
+    b.merge(b"s", &meta, &sa, Access::MayBlock)
         .unwrap();
     let va = a
         .read(b"s", Access::MemoryOnly, |c| c.clone())
-        .unwrap()
         .unwrap();
     let vb = b
         .read(b"s", Access::MemoryOnly, |c| c.clone())
-        .unwrap()
         .unwrap();
     assert_eq!(va, vb);
     assert_eq!(set_len(&a, b"s"), 1);
     // A kind mismatch is refused.
     let wrong = Crdt::new(Kind::GCounter);
     assert_eq!(
-        b.merge(b"s", &meta, &wrong, Access::MayUseDisk),
+        b.merge(b"s", &meta, &wrong, Access::MayBlock),
         Err(Error::TypeMismatch)
     );
     // The merged state is durable.
-    b.close();
+    b.close(std::time::Duration::from_secs(1)).unwrap();
     drop(b);
     let b = Store::open(StoreConfig::new(db.path(), b"node-b")).unwrap();
     assert_eq!(set_len(&b, b"s"), 1);
@@ -368,21 +329,180 @@ fn close_releases_the_directory_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let a = Store::open(cfg(dir.path())).unwrap();
     a.create(b"c", Kind::GCounter, Access::MemoryOnly)
-        .unwrap()
         .unwrap();
-    a.close();
+    a.close(std::time::Duration::from_secs(1)).unwrap();
     // `a` is still referenced, but its RocksDB is closed: the directory can
     // be removed and a new store there starts empty, with no lock to wait for.
     std::fs::remove_dir_all(dir.path()).unwrap();
     let b = Store::open(cfg(dir.path())).unwrap();
     assert_eq!(
-        b.read(b"c", Access::MayUseDisk, |_| ()).err(),
+        b.read(b"c", Access::MayBlock, |_| ()).err(),
         Some(Error::NotFound)
     );
     assert_eq!(b.stats().incarnation, 1);
     assert_eq!(a.stats().cold_estimate, 0);
     drop(a);
-    b.create(b"c", Kind::GCounter, Access::MayUseDisk)
-        .unwrap()
+    b.create(b"c", Kind::GCounter, Access::MayBlock)
         .unwrap();
+}
+
+fn strict(dir: &std::path::Path) -> Store {
+    let mut c = cfg(dir);
+    c.durability = Durability::Strict;
+    Store::open(c).unwrap()
+}
+
+fn snapshot(s: &Store, id: &[u8]) -> Option<(Crdt, u64)> {
+    let crdt = s.read(id, Access::MayBlock, |c| c.clone()).ok()?;
+    let (meta, _) = s.metadata(id, Access::MayBlock).ok()?;
+    Some((crdt, meta.updated_at))
+}
+
+/// Issue 7 §2: a strict operation that fails leaves memory exactly as it
+/// was (state, `updated_at`, presence), and nothing of it shows later.
+#[test]
+fn a_failed_strict_write_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = strict(dir.path());
+    for (id, kind) in [(&b"g"[..], Kind::GCounter), (b"o", Kind::ORSet), (b"r", Kind::LwwRegister)] {
+        s.create(id, kind, Access::MayBlock).unwrap();
+    }
+    s.update(b"g", Mutation::Increment(2), Access::MayBlock, |_| ()).unwrap();
+    s.update(b"o", Mutation::Add(b"x"), Access::MayBlock, |_| ()).unwrap();
+    s.update(b"r", Mutation::Set(b"v1"), Access::MayBlock, |_| ()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let before: Vec<_> = [&b"g"[..], b"o", b"r"].iter().map(|id| snapshot(&s, id)).collect();
+    s.set_fail_writes(true);
+    for (id, m) in [
+        (&b"g"[..], Mutation::Increment(5)),
+        (b"o", Mutation::Add(b"y")),
+        (b"o", Mutation::Remove(b"x")),
+        (b"r", Mutation::Set(b"v2")),
+    ] {
+        assert!(matches!(s.update(id, m, Access::MayBlock, |_| ()), Err(Error::Storage(_))));
+    }
+    assert!(matches!(s.delete(b"g", Access::MayBlock), Err(Error::Storage(_))));
+    assert!(matches!(s.create(b"new", Kind::GCounter, Access::MayBlock), Err(Error::Storage(_))));
+    let state = s.read(b"o", Access::MayBlock, |c| c.clone()).unwrap();
+    let (meta, _) = s.metadata(b"o", Access::MayBlock).unwrap();
+    assert!(matches!(s.merge(b"o", &meta, &state, Access::MayBlock), Err(Error::Storage(_))));
+    let after: Vec<_> = [&b"g"[..], b"o", b"r"].iter().map(|id| snapshot(&s, id)).collect();
+    assert_eq!(before, after);
+    assert!(s.read(b"new", Access::MayBlock, |_| ()).is_err());
+    // The next successful write does not carry the failed one with it.
+    s.set_fail_writes(false);
+    s.update(b"g", Mutation::Increment(1), Access::MayBlock, |_| ()).unwrap();
+    assert_eq!(counter(&s, b"g"), 3);
+    s.close(std::time::Duration::from_secs(1)).unwrap();
+    drop(s);
+    let s = strict(dir.path());
+    assert_eq!(counter(&s, b"g"), 3);
+    assert_eq!(set_len(&s, b"o"), 1);
+}
+
+/// Issue 7 §2: when the final flush fails, close retries until its
+/// deadline and then reports the ids whose acknowledged writes are lost.
+#[test]
+fn close_reports_unflushed_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.flush_interval_ms = 60_000;
+    let s = Store::open(c).unwrap();
+    for id in [&b"a"[..], b"b", b"c"] {
+        s.create(id, Kind::GCounter, Access::MemoryOnly).unwrap();
+    }
+    s.set_fail_writes(true);
+    let t = std::time::Instant::now();
+    match s.close(std::time::Duration::from_millis(200)) {
+        Err(Error::Unflushed { ids, .. }) => assert_eq!(ids, 3),
+        other => panic!("expected Unflushed, got {other:?}"),
+    }
+    assert!(t.elapsed() >= std::time::Duration::from_millis(200), "no retry");
+}
+
+/// Issue 7 §2: a successor on the same path takes over the pending writes
+/// of a predecessor whose disk refuses them, without waiting, and writes
+/// them once the disk accepts writes again.
+#[test]
+fn hand_over_passes_pending_writes_to_the_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.flush_interval_ms = 60_000;
+    let a = Store::open(c.clone()).unwrap();
+    a.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap();
+    a.update(b"c", Mutation::Increment(7), Access::MemoryOnly, |_| ()).unwrap();
+    a.set_fail_writes(true);
+    let b = Store::open(c.clone()).unwrap();
+    assert!(a.is_closed());
+    assert_eq!(counter(&b, b"c"), 7);
+    b.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ()).unwrap();
+    b.close(std::time::Duration::from_secs(1)).unwrap();
+    drop((a, b));
+    let s = Store::open(c).unwrap();
+    assert_eq!(counter(&s, b"c"), 8);
+}
+
+/// Issue 7 §2: writes resume once the disk accepts them again, also after
+/// a failed strict write left nothing pending to retry.
+#[test]
+fn writes_resume_after_the_disk_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = strict(dir.path());
+    s.create(b"c", Kind::GCounter, Access::MayBlock).unwrap();
+    s.set_fail_writes(true);
+    assert!(s.update(b"c", Mutation::Increment(1), Access::MayBlock, |_| ()).is_err());
+    s.set_fail_writes(false);
+    s.update(b"c", Mutation::Increment(1), Access::MayBlock, |_| ()).unwrap();
+    assert_eq!(counter(&s, b"c"), 1);
+}
+
+/// Issue 7 §5: O(n) work on a large item is refused on a normal scheduler
+/// (`WouldBlock`) before anything changes, and done on a dirty one.
+#[test]
+fn large_items_are_not_worked_on_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.hot_limit = 1;
+    c.warm_limit = 10;
+    let s = Store::open(c).unwrap();
+    s.create(b"big", Kind::ORSet, Access::MemoryOnly).unwrap();
+    for i in 0u32..20_000 {
+        s.update(b"big", Mutation::Add(&i.to_be_bytes()), Access::MemoryOnly, |_| ())
+            .unwrap();
+    }
+    // Replying with the value is O(n): refused inline, before the add.
+    assert_eq!(
+        s.update_with(b"big", Mutation::Add(b"new"), Access::MemoryOnly, true, |_| ()),
+        Err(Error::WouldBlock)
+    );
+    assert_eq!(set_len(&s, b"big"), 20_000);
+    s.update_with(b"big", Mutation::Add(b"new"), Access::MayBlock, true, |_| ()).unwrap();
+    // Pushed out of the hot tier by a small item: too large to encode
+    // inline, so it leaves memory instead of going warm.
+    s.create(b"small", Kind::GCounter, Access::MemoryOnly).unwrap();
+    s.create(b"small2", Kind::GCounter, Access::MemoryOnly).unwrap();
+    let tier = s.metadata(b"big", Access::MayBlock).unwrap().1;
+    assert_eq!(tier, Tier::Cold);
+    s.flush().unwrap();
+    // Loading it back inline would decode megabytes: refused.
+    assert_eq!(s.read(b"big", Access::MemoryOnly, |_| ()).err(), Some(Error::WouldBlock));
+    assert_eq!(set_len(&s, b"big"), 20_001);
+}
+
+/// Issue 7 §5: decay demotes a large hot item without encoding it.
+#[test]
+fn decay_sends_large_items_cold_and_keeps_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(cfg(dir.path())).unwrap();
+    s.create(b"big", Kind::ORSet, Access::MemoryOnly).unwrap();
+    for i in 0u32..20_000 {
+        s.update(b"big", Mutation::Add(&i.to_be_bytes()), Access::MemoryOnly, |_| ())
+            .unwrap();
+    }
+    // 20,000 accesses halve to below the threshold, then it goes.
+    for _ in 0..20 {
+        s.decay();
+    }
+    assert_eq!(s.metadata(b"big", Access::MayBlock).unwrap().1, Tier::Cold);
+    assert_eq!(set_len(&s, b"big"), 20_000);
 }

@@ -7,8 +7,6 @@ use vsmcp_crdt_core::Error;
 rustler::atoms! {
     ok,
     error,
-    /// Tag of a set value: `{:set, elements}` (the Elixir side builds the MapSet).
-    set_tag = "set",
 }
 
 pub fn reason_term<'a>(env: Env<'a>, e: &Error) -> Term<'a> {

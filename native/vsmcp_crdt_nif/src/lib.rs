@@ -4,12 +4,16 @@
 //! * `term`   - Erlang terms <-> canonical bytes
 //! * `errors` - core errors -> `{:error, reason}`
 //! * `types`  - the pure CRDT and HLC functions behind `Vsmcp.CRDT.Types.*`
+//! * `op`     - operation terms -> core `Mutation` (one parser for both)
+//! * `value`  - CRDT values -> Elixir terms (sets as real `MapSet`s)
 //! * `store`  - the store resource behind `Vsmcp.CRDT.ContextStore`
 
 mod errors;
+mod op;
 mod store;
 mod term;
 mod types;
+mod value;
 
 #[rustler::nif]
 fn nif_loaded() -> bool {

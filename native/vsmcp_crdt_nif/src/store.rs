@@ -1,40 +1,49 @@
 //! NIFs of `Vsmcp.CRDT.ContextStore`: a `StoreResource` wraps
 //! `vsmcp_crdt_core::store::Store`.
 //!
-//! Scheduling: every call that may touch the disk has two entry points.
-//! The plain one runs on a normal scheduler with `Access::MemoryOnly` and
-//! answers `:dirty` when it would need the disk (a cold id, or any write in
-//! strict durability); the Elixir side then calls the `_dirty` twin, which
-//! runs on a dirty IO scheduler. Values too large to build in about a
-//! millisecond (sets over `MAX_INLINE_ELEMENTS`) also answer `:dirty`.
+//! **Scheduling.** Every call that may block has two entry points, made by
+//! one macro (`twin!`): the plain one runs on a normal scheduler with
+//! `Access::MemoryOnly` and answers `:dirty` when the core says
+//! `Error::WouldBlock` (a disk read, a strict WAL write, or O(n) work on an
+//! item over `INLINE_BYTES`); Elixir then calls the `_dirty` twin, which
+//! runs on a dirty IO scheduler. A mutation that answers `:dirty` has not
+//! happened yet, so the twin's reply is the value right after it.
 //!
-//! The resource monitors the store's owner process: if it dies without
-//! closing the store (e.g. `Process.exit(pid, :kill)`), pending writes are
-//! flushed and the RocksDB handle is released on a background thread.
+//! **Handles.** Stores are found by their owner's pid in a registry here
+//! (`store_register/2`): a lookup is a read lock and a hash probe, and
+//! starting or stopping a store costs nothing VM-wide (a
+//! `:persistent_term` erase makes every process scan its heap). Every NIF
+//! takes the pid (or the handle itself).
+//!
+//! **Lifecycle.** The resource monitors the owner: if it dies without
+//! closing the store (`Process.exit(pid, :kill)`), the entry goes and the
+//! store is closed on a background thread. A handle dropped unclosed is
+//! closed on a background thread too, never on the scheduler that
+//! collected it.
 
-use crate::errors::{error_term, ok};
+use crate::errors::{error, error_term, ok};
+use crate::op::{self, OpError};
 use crate::term::{self as tc, Trust};
+use crate::value::{kind_atom, value_term};
+use parking_lot::RwLock;
 use rustler::types::map::map_new;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use vsmcp_crdt_core::crdt::{Crdt, Kind, Value};
+use std::sync::OnceLock;
+use std::time::Duration;
+use vsmcp_crdt_core::crdt::{Crdt, Kind};
 use vsmcp_crdt_core::error::Error;
-use vsmcp_crdt_core::store::{Access, Durability, Mutation, Store, StoreConfig};
-
-/// Largest set whose value is built on a normal scheduler.
-const MAX_INLINE_ELEMENTS: usize = 2_000;
+use vsmcp_crdt_core::store::{Access, Durability, Store, StoreConfig, Tier};
 
 rustler::atoms! {
     dirty,
+    noproc,
     unknown_type,
-    value,
     not_found,
     unsupported_operation,
-    increment,
-    decrement,
-    add,
-    remove,
-    set,
+    invalid_amount,
+    unflushed,
     relaxed,
     strict,
     nil,
@@ -47,18 +56,45 @@ pub struct StoreResource {
     store: Store,
 }
 
+impl Drop for StoreResource {
+    fn drop(&mut self) {
+        if !self.store.is_closed() {
+            close_in_background(self.store.clone());
+        }
+    }
+}
+
+fn close_in_background(store: Store) {
+    let _ = std::thread::Builder::new()
+        .name("vsmcp-crdt-close".into())
+        .spawn(move || {
+            let _ = store.close(Duration::from_secs(5));
+        });
+}
+
 #[rustler::resource_impl]
 impl Resource for StoreResource {
-    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: Monitor) {
-        let store = self.store.clone();
+    fn down<'a>(&'a self, _env: Env<'a>, pid: LocalPid, _mon: Monitor) {
+        registry().write().remove(&pid);
         // Closing flushes to disk: not on a scheduler thread.
-        let _ = std::thread::Builder::new()
-            .name("vsmcp-crdt-close".into())
-            .spawn(move || store.close());
+        close_in_background(self.store.clone());
     }
 }
 
 type Handle = ResourceArc<StoreResource>;
+
+fn registry() -> &'static RwLock<HashMap<LocalPid, Handle>> {
+    static REG: OnceLock<RwLock<HashMap<LocalPid, Handle>>> = OnceLock::new();
+    REG.get_or_init(|| RwLock::new(HashMap::new()))
+}
+
+/// The store behind `t`: a registered owner pid, or a handle.
+fn resolve(t: Term) -> Result<Handle, Atom> {
+    if let Ok(pid) = t.decode::<LocalPid>() {
+        return registry().read().get(&pid).cloned().ok_or_else(noproc);
+    }
+    t.decode::<Handle>().map_err(|_| noproc())
+}
 
 fn get<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &str) -> NifResult<Option<T>> {
     let k = Atom::from_str(map.get_env(), key)?;
@@ -68,6 +104,8 @@ fn get<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &str) -> NifResult<Optio
     }
 }
 
+/// The core configuration from the map `Vsmcp.CRDT.ContextStore.Options`
+/// builds (already range-checked there; a bad value here is `badarg`).
 fn config_from(map: Term) -> NifResult<StoreConfig> {
     let path: String = get(map, "path")?.ok_or(rustler::Error::BadArg)?;
     let node: Term = get(map, "node_id")?.ok_or(rustler::Error::BadArg)?;
@@ -76,11 +114,12 @@ fn config_from(map: Term) -> NifResult<StoreConfig> {
     if let Some(v) = get(map, "ephemeral")? {
         cfg.ephemeral = v;
     }
+    // The legacy names of the replaced ETS/DETS tiers, translated here.
     if let Some(v) = get::<usize>(map, "memory_limit")? {
-        cfg.memory_limit = v.max(1);
+        cfg.hot_limit = v.max(1);
     }
     if let Some(v) = get::<usize>(map, "ets_limit")? {
-        cfg.ets_limit = v;
+        cfg.warm_limit = v;
     }
     if let Some(v) = get::<u32>(map, "access_threshold")? {
         cfg.access_threshold = v.max(1);
@@ -109,6 +148,37 @@ fn config_from(map: Term) -> NifResult<StoreConfig> {
     Ok(cfg)
 }
 
+/// Map a core result to a reply: `Error::WouldBlock` is `:dirty`.
+fn reply<'a>(env: Env<'a>, r: Result<Term<'a>, Error>) -> Term<'a> {
+    match r {
+        Ok(t) => t,
+        Err(Error::WouldBlock) => dirty().encode(env),
+        Err(e) => error_term(env, &e),
+    }
+}
+
+/// Two NIFs per operation: `$plain` on a normal scheduler (memory only),
+/// `$dirty` on a dirty IO scheduler (may block). Both resolve the store.
+macro_rules! twin {
+    ($plain:ident, $dirty:ident, $imp:ident, ($($arg:ident),*)) => {
+        #[rustler::nif]
+        fn $plain<'a>(env: Env<'a>, store: Term<'a>, $($arg: Term<'a>),*) -> Term<'a> {
+            match resolve(store) {
+                Ok(h) => $imp(env, &h, $($arg,)* Access::MemoryOnly),
+                Err(reason) => (error(), reason).encode(env),
+            }
+        }
+
+        #[rustler::nif(schedule = "DirtyIo")]
+        fn $dirty<'a>(env: Env<'a>, store: Term<'a>, $($arg: Term<'a>),*) -> Term<'a> {
+            match resolve(store) {
+                Ok(h) => $imp(env, &h, $($arg,)* Access::MayBlock),
+                Err(reason) => (error(), reason).encode(env),
+            }
+        }
+    };
+}
+
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_open<'a>(env: Env<'a>, opts: Term<'a>) -> NifResult<Term<'a>> {
     let cfg = config_from(opts)?;
@@ -118,306 +188,175 @@ fn store_open<'a>(env: Env<'a>, opts: Term<'a>) -> NifResult<Term<'a>> {
     })
 }
 
-/// Close the store when `owner` exits, however it exits.
+/// Register `h` under its owner `pid` and close it when `pid` exits,
+/// however it exits.
 #[rustler::nif]
-fn store_monitor(env: Env, h: Handle, owner: LocalPid) -> bool {
+fn store_register(env: Env, h: Handle, owner: LocalPid) -> bool {
+    registry().write().insert(owner, h.clone());
     h.monitor(Some(env), &owner).is_some()
 }
 
+/// Whether `pid` owns a registered store.
+#[rustler::nif]
+fn store_registered(pid: LocalPid) -> bool {
+    registry().read().contains_key(&pid)
+}
+
+/// Close: write what is pending (retrying up to `deadline_ms`), release
+/// RocksDB, drop the registry entry. `:ok` or
+/// `{:error, {:unflushed, ids, reason}}`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn store_close(h: Handle) -> Atom {
-    h.store.close();
-    ok()
+fn store_close<'a>(env: Env<'a>, h: Handle, deadline_ms: u64) -> Term<'a> {
+    registry()
+        .write()
+        .retain(|_, v| !std::ptr::eq::<StoreResource>(&**v, &*h));
+    match h.store.close(Duration::from_millis(deadline_ms)) {
+        Ok(()) => ok().encode(env),
+        Err(Error::Unflushed { ids, reason }) => {
+            (error(), (unflushed(), ids, reason.as_str())).encode(env)
+        }
+        Err(e) => error_term(env, &e),
+    }
 }
 
 fn id_bytes(id: Term) -> Result<Vec<u8>, Error> {
     tc::encode(id)
 }
 
-/// Run `f` and map `Ok(None)` to `:dirty`, `Ok(Some(t))` to `t`, errors to
-/// `{:error, reason}`.
-fn reply<'a>(env: Env<'a>, r: Result<Option<Term<'a>>, Error>) -> Term<'a> {
-    match r {
-        Ok(Some(t)) => t,
-        Ok(None) => dirty().encode(env),
-        Err(e) => error_term(env, &e),
-    }
-}
-
-/// The Elixir name of a kind (`:g_counter`, ...): a fixed set of atoms.
-fn kind_atom(env: Env, kind: Kind) -> Atom {
-    Atom::from_str(env, kind.name()).unwrap_or_else(|_| nil())
-}
-
 fn kind_of(t: Term) -> Option<Kind> {
     t.atom_to_string().ok().and_then(|s| Kind::from_name(&s))
 }
 
-fn create_impl<'a>(
-    env: Env<'a>,
-    h: Handle,
-    id: Term<'a>,
-    kind: Term<'a>,
-    access: Access,
-) -> Term<'a> {
-    let Some(kind) = kind_of(kind) else {
-        return (crate::errors::error(), (unknown_type(), kind)).encode(env);
+fn create_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, kind: Term<'a>, a: Access) -> Term<'a> {
+    let Some(k) = kind_of(kind) else {
+        return (error(), (unknown_type(), kind)).encode(env);
     };
-    let r = id_bytes(id).and_then(|id| h.store.create(&id, kind, access));
-    reply(env, r.map(|o| o.map(|()| ok().encode(env))))
+    let r = id_bytes(id).and_then(|id| h.store.create(&id, k, a));
+    reply(env, r.map(|()| ok().encode(env)))
 }
+twin!(store_create, store_create_dirty, create_impl, (id, kind));
 
-#[rustler::nif]
-fn store_create<'a>(env: Env<'a>, h: Handle, id: Term<'a>, kind: Term<'a>) -> Term<'a> {
-    create_impl(env, h, id, kind, Access::MemoryOnly)
+fn get_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
+    let inline = a == Access::MemoryOnly;
+    let r = id_bytes(id).and_then(|id| h.store.read(&id, a, |v| value_term(env, &v, inline)));
+    reply(env, r.and_then(|t| t))
 }
+twin!(store_get, store_get_dirty, get_impl, (id));
 
-#[rustler::nif(schedule = "DirtyIo")]
-fn store_create_dirty<'a>(env: Env<'a>, h: Handle, id: Term<'a>, kind: Term<'a>) -> Term<'a> {
-    create_impl(env, h, id, kind, Access::MayUseDisk)
-}
-
-/// `{:ok, value}` of a CRDT, or `None` when too large for this scheduler.
-fn value_term<'a>(env: Env<'a>, c: &Crdt, inline_only: bool) -> Option<Term<'a>> {
-    Some(match c.value() {
-        Value::Counter(n) => (ok(), n).encode(env),
-        Value::Register(None) => (ok(), nil()).encode(env),
-        Value::Register(Some(b)) => match tc::decode(env, b, Trust::Local) {
-            Ok(t) => (ok(), t).encode(env),
-            Err(e) => error_term(env, &e),
-        },
-        Value::Set(elems) => {
-            if inline_only && elems.len() > MAX_INLINE_ELEMENTS {
-                return None;
-            }
-            let mut out = Vec::with_capacity(elems.len());
-            for b in elems {
-                match tc::decode(env, b, Trust::Local) {
-                    Ok(t) => out.push(t),
-                    Err(e) => return Some(error_term(env, &e)),
-                }
-            }
-            (ok(), (crate::errors::set_tag(), out)).encode(env)
-        }
-    })
-}
-
-fn get_impl<'a>(env: Env<'a>, h: Handle, id: Term<'a>, access: Access) -> Term<'a> {
-    let inline = access == Access::MemoryOnly;
-    let r = id_bytes(id).and_then(|id| h.store.read(&id, access, |c| value_term(env, c, inline)));
-    reply(env, r.map(Option::flatten))
-}
-
-#[rustler::nif]
-fn store_get<'a>(env: Env<'a>, h: Handle, id: Term<'a>) -> Term<'a> {
-    get_impl(env, h, id, Access::MemoryOnly)
-}
-
-#[rustler::nif(schedule = "DirtyIo")]
-fn store_get_dirty<'a>(env: Env<'a>, h: Handle, id: Term<'a>) -> Term<'a> {
-    get_impl(env, h, id, Access::MayUseDisk)
-}
-
-fn member_impl<'a>(
-    env: Env<'a>,
-    h: Handle,
-    id: Term<'a>,
-    elem: Term<'a>,
-    access: Access,
-) -> Term<'a> {
+fn member_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, elem: Term<'a>, a: Access) -> Term<'a> {
     let r = id_bytes(id).and_then(|id| {
         let e = tc::encode(elem)?;
-        h.store.read(&id, access, |c| match c {
+        h.store.read(&id, a, |c| match c.crdt {
             Crdt::ORSet(s) => Ok(s.contains(&e)),
             _ => Err(Error::UnsupportedOperation),
         })
     });
-    match r {
-        Ok(Some(Ok(b))) => (ok(), b).encode(env),
-        Ok(Some(Err(e))) | Err(e) => error_term(env, &e),
-        Ok(None) => dirty().encode(env),
-    }
+    reply(env, r.and_then(|r| r).map(|b| (ok(), b).encode(env)))
 }
+twin!(store_member, store_member_dirty, member_impl, (id, elem));
 
-#[rustler::nif]
-fn store_member<'a>(env: Env<'a>, h: Handle, id: Term<'a>, elem: Term<'a>) -> Term<'a> {
-    member_impl(env, h, id, elem, Access::MemoryOnly)
-}
-
-#[rustler::nif(schedule = "DirtyIo")]
-fn store_member_dirty<'a>(env: Env<'a>, h: Handle, id: Term<'a>, elem: Term<'a>) -> Term<'a> {
-    member_impl(env, h, id, elem, Access::MayUseDisk)
-}
-
-/// Parse `{:increment, n}` etc. `Ok(None)`: not an operation of any type.
-fn parse_op<'b>(op: Term<'_>, buf: &'b mut Vec<u8>) -> Result<Option<Mutation<'b>>, Error> {
-    let Ok((tag, arg)) = op.decode::<(Atom, Term)>() else {
-        return Ok(None);
-    };
-    let int = |t: Term| -> Result<i128, Error> {
-        t.decode::<i128>().map_err(|_| {
-            if t.is_integer() {
-                Error::Overflow
-            } else {
-                Error::InvalidArgument("amount must be an integer")
-            }
-        })
-    };
-    Ok(Some(if tag == increment() {
-        Mutation::Increment(int(arg)?)
-    } else if tag == decrement() {
-        Mutation::Decrement(int(arg)?)
-    } else if tag == add() || tag == remove() || tag == set() {
-        *buf = tc::encode(arg)?;
-        let b: &'b [u8] = buf.as_slice();
-        if tag == add() {
-            Mutation::Add(b)
-        } else if tag == remove() {
-            Mutation::Remove(b)
-        } else {
-            Mutation::Set(b)
-        }
-    } else {
-        return Ok(None);
-    }))
-}
-
-fn unsupported<'a>(env: Env<'a>, h: &Handle, id: &[u8], op: Term<'a>) -> Term<'a> {
-    match h.store.metadata(id, Access::MayUseDisk) {
-        Ok(Some((meta, _))) => {
-            let kind = kind_atom(env, meta.kind);
-            (crate::errors::error(), (unsupported_operation(), kind, op)).encode(env)
-        }
-        Ok(None) | Err(Error::NotFound) => (crate::errors::error(), not_found()).encode(env),
-        Err(e) => error_term(env, &e),
-    }
+/// `{:error, {:unsupported_operation, type, op}}`, reading the type with
+/// the caller's access (so a normal scheduler never touches the disk).
+fn unsupported<'a>(env: Env<'a>, h: &Handle, id: &[u8], op: Term<'a>, a: Access) -> Term<'a> {
+    let r = h.store.metadata(id, a).map(|(meta, _)| {
+        let kind = kind_atom(env, meta.kind);
+        (error(), (unsupported_operation(), kind, op)).encode(env)
+    });
+    reply(env, r)
 }
 
 fn update_impl<'a>(
     env: Env<'a>,
-    h: Handle,
+    h: &Handle,
     id: Term<'a>,
     op: Term<'a>,
-    want_value: bool,
-    access: Access,
+    want_value: Term<'a>,
+    a: Access,
 ) -> Term<'a> {
+    let want_value = want_value.decode::<bool>().unwrap_or(true);
     let id = match id_bytes(id) {
         Ok(id) => id,
         Err(e) => return error_term(env, &e),
     };
     let mut buf = Vec::new();
-    let m = match parse_op(op, &mut buf) {
-        Ok(Some(m)) => m,
-        Ok(None) => return unsupported(env, &h, &id, op),
-        Err(e) => return error_term(env, &e),
+    let m = match op::parse(op, &mut buf) {
+        Ok(m) => m,
+        Err(OpError::NotAnOperation) => return unsupported(env, h, &id, op, a),
+        Err(OpError::InvalidAmount(n)) => return (error(), (invalid_amount(), n)).encode(env),
+        Err(OpError::Term(e)) => return error_term(env, &e),
     };
-    let inline = access == Access::MemoryOnly;
-    let r = h.store.update(&id, m, access, |c| {
+    let inline = a == Access::MemoryOnly;
+    let r = h.store.update_with(&id, m, a, want_value, |v| {
         if want_value {
-            value_term(env, c, inline)
+            value_term(env, &v, inline)
         } else {
-            Some(ok().encode(env))
+            Ok(ok().encode(env))
         }
     });
-    match r {
-        Err(Error::UnsupportedOperation) => unsupported(env, &h, &id, op),
-        // Too large to build here: the mutation is done, fetch the value
-        // from the dirty scheduler.
-        Ok(Some(None)) => (dirty(), value()).encode(env),
-        other => reply(env, other.map(Option::flatten)),
+    match r.and_then(|t| t) {
+        Err(Error::UnsupportedOperation) => unsupported(env, h, &id, op, a),
+        Err(Error::Overflow) => match op::amount_term(op) {
+            Some(n) => (error(), (invalid_amount(), n)).encode(env),
+            None => error_term(env, &Error::Overflow),
+        },
+        other => reply(env, other),
     }
 }
+twin!(store_update, store_update_dirty, update_impl, (id, op, want_value));
 
-#[rustler::nif]
-fn store_update<'a>(
-    env: Env<'a>,
-    h: Handle,
-    id: Term<'a>,
-    op: Term<'a>,
-    want_value: bool,
-) -> Term<'a> {
-    update_impl(env, h, id, op, want_value, Access::MemoryOnly)
-}
-
-#[rustler::nif(schedule = "DirtyIo")]
-fn store_update_dirty<'a>(
-    env: Env<'a>,
-    h: Handle,
-    id: Term<'a>,
-    op: Term<'a>,
-    want_value: bool,
-) -> Term<'a> {
-    update_impl(env, h, id, op, want_value, Access::MayUseDisk)
-}
-
-fn metadata_impl<'a>(env: Env<'a>, h: Handle, id: Term<'a>, access: Access) -> Term<'a> {
-    let r = id_bytes(id).and_then(|id| h.store.metadata(&id, access));
-    let r = r.and_then(|o| {
-        o.map(|(meta, tier)| -> Result<Term<'a>, Error> {
+fn metadata_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
+    let r = id_bytes(id)
+        .and_then(|id| h.store.metadata(&id, a))
+        .and_then(|(meta, tier)| {
             let created_by = tc::decode(env, &meta.created_by, Trust::Local)?;
             let tier = match tier {
-                vsmcp_crdt_core::store::Tier::Hot => hot(),
-                vsmcp_crdt_core::store::Tier::Warm => warm(),
-                vsmcp_crdt_core::store::Tier::Cold => cold(),
+                Tier::Hot => hot(),
+                Tier::Warm => warm(),
+                Tier::Cold => cold(),
             };
-            let kind = kind_atom(env, meta.kind);
             let pairs: [(&str, Term<'a>); 5] = [
-                ("type", kind.encode(env)),
+                ("type", kind_atom(env, meta.kind).encode(env)),
                 ("created_by", created_by),
                 ("created_at", meta.created_at.encode(env)),
                 ("updated_at", meta.updated_at.encode(env)),
                 ("tier", tier.encode(env)),
             ];
-            let mut map = map_new(env);
-            for (k, v) in pairs {
-                let key = Atom::from_str(env, k).map_err(|_| Error::InvalidArgument("atom"))?;
-                map = map
-                    .map_put(key, v)
-                    .map_err(|_| Error::InvalidArgument("map"))?;
-            }
-            Ok((ok(), map).encode(env))
-        })
-        .transpose()
-    });
+            Ok((ok(), atom_map(env, &pairs)).encode(env))
+        });
     reply(env, r)
 }
+twin!(store_metadata, store_metadata_dirty, metadata_impl, (id));
 
-#[rustler::nif]
-fn store_metadata<'a>(env: Env<'a>, h: Handle, id: Term<'a>) -> Term<'a> {
-    metadata_impl(env, h, id, Access::MemoryOnly)
+/// A map with atom keys from a fixed list of names.
+fn atom_map<'a>(env: Env<'a>, pairs: &[(&str, Term<'a>)]) -> Term<'a> {
+    let mut map = map_new(env);
+    for (k, v) in pairs {
+        if let Ok(key) = Atom::from_str(env, k) {
+            map = map.map_put(key, *v).unwrap_or(map);
+        }
+    }
+    map
 }
 
+fn delete_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
+    let r = id_bytes(id).and_then(|id| h.store.delete(&id, a));
+    reply(env, r.map(|()| ok().encode(env)))
+}
+twin!(store_delete, store_delete_dirty, delete_impl, (id));
+
+/// All ids. An id that no longer decodes is left out (and the rest listed).
 #[rustler::nif(schedule = "DirtyIo")]
-fn store_metadata_dirty<'a>(env: Env<'a>, h: Handle, id: Term<'a>) -> Term<'a> {
-    metadata_impl(env, h, id, Access::MayUseDisk)
-}
-
-fn delete_impl<'a>(env: Env<'a>, h: Handle, id: Term<'a>, access: Access) -> Term<'a> {
-    let r = id_bytes(id).and_then(|id| h.store.delete(&id, access));
-    reply(env, r.map(|o| o.map(|()| ok().encode(env))))
-}
-
-#[rustler::nif]
-fn store_delete<'a>(env: Env<'a>, h: Handle, id: Term<'a>) -> Term<'a> {
-    delete_impl(env, h, id, Access::MemoryOnly)
-}
-
-#[rustler::nif(schedule = "DirtyIo")]
-fn store_delete_dirty<'a>(env: Env<'a>, h: Handle, id: Term<'a>) -> Term<'a> {
-    delete_impl(env, h, id, Access::MayUseDisk)
-}
-
-#[rustler::nif(schedule = "DirtyIo")]
-fn store_ids<'a>(env: Env<'a>, h: Handle) -> Term<'a> {
+fn store_ids<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
+    let h = match resolve(store) {
+        Ok(h) => h,
+        Err(reason) => return (error(), reason).encode(env),
+    };
     match h.store.ids() {
         Ok(ids) => {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                match tc::decode(env, &id, Trust::Local) {
-                    Ok(t) => out.push(t),
-                    Err(e) => return error_term(env, &e),
-                }
-            }
+            let out: Vec<Term<'a>> = ids
+                .iter()
+                .filter_map(|id| tc::decode(env, id, Trust::Local).ok())
+                .collect();
             (ok(), out).encode(env)
         }
         Err(e) => error_term(env, &e),
@@ -425,21 +364,30 @@ fn store_ids<'a>(env: Env<'a>, h: Handle) -> Term<'a> {
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
-fn store_flush<'a>(env: Env<'a>, h: Handle) -> Term<'a> {
-    match h.store.flush() {
-        Ok(()) => ok().encode(env),
-        Err(e) => error_term(env, &e),
-    }
+fn store_flush<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
+    let r = resolve(store)
+        .map_err(|reason| (error(), reason).encode(env))
+        .map(|h| reply(env, h.store.flush().map(|()| ok().encode(env))));
+    r.unwrap_or_else(|e| e)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
-fn store_decay(h: Handle) -> Atom {
-    h.store.decay();
-    ok()
+fn store_decay<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
+    match resolve(store) {
+        Ok(h) => {
+            h.store.decay();
+            ok().encode(env)
+        }
+        Err(reason) => (error(), reason).encode(env),
+    }
 }
 
 #[rustler::nif]
-fn store_stats<'a>(env: Env<'a>, h: Handle) -> NifResult<Term<'a>> {
+fn store_stats<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
+    let h = match resolve(store) {
+        Ok(h) => h,
+        Err(reason) => return (error(), reason).encode(env),
+    };
     let s = h.store.stats();
     let node =
         tc::decode(env, h.store.node_id(), Trust::Local).unwrap_or_else(|_| nil().encode(env));
@@ -448,7 +396,7 @@ fn store_stats<'a>(env: Env<'a>, h: Handle) -> NifResult<Term<'a>> {
         Durability::Strict => strict(),
         Durability::Relaxed => relaxed(),
     };
-    let pairs: Vec<(&str, Term<'a>)> = vec![
+    let pairs: [(&str, Term<'a>); 12] = [
         ("hot", s.hot.encode(env)),
         ("warm", s.warm.encode(env)),
         ("cold_estimate", s.cold_estimate.encode(env)),
@@ -462,13 +410,11 @@ fn store_stats<'a>(env: Env<'a>, h: Handle) -> NifResult<Term<'a>> {
         ("closed", h.store.is_closed().encode(env)),
         ("write_error", h.store.write_error().encode(env)),
     ];
-    let mut map = map_new(env);
-    for (k, v) in pairs {
-        map = map.map_put(Atom::from_str(env, k)?, v)?;
-    }
-    Ok(map)
+    atom_map(env, &pairs)
 }
 
+/// Test-only (built with the `fault-injection` feature under `MIX_ENV=test`).
+#[cfg(feature = "fault-injection")]
 #[rustler::nif]
 fn store_fail_writes(h: Handle, on: bool) -> Atom {
     h.store.set_fail_writes(on);

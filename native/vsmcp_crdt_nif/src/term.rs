@@ -4,8 +4,8 @@
 //! (big integers, pids, refs, ports, funs, improper lists, bitstrings) is
 //! carried as external term format. Decoding builds terms back; atoms are
 //! created only for `Trust::Local` data (this node's own store), while
-//! `Trust::Remote` bytes may only name atoms that already exist, and ETF
-//! payloads are always decoded with `binary_to_term(_, [:safe])` rules.
+//! `Trust::Remote` bytes may only name atoms that already exist and their
+//! ETF payloads are decoded with `binary_to_term(_, [:safe])` rules.
 
 use rustler::types::map::MapIterator;
 use rustler::types::tuple::{get_tuple, make_tuple};
@@ -128,7 +128,15 @@ impl<'a> TermBuilder for Maker<'a> {
             .map_err(|_| Error::Decode("map with duplicate keys".into()))
     }
     fn etf(&mut self, etf: &[u8]) -> Result<Term<'a>> {
-        match self.env.binary_to_term(etf) {
+        let decoded = match self.trust {
+            // SAFETY: local data (this node's own store) is trusted as the
+            // replaced DETS tier trusted its file: it may name atoms not
+            // yet created in this VM (run-time atoms, nodes of pids and
+            // references). The VM still validates the encoding.
+            Trust::Local => unsafe { self.env.binary_to_term_trusted(etf) },
+            Trust::Remote => self.env.binary_to_term(etf),
+        };
+        match decoded {
             Some((t, used)) if used == etf.len() => Ok(t),
             _ => Err(Error::Decode("invalid or unsafe external term".into())),
         }

@@ -28,11 +28,10 @@
 //! decoded with `[:safe]`.
 
 use crate::errors::{error_term, result_term};
+use crate::op::{self, OpError};
 use crate::term::{self as tc, make_binary, Trust};
-use rustler::types::tuple::get_tuple;
 use rustler::{Binary, Encoder, Env, Term};
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use vsmcp_crdt_core::crdt::split_header;
 use vsmcp_crdt_core::hlc::{self, Timestamp};
 use vsmcp_crdt_core::{Crdt, Error, Kind, Op, ReplicaId, Result, Value};
@@ -44,6 +43,7 @@ mod atoms {
         timestamp,
         counter,
         node_id,
+        invalid_amount,
         lt,
         eq,
         gt,
@@ -96,47 +96,6 @@ fn timestamp_arg(wall_ms: Term, counter: Term) -> Result<Timestamp> {
     Ok(Timestamp::new(u64_arg(wall_ms)?, u32_arg(counter)?))
 }
 
-/// A mutation whose payload is already in canonical term bytes.
-enum OwnedOp {
-    Increment(u64),
-    Decrement(u64),
-    Add(Vec<u8>),
-    Remove(Vec<u8>),
-    Set(Vec<u8>),
-}
-
-const BAD_OP: Error = Error::InvalidArgument(
-    "op must be {:increment | :decrement, n} or {:add | :remove | :set, term}",
-);
-
-fn op_arg(t: Term) -> Result<OwnedOp> {
-    let items = get_tuple(t).map_err(|_| BAD_OP)?;
-    let [tag, arg] = items.as_slice() else {
-        return Err(BAD_OP);
-    };
-    let tag = tag.atom_to_string().map_err(|_| BAD_OP)?;
-    match tag.as_str() {
-        "increment" => Ok(OwnedOp::Increment(amount_arg(*arg)?)),
-        "decrement" => Ok(OwnedOp::Decrement(amount_arg(*arg)?)),
-        "add" => Ok(OwnedOp::Add(tc::encode(*arg)?)),
-        "remove" => Ok(OwnedOp::Remove(tc::encode(*arg)?)),
-        "set" => Ok(OwnedOp::Set(tc::encode(*arg)?)),
-        _ => Err(Error::UnsupportedOperation),
-    }
-}
-
-/// A counter amount: 0 (the core's "no change, empty delta") up to
-/// `u64::MAX`. A larger positive integer could only overflow the entry.
-fn amount_arg(t: Term) -> Result<u64> {
-    match t.decode::<u64>() {
-        Ok(n) => Ok(n),
-        Err(_) if t.is_integer() && t > 0u64.encode(t.get_env()) => Err(Error::Overflow),
-        Err(_) => Err(Error::InvalidArgument(
-            "amount must be a non-negative integer",
-        )),
-    }
-}
-
 // ---- results ---------------------------------------------------------------
 
 fn binary_term<'a>(env: Env<'a>, c: &Crdt) -> Term<'a> {
@@ -183,17 +142,7 @@ fn counts_map<'a, 'r, N: Encoder>(
 fn causal_context_term<'a>(env: Env<'a>, c: &Crdt) -> Result<Term<'a>> {
     match c {
         Crdt::GCounter(g) => counts_map(env, g.sorted_entries()),
-        Crdt::PNCounter(pn) => {
-            // p[r] + n[r] grows with every operation of replica r, so it is
-            // that replica's version number.
-            let mut counts: BTreeMap<&ReplicaId, u128> = BTreeMap::new();
-            for side in [pn.positive(), pn.negative()] {
-                for (r, n) in side.sorted_entries() {
-                    *counts.entry(r).or_default() += n as u128;
-                }
-            }
-            counts_map(env, counts)
-        }
+        Crdt::PNCounter(pn) => counts_map(env, pn.causal_context()),
         Crdt::ORSet(s) => {
             let ctx = s.causal_context();
             let vv = ctx
@@ -240,18 +189,31 @@ fn do_mutate<'a>(
     let r = (|| {
         let mut crdt = state_arg(&kinds_arg(kinds)?, state)?;
         let replica = replica_arg(node)?;
-        let delta = match op_arg(op)? {
-            OwnedOp::Increment(n) => crdt.mutate(&replica, Op::Increment(n))?,
-            OwnedOp::Decrement(n) => crdt.mutate(&replica, Op::Decrement(n))?,
-            OwnedOp::Add(e) => crdt.mutate(&replica, Op::Add(&e))?,
-            OwnedOp::Remove(e) => crdt.mutate(&replica, Op::Remove(&e))?,
-            OwnedOp::Set(v) => {
-                crdt.mutate(&replica, Op::Set(&v, Timestamp::ZERO.tick(hlc::now_ms())))?
-            }
+        let mut buf = Vec::new();
+        let m = match op::parse(op, &mut buf) {
+            Ok(m) => m,
+            Err(OpError::NotAnOperation) => return Err(Error::UnsupportedOperation),
+            Err(OpError::InvalidAmount(n)) => return Ok(Err(n)),
+            Err(OpError::Term(e)) => return Err(e),
         };
-        Ok((binary_term(env, &crdt), binary_term(env, &delta)).encode(env))
+        let delta = match m.fit(crdt.kind())? {
+            // A no-op (a G-Counter increment by n <= 0): the empty delta.
+            None => Crdt::empty_delta(crdt.kind()),
+            Some(Op::Set(v, _)) => {
+                crdt.mutate(&replica, Op::Set(v, Timestamp::ZERO.tick(hlc::now_ms())))?
+            }
+            Some(o) => match crdt.mutate(&replica, o) {
+                Err(Error::Overflow) => return Ok(Err(op::amount_term(op).unwrap_or(op))),
+                other => other?,
+            },
+        };
+        Ok(Ok((binary_term(env, &crdt), binary_term(env, &delta)).encode(env)))
     })();
-    result_term(env, r)
+    match r {
+        Ok(Ok(t)) => (crate::errors::ok(), t).encode(env),
+        Ok(Err(n)) => (crate::errors::error(), (atoms::invalid_amount(), n)).encode(env),
+        Err(e) => error_term(env, &e),
+    }
 }
 
 fn do_merge<'a>(env: Env<'a>, kinds: Term<'a>, a: Term<'a>, b: Term<'a>) -> Term<'a> {
@@ -386,22 +348,11 @@ fn crdt_causal_context_dirty<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>)
 
 // ---- HLC -------------------------------------------------------------------
 
-/// A clock result must exceed its inputs; only at `wall_ms == u64::MAX` can
-/// the core not find a larger timestamp.
-fn advanced(next: Timestamp, past: &[Timestamp]) -> Result<Timestamp> {
-    if past.iter().all(|p| next > *p) {
-        Ok(next)
-    } else {
-        Err(Error::Overflow)
-    }
-}
-
 /// `hlc_tick(wall_ms, counter, now_ms) -> {wall_ms, counter} | {:error, reason}`.
 #[rustler::nif]
 fn hlc_tick<'a>(env: Env<'a>, wall_ms: Term<'a>, counter: Term<'a>, now_ms: Term<'a>) -> Term<'a> {
     let r = (|| {
-        let last = timestamp_arg(wall_ms, counter)?;
-        advanced(last.tick(u64_arg(now_ms)?), &[last])
+        timestamp_arg(wall_ms, counter)?.tick_checked(u64_arg(now_ms)?)
     })();
     match r {
         Ok(t) => (t.wall_ms, t.counter).encode(env),
@@ -424,8 +375,7 @@ fn hlc_receive<'a>(
     let r = (|| {
         let local = timestamp_arg(l_wall, l_counter)?;
         let remote = timestamp_arg(r_wall, r_counter)?;
-        let next = local.receive(remote, u64_arg(now_ms)?, u64_arg(max_offset_ms)?)?;
-        let t = advanced(next, &[local, remote])?;
+        let t = local.receive_checked(remote, u64_arg(now_ms)?, u64_arg(max_offset_ms)?)?;
         Ok((t.wall_ms, t.counter).encode(env))
     })();
     result_term(env, r)

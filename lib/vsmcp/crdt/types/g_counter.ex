@@ -17,7 +17,8 @@ defmodule Vsmcp.CRDT.Types.GCounter do
 
   Errors follow `Vsmcp.CRDT.Behaviour`: mutators and `merge/2` return
   `{:error, reason}` for an invalid counter, queries raise `ArgumentError`.
-  An entry that would exceed 2^64 - 1 is `{:error, :overflow}`.
+  An amount that would take an entry past 2^64 - 1 is
+  `{:error, {:invalid_amount, n}}`.
   """
 
   @behaviour Vsmcp.CRDT.Behaviour

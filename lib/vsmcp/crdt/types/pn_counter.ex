@@ -8,10 +8,13 @@ defmodule Vsmcp.CRDT.Types.PNCounter do
   `Vsmcp.CRDT.Behaviour` (immutable, ETS-storable, sendable). Each call is
   one NIF call costing O(number of replicas).
 
-  `mutate/2` with `{:increment, n}` or `{:decrement, n}` and `n <= 0`
-  returns the counter unchanged with an empty delta, as
-  `Vsmcp.CRDT.Types.GCounter` does; `increment/2` and `decrement/2` demand
-  a positive amount. Errors follow `Vsmcp.CRDT.Behaviour`.
+  `mutate/2` follows the same rule as `Vsmcp.CRDT.ContextStore` (one
+  parser in Rust serves both): `{:increment, n}` with a negative `n`
+  decrements by `-n`, `{:decrement, n}` with a negative `n` increments, and
+  `n == 0` returns the counter unchanged with an empty delta. An amount
+  outside `-(2^63)..2^64-1`, or one that would overflow a 64-bit entry, is
+  `{:error, {:invalid_amount, n}}`. `increment/2` and `decrement/2` demand a
+  positive amount. Errors follow `Vsmcp.CRDT.Behaviour`.
   """
 
   @behaviour Vsmcp.CRDT.Behaviour
@@ -50,12 +53,12 @@ defmodule Vsmcp.CRDT.Types.PNCounter do
   end
 
   @doc """
-  Applies `{:increment, n}` or `{:decrement, n}`; with `n <= 0` the counter
-  is returned unchanged with an empty delta.
+  Applies `{:increment, n}` or `{:decrement, n}`; a negative `n` counts the
+  other way, and `n == 0` returns the counter unchanged with an empty delta.
   """
   @impl Behaviour
   @spec mutate(t, op) :: {t, t} | {:error, Behaviour.reason()}
-  def mutate(counter, {tag, n}) when tag in [:increment, :decrement] and is_integer(n) and n <= 0,
+  def mutate(counter, {tag, 0}) when tag in [:increment, :decrement],
     do: EncodedState.unchanged(counter, __MODULE__, @kinds, {tag, 0})
 
   def mutate(counter, op), do: EncodedState.mutate(counter, __MODULE__, @kinds, op)

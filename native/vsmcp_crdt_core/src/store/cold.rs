@@ -8,7 +8,9 @@
 //! that starts on a path whose previous store is still shutting down takes
 //! the handle over instead of failing.
 
+use super::halt::{self, Gate};
 use super::record::merge_records;
+use super::write_behind::Pending;
 use crate::error::{Error, Result};
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use rocksdb::{
@@ -29,7 +31,22 @@ pub const NODE_KEY: &[u8] = b"node_id";
 pub const INCARNATION_KEY: &[u8] = b"incarnation";
 pub const HLC_KEY: &[u8] = b"hlc";
 
+thread_local! {
+    /// Set while a cache-only read runs on a normal scheduler: the merge
+    /// operator then refuses to fold a large record (O(size) work) and
+    /// flags it, and the read answers `Error::WouldBlock` instead.
+    static INLINE_READ: std::cell::Cell<(bool, bool)> = const { std::cell::Cell::new((false, false)) };
+}
+
 fn full_merge(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
+    let (inline, _) = INLINE_READ.with(|c| c.get());
+    if inline {
+        let size = existing.map_or(0, <[u8]>::len) + ops.iter().map(<[u8]>::len).sum::<usize>();
+        if size > super::config::INLINE_BYTES {
+            INLINE_READ.with(|c| c.set((true, true)));
+            return None;
+        }
+    }
     merge_records(existing, ops.iter())
 }
 
@@ -50,8 +67,6 @@ pub enum BatchOp {
 pub enum Cached {
     Found(Vec<u8>),
     Missing,
-    /// Only with `cache_only`: the answer is on disk.
-    NeedsIo,
 }
 
 /// An open RocksDB directory, shared by the stores of this OS process that
@@ -68,8 +83,12 @@ pub struct ColdTier {
 
 /// Something that holds unflushed writes for a [`ColdTier`].
 pub trait Owner: Send + Sync {
-    /// Flush pending writes and refuse further operations.
-    fn hand_over(&self);
+    /// Refuse further operations and give up the pending writes (oldest
+    /// first) to the successor, without writing them: a successor is never
+    /// blocked by its predecessor's disk.
+    fn hand_over(&self) -> Vec<(Box<[u8]>, Pending)>;
+    /// At process exit: the batch operations of every pending write.
+    fn pending_ops_at_exit(&self, ops: &mut Vec<BatchOp>);
 }
 
 struct DirCleanup(Option<PathBuf>);
@@ -99,7 +118,12 @@ fn storage_err(path: &Path, e: impl std::fmt::Display) -> Error {
 impl ColdTier {
     /// Open (or share) the RocksDB at `path`, creating it when missing.
     /// `ephemeral` directories are removed when the last handle goes.
-    pub fn open(path: &Path, ephemeral: bool, cache_bytes: usize) -> Result<Arc<ColdTier>> {
+    /// Returns the writes a predecessor on the same path handed over.
+    pub fn open(
+        path: &Path,
+        ephemeral: bool,
+        cache_bytes: usize,
+    ) -> Result<(Arc<ColdTier>, Vec<(Box<[u8]>, Pending)>)> {
         std::fs::create_dir_all(path).map_err(|e| storage_err(path, e))?;
         let canon = std::fs::canonicalize(path).map_err(|e| storage_err(path, e))?;
         // A handle of this process whose last reference was just dropped is
@@ -114,17 +138,23 @@ impl ColdTier {
                 // be inside its own close, waiting for that lock to release
                 // the handle (which our reference now keeps open).
                 drop(reg);
+                let mut handed = Vec::new();
                 for o in owners.iter().filter_map(Weak::upgrade) {
-                    o.hand_over();
+                    handed.extend(o.hand_over());
                 }
-                return Ok(existing);
+                return Ok((existing, handed));
             }
-            match Self::open_fresh(&canon, ephemeral, cache_bytes) {
+            let opened = {
+                let _gate = Gate::enter()?;
+                Self::open_fresh(&canon, ephemeral, cache_bytes)
+            };
+            match opened {
                 Ok(tier) => {
+                    halt::register_exit_hook();
                     let tier = Arc::new(tier);
                     reg.retain(|_, w| w.strong_count() > 0);
                     reg.insert(canon, Arc::downgrade(&tier));
-                    return Ok(tier);
+                    return Ok((tier, Vec::new()));
                 }
                 Err(Error::Storage(msg))
                     if msg.contains(HELD_BY_THIS_PROCESS) && Instant::now() < deadline =>
@@ -196,9 +226,13 @@ impl ColdTier {
         self.owners.lock().push(o);
     }
 
-    /// The open database, or `Error::Closed` once [`ColdTier::release`] ran.
-    fn db(&self) -> Result<MappedRwLockReadGuard<'_, DB>> {
-        RwLockReadGuard::try_map(self.db.read(), Option::as_ref).map_err(|_| Error::Closed)
+    /// The open database, or `Error::Closed` once [`ColdTier::release`] ran
+    /// or the process is exiting. Hold the returned guard for the whole call.
+    fn db(&self) -> Result<(Gate, MappedRwLockReadGuard<'_, DB>)> {
+        let gate = Gate::enter()?;
+        let db = RwLockReadGuard::try_map(self.db.read(), Option::as_ref)
+            .map_err(|_| Error::Closed)?;
+        Ok((gate, db))
     }
 
     fn cf<'a>(&self, db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
@@ -212,7 +246,7 @@ impl ColdTier {
     }
 
     pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let db = self.db()?;
+        let (_gate, db) = self.db()?;
         db.get_cf(self.cf(&db, CF_META)?, key)
             .map_err(|e| storage_err(&self.path, e))
     }
@@ -220,33 +254,42 @@ impl ColdTier {
     pub fn put_meta(&self, key: &[u8], value: &[u8], sync: bool) -> Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        let db = self.db()?;
+        let (_gate, db) = self.db()?;
         db.put_cf_opt(self.cf(&db, CF_META)?, key, value, &wo)
             .map_err(|e| storage_err(&self.path, e))
     }
 
     fn has_any_record(&self) -> Result<bool> {
-        let db = self.db()?;
+        let (_gate, db) = self.db()?;
         let cf = self.cf(&db, CF_CRDT)?;
         let found = db.iterator_cf(cf, IteratorMode::Start).next().is_some();
         Ok(found)
     }
 
     /// Point read of a record's bytes. With `cache_only`, RocksDB answers
-    /// from the memtables and the block cache alone and `Ok(Cached::NeedsIo)`
-    /// says a disk read would be needed: such a call never blocks, so it may
-    /// run on a normal BEAM scheduler.
+    /// from the memtables and the block cache alone, and `Error::WouldBlock`
+    /// says a disk read (or folding a large record) would be needed: such a
+    /// call never blocks, so it may run on a normal BEAM scheduler.
     pub fn get(&self, key: &[u8], cache_only: bool) -> Result<Cached> {
         let mut ro = ReadOptions::default();
         if cache_only {
             ro.set_read_tier(ReadTier::BlockCache);
         }
-        let db = self.db()?;
-        match db.get_cf_opt(self.cf(&db, CF_CRDT)?, key, &ro) {
-            Ok(Some(v)) => Ok(Cached::Found(v)),
+        let (_gate, db) = self.db()?;
+        let cf = self.cf(&db, CF_CRDT)?;
+        INLINE_READ.with(|c| c.set((cache_only, false)));
+        let res = db.get_pinned_cf_opt(cf, key, &ro);
+        let (_, refused_large) = INLINE_READ.with(|c| c.replace((false, false)));
+        match res {
+            // Copying a large value is O(size) too.
+            Ok(Some(v)) if cache_only && v.len() > super::config::INLINE_BYTES => {
+                Err(Error::WouldBlock)
+            }
+            Ok(Some(v)) => Ok(Cached::Found(v.to_vec())),
             Ok(None) => Ok(Cached::Missing),
+            Err(_) if refused_large => Err(Error::WouldBlock),
             Err(e) if cache_only && e.kind() == rocksdb::ErrorKind::Incomplete => {
-                Ok(Cached::NeedsIo)
+                Err(Error::WouldBlock)
             }
             Err(e) => Err(storage_err(&self.path, e)),
         }
@@ -259,7 +302,11 @@ impl ColdTier {
         if ops.is_empty() {
             return Ok(());
         }
-        let db = self.db()?;
+        let (_gate, db) = self.db()?;
+        self.write_to(&db, ops)
+    }
+
+    fn write_to(&self, db: &DB, ops: &[BatchOp]) -> Result<()> {
         let (crdt, meta) = (self.cf(&db, CF_CRDT)?, self.cf(&db, CF_META)?);
         let mut batch = WriteBatch::default();
         for op in ops {
@@ -277,7 +324,7 @@ impl ColdTier {
     /// write-ahead log to replay (a clean restart of a large store then
     /// takes milliseconds instead of seconds).
     pub fn flush_memtables(&self) -> Result<()> {
-        let db = self.db()?;
+        let (_gate, db) = self.db()?;
         for name in [CF_CRDT, CF_META] {
             db.flush_cf(self.cf(&db, name)?)
                 .map_err(|e| storage_err(&self.path, e))?;
@@ -286,7 +333,7 @@ impl ColdTier {
     }
 
     pub fn keys(&self) -> Result<Vec<Box<[u8]>>> {
-        let db = self.db()?;
+        let (_gate, db) = self.db()?;
         let mut out = Vec::new();
         for item in db.iterator_cf(self.cf(&db, CF_CRDT)?, IteratorMode::Start) {
             let (k, _) = item.map_err(|e| storage_err(&self.path, e))?;
@@ -296,7 +343,9 @@ impl ColdTier {
     }
 
     pub fn estimate_keys(&self) -> u64 {
-        let Ok(db) = self.db() else { return 0 };
+        let Ok((_gate, db)) = self.db() else {
+            return 0;
+        };
         self.cf(&db, CF_CRDT)
             .ok()
             .and_then(|cf| {
@@ -326,10 +375,62 @@ impl ColdTier {
         let mut reg = reg;
         reg.remove(&self.path);
         drop(reg);
-        if let Some(db) = self.db.write().take() {
-            // Wait for background flushes and compactions, then close.
-            db.cancel_all_background_work(true);
-            drop(db);
+        self.close_db();
+        if let Some(p) = &self._cleanup.0 {
+            let _ = std::fs::remove_dir_all(p);
         }
+    }
+
+    /// Close RocksDB inside the gate; once the process is exiting, leave it
+    /// open (the exit hook has quiesced it; closing would touch destroyed
+    /// statics).
+    fn close_db(&self) {
+        let Some(db) = self.db.write().take() else {
+            return;
+        };
+        match Gate::enter() {
+            Ok(_gate) => {
+                // Wait for background flushes and compactions, then close.
+                db.cancel_all_background_work(true);
+                drop(db);
+            }
+            Err(_) => std::mem::forget(db),
+        }
+    }
+}
+
+impl Drop for ColdTier {
+    fn drop(&mut self) {
+        self.close_db();
+    }
+}
+
+/// The exit hook's work (see [`halt`]): write what every store of every
+/// open directory has pending, then stop RocksDB's background threads.
+/// Runs with the gate closed and drained, so it calls RocksDB directly.
+pub(super) fn write_all_pending_at_exit() {
+    let tiers: Vec<Arc<ColdTier>> = match registry().try_lock_for(Duration::from_secs(1)) {
+        Some(reg) => reg.values().filter_map(Weak::upgrade).collect(),
+        None => return,
+    };
+    for tier in tiers {
+        let owners: Vec<_> = match tier.owners.try_lock_for(Duration::from_millis(500)) {
+            Some(o) => o.iter().filter_map(Weak::upgrade).collect(),
+            None => continue,
+        };
+        let mut ops = Vec::new();
+        for o in owners {
+            o.pending_ops_at_exit(&mut ops);
+        }
+        let Some(guard) = tier.db.try_read_for(Duration::from_millis(500)) else {
+            continue;
+        };
+        if let Some(db) = guard.as_ref() {
+            let _ = tier.write_to(db, &ops);
+            db.cancel_all_background_work(true);
+        }
+        // The handle is never closed: leak the tier and its database.
+        drop(guard);
+        std::mem::forget(tier);
     }
 }

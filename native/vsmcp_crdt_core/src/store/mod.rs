@@ -1,140 +1,57 @@
 //! The tiered store: hot and warm tiers in memory, cold tier in RocksDB.
 //!
-//! * **Hot**: decoded CRDTs, mutated in place (a G-Counter increment is a
-//!   hash probe and an add).
-//! * **Warm**: the encoded bytes of a CRDT (compact, no per-element
-//!   allocations); decoded on access.
-//! * **Cold**: only in RocksDB ([`cold::ColdTier`]); read on demand.
+//! * [`config`]: options, durability, the scheduler contract ([`Access`]).
+//! * `tiers`: hot/warm CLOCK queues of one shard; promotion and demotion.
+//! * `write_behind`: pending delta groups and group commit.
+//! * [`cold`]: RocksDB, shared by the stores of one OS process per path.
+//! * [`record`]: what is stored per id, and the merge operator.
+//! * [`halt`]: process exit without a crash and without losing writes.
 //!
-//! Ids are spread over shards, each behind its own `parking_lot::Mutex`, so
-//! many BEAM processes calling in parallel contend only when they touch the
-//! same shard. Within a shard, tiers are CLOCK (second-chance) queues:
-//! promotion happens when an item's access count reaches
-//! `access_threshold`; demotion pops the queue head, giving referenced items
-//! a second chance, so both cost O(1) amortized per operation and never scan
-//! a tier on the write path. A periodic [`Store::decay`] halves access
-//! counts and demotes what was not touched since the previous pass.
+//! Ids are spread over shards. Each shard has two locks: `state` (its tiers
+//! and pending writes; held for microseconds, never across I/O) and `disk`
+//! (held by whoever does I/O for the shard: the flush thread during a batch,
+//! a strict write, a cold load from disk). Normal BEAM schedulers take only
+//! `state`, so they never wait behind a disk. Lock order: `disk`, then
+//! `state`, then RocksDB.
 //!
-//! **Durability.** Every mutation produces a delta; it is persisted as a
-//! RocksDB merge operand of bytes proportional to the delta (see
-//! [`record`]). In `Durability::Relaxed` (default) deltas are coalesced per
-//! id in a per-shard dirty map and written by a background thread every
-//! `flush_interval_ms` (group commit); in `Durability::Strict` the write
-//! reaches the WAL before the call returns. Writes go to the WAL without
-//! fsync: they survive the OS process being killed, not a power loss.
+//! **Durability.** Every mutation produces a delta, persisted as a RocksDB
+//! merge operand of bytes proportional to the delta. `Relaxed` (default):
+//! deltas are joined into per-id delta groups written every
+//! `flush_interval_ms`. `Strict`: the delta, computed without changing
+//! memory (`Crdt::delta_of`), is in the WAL before memory changes and
+//! before the call returns; a failed write changes nothing. WAL writes are
+//! not fsynced: they survive the OS process being killed, not a power loss.
 //!
-//! **Replica identity.** Each open of a store is a new *incarnation*
-//! (persisted with fsync), and the replica id used in dots and counter
-//! entries is `node_id ++ incarnation`. A crash can therefore never make a
-//! node reuse a dot it may already have published.
+//! **Replica identity.** Each open is a new *incarnation* (persisted with
+//! fsync); the replica id in dots and counter entries is
+//! `node_id ++ incarnation`, so a crash never makes a node reuse a dot.
 
 pub mod cold;
+pub mod config;
+pub mod halt;
 pub mod record;
+mod tiers;
+mod write_behind;
+
+pub use config::{Access, Durability, StoreConfig, INLINE_BYTES};
+pub use tiers::{Ext, Tier};
+pub use write_behind::Pending;
 
 use crate::causal::ReplicaId;
 use crate::crdt::{Crdt, Kind, Op};
+pub use crate::crdt::Mutation;
 use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
 use cold::{BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY};
-use hashbrown::HashMap;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use record::{decode_parts, encode_parts, Meta, Record};
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
-
-/// When a mutation is acknowledged relative to its WAL write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Acknowledge at once; the WAL write follows within `flush_interval_ms`.
-    Relaxed,
-    /// Acknowledge after the write is in the WAL.
-    Strict,
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    /// Remove the directory when the store closes (stores with no location).
-    pub ephemeral: bool,
-    /// Canonical term bytes of the node id.
-    pub node_id: Vec<u8>,
-    /// Items kept decoded in the hot tier.
-    pub memory_limit: usize,
-    /// Items kept encoded in the warm tier.
-    pub ets_limit: usize,
-    /// Accesses before a warm item is promoted to hot.
-    pub access_threshold: u32,
-    pub durability: Durability,
-    pub flush_interval_ms: u64,
-    /// Largest accepted id, element or register value, in encoded bytes.
-    pub max_value_bytes: usize,
-    pub max_clock_offset_ms: u64,
-    /// RocksDB block cache size.
-    pub cache_bytes: usize,
-}
-
-impl StoreConfig {
-    pub fn new(path: impl Into<PathBuf>, node_id: &[u8]) -> Self {
-        StoreConfig {
-            path: path.into(),
-            ephemeral: false,
-            node_id: node_id.to_vec(),
-            memory_limit: 10_000,
-            ets_limit: 100_000,
-            access_threshold: 3,
-            durability: Durability::Relaxed,
-            flush_interval_ms: 5,
-            max_value_bytes: 16 << 20,
-            max_clock_offset_ms: crate::hlc::DEFAULT_MAX_OFFSET_MS,
-            cache_bytes: 64 << 20,
-        }
-    }
-}
-
-/// A mutation as the API states it, before it is fitted to a kind.
-#[derive(Debug, Clone, Copy)]
-pub enum Mutation<'a> {
-    Increment(i128),
-    Decrement(i128),
-    Add(&'a [u8]),
-    Remove(&'a [u8]),
-    Set(&'a [u8]),
-}
-
-/// Where an id currently lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Hot,
-    Warm,
-    Cold,
-}
-
-impl Tier {
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Hot => "hot",
-            Tier::Warm => "warm",
-            Tier::Cold => "cold",
-        }
-    }
-}
-
-/// Whether a call may block on the disk. Calls made on a normal BEAM
-/// scheduler pass `MemoryOnly`: they read memory, RocksDB's memtables and
-/// its block cache (a cold id whose block is cached costs about a
-/// microsecond), and get `Ok(None)` when a disk read or, in strict
-/// durability, a WAL write would be needed; the caller then repeats the call
-/// on a dirty IO scheduler with `MayUseDisk`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    MemoryOnly,
-    MayUseDisk,
-}
+use std::time::{Duration, Instant};
+use tiers::{decode_stored, Body, Limits, Tiers};
+use write_behind::PendingWrites;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -146,96 +63,37 @@ pub struct Stats {
     pub incarnation: u64,
 }
 
-enum Body {
-    Hot(Crdt),
-    Warm(Box<[u8]>),
+/// What a read or update callback sees: the state, its version (bumped on
+/// every change) and, for hot items, the slot the NIF may cache a built
+/// value in.
+pub struct View<'a> {
+    pub crdt: &'a Crdt,
+    pub version: u64,
+    pub ext: Option<&'a mut Ext>,
 }
 
-struct Slot {
-    meta: Meta,
-    body: Body,
-    accesses: u32,
-    referenced: bool,
-    gen: u64,
-}
-
-/// Writes of one id not yet in RocksDB: an optional delete, then a delta.
-#[derive(Default)]
-struct Pending {
-    reset: bool,
-    meta: Option<Meta>,
-    delta: Option<Crdt>,
-}
-
-impl Pending {
-    fn add(&mut self, meta: &Meta, delta: &Crdt) {
-        match &mut self.meta {
-            Some(m) => m.join(meta),
-            None => self.meta = Some(meta.clone()),
-        }
-        match &mut self.delta {
-            Some(d) => {
-                if d.join(delta).is_err() {
-                    *d = delta.clone();
-                }
-            }
-            None => self.delta = Some(delta.clone()),
-        }
-    }
-
-    /// `self` happened before `newer`; return their combination.
-    fn then(mut self, newer: Pending) -> Pending {
-        if newer.reset {
-            return newer;
-        }
-        if let (Some(m), Some(d)) = (&newer.meta, &newer.delta) {
-            self.add(m, d);
-        }
-        self
-    }
-
-    /// The batch operations that persist these writes.
-    fn write_to(&self, key: &[u8], ops: &mut Vec<BatchOp>) {
-        if self.reset {
-            ops.push(BatchOp::Delete(key.into()));
-        }
-        if let (Some(meta), Some(delta)) = (&self.meta, &self.delta) {
-            ops.push(BatchOp::Merge(
-                key.into(),
-                encode_parts(meta, &delta.encode()),
-            ));
-        }
+impl std::ops::Deref for View<'_> {
+    type Target = Crdt;
+    fn deref(&self) -> &Crdt {
+        self.crdt
     }
 }
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Box<[u8]>, Slot>,
-    hot_q: VecDeque<(Box<[u8]>, u64)>,
-    warm_q: VecDeque<(Box<[u8]>, u64)>,
-    hot_len: usize,
-    warm_len: usize,
-    next_gen: u64,
-    dirty: HashMap<Box<[u8]>, Pending>,
-    /// Taken from `dirty` by a flush whose batch is not yet written.
-    inflight: HashMap<Box<[u8]>, Pending>,
+    tiers: Tiers,
+    pending: PendingWrites,
 }
 
-enum ColdRead {
-    Found(Meta, Box<[u8]>),
-    Absent,
-    NeedsIo,
-}
-
-enum Presence {
-    InMemory,
-    Absent,
-    NeedsDisk,
+#[derive(Default)]
+struct ShardLocks {
+    state: Mutex<Shard>,
+    disk: Mutex<()>,
 }
 
 struct Inner {
     cold: Arc<ColdTier>,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[ShardLocks]>,
     hasher: hashbrown::DefaultHashBuilder,
     node_id: Arc<[u8]>,
     replica: ReplicaId,
@@ -243,8 +101,7 @@ struct Inner {
     clock: Mutex<Clock>,
     persisted_hlc: Mutex<Timestamp>,
     cfg: StoreConfig,
-    hot_limit: usize,
-    warm_limit: usize,
+    limits: Limits,
     /// False while every stored id is known to be in memory (a fresh store
     /// that has demoted nothing): misses then need no disk read.
     cold_possible: AtomicBool,
@@ -256,8 +113,7 @@ struct Inner {
     stop: Arc<(Mutex<bool>, Condvar)>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     flush_lock: Mutex<()>,
-    /// Held for a whole `close`, so that a concurrent caller (a hand-over
-    /// while the owner closes) returns only once the pending writes are in.
+    /// Held for a whole `close` or hand-over.
     close_lock: Mutex<()>,
 }
 
@@ -265,11 +121,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store(Arc<Inner>);
 
-fn shard_count(memory_limit: usize) -> usize {
-    (memory_limit / 256)
-        .clamp(1, 32)
-        .next_power_of_two()
-        .min(32)
+fn shard_count(hot_limit: usize) -> usize {
+    (hot_limit / 256).clamp(1, 32).next_power_of_two().min(32)
 }
 
 fn decode_u64(b: &[u8]) -> Option<u64> {
@@ -278,7 +131,7 @@ fn decode_u64(b: &[u8]) -> Option<u64> {
 
 impl Store {
     pub fn open(cfg: StoreConfig) -> Result<Store> {
-        let cold = ColdTier::open(&cfg.path, cfg.ephemeral, cfg.cache_bytes)?;
+        let (cold, handed_over) = ColdTier::open(&cfg.path, cfg.ephemeral, cfg.cache_bytes)?;
         let incarnation = cold
             .get_meta(INCARNATION_KEY)?
             .and_then(|b| decode_u64(&b))
@@ -298,21 +151,23 @@ impl Store {
         let mut replica = cfg.node_id.clone();
         replica.push(0);
         replica.extend_from_slice(&incarnation.to_be_bytes());
-        let n = shard_count(cfg.memory_limit);
-        let hot_limit = cfg.memory_limit.div_ceil(n).max(1);
-        let warm_limit = cfg.ets_limit.div_ceil(n);
-        let cold_possible = !cold.keys_empty()?;
+        let n = shard_count(cfg.hot_limit);
+        let limits = Limits {
+            hot: cfg.hot_limit.div_ceil(n).max(1),
+            warm: cfg.warm_limit.div_ceil(n),
+            threshold: cfg.access_threshold.max(1),
+        };
+        let cold_possible = !handed_over.is_empty() || !cold.keys_empty()?;
         let inner = Arc::new(Inner {
             cold: cold.clone(),
-            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..n).map(|_| ShardLocks::default()).collect(),
             hasher: Default::default(),
             node_id: Arc::from(cfg.node_id.as_slice()),
             replica: ReplicaId::new(&replica),
             incarnation,
             clock: Mutex::new(Clock::with_last(hlc, cfg.max_clock_offset_ms)),
             persisted_hlc: Mutex::new(hlc),
-            hot_limit,
-            warm_limit,
+            limits,
             cfg,
             cold_possible: AtomicBool::new(cold_possible),
             closed: AtomicBool::new(false),
@@ -324,6 +179,16 @@ impl Store {
             flush_lock: Mutex::new(()),
             close_lock: Mutex::new(()),
         });
+        // A predecessor's unwritten writes are ours to write now.
+        for (id, p) in handed_over {
+            let i = inner.shard_index(&id);
+            let mut sh = inner.shards[i].state.lock();
+            let merged = match sh.pending.dirty.remove(&id) {
+                Some(newer) => p.then(newer),
+                None => p,
+            };
+            sh.pending.dirty.insert(id, merged);
+        }
         let weak_owner: Weak<dyn Owner> = Arc::downgrade(&inner) as Weak<dyn Owner>;
         cold.add_owner(weak_owner);
         let handle = spawn_flusher(&inner)?;
@@ -352,13 +217,12 @@ impl Store {
         self.0.clock.lock().last()
     }
 
-    /// Create `id` of `kind`. `Ok(None)`: the disk must be consulted.
-    pub fn create(&self, id: &[u8], kind: Kind, access: Access) -> Result<Option<()>> {
-        self.0.check_size(id.len())?;
+    /// Create `id` of `kind`.
+    pub fn create(&self, id: &[u8], kind: Kind, access: Access) -> Result<()> {
         let inner = &self.0;
-        let Some((mut sh, present)) = inner.locate(id, access, true)? else {
-            return Ok(None);
-        };
+        inner.check_size(id.len())?;
+        let _disk = inner.lock_disk_for_write(id, access)?;
+        let (mut sh, present) = inner.locate(id, access)?;
         if present {
             return Err(Error::AlreadyExists);
         }
@@ -371,201 +235,201 @@ impl Store {
             updated_at: now,
         };
         let crdt = Crdt::new(kind);
-        inner.persist(&mut sh, id, &meta, &crdt, false)?;
-        inner.insert_hot(&mut sh, id, meta, crdt);
-        Ok(Some(()))
+        match inner.cfg.durability {
+            Durability::Relaxed => sh.pending.add(id, &meta, &crdt),
+            Durability::Strict => {
+                // Written before it exists in memory; the disk lock keeps
+                // other writers of this shard out meanwhile.
+                drop(sh);
+                inner.write_strict(id, &[merge_op(id, &meta, &crdt)])?;
+                sh = inner.lock_state(id)?;
+            }
+        }
+        inner.insert(&mut sh, id, meta, Body::Hot(crdt), 1);
+        Ok(())
     }
 
-    /// Call `f` with the CRDT of `id`. `Ok(None)`: the disk must be consulted.
-    pub fn read<R>(
-        &self,
-        id: &[u8],
-        access: Access,
-        f: impl FnOnce(&Crdt) -> R,
-    ) -> Result<Option<R>> {
+    /// Call `f` with the state of `id`.
+    pub fn read<R>(&self, id: &[u8], access: Access, f: impl FnOnce(View<'_>) -> R) -> Result<R> {
         let inner = &self.0;
-        let Some((mut sh, present)) = inner.locate(id, access, false)? else {
-            return Ok(None);
-        };
+        let _disk = inner.lock_disk_for_read(id, access);
+        let (mut sh, present) = inner.locate(id, access)?;
         if !present {
             return Err(Error::NotFound);
         }
-        inner.touch(&mut sh, id)?;
-        let slot = sh.map.get(id).ok_or(Error::NotFound)?;
+        let inline = access == Access::MemoryOnly;
+        if sh.tiers.touch(id, inline, inner.limits)? {
+            inner.cold_possible.store(true, Ordering::Release);
+        }
+        let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
+        let version = slot.version;
         match &slot.body {
-            Body::Hot(c) => Ok(Some(f(c))),
-            Body::Warm(bytes) => Ok(Some(f(&decode_stored(bytes)?))),
+            Body::Hot(c) => Ok(f(View {
+                crdt: c,
+                version,
+                ext: Some(&mut slot.ext),
+            })),
+            Body::Warm(bytes) => {
+                if inline && bytes.len() > INLINE_BYTES {
+                    return Err(Error::WouldBlock);
+                }
+                let c = decode_stored(bytes)?;
+                Ok(f(View {
+                    crdt: &c,
+                    version,
+                    ext: None,
+                }))
+            }
         }
     }
 
-    /// Apply `m` to `id` and call `f` with the new state. `Ok(None)`: the
-    /// call must be repeated with `Access::MayUseDisk`.
+    /// Apply `m` to `id` and call `f` with the new state.
     pub fn update<R>(
         &self,
         id: &[u8],
         m: Mutation<'_>,
         access: Access,
-        f: impl FnOnce(&Crdt) -> R,
-    ) -> Result<Option<R>> {
+        f: impl FnOnce(View<'_>) -> R,
+    ) -> Result<R> {
+        self.update_with(id, m, access, false, f)
+    }
+
+    /// [`Store::update`]; with `linear_reply`, `f` does O(size) work (builds
+    /// the value), so on a normal scheduler a large item answers
+    /// `Error::WouldBlock` *before* it is mutated: the dirty retry then
+    /// mutates and replies in one call, and the reply is the value right
+    /// after this mutation.
+    pub fn update_with<R>(
+        &self,
+        id: &[u8],
+        m: Mutation<'_>,
+        access: Access,
+        linear_reply: bool,
+        f: impl FnOnce(View<'_>) -> R,
+    ) -> Result<R> {
         let inner = &self.0;
         if let Mutation::Add(b) | Mutation::Remove(b) | Mutation::Set(b) = m {
             inner.check_size(b.len())?;
         }
-        let Some((mut sh, present)) = inner.locate(id, access, true)? else {
-            return Ok(None);
-        };
+        let inline = access == Access::MemoryOnly;
+        let _disk = inner.lock_disk_for_write(id, access)?;
+        let (mut sh, present) = inner.locate(id, access)?;
         if !present {
             return Err(Error::NotFound);
         }
-        inner.touch(&mut sh, id)?;
-        let sh = &mut *sh;
-        let slot = sh.map.get_mut(id).ok_or(Error::NotFound)?;
-        let kind = slot.meta.kind;
-        let op = match fit_mutation(kind, m)? {
-            Some(op) => op,
-            None => {
-                // A no-op (e.g. increment of a G-Counter by n <= 0).
-                return Ok(Some(match &slot.body {
-                    Body::Hot(c) => f(c),
-                    Body::Warm(b) => f(&decode_stored(b)?),
-                }));
-            }
-        };
-        inner.check_writable()?;
-        let op = match op {
-            Op::Set(v, _) => Op::Set(v, inner.clock.lock().tick(now_ms())),
-            other => other,
-        };
-        let replica = &inner.replica;
-        let now = now_ms();
-        slot.meta.updated_at = now;
-        let Shard { map, dirty, .. } = sh;
-        let slot = map.get_mut(id).ok_or(Error::NotFound)?;
-        // Apply the mutation; the delta goes straight into the pending
-        // delta group (relaxed) or is written on its own (strict).
-        let mut apply = |c: &mut Crdt| -> Result<()> {
-            match inner.cfg.durability {
-                Durability::Relaxed => {
-                    let p = pending_entry(dirty, id);
-                    let acc = p.delta.get_or_insert_with(|| Crdt::empty_delta(kind));
-                    c.mutate_join(replica, op, acc)?;
-                    match &mut p.meta {
-                        Some(m) => m.join(&slot.meta),
-                        None => p.meta = Some(slot.meta.clone()),
-                    }
-                    Ok(())
-                }
-                Durability::Strict => {
-                    let delta = c.mutate(replica, op)?;
-                    inner.persist_with(dirty, id, &slot.meta, &delta, false)
-                }
-            }
-        };
-        let result = match &mut slot.body {
-            Body::Hot(c) => {
-                apply(c)?;
-                f(c)
-            }
-            Body::Warm(bytes) => {
-                let mut c = decode_stored(bytes)?;
-                apply(&mut c)?;
-                *bytes = c.encode().into_boxed_slice();
-                f(&c)
-            }
-        };
-        if let Body::Hot(Crdt::LwwRegister(r)) = &slot.body {
-            if let Some(ts) = r.timestamp() {
-                inner.clock.lock().observe(ts);
-            }
+        let slot = sh.tiers.get(id).ok_or(Error::NotFound)?;
+        let big = slot.size_hint() > INLINE_BYTES;
+        if inline && big && (linear_reply || matches!(slot.body, Body::Warm(_))) {
+            return Err(Error::WouldBlock);
         }
-        Ok(Some(result))
+        if sh.tiers.touch(id, inline, inner.limits)? {
+            inner.cold_possible.store(true, Ordering::Release);
+        }
+        let kind = sh.tiers.get(id).ok_or(Error::NotFound)?.meta.kind;
+        // `None`: a no-op (e.g. increment of a G-Counter by n <= 0).
+        if let Some(op) = m.fit(kind)? {
+            sh = inner.mutate(sh, id, op, access)?;
+        }
+        let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
+        let version = slot.version;
+        Ok(match &slot.body {
+            Body::Hot(c) => f(View {
+                crdt: c,
+                version,
+                ext: Some(&mut slot.ext),
+            }),
+            Body::Warm(b) => f(View {
+                crdt: &decode_stored(b)?,
+                version,
+                ext: None,
+            }),
+        })
     }
 
     /// Join a CRDT (state or delta, e.g. from a peer) into `id`, creating it
-    /// when missing. `Ok(None)`: repeat with `Access::MayUseDisk`.
-    pub fn merge(
-        &self,
-        id: &[u8],
-        meta: &Meta,
-        other: &Crdt,
-        access: Access,
-    ) -> Result<Option<()>> {
+    /// when missing.
+    pub fn merge(&self, id: &[u8], meta: &Meta, other: &Crdt, access: Access) -> Result<()> {
         let inner = &self.0;
         if meta.kind != other.kind() {
             return Err(Error::TypeMismatch);
         }
-        let Some((mut sh, present)) = inner.locate(id, access, true)? else {
-            return Ok(None);
-        };
-        inner.check_writable()?;
-        match present {
-            false => {
-                let mut crdt = Crdt::new(meta.kind);
-                crdt.join(other)?;
-                // Persist the joined state: a delta alone is no record.
-                inner.persist(&mut sh, id, meta, &crdt, false)?;
-                inner.insert_hot(&mut sh, id, meta.clone(), crdt);
+        let _disk = inner.lock_disk_for_write(id, access)?;
+        let (mut sh, present) = inner.locate(id, access)?;
+        if let Some(slot) = sh.tiers.get(id) {
+            if slot.meta.kind != meta.kind {
+                return Err(Error::TypeMismatch);
             }
-            true => {
-                let slot = sh.map.get_mut(id).ok_or(Error::NotFound)?;
-                if slot.meta.kind != meta.kind {
-                    return Err(Error::TypeMismatch);
-                }
-                match &mut slot.body {
-                    Body::Hot(c) => c.join(other)?,
-                    Body::Warm(bytes) => {
-                        let mut c = decode_stored(bytes)?;
-                        c.join(other)?;
-                        *bytes = c.encode().into_boxed_slice();
-                    }
-                }
-                slot.meta.join(meta);
-                let m = slot.meta.clone();
-                inner.persist(&mut sh, id, &m, other, false)?;
+            if access == Access::MemoryOnly && slot.size_hint() > INLINE_BYTES {
+                return Err(Error::WouldBlock);
             }
         }
-        Ok(Some(()))
+        inner.check_writable()?;
+        // A new id is persisted as its joined state: a delta alone is no
+        // record.
+        let persisted = if present {
+            other.clone()
+        } else {
+            let mut crdt = Crdt::new(meta.kind);
+            crdt.join(other)?;
+            crdt
+        };
+        match inner.cfg.durability {
+            Durability::Relaxed => sh.pending.add(id, meta, &persisted),
+            Durability::Strict => {
+                drop(sh);
+                inner.write_strict(id, &[merge_op(id, meta, &persisted)])?;
+                sh = inner.lock_state(id)?;
+            }
+        }
+        if sh.tiers.contains(id) {
+            inner.join_in_memory(&mut sh, id, meta, other)?;
+        } else if !present {
+            inner.insert(&mut sh, id, meta.clone(), Body::Hot(persisted), 1);
+        }
+        // Present before but gone now: it left memory after the write,
+        // which the next load reads.
+        Ok(())
     }
 
     /// Metadata and tier of `id`, without promoting it.
-    pub fn metadata(&self, id: &[u8], access: Access) -> Result<Option<(Meta, Tier)>> {
+    pub fn metadata(&self, id: &[u8], access: Access) -> Result<(Meta, Tier)> {
         let inner = &self.0;
-        let sh = inner.lock_shard(id)?;
-        if let Some(slot) = sh.map.get(id) {
-            let tier = match slot.body {
-                Body::Hot(_) => Tier::Hot,
-                Body::Warm(_) => Tier::Warm,
-            };
-            return Ok(Some((slot.meta.clone(), tier)));
+        let _disk = inner.lock_disk_for_read(id, access);
+        let sh = inner.lock_state(id)?;
+        if let Some(slot) = sh.tiers.get(id) {
+            return Ok((slot.meta.clone(), slot.tier()));
         }
         if !inner.cold_possible.load(Ordering::Acquire) {
             return Err(Error::NotFound);
         }
-        match inner.load_cold(&sh, id, access)? {
-            ColdRead::Found(meta, _) => Ok(Some((meta, Tier::Cold))),
-            ColdRead::Absent => Err(Error::NotFound),
-            ColdRead::NeedsIo => Ok(None),
+        let (sh, base) = inner.read_base(sh, id, access)?;
+        match inner.assemble(&sh, id, access, base)? {
+            Some((meta, _)) => Ok((meta, Tier::Cold)),
+            None => Err(Error::NotFound),
         }
     }
 
-    /// Delete `id`. `Ok(None)`: repeat with `Access::MayUseDisk`.
-    pub fn delete(&self, id: &[u8], access: Access) -> Result<Option<()>> {
+    /// Delete `id`.
+    pub fn delete(&self, id: &[u8], access: Access) -> Result<()> {
         let inner = &self.0;
-        let Some((mut sh, present)) = inner.locate(id, access, true)? else {
-            return Ok(None);
-        };
+        let _disk = inner.lock_disk_for_write(id, access)?;
+        let (mut sh, present) = inner.locate(id, access)?;
         if !present {
             return Err(Error::NotFound);
         }
         inner.check_writable()?;
-        if let Some(slot) = sh.map.remove(id) {
-            match slot.body {
-                Body::Hot(_) => sh.hot_len -= 1,
-                Body::Warm(_) => sh.warm_len -= 1,
+        match inner.cfg.durability {
+            Durability::Relaxed => sh.pending.delete(id),
+            Durability::Strict => {
+                drop(sh);
+                inner.write_strict(id, &[BatchOp::Delete(id.into())])?;
+                sh = inner.lock_state(id)?;
             }
-            inner.persist(&mut sh, id, &slot.meta, &Crdt::new(slot.meta.kind), true)?;
         }
-        Ok(Some(()))
+        if let Some(slot) = sh.tiers.remove(id) {
+            tiers::drop_in_background(slot);
+        }
+        Ok(())
     }
 
     /// Every id: the ids on disk with the writes still pending laid over
@@ -576,8 +440,9 @@ impl Store {
         let mut ids: std::collections::BTreeSet<Box<[u8]>> =
             self.0.cold.keys()?.into_iter().collect();
         for shard in self.0.shards.iter() {
-            let sh = shard.lock();
-            for (k, p) in sh.inflight.iter().chain(sh.dirty.iter()) {
+            let sh = shard.state.lock();
+            let p = &sh.pending;
+            for (k, p) in p.inflight.iter().chain(p.dirty.iter()) {
                 if p.delta.is_some() {
                     ids.insert(k.clone());
                 } else if p.reset {
@@ -594,7 +459,9 @@ impl Store {
     }
 
     /// One decay pass: halve access counts; demote what was not used since
-    /// the previous pass (hot -> warm -> cold).
+    /// the previous pass (hot -> warm -> cold). The shard lock is taken per
+    /// item, and a large hot item leaves memory without being encoded, so
+    /// no caller waits long behind it.
     pub fn decay(&self) {
         self.0.decay()
     }
@@ -607,17 +474,20 @@ impl Store {
             ..Stats::default()
         };
         for shard in self.0.shards.iter() {
-            let sh = shard.lock();
-            s.hot += sh.hot_len;
-            s.warm += sh.warm_len;
-            s.pending_writes += sh.dirty.len() + sh.inflight.len();
+            let sh = shard.state.lock();
+            s.hot += sh.tiers.hot_len();
+            s.warm += sh.tiers.warm_len();
+            s.pending_writes += sh.pending.len();
         }
         s
     }
 
-    /// Flush and refuse further calls. Idempotent.
-    pub fn close(&self) {
-        self.0.close()
+    /// Write what is pending, retrying for up to `deadline`, then refuse
+    /// further calls and release RocksDB. `Err(Error::Unflushed)` when
+    /// acknowledged writes could not be written (the count of ids and the
+    /// last error). Idempotent: a second close answers `Ok`.
+    pub fn close(&self, deadline: Duration) -> Result<()> {
+        self.0.close(deadline)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -631,6 +501,7 @@ impl Store {
 
     /// Fault injection for tests: make every durable write fail as a full
     /// or read-only disk would.
+    #[cfg(feature = "fault-injection")]
     pub fn set_fail_writes(&self, on: bool) {
         self.0.fail_writes.store(on, Ordering::Release);
         if !on {
@@ -639,69 +510,40 @@ impl Store {
     }
 }
 
-/// Fit an API mutation to a kind. `Ok(None)` is a no-op.
-fn fit_mutation(kind: Kind, m: Mutation<'_>) -> Result<Option<Op<'_>>> {
-    fn amount(n: i128) -> Result<u64> {
-        u64::try_from(n).map_err(|_| Error::Overflow)
-    }
-    Ok(match (kind, m) {
-        (Kind::GCounter, Mutation::Increment(n)) if n <= 0 => None,
-        (Kind::GCounter, Mutation::Increment(n)) => Some(Op::Increment(amount(n)?)),
-        (Kind::PNCounter, Mutation::Increment(0) | Mutation::Decrement(0)) => None,
-        (Kind::PNCounter, Mutation::Increment(n)) if n > 0 => Some(Op::Increment(amount(n)?)),
-        (Kind::PNCounter, Mutation::Increment(n)) => Some(Op::Decrement(amount(-n)?)),
-        (Kind::PNCounter, Mutation::Decrement(n)) if n > 0 => Some(Op::Decrement(amount(n)?)),
-        (Kind::PNCounter, Mutation::Decrement(n)) => Some(Op::Increment(amount(-n)?)),
-        (Kind::ORSet | Kind::AWSet, Mutation::Add(e)) => Some(Op::Add(e)),
-        (Kind::ORSet | Kind::AWSet, Mutation::Remove(e)) => Some(Op::Remove(e)),
-        (Kind::LwwRegister, Mutation::Set(v)) => Some(Op::Set(v, Timestamp::ZERO)),
-        _ => return Err(Error::UnsupportedOperation),
-    })
+fn merge_op(id: &[u8], meta: &Meta, crdt: &Crdt) -> BatchOp {
+    BatchOp::Merge(id.into(), encode_parts(meta, &crdt.encode()))
 }
 
-/// The pending writes of `id`, created empty when missing (without
-/// allocating a key when present).
-fn pending_entry<'a>(dirty: &'a mut HashMap<Box<[u8]>, Pending>, id: &[u8]) -> &'a mut Pending {
-    dirty.entry_ref(id).or_default()
-}
-
-fn decode_stored(bytes: &[u8]) -> Result<Crdt> {
-    Crdt::decode(bytes).map_err(|e| Error::Storage(format!("corrupt state in memory: {e}")))
-}
-
-impl Shard {
-    fn bump_gen(&mut self) -> u64 {
-        self.next_gen += 1;
-        self.next_gen
-    }
-
-    fn compact_queues(&mut self) {
-        let map = &self.map;
-        if self.hot_q.len() > 2 * self.hot_len + 64 {
-            self.hot_q.retain(|(k, g)| {
-                map.get(k)
-                    .is_some_and(|s| s.gen == *g && matches!(s.body, Body::Hot(_)))
-            });
-        }
-        if self.warm_q.len() > 2 * self.warm_len + 64 {
-            self.warm_q.retain(|(k, g)| {
-                map.get(k)
-                    .is_some_and(|s| s.gen == *g && matches!(s.body, Body::Warm(_)))
-            });
-        }
-    }
-}
+type StateGuard<'a> = MutexGuard<'a, Shard>;
 
 impl Inner {
-    fn lock_shard(&self, id: &[u8]) -> Result<parking_lot::MutexGuard<'_, Shard>> {
-        let i = (self.hasher.hash_one(id) as usize) & (self.shards.len() - 1);
-        let sh = self.shards[i].lock();
+    fn shard_index(&self, id: &[u8]) -> usize {
+        (self.hasher.hash_one(id) as usize) & (self.shards.len() - 1)
+    }
+
+    fn lock_state(&self, id: &[u8]) -> Result<StateGuard<'_>> {
+        let sh = self.shards[self.shard_index(id)].state.lock();
         // Checked under the shard lock: a close that flushes this shard
         // afterwards sees every write that passed this check.
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         Ok(sh)
+    }
+
+    /// The disk lock of `id`'s shard for a call that may read the disk
+    /// (dirty schedulers only; normal schedulers never take it).
+    fn lock_disk_for_read(&self, id: &[u8], access: Access) -> Option<MutexGuard<'_, ()>> {
+        (access == Access::MayBlock).then(|| self.shards[self.shard_index(id)].disk.lock())
+    }
+
+    /// As [`Inner::lock_disk_for_read`], for a write: in strict durability
+    /// every write needs the WAL, so a normal scheduler gets WouldBlock.
+    fn lock_disk_for_write(&self, id: &[u8], access: Access) -> Result<Option<MutexGuard<'_, ()>>> {
+        if access == Access::MemoryOnly && self.cfg.durability == Durability::Strict {
+            return Err(Error::WouldBlock);
+        }
+        Ok(self.lock_disk_for_read(id, access))
     }
 
     fn check_size(&self, n: usize) -> Result<()> {
@@ -714,13 +556,18 @@ impl Inner {
         Ok(())
     }
 
-    fn check_writable(&self) -> Result<()> {
+    fn injected_fault(&self) -> Result<()> {
         if self.fail_writes.load(Ordering::Acquire) {
             return Err(Error::Storage(format!(
                 "{}: writes are failing (injected fault)",
                 self.cold.path().display()
             )));
         }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        self.injected_fault()?;
         if !self.has_write_error.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -730,106 +577,201 @@ impl Inner {
         }
     }
 
-    /// Put a new id in the hot tier and make room.
-    fn insert_hot(&self, sh: &mut Shard, id: &[u8], meta: Meta, crdt: Crdt) {
-        self.insert(sh, id, meta, Body::Hot(crdt), 1);
+    /// A strict write: to the WAL now (the caller holds the disk lock, not
+    /// the state lock).
+    fn write_strict(&self, id: &[u8], ops: &[BatchOp]) -> Result<()> {
+        self.injected_fault()?;
+        self.cold.write(ops)?;
+        let mut sh = self.lock_state(id)?;
+        sh.pending.written += 1;
+        Ok(())
     }
 
-    /// Put `id` in the tier its `body` belongs to and make room.
     fn insert(&self, sh: &mut Shard, id: &[u8], meta: Meta, body: Body, accesses: u32) {
-        let gen = sh.bump_gen();
-        let queue = match body {
-            Body::Hot(_) => {
-                sh.hot_len += 1;
-                &mut sh.hot_q
-            }
-            Body::Warm(_) => {
-                sh.warm_len += 1;
-                &mut sh.warm_q
-            }
+        if sh.tiers.insert(id, meta, body, accesses, self.limits) {
+            self.cold_possible.store(true, Ordering::Release);
+        }
+    }
+
+
+    /// Apply `op` to `id` (present, in memory) with the store's durability.
+    /// Strict: the delta is in the WAL before memory changes.
+    fn mutate<'a>(
+        &'a self,
+        mut sh: StateGuard<'a>,
+        id: &[u8],
+        op: Op<'_>,
+        access: Access,
+    ) -> Result<StateGuard<'a>> {
+        let inner = self;
+        inner.check_writable()?;
+        let op = match op {
+            Op::Set(v, _) => Op::Set(v, inner.clock.lock().tick(now_ms())),
+            other => other,
         };
-        queue.push_back((id.into(), gen));
-        let slot = Slot {
-            meta,
-            body,
-            accesses,
-            referenced: true,
-            gen,
-        };
-        sh.map.insert(id.into(), slot);
-        self.enforce_limits(sh, id);
+        match inner.cfg.durability {
+            Durability::Relaxed => inner.apply_relaxed(&mut sh, id, op)?,
+            Durability::Strict => {
+                let (delta, meta) = {
+                    let slot = sh.tiers.get(id).ok_or(Error::NotFound)?;
+                    let delta = match &slot.body {
+                        Body::Hot(c) => c.delta_of(&inner.replica, op)?,
+                        Body::Warm(b) => decode_stored(b)?.delta_of(&inner.replica, op)?,
+                    };
+                    let mut meta = slot.meta.clone();
+                    meta.updated_at = now_ms();
+                    (delta, meta)
+                };
+                drop(sh);
+                let mut ops = vec![merge_op(id, &meta, &delta)];
+                let hlc_moved = matches!(delta, Crdt::LwwRegister(_)) && inner.hlc_to_batch(&mut ops);
+                if let Err(e) = inner.write_strict(id, &ops) {
+                    if hlc_moved {
+                        *inner.persisted_hlc.lock() = Timestamp::ZERO;
+                    }
+                    return Err(e);
+                }
+                let (s, present) = inner.locate(id, access)?;
+                sh = s;
+                if !present {
+                    return Err(Error::NotFound);
+                }
+                // If it left memory and was reloaded meanwhile, the reload
+                // already holds the delta: joining again is idempotent.
+                inner.join_in_memory(&mut sh, id, &meta, &delta)?;
+            }
+        }
+        if let Some(slot) = sh.tiers.get(id) {
+            if let Body::Hot(Crdt::LwwRegister(r)) = &slot.body {
+                if let Some(ts) = r.timestamp() {
+                    inner.clock.lock().observe(ts);
+                }
+            }
+        }
+        Ok(sh)
+    }
+
+    /// Relaxed: apply `op` in memory and join its delta into the pending
+    /// delta group. Nothing can fail after the state changed.
+    fn apply_relaxed(&self, sh: &mut Shard, id: &[u8], op: Op<'_>) -> Result<()> {
+        let Shard { tiers, pending } = sh;
+        let slot = tiers.get_mut(id).ok_or(Error::NotFound)?;
+        let kind = slot.meta.kind;
+        let p = pending.entry(id);
+        let acc = p.delta.get_or_insert_with(|| Crdt::empty_delta(kind));
+        match &mut slot.body {
+            Body::Hot(c) => c.mutate_join(&self.replica, op, acc)?,
+            Body::Warm(bytes) => {
+                let mut c = decode_stored(bytes)?;
+                c.mutate_join(&self.replica, op, acc)?;
+                *bytes = c.encode().into_boxed_slice();
+            }
+        }
+        slot.meta.updated_at = now_ms();
+        slot.changed();
+        match &mut p.meta {
+            Some(m) => m.join(&slot.meta),
+            None => p.meta = Some(slot.meta.clone()),
+        }
+        Ok(())
+    }
+
+    /// Join `other` into the in-memory state of `id` (present).
+    fn join_in_memory(&self, sh: &mut Shard, id: &[u8], meta: &Meta, other: &Crdt) -> Result<()> {
+        let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
+        match &mut slot.body {
+            Body::Hot(c) => c.join(other)?,
+            Body::Warm(bytes) => {
+                let mut c = decode_stored(bytes)?;
+                c.join(other)?;
+                *bytes = c.encode().into_boxed_slice();
+            }
+        }
+        slot.meta.join(meta);
+        slot.changed();
+        Ok(())
     }
 
     /// Lock `id`'s shard and bring `id` into memory if it is on disk.
-    /// `Ok(None)`: the call needs the disk (or, for a write in strict
-    /// durability, the WAL) and must be repeated with `Access::MayUseDisk`.
-    /// Otherwise the guard and whether `id` exists.
-    fn locate(
-        &self,
-        id: &[u8],
-        access: Access,
-        write: bool,
-    ) -> Result<Option<(parking_lot::MutexGuard<'_, Shard>, bool)>> {
-        if write && access == Access::MemoryOnly && self.cfg.durability == Durability::Strict {
-            return Ok(None);
-        }
-        let mut sh = self.lock_shard(id)?;
-        Ok(match self.presence(&mut sh, id, access)? {
-            Presence::NeedsDisk => None,
-            Presence::Absent => Some((sh, false)),
-            Presence::InMemory => Some((sh, true)),
-        })
-    }
-
-    fn presence(&self, sh: &mut Shard, id: &[u8], access: Access) -> Result<Presence> {
-        if sh.map.contains_key(id) {
-            return Ok(Presence::InMemory);
+    /// Returns the guard and whether `id` exists. On a normal scheduler the
+    /// disk is not read (`Error::WouldBlock`); on a dirty one it is read
+    /// without the state lock (the caller holds the disk lock, so no flush
+    /// of this shard moves writes out of the pending overlay meanwhile).
+    fn locate(&self, id: &[u8], access: Access) -> Result<(StateGuard<'_>, bool)> {
+        let sh = self.lock_state(id)?;
+        if sh.tiers.contains(id) {
+            return Ok((sh, true));
         }
         if !self.cold_possible.load(Ordering::Acquire) {
-            return Ok(Presence::Absent);
+            return Ok((sh, false));
         }
-        match self.load_cold(sh, id, access)? {
-            ColdRead::NeedsIo => Ok(Presence::NeedsDisk),
-            ColdRead::Absent => Ok(Presence::Absent),
-            ColdRead::Found(meta, bytes) => {
-                self.insert(sh, id, meta, Body::Warm(bytes), 0);
-                Ok(Presence::InMemory)
+        let (mut sh, base) = self.read_base(sh, id, access)?;
+        match self.assemble(&sh, id, access, base)? {
+            None => Ok((sh, false)),
+            Some((meta, bytes)) => {
+                self.insert(&mut sh, id, meta, Body::Warm(bytes), 0);
+                Ok((sh, true))
             }
         }
     }
 
-    /// Read `id` from RocksDB with the writes still pending in memory laid
-    /// over it: metadata and encoded CRDT bytes. With `Access::MemoryOnly`
-    /// only memtables and the block cache are consulted (no blocking IO).
-    fn load_cold(&self, sh: &Shard, id: &[u8], access: Access) -> Result<ColdRead> {
-        let overlays: Vec<&Pending> = [sh.inflight.get(id), sh.dirty.get(id)]
-            .into_iter()
-            .flatten()
-            .collect();
-        let reset = overlays.iter().any(|p| p.reset);
-        let base = if reset {
-            None
-        } else {
-            match self.cold.get(id, access == Access::MemoryOnly)? {
-                Cached::Found(v) => Some(v),
-                Cached::Missing => None,
-                Cached::NeedsIo => return Ok(ColdRead::NeedsIo),
-            }
+    /// The record of `id` in RocksDB (`None` when absent or when a pending
+    /// delete hides it). Memory-only: from memtables and block cache under
+    /// the state lock. Otherwise: released around the disk read.
+    fn read_base<'a>(
+        &'a self,
+        sh: StateGuard<'a>,
+        id: &[u8],
+        access: Access,
+    ) -> Result<(StateGuard<'a>, Option<Vec<u8>>)> {
+        if sh.pending.overlays(id).any(|p| p.reset) {
+            return Ok((sh, None));
+        }
+        match self.cold.get(id, true) {
+            Ok(Cached::Found(v)) => return Ok((sh, Some(v))),
+            Ok(Cached::Missing) => return Ok((sh, None)),
+            Err(Error::WouldBlock) if access == Access::MayBlock => {}
+            Err(e) => return Err(e),
+        }
+        drop(sh);
+        let base = match self.cold.get(id, false)? {
+            Cached::Found(v) => Some(v),
+            Cached::Missing => None,
         };
+        let sh = self.lock_state(id)?;
+        Ok((sh, base))
+    }
+
+    /// Lay the pending writes of `id` over its RocksDB record `base`:
+    /// metadata and encoded state, or `None` when absent. Decoding and
+    /// re-encoding a large record is refused on a normal scheduler.
+    fn assemble(
+        &self,
+        sh: &Shard,
+        id: &[u8],
+        access: Access,
+        base: Option<Vec<u8>>,
+    ) -> Result<Option<(Meta, Box<[u8]>)>> {
         let corrupt = |e: Error| {
             Error::Storage(format!(
                 "{}: corrupt record: {e}",
                 self.cold.path().display()
             ))
         };
+        let overlays: Vec<&Pending> = sh.pending.overlays(id).collect();
+        let reset = overlays.iter().any(|p| p.reset);
+        let base = if reset { None } else { base };
         if overlays.iter().all(|p| p.delta.is_none()) {
             return match base {
-                None => Ok(ColdRead::Absent),
+                None => Ok(None),
                 Some(b) => {
                     let (meta, crdt) = decode_parts(&b).map_err(corrupt)?;
-                    Ok(ColdRead::Found(meta, crdt.into()))
+                    Ok(Some((meta, crdt.into())))
                 }
             };
+        }
+        if access == Access::MemoryOnly && base.as_ref().is_some_and(|b| b.len() > INLINE_BYTES) {
+            return Err(Error::WouldBlock);
         }
         let mut rec: Option<Record> = match base {
             Some(b) => Some(Record::decode(&b).map_err(corrupt)?),
@@ -851,137 +793,7 @@ impl Inner {
                 r.meta.join(meta);
             }
         }
-        Ok(match rec {
-            None => ColdRead::Absent,
-            Some(r) => ColdRead::Found(r.meta, r.crdt.encode().into_boxed_slice()),
-        })
-    }
-
-    fn touch(&self, sh: &mut Shard, id: &[u8]) -> Result<()> {
-        let threshold = self.cfg.access_threshold;
-        let gen = sh.next_gen + 1;
-        let slot = sh.map.get_mut(id).ok_or(Error::NotFound)?;
-        slot.accesses = slot.accesses.saturating_add(1);
-        slot.referenced = true;
-        if let Body::Warm(bytes) = &slot.body {
-            if slot.accesses >= threshold {
-                slot.body = Body::Hot(decode_stored(bytes)?);
-                slot.gen = gen;
-                sh.next_gen = gen;
-                sh.hot_q.push_back((id.into(), gen));
-                sh.hot_len += 1;
-                sh.warm_len -= 1;
-                self.enforce_limits(sh, id);
-            }
-        }
-        Ok(())
-    }
-
-    /// CLOCK demotion until both tiers fit; `keep` is never demoted.
-    fn enforce_limits(&self, sh: &mut Shard, keep: &[u8]) {
-        // Each queue entry is looked at no more than twice (a second chance,
-        // then a decision), so a pass is bounded even when only `keep` is left.
-        let mut budget = 2 * sh.hot_q.len() + 2;
-        while sh.hot_len > self.hot_limit && budget > 0 {
-            budget -= 1;
-            let Some((k, g)) = sh.hot_q.pop_front() else {
-                break;
-            };
-            let gen = sh.next_gen + 1;
-            let Some(slot) = sh.map.get_mut(&k) else {
-                continue;
-            };
-            let Body::Hot(c) = &slot.body else { continue };
-            if slot.gen != g {
-                continue;
-            }
-            if &*k == keep || slot.referenced {
-                slot.referenced = false;
-                sh.hot_q.push_back((k, g));
-                continue;
-            }
-            slot.body = Body::Warm(c.encode().into_boxed_slice());
-            slot.gen = gen;
-            sh.next_gen = gen;
-            sh.warm_q.push_back((k, gen));
-            sh.hot_len -= 1;
-            sh.warm_len += 1;
-        }
-        let mut budget = 2 * sh.warm_q.len() + 2;
-        while sh.warm_len > self.warm_limit && budget > 0 {
-            budget -= 1;
-            let Some((k, g)) = sh.warm_q.pop_front() else {
-                break;
-            };
-            let Some(slot) = sh.map.get_mut(&k) else {
-                continue;
-            };
-            if slot.gen != g || !matches!(slot.body, Body::Warm(_)) {
-                continue;
-            }
-            if &*k == keep || slot.referenced {
-                slot.referenced = false;
-                sh.warm_q.push_back((k, g));
-                continue;
-            }
-            // Its state is in RocksDB or in this shard's pending writes.
-            sh.map.remove(&k);
-            sh.warm_len -= 1;
-            self.cold_possible.store(true, Ordering::Release);
-        }
-        sh.compact_queues();
-    }
-
-    fn persist(
-        &self,
-        sh: &mut Shard,
-        id: &[u8],
-        meta: &Meta,
-        delta: &Crdt,
-        reset: bool,
-    ) -> Result<()> {
-        self.persist_with(&mut sh.dirty, id, meta, delta, reset)
-    }
-
-    /// Record a delta: into the shard's dirty map (relaxed) or straight to
-    /// the WAL (strict).
-    fn persist_with(
-        &self,
-        dirty: &mut HashMap<Box<[u8]>, Pending>,
-        id: &[u8],
-        meta: &Meta,
-        delta: &Crdt,
-        reset: bool,
-    ) -> Result<()> {
-        match self.cfg.durability {
-            Durability::Strict => {
-                let mut p = Pending {
-                    reset,
-                    ..Pending::default()
-                };
-                if !reset {
-                    p.add(meta, delta);
-                }
-                let mut ops = Vec::with_capacity(3);
-                p.write_to(id, &mut ops);
-                if let Crdt::LwwRegister(_) = delta {
-                    self.hlc_to_batch(&mut ops);
-                }
-                self.cold.write(&ops)
-            }
-            Durability::Relaxed => {
-                let p = pending_entry(dirty, id);
-                if reset {
-                    *p = Pending {
-                        reset: true,
-                        ..Pending::default()
-                    };
-                } else {
-                    p.add(meta, delta);
-                }
-                Ok(())
-            }
-        }
+        Ok(rec.map(|r| (r.meta, r.crdt.encode().into_boxed_slice())))
     }
 
     /// Add the HLC high-water mark to `ops` if it moved; true if it did.
@@ -1000,37 +812,23 @@ impl Inner {
 
     fn flush(&self) -> Result<()> {
         let _one_at_a_time = self.flush_lock.lock();
+        // The disk locks of every shard (in order), so that no cold load
+        // reads the disk while writes move from the overlay to RocksDB.
+        let _disks: Vec<_> = self.shards.iter().map(|s| s.disk.lock()).collect();
         let mut ops = Vec::new();
         for shard in self.shards.iter() {
-            let mut sh = shard.lock();
-            if sh.dirty.is_empty() {
-                continue;
-            }
-            let taken = std::mem::take(&mut sh.dirty);
-            for (k, p) in &taken {
-                p.write_to(k, &mut ops);
-            }
-            sh.inflight = taken;
+            shard.state.lock().pending.begin_flush(&mut ops);
         }
         let hlc_changed = self.hlc_to_batch(&mut ops);
         if ops.is_empty() {
-            return Ok(());
+            return self.check_writable_after_idle();
         }
-        let res = if self.fail_writes.load(Ordering::Acquire) {
-            Err(Error::Storage(format!(
-                "{}: writes are failing (injected fault)",
-                self.cold.path().display()
-            )))
-        } else {
-            self.cold.write(&ops)
-        };
+        let res = self.injected_fault().and_then(|()| self.cold.write(&ops));
+        let ok = res.is_ok();
         match &res {
             Ok(()) => {
                 *self.write_error.lock() = None;
                 self.has_write_error.store(false, Ordering::Release);
-                for shard in self.shards.iter() {
-                    shard.lock().inflight.clear();
-                }
             }
             Err(e) => {
                 *self.write_error.lock() = Some(e.to_string());
@@ -1038,73 +836,50 @@ impl Inner {
                 if hlc_changed {
                     *self.persisted_hlc.lock() = Timestamp::ZERO;
                 }
-                // Keep the writes for the next attempt, older before newer.
-                for shard in self.shards.iter() {
-                    let mut sh = shard.lock();
-                    let inflight = std::mem::take(&mut sh.inflight);
-                    for (k, older) in inflight {
-                        let merged = match sh.dirty.remove(&k) {
-                            Some(newer) => older.then(newer),
-                            None => older,
-                        };
-                        sh.dirty.insert(k, merged);
-                    }
-                }
             }
+        }
+        for shard in self.shards.iter() {
+            shard.state.lock().pending.end_flush(ok);
         }
         res
     }
 
+    /// Nothing to write: a write error recorded earlier (e.g. a strict
+    /// write or a flush on a full disk) is cleared once a probe succeeds,
+    /// so writes resume when space is freed.
+    fn check_writable_after_idle(&self) -> Result<()> {
+        if !self.has_write_error.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let probe = self
+            .injected_fault()
+            .and_then(|()| self.cold.put_meta(NODE_KEY, &self.cfg.node_id, false));
+        if probe.is_ok() {
+            *self.write_error.lock() = None;
+            self.has_write_error.store(false, Ordering::Release);
+        }
+        probe
+    }
+
     fn decay(&self) {
-        let threshold = self.cfg.access_threshold;
+        let threshold = self.limits.threshold;
         for shard in self.shards.iter() {
-            let mut sh = shard.lock();
-            let sh = &mut *sh;
-            let mut demoted_any = false;
-            let mut to_cold = Vec::new();
-            for (k, slot) in sh.map.iter_mut() {
-                slot.accesses /= 2;
-                let referenced = std::mem::replace(&mut slot.referenced, false);
-                if referenced {
-                    continue;
-                }
-                match &slot.body {
-                    Body::Hot(c) if slot.accesses < threshold => {
-                        sh.next_gen += 1;
-                        slot.gen = sh.next_gen;
-                        slot.body = Body::Warm(c.encode().into_boxed_slice());
-                        sh.warm_q.push_back((k.clone(), slot.gen));
-                        sh.hot_len -= 1;
-                        sh.warm_len += 1;
-                    }
-                    Body::Hot(_) => {}
-                    Body::Warm(_) => to_cold.push(k.clone()),
-                }
+            let candidates = shard.state.lock().tiers.decay_candidates(threshold);
+            let mut to_cold = false;
+            for (k, gen) in candidates {
+                to_cold |= shard.state.lock().tiers.decay_one(k, gen);
             }
-            for k in to_cold {
-                // Only items that were warm before this pass go cold.
-                if let Some(slot) = sh.map.get(&k) {
-                    if matches!(slot.body, Body::Warm(_)) {
-                        sh.map.remove(&k);
-                        sh.warm_len -= 1;
-                        demoted_any = true;
-                    }
-                }
-            }
-            if demoted_any {
+            // Items demoted from hot may overfill warm (its used items
+            // stay): restore the limits (evicting warm items is O(1) each).
+            to_cold |= shard.state.lock().tiers.enforce_limits(&[], self.limits);
+            if to_cold {
                 self.cold_possible.store(true, Ordering::Release);
             }
-            // Items demoted from hot may overfill warm (its used items stay):
-            // restore both limits. No id is empty, so none is kept.
-            self.enforce_limits(sh, &[]);
         }
     }
 
-    fn close(&self) {
-        let _closing = self.close_lock.lock();
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
+    /// Stop the flush thread and wait for callers inside shard locks.
+    fn stop_flusher(&self) {
         {
             let (lock, cv) = &*self.stop;
             *lock.lock() = true;
@@ -1115,28 +890,72 @@ impl Inner {
                 let _ = h.join();
             }
         }
-        // Wait for callers inside shard locks, then write what they left.
         for shard in self.shards.iter() {
-            drop(shard.lock());
+            drop(shard.state.lock());
         }
-        if self.flush().is_ok() && !self.fail_writes.load(Ordering::Acquire) {
-            let _ = self.cold.flush_memtables();
+    }
+
+    fn close(&self, deadline: Duration) -> Result<()> {
+        let _closing = self.close_lock.lock();
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
         }
+        self.stop_flusher();
+        let until = Instant::now() + deadline;
+        let mut res = self.flush();
+        while res.is_err() && Instant::now() < until && !halt::halting() {
+            std::thread::sleep(Duration::from_millis(20));
+            res = self.flush();
+        }
+        let res = match res {
+            Ok(()) => {
+                if !self.fail_writes.load(Ordering::Acquire) {
+                    let _ = self.cold.flush_memtables();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let ids = self.shards.iter().map(|s| s.state.lock().pending.len()).sum();
+                Err(Error::Unflushed {
+                    ids,
+                    reason: e.to_string(),
+                })
+            }
+        };
         // Last user of the directory in this process: close RocksDB now, so
         // its files and LOCK are free the moment `close` returns.
         self.cold.release();
+        res
     }
 }
 
 impl Owner for Inner {
-    fn hand_over(&self) {
-        self.close();
+    fn hand_over(&self) -> Vec<(Box<[u8]>, Pending)> {
+        let _closing = self.close_lock.lock();
+        self.closed.store(true, Ordering::Release);
+        self.stop_flusher();
+        let _disks: Vec<_> = self.shards.iter().map(|s| s.disk.lock()).collect();
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.state.lock().pending.drain());
+        }
+        out
+    }
+
+    fn pending_ops_at_exit(&self, ops: &mut Vec<BatchOp>) {
+        for shard in self.shards.iter() {
+            if let Some(sh) = shard.state.try_lock_for(Duration::from_millis(200)) {
+                sh.pending.ops(ops);
+            }
+        }
+        self.hlc_to_batch(ops);
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.close();
+        // Unreferenced (garbage-collected) handle: a short retry only.
+        let _ = self.close(Duration::from_millis(100));
     }
 }
 

@@ -107,7 +107,7 @@ defmodule Vsmcp.CRDT.Types.GCounterTest do
     {b, _} = GCounter.increment(GCounter.new(:b), max)
     assert GCounter.value(GCounter.merge(a, b)) == 2 * max
 
-    assert GCounter.increment(a, 1) == {:error, :overflow}
-    assert GCounter.increment(GCounter.new(:c), max + 1) == {:error, :overflow}
+    assert GCounter.increment(a, 1) == {:error, {:invalid_amount, 1}}
+    assert GCounter.increment(GCounter.new(:c), max + 1) == {:error, {:invalid_amount, max + 1}}
   end
 end

@@ -1,0 +1,75 @@
+//! Store configuration, durability modes and the scheduler contract.
+//!
+//! Names here are the core's own (`hot_limit`, `warm_limit`); the legacy
+//! Elixir option names (`memory_limit`, `ets_limit`) are translated at the
+//! NIF edge.
+
+use std::path::PathBuf;
+
+/// When a mutation is acknowledged relative to its WAL write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledge at once; the WAL write follows within `flush_interval_ms`.
+    Relaxed,
+    /// Acknowledge after the write is in the WAL. A write that fails leaves
+    /// the state exactly as it was.
+    Strict,
+}
+
+/// Whether a call may block. Calls made on a normal BEAM scheduler pass
+/// `MemoryOnly`: they read memory, RocksDB's memtables and its block cache,
+/// and fail with [`crate::Error::WouldBlock`] when they would need a disk
+/// read, a WAL write (strict durability) or O(n) work on a large item
+/// (more than [`INLINE_BYTES`]); the caller then repeats the call on a dirty
+/// scheduler with `MayBlock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    MemoryOnly,
+    MayBlock,
+}
+
+/// Largest item (estimated encoded bytes, see `Crdt::size_hint`) whose
+/// O(n) work (decode, encode, building its value) runs on a normal
+/// scheduler. Decoding runs at roughly 0.2-1 ns per byte plus 0.2 µs per
+/// element, so this keeps such work well under a millisecond.
+pub const INLINE_BYTES: usize = 64 << 10;
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// Remove the directory when the store closes (stores with no location).
+    pub ephemeral: bool,
+    /// Canonical term bytes of the node id.
+    pub node_id: Vec<u8>,
+    /// Items kept decoded in the hot tier.
+    pub hot_limit: usize,
+    /// Items kept encoded in the warm tier.
+    pub warm_limit: usize,
+    /// Accesses before a warm item is promoted to hot.
+    pub access_threshold: u32,
+    pub durability: Durability,
+    pub flush_interval_ms: u64,
+    /// Largest accepted id, element or register value, in encoded bytes.
+    pub max_value_bytes: usize,
+    pub max_clock_offset_ms: u64,
+    /// RocksDB block cache size.
+    pub cache_bytes: usize,
+}
+
+impl StoreConfig {
+    pub fn new(path: impl Into<PathBuf>, node_id: &[u8]) -> Self {
+        StoreConfig {
+            path: path.into(),
+            ephemeral: false,
+            node_id: node_id.to_vec(),
+            hot_limit: 10_000,
+            warm_limit: 100_000,
+            access_threshold: 3,
+            durability: Durability::Relaxed,
+            flush_interval_ms: 5,
+            max_value_bytes: 16 << 20,
+            max_clock_offset_ms: crate::hlc::DEFAULT_MAX_OFFSET_MS,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
