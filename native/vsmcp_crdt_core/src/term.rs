@@ -33,8 +33,11 @@ pub const TUPLE: u8 = 6;
 pub const MAP: u8 = 7;
 pub const ETF: u8 = 8;
 
-/// Deepest nesting accepted when encoding or decoding.
-pub const MAX_DEPTH: usize = 512;
+/// Deepest nesting accepted when encoding or decoding. Both walk the term
+/// recursively, at about 0.7 KB of stack per level; dirty IO schedulers
+/// have the smallest stacks of the BEAM (about 320 KB by default), where
+/// 500 levels overflowed. 256 keeps half of that stack free.
+pub const MAX_DEPTH: usize = 256;
 
 pub fn write_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {

@@ -388,13 +388,13 @@ defmodule Vsmcp.CRDT.ContextStoreBadInputTest do
       assert {:ok, 1} = ContextStore.increment(store, :after)
     end
 
-    test "terms nested beyond 512 levels are refused, shallower ones round trip",
+    test "terms nested beyond 256 levels are refused, shallower ones round trip",
          %{store: store} do
       :ok = ContextStore.create(store, :s, :or_set)
       :ok = ContextStore.create(store, :r, :lww_register)
       :ok = ContextStore.create(store, :c, :g_counter)
 
-      for depth <- [513, 600, 100_000] do
+      for depth <- [257, 513, 600, 100_000] do
         deep = nested(depth)
         assert {:error, _} = ContextStore.create(store, deep, :g_counter)
         assert {:error, _} = ContextStore.get(store, deep)

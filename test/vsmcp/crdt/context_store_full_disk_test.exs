@@ -59,4 +59,85 @@ defmodule Vsmcp.CRDT.ContextStoreFullDiskTest do
     assert is_list(ContextStore.list_crdts(store))
     ContextStore.stop(store)
   end
+
+  # Fill the filesystem from outside the store until it refuses a write.
+  defp fill!(dir) do
+    filler = Path.join(dir, "filler")
+    {:ok, f} = File.open(filler, [:write, :raw, :binary])
+    chunk = :binary.copy(<<0>>, 64 * 1024)
+    fill_loop(f, chunk)
+    File.close(f)
+    filler
+  end
+
+  defp fill_loop(f, chunk) do
+    case IO.binwrite(f, chunk) do
+      :ok -> fill_loop(f, chunk)
+      {:error, _} -> :full
+    end
+  end
+
+  test "stop reports acknowledged writes it could not write, and logs them", %{dir: dir} do
+    {:ok, store} =
+      ContextStore.start_link(
+        node_id: :full_disk,
+        storage_opts: [data_dir: Path.join(dir, "db"), flush_interval: 600_000]
+      )
+
+    Process.unlink(store)
+    :ok = ContextStore.create(store, :c, :g_counter)
+    :ok = ContextStore.create(store, :d, :lww_register)
+    {:ok, 1} = ContextStore.increment(store, :c)
+    # Larger than what RocksDB preallocated for its log.
+    {:ok, _} = ContextStore.set(store, :d, :crypto.strong_rand_bytes(2 * 1024 * 1024))
+    fill!(dir)
+
+    log =
+      ExUnit.CaptureLog.capture_log(fn ->
+        assert {:error, {:unflushed, 2, reason}} = ContextStore.stop(store, :normal, 300)
+        assert reason =~ dir
+      end)
+
+    assert log =~ "acknowledged writes of 2 ids were lost"
+  end
+
+  test "writes resume once space is freed, and nothing acknowledged is lost", %{dir: dir} do
+    db = Path.join(dir, "db")
+    opts = [node_id: :full_disk, storage_opts: [data_dir: db, flush_interval: 1]]
+    {:ok, store} = ContextStore.start_link(opts)
+    :ok = ContextStore.create(store, :c, :g_counter)
+    :ok = ContextStore.create(store, :blob, :lww_register)
+    :ok = ContextStore.sync(store)
+    filler = fill!(dir)
+    big = :crypto.strong_rand_bytes(256 * 1024)
+
+    # Acknowledged until a flush fails; refused after that.
+    acked =
+      Enum.reduce_while(1..1_000, 0, fn i, n ->
+        case ContextStore.increment(store, :c) do
+          {:ok, m} when m == n + 1 ->
+            case ContextStore.set(store, :blob, {i, big}) do
+              {:ok, _} -> {:cont, n + 1}
+              {:error, {:storage_error, _}} -> {:halt, n + 1}
+            end
+
+          {:error, {:storage_error, _}} ->
+            {:halt, n}
+        end
+      end)
+
+    assert acked < 1_000, "the full disk never refused a write"
+    File.rm!(filler)
+
+    Vsmcp.CRDT.TestHelpers.eventually(fn ->
+      match?({:ok, _}, ContextStore.increment(store, :c))
+    end)
+
+    {:ok, n} = ContextStore.get(store, :c)
+    assert n == acked + 1
+    :ok = ContextStore.stop(store)
+    {:ok, store} = ContextStore.start_link(opts)
+    assert {:ok, ^n} = ContextStore.get(store, :c)
+    :ok = ContextStore.stop(store)
+  end
 end

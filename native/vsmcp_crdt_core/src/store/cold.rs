@@ -74,6 +74,8 @@ pub enum Cached {
 pub struct ColdTier {
     /// `None` once released by the last store using it.
     db: RwLock<Option<DB>>,
+    cache_bytes: usize,
+    last_recovery: Mutex<Option<Instant>>,
     path: PathBuf,
     /// Stores that used this handle; a newcomer closes them (flushing their
     /// pending writes) before it proceeds.
@@ -81,12 +83,15 @@ pub struct ColdTier {
     _cleanup: DirCleanup,
 }
 
+/// Pending writes a predecessor handed over, oldest first.
+pub type HandedOver = Vec<(Box<[u8]>, Pending)>;
+
 /// Something that holds unflushed writes for a [`ColdTier`].
 pub trait Owner: Send + Sync {
     /// Refuse further operations and give up the pending writes (oldest
     /// first) to the successor, without writing them: a successor is never
     /// blocked by its predecessor's disk.
-    fn hand_over(&self) -> Vec<(Box<[u8]>, Pending)>;
+    fn hand_over(&self) -> HandedOver;
     /// At process exit: the batch operations of every pending write.
     fn pending_ops_at_exit(&self, ops: &mut Vec<BatchOp>);
 }
@@ -99,6 +104,22 @@ impl Drop for DirCleanup {
             let _ = std::fs::remove_dir_all(p);
         }
     }
+}
+
+/// Reopen after a failed write at most this often...
+const RECOVERY_EVERY: Duration = Duration::from_millis(200);
+/// ...and only when the filesystem has this much room.
+const RECOVERY_MIN_FREE: u64 = 1 << 20;
+
+/// Bytes available to this process on the filesystem of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out
+    // pointer for the duration of the call.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// How long [`ColdTier::open`] waits for a closing handle of this process.
@@ -123,7 +144,7 @@ impl ColdTier {
         path: &Path,
         ephemeral: bool,
         cache_bytes: usize,
-    ) -> Result<(Arc<ColdTier>, Vec<(Box<[u8]>, Pending)>)> {
+    ) -> Result<(Arc<ColdTier>, HandedOver)> {
         std::fs::create_dir_all(path).map_err(|e| storage_err(path, e))?;
         let canon = std::fs::canonicalize(path).map_err(|e| storage_err(path, e))?;
         // A handle of this process whose last reference was just dropped is
@@ -181,25 +202,11 @@ impl ColdTier {
                 ));
             }
         }
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        db_opts.set_keep_log_file_num(2);
-        db_opts.set_max_total_wal_size(64 << 20);
-        let mut crdt_opts = Options::default();
-        crdt_opts.set_merge_operator("vsmcp_record_join", full_merge, partial_merge);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&Cache::new_lru_cache(cache_bytes));
-        table.set_bloom_filter(10.0, false);
-        crdt_opts.set_block_based_table_factory(&table);
-        crdt_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_CRDT, crdt_opts),
-            ColumnFamilyDescriptor::new(CF_META, Options::default()),
-        ];
-        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| storage_err(path, e))?;
+        let db = Self::open_db(path, cache_bytes)?;
         let tier = ColdTier {
             db: RwLock::new(Some(db)),
+            cache_bytes,
+            last_recovery: Mutex::new(None),
             path: path.to_path_buf(),
             owners: Mutex::new(Vec::new()),
             _cleanup: DirCleanup(ephemeral.then(|| path.to_path_buf())),
@@ -218,6 +225,64 @@ impl ColdTier {
         Ok(tier)
     }
 
+    fn open_db(path: &Path, cache_bytes: usize) -> Result<DB> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_keep_log_file_num(2);
+        db_opts.set_max_total_wal_size(64 << 20);
+        let mut crdt_opts = Options::default();
+        crdt_opts.set_merge_operator("vsmcp_record_join", full_merge, partial_merge);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(cache_bytes));
+        table.set_bloom_filter(10.0, false);
+        crdt_opts.set_block_based_table_factory(&table);
+        crdt_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_CRDT, crdt_opts),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| storage_err(path, e))
+    }
+
+    /// After a failed write: RocksDB stops accepting writes once a write
+    /// to its log failed (a full disk), and its C API has no `Resume`. So
+    /// when the filesystem has room again, reopen the database (its log is
+    /// replayed; the writes that failed are still pending in memory and are
+    /// written next). At most every `RECOVERY_EVERY`; true if reopened.
+    pub fn recover_after_write_error(&self) -> bool {
+        {
+            let mut last = self.last_recovery.lock();
+            if last.is_some_and(|t: Instant| t.elapsed() < RECOVERY_EVERY) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        if free_bytes(&self.path).is_none_or(|b| b < RECOVERY_MIN_FREE) {
+            return false;
+        }
+        let Ok(_gate) = Gate::enter() else {
+            return false;
+        };
+        let mut guard = self.db.write();
+        let Some(old) = guard.take() else {
+            return false;
+        };
+        old.cancel_all_background_work(true);
+        drop(old);
+        // The LOCK is free once the old handle is dropped; opening again
+        // on the same path rarely fails, but if it does, keep trying:
+        // without a database the store answers `Error::Closed`.
+        for _ in 0..50 {
+            if let Ok(db) = Self::open_db(&self.path, self.cache_bytes) {
+                *guard = Some(db);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -232,6 +297,15 @@ impl ColdTier {
         let gate = Gate::enter()?;
         let db = RwLockReadGuard::try_map(self.db.read(), Option::as_ref)
             .map_err(|_| Error::Closed)?;
+        Ok((gate, db))
+    }
+
+    /// [`ColdTier::db`] for a caller on a normal scheduler: while the
+    /// database is being reopened or closed, `Error::WouldBlock`.
+    fn db_now(&self) -> Result<(Gate, MappedRwLockReadGuard<'_, DB>)> {
+        let gate = Gate::enter()?;
+        let guard = self.db.try_read().ok_or(Error::WouldBlock)?;
+        let db = RwLockReadGuard::try_map(guard, Option::as_ref).map_err(|_| Error::Closed)?;
         Ok((gate, db))
     }
 
@@ -275,7 +349,7 @@ impl ColdTier {
         if cache_only {
             ro.set_read_tier(ReadTier::BlockCache);
         }
-        let (_gate, db) = self.db()?;
+        let (_gate, db) = if cache_only { self.db_now()? } else { self.db()? };
         let cf = self.cf(&db, CF_CRDT)?;
         INLINE_READ.with(|c| c.set((cache_only, false)));
         let res = db.get_pinned_cf_opt(cf, key, &ro);
@@ -307,7 +381,7 @@ impl ColdTier {
     }
 
     fn write_to(&self, db: &DB, ops: &[BatchOp]) -> Result<()> {
-        let (crdt, meta) = (self.cf(&db, CF_CRDT)?, self.cf(&db, CF_META)?);
+        let (crdt, meta) = (self.cf(db, CF_CRDT)?, self.cf(db, CF_META)?);
         let mut batch = WriteBatch::default();
         for op in ops {
             match op {
@@ -343,7 +417,7 @@ impl ColdTier {
     }
 
     pub fn estimate_keys(&self) -> u64 {
-        let Ok((_gate, db)) = self.db() else {
+        let Ok((_gate, db)) = self.db_now() else {
             return 0;
         };
         self.cf(&db, CF_CRDT)

@@ -581,7 +581,12 @@ impl Inner {
     /// the state lock).
     fn write_strict(&self, id: &[u8], ops: &[BatchOp]) -> Result<()> {
         self.injected_fault()?;
-        self.cold.write(ops)?;
+        if let Err(e) = self.cold.write(ops) {
+            // Further writes are refused until the flush thread's probe
+            // finds the disk writable again.
+            self.record_write_error(&e);
+            return Err(e);
+        }
         let mut sh = self.lock_state(id)?;
         sh.pending.written += 1;
         Ok(())
@@ -831,8 +836,7 @@ impl Inner {
                 self.has_write_error.store(false, Ordering::Release);
             }
             Err(e) => {
-                *self.write_error.lock() = Some(e.to_string());
-                self.has_write_error.store(true, Ordering::Release);
+                self.record_write_error(e);
                 if hlc_changed {
                     *self.persisted_hlc.lock() = Timestamp::ZERO;
                 }
@@ -841,7 +845,19 @@ impl Inner {
         for shard in self.shards.iter() {
             shard.state.lock().pending.end_flush(ok);
         }
+        if !ok {
+            // The batch stays pending; once RocksDB accepts writes again
+            // the next flush writes it.
+            self.cold.recover_after_write_error();
+        }
         res
+    }
+
+    fn record_write_error(&self, e: &Error) {
+        if matches!(e, Error::Storage(_)) {
+            *self.write_error.lock() = Some(e.to_string());
+            self.has_write_error.store(true, Ordering::Release);
+        }
     }
 
     /// Nothing to write: a write error recorded earlier (e.g. a strict
@@ -851,6 +867,7 @@ impl Inner {
         if !self.has_write_error.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.cold.recover_after_write_error();
         let probe = self
             .injected_fault()
             .and_then(|()| self.cold.put_meta(NODE_KEY, &self.cfg.node_id, false));
@@ -930,7 +947,7 @@ impl Inner {
 }
 
 impl Owner for Inner {
-    fn hand_over(&self) -> Vec<(Box<[u8]>, Pending)> {
+    fn hand_over(&self) -> cold::HandedOver {
         let _closing = self.close_lock.lock();
         self.closed.store(true, Ordering::Release);
         self.stop_flusher();
