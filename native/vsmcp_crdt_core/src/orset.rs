@@ -65,7 +65,7 @@ const REMOVE_BIT: u32 = 1 << 31;
 
 /// A dot tagged add or remove, packed: the top bit of `replica_tag` is the
 /// remove flag, so replica tables hold at most 2^31 ids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TaggedDot {
     counter: u64,
     replica_tag: u32,
@@ -100,6 +100,37 @@ impl TaggedDot {
 }
 
 type Dots = SmallVec<[TaggedDot; 1]>;
+
+/// Dot lists up to this long are searched by a linear scan; longer ones
+/// (only hostile or pathological states hold them) through a sorted copy or
+/// a hash set, so decoding and joining stay O(k log k) in the dots of an
+/// element instead of O(k²).
+const SCAN_MAX: usize = 16;
+
+/// Membership in one element's dot list, built once per join of an element.
+enum DotLookup<'a> {
+    Scan(&'a [TaggedDot]),
+    Sorted(Vec<TaggedDot>),
+}
+
+impl<'a> DotLookup<'a> {
+    fn new(dots: &'a [TaggedDot]) -> Self {
+        if dots.len() <= SCAN_MAX {
+            DotLookup::Scan(dots)
+        } else {
+            let mut sorted = dots.to_vec();
+            sorted.sort_unstable();
+            DotLookup::Sorted(sorted)
+        }
+    }
+
+    fn contains(&self, d: &TaggedDot) -> bool {
+        match self {
+            DotLookup::Scan(s) => s.contains(d),
+            DotLookup::Sorted(s) => s.binary_search(d).is_ok(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -385,13 +416,14 @@ impl ORSet {
             match self.elems.find(&oe.elem) {
                 Some(i) => {
                     let ldots = &self.elems.entries[i].dots;
+                    let (in_other, in_local) = (DotLookup::new(&odots), DotLookup::new(ldots));
                     let mut merged: Dots = ldots
                         .iter()
                         .copied()
-                        .filter(|d| odots.contains(d) || !other_sees(d.dot()))
+                        .filter(|d| in_other.contains(d) || !other_sees(d.dot()))
                         .collect();
                     for d in &odots {
-                        if !ldots.contains(d) && !self.ctx.contains(d.dot()) {
+                        if !in_local.contains(d) && !self.ctx.contains(d.dot()) {
                             merged.push(*d);
                         }
                     }
@@ -591,7 +623,10 @@ impl ORSet {
             if elems.find(&elem).is_some() {
                 return Err(Error::Decode("duplicate OR-Set element".into()));
             }
-            let mut ds = Dots::new();
+            let mut ds = Dots::with_capacity(dots.len());
+            // Past `SCAN_MAX` dots, duplicates are found through a hash set
+            // (the same hasher that indexes the elements themselves).
+            let mut seen: Option<hashbrown::HashSet<TaggedDot>> = None;
             for (r, c, remove) in dots {
                 if r as usize >= nrep || c == 0 {
                     return Err(Error::Decode("invalid dot".into()));
@@ -601,7 +636,18 @@ impl ORSet {
                     counter: c,
                 };
                 let td = TaggedDot::new(dot, remove);
-                if ds.contains(&td) {
+                let duplicate = match &mut seen {
+                    Some(set) => !set.insert(td),
+                    None if ds.len() < SCAN_MAX => ds.contains(&td),
+                    None => {
+                        let mut set = hashbrown::HashSet::with_capacity(ds.capacity());
+                        set.extend(ds.iter().copied());
+                        let duplicate = !set.insert(td);
+                        seen = Some(set);
+                        duplicate
+                    }
+                };
+                if duplicate {
                     return Err(Error::Decode("duplicate dot".into()));
                 }
                 if policy == Policy::AddWins && remove {
