@@ -72,11 +72,10 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   use GenServer
 
+  alias Vsmcp.CRDT.ContextStore.Options
   alias Vsmcp.CRDT.Native
-  alias Vsmcp.CRDT.Storage.Location
 
   @types [:g_counter, :pn_counter, :or_set, :aw_set, :lww_register]
-  @default_decay_interval 60_000
   # How long a closing store retries writes the disk refused.
   @close_deadline 5_000
 
@@ -98,7 +97,7 @@ defmodule Vsmcp.CRDT.ContextStore do
   @doc "Start a store. See the moduledoc for options."
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts \\ []) do
-    with {:ok, config} <- native_config(opts),
+    with {:ok, config} <- Options.to_native(opts),
          {:ok, handle} <- Native.store_open(config) do
       gen_opts = if name = opts[:name], do: [name: name], else: []
 
@@ -138,82 +137,13 @@ defmodule Vsmcp.CRDT.ContextStore do
     result
   end
 
-  defp native_config(opts) do
-    with :ok <- check_options(opts),
-         storage = Keyword.get(opts, :storage_opts, []),
-         :ok <- check_keyword(storage),
-         :ok <- check_decay_interval(storage[:decay_interval]),
-         {:ok, loc} <- Location.resolve(storage),
-         {:ok, durability} <- durability(opts[:durability] || storage[:durability] || :relaxed) do
-      numeric =
-        for key <- [
-              :memory_limit,
-              :ets_limit,
-              :access_threshold,
-              :flush_interval,
-              :max_value_bytes,
-              :max_clock_offset,
-              :cache_bytes
-            ],
-            Keyword.has_key?(storage, key),
-            into: %{},
-            do: {key, storage[key]}
-
-      case Enum.find(numeric, fn {_k, v} -> not (is_integer(v) and v >= 0) end) do
-        nil ->
-          {:ok,
-           Map.merge(numeric, %{
-             path: loc.path,
-             ephemeral: loc.ephemeral,
-             node_id: Keyword.get(opts, :node_id, node()),
-             durability: durability
-           })}
-
-        {k, v} ->
-          {:error, {:invalid_option, k, v}}
-      end
-    end
-  end
-
-  # Checked before anything is opened: GenServer.start_link/3 would raise on
-  # a bad name only after the store's directory was opened.
-  defp check_options(opts) do
-    cond do
-      not (is_list(opts) and Keyword.keyword?(opts)) ->
-        {:error, {:invalid_option, :options, opts}}
-
-      not valid_name?(opts[:name]) ->
-        {:error, {:invalid_option, :name, opts[:name]}}
-
-      true ->
-        :ok
-    end
-  end
-
-  defp valid_name?(name) when is_atom(name), do: true
-  defp valid_name?({:global, _}), do: true
-  defp valid_name?({:via, mod, _}) when is_atom(mod), do: true
-  defp valid_name?(_), do: false
-
-  defp check_decay_interval(i) when is_nil(i) or (is_integer(i) and i >= 0), do: :ok
-  defp check_decay_interval(i), do: {:error, {:invalid_option, :decay_interval, i}}
-
-  defp check_keyword(list) when is_list(list) do
-    if Keyword.keyword?(list), do: :ok, else: {:error, {:invalid_option, :storage_opts, list}}
-  end
-
-  defp check_keyword(other), do: {:error, {:invalid_option, :storage_opts, other}}
-
-  defp durability(d) when d in [:relaxed, :strict], do: {:ok, d}
-  defp durability(d), do: {:error, {:invalid_option, :durability, d}}
-
   @impl true
   def init({handle, opts}) do
     Process.flag(:trap_exit, true)
     # Registers the handle under this pid and closes the store (in Rust)
     # whenever this process dies, even by `Process.exit(pid, :kill)`.
     Native.store_register(handle, self())
-    interval = get_in(opts, [:storage_opts, :decay_interval]) || @default_decay_interval
+    interval = Options.decay_interval(opts)
     state = %{handle: handle, decay_interval: interval, closed: nil}
     schedule_decay(state)
     {:ok, state}

@@ -93,8 +93,8 @@ defmodule Vsmcp.CRDT.ContextStoreBadInputTest do
     test "a marker naming a directory of junk is refused, naming the path" do
       dir = tmp_dir!("vsmcp_crdt_marker_junk")
       file = Path.join(dir, "store.dets")
-      data = Path.join(dir, ".store.dets.handmade.rocksdb")
-      File.write!(file, "vsmcp_crdt store marker v1\ndata: .store.dets.handmade.rocksdb\n")
+      data = Path.join(dir, ".store.dets.handmade_123.rocksdb")
+      File.write!(file, "vsmcp_crdt store marker v1\ndata: .store.dets.handmade_123.rocksdb\n")
       File.mkdir_p!(data)
       File.write!(Path.join(data, "junk"), :crypto.strong_rand_bytes(100))
 
