@@ -201,7 +201,6 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   defp schedule_decay(_), do: :ok
 
-
   # ---------------------------------------------------------------------------
   # Store lookup: the NIF resolves a pid to its handle.
 

@@ -302,7 +302,12 @@ fn update_impl<'a>(
         other => reply(env, other),
     }
 }
-twin!(store_update, store_update_dirty, update_impl, (id, op, want_value));
+twin!(
+    store_update,
+    store_update_dirty,
+    update_impl,
+    (id, op, want_value)
+);
 
 fn metadata_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
     let r = id_bytes(id)

@@ -30,11 +30,17 @@ pub fn mapset<'a>(env: Env<'a>, elements: &[Term<'a>]) -> Term<'a> {
     let m = match Term::map_from_term_arrays(env, elements, &values) {
         Ok(m) => m,
         // Two encodings that decode to one term: keep one.
-        Err(_) => elements.iter().fold(rustler::types::map::map_new(env), |m, e| {
-            m.map_put(*e, dummy).unwrap_or(m)
-        }),
+        Err(_) => elements
+            .iter()
+            .fold(rustler::types::map::map_new(env), |m, e| {
+                m.map_put(*e, dummy).unwrap_or(m)
+            }),
     };
-    let keys = [__struct__().encode(env), map().encode(env), version().encode(env)];
+    let keys = [
+        __struct__().encode(env),
+        map().encode(env),
+        version().encode(env),
+    ];
     let vals = [mapset_module().encode(env), m, 2.encode(env)];
     Term::map_from_term_arrays(env, &keys, &vals).unwrap_or(m)
 }

@@ -295,8 +295,8 @@ impl ColdTier {
     /// or the process is exiting. Hold the returned guard for the whole call.
     fn db(&self) -> Result<(Gate, MappedRwLockReadGuard<'_, DB>)> {
         let gate = Gate::enter()?;
-        let db = RwLockReadGuard::try_map(self.db.read(), Option::as_ref)
-            .map_err(|_| Error::Closed)?;
+        let db =
+            RwLockReadGuard::try_map(self.db.read(), Option::as_ref).map_err(|_| Error::Closed)?;
         Ok((gate, db))
     }
 
@@ -349,7 +349,11 @@ impl ColdTier {
         if cache_only {
             ro.set_read_tier(ReadTier::BlockCache);
         }
-        let (_gate, db) = if cache_only { self.db_now()? } else { self.db()? };
+        let (_gate, db) = if cache_only {
+            self.db_now()?
+        } else {
+            self.db()?
+        };
         let cf = self.cf(&db, CF_CRDT)?;
         INLINE_READ.with(|c| c.set((cache_only, false)));
         let res = db.get_pinned_cf_opt(cf, key, &ro);
