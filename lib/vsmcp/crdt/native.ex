@@ -47,12 +47,6 @@ defmodule Vsmcp.CRDT.Native do
   def nif_loaded, do: :erlang.nif_error(:nif_not_loaded)
 
   # ---------------------------------------------------------------------------
-  # NIF stubs: append new ones below this line, one per `#[rustler::nif]`
-  # function in native/vsmcp_crdt_nif, with the same name and arity, each with
-  # the body `:erlang.nif_error(:nif_not_loaded)`.
-  # ---------------------------------------------------------------------------
-
-  # ---------------------------------------------------------------------------
   # types: the pure CRDT and clock functions (native/vsmcp_crdt_nif/src/types.rs)
   # behind Vsmcp.CRDT.Types.* and Vsmcp.CRDT.HLC. `kinds` is the list of kind
   # atoms the caller accepts; each `_dirty` twin runs on a dirty CPU scheduler.

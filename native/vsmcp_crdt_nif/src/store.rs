@@ -193,7 +193,12 @@ fn store_open<'a>(env: Env<'a>, opts: Term<'a>) -> NifResult<Term<'a>> {
 #[rustler::nif]
 fn store_register(env: Env, h: Handle, owner: LocalPid) -> bool {
     registry().write().insert(owner, h.clone());
-    h.monitor(Some(env), &owner).is_some()
+    let monitored = h.monitor(Some(env), &owner).is_some();
+    if !monitored {
+        // The owner is already gone: nothing would ever remove the entry.
+        registry().write().remove(&owner);
+    }
+    monitored
 }
 
 /// Whether `pid` owns a registered store.

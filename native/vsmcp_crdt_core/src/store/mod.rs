@@ -711,6 +711,11 @@ impl Inner {
             return Ok((sh, false));
         }
         let (mut sh, base) = self.read_base(sh, id, access)?;
+        // Loaded by a normal-scheduler call while the lock was released
+        // for the disk read: that copy is current.
+        if sh.tiers.contains(id) {
+            return Ok((sh, true));
+        }
         match self.assemble(&sh, id, access, base)? {
             None => Ok((sh, false)),
             Some((meta, bytes)) => {
