@@ -35,8 +35,14 @@ pub fn amount(t: Term) -> Option<i128> {
     t.decode::<u64>().ok().map(i128::from)
 }
 
-/// Parse `op`. Payloads are encoded into `buf`, which the result borrows.
-pub fn parse<'a, 'b>(op: Term<'a>, buf: &'b mut Vec<u8>) -> Result<Mutation<'b>, OpError<'a>> {
+/// Parse `op`. Payloads are encoded into `buf`, which the result borrows;
+/// one larger than `limit` bytes is `OpError::Term(Error::WouldBlock)`
+/// (see `term::encode_within`).
+pub fn parse<'a, 'b>(
+    op: Term<'a>,
+    buf: &'b mut Vec<u8>,
+    limit: usize,
+) -> Result<Mutation<'b>, OpError<'a>> {
     let Ok((tag, arg)) = op.decode::<(Atom, Term)>() else {
         return Err(OpError::NotAnOperation);
     };
@@ -51,7 +57,7 @@ pub fn parse<'a, 'b>(op: Term<'a>, buf: &'b mut Vec<u8>) -> Result<Mutation<'b>,
     if tag != add() && tag != remove() && tag != set() {
         return Err(OpError::NotAnOperation);
     }
-    *buf = tc::encode(arg).map_err(OpError::Term)?;
+    *buf = tc::encode_within(arg, limit).map_err(OpError::Term)?;
     let b: &'b [u8] = buf.as_slice();
     Ok(if tag == add() {
         Mutation::Add(b)

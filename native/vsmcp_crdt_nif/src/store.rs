@@ -34,7 +34,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use vsmcp_crdt_core::crdt::{Crdt, Kind};
 use vsmcp_crdt_core::error::Error;
-use vsmcp_crdt_core::store::{Access, Durability, Store, StoreConfig, Tier};
+use vsmcp_crdt_core::store::{Access, Durability, Store, StoreConfig, Tier, INLINE_BYTES};
 
 rustler::atoms! {
     dirty,
@@ -224,8 +224,16 @@ fn store_close<'a>(env: Env<'a>, h: Handle, deadline_ms: u64) -> Term<'a> {
     }
 }
 
-fn id_bytes(id: Term) -> Result<Vec<u8>, Error> {
-    tc::encode(id)
+/// Encoding budget of a term argument: bounded on a normal scheduler.
+fn limit(a: Access) -> usize {
+    match a {
+        Access::MemoryOnly => INLINE_BYTES,
+        Access::MayBlock => usize::MAX,
+    }
+}
+
+fn id_bytes(id: Term, a: Access) -> Result<Vec<u8>, Error> {
+    tc::encode_within(id, limit(a))
 }
 
 fn kind_of(t: Term) -> Option<Kind> {
@@ -236,21 +244,21 @@ fn create_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, kind: Term<'a>, a: Ac
     let Some(k) = kind_of(kind) else {
         return (error(), (unknown_type(), kind)).encode(env);
     };
-    let r = id_bytes(id).and_then(|id| h.store.create(&id, k, a));
+    let r = id_bytes(id, a).and_then(|id| h.store.create(&id, k, a));
     reply(env, r.map(|()| ok().encode(env)))
 }
 twin!(store_create, store_create_dirty, create_impl, (id, kind));
 
 fn get_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
     let inline = a == Access::MemoryOnly;
-    let r = id_bytes(id).and_then(|id| h.store.read(&id, a, |v| value_term(env, &v, inline)));
+    let r = id_bytes(id, a).and_then(|id| h.store.read(&id, a, |v| value_term(env, &v, inline)));
     reply(env, r.and_then(|t| t))
 }
 twin!(store_get, store_get_dirty, get_impl, (id));
 
 fn member_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, elem: Term<'a>, a: Access) -> Term<'a> {
-    let r = id_bytes(id).and_then(|id| {
-        let e = tc::encode(elem)?;
+    let r = id_bytes(id, a).and_then(|id| {
+        let e = tc::encode_within(elem, limit(a))?;
         h.store.read(&id, a, |c| match c.crdt {
             Crdt::ORSet(s) => Ok(s.contains(&e)),
             _ => Err(Error::UnsupportedOperation),
@@ -279,21 +287,23 @@ fn update_impl<'a>(
     a: Access,
 ) -> Term<'a> {
     let want_value = want_value.decode::<bool>().unwrap_or(true);
-    let id = match id_bytes(id) {
+    let id = match id_bytes(id, a) {
         Ok(id) => id,
-        Err(e) => return error_term(env, &e),
+        Err(e) => return reply(env, Err(e)),
     };
     let mut buf = Vec::new();
-    let m = match op::parse(op, &mut buf) {
+    let m = match op::parse(op, &mut buf, limit(a)) {
         Ok(m) => m,
         Err(OpError::NotAnOperation) => return unsupported(env, h, &id, op, a),
         Err(OpError::InvalidAmount(n)) => return (error(), (invalid_amount(), n)).encode(env),
-        Err(OpError::Term(e)) => return error_term(env, &e),
+        Err(OpError::Term(e)) => return reply(env, Err(e)),
     };
-    let inline = a == Access::MemoryOnly;
+    // The core refuses a large item on a normal scheduler before mutating
+    // it (`update_with`'s `linear_reply`), so once mutated the value is
+    // always built here: a mutation is never retried after it happened.
     let r = h.store.update_with(&id, m, a, want_value, |v| {
         if want_value {
-            value_term(env, &v, inline)
+            value_term(env, &v, false)
         } else {
             Ok(ok().encode(env))
         }
@@ -315,7 +325,7 @@ twin!(
 );
 
 fn metadata_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
-    let r = id_bytes(id)
+    let r = id_bytes(id, a)
         .and_then(|id| h.store.metadata(&id, a))
         .and_then(|(meta, tier)| {
             let created_by = tc::decode(env, &meta.created_by, Trust::Local)?;
@@ -349,7 +359,7 @@ fn atom_map<'a>(env: Env<'a>, pairs: &[(&str, Term<'a>)]) -> Term<'a> {
 }
 
 fn delete_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
-    let r = id_bytes(id).and_then(|id| h.store.delete(&id, a));
+    let r = id_bytes(id, a).and_then(|id| h.store.delete(&id, a));
     reply(env, r.map(|()| ok().encode(env)))
 }
 twin!(store_delete, store_delete_dirty, delete_impl, (id));

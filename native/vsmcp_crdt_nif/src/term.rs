@@ -25,15 +25,30 @@ pub enum Trust {
 /// Canonical bytes of `term`; `Err(Error::InvalidArgument)` when the term is
 /// nested deeper than `term::MAX_DEPTH`.
 pub fn encode(term: Term) -> Result<Vec<u8>> {
+    encode_within(term, usize::MAX)
+}
+
+/// [`encode`] for a call on a normal scheduler: a term whose encoding
+/// would exceed about `limit` bytes (binaries by length, other nodes
+/// counted as 16 bytes) is `Error::WouldBlock` before the large part is
+/// copied.
+pub fn encode_within(term: Term, limit: usize) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(32);
-    encode_into(term, &mut out, 0)?;
+    let mut budget = limit;
+    encode_into(term, &mut out, 0, &mut budget)?;
     Ok(out)
 }
 
-pub fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize) -> Result<()> {
+fn spend(budget: &mut usize, n: usize) -> Result<()> {
+    *budget = budget.checked_sub(n).ok_or(Error::WouldBlock)?;
+    Ok(())
+}
+
+fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize, budget: &mut usize) -> Result<()> {
     if depth > ct::MAX_DEPTH {
         return Err(Error::InvalidArgument("term nested too deeply"));
     }
+    spend(budget, 16)?;
     match term.get_type() {
         TermType::Atom => match term.atom_to_string() {
             Ok(name) => ct::write_atom(out, name.as_bytes()),
@@ -48,7 +63,10 @@ pub fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize) -> Result<()> {
             Err(_) => write_etf(term, out),
         },
         TermType::Binary => match term.decode::<Binary>() {
-            Ok(b) => ct::write_binary(out, b.as_slice()),
+            Ok(b) => {
+                spend(budget, b.len())?;
+                ct::write_binary(out, b.as_slice())
+            }
             Err(_) => write_etf(term, out),
         },
         TermType::List => match term.list_length() {
@@ -58,7 +76,7 @@ pub fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize) -> Result<()> {
                     .into_list_iterator()
                     .map_err(|_| Error::InvalidArgument("list"))?;
                 for item in iter {
-                    encode_into(item, out, depth + 1)?;
+                    encode_into(item, out, depth + 1, budget)?;
                 }
             }
             Err(_) => write_etf(term, out), // improper list
@@ -67,7 +85,7 @@ pub fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize) -> Result<()> {
             let items = get_tuple(term).map_err(|_| Error::InvalidArgument("tuple"))?;
             ct::write_header(out, ct::TUPLE, items.len());
             for item in items {
-                encode_into(item, out, depth + 1)?;
+                encode_into(item, out, depth + 1, budget)?;
             }
         }
         TermType::Map => {
@@ -75,8 +93,8 @@ pub fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize) -> Result<()> {
             let mut pairs = Vec::new();
             for (k, v) in iter {
                 let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                encode_into(k, &mut kb, depth + 1)?;
-                encode_into(v, &mut vb, depth + 1)?;
+                encode_into(k, &mut kb, depth + 1, budget)?;
+                encode_into(v, &mut vb, depth + 1, budget)?;
                 pairs.push((kb, vb));
             }
             ct::write_map(out, &mut pairs);

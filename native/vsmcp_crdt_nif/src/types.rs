@@ -190,7 +190,7 @@ fn do_mutate<'a>(
         let mut crdt = state_arg(&kinds_arg(kinds)?, state)?;
         let replica = replica_arg(node)?;
         let mut buf = Vec::new();
-        let m = match op::parse(op, &mut buf) {
+        let m = match op::parse(op, &mut buf, usize::MAX) {
             Ok(m) => m,
             Err(OpError::NotAnOperation) => return Err(Error::UnsupportedOperation),
             Err(OpError::InvalidAmount(n)) => return Ok(Err(n)),

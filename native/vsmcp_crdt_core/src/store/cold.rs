@@ -76,6 +76,9 @@ pub struct ColdTier {
     db: RwLock<Option<DB>>,
     cache_bytes: usize,
     last_recovery: Mutex<Option<Instant>>,
+    /// Pending writes handed over by a closed store and not yet taken by
+    /// a successor (oldest first).
+    orphans: Mutex<HandedOver>,
     path: PathBuf,
     /// Stores that used this handle; a newcomer closes them (flushing their
     /// pending writes) before it proceeds.
@@ -92,8 +95,9 @@ pub trait Owner: Send + Sync {
     /// first) to the successor, without writing them: a successor is never
     /// blocked by its predecessor's disk.
     fn hand_over(&self) -> HandedOver;
-    /// At process exit: the batch operations of every pending write.
-    fn pending_ops_at_exit(&self, ops: &mut Vec<BatchOp>);
+    /// At process exit: the batch operations of every pending write; false
+    /// if some could not be collected (a shard stayed locked).
+    fn pending_ops_at_exit(&self, ops: &mut Vec<BatchOp>) -> bool;
 }
 
 struct DirCleanup(Option<PathBuf>);
@@ -139,12 +143,10 @@ fn storage_err(path: &Path, e: impl std::fmt::Display) -> Error {
 impl ColdTier {
     /// Open (or share) the RocksDB at `path`, creating it when missing.
     /// `ephemeral` directories are removed when the last handle goes.
-    /// Returns the writes a predecessor on the same path handed over.
-    pub fn open(
-        path: &Path,
-        ephemeral: bool,
-        cache_bytes: usize,
-    ) -> Result<(Arc<ColdTier>, HandedOver)> {
+    /// The writes a predecessor on the same path handed over wait in the
+    /// tier ([`ColdTier::take_orphans`]) until a successor has opened
+    /// completely; the exit hook and the tier's last close write them too.
+    pub fn open(path: &Path, ephemeral: bool, cache_bytes: usize) -> Result<Arc<ColdTier>> {
         std::fs::create_dir_all(path).map_err(|e| storage_err(path, e))?;
         let canon = std::fs::canonicalize(path).map_err(|e| storage_err(path, e))?;
         // A handle of this process whose last reference was just dropped is
@@ -159,11 +161,11 @@ impl ColdTier {
                 // be inside its own close, waiting for that lock to release
                 // the handle (which our reference now keeps open).
                 drop(reg);
-                let mut handed = Vec::new();
                 for o in owners.iter().filter_map(Weak::upgrade) {
-                    handed.extend(o.hand_over());
+                    let handed = o.hand_over();
+                    existing.orphans.lock().extend(handed);
                 }
-                return Ok((existing, handed));
+                return Ok(existing);
             }
             let opened = {
                 let _gate = Gate::enter()?;
@@ -175,7 +177,7 @@ impl ColdTier {
                     let tier = Arc::new(tier);
                     reg.retain(|_, w| w.strong_count() > 0);
                     reg.insert(canon, Arc::downgrade(&tier));
-                    return Ok((tier, Vec::new()));
+                    return Ok(tier);
                 }
                 Err(Error::Storage(msg))
                     if msg.contains(HELD_BY_THIS_PROCESS) && Instant::now() < deadline =>
@@ -207,6 +209,7 @@ impl ColdTier {
             db: RwLock::new(Some(db)),
             cache_bytes,
             last_recovery: Mutex::new(None),
+            orphans: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
             owners: Mutex::new(Vec::new()),
             _cleanup: DirCleanup(ephemeral.then(|| path.to_path_buf())),
@@ -258,6 +261,12 @@ impl ColdTier {
             }
             *last = Some(Instant::now());
         }
+        self.reopen_if_room()
+    }
+
+    /// Reopen RocksDB now if the filesystem has room (see
+    /// [`ColdTier::recover_after_write_error`]).
+    pub fn reopen_if_room(&self) -> bool {
         if free_bytes(&self.path).is_none_or(|b| b < RECOVERY_MIN_FREE) {
             return false;
         }
@@ -285,6 +294,18 @@ impl ColdTier {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Take the writes handed over by predecessors (see [`ColdTier::open`]).
+    pub fn take_orphans(&self) -> HandedOver {
+        std::mem::take(&mut *self.orphans.lock())
+    }
+
+    /// The batch operations of the orphaned writes.
+    fn orphan_ops(&self, ops: &mut Vec<BatchOp>) {
+        for (k, p) in self.orphans.lock().iter() {
+            p.write_to(k, ops);
+        }
     }
 
     pub fn add_owner(&self, o: Weak<dyn Owner>) {
@@ -479,6 +500,20 @@ impl ColdTier {
 
 impl Drop for ColdTier {
     fn drop(&mut self) {
+        // Writes handed over to a successor that never opened: last chance.
+        let mut ops = Vec::new();
+        self.orphan_ops(&mut ops);
+        if !ops.is_empty() {
+            if let Ok((_gate, db)) = self.db() {
+                if let Err(e) = self.write_to(&db, &ops) {
+                    eprintln!(
+                        "vsmcp_crdt: {}: writes of {} ids handed over by a closed store were lost: {e}",
+                        self.path.display(),
+                        self.orphans.lock().len()
+                    );
+                }
+            }
+        }
         self.close_db();
     }
 }
@@ -487,24 +522,48 @@ impl Drop for ColdTier {
 /// open directory has pending, then stop RocksDB's background threads.
 /// Runs with the gate closed and drained, so it calls RocksDB directly.
 pub(super) fn write_all_pending_at_exit() {
-    let tiers: Vec<Arc<ColdTier>> = match registry().try_lock_for(Duration::from_secs(1)) {
-        Some(reg) => reg.values().filter_map(Weak::upgrade).collect(),
-        None => return,
+    let Some(reg) = registry().try_lock_for(Duration::from_secs(5)) else {
+        eprintln!("vsmcp_crdt: exit: store registry busy; pending writes not written");
+        return;
     };
+    let tiers: Vec<Arc<ColdTier>> = reg.values().filter_map(Weak::upgrade).collect();
+    drop(reg);
     for tier in tiers {
-        let owners: Vec<_> = match tier.owners.try_lock_for(Duration::from_millis(500)) {
-            Some(o) => o.iter().filter_map(Weak::upgrade).collect(),
-            None => continue,
-        };
         let mut ops = Vec::new();
-        for o in owners {
-            o.pending_ops_at_exit(&mut ops);
+        tier.orphan_ops(&mut ops);
+        match tier.owners.try_lock_for(Duration::from_secs(1)) {
+            Some(o) => {
+                let owners: Vec<_> = o.iter().filter_map(Weak::upgrade).collect();
+                drop(o);
+                for owner in owners {
+                    if !owner.pending_ops_at_exit(&mut ops) {
+                        eprintln!(
+                            "vsmcp_crdt: exit: {}: a busy shard's pending writes were skipped",
+                            tier.path.display()
+                        );
+                    }
+                }
+            }
+            None => eprintln!(
+                "vsmcp_crdt: exit: {}: stores busy; their pending writes were skipped",
+                tier.path.display()
+            ),
         }
-        let Some(guard) = tier.db.try_read_for(Duration::from_millis(500)) else {
+        let Some(guard) = tier.db.try_read_for(Duration::from_secs(1)) else {
+            eprintln!(
+                "vsmcp_crdt: exit: {}: database busy; not written",
+                tier.path.display()
+            );
+            std::mem::forget(tier);
             continue;
         };
         if let Some(db) = guard.as_ref() {
-            let _ = tier.write_to(db, &ops);
+            if let Err(e) = tier.write_to(db, &ops) {
+                eprintln!(
+                    "vsmcp_crdt: exit: {}: pending writes lost: {e}",
+                    tier.path.display()
+                );
+            }
             db.cancel_all_background_work(true);
         }
         // The handle is never closed: leak the tier and its database.

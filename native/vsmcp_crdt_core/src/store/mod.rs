@@ -131,13 +131,21 @@ fn decode_u64(b: &[u8]) -> Option<u64> {
 
 impl Store {
     pub fn open(cfg: StoreConfig) -> Result<Store> {
-        let (cold, handed_over) = ColdTier::open(&cfg.path, cfg.ephemeral, cfg.cache_bytes)?;
+        let cold = ColdTier::open(&cfg.path, cfg.ephemeral, cfg.cache_bytes)?;
         let incarnation = cold
             .get_meta(INCARNATION_KEY)?
             .and_then(|b| decode_u64(&b))
             .unwrap_or(0)
             + 1;
-        cold.put_meta(INCARNATION_KEY, &incarnation.to_be_bytes(), true)?;
+        let bump = || cold.put_meta(INCARNATION_KEY, &incarnation.to_be_bytes(), true);
+        // A predecessor whose log write failed (full disk) left RocksDB
+        // refusing writes: reopen it if room is back.
+        if let Err(e) = bump() {
+            if !cold.reopen_if_room() {
+                return Err(e);
+            }
+            bump()?;
+        }
         cold.put_meta(NODE_KEY, &cfg.node_id, false)?;
         let hlc = cold
             .get_meta(HLC_KEY)?
@@ -157,7 +165,7 @@ impl Store {
             warm: cfg.warm_limit.div_ceil(n),
             threshold: cfg.access_threshold.max(1),
         };
-        let cold_possible = !handed_over.is_empty() || !cold.keys_empty()?;
+        let cold_possible = !cold.keys_empty()?;
         let inner = Arc::new(Inner {
             cold: cold.clone(),
             shards: (0..n).map(|_| ShardLocks::default()).collect(),
@@ -179,7 +187,16 @@ impl Store {
             flush_lock: Mutex::new(()),
             close_lock: Mutex::new(()),
         });
-        // A predecessor's unwritten writes are ours to write now.
+        let handle = spawn_flusher(&inner)?;
+        *inner.flusher.lock() = Some(handle);
+        // Nothing fallible from here: the predecessors' unwritten writes
+        // (kept by the tier until now) become ours.
+        let weak_owner: Weak<dyn Owner> = Arc::downgrade(&inner) as Weak<dyn Owner>;
+        cold.add_owner(weak_owner);
+        let handed_over = cold.take_orphans();
+        if !handed_over.is_empty() {
+            inner.cold_possible.store(true, Ordering::Release);
+        }
         for (id, p) in handed_over {
             let i = inner.shard_index(&id);
             let mut sh = inner.shards[i].state.lock();
@@ -189,10 +206,6 @@ impl Store {
             };
             sh.pending.dirty.insert(id, merged);
         }
-        let weak_owner: Weak<dyn Owner> = Arc::downgrade(&inner) as Weak<dyn Owner>;
-        cold.add_owner(weak_owner);
-        let handle = spawn_flusher(&inner)?;
-        *inner.flusher.lock() = Some(handle);
         Ok(Store(inner))
     }
 
@@ -242,7 +255,7 @@ impl Store {
                 // other writers of this shard out meanwhile.
                 drop(sh);
                 inner.write_strict(id, &[merge_op(id, &meta, &crdt)])?;
-                sh = inner.lock_state(id)?;
+                sh = inner.lock_state_after_write(id);
             }
         }
         inner.insert(&mut sh, id, meta, Body::Hot(crdt), 1);
@@ -318,7 +331,14 @@ impl Store {
             return Err(Error::NotFound);
         }
         let slot = sh.tiers.get(id).ok_or(Error::NotFound)?;
-        let big = slot.size_hint() > INLINE_BYTES;
+        // Judged on the size *after* the mutation (bounded by the size
+        // before plus the payload), so that a reply is never refused once
+        // the state has changed.
+        let payload = match m {
+            Mutation::Add(b) | Mutation::Remove(b) | Mutation::Set(b) => b.len(),
+            _ => 0,
+        };
+        let big = slot.size_hint() + payload + 64 > INLINE_BYTES;
         if inline && big && (linear_reply || matches!(slot.body, Body::Warm(_))) {
             return Err(Error::WouldBlock);
         }
@@ -378,7 +398,7 @@ impl Store {
             Durability::Strict => {
                 drop(sh);
                 inner.write_strict(id, &[merge_op(id, meta, &persisted)])?;
-                sh = inner.lock_state(id)?;
+                sh = inner.lock_state_after_write(id);
             }
         }
         if sh.tiers.contains(id) {
@@ -423,7 +443,7 @@ impl Store {
             Durability::Strict => {
                 drop(sh);
                 inner.write_strict(id, &[BatchOp::Delete(id.into())])?;
-                sh = inner.lock_state(id)?;
+                sh = inner.lock_state_after_write(id);
             }
         }
         if let Some(slot) = sh.tiers.remove(id) {
@@ -531,6 +551,14 @@ impl Inner {
         Ok(sh)
     }
 
+    /// The state lock without the `closed` check, for a call that holds the
+    /// disk lock (finishing a write already in the WAL, or a disk read): a
+    /// close that started meanwhile waits for that disk lock before it
+    /// releases RocksDB, so the call completes.
+    fn lock_state_after_write(&self, id: &[u8]) -> StateGuard<'_> {
+        self.shards[self.shard_index(id)].state.lock()
+    }
+
     /// The disk lock of `id`'s shard for a call that may read the disk
     /// (dirty schedulers only; normal schedulers never take it).
     fn lock_disk_for_read(&self, id: &[u8], access: Access) -> Option<MutexGuard<'_, ()>> {
@@ -587,8 +615,7 @@ impl Inner {
             self.record_write_error(&e);
             return Err(e);
         }
-        let mut sh = self.lock_state(id)?;
-        sh.pending.written += 1;
+        self.lock_state_after_write(id).pending.written += 1;
         Ok(())
     }
 
@@ -636,7 +663,8 @@ impl Inner {
                     }
                     return Err(e);
                 }
-                let (s, present) = inner.locate(id, access)?;
+                let (s, present) =
+                    inner.locate_with(inner.lock_state_after_write(id), id, access)?;
                 sh = s;
                 if !present {
                     return Err(Error::NotFound);
@@ -703,7 +731,16 @@ impl Inner {
     /// without the state lock (the caller holds the disk lock, so no flush
     /// of this shard moves writes out of the pending overlay meanwhile).
     fn locate(&self, id: &[u8], access: Access) -> Result<(StateGuard<'_>, bool)> {
-        let sh = self.lock_state(id)?;
+        self.locate_with(self.lock_state(id)?, id, access)
+    }
+
+    /// [`Inner::locate`] with the state lock already taken.
+    fn locate_with<'a>(
+        &'a self,
+        sh: StateGuard<'a>,
+        id: &[u8],
+        access: Access,
+    ) -> Result<(StateGuard<'a>, bool)> {
         if sh.tiers.contains(id) {
             return Ok((sh, true));
         }
@@ -748,7 +785,7 @@ impl Inner {
             Cached::Found(v) => Some(v),
             Cached::Missing => None,
         };
-        let sh = self.lock_state(id)?;
+        let sh = self.lock_state_after_write(id);
         Ok((sh, base))
     }
 
@@ -968,13 +1005,16 @@ impl Owner for Inner {
         out
     }
 
-    fn pending_ops_at_exit(&self, ops: &mut Vec<BatchOp>) {
+    fn pending_ops_at_exit(&self, ops: &mut Vec<BatchOp>) -> bool {
+        let mut all = true;
         for shard in self.shards.iter() {
-            if let Some(sh) = shard.state.try_lock_for(Duration::from_millis(200)) {
-                sh.pending.ops(ops);
+            match shard.state.try_lock_for(Duration::from_millis(500)) {
+                Some(sh) => sh.pending.ops(ops),
+                None => all = false,
             }
         }
         self.hlc_to_batch(ops);
+        all
     }
 }
 
