@@ -68,8 +68,11 @@ defmodule Vsmcp.CRDT.HostProjectTest do
   #
   #     MIX_ENV=test mix run test/support/host_exit_loop.exs --runs 30 --durability 5
   #
-  # or this test alone: `mix test --only host_exit_loop`. VSMCP_EXIT_LOOP_RUNS
-  # and VSMCP_EXIT_LOOP_DURABILITY change the counts.
+  # or this test alone:
+  #
+  #     MIX_ENV=test mix test --only host_exit_loop test/vsmcp/crdt/host_project_test.exs
+  #
+  # VSMCP_EXIT_LOOP_RUNS and VSMCP_EXIT_LOOP_DURABILITY change the counts.
   @tag :host_exit_loop
   @tag timeout: 1_800_000
   test "the host's suite exits 0 every time with stores open, writing, taken over and killed at " <>
