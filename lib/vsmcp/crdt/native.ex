@@ -103,6 +103,8 @@ defmodule Vsmcp.CRDT.Native do
   @doc false
   def store_registered(_pid), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
+  def store_path_open(_path), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def store_close(_h, _deadline_ms), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_create(_h, _id, _type), do: :erlang.nif_error(:nif_not_loaded)

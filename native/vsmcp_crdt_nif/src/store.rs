@@ -201,6 +201,12 @@ fn store_register(env: Env, h: Handle, owner: LocalPid) -> bool {
     monitored
 }
 
+/// Whether a store of this OS process has the directory `path` open.
+#[rustler::nif]
+fn store_path_open(path: String) -> bool {
+    vsmcp_crdt_core::store::cold::ColdTier::in_use(std::path::Path::new(&path))
+}
+
 /// Whether `pid` owns a registered store.
 #[rustler::nif]
 fn store_registered(pid: LocalPid) -> bool {

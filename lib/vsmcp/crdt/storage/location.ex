@@ -155,13 +155,17 @@ defmodule Vsmcp.CRDT.Storage.Location do
     end
   end
 
-  # Directories of deleted markers. A predecessor still closing may hold one
-  # open: unlinking its files is harmless on POSIX systems.
+  # Directories of deleted markers. One that a store of this OS process
+  # still has open (a predecessor still closing) is left for a later start:
+  # removing it under RocksDB makes its last flush fail, and RocksDB then
+  # pauses every flush of the process for a second.
+  defp open?(dir), do: Vsmcp.CRDT.Native.store_path_open(dir)
+
   defp remove_stale(parent, base) do
     case File.ls(parent) do
       {:ok, names} ->
-        for n <- names, own_data_name?(base, n) do
-          File.rm_rf(Path.join(parent, n))
+        for n <- names, own_data_name?(base, n), dir = Path.join(parent, n), not open?(dir) do
+          File.rm_rf(dir)
         end
 
       _ ->

@@ -190,6 +190,17 @@ impl ColdTier {
         }
     }
 
+    /// Whether a store of this OS process has the directory `path` open.
+    pub fn in_use(path: &Path) -> bool {
+        let Ok(canon) = std::fs::canonicalize(path) else {
+            return false;
+        };
+        registry()
+            .lock()
+            .get(&canon)
+            .is_some_and(|w| w.strong_count() > 0)
+    }
+
     fn open_fresh(path: &Path, ephemeral: bool, cache_bytes: usize) -> Result<ColdTier> {
         let has_current = path.join("CURRENT").exists();
         if !has_current {
