@@ -321,10 +321,14 @@ impl Store {
         f: impl FnOnce(View<'_>) -> R,
     ) -> Result<R> {
         let inner = &self.0;
+        let inline = access == Access::MemoryOnly;
         if let Mutation::Add(b) | Mutation::Remove(b) | Mutation::Set(b) = m {
             inner.check_size(b.len())?;
+            // Copying a large payload into the state and the delta is O(n).
+            if inline && b.len() > INLINE_BYTES {
+                return Err(Error::WouldBlock);
+            }
         }
-        let inline = access == Access::MemoryOnly;
         let _disk = inner.lock_disk_for_write(id, access)?;
         let (mut sh, present) = inner.locate(id, access)?;
         if !present {
@@ -817,8 +821,16 @@ impl Inner {
                 }
             };
         }
-        if access == Access::MemoryOnly && base.as_ref().is_some_and(|b| b.len() > INLINE_BYTES) {
-            return Err(Error::WouldBlock);
+        if access == Access::MemoryOnly {
+            // The joins and the encoding below are O(record + deltas).
+            let deltas: usize = overlays
+                .iter()
+                .filter_map(|p| p.delta.as_ref())
+                .map(Crdt::size_hint)
+                .sum();
+            if base.as_ref().map_or(0, Vec::len) + deltas > INLINE_BYTES {
+                return Err(Error::WouldBlock);
+            }
         }
         let mut rec: Option<Record> = match base {
             Some(b) => Some(Record::decode(&b).map_err(corrupt)?),
@@ -924,14 +936,18 @@ impl Inner {
         let threshold = self.limits.threshold;
         for shard in self.shards.iter() {
             let candidates = shard.state.lock().tiers.decay_candidates(threshold);
-            let mut to_cold = false;
+            // `cold_possible` is set before the shard lock is released: a
+            // miss on this shard must look on disk from then on.
             for (k, gen) in candidates {
-                to_cold |= shard.state.lock().tiers.decay_one(k, gen);
+                let mut sh = shard.state.lock();
+                if sh.tiers.decay_one(k, gen) {
+                    self.cold_possible.store(true, Ordering::Release);
+                }
             }
             // Items demoted from hot may overfill warm (its used items
             // stay): restore the limits (evicting warm items is O(1) each).
-            to_cold |= shard.state.lock().tiers.enforce_limits(&[], self.limits);
-            if to_cold {
+            let mut sh = shard.state.lock();
+            if sh.tiers.enforce_limits(&[], self.limits) {
                 self.cold_possible.store(true, Ordering::Release);
             }
         }
