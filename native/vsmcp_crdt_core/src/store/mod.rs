@@ -42,6 +42,7 @@ pub use crate::crdt::Mutation;
 use crate::crdt::{Crdt, Kind, Op};
 use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
+use crate::lww::{LwwEntry, LwwRegister};
 use cold::{BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use record::{decode_parts, encode_parts, Meta, Record};
@@ -50,8 +51,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tiers::{decode_stored, Body, Limits, Tiers};
-use write_behind::PendingWrites;
+use tiers::{decode_stored, drop_in_background, Body, Limits, Tiers};
+use write_behind::{write_group, PendingWrites};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -258,11 +259,14 @@ impl Store {
                 sh = inner.lock_state_after_write(id);
             }
         }
-        inner.insert(&mut sh, id, meta, Body::Hot(crdt), 1);
+        inner.insert(&mut sh, id, meta, Body::Hot(Arc::new(crdt)), 1);
         Ok(())
     }
 
-    /// Call `f` with the state of `id`.
+    /// Call `f` with the state of `id`. On a dirty scheduler, a large item
+    /// is decoded and `f` runs without the shard lock, on a snapshot (see
+    /// `tiers`): normal-scheduler calls on the shard never wait for O(n)
+    /// work.
     pub fn read<R>(&self, id: &[u8], access: Access, f: impl FnOnce(View<'_>) -> R) -> Result<R> {
         let inner = &self.0;
         let _disk = inner.lock_disk_for_read(id, access);
@@ -271,27 +275,55 @@ impl Store {
             return Err(Error::NotFound);
         }
         let inline = access == Access::MemoryOnly;
-        if sh.tiers.touch(id, inline, inner.limits)? {
+        let touched = sh.tiers.touch(id, inner.limits)?;
+        if touched.to_cold {
             inner.cold_possible.store(true, Ordering::Release);
         }
         let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
         let version = slot.version;
+        let big = slot.size_hint() > INLINE_BYTES;
         match &slot.body {
-            Body::Hot(c) => Ok(f(View {
+            Body::Hot(c) if inline || !big => Ok(f(View {
                 crdt: c,
                 version,
                 ext: Some(&mut slot.ext),
             })),
-            Body::Warm(bytes) => {
-                if inline && bytes.len() > INLINE_BYTES {
-                    return Err(Error::WouldBlock);
-                }
+            Body::Hot(c) => {
+                let c = Arc::clone(c);
+                let mut ext = slot.ext.take();
+                drop(sh);
+                let r = f(View {
+                    crdt: &c,
+                    version,
+                    ext: Some(&mut ext),
+                });
+                drop(c);
+                inner.restore_ext(id, version, ext);
+                Ok(r)
+            }
+            Body::Warm(_) if inline && big => Err(Error::WouldBlock),
+            Body::Warm(bytes) if !big => {
                 let c = decode_stored(bytes)?;
                 Ok(f(View {
                     crdt: &c,
                     version,
                     ext: None,
                 }))
+            }
+            Body::Warm(bytes) => {
+                let bytes = Arc::clone(bytes);
+                drop(sh);
+                let c = decode_stored(&bytes)?;
+                drop(bytes);
+                let r = f(View {
+                    crdt: &c,
+                    version,
+                    ext: None,
+                });
+                if touched.promote {
+                    inner.promote(id, version, c);
+                }
+                Ok(r)
             }
         }
     }
@@ -321,16 +353,15 @@ impl Store {
         f: impl FnOnce(View<'_>) -> R,
     ) -> Result<R> {
         let inner = &self.0;
+        let inline = access == Access::MemoryOnly;
         if let Mutation::Add(b) | Mutation::Remove(b) | Mutation::Set(b) = m {
             inner.check_size(b.len())?;
+            // Copying a large payload into the state and the delta is O(n).
+            if inline && b.len() > INLINE_BYTES {
+                return Err(Error::WouldBlock);
+            }
         }
-        let inline = access == Access::MemoryOnly;
         let _disk = inner.lock_disk_for_write(id, access)?;
-        let (mut sh, present) = inner.locate(id, access)?;
-        if !present {
-            return Err(Error::NotFound);
-        }
-        let slot = sh.tiers.get(id).ok_or(Error::NotFound)?;
         // Judged on the size *after* the mutation (bounded by the size
         // before plus the payload), so that a reply is never refused once
         // the state has changed.
@@ -338,11 +369,36 @@ impl Store {
             Mutation::Add(b) | Mutation::Remove(b) | Mutation::Set(b) => b.len(),
             _ => 0,
         };
-        let big = slot.size_hint() + payload + 64 > INLINE_BYTES;
-        if inline && big && (linear_reply || matches!(slot.body, Body::Warm(_))) {
-            return Err(Error::WouldBlock);
-        }
-        if sh.tiers.touch(id, inline, inner.limits)? {
+        let mut promotions = 0;
+        let mut sh = loop {
+            let (sh, present) = inner.locate(id, access)?;
+            if !present {
+                return Err(Error::NotFound);
+            }
+            let slot = sh.tiers.get(id).ok_or(Error::NotFound)?;
+            let big = slot.size_hint() + payload + 64 > INLINE_BYTES;
+            // A register's write replaces (and frees) its whole value.
+            let replaces = slot.meta.kind == Kind::LwwRegister;
+            if inline && big && (linear_reply || replaces || matches!(slot.body, Body::Warm(_))) {
+                return Err(Error::WouldBlock);
+            }
+            // A large warm item written on a dirty scheduler is decoded once,
+            // without the shard lock, and made hot: the write (and the next
+            // ones) then change it in place instead of decoding and
+            // re-encoding all of it under the lock.
+            match &slot.body {
+                Body::Warm(bytes) if big && promotions < 3 => {
+                    promotions += 1;
+                    let (bytes, version) = (Arc::clone(bytes), slot.version);
+                    drop(sh);
+                    let c = decode_stored(&bytes)?;
+                    drop(bytes);
+                    inner.promote(id, version, c);
+                }
+                _ => break sh,
+            }
+        };
+        if sh.tiers.touch(id, inner.limits)?.to_cold {
             inner.cold_possible.store(true, Ordering::Release);
         }
         let kind = sh.tiers.get(id).ok_or(Error::NotFound)?.meta.kind;
@@ -352,12 +408,35 @@ impl Store {
         }
         let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
         let version = slot.version;
+        let unlocked = linear_reply && !inline && slot.size_hint() > INLINE_BYTES;
         Ok(match &slot.body {
+            Body::Hot(c) if unlocked => {
+                let c = Arc::clone(c);
+                let mut ext = slot.ext.take();
+                drop(sh);
+                let r = f(View {
+                    crdt: &c,
+                    version,
+                    ext: Some(&mut ext),
+                });
+                drop(c);
+                inner.restore_ext(id, version, ext);
+                r
+            }
             Body::Hot(c) => f(View {
                 crdt: c,
                 version,
                 ext: Some(&mut slot.ext),
             }),
+            Body::Warm(b) if unlocked => {
+                let b = Arc::clone(b);
+                drop(sh);
+                f(View {
+                    crdt: &decode_stored(&b)?,
+                    version,
+                    ext: None,
+                })
+            }
             Body::Warm(b) => f(View {
                 crdt: &decode_stored(b)?,
                 version,
@@ -404,7 +483,7 @@ impl Store {
         if sh.tiers.contains(id) {
             inner.join_in_memory(&mut sh, id, meta, other)?;
         } else if !present {
-            inner.insert(&mut sh, id, meta.clone(), Body::Hot(persisted), 1);
+            inner.insert(&mut sh, id, meta.clone(), Body::Hot(Arc::new(persisted)), 1);
         }
         // Present before but gone now: it left memory after the write,
         // which the next load reads.
@@ -423,8 +502,11 @@ impl Store {
             return Err(Error::NotFound);
         }
         let (sh, base) = inner.read_base(sh, id, access)?;
-        match inner.assemble(&sh, id, access, base)? {
-            Some((meta, _)) => Ok((meta, Tier::Cold)),
+        if let Some(slot) = sh.tiers.get(id) {
+            return Ok((slot.meta.clone(), slot.tier()));
+        }
+        match inner.assemble_meta(&sh, id, base)? {
+            Some(meta) => Ok((meta, Tier::Cold)),
             None => Err(Error::NotFound),
         }
     }
@@ -641,7 +723,12 @@ impl Inner {
             other => other,
         };
         match inner.cfg.durability {
-            Durability::Relaxed => inner.apply_relaxed(&mut sh, id, op)?,
+            Durability::Relaxed => match op {
+                Op::Set(v, ts) if access == Access::MayBlock && inner.large(&sh, id, v.len()) => {
+                    sh = inner.set_large(sh, id, v, ts)?;
+                }
+                op => inner.apply_relaxed(&mut sh, id, op, access)?,
+            },
             Durability::Strict => {
                 let (delta, meta) = {
                     let slot = sh.tiers.get(id).ok_or(Error::NotFound)?;
@@ -675,9 +762,11 @@ impl Inner {
             }
         }
         if let Some(slot) = sh.tiers.get(id) {
-            if let Body::Hot(Crdt::LwwRegister(r)) = &slot.body {
-                if let Some(ts) = r.timestamp() {
-                    inner.clock.lock().observe(ts);
+            if let Body::Hot(c) = &slot.body {
+                if let Crdt::LwwRegister(r) = &**c {
+                    if let Some(ts) = r.timestamp() {
+                        inner.clock.lock().observe(ts);
+                    }
                 }
             }
         }
@@ -686,18 +775,28 @@ impl Inner {
 
     /// Relaxed: apply `op` in memory and join its delta into the pending
     /// delta group. Nothing can fail after the state changed.
-    fn apply_relaxed(&self, sh: &mut Shard, id: &[u8], op: Op<'_>) -> Result<()> {
+    fn apply_relaxed(&self, sh: &mut Shard, id: &[u8], op: Op<'_>, access: Access) -> Result<()> {
         let Shard { tiers, pending } = sh;
         let slot = tiers.get_mut(id).ok_or(Error::NotFound)?;
         let kind = slot.meta.kind;
+        if let Body::Hot(c) = &slot.body {
+            // A dirty call is reading a snapshot of it: changing it now
+            // would copy all of it.
+            if access == Access::MemoryOnly && Arc::strong_count(c) > 1 {
+                return Err(Error::WouldBlock);
+            }
+        }
         let p = pending.entry(id);
-        let acc = p.delta.get_or_insert_with(|| Crdt::empty_delta(kind));
+        let acc = Arc::make_mut(
+            p.delta
+                .get_or_insert_with(|| Arc::new(Crdt::empty_delta(kind))),
+        );
         match &mut slot.body {
-            Body::Hot(c) => c.mutate_join(&self.replica, op, acc)?,
+            Body::Hot(c) => Arc::make_mut(c).mutate_join(&self.replica, op, acc)?,
             Body::Warm(bytes) => {
                 let mut c = decode_stored(bytes)?;
                 c.mutate_join(&self.replica, op, acc)?;
-                *bytes = c.encode().into_boxed_slice();
+                *bytes = c.encode().into();
             }
         }
         slot.meta.updated_at = now_ms();
@@ -709,15 +808,83 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether `id` (present) with `payload` more bytes is over `INLINE_BYTES`.
+    fn large(&self, sh: &Shard, id: &[u8], payload: usize) -> bool {
+        sh.tiers
+            .get(id)
+            .is_some_and(|slot| slot.size_hint() + payload > INLINE_BYTES)
+    }
+
+    /// Relaxed write of a large register value on a dirty scheduler: the new
+    /// state is built (the value copied) without the shard lock and then
+    /// installed in O(1), shared with the pending delta group, which it
+    /// replaces (a local write is newer than all this replica has seen, so
+    /// the join of both is the new state). The replaced values are freed in
+    /// the background. Falls back to [`Inner::apply_relaxed`] when `id`
+    /// changed meanwhile.
+    fn set_large<'a>(
+        &'a self,
+        sh: StateGuard<'a>,
+        id: &[u8],
+        v: &[u8],
+        ts: Timestamp,
+    ) -> Result<StateGuard<'a>> {
+        let slot = sh.tiers.get(id).ok_or(Error::NotFound)?;
+        let (current, version) = match &slot.body {
+            Body::Hot(c) => match &**c {
+                Crdt::LwwRegister(r) => (r.timestamp(), slot.version),
+                _ => return Err(Error::UnsupportedOperation),
+            },
+            Body::Warm(_) => {
+                let mut sh = sh;
+                self.apply_relaxed(&mut sh, id, Op::Set(v, ts), Access::MayBlock)?;
+                return Ok(sh);
+            }
+        };
+        drop(sh);
+        let entry_ts = match current {
+            Some(cur) if cur >= ts => cur.successor(),
+            _ => ts,
+        };
+        let new = Arc::new(Crdt::LwwRegister(LwwRegister::from_entry(Some(LwwEntry {
+            ts: entry_ts,
+            replica: self.replica.clone(),
+            value: v.into(),
+        }))));
+        let (mut sh, present) =
+            self.locate_with(self.lock_state_after_write(id), id, Access::MayBlock)?;
+        if !present {
+            return Err(Error::NotFound);
+        }
+        let Shard { tiers, pending } = &mut *sh;
+        let slot = tiers.get_mut(id).ok_or(Error::NotFound)?;
+        if slot.version != version || !matches!(slot.body, Body::Hot(_)) {
+            drop_in_background(new);
+            self.apply_relaxed(&mut sh, id, Op::Set(v, ts), Access::MayBlock)?;
+            return Ok(sh);
+        }
+        let old = std::mem::replace(&mut slot.body, Body::Hot(Arc::clone(&new)));
+        slot.meta.updated_at = now_ms();
+        slot.changed();
+        let p = pending.entry(id);
+        let old_delta = p.delta.replace(new);
+        match &mut p.meta {
+            Some(m) => m.join(&slot.meta),
+            None => p.meta = Some(slot.meta.clone()),
+        }
+        drop_in_background((old, old_delta));
+        Ok(sh)
+    }
+
     /// Join `other` into the in-memory state of `id` (present).
     fn join_in_memory(&self, sh: &mut Shard, id: &[u8], meta: &Meta, other: &Crdt) -> Result<()> {
         let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
         match &mut slot.body {
-            Body::Hot(c) => c.join(other)?,
+            Body::Hot(c) => Arc::make_mut(c).join(other)?,
             Body::Warm(bytes) => {
                 let mut c = decode_stored(bytes)?;
                 c.join(other)?;
-                *bytes = c.encode().into_boxed_slice();
+                *bytes = c.encode().into();
             }
         }
         slot.meta.join(meta);
@@ -734,31 +901,57 @@ impl Inner {
         self.locate_with(self.lock_state(id)?, id, access)
     }
 
-    /// [`Inner::locate`] with the state lock already taken.
+    /// [`Inner::locate`] with the state lock already taken. On a dirty
+    /// scheduler a large record is assembled (decoded, its pending deltas
+    /// joined, encoded) without the state lock; it is kept only if nothing
+    /// of `id` changed meanwhile, else the load starts again (and after a
+    /// few tries assembles under the lock).
     fn locate_with<'a>(
         &'a self,
-        sh: StateGuard<'a>,
+        mut sh: StateGuard<'a>,
         id: &[u8],
         access: Access,
     ) -> Result<(StateGuard<'a>, bool)> {
-        if sh.tiers.contains(id) {
-            return Ok((sh, true));
-        }
-        if !self.cold_possible.load(Ordering::Acquire) {
-            return Ok((sh, false));
-        }
-        let (mut sh, base) = self.read_base(sh, id, access)?;
-        // Loaded by a normal-scheduler call while the lock was released
-        // for the disk read: that copy is current.
-        if sh.tiers.contains(id) {
-            return Ok((sh, true));
-        }
-        match self.assemble(&sh, id, access, base)? {
-            None => Ok((sh, false)),
-            Some((meta, bytes)) => {
-                self.insert(&mut sh, id, meta, Body::Warm(bytes), 0);
-                Ok((sh, true))
+        let mut attempt = 0;
+        loop {
+            if sh.tiers.contains(id) {
+                return Ok((sh, true));
             }
+            if !self.cold_possible.load(Ordering::Acquire) {
+                return Ok((sh, false));
+            }
+            let (s, base) = self.read_base(sh, id, access)?;
+            sh = s;
+            // Loaded by a normal-scheduler call while the lock was released
+            // for the disk read: that copy is current.
+            if sh.tiers.contains(id) {
+                return Ok((sh, true));
+            }
+            attempt += 1;
+            let size = base.as_ref().map_or(0, Vec::len) + deltas_size(sh.pending.overlays(id));
+            let assembled = if access == Access::MayBlock && size > INLINE_BYTES && attempt <= 3 {
+                let stamp = sh.pending.stamp(id);
+                // Cheap: the deltas are shared, not copied.
+                let overlays: Vec<Pending> = sh.pending.overlays(id).cloned().collect();
+                drop(sh);
+                let assembled = self.assemble_from(access, base, overlays.iter())?;
+                drop(overlays);
+                sh = self.lock_state_after_write(id);
+                if sh.tiers.contains(id) || sh.pending.stamp(id) != stamp {
+                    drop_in_background(assembled);
+                    continue;
+                }
+                assembled
+            } else {
+                self.assemble_from(access, base, sh.pending.overlays(id))?
+            };
+            return match assembled {
+                None => Ok((sh, false)),
+                Some((meta, bytes)) => {
+                    self.insert(&mut sh, id, meta, Body::Warm(bytes), 0);
+                    Ok((sh, true))
+                }
+            };
         }
     }
 
@@ -789,39 +982,44 @@ impl Inner {
         Ok((sh, base))
     }
 
-    /// Lay the pending writes of `id` over its RocksDB record `base`:
-    /// metadata and encoded state, or `None` when absent. Decoding and
-    /// re-encoding a large record is refused on a normal scheduler.
-    fn assemble(
+    fn corrupt(&self, e: Error) -> Error {
+        Error::Storage(format!(
+            "{}: corrupt record: {e}",
+            self.cold.path().display()
+        ))
+    }
+
+    /// Lay pending writes (`overlays` of an id, oldest first) over its
+    /// RocksDB record `base`: metadata and encoded state, or `None` when
+    /// absent. Decoding and re-encoding a large record is refused on a
+    /// normal scheduler.
+    fn assemble_from<'p>(
         &self,
-        sh: &Shard,
-        id: &[u8],
         access: Access,
         base: Option<Vec<u8>>,
-    ) -> Result<Option<(Meta, Box<[u8]>)>> {
-        let corrupt = |e: Error| {
-            Error::Storage(format!(
-                "{}: corrupt record: {e}",
-                self.cold.path().display()
-            ))
-        };
-        let overlays: Vec<&Pending> = sh.pending.overlays(id).collect();
+        overlays: impl IntoIterator<Item = &'p Pending>,
+    ) -> Result<Option<(Meta, Arc<[u8]>)>> {
+        let overlays: Vec<&Pending> = overlays.into_iter().collect();
         let reset = overlays.iter().any(|p| p.reset);
         let base = if reset { None } else { base };
         if overlays.iter().all(|p| p.delta.is_none()) {
             return match base {
                 None => Ok(None),
                 Some(b) => {
-                    let (meta, crdt) = decode_parts(&b).map_err(corrupt)?;
+                    let (meta, crdt) = decode_parts(&b).map_err(|e| self.corrupt(e))?;
                     Ok(Some((meta, crdt.into())))
                 }
             };
         }
-        if access == Access::MemoryOnly && base.as_ref().is_some_and(|b| b.len() > INLINE_BYTES) {
-            return Err(Error::WouldBlock);
+        if access == Access::MemoryOnly {
+            // The joins and the encoding below are O(record + deltas).
+            let size = base.as_ref().map_or(0, Vec::len) + deltas_size(overlays.iter().copied());
+            if size > INLINE_BYTES {
+                return Err(Error::WouldBlock);
+            }
         }
         let mut rec: Option<Record> = match base {
-            Some(b) => Some(Record::decode(&b).map_err(corrupt)?),
+            Some(b) => Some(Record::decode(&b).map_err(|e| self.corrupt(e))?),
             None => None,
         };
         for p in overlays {
@@ -840,7 +1038,58 @@ impl Inner {
                 r.meta.join(meta);
             }
         }
-        Ok(rec.map(|r| (r.meta, r.crdt.encode().into_boxed_slice())))
+        Ok(rec.map(|r| (r.meta, r.crdt.encode().into())))
+    }
+
+    /// The metadata [`Inner::assemble_from`] would give, without decoding
+    /// any state (O(1)).
+    fn assemble_meta(&self, sh: &Shard, id: &[u8], base: Option<Vec<u8>>) -> Result<Option<Meta>> {
+        let mut meta: Option<Meta> = None;
+        let overlays: Vec<&Pending> = sh.pending.overlays(id).collect();
+        if !overlays.iter().any(|p| p.reset) {
+            if let Some(b) = base {
+                meta = Some(decode_parts(&b).map_err(|e| self.corrupt(e))?.0);
+            }
+        }
+        for p in overlays {
+            if p.reset {
+                meta = None;
+            }
+            if let (Some(m), Some(_)) = (&p.meta, &p.delta) {
+                match &mut meta {
+                    Some(have) if have.kind != m.kind => return Err(Error::TypeMismatch),
+                    Some(have) => have.join(m),
+                    None => meta = Some(m.clone()),
+                }
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Keep the NIF's `ext` (taken out of the slot for work without the
+    /// lock) if the slot still holds the state it was built from.
+    fn restore_ext(&self, id: &[u8], version: u64, ext: tiers::Ext) {
+        if ext.is_none() {
+            return;
+        }
+        let mut sh = self.lock_state_after_write(id);
+        if let Some(slot) = sh.tiers.get_mut(id) {
+            if slot.version == version && slot.ext.is_none() && matches!(slot.body, Body::Hot(_)) {
+                slot.ext = ext;
+                return;
+            }
+        }
+        drop(sh);
+        drop_in_background(ext);
+    }
+
+    /// Install `crdt`, decoded without the lock from warm `id` at
+    /// `version`, as hot (if it is still warm at that version).
+    fn promote(&self, id: &[u8], version: u64, crdt: Crdt) {
+        let mut sh = self.lock_state_after_write(id);
+        if sh.tiers.promote(id, version, crdt, self.limits) {
+            self.cold_possible.store(true, Ordering::Release);
+        }
     }
 
     /// Add the HLC high-water mark to `ops` if it moved; true if it did.
@@ -862,9 +1111,15 @@ impl Inner {
         // The disk locks of every shard (in order), so that no cold load
         // reads the disk while writes move from the overlay to RocksDB.
         let _disks: Vec<_> = self.shards.iter().map(|s| s.disk.lock()).collect();
+        // Taken under each shard lock in O(1); encoded without it.
+        let groups: Vec<_> = self
+            .shards
+            .iter()
+            .map(|s| s.state.lock().pending.begin_flush())
+            .collect();
         let mut ops = Vec::new();
-        for shard in self.shards.iter() {
-            shard.state.lock().pending.begin_flush(&mut ops);
+        for g in groups.iter().flatten() {
+            write_group(g, &mut ops);
         }
         let hlc_changed = self.hlc_to_batch(&mut ops);
         if ops.is_empty() {
@@ -884,9 +1139,17 @@ impl Inner {
                 }
             }
         }
+        // On failure `end_flush` takes the groups back (unshared); on
+        // success they are freed after it, without the lock.
+        let mut groups = Some(groups);
+        if !ok {
+            groups = None;
+        }
         for shard in self.shards.iter() {
             shard.state.lock().pending.end_flush(ok);
         }
+        drop(groups);
+        drop(ops);
         if !ok {
             // The batch stays pending; once RocksDB accepts writes again
             // the next flush writes it.
@@ -924,14 +1187,18 @@ impl Inner {
         let threshold = self.limits.threshold;
         for shard in self.shards.iter() {
             let candidates = shard.state.lock().tiers.decay_candidates(threshold);
-            let mut to_cold = false;
+            // `cold_possible` is set before the shard lock is released: a
+            // miss on this shard must look on disk from then on.
             for (k, gen) in candidates {
-                to_cold |= shard.state.lock().tiers.decay_one(k, gen);
+                let mut sh = shard.state.lock();
+                if sh.tiers.decay_one(k, gen) {
+                    self.cold_possible.store(true, Ordering::Release);
+                }
             }
             // Items demoted from hot may overfill warm (its used items
             // stay): restore the limits (evicting warm items is O(1) each).
-            to_cold |= shard.state.lock().tiers.enforce_limits(&[], self.limits);
-            if to_cold {
+            let mut sh = shard.state.lock();
+            if sh.tiers.enforce_limits(&[], self.limits) {
                 self.cold_possible.store(true, Ordering::Release);
             }
         }
@@ -1046,4 +1313,13 @@ fn spawn_flusher(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
             let _ = inner.flush();
         })
         .map_err(|e| Error::Storage(format!("cannot spawn the flush thread: {e}")))
+}
+
+/// Estimated bytes of the pending deltas among `overlays`.
+fn deltas_size<'p>(overlays: impl IntoIterator<Item = &'p Pending>) -> usize {
+    overlays
+        .into_iter()
+        .filter_map(|p| p.delta.as_deref())
+        .map(Crdt::size_hint)
+        .sum()
 }

@@ -15,6 +15,13 @@
 //! Every slot carries a `version`, bumped on every change of its state, and
 //! an `ext` slot the NIF layer may use to cache a built value; both go when
 //! the item leaves the hot tier.
+//!
+//! Bodies are reference-counted, so that a dirty-scheduler call can do O(n)
+//! work on a large item (decode it, build its value) on a snapshot, without
+//! the shard lock that normal schedulers take. A hot state is mutated in
+//! place only while no such snapshot exists (`Arc::get_mut`); a normal
+//! scheduler that finds one answers `Error::WouldBlock`, and the retry waits
+//! for the snapshot's owner (both hold the shard's disk lock).
 
 use super::config::INLINE_BYTES;
 use super::record::Meta;
@@ -23,10 +30,11 @@ use crate::error::{Error, Result};
 use hashbrown::HashMap;
 use std::any::Any;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 pub(super) enum Body {
-    Hot(Crdt),
-    Warm(Box<[u8]>),
+    Hot(Arc<Crdt>),
+    Warm(Arc<[u8]>),
 }
 
 /// Where an id currently lives.
@@ -183,26 +191,60 @@ impl Tiers {
         Some(slot)
     }
 
-    /// Count an access; promote a warm item that reached the threshold.
-    /// A large warm item is promoted only where O(n) work is allowed.
-    pub(super) fn touch(&mut self, id: &[u8], inline: bool, limits: Limits) -> Result<bool> {
+    /// Count an access; promote a small warm item that reached the
+    /// threshold. A large one is never decoded here (under the shard lock):
+    /// `Touched::promote` says it is due, for a dirty-scheduler caller to
+    /// decode it without the lock and install it with [`Tiers::promote`].
+    pub(super) fn touch(&mut self, id: &[u8], limits: Limits) -> Result<Touched> {
         let gen = self.next_gen + 1;
         let slot = self.map.get_mut(id).ok_or(Error::NotFound)?;
         slot.accesses = slot.accesses.saturating_add(1);
         slot.referenced = true;
         let Body::Warm(bytes) = &slot.body else {
-            return Ok(false);
+            return Ok(Touched::default());
         };
-        if slot.accesses < limits.threshold || (inline && bytes.len() > INLINE_BYTES) {
-            return Ok(false);
+        if slot.accesses < limits.threshold {
+            return Ok(Touched::default());
         }
-        slot.body = Body::Hot(decode_stored(bytes)?);
+        if bytes.len() > INLINE_BYTES {
+            return Ok(Touched {
+                to_cold: false,
+                promote: true,
+            });
+        }
+        slot.body = Body::Hot(Arc::new(decode_stored(bytes)?));
         slot.gen = gen;
         self.next_gen = gen;
         self.hot_q.push_back((id.into(), gen));
         self.hot_len += 1;
         self.warm_len -= 1;
-        Ok(self.enforce_limits(id, limits))
+        Ok(Touched {
+            to_cold: self.enforce_limits(id, limits),
+            promote: false,
+        })
+    }
+
+    /// Make warm `id` hot with `crdt`, decoded from its bytes without the
+    /// lock, if it is still warm at `version` (else `crdt` is freed in the
+    /// background). True if an item left memory to make room.
+    pub(super) fn promote(&mut self, id: &[u8], version: u64, crdt: Crdt, limits: Limits) -> bool {
+        let gen = self.next_gen + 1;
+        let Some(slot) = self
+            .map
+            .get_mut(id)
+            .filter(|s| s.version == version && matches!(s.body, Body::Warm(_)))
+        else {
+            drop_in_background(crdt);
+            return false;
+        };
+        let old = std::mem::replace(&mut slot.body, Body::Hot(Arc::new(crdt)));
+        slot.gen = gen;
+        self.next_gen = gen;
+        self.hot_q.push_back((id.into(), gen));
+        self.hot_len += 1;
+        self.warm_len -= 1;
+        drop_in_background(old);
+        self.enforce_limits(id, limits)
     }
 
     /// Demote one hot item: encode it into the warm tier, or, when too
@@ -223,7 +265,7 @@ impl Tiers {
             }
             return true;
         }
-        slot.body = Body::Warm(c.encode().into_boxed_slice());
+        slot.body = Body::Warm(c.encode().into());
         slot.gen = gen;
         self.next_gen = gen;
         self.warm_q.push_back((k, gen));
@@ -275,7 +317,9 @@ impl Tiers {
                 continue;
             }
             // Its state is in RocksDB or in this shard's pending writes.
-            self.map.remove(&k);
+            if let Some(slot) = self.map.remove(&k) {
+                discard(slot);
+            }
             self.warm_len -= 1;
             to_cold = true;
         }
@@ -315,7 +359,9 @@ impl Tiers {
         match slot.body {
             Body::Hot(_) => self.demote(k),
             Body::Warm(_) => {
-                self.map.remove(&k);
+                if let Some(slot) = self.map.remove(&k) {
+                    discard(slot);
+                }
                 self.warm_len -= 1;
                 true
             }
@@ -336,6 +382,22 @@ impl Tiers {
                     .is_some_and(|s| s.gen == *g && matches!(s.body, Body::Warm(_)))
             });
         }
+    }
+}
+
+/// What [`Tiers::touch`] found.
+#[derive(Default)]
+pub(super) struct Touched {
+    /// An item left memory to make room.
+    pub(super) to_cold: bool,
+    /// A large warm item reached the access threshold.
+    pub(super) promote: bool,
+}
+
+/// Drop a slot that left memory; a large one on a background thread.
+pub(super) fn discard(slot: Slot) {
+    if slot.size_hint() > INLINE_BYTES {
+        drop_in_background(slot);
     }
 }
 

@@ -11,16 +11,22 @@
 //! whether a flush moved something out of the overlay meanwhile.
 
 use super::cold::BatchOp;
+use super::config::INLINE_BYTES;
 use super::record::{encode_parts, Meta};
 use crate::crdt::Crdt;
 use hashbrown::HashMap;
+use std::sync::Arc;
 
 /// Writes of one id not yet in RocksDB: an optional delete, then a delta.
-#[derive(Default)]
+/// The delta is shared (copied on write), so that a dirty-scheduler load of
+/// a large item can lay it over the record without the shard lock.
+#[derive(Default, Clone)]
 pub struct Pending {
     pub(super) reset: bool,
     pub(super) meta: Option<Meta>,
-    pub(super) delta: Option<Crdt>,
+    pub(super) delta: Option<Arc<Crdt>>,
+    /// Stamp of the last change (see [`PendingWrites::stamp`]).
+    pub(super) seq: u64,
 }
 
 impl Pending {
@@ -38,11 +44,11 @@ impl Pending {
         }
         match &mut self.delta {
             Some(d) => {
-                if d.join(delta).is_err() {
-                    *d = delta.clone();
+                if Arc::make_mut(d).join(delta).is_err() {
+                    *d = Arc::new(delta.clone());
                 }
             }
-            None => self.delta = Some(delta.clone()),
+            None => self.delta = Some(Arc::new(delta.clone())),
         }
     }
 
@@ -71,21 +77,40 @@ impl Pending {
     }
 }
 
+type Group = HashMap<Box<[u8]>, Pending>;
+
 /// One shard's writes not yet in RocksDB.
 #[derive(Default)]
 pub(super) struct PendingWrites {
-    pub(super) dirty: HashMap<Box<[u8]>, Pending>,
-    /// Taken from `dirty` by a flush whose batch is not yet written.
-    pub(super) inflight: HashMap<Box<[u8]>, Pending>,
+    pub(super) dirty: Group,
+    /// Taken from `dirty` by a flush whose batch is not yet written; shared
+    /// with the flush thread, which encodes it without the shard lock.
+    pub(super) inflight: Arc<Group>,
     /// Successful RocksDB writes of this shard's ids so far.
     pub(super) written: u64,
+    /// Changes so far (stamps of `Pending::seq`).
+    changes: u64,
 }
 
 impl PendingWrites {
     /// The pending writes of `id`, created empty when missing (without
-    /// allocating a key when present).
+    /// allocating a key when present), stamped as changed.
     pub(super) fn entry(&mut self, id: &[u8]) -> &mut Pending {
-        self.dirty.entry_ref(id).or_default()
+        self.changes += 1;
+        let seq = self.changes;
+        let p = self.dirty.entry_ref(id).or_default();
+        p.seq = seq;
+        p
+    }
+
+    /// Identifies the pending writes of `id` as they are now: equal stamps
+    /// mean nothing of `id` changed in between (a flush of this shard, the
+    /// other way they change, needs the shard's disk lock).
+    pub(super) fn stamp(&self, id: &[u8]) -> (Option<u64>, Option<u64>) {
+        (
+            self.inflight.get(id).map(|p| p.seq),
+            self.dirty.get(id).map(|p| p.seq),
+        )
     }
 
     /// Record `delta` of `id` (with its metadata) in the delta group.
@@ -93,9 +118,24 @@ impl PendingWrites {
         self.entry(id).add(meta, delta);
     }
 
-    /// Record a delete of `id`: replaces whatever was pending.
+    /// Record a delete of `id`: replaces whatever was pending (a large
+    /// delta group is freed in the background).
     pub(super) fn delete(&mut self, id: &[u8]) {
-        *self.entry(id) = Pending::reset();
+        let p = self.entry(id);
+        let old = std::mem::replace(
+            p,
+            Pending {
+                seq: p.seq,
+                ..Pending::reset()
+            },
+        );
+        if old
+            .delta
+            .as_deref()
+            .is_some_and(|d| d.size_hint() > INLINE_BYTES)
+        {
+            super::tiers::drop_in_background(old);
+        }
     }
 
     /// The pending layers of `id`, oldest first.
@@ -109,29 +149,30 @@ impl PendingWrites {
         self.dirty.len() + self.inflight.len()
     }
 
-    /// Start a flush: move `dirty` to `inflight` and add its operations.
-    pub(super) fn begin_flush(&mut self, ops: &mut Vec<BatchOp>) {
+    /// Start a flush: move `dirty` to `inflight` (O(1)) and return it, for
+    /// the caller to encode with [`write_group`] *without* the shard lock,
+    /// and to drop only after [`PendingWrites::end_flush`] (so that a large
+    /// group is freed outside the lock too).
+    pub(super) fn begin_flush(&mut self) -> Option<Arc<Group>> {
         if self.dirty.is_empty() {
-            return;
+            return None;
         }
-        let taken = std::mem::take(&mut self.dirty);
-        for (k, p) in &taken {
-            p.write_to(k, ops);
-        }
-        self.inflight = taken;
+        self.inflight = Arc::new(std::mem::take(&mut self.dirty));
+        Some(Arc::clone(&self.inflight))
     }
 
     /// End a flush: on success the inflight writes are on disk; on failure
-    /// they go back before the newer ones.
+    /// they go back before the newer ones (the caller dropped its share).
     pub(super) fn end_flush(&mut self, ok: bool) {
         if ok {
             if !self.inflight.is_empty() {
-                self.inflight.clear();
+                self.inflight = Arc::default();
                 self.written += 1;
             }
             return;
         }
         let inflight = std::mem::take(&mut self.inflight);
+        let inflight = Arc::try_unwrap(inflight).unwrap_or_else(|shared| (*shared).clone());
         for (k, older) in inflight {
             let merged = match self.dirty.remove(&k) {
                 Some(newer) => older.then(newer),
@@ -152,5 +193,13 @@ impl PendingWrites {
         for (k, p) in self.inflight.iter().chain(self.dirty.iter()) {
             p.write_to(k, ops);
         }
+    }
+}
+
+/// The batch operations that persist a group taken by
+/// [`PendingWrites::begin_flush`].
+pub(super) fn write_group(group: &Group, ops: &mut Vec<BatchOp>) {
+    for (k, p) in group {
+        p.write_to(k, ops);
     }
 }
