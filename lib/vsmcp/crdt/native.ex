@@ -140,6 +140,8 @@ defmodule Vsmcp.CRDT.Native do
   def store_stats(_h), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_fail_writes(_h, _on), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def store_probe_take, do: :erlang.nif_error(:nif_not_loaded)
 
   # --- end of store -----------------------------------------------------------
 end

@@ -223,6 +223,12 @@ impl Crdt {
         })
     }
 
+    /// Whether one more element would reallocate a large table (see
+    /// [`ORSet::insert_would_regrow`]); counters and registers never do.
+    pub fn insert_would_regrow(&self) -> bool {
+        matches!(self, Crdt::ORSet(s) if s.insert_would_regrow())
+    }
+
     /// O(1) estimate of the encoded size in bytes (see [`ORSet::size_hint`]).
     pub fn size_hint(&self) -> usize {
         match self {

@@ -163,10 +163,19 @@ macro_rules! twin {
     ($plain:ident, $dirty:ident, $imp:ident, ($($arg:ident),*)) => {
         #[rustler::nif]
         fn $plain<'a>(env: Env<'a>, store: Term<'a>, $($arg: Term<'a>),*) -> Term<'a> {
-            match resolve(store) {
+            #[cfg(feature = "fault-injection")]
+            let probe = crate::probe::Probe::start();
+            let r = match resolve(store) {
                 Ok(h) => $imp(env, &h, $($arg,)* Access::MemoryOnly),
                 Err(reason) => (error(), reason).encode(env),
-            }
+            };
+            #[cfg(feature = "fault-injection")]
+            probe.finish(stringify!($plain), || {
+                let mut d = String::new();
+                $(d.push_str(&format!("{:.200?} ", $arg));)*
+                d
+            });
+            r
         }
 
         #[rustler::nif(schedule = "DirtyIo")]
@@ -408,7 +417,7 @@ fn store_decay<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
     }
 }
 
-#[rustler::nif]
+#[rustler::nif(schedule = "DirtyCpu")]
 fn store_stats<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
     let h = match resolve(store) {
         Ok(h) => h,
@@ -445,4 +454,26 @@ fn store_stats<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
 fn store_fail_writes(h: Handle, on: bool) -> Atom {
     h.store.set_fail_writes(on);
     ok()
+}
+
+/// Test-only: the worst normal-scheduler store NIF calls since the last
+/// call (see `probe`), as a map of `{microseconds, nif}` pairs.
+#[cfg(feature = "fault-injection")]
+#[rustler::nif]
+fn store_probe_take(env: Env) -> Term {
+    let w = crate::probe::take();
+    let over: Vec<(u64, &str, &str)> = w
+        .over
+        .iter()
+        .map(|(c, n, a)| (*c, *n, a.as_str()))
+        .collect();
+    let pairs: [(&str, Term); 6] = [
+        ("over", over.encode(env)),
+        ("calls", w.calls.encode(env)),
+        ("wall", (w.wall.0, w.wall.1, w.wall.2).encode(env)),
+        ("cpu", (w.cpu.0, w.cpu.1, w.cpu.2.as_str()).encode(env)),
+        ("blocked", (w.blocked.0, w.blocked.1).encode(env)),
+        ("preempted", (w.preempted.0, w.preempted.1).encode(env)),
+    ];
+    atom_map(env, &pairs)
 }

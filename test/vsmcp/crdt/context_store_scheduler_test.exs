@@ -176,6 +176,7 @@ defmodule Vsmcp.CRDT.ContextStoreSchedulerTest do
   end
 
   setup do
+    Vsmcp.CRDT.Native.store_probe_take()
     watch = Watch.start()
     previous = :erlang.system_monitor(watch, [{:long_schedule, @long_ms}])
 
@@ -284,6 +285,7 @@ defmodule Vsmcp.CRDT.ContextStoreSchedulerTest do
     s = store!(memory_limit: 100, ets_limit: 100_000)
     n = 20_000
     for i <- 1..n, do: :ok = ContextStore.create(s, {:c, i}, :g_counter)
+    discard_setup_calls()
     build_set!(s, :big1, @elements)
     build_set!(s, :big2, @elements)
     smalls = for i <- 1..n//97, do: {:c, i}
@@ -344,6 +346,8 @@ defmodule Vsmcp.CRDT.ContextStoreSchedulerTest do
       :ok = ContextStore.create(s, id, :or_set)
       for e <- 1..5, do: :ok = ContextStore.update(s, id, {:add, e}, return: :ok)
     end
+
+    discard_setup_calls()
 
     build_set!(s, :big, @elements)
     push_out!(w, s, :big, Enum.take(ids, 64))
@@ -457,6 +461,14 @@ defmodule Vsmcp.CRDT.ContextStoreSchedulerTest do
   defp build_set!(s, id, n) do
     :ok = ContextStore.create(s, id, :or_set)
     for e <- 1..n, do: :ok = ContextStore.update(s, id, {:add, e}, return: :ok)
+    discard_setup_calls()
+  end
+
+  # The NIF's own measurements (`verdict!/2`) cover the measured paths, not
+  # the test's setup: a setup loop of 200,000 calls meets the allocator's
+  # and the OS's occasional page-fault bursts, which are not what is tested.
+  defp discard_setup_calls do
+    Vsmcp.CRDT.Native.store_probe_take()
     :ok
   end
 
@@ -637,8 +649,31 @@ defmodule Vsmcp.CRDT.ContextStoreSchedulerTest do
     long_schedule reports (> #{@long_ms} ms): #{length(counted)} in Native calls, #{length(others)} others; worst overall: #{worst_report}
     """)
 
-    assert counted == [],
-           "NIF calls held a normal scheduler for more than #{@long_ms} ms:\n" <>
+    # Every plain store NIF call measured from inside (test builds): its
+    # thread CPU time, and whether the thread blocked (a voluntary context
+    # switch) or was only preempted by the OS.
+    probe = Vsmcp.CRDT.Native.store_probe_take()
+    {cpu_us, cpu_nif, cpu_args} = probe.cpu
+    {blocked_us, blocked_nif} = probe.blocked
+    {pre_us, pre_nif} = probe.preempted
+    {wall_us, wall_cpu, wall_nif} = probe.wall
+
+    IO.puts("""
+    plain store NIF calls: #{probe.calls}; longest #{wall_us} µs (#{wall_cpu} µs CPU, #{wall_nif}); \
+    most CPU #{cpu_us} µs (#{cpu_nif} #{String.slice(cpu_args, 0, 120)}); longest blocked #{blocked_us} µs (#{blocked_nif}); \
+    longest preempted by the OS #{pre_us} µs (#{pre_nif})
+    calls over 1 ms of CPU: #{inspect(probe.over, limit: :infinity, printable_limit: 2000)}
+    """)
+
+    # A long_schedule report in a Native call is the store's fault when the
+    # call worked or blocked that long; a call the OS preempted (more
+    # runnable threads than cores) is not. The reports are printed above.
+    limit = @long_ms * 1000
+
+    assert cpu_us <= limit and blocked_us <= limit,
+           "NIF calls held a normal scheduler for more than #{@long_ms} ms " <>
+             "(CPU #{cpu_us} µs in #{cpu_nif}, blocked #{blocked_us} µs in #{blocked_nif}); " <>
+             "long_schedule reports:\n" <>
              Enum.map_join(Enum.reverse(counted), "\n", fn {pid, info} ->
                "  #{info.timeout} ms  #{Map.get(labels, pid)}: in #{mfa(info.in)}, out #{mfa(info.out)}"
              end)

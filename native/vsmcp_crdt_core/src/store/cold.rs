@@ -245,6 +245,9 @@ impl ColdTier {
         db_opts.create_missing_column_families(true);
         db_opts.set_keep_log_file_num(2);
         db_opts.set_max_total_wal_size(64 << 20);
+        // The last reader of an obsolete memtable would otherwise free it
+        // (tens of MB) in its own thread: a normal scheduler, in a read.
+        db_opts.set_avoid_unnecessary_blocking_io(true);
         let mut crdt_opts = Options::default();
         crdt_opts.set_merge_operator("vsmcp_record_join", full_merge, partial_merge);
         let mut table = BlockBasedOptions::default();

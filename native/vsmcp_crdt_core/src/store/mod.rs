@@ -240,7 +240,7 @@ impl Store {
         if present {
             return Err(Error::AlreadyExists);
         }
-        inner.check_writable()?;
+        inner.check_writable_at(&sh, id, access)?;
         let now = now_ms();
         let meta = Meta {
             kind,
@@ -382,6 +382,15 @@ impl Store {
             if inline && big && (linear_reply || replaces || matches!(slot.body, Body::Warm(_))) {
                 return Err(Error::WouldBlock);
             }
+            // An add (or a remove-wins remove token) may grow a large set's
+            // tables: that one write rehashes them all.
+            if inline && matches!(m, Mutation::Add(_) | Mutation::Remove(_)) {
+                if let Body::Hot(c) = &slot.body {
+                    if c.insert_would_regrow() {
+                        return Err(Error::WouldBlock);
+                    }
+                }
+            }
             // A large warm item written on a dirty scheduler is decoded once,
             // without the shard lock, and made hot: the write (and the next
             // ones) then change it in place instead of decoding and
@@ -462,7 +471,7 @@ impl Store {
                 return Err(Error::WouldBlock);
             }
         }
-        inner.check_writable()?;
+        inner.check_writable_at(&sh, id, access)?;
         // A new id is persisted as its joined state: a delta alone is no
         // record.
         let persisted = if present {
@@ -494,7 +503,7 @@ impl Store {
     pub fn metadata(&self, id: &[u8], access: Access) -> Result<(Meta, Tier)> {
         let inner = &self.0;
         let _disk = inner.lock_disk_for_read(id, access);
-        let sh = inner.lock_state(id)?;
+        let sh = inner.lock_state(id, access)?;
         if let Some(slot) = sh.tiers.get(id) {
             return Ok((slot.meta.clone(), slot.tier()));
         }
@@ -519,7 +528,7 @@ impl Store {
         if !present {
             return Err(Error::NotFound);
         }
-        inner.check_writable()?;
+        inner.check_writable_at(&sh, id, access)?;
         match inner.cfg.durability {
             Durability::Relaxed => sh.pending.delete(id),
             Durability::Strict => {
@@ -618,13 +627,45 @@ fn merge_op(id: &[u8], meta: &Meta, crdt: &Crdt) -> BatchOp {
 
 type StateGuard<'a> = MutexGuard<'a, Shard>;
 
+/// How long a normal-scheduler call spins for a busy shard before it
+/// hands the call to a dirty scheduler.
+const INLINE_LOCK_WAIT: Duration = Duration::from_micros(20);
+
+/// Take `lock` by spinning (never parking the scheduler thread: a parked
+/// thread wakes only when the OS runs it again), or `Error::WouldBlock`.
+fn spin_lock(lock: &Mutex<Shard>) -> Result<StateGuard<'_>> {
+    if let Some(g) = lock.try_lock() {
+        return Ok(g);
+    }
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+        if let Some(g) = lock.try_lock() {
+            return Ok(g);
+        }
+        if start.elapsed() > INLINE_LOCK_WAIT {
+            return Err(Error::WouldBlock);
+        }
+    }
+}
+
 impl Inner {
     fn shard_index(&self, id: &[u8]) -> usize {
         (self.hasher.hash_one(id) as usize) & (self.shards.len() - 1)
     }
 
-    fn lock_state(&self, id: &[u8]) -> Result<StateGuard<'_>> {
-        let sh = self.shards[self.shard_index(id)].state.lock();
+    /// The state lock of `id`'s shard. A normal scheduler never waits for
+    /// it: the holder may be a thread the OS has descheduled (on a busy
+    /// machine, for a whole 4 ms tick), so after a short spin the call
+    /// answers `Error::WouldBlock` and is repeated on a dirty scheduler.
+    fn lock_state(&self, id: &[u8], access: Access) -> Result<StateGuard<'_>> {
+        let lock = &self.shards[self.shard_index(id)].state;
+        let sh = match access {
+            Access::MemoryOnly => spin_lock(lock)?,
+            Access::MayBlock => lock.lock(),
+        };
         // Checked under the shard lock: a close that flushes this shard
         // afterwards sees every write that passed this check.
         if self.closed.load(Ordering::Acquire) {
@@ -676,6 +717,19 @@ impl Inner {
         Ok(())
     }
 
+    /// [`Inner::check_writable`], and on a normal scheduler, room in the
+    /// pending map without a rehash.
+    fn check_writable_at(&self, sh: &Shard, id: &[u8], access: Access) -> Result<()> {
+        self.check_writable()?;
+        if access == Access::MemoryOnly
+            && self.cfg.durability == Durability::Relaxed
+            && sh.pending.insert_would_regrow(id)
+        {
+            return Err(Error::WouldBlock);
+        }
+        Ok(())
+    }
+
     fn check_writable(&self) -> Result<()> {
         self.injected_fault()?;
         if !self.has_write_error.load(Ordering::Acquire) {
@@ -717,7 +771,7 @@ impl Inner {
         access: Access,
     ) -> Result<StateGuard<'a>> {
         let inner = self;
-        inner.check_writable()?;
+        inner.check_writable_at(&sh, id, access)?;
         let op = match op {
             Op::Set(v, _) => Op::Set(v, inner.clock.lock().tick(now_ms())),
             other => other,
@@ -898,7 +952,7 @@ impl Inner {
     /// without the state lock (the caller holds the disk lock, so no flush
     /// of this shard moves writes out of the pending overlay meanwhile).
     fn locate(&self, id: &[u8], access: Access) -> Result<(StateGuard<'_>, bool)> {
-        self.locate_with(self.lock_state(id)?, id, access)
+        self.locate_with(self.lock_state(id, access)?, id, access)
     }
 
     /// [`Inner::locate`] with the state lock already taken. On a dirty
@@ -916,6 +970,10 @@ impl Inner {
         loop {
             if sh.tiers.contains(id) {
                 return Ok((sh, true));
+            }
+            // `id` may be inserted next (loaded or created).
+            if access == Access::MemoryOnly && sh.tiers.insert_would_regrow() {
+                return Err(Error::WouldBlock);
             }
             if !self.cold_possible.load(Ordering::Acquire) {
                 return Ok((sh, false));

@@ -104,6 +104,15 @@ impl Default for Tiers {
     }
 }
 
+impl Tiers {
+    /// Whether inserting one more id would rehash a large map: amortized
+    /// O(1), but that one insert is O(n), so it is done on a dirty
+    /// scheduler (see `Crdt::insert_would_regrow`).
+    pub(super) fn insert_would_regrow(&self) -> bool {
+        self.map.len() >= 4096 && self.map.len() == self.map.capacity()
+    }
+}
+
 /// Limits of one shard.
 #[derive(Clone, Copy)]
 pub(super) struct Limits {

@@ -113,6 +113,13 @@ impl PendingWrites {
         )
     }
 
+    /// Whether a first write of `id` in this flush window would rehash a
+    /// large pending map (O(n) once; done on a dirty scheduler).
+    pub(super) fn insert_would_regrow(&self, id: &[u8]) -> bool {
+        let d = &self.dirty;
+        d.len() >= 4096 && d.len() == d.capacity() && !d.contains_key(id)
+    }
+
     /// Record `delta` of `id` (with its metadata) in the delta group.
     pub(super) fn add(&mut self, id: &[u8], meta: &Meta, delta: &Crdt) {
         self.entry(id).add(meta, delta);
