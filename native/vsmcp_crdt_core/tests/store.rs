@@ -464,15 +464,7 @@ fn large_items_are_not_worked_on_inline() {
     c.warm_limit = 10;
     let s = Store::open(c).unwrap();
     s.create(b"big", Kind::ORSet, Access::MemoryOnly).unwrap();
-    for i in 0u32..20_000 {
-        s.update(
-            b"big",
-            Mutation::Add(&i.to_be_bytes()),
-            Access::MemoryOnly,
-            |_| (),
-        )
-        .unwrap();
-    }
+    add_many(&s, b"big", 20_000);
     // Replying with the value is O(n): refused inline, before the add.
     assert_eq!(
         s.update_with(
@@ -516,19 +508,25 @@ fn decay_sends_large_items_cold_and_keeps_values() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(cfg(dir.path())).unwrap();
     s.create(b"big", Kind::ORSet, Access::MemoryOnly).unwrap();
-    for i in 0u32..20_000 {
-        s.update(
-            b"big",
-            Mutation::Add(&i.to_be_bytes()),
-            Access::MemoryOnly,
-            |_| (),
-        )
-        .unwrap();
-    }
+    add_many(&s, b"big", 20_000);
     // 20,000 accesses halve to below the threshold, then it goes.
     for _ in 0..20 {
         s.decay();
     }
     assert_eq!(s.metadata(b"big", Access::MayBlock).unwrap().1, Tier::Cold);
     assert_eq!(set_len(&s, b"big"), 20_000);
+}
+
+/// Add `n` elements as the NIF does: on a normal scheduler, repeated on a
+/// dirty one when the store answers `WouldBlock` (a table about to grow).
+fn add_many(s: &Store, id: &[u8], n: u32) {
+    for i in 0..n {
+        let e = i.to_be_bytes();
+        match s.update(id, Mutation::Add(&e), Access::MemoryOnly, |_| ()) {
+            Err(Error::WouldBlock) => s
+                .update(id, Mutation::Add(&e), Access::MayBlock, |_| ())
+                .unwrap(),
+            other => other.unwrap(),
+        }
+    }
 }
