@@ -110,8 +110,7 @@ fn data_survives_restart_and_restart_loads_nothing() {
     assert_eq!(st.incarnation, 2);
     // A normal-scheduler call may serve a cold id from RocksDB's memtable or
     // block cache, but never blocks: it answers Some or asks for the disk.
-    let _ = s
-        .read(&3u32.to_be_bytes(), Access::MemoryOnly, |_| ())
+    s.read(&3u32.to_be_bytes(), Access::MemoryOnly, |_| ())
         .unwrap();
     for i in 0..500u32 {
         assert_eq!(counter(&s, &i.to_be_bytes()), i as i128 + 1);

@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+/// The pending writes a predecessor on the same path handed over, per id.
+pub type HandedOver = Vec<(Box<[u8]>, Pending)>;
+
 pub const CF_CRDT: &str = "crdt";
 pub const CF_META: &str = "meta";
 /// Written once at creation; its absence marks a foreign RocksDB.
@@ -123,7 +126,7 @@ impl ColdTier {
         path: &Path,
         ephemeral: bool,
         cache_bytes: usize,
-    ) -> Result<(Arc<ColdTier>, Vec<(Box<[u8]>, Pending)>)> {
+    ) -> Result<(Arc<ColdTier>, HandedOver)> {
         std::fs::create_dir_all(path).map_err(|e| storage_err(path, e))?;
         let canon = std::fs::canonicalize(path).map_err(|e| storage_err(path, e))?;
         // A handle of this process whose last reference was just dropped is
@@ -307,7 +310,7 @@ impl ColdTier {
     }
 
     fn write_to(&self, db: &DB, ops: &[BatchOp]) -> Result<()> {
-        let (crdt, meta) = (self.cf(&db, CF_CRDT)?, self.cf(&db, CF_META)?);
+        let (crdt, meta) = (self.cf(db, CF_CRDT)?, self.cf(db, CF_META)?);
         let mut batch = WriteBatch::default();
         for op in ops {
             match op {
