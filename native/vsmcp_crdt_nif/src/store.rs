@@ -24,6 +24,7 @@
 use crate::errors::{error, error_term, ok};
 use crate::op::{self, OpError};
 use crate::term::{self as tc, Trust};
+use crate::set_cache;
 use crate::value::{kind_atom, value_term};
 use parking_lot::RwLock;
 use rustler::types::map::map_new;
@@ -34,7 +35,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use vsmcp_crdt_core::crdt::{Crdt, Kind};
 use vsmcp_crdt_core::error::Error;
-use vsmcp_crdt_core::store::{Access, Durability, Store, StoreConfig, Tier};
+use vsmcp_crdt_core::store::{Access, Durability, Mutation, Store, StoreConfig, Tier};
 
 rustler::atoms! {
     dirty,
@@ -238,7 +239,7 @@ twin!(store_create, store_create_dirty, create_impl, (id, kind));
 
 fn get_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
     let inline = a == Access::MemoryOnly;
-    let r = id_bytes(id).and_then(|id| h.store.read(&id, a, |v| value_term(env, &v, inline)));
+    let r = id_bytes(id).and_then(|id| h.store.read(&id, a, |v| value_term(env, v, None, inline)));
     reply(env, r.and_then(|t| t))
 }
 twin!(store_get, store_get_dirty, get_impl, (id));
@@ -285,11 +286,20 @@ fn update_impl<'a>(
         Err(OpError::InvalidAmount(n)) => return (error(), (invalid_amount(), n)).encode(env),
         Err(OpError::Term(e)) => return error_term(env, &e),
     };
-    let inline = a == Access::MemoryOnly;
+    let edited = match m {
+        Mutation::Add(e) | Mutation::Remove(e) => Some(e),
+        _ => None,
+    };
+    // The core refuses (`:dirty`) a value reply too large for this
+    // scheduler before mutating; once mutated, the reply is built here
+    // whatever it costs (answering `:dirty` now would repeat the mutation).
     let r = h.store.update_with(&id, m, a, want_value, |v| {
         if want_value {
-            value_term(env, &v, inline)
+            value_term(env, v, edited, false)
         } else {
+            if let (Crdt::ORSet(_), Some(ext)) = (v.crdt, v.ext) {
+                set_cache::note_update(v.version, ext, edited);
+            }
             Ok(ok().encode(env))
         }
     });
@@ -419,4 +429,29 @@ fn store_stats<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
 fn store_fail_writes(h: Handle, on: bool) -> Atom {
     h.store.set_fail_writes(on);
     ok()
+}
+
+/// Test-only: the cached value of a hot set `id` (see `set_cache`):
+/// `{:ok, nil}` or `{:ok, %{len: keys, pending: n, edits: n}}`. Reading it
+/// counts as an access.
+#[cfg(feature = "fault-injection")]
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_value_cache<'a>(env: Env<'a>, store: Term<'a>, id: Term<'a>) -> Term<'a> {
+    let h = match resolve(store) {
+        Ok(h) => h,
+        Err(reason) => return (error(), reason).encode(env),
+    };
+    let r = id_bytes(id).and_then(|id| {
+        h.store.read(&id, Access::MayBlock, |v| {
+            v.ext.and_then(|e| set_cache::describe(e)).map(|(len, pending, edits)| {
+                let pairs: [(&str, Term<'a>); 3] = [
+                    ("len", len.encode(env)),
+                    ("pending", pending.encode(env)),
+                    ("edits", edits.encode(env)),
+                ];
+                atom_map(env, &pairs)
+            })
+        })
+    });
+    reply(env, r.map(|c| (ok(), c.unwrap_or_else(|| nil().encode(env))).encode(env)))
 }

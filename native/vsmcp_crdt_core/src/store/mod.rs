@@ -34,7 +34,7 @@ mod tiers;
 mod write_behind;
 
 pub use config::{Access, Durability, StoreConfig, INLINE_BYTES};
-pub use tiers::{Ext, Tier};
+pub use tiers::{drop_in_background, Ext, Tier};
 pub use write_behind::Pending;
 
 use crate::causal::ReplicaId;
