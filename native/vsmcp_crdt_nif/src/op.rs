@@ -35,7 +35,8 @@ pub fn amount(t: Term) -> Option<i128> {
     t.decode::<u64>().ok().map(i128::from)
 }
 
-/// Parse `op`. Payloads are encoded into `buf`, which the result borrows.
+/// Parse `op`. Payloads are encoded into `buf` (cleared first), which the
+/// result borrows.
 pub fn parse<'a, 'b>(op: Term<'a>, buf: &'b mut Vec<u8>) -> Result<Mutation<'b>, OpError<'a>> {
     let Ok((tag, arg)) = op.decode::<(Atom, Term)>() else {
         return Err(OpError::NotAnOperation);
@@ -51,7 +52,8 @@ pub fn parse<'a, 'b>(op: Term<'a>, buf: &'b mut Vec<u8>) -> Result<Mutation<'b>,
     if tag != add() && tag != remove() && tag != set() {
         return Err(OpError::NotAnOperation);
     }
-    *buf = tc::encode(arg).map_err(OpError::Term)?;
+    buf.clear();
+    tc::encode_into(arg, buf, 0).map_err(OpError::Term)?;
     let b: &'b [u8] = buf.as_slice();
     Ok(if tag == add() {
         Mutation::Add(b)

@@ -239,7 +239,10 @@ twin!(store_create, store_create_dirty, create_impl, (id, kind));
 
 fn get_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
     let inline = a == Access::MemoryOnly;
-    let r = id_bytes(id).and_then(|id| h.store.read(&id, a, |v| value_term(env, v, None, inline)));
+    let r = tc::with_scratch(|id_buf, _| {
+        tc::encode_into(id, id_buf, 0)?;
+        h.store.read(id_buf, a, |v| value_term(env, v, None, inline))
+    });
     reply(env, r.and_then(|t| t))
 }
 twin!(store_get, store_get_dirty, get_impl, (id));
@@ -274,15 +277,30 @@ fn update_impl<'a>(
     want_value: Term<'a>,
     a: Access,
 ) -> Term<'a> {
+    tc::with_scratch(|id_buf, op_buf| {
+        update_in(env, h, id, op, want_value, a, id_buf, op_buf)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn update_in<'a>(
+    env: Env<'a>,
+    h: &Handle,
+    id: Term<'a>,
+    op: Term<'a>,
+    want_value: Term<'a>,
+    a: Access,
+    id_buf: &mut Vec<u8>,
+    op_buf: &mut Vec<u8>,
+) -> Term<'a> {
     let want_value = want_value.decode::<bool>().unwrap_or(true);
-    let id = match id_bytes(id) {
-        Ok(id) => id,
-        Err(e) => return error_term(env, &e),
-    };
-    let mut buf = Vec::new();
-    let m = match op::parse(op, &mut buf) {
+    if let Err(e) = tc::encode_into(id, id_buf, 0) {
+        return error_term(env, &e);
+    }
+    let id: &[u8] = id_buf;
+    let m = match op::parse(op, op_buf) {
         Ok(m) => m,
-        Err(OpError::NotAnOperation) => return unsupported(env, h, &id, op, a),
+        Err(OpError::NotAnOperation) => return unsupported(env, h, id, op, a),
         Err(OpError::InvalidAmount(n)) => return (error(), (invalid_amount(), n)).encode(env),
         Err(OpError::Term(e)) => return error_term(env, &e),
     };
@@ -293,7 +311,7 @@ fn update_impl<'a>(
     // The core refuses (`:dirty`) a value reply too large for this
     // scheduler before mutating; once mutated, the reply is built here
     // whatever it costs (answering `:dirty` now would repeat the mutation).
-    let r = h.store.update_with(&id, m, a, want_value, |v| {
+    let r = h.store.update_with(id, m, a, want_value, |v| {
         if want_value {
             value_term(env, v, edited, false)
         } else {
@@ -304,7 +322,7 @@ fn update_impl<'a>(
         }
     });
     match r.and_then(|t| t) {
-        Err(Error::UnsupportedOperation) => unsupported(env, h, &id, op, a),
+        Err(Error::UnsupportedOperation) => unsupported(env, h, id, op, a),
         Err(Error::Overflow) => match op::amount_term(op) {
             Some(n) => (error(), (invalid_amount(), n)).encode(env),
             None => error_term(env, &Error::Overflow),

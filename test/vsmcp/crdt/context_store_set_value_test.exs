@@ -271,6 +271,24 @@ defmodule Vsmcp.CRDT.ContextStoreSetValueTest do
     end
   end
 
+  test "atoms of any alphabet are ids and elements, each distinct", %{store: store} do
+    # ASCII names are read without allocating; the rest as before.
+    atoms = [:ascii, :"with space", :ünïcödé, :日本, :ü, :u]
+
+    for a <- atoms do
+      :ok = ContextStore.create(store, a, :or_set)
+      for e <- atoms, do: {:ok, _} = ContextStore.add(store, a, e)
+    end
+
+    for a <- atoms do
+      assert {:ok, v} = ContextStore.get(store, a)
+      assert v == MapSet.new(atoms)
+      for e <- atoms, do: assert({:ok, true} = ContextStore.member?(store, a, e))
+    end
+
+    assert Enum.sort(ContextStore.list_crdts(store)) == Enum.sort(atoms)
+  end
+
   defp small_store(dir, name, threshold) do
     start_store!(
       node_id: :sv2,

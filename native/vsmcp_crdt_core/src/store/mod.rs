@@ -322,10 +322,10 @@ impl Store {
         if inline && big && (linear_reply || matches!(slot.body, Body::Warm(_))) {
             return Err(Error::WouldBlock);
         }
+        let kind = slot.meta.kind;
         if sh.tiers.touch(id, inline, inner.limits)? {
             inner.cold_possible.store(true, Ordering::Release);
         }
-        let kind = sh.tiers.get(id).ok_or(Error::NotFound)?.meta.kind;
         // `None`: a no-op (e.g. increment of a G-Counter by n <= 0).
         if let Some(op) = m.fit(kind)? {
             sh = inner.mutate(sh, id, op, access)?;
@@ -605,12 +605,16 @@ impl Inner {
     ) -> Result<StateGuard<'a>> {
         let inner = self;
         inner.check_writable()?;
-        let op = match op {
-            Op::Set(v, _) => Op::Set(v, inner.clock.lock().tick(now_ms())),
-            other => other,
+        let now = now_ms();
+        let (op, ticked) = match op {
+            Op::Set(v, _) => {
+                let ts = inner.clock.lock().tick(now);
+                (Op::Set(v, ts), Some(ts))
+            }
+            other => (other, None),
         };
         match inner.cfg.durability {
-            Durability::Relaxed => inner.apply_relaxed(&mut sh, id, op)?,
+            Durability::Relaxed => inner.apply_relaxed(&mut sh, id, op, now)?,
             Durability::Strict => {
                 let (delta, meta) = {
                     let slot = sh.tiers.get(id).ok_or(Error::NotFound)?;
@@ -619,7 +623,7 @@ impl Inner {
                         Body::Warm(b) => decode_stored(b)?.delta_of(&inner.replica, op)?,
                     };
                     let mut meta = slot.meta.clone();
-                    meta.updated_at = now_ms();
+                    meta.updated_at = now;
                     (delta, meta)
                 };
                 drop(sh);
@@ -641,10 +645,15 @@ impl Inner {
                 inner.join_in_memory(&mut sh, id, &meta, &delta)?;
             }
         }
-        if let Some(slot) = sh.tiers.get(id) {
-            if let Body::Hot(Crdt::LwwRegister(r)) = &slot.body {
-                if let Some(ts) = r.timestamp() {
-                    inner.clock.lock().observe(ts);
+        // A register keeps a newer timestamp than the one just issued (a
+        // peer's): the clock moves past it. (The clock is already at or past
+        // the issued one, so an older or equal timestamp changes nothing.)
+        if let Some(issued) = ticked {
+            if let Some(slot) = sh.tiers.get(id) {
+                if let Body::Hot(Crdt::LwwRegister(r)) = &slot.body {
+                    if let Some(ts) = r.timestamp().filter(|ts| *ts > issued) {
+                        inner.clock.lock().observe(ts);
+                    }
                 }
             }
         }
@@ -653,7 +662,7 @@ impl Inner {
 
     /// Relaxed: apply `op` in memory and join its delta into the pending
     /// delta group. Nothing can fail after the state changed.
-    fn apply_relaxed(&self, sh: &mut Shard, id: &[u8], op: Op<'_>) -> Result<()> {
+    fn apply_relaxed(&self, sh: &mut Shard, id: &[u8], op: Op<'_>, now: u64) -> Result<()> {
         let Shard { tiers, pending } = sh;
         let slot = tiers.get_mut(id).ok_or(Error::NotFound)?;
         let kind = slot.meta.kind;
@@ -667,7 +676,7 @@ impl Inner {
                 *bytes = c.encode().into_boxed_slice();
             }
         }
-        slot.meta.updated_at = now_ms();
+        slot.meta.updated_at = now;
         slot.changed();
         match &mut p.meta {
             Some(m) => m.join(&slot.meta),
