@@ -21,18 +21,29 @@
 //! equal terms, an element that no longer decodes) drops the cache: such a
 //! set is built per call, as it was before this cache.
 //!
-//! **Cost.** An edit is a decode and a HAMT path copy (O(log n)); a reply
-//! copies the map into the caller's heap (`enif_make_copy`, O(size), about
-//! 10x cheaper per element than building it). Each edit leaves the map's old
-//! path behind in the environment (it is never garbage collected), so after
-//! `len / 16 + 8` edits the live map is copied into a fresh environment and
-//! the old one freed: the garbage stays around the size of the map itself,
-//! and compaction costs about one extra copy per `len / 16` edits.
+//! **Cost** (measured with small-integer elements, see
+//! `bench/RESULTS-store.md`). Building costs 0.25-0.5 µs per element; an
+//! edit is a decode and a HAMT path copy (about 1 µs); a reply copies the
+//! map into the caller's heap (`enif_make_copy`): 11-14 ns per element up
+//! to ~10,000 elements, ~50 ns at 200,000 (no longer in cache), which is
+//! what sending the same `MapSet` to another process costs.
 //!
-//! **Memory.** About the size of the map on the process heap (measured in
-//! `bench/RESULTS-store.md`), up to twice that with garbage before
-//! compaction, plus the pending element bytes (at most `len / 16 + 64`;
-//! beyond that the cache is dropped, as a rebuild is then cheaper).
+//! **Memory.** The map itself: 3.75 words (30 bytes) per element plus the
+//! elements' own heap size, and about 1.2 KiB per cache (measured 30-31
+//! bytes per small-integer element from 2,000 elements up, 42 at 100).
+//! Each edit leaves the map's old path behind (the environment is never
+//! garbage collected; ~780 bytes per edit at 200,000 elements), so once
+//! edits exceed `len / 32 + 8` the live map is copied into a fresh
+//! environment and the old one freed: garbage stays below the map's size
+//! (~0.8x at 200,000 elements, ~0.5x at 5,000), for one extra copy per
+//! `len / 32` edits. Pending elements hold their encoded
+//! bytes; past `len / 16 + 64` of them the cache is dropped (bounding that
+//! memory and the time a reply spends applying them).
+//!
+//! **Scheduling.** On a normal scheduler a cached reply does a count, a
+//! copy and at most `INLINE_PENDING` edits, up to `COPY_INLINE_BYTES`
+//! (about 0.3 ms at the bound); a compaction or a build of more than
+//! `INLINE_BYTES` answers `Error::WouldBlock` (the dirty retry does it).
 
 use crate::term::{self as tc, Trust};
 use crate::value::{decode_elements, set_map};
@@ -43,14 +54,14 @@ use vsmcp_crdt_core::store::{drop_in_background, Ext, INLINE_BYTES};
 use vsmcp_crdt_core::Error;
 
 /// Sets with fewer stored entries are built per call and not cached: their
-/// build costs a few µs, and a cache has a fixed cost (an environment of
-/// about 2 KiB).
+/// build costs a few µs, and a cache has a fixed cost (about 1.2 KiB).
 pub const MIN_LEN: usize = 64;
 
 /// Largest set (`Crdt::size_hint`, estimated encoded bytes) whose cached
-/// value is copied on a normal scheduler. Copying costs a small fraction of
-/// building, so this is a multiple of `INLINE_BYTES` (which bounds building);
-/// the worst case inline is a count, a compaction and a copy.
+/// value is copied on a normal scheduler. Copying costs about a twentieth
+/// of building, so this is a multiple of `INLINE_BYTES` (which bounds
+/// building): 256 KiB is ~9,500 small integers, whose copy, count and 64
+/// edits measured 0.15-0.35 ms.
 pub const COPY_INLINE_BYTES: usize = 4 * INLINE_BYTES;
 
 /// Most pending edits applied on a normal scheduler (each about 1 µs).
@@ -115,10 +126,15 @@ impl SetCache {
         ok && self.len == s.len()
     }
 
-    /// Copy the live map into a fresh environment once the garbage of the
-    /// edits since the last compaction is about the size of the map.
+    /// Whether applying `pending` would make a compaction due.
+    fn compaction_due(&self) -> bool {
+        self.edits + self.pending.len() > self.len / 32 + 8
+    }
+
+    /// Copy the live map into a fresh environment once the edits since the
+    /// last compaction left garbage of up to about the map's size.
     fn compact(&mut self) {
-        if self.edits <= self.len / 16 + 8 {
+        if !self.compaction_due() {
             return;
         }
         let fresh = OwnedEnv::new();
@@ -200,7 +216,11 @@ pub fn value<'a>(
         note_update(version, ext, edited);
     }
     if let Some(c) = cache_mut(ext) {
-        if inline && (size > COPY_INLINE_BYTES || c.pending.len() > INLINE_PENDING) {
+        // Inline: a count and a copy, and a few edits; a compaction (a
+        // second copy) waits for a dirty scheduler.
+        if inline
+            && (size > COPY_INLINE_BYTES || c.pending.len() > INLINE_PENDING || c.compaction_due())
+        {
             return Err(Error::WouldBlock);
         }
         if c.sync(s) {

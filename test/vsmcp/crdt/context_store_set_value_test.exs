@@ -100,6 +100,36 @@ defmodule Vsmcp.CRDT.ContextStoreSetValueTest do
     end
   end
 
+  test "value-returning updates edit the cached map instead of rebuilding it",
+       %{store: store} do
+    :ok = ContextStore.create(store, :s, :or_set)
+    model = fill(store, :s, Enum.to_list(1..1_000))
+    assert {:ok, _} = ContextStore.get(store, :s)
+    assert %{len: 1_000, edits: 0} = cache(store, :s)
+
+    model = put(model, :x)
+    assert {:ok, v} = ContextStore.add(store, :s, :x)
+    assert v == expected(model)
+    assert %{len: 1_001, edits: 1, pending: 0} = cache(store, :s)
+
+    model = del(model, 5)
+    assert {:ok, v} = ContextStore.remove(store, :s, 5)
+    assert v == expected(model)
+    assert %{len: 1_000, edits: 2} = cache(store, :s)
+
+    assert {:ok, v} = ContextStore.remove(store, :s, :absent)
+    assert v == expected(model)
+    assert %{len: 1_000, edits: 3} = cache(store, :s)
+
+    # Once the edits' garbage is due (1_000 / 32 + 8 edits), compacted.
+    model = Enum.reduce(1..40, model, &put(&2, {:more, &1}))
+    for i <- 1..40, do: {:ok, _} = ContextStore.add(store, :s, {:more, i})
+    assert %{len: 1_040, edits: edits} = cache(store, :s)
+    assert edits < 40
+    assert {:ok, v} = ContextStore.get(store, :s)
+    assert v == expected(model)
+  end
+
   test "a set grows past the cached size and shrinks back", %{store: store} do
     :ok = ContextStore.create(store, :s, :or_set)
 
@@ -200,10 +230,11 @@ defmodule Vsmcp.CRDT.ContextStoreSetValueTest do
         m |> del(i) |> put(-i)
       end)
 
-    assert %{pending: 20} = cache(store, :s)
+    assert %{pending: 20, edits: 0} = cache(store, :s)
     assert {:ok, v} = ContextStore.get(store, :s)
     assert v == expected(model)
-    assert %{pending: 0, len: 2_000} = cache(store, :s)
+    # Edited, not rebuilt.
+    assert %{pending: 0, len: 2_000, edits: 20} = cache(store, :s)
 
     # More than len / 16 + 64 of them: rebuilding is cheaper, the cache goes.
     model = Enum.reduce(5_001..5_400, model, &put(&2, &1))
