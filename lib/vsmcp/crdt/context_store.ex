@@ -276,7 +276,6 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   defp schedule_decay(_), do: :ok
 
-
   # ---------------------------------------------------------------------------
   # Store lookup: the NIF resolves a pid to its handle.
 

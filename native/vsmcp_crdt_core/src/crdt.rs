@@ -201,16 +201,24 @@ impl Crdt {
     /// it changes memory, so a failed write leaves the state as it was.
     pub fn delta_of(&self, replica: &ReplicaId, op: Op<'_>) -> Result<Crdt> {
         Ok(match (self, op) {
-            (Crdt::GCounter(c), Op::Increment(n)) => Crdt::GCounter(c.clone().increment(replica, n)?),
+            (Crdt::GCounter(c), Op::Increment(n)) => {
+                Crdt::GCounter(c.clone().increment(replica, n)?)
+            }
             (Crdt::PNCounter(c), Op::Increment(n)) => {
                 Crdt::PNCounter(c.clone().increment(replica, n)?)
             }
             (Crdt::PNCounter(c), Op::Decrement(n)) => {
                 Crdt::PNCounter(c.clone().decrement(replica, n)?)
             }
-            (Crdt::ORSet(s), Op::Add(e)) => Crdt::ORSet(Box::new(s.delta_of_write(replica, e, false)?)),
-            (Crdt::ORSet(s), Op::Remove(e)) => Crdt::ORSet(Box::new(s.delta_of_write(replica, e, true)?)),
-            (Crdt::LwwRegister(r), Op::Set(v, ts)) => Crdt::LwwRegister(r.clone().set(replica, v, ts)),
+            (Crdt::ORSet(s), Op::Add(e)) => {
+                Crdt::ORSet(Box::new(s.delta_of_write(replica, e, false)?))
+            }
+            (Crdt::ORSet(s), Op::Remove(e)) => {
+                Crdt::ORSet(Box::new(s.delta_of_write(replica, e, true)?))
+            }
+            (Crdt::LwwRegister(r), Op::Set(v, ts)) => {
+                Crdt::LwwRegister(r.clone().set(replica, v, ts))
+            }
             _ => return Err(Error::UnsupportedOperation),
         })
     }

@@ -46,7 +46,12 @@ fn exit_writes_pending_relaxed_writes() {
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_writes_then_exits", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_writes_then_exits",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR, dir.path())
             .status()
             .unwrap();

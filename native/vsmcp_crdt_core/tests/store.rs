@@ -30,8 +30,7 @@ fn set_len(store: &Store, id: &[u8]) -> usize {
 fn create_update_read_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(cfg(dir.path())).unwrap();
-    s.create(b"c", Kind::GCounter, Access::MemoryOnly)
-        .unwrap();
+    s.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap();
     assert_eq!(
         s.create(b"c", Kind::GCounter, Access::MemoryOnly),
         Err(Error::AlreadyExists)
@@ -49,17 +48,11 @@ fn create_update_read_and_errors() {
         Some(Error::UnsupportedOperation)
     );
     assert_eq!(
-        s.update(
-            b"missing",
-            Mutation::Increment(1),
-            Access::MayBlock,
-            |_| ()
-        )
-        .err(),
+        s.update(b"missing", Mutation::Increment(1), Access::MayBlock, |_| ())
+            .err(),
         Some(Error::NotFound)
     );
-    s.create(b"p", Kind::PNCounter, Access::MemoryOnly)
-        .unwrap();
+    s.create(b"p", Kind::PNCounter, Access::MemoryOnly).unwrap();
     s.update(b"p", Mutation::Decrement(7), Access::MemoryOnly, |_| ())
         .unwrap();
     s.update(b"p", Mutation::Increment(-1), Access::MemoryOnly, |_| ())
@@ -74,8 +67,7 @@ fn data_survives_restart_and_restart_loads_nothing() {
         let s = Store::open(cfg(dir.path())).unwrap();
         for i in 0..500u32 {
             let id = i.to_be_bytes();
-            s.create(&id, Kind::GCounter, Access::MemoryOnly)
-                .unwrap();
+            s.create(&id, Kind::GCounter, Access::MemoryOnly).unwrap();
             s.update(
                 &id,
                 Mutation::Increment(i as i128 + 1),
@@ -84,8 +76,7 @@ fn data_survives_restart_and_restart_loads_nothing() {
             )
             .unwrap();
         }
-        s.create(b"set", Kind::ORSet, Access::MemoryOnly)
-            .unwrap();
+        s.create(b"set", Kind::ORSet, Access::MemoryOnly).unwrap();
         for e in 0..100u32 {
             s.update(
                 b"set",
@@ -128,8 +119,7 @@ fn tiers_respect_limits_and_promote_on_access() {
     c.access_threshold = 2;
     let s = Store::open(c).unwrap();
     for i in 0..10u8 {
-        s.create(&[i], Kind::GCounter, Access::MayBlock)
-            .unwrap();
+        s.create(&[i], Kind::GCounter, Access::MayBlock).unwrap();
         s.update(
             &[i],
             Mutation::Increment(i as i128 + 1),
@@ -168,27 +158,21 @@ fn pending_writes_of_cold_items_are_visible_before_flush() {
     c.warm_limit = 0;
     c.flush_interval_ms = 60_000;
     let s = Store::open(c).unwrap();
-    s.create(b"a", Kind::AWSet, Access::MemoryOnly)
-        .unwrap();
+    s.create(b"a", Kind::AWSet, Access::MemoryOnly).unwrap();
     s.update(b"a", Mutation::Add(b"x"), Access::MemoryOnly, |_| ())
         .unwrap();
     // Creating more ids pushes "a" out of memory before any flush.
     for i in 0..5u8 {
-        s.create(&[i], Kind::GCounter, Access::MayBlock)
-            .unwrap();
+        s.create(&[i], Kind::GCounter, Access::MayBlock).unwrap();
     }
-    assert_eq!(
-        s.metadata(b"a", Access::MayBlock).unwrap().1,
-        Tier::Cold
-    );
+    assert_eq!(s.metadata(b"a", Access::MayBlock).unwrap().1, Tier::Cold);
     assert_eq!(set_len(&s, b"a"), 1);
     s.delete(b"a", Access::MayBlock).unwrap();
     assert_eq!(
         s.read(b"a", Access::MayBlock, |_| ()).err(),
         Some(Error::NotFound)
     );
-    s.create(b"a", Kind::GCounter, Access::MayBlock)
-        .unwrap();
+    s.create(b"a", Kind::GCounter, Access::MayBlock).unwrap();
     s.flush().unwrap();
     assert_eq!(counter(&s, b"a"), 0);
 }
@@ -197,8 +181,7 @@ fn pending_writes_of_cold_items_are_visible_before_flush() {
 fn failing_writes_are_refused_and_reads_still_work() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(cfg(dir.path())).unwrap();
-    s.create(b"c", Kind::GCounter, Access::MemoryOnly)
-        .unwrap();
+    s.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap();
     s.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ())
         .unwrap();
     s.set_fail_writes(true);
@@ -223,8 +206,7 @@ fn strict_mode_writes_need_the_disk_path() {
         s.create(b"c", Kind::LwwRegister, Access::MemoryOnly),
         Err(Error::WouldBlock)
     );
-    s.create(b"c", Kind::LwwRegister, Access::MayBlock)
-        .unwrap();
+    s.create(b"c", Kind::LwwRegister, Access::MayBlock).unwrap();
     s.update(b"c", Mutation::Set(b"v1"), Access::MayBlock, |_| ())
         .unwrap();
     let before = s.clock();
@@ -246,8 +228,7 @@ fn a_second_open_of_the_same_path_takes_over() {
     let mut c = cfg(dir.path());
     c.flush_interval_ms = 60_000;
     let a = Store::open(c.clone()).unwrap();
-    a.create(b"c", Kind::GCounter, Access::MemoryOnly)
-        .unwrap();
+    a.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap();
     a.update(b"c", Mutation::Increment(3), Access::MemoryOnly, |_| ())
         .unwrap();
     let b = Store::open(c).unwrap();
@@ -275,39 +256,25 @@ fn remote_state_merges_into_the_state_the_api_reads() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Store::open(cfg(da.path())).unwrap();
     let b = Store::open(StoreConfig::new(db.path(), b"node-b")).unwrap();
-    a.create(b"s", Kind::ORSet, Access::MemoryOnly)
-        .unwrap();
+    a.create(b"s", Kind::ORSet, Access::MemoryOnly).unwrap();
     a.update(b"s", Mutation::Add(b"x"), Access::MemoryOnly, |_| ())
         .unwrap();
     let (meta, _) = a.metadata(b"s", Access::MayBlock).unwrap();
-    let state = a
-        .read(b"s", Access::MemoryOnly, |c| c.clone())
-        .unwrap();
+    let state = a.read(b"s", Access::MemoryOnly, |c| c.clone()).unwrap();
     // Unknown id on b: created from the remote state.
-    b.merge(b"s", &meta, &state, Access::MayBlock)
-        .unwrap();
+    b.merge(b"s", &meta, &state, Access::MayBlock).unwrap();
     assert_eq!(set_len(&b, b"s"), 1);
     // Concurrent remove on a and add on b converge after exchanging states.
     a.update(b"s", Mutation::Remove(b"x"), Access::MemoryOnly, |_| ())
         .unwrap();
     b.update(b"s", Mutation::Add(b"y"), Access::MemoryOnly, |_| ())
         .unwrap();
-    let sa = a
-        .read(b"s", Access::MemoryOnly, |c| c.clone())
-        .unwrap();
-    let sb = b
-        .read(b"s", Access::MemoryOnly, |c| c.clone())
-        .unwrap();
-    a.merge(b"s", &meta, &sb, Access::MayBlock)
-        .unwrap();
-    b.merge(b"s", &meta, &sa, Access::MayBlock)
-        .unwrap();
-    let va = a
-        .read(b"s", Access::MemoryOnly, |c| c.clone())
-        .unwrap();
-    let vb = b
-        .read(b"s", Access::MemoryOnly, |c| c.clone())
-        .unwrap();
+    let sa = a.read(b"s", Access::MemoryOnly, |c| c.clone()).unwrap();
+    let sb = b.read(b"s", Access::MemoryOnly, |c| c.clone()).unwrap();
+    a.merge(b"s", &meta, &sb, Access::MayBlock).unwrap();
+    b.merge(b"s", &meta, &sa, Access::MayBlock).unwrap();
+    let va = a.read(b"s", Access::MemoryOnly, |c| c.clone()).unwrap();
+    let vb = b.read(b"s", Access::MemoryOnly, |c| c.clone()).unwrap();
     assert_eq!(va, vb);
     assert_eq!(set_len(&a, b"s"), 1);
     // A kind mismatch is refused.
@@ -327,8 +294,7 @@ fn remote_state_merges_into_the_state_the_api_reads() {
 fn close_releases_the_directory_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let a = Store::open(cfg(dir.path())).unwrap();
-    a.create(b"c", Kind::GCounter, Access::MemoryOnly)
-        .unwrap();
+    a.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap();
     a.close(std::time::Duration::from_secs(1)).unwrap();
     // `a` is still referenced, but its RocksDB is closed: the directory can
     // be removed and a new store there starts empty, with no lock to wait for.
@@ -341,8 +307,7 @@ fn close_releases_the_directory_at_once() {
     assert_eq!(b.stats().incarnation, 1);
     assert_eq!(a.stats().cold_estimate, 0);
     drop(a);
-    b.create(b"c", Kind::GCounter, Access::MayBlock)
-        .unwrap();
+    b.create(b"c", Kind::GCounter, Access::MayBlock).unwrap();
 }
 
 fn strict(dir: &std::path::Path) -> Store {
@@ -363,14 +328,24 @@ fn snapshot(s: &Store, id: &[u8]) -> Option<(Crdt, u64)> {
 fn a_failed_strict_write_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = strict(dir.path());
-    for (id, kind) in [(&b"g"[..], Kind::GCounter), (b"o", Kind::ORSet), (b"r", Kind::LwwRegister)] {
+    for (id, kind) in [
+        (&b"g"[..], Kind::GCounter),
+        (b"o", Kind::ORSet),
+        (b"r", Kind::LwwRegister),
+    ] {
         s.create(id, kind, Access::MayBlock).unwrap();
     }
-    s.update(b"g", Mutation::Increment(2), Access::MayBlock, |_| ()).unwrap();
-    s.update(b"o", Mutation::Add(b"x"), Access::MayBlock, |_| ()).unwrap();
-    s.update(b"r", Mutation::Set(b"v1"), Access::MayBlock, |_| ()).unwrap();
+    s.update(b"g", Mutation::Increment(2), Access::MayBlock, |_| ())
+        .unwrap();
+    s.update(b"o", Mutation::Add(b"x"), Access::MayBlock, |_| ())
+        .unwrap();
+    s.update(b"r", Mutation::Set(b"v1"), Access::MayBlock, |_| ())
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
-    let before: Vec<_> = [&b"g"[..], b"o", b"r"].iter().map(|id| snapshot(&s, id)).collect();
+    let before: Vec<_> = [&b"g"[..], b"o", b"r"]
+        .iter()
+        .map(|id| snapshot(&s, id))
+        .collect();
     s.set_fail_writes(true);
     for (id, m) in [
         (&b"g"[..], Mutation::Increment(5)),
@@ -378,19 +353,35 @@ fn a_failed_strict_write_changes_nothing() {
         (b"o", Mutation::Remove(b"x")),
         (b"r", Mutation::Set(b"v2")),
     ] {
-        assert!(matches!(s.update(id, m, Access::MayBlock, |_| ()), Err(Error::Storage(_))));
+        assert!(matches!(
+            s.update(id, m, Access::MayBlock, |_| ()),
+            Err(Error::Storage(_))
+        ));
     }
-    assert!(matches!(s.delete(b"g", Access::MayBlock), Err(Error::Storage(_))));
-    assert!(matches!(s.create(b"new", Kind::GCounter, Access::MayBlock), Err(Error::Storage(_))));
+    assert!(matches!(
+        s.delete(b"g", Access::MayBlock),
+        Err(Error::Storage(_))
+    ));
+    assert!(matches!(
+        s.create(b"new", Kind::GCounter, Access::MayBlock),
+        Err(Error::Storage(_))
+    ));
     let state = s.read(b"o", Access::MayBlock, |c| c.clone()).unwrap();
     let (meta, _) = s.metadata(b"o", Access::MayBlock).unwrap();
-    assert!(matches!(s.merge(b"o", &meta, &state, Access::MayBlock), Err(Error::Storage(_))));
-    let after: Vec<_> = [&b"g"[..], b"o", b"r"].iter().map(|id| snapshot(&s, id)).collect();
+    assert!(matches!(
+        s.merge(b"o", &meta, &state, Access::MayBlock),
+        Err(Error::Storage(_))
+    ));
+    let after: Vec<_> = [&b"g"[..], b"o", b"r"]
+        .iter()
+        .map(|id| snapshot(&s, id))
+        .collect();
     assert_eq!(before, after);
     assert!(s.read(b"new", Access::MayBlock, |_| ()).is_err());
     // The next successful write does not carry the failed one with it.
     s.set_fail_writes(false);
-    s.update(b"g", Mutation::Increment(1), Access::MayBlock, |_| ()).unwrap();
+    s.update(b"g", Mutation::Increment(1), Access::MayBlock, |_| ())
+        .unwrap();
     assert_eq!(counter(&s, b"g"), 3);
     s.close(std::time::Duration::from_secs(1)).unwrap();
     drop(s);
@@ -416,7 +407,10 @@ fn close_reports_unflushed_writes() {
         Err(Error::Unflushed { ids, .. }) => assert_eq!(ids, 3),
         other => panic!("expected Unflushed, got {other:?}"),
     }
-    assert!(t.elapsed() >= std::time::Duration::from_millis(200), "no retry");
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(200),
+        "no retry"
+    );
 }
 
 /// Issue 7 §2: a successor on the same path takes over the pending writes
@@ -429,12 +423,14 @@ fn hand_over_passes_pending_writes_to_the_successor() {
     c.flush_interval_ms = 60_000;
     let a = Store::open(c.clone()).unwrap();
     a.create(b"c", Kind::GCounter, Access::MemoryOnly).unwrap();
-    a.update(b"c", Mutation::Increment(7), Access::MemoryOnly, |_| ()).unwrap();
+    a.update(b"c", Mutation::Increment(7), Access::MemoryOnly, |_| ())
+        .unwrap();
     a.set_fail_writes(true);
     let b = Store::open(c.clone()).unwrap();
     assert!(a.is_closed());
     assert_eq!(counter(&b, b"c"), 7);
-    b.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ()).unwrap();
+    b.update(b"c", Mutation::Increment(1), Access::MemoryOnly, |_| ())
+        .unwrap();
     b.close(std::time::Duration::from_secs(1)).unwrap();
     drop((a, b));
     let s = Store::open(c).unwrap();
@@ -449,9 +445,12 @@ fn writes_resume_after_the_disk_recovers() {
     let s = strict(dir.path());
     s.create(b"c", Kind::GCounter, Access::MayBlock).unwrap();
     s.set_fail_writes(true);
-    assert!(s.update(b"c", Mutation::Increment(1), Access::MayBlock, |_| ()).is_err());
+    assert!(s
+        .update(b"c", Mutation::Increment(1), Access::MayBlock, |_| ())
+        .is_err());
     s.set_fail_writes(false);
-    s.update(b"c", Mutation::Increment(1), Access::MayBlock, |_| ()).unwrap();
+    s.update(b"c", Mutation::Increment(1), Access::MayBlock, |_| ())
+        .unwrap();
     assert_eq!(counter(&s, b"c"), 1);
 }
 
@@ -466,25 +465,48 @@ fn large_items_are_not_worked_on_inline() {
     let s = Store::open(c).unwrap();
     s.create(b"big", Kind::ORSet, Access::MemoryOnly).unwrap();
     for i in 0u32..20_000 {
-        s.update(b"big", Mutation::Add(&i.to_be_bytes()), Access::MemoryOnly, |_| ())
-            .unwrap();
+        s.update(
+            b"big",
+            Mutation::Add(&i.to_be_bytes()),
+            Access::MemoryOnly,
+            |_| (),
+        )
+        .unwrap();
     }
     // Replying with the value is O(n): refused inline, before the add.
     assert_eq!(
-        s.update_with(b"big", Mutation::Add(b"new"), Access::MemoryOnly, true, |_| ()),
+        s.update_with(
+            b"big",
+            Mutation::Add(b"new"),
+            Access::MemoryOnly,
+            true,
+            |_| ()
+        ),
         Err(Error::WouldBlock)
     );
     assert_eq!(set_len(&s, b"big"), 20_000);
-    s.update_with(b"big", Mutation::Add(b"new"), Access::MayBlock, true, |_| ()).unwrap();
+    s.update_with(
+        b"big",
+        Mutation::Add(b"new"),
+        Access::MayBlock,
+        true,
+        |_| (),
+    )
+    .unwrap();
     // Pushed out of the hot tier by a small item: too large to encode
     // inline, so it leaves memory instead of going warm.
-    s.create(b"small", Kind::GCounter, Access::MemoryOnly).unwrap();
-    s.create(b"small2", Kind::GCounter, Access::MemoryOnly).unwrap();
+    s.create(b"small", Kind::GCounter, Access::MemoryOnly)
+        .unwrap();
+    s.create(b"small2", Kind::GCounter, Access::MemoryOnly)
+        .unwrap();
     let tier = s.metadata(b"big", Access::MayBlock).unwrap().1;
     assert_eq!(tier, Tier::Cold);
     s.flush().unwrap();
     // Loading it back inline would decode megabytes: refused.
-    assert_eq!(s.read(b"big", Access::MemoryOnly, |_| ()).err(), Some(Error::WouldBlock));
+    assert_eq!(
+        s.read(b"big", Access::MemoryOnly, |_| ()).err(),
+        Some(Error::WouldBlock)
+    );
     assert_eq!(set_len(&s, b"big"), 20_001);
 }
 
@@ -495,8 +517,13 @@ fn decay_sends_large_items_cold_and_keeps_values() {
     let s = Store::open(cfg(dir.path())).unwrap();
     s.create(b"big", Kind::ORSet, Access::MemoryOnly).unwrap();
     for i in 0u32..20_000 {
-        s.update(b"big", Mutation::Add(&i.to_be_bytes()), Access::MemoryOnly, |_| ())
-            .unwrap();
+        s.update(
+            b"big",
+            Mutation::Add(&i.to_be_bytes()),
+            Access::MemoryOnly,
+            |_| (),
+        )
+        .unwrap();
     }
     // 20,000 accesses halve to below the threshold, then it goes.
     for _ in 0..20 {
@@ -521,8 +548,10 @@ fn view_version_moves_once_per_change_and_ext_lives_while_hot() {
         .unwrap()
     }
     fn seen(s: &Store, id: &[u8]) -> (u64, Option<bool>) {
-        s.read(id, Access::MayBlock, |v| (v.version, v.ext.map(|e| e.is_some())))
-            .unwrap()
+        s.read(id, Access::MayBlock, |v| {
+            (v.version, v.ext.map(|e| e.is_some()))
+        })
+        .unwrap()
     }
     for durability in [Durability::Relaxed, Durability::Strict] {
         let dir = tempfile::tempdir().unwrap();
@@ -579,26 +608,37 @@ fn ext_goes_when_an_item_leaves_the_hot_tier() {
     };
     // Small: demoted to warm (no ext slot there), then promoted again.
     s.create(b"small", Kind::ORSet, Access::MayBlock).unwrap();
-    s.update(b"small", Mutation::Add(b"e"), Access::MayBlock, |_| ()).unwrap();
+    s.update(b"small", Mutation::Add(b"e"), Access::MayBlock, |_| ())
+        .unwrap();
     let v = set_ext(b"small");
     s.decay();
     s.decay();
-    assert_eq!(s.metadata(b"small", Access::MayBlock).unwrap().1, Tier::Warm);
+    assert_eq!(
+        s.metadata(b"small", Access::MayBlock).unwrap().1,
+        Tier::Warm
+    );
     assert_eq!(ext_of(b"small"), None);
     for _ in 0..3 {
         ext_of(b"small");
     }
     assert_eq!(s.metadata(b"small", Access::MayBlock).unwrap().1, Tier::Hot);
     let (v2, ext) = s
-        .read(b"small", Access::MayBlock, |v| (v.version, v.ext.map(|e| e.is_some())))
+        .read(b"small", Access::MayBlock, |v| {
+            (v.version, v.ext.map(|e| e.is_some()))
+        })
         .unwrap();
     assert_eq!(ext, Some(false));
     assert_eq!(v2, v, "promotion does not change the state");
     // Large: leaves memory with its ext; reloaded under a new version.
     s.create(b"big", Kind::ORSet, Access::MayBlock).unwrap();
     for i in 0u32..20_000 {
-        s.update(b"big", Mutation::Add(&i.to_be_bytes()), Access::MayBlock, |_| ())
-            .unwrap();
+        s.update(
+            b"big",
+            Mutation::Add(&i.to_be_bytes()),
+            Access::MayBlock,
+            |_| (),
+        )
+        .unwrap();
     }
     let v = set_ext(b"big");
     for _ in 0..20 {
@@ -606,7 +646,9 @@ fn ext_goes_when_an_item_leaves_the_hot_tier() {
     }
     assert_eq!(s.metadata(b"big", Access::MayBlock).unwrap().1, Tier::Cold);
     let (v2, ext) = s
-        .read(b"big", Access::MayBlock, |v| (v.version, v.ext.map(|e| e.is_some())))
+        .read(b"big", Access::MayBlock, |v| {
+            (v.version, v.ext.map(|e| e.is_some()))
+        })
         .unwrap();
     assert_ne!(v2, v);
     assert_ne!(ext, Some(true));

@@ -23,8 +23,8 @@
 
 use crate::errors::{error, error_term, ok};
 use crate::op::{self, OpError};
-use crate::term::{self as tc, Trust};
 use crate::set_cache;
+use crate::term::{self as tc, Trust};
 use crate::value::{kind_atom, value_term};
 use parking_lot::RwLock;
 use rustler::types::map::map_new;
@@ -241,7 +241,8 @@ fn get_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
     let inline = a == Access::MemoryOnly;
     let r = tc::with_scratch(|id_buf, _| {
         tc::encode_into(id, id_buf, 0)?;
-        h.store.read(id_buf, a, |v| value_term(env, v, None, inline))
+        h.store
+            .read(id_buf, a, |v| value_term(env, v, None, inline))
     });
     reply(env, r.and_then(|t| t))
 }
@@ -277,9 +278,7 @@ fn update_impl<'a>(
     want_value: Term<'a>,
     a: Access,
 ) -> Term<'a> {
-    tc::with_scratch(|id_buf, op_buf| {
-        update_in(env, h, id, op, want_value, a, id_buf, op_buf)
-    })
+    tc::with_scratch(|id_buf, op_buf| update_in(env, h, id, op, want_value, a, id_buf, op_buf))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -330,7 +329,12 @@ fn update_in<'a>(
         other => reply(env, other),
     }
 }
-twin!(store_update, store_update_dirty, update_impl, (id, op, want_value));
+twin!(
+    store_update,
+    store_update_dirty,
+    update_impl,
+    (id, op, want_value)
+);
 
 fn metadata_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
     let r = id_bytes(id)
@@ -461,15 +465,20 @@ fn store_value_cache<'a>(env: Env<'a>, store: Term<'a>, id: Term<'a>) -> Term<'a
     };
     let r = id_bytes(id).and_then(|id| {
         h.store.read(&id, Access::MayBlock, |v| {
-            v.ext.and_then(|e| set_cache::describe(e)).map(|(len, pending, edits)| {
-                let pairs: [(&str, Term<'a>); 3] = [
-                    ("len", len.encode(env)),
-                    ("pending", pending.encode(env)),
-                    ("edits", edits.encode(env)),
-                ];
-                atom_map(env, &pairs)
-            })
+            v.ext
+                .and_then(|e| set_cache::describe(e))
+                .map(|(len, pending, edits)| {
+                    let pairs: [(&str, Term<'a>); 3] = [
+                        ("len", len.encode(env)),
+                        ("pending", pending.encode(env)),
+                        ("edits", edits.encode(env)),
+                    ];
+                    atom_map(env, &pairs)
+                })
         })
     });
-    reply(env, r.map(|c| (ok(), c.unwrap_or_else(|| nil().encode(env))).encode(env)))
+    reply(
+        env,
+        r.map(|c| (ok(), c.unwrap_or_else(|| nil().encode(env))).encode(env)),
+    )
 }

@@ -207,7 +207,9 @@ fn do_mutate<'a>(
                 other => other?,
             },
         };
-        Ok(Ok((binary_term(env, &crdt), binary_term(env, &delta)).encode(env)))
+        Ok(Ok(
+            (binary_term(env, &crdt), binary_term(env, &delta)).encode(env)
+        ))
     })();
     match r {
         Ok(Ok(t)) => (crate::errors::ok(), t).encode(env),
@@ -351,9 +353,7 @@ fn crdt_causal_context_dirty<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>)
 /// `hlc_tick(wall_ms, counter, now_ms) -> {wall_ms, counter} | {:error, reason}`.
 #[rustler::nif]
 fn hlc_tick<'a>(env: Env<'a>, wall_ms: Term<'a>, counter: Term<'a>, now_ms: Term<'a>) -> Term<'a> {
-    let r = (|| {
-        timestamp_arg(wall_ms, counter)?.tick_checked(u64_arg(now_ms)?)
-    })();
+    let r = (|| timestamp_arg(wall_ms, counter)?.tick_checked(u64_arg(now_ms)?))();
     match r {
         Ok(t) => (t.wall_ms, t.counter).encode(env),
         Err(e) => error_term(env, &e),

@@ -34,9 +34,11 @@ pub fn set_map<'a>(env: Env<'a>, elements: &[Term<'a>]) -> (Term<'a>, bool) {
     match Term::map_from_term_arrays(env, elements, &values) {
         Ok(m) => (m, true),
         Err(_) => {
-            let m = elements.iter().fold(rustler::types::map::map_new(env), |m, e| {
-                m.map_put(*e, empty).unwrap_or(m)
-            });
+            let m = elements
+                .iter()
+                .fold(rustler::types::map::map_new(env), |m, e| {
+                    m.map_put(*e, empty).unwrap_or(m)
+                });
             (m, false)
         }
     }
@@ -46,7 +48,11 @@ pub fn set_map<'a>(env: Env<'a>, elements: &[Term<'a>]) -> (Term<'a>, bool) {
 /// version: 2}` around the inner map `m`. Pinned by a test against the
 /// running Elixir.
 pub fn mapset_of<'a>(env: Env<'a>, m: Term<'a>) -> Term<'a> {
-    let keys = [__struct__().encode(env), map().encode(env), version().encode(env)];
+    let keys = [
+        __struct__().encode(env),
+        map().encode(env),
+        version().encode(env),
+    ];
     let vals = [mapset_module().encode(env), m, 2.encode(env)];
     Term::map_from_term_arrays(env, &keys, &vals).unwrap_or(m)
 }

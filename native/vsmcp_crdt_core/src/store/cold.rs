@@ -233,8 +233,8 @@ impl ColdTier {
     /// or the process is exiting. Hold the returned guard for the whole call.
     fn db(&self) -> Result<(Gate, MappedRwLockReadGuard<'_, DB>)> {
         let gate = Gate::enter()?;
-        let db = RwLockReadGuard::try_map(self.db.read(), Option::as_ref)
-            .map_err(|_| Error::Closed)?;
+        let db =
+            RwLockReadGuard::try_map(self.db.read(), Option::as_ref).map_err(|_| Error::Closed)?;
         Ok((gate, db))
     }
 

@@ -38,8 +38,8 @@ pub use tiers::{drop_in_background, Ext, Tier};
 pub use write_behind::Pending;
 
 use crate::causal::ReplicaId;
-use crate::crdt::{Crdt, Kind, Op};
 pub use crate::crdt::Mutation;
+use crate::crdt::{Crdt, Kind, Op};
 use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
 use cold::{BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY};
@@ -593,7 +593,6 @@ impl Inner {
         }
     }
 
-
     /// Apply `op` to `id` (present, in memory) with the store's durability.
     /// Strict: the delta is in the WAL before memory changes.
     fn mutate<'a>(
@@ -628,7 +627,8 @@ impl Inner {
                 };
                 drop(sh);
                 let mut ops = vec![merge_op(id, &meta, &delta)];
-                let hlc_moved = matches!(delta, Crdt::LwwRegister(_)) && inner.hlc_to_batch(&mut ops);
+                let hlc_moved =
+                    matches!(delta, Crdt::LwwRegister(_)) && inner.hlc_to_batch(&mut ops);
                 if let Err(e) = inner.write_strict(id, &ops) {
                     if hlc_moved {
                         *inner.persisted_hlc.lock() = Timestamp::ZERO;
@@ -924,7 +924,11 @@ impl Inner {
                 Ok(())
             }
             Err(e) => {
-                let ids = self.shards.iter().map(|s| s.state.lock().pending.len()).sum();
+                let ids = self
+                    .shards
+                    .iter()
+                    .map(|s| s.state.lock().pending.len())
+                    .sum();
                 Err(Error::Unflushed {
                     ids,
                     reason: e.to_string(),

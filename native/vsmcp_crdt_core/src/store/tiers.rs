@@ -356,7 +356,11 @@ pub fn drop_in_background<T: Send + 'static>(value: T) {
         let (tx, rx) = channel::<Garbage>();
         let spawned = std::thread::Builder::new()
             .name("vsmcp-crdt-reaper".into())
-            .spawn(move || for garbage in rx { drop(garbage) });
+            .spawn(move || {
+                for garbage in rx {
+                    drop(garbage)
+                }
+            });
         Mutex::new(spawned.ok().map(|_| tx))
     });
     let boxed: Garbage = Box::new(value);

@@ -155,7 +155,9 @@ defmodule Vsmcp.CRDT.Types.BadInputTest do
           {:decrement, 1.5}
         ] do
       assert {:error, reason} = mod.mutate(mod.new(:n), op), "#{inspect(mod)} #{inspect(op)}"
-      assert reason in [:invalid_argument, :unsupported_operation] or reason == {:invalid_amount, 1.5}
+
+      assert reason in [:invalid_argument, :unsupported_operation] or
+               reason == {:invalid_amount, 1.5}
     end
 
     for {mod, op} <- [
