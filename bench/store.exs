@@ -269,3 +269,138 @@ Bench.row(["ids", "start_link", "first get", "in memory after"])
 Bench.row([n_restart, "#{div(us_start, 1000)} ms", "#{us_get} µs", st.hot + st.warm])
 :ok = ContextStore.stop(store)
 File.rm_rf(dir)
+
+# --- default store in a host application (issue 7 §6) -------------------------
+# The application's default store, started by Vsmcp.CRDT.Supervisor and
+# called without a store argument (so every call includes the name lookup).
+IO.puts("\n## Default store (Vsmcp.CRDT.Supervisor, no store argument, one process)")
+dir = Bench.tmp_dir("default")
+
+{:ok, sup} =
+  Vsmcp.CRDT.Supervisor.start_link(storage_opts: [data_dir: dir, decay_interval: 3_600_000])
+
+Process.unlink(sup)
+grow_rounds = if Bench.quick?(), do: 1, else: 3
+
+# Adds returning the value while a set grows from 0 to 5,000 elements.
+grow_rates =
+  for r <- 1..grow_rounds do
+    :ok = ContextStore.create({:grow, r}, :or_set)
+
+    {us, _} =
+      :timer.tc(fn ->
+        Bench.loop(fn _, i -> {:ok, _} = ContextStore.add({:grow, r}, i) end, 1, 5_000)
+      end)
+
+    5_000 / (us / 1_000_000)
+  end
+
+n_get5k = if Bench.quick?(), do: 2_000, else: 20_000
+
+{us, _} =
+  :timer.tc(fn ->
+    Bench.loop(fn _, _ -> {:ok, _} = ContextStore.get({:grow, 1}) end, 1, n_get5k)
+  end)
+
+get5k_rate = n_get5k / (us / 1_000_000)
+
+:ok = ContextStore.create(:reg, :lww_register)
+
+# CPU time too (all threads of the VM): on a shared machine it moves less
+# than the wall-clock rate.
+{cpu0, _} = :erlang.statistics(:runtime)
+
+{us, _} =
+  :timer.tc(fn -> Bench.loop(fn _, i -> {:ok, _} = ContextStore.set(:reg, i) end, 1, n_ops) end)
+
+{cpu1, _} = :erlang.statistics(:runtime)
+lww_rate = n_ops / (us / 1_000_000)
+lww_cpu_ns = round((cpu1 - cpu0) * 1_000_000 / n_ops)
+
+Bench.row(["add returning value, 0->5,000", "get (5,000-elem set)", "set (register)", ""])
+
+Bench.row([
+  Enum.map_join(grow_rates, " / ", &"#{round(&1)}/s"),
+  "#{round(get5k_rate)}/s",
+  "#{Bench.fmt_rate(lww_rate)} (CPU #{lww_cpu_ns} ns/op)",
+  ""
+])
+
+# Get of a 200,000-element set, beside the cost of only copying such a value.
+big_n = 200_000
+:ok = ContextStore.create(:huge, :or_set)
+# update/4 with options takes the store: the default store by its name.
+for i <- 1..big_n, do: :ok = ContextStore.update(ContextStore, :huge, {:add, i}, return: :ok)
+ms_of = fn us -> Float.round(us / 1000, 2) end
+
+timed = fn k, fun ->
+  samples = for _ <- 1..k, do: elem(:timer.tc(fun), 0)
+  sorted = Enum.sort(samples)
+  {Bench.percentile(sorted, 0.5), hd(sorted), List.last(sorted)}
+end
+
+:erlang.garbage_collect()
+mem0 = :erlang.memory(:total)
+# In a function, so that the value is garbage once it returns.
+first_us =
+  (fn ->
+     {us, {:ok, first}} = :timer.tc(fn -> ContextStore.get(:huge) end)
+     ^big_n = MapSet.size(first)
+     us
+   end).()
+
+:erlang.garbage_collect()
+mem1 = :erlang.memory(:total)
+{get_p50, get_min, get_max} = timed.(20, fn -> {:ok, _} = ContextStore.get(:huge) end)
+
+{add_p50, add_min, add_max} =
+  timed.(20, fn -> {:ok, _} = ContextStore.add(:huge, -System.unique_integer([:positive])) end)
+
+# The floor: copying the same MapSet into another process's heap (a send,
+# acknowledged once received).
+prebuilt = MapSet.new(1..big_n)
+
+receiver =
+  spawn_link(fn ->
+    loop = fn loop ->
+      receive do
+        {:copy, m, from} ->
+          send(from, {:got, map_size(m.map)})
+          loop.(loop)
+      end
+    end
+
+    loop.(loop)
+  end)
+
+{send_p50, send_min, _} =
+  timed.(20, fn ->
+    send(receiver, {:copy, prebuilt, self()})
+    receive(do: ({:got, _} -> :ok))
+  end)
+
+{etf_p50, _, _} = timed.(20, fn -> :erlang.binary_to_term(:erlang.term_to_binary(prebuilt)) end)
+
+Bench.row(["200,000-elem set", "p50", "min", "max"])
+Bench.row(["first get", "#{ms_of.(first_us)} ms", "", ""])
+Bench.row(["get", "#{ms_of.(get_p50)} ms", "#{ms_of.(get_min)} ms", "#{ms_of.(get_max)} ms"])
+
+Bench.row([
+  "add returning value",
+  "#{ms_of.(add_p50)} ms",
+  "#{ms_of.(add_min)} ms",
+  "#{ms_of.(add_max)} ms"
+])
+
+Bench.row(["floor: send to a process", "#{ms_of.(send_p50)} ms", "#{ms_of.(send_min)} ms", ""])
+Bench.row(["term_to_binary+back", "#{ms_of.(etf_p50)} ms", "", ""])
+
+Bench.row([
+  "memory kept by first get",
+  "#{div(mem1 - mem0, 1024)} KiB",
+  "#{Float.round((mem1 - mem0) / big_n, 1)} B/elem",
+  ""
+])
+
+:ok = Supervisor.stop(sup)
+File.rm_rf(dir)

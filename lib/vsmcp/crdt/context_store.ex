@@ -31,6 +31,11 @@ defmodule Vsmcp.CRDT.ContextStore do
   call, so its reply is the value right after it. The GenServer owns the
   store's lifecycle and its decay timer.
 
+  A set in the hot tier keeps its built `MapSet` beside it, edited by each
+  add and remove, so a reply copies it (about 10-50 ns per element, what
+  sending it to another process costs) instead of building it (0.25-0.5 µs
+  per element); such copies run on the normal scheduler up to 256 KiB.
+
   ## Naming the store
 
   The store argument is optional. A pid, `{:global, name}` and
@@ -289,7 +294,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   `{:error, {:unsupported_operation, type, operation}}`.
 
   With `return: :ok` in `opts` the call answers `:ok` instead of the new
-  value: building a large set's value costs O(n), the mutation O(1).
+  value: copying a large set's value into the caller costs O(n), the
+  mutation O(1).
   """
   @spec update(store(), crdt_id(), operation(), keyword()) ::
           {:ok, term()} | :ok | {:error, term()}

@@ -142,6 +142,7 @@ defmodule Vsmcp.CRDT.Native do
   def store_fail_writes(_h, _on), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_probe_take, do: :erlang.nif_error(:nif_not_loaded)
+  def store_value_cache(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
 
   # --- end of store -----------------------------------------------------------
 end

@@ -259,6 +259,9 @@ impl Crdt {
             }
             (Crdt::ORSet(s), Op::Add(e), Crdt::ORSet(a)) => a.join(&s.add(replica, e)?)?,
             (Crdt::ORSet(s), Op::Remove(e), Crdt::ORSet(a)) => a.join(&s.remove(replica, e)?)?,
+            (Crdt::LwwRegister(r), Op::Set(v, ts), Crdt::LwwRegister(a)) => {
+                a.join_owned(r.set(replica, v, ts))
+            }
             (this, op, acc) => {
                 let delta = this.mutate(replica, op)?;
                 acc.join(&delta)?;

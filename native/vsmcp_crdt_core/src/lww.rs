@@ -63,6 +63,15 @@ impl LwwRegister {
         }
     }
 
+    /// [`LwwRegister::join`] taking `other` by value (no copy of its value).
+    pub fn join_owned(&mut self, other: LwwRegister) {
+        if let Some(o) = other.entry {
+            if self.entry.as_ref().is_none_or(|cur| o > *cur) {
+                self.entry = Some(o);
+            }
+        }
+    }
+
     pub fn entry(&self) -> Option<&LwwEntry> {
         self.entry.as_ref()
     }

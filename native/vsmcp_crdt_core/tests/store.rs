@@ -1,6 +1,6 @@
 //! The tiered store against a real RocksDB in a temporary directory.
 
-use vsmcp_crdt_core::crdt::{Crdt, Kind, Value};
+use vsmcp_crdt_core::crdt::{Crdt, Kind, Op, Value};
 use vsmcp_crdt_core::store::{Access, Durability, Mutation, Store, StoreConfig, Tier};
 use vsmcp_crdt_core::Error;
 
@@ -529,4 +529,124 @@ fn add_many(s: &Store, id: &[u8], n: u32) {
             other => other.unwrap(),
         }
     }
+}
+/// The contract a cache of built values (the NIF's `set_cache`) relies on:
+/// `View::version` moves by exactly one per change of the state (a local
+/// update, strict or relaxed, or a merge), never on a read, and is never
+/// reused for another state of the same id; `View::ext` is kept while the
+/// item stays hot and is gone after delete, demotion or a reload.
+#[test]
+fn view_version_moves_once_per_change_and_ext_lives_while_hot() {
+    fn mark(s: &Store, id: &[u8]) -> u64 {
+        s.read(id, Access::MayBlock, |v| {
+            *v.ext.expect("hot items have an ext slot") = Some(Box::new(7u32));
+            v.version
+        })
+        .unwrap()
+    }
+    fn seen(s: &Store, id: &[u8]) -> (u64, Option<bool>) {
+        s.read(id, Access::MayBlock, |v| {
+            (v.version, v.ext.map(|e| e.is_some()))
+        })
+        .unwrap()
+    }
+    for durability in [Durability::Relaxed, Durability::Strict] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.durability = durability;
+        let s = Store::open(c).unwrap();
+        s.create(b"s", Kind::ORSet, Access::MayBlock).unwrap();
+        let v0 = mark(&s, b"s");
+        assert_eq!(seen(&s, b"s"), (v0, Some(true)), "a read changes nothing");
+        let ops = [
+            Mutation::Add(b"x"),
+            Mutation::Add(b"x"),
+            Mutation::Remove(b"x"),
+            Mutation::Remove(b"absent"),
+            Mutation::Add(b"y"),
+        ];
+        for (i, m) in ops.into_iter().enumerate() {
+            let v = s.update(b"s", m, Access::MayBlock, |v| v.version).unwrap();
+            assert_eq!(v, v0 + i as u64 + 1, "{durability:?} {m:?}");
+        }
+        let v5 = v0 + ops.len() as u64;
+        // A merge (e.g. a peer's state) is one change too.
+        let (meta, _) = s.metadata(b"s", Access::MayBlock).unwrap();
+        let mut other = Crdt::new(Kind::ORSet);
+        other
+            .mutate(&vsmcp_crdt_core::ReplicaId::new(b"peer"), Op::Add(b"z"))
+            .unwrap();
+        s.merge(b"s", &meta, &other, Access::MayBlock).unwrap();
+        assert_eq!(seen(&s, b"s"), (v5 + 1, Some(true)));
+        // Deleted and created again: a version never seen before, no ext.
+        s.delete(b"s", Access::MayBlock).unwrap();
+        s.create(b"s", Kind::ORSet, Access::MayBlock).unwrap();
+        let (v, ext) = seen(&s, b"s");
+        assert!(!(v0..=v5 + 1).contains(&v), "{v} reused");
+        assert_eq!(ext, Some(false));
+        s.close(std::time::Duration::from_secs(1)).unwrap();
+    }
+}
+
+#[test]
+fn ext_goes_when_an_item_leaves_the_hot_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(cfg(dir.path())).unwrap();
+    let set_ext = |id: &[u8]| {
+        s.read(id, Access::MayBlock, |v| {
+            *v.ext.unwrap() = Some(Box::new(1u8));
+            v.version
+        })
+        .unwrap()
+    };
+    let ext_of = |id: &[u8]| {
+        s.read(id, Access::MayBlock, |v| v.ext.map(|e| e.is_some()))
+            .unwrap()
+    };
+    // Small: demoted to warm (no ext slot there), then promoted again.
+    s.create(b"small", Kind::ORSet, Access::MayBlock).unwrap();
+    s.update(b"small", Mutation::Add(b"e"), Access::MayBlock, |_| ())
+        .unwrap();
+    let v = set_ext(b"small");
+    s.decay();
+    s.decay();
+    assert_eq!(
+        s.metadata(b"small", Access::MayBlock).unwrap().1,
+        Tier::Warm
+    );
+    assert_eq!(ext_of(b"small"), None);
+    for _ in 0..3 {
+        ext_of(b"small");
+    }
+    assert_eq!(s.metadata(b"small", Access::MayBlock).unwrap().1, Tier::Hot);
+    let (v2, ext) = s
+        .read(b"small", Access::MayBlock, |v| {
+            (v.version, v.ext.map(|e| e.is_some()))
+        })
+        .unwrap();
+    assert_eq!(ext, Some(false));
+    assert_eq!(v2, v, "promotion does not change the state");
+    // Large: leaves memory with its ext; reloaded under a new version.
+    s.create(b"big", Kind::ORSet, Access::MayBlock).unwrap();
+    for i in 0u32..20_000 {
+        s.update(
+            b"big",
+            Mutation::Add(&i.to_be_bytes()),
+            Access::MayBlock,
+            |_| (),
+        )
+        .unwrap();
+    }
+    let v = set_ext(b"big");
+    for _ in 0..20 {
+        s.decay();
+    }
+    assert_eq!(s.metadata(b"big", Access::MayBlock).unwrap().1, Tier::Cold);
+    let (v2, ext) = s
+        .read(b"big", Access::MayBlock, |v| {
+            (v.version, v.ext.map(|e| e.is_some()))
+        })
+        .unwrap();
+    assert_ne!(v2, v);
+    assert_ne!(ext, Some(true));
 }

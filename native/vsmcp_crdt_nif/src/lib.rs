@@ -6,12 +6,14 @@
 //! * `types`  - the pure CRDT and HLC functions behind `Vsmcp.CRDT.Types.*`
 //! * `op`     - operation terms -> core `Mutation` (one parser for both)
 //! * `value`  - CRDT values -> Elixir terms (sets as real `MapSet`s)
+//! * `set_cache` - a hot set's built `MapSet` kept beside it, edited per update
 //! * `store`  - the store resource behind `Vsmcp.CRDT.ContextStore`
 
 mod errors;
 mod op;
 #[cfg(feature = "fault-injection")]
 mod probe;
+mod set_cache;
 mod store;
 mod term;
 mod types;

@@ -35,7 +35,8 @@ pub fn amount(t: Term) -> Option<i128> {
     t.decode::<u64>().ok().map(i128::from)
 }
 
-/// Parse `op`. Payloads are encoded into `buf`, which the result borrows;
+/// Parse `op`. Payloads are encoded into `buf` (cleared first), which the
+/// result borrows;
 /// one larger than `limit` bytes is `OpError::Term(Error::WouldBlock)`
 /// (see `term::encode_within`).
 pub fn parse<'a, 'b>(
@@ -57,7 +58,8 @@ pub fn parse<'a, 'b>(
     if tag != add() && tag != remove() && tag != set() {
         return Err(OpError::NotAnOperation);
     }
-    *buf = tc::encode_within(arg, limit).map_err(OpError::Term)?;
+    buf.clear();
+    tc::encode_append(arg, buf, limit).map_err(OpError::Term)?;
     let b: &'b [u8] = buf.as_slice();
     Ok(if tag == add() {
         Mutation::Add(b)

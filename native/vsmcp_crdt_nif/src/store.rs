@@ -23,6 +23,7 @@
 
 use crate::errors::{error, error_term, ok};
 use crate::op::{self, OpError};
+use crate::set_cache;
 use crate::term::{self as tc, Trust};
 use crate::value::{kind_atom, value_term};
 use parking_lot::RwLock;
@@ -34,7 +35,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use vsmcp_crdt_core::crdt::{Crdt, Kind};
 use vsmcp_crdt_core::error::Error;
-use vsmcp_crdt_core::store::{Access, Durability, Store, StoreConfig, Tier, INLINE_BYTES};
+use vsmcp_crdt_core::store::{
+    Access, Durability, Mutation, Store, StoreConfig, Tier, INLINE_BYTES,
+};
 
 rustler::atoms! {
     dirty,
@@ -266,7 +269,11 @@ twin!(store_create, store_create_dirty, create_impl, (id, kind));
 
 fn get_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<'a> {
     let inline = a == Access::MemoryOnly;
-    let r = id_bytes(id, a).and_then(|id| h.store.read(&id, a, |v| value_term(env, &v, inline)));
+    let r = tc::with_scratch(|id_buf, _| {
+        tc::encode_append(id, id_buf, limit(a))?;
+        h.store
+            .read(id_buf, a, |v| value_term(env, v, None, inline))
+    });
     reply(env, r.and_then(|t| t))
 }
 twin!(store_get, store_get_dirty, get_impl, (id));
@@ -301,30 +308,50 @@ fn update_impl<'a>(
     want_value: Term<'a>,
     a: Access,
 ) -> Term<'a> {
+    tc::with_scratch(|id_buf, op_buf| update_in(env, h, id, op, want_value, a, id_buf, op_buf))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn update_in<'a>(
+    env: Env<'a>,
+    h: &Handle,
+    id: Term<'a>,
+    op: Term<'a>,
+    want_value: Term<'a>,
+    a: Access,
+    id_buf: &mut Vec<u8>,
+    op_buf: &mut Vec<u8>,
+) -> Term<'a> {
     let want_value = want_value.decode::<bool>().unwrap_or(true);
-    let id = match id_bytes(id, a) {
-        Ok(id) => id,
-        Err(e) => return reply(env, Err(e)),
-    };
-    let mut buf = Vec::new();
-    let m = match op::parse(op, &mut buf, limit(a)) {
+    if let Err(e) = tc::encode_append(id, id_buf, limit(a)) {
+        return reply(env, Err(e));
+    }
+    let id: &[u8] = id_buf;
+    let m = match op::parse(op, op_buf, limit(a)) {
         Ok(m) => m,
-        Err(OpError::NotAnOperation) => return unsupported(env, h, &id, op, a),
+        Err(OpError::NotAnOperation) => return unsupported(env, h, id, op, a),
         Err(OpError::InvalidAmount(n)) => return (error(), (invalid_amount(), n)).encode(env),
         Err(OpError::Term(e)) => return reply(env, Err(e)),
     };
-    // The core refuses a large item on a normal scheduler before mutating
-    // it (`update_with`'s `linear_reply`), so once mutated the value is
-    // always built here: a mutation is never retried after it happened.
-    let r = h.store.update_with(&id, m, a, want_value, |v| {
+    let edited = match m {
+        Mutation::Add(e) | Mutation::Remove(e) => Some(e),
+        _ => None,
+    };
+    // The core refuses (`:dirty`) a value reply too large for this
+    // scheduler before mutating; once mutated, the reply is built here
+    // whatever it costs (answering `:dirty` now would repeat the mutation).
+    let r = h.store.update_with(id, m, a, want_value, |v| {
         if want_value {
-            value_term(env, &v, false)
+            value_term(env, v, edited, false)
         } else {
+            if let (Crdt::ORSet(_), Some(ext)) = (v.crdt, v.ext) {
+                set_cache::note_update(v.version, ext, edited);
+            }
             Ok(ok().encode(env))
         }
     });
     match r.and_then(|t| t) {
-        Err(Error::UnsupportedOperation) => unsupported(env, h, &id, op, a),
+        Err(Error::UnsupportedOperation) => unsupported(env, h, id, op, a),
         Err(Error::Overflow) => match op::amount_term(op) {
             Some(n) => (error(), (invalid_amount(), n)).encode(env),
             None => error_term(env, &Error::Overflow),
@@ -476,4 +503,34 @@ fn store_probe_take(env: Env) -> Term {
         ("preempted", (w.preempted.0, w.preempted.1).encode(env)),
     ];
     atom_map(env, &pairs)
+}
+
+/// Test-only: the cached value of a hot set `id` (see `set_cache`):
+/// `{:ok, nil}` or `{:ok, %{len: keys, pending: n, edits: n}}`. Reading it
+/// counts as an access.
+#[cfg(feature = "fault-injection")]
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_value_cache<'a>(env: Env<'a>, store: Term<'a>, id: Term<'a>) -> Term<'a> {
+    let h = match resolve(store) {
+        Ok(h) => h,
+        Err(reason) => return (error(), reason).encode(env),
+    };
+    let r = id_bytes(id, Access::MayBlock).and_then(|id| {
+        h.store.read(&id, Access::MayBlock, |v| {
+            v.ext
+                .and_then(set_cache::describe)
+                .map(|(len, pending, edits)| {
+                    let pairs: [(&str, Term<'a>); 3] = [
+                        ("len", len.encode(env)),
+                        ("pending", pending.encode(env)),
+                        ("edits", edits.encode(env)),
+                    ];
+                    atom_map(env, &pairs)
+                })
+        })
+    });
+    reply(
+        env,
+        r.map(|c| (ok(), c.unwrap_or_else(|| nil().encode(env))).encode(env)),
+    )
 }

@@ -39,6 +39,34 @@ pub fn encode_within(term: Term, limit: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<[Vec<u8>; 2]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// Call `f` with two empty byte buffers kept per thread, so that encoding
+/// an id and an operand on every call allocates nothing. A nested call gets
+/// fresh buffers; buffers grown past 4 KiB are not kept.
+pub fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
+    let mut bufs = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let [a, b] = &mut bufs;
+    a.clear();
+    b.clear();
+    let r = f(a, b);
+    for buf in bufs.iter_mut().filter(|b| b.capacity() > 4096) {
+        *buf = Vec::new();
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = bufs);
+    r
+}
+
+/// Append the encoding of `term` to `out`, within `limit` bytes (see
+/// [`encode_within`]).
+pub fn encode_append(term: Term, out: &mut Vec<u8>, limit: usize) -> Result<()> {
+    let mut budget = limit;
+    encode_into(term, out, 0, &mut budget)
+}
+
 fn spend(budget: &mut usize, n: usize) -> Result<()> {
     *budget = budget.checked_sub(n).ok_or(Error::WouldBlock)?;
     Ok(())
@@ -50,9 +78,12 @@ fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize, budget: &mut usize) 
     }
     spend(budget, 16)?;
     match term.get_type() {
-        TermType::Atom => match term.atom_to_string() {
-            Ok(name) => ct::write_atom(out, name.as_bytes()),
-            Err(_) => write_etf(term, out),
+        TermType::Atom => match ascii_atom(term, &mut [0; 256]) {
+            Some(name) => ct::write_atom(out, name),
+            None => match term.atom_to_string() {
+                Ok(name) => ct::write_atom(out, name.as_bytes()),
+                Err(_) => write_etf(term, out),
+            },
         },
         TermType::Integer => match term.decode::<i64>() {
             Ok(i) => ct::write_int(out, i),
@@ -102,6 +133,26 @@ fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize, budget: &mut usize) 
         _ => write_etf(term, out),
     }
     Ok(())
+}
+
+/// The name of an atom that is all ASCII, read into `buf` without
+/// allocating (ids are often atoms); `None` for any other atom, which
+/// `atom_to_string` handles (the bytes are the same for ASCII names).
+fn ascii_atom<'b>(term: Term, buf: &'b mut [u8; 256]) -> Option<&'b [u8]> {
+    // SAFETY: `buf` has room for the longest Latin-1 atom (255) and the
+    // NUL; enif_get_atom writes at most `buf.len()` bytes and returns the
+    // count including the NUL, or 0.
+    let n = unsafe {
+        rustler::sys::enif_get_atom(
+            term.get_env().as_c_arg(),
+            term.as_c_arg(),
+            buf.as_mut_ptr() as *mut std::ffi::c_char,
+            buf.len() as std::ffi::c_uint,
+            rustler::sys::ErlNifCharEncoding::ERL_NIF_LATIN1,
+        )
+    };
+    let name = buf.get(..(n as usize).checked_sub(1)?)?;
+    name.is_ascii().then_some(name)
 }
 
 fn write_etf(term: Term, out: &mut Vec<u8>) {

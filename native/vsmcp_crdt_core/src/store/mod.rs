@@ -34,7 +34,7 @@ mod tiers;
 mod write_behind;
 
 pub use config::{Access, Durability, StoreConfig, INLINE_BYTES};
-pub use tiers::{Ext, Tier};
+pub use tiers::{drop_in_background, Ext, Tier};
 pub use write_behind::Pending;
 
 use crate::causal::ReplicaId;
@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tiers::{decode_stored, drop_in_background, Body, Limits, Tiers};
+use tiers::{decode_stored, Body, Limits, Tiers};
 use write_behind::{write_group, PendingWrites};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -772,16 +772,20 @@ impl Inner {
     ) -> Result<StateGuard<'a>> {
         let inner = self;
         inner.check_writable_at(&sh, id, access)?;
-        let op = match op {
-            Op::Set(v, _) => Op::Set(v, inner.clock.lock().tick(now_ms())),
-            other => other,
+        let now = now_ms();
+        let (op, ticked) = match op {
+            Op::Set(v, _) => {
+                let ts = inner.clock.lock().tick(now);
+                (Op::Set(v, ts), Some(ts))
+            }
+            other => (other, None),
         };
         match inner.cfg.durability {
             Durability::Relaxed => match op {
                 Op::Set(v, ts) if access == Access::MayBlock && inner.large(&sh, id, v.len()) => {
                     sh = inner.set_large(sh, id, v, ts)?;
                 }
-                op => inner.apply_relaxed(&mut sh, id, op, access)?,
+                op => inner.apply_relaxed(&mut sh, id, op, access, now)?,
             },
             Durability::Strict => {
                 let (delta, meta) = {
@@ -791,7 +795,7 @@ impl Inner {
                         Body::Warm(b) => decode_stored(b)?.delta_of(&inner.replica, op)?,
                     };
                     let mut meta = slot.meta.clone();
-                    meta.updated_at = now_ms();
+                    meta.updated_at = now;
                     (delta, meta)
                 };
                 drop(sh);
@@ -815,11 +819,16 @@ impl Inner {
                 inner.join_in_memory(&mut sh, id, &meta, &delta)?;
             }
         }
-        if let Some(slot) = sh.tiers.get(id) {
-            if let Body::Hot(c) = &slot.body {
-                if let Crdt::LwwRegister(r) = &**c {
-                    if let Some(ts) = r.timestamp() {
-                        inner.clock.lock().observe(ts);
+        // A register keeps a newer timestamp than the one just issued (a
+        // peer's): the clock moves past it. (The clock is already at or past
+        // the issued one, so an older or equal timestamp changes nothing.)
+        if let Some(issued) = ticked {
+            if let Some(slot) = sh.tiers.get(id) {
+                if let Body::Hot(c) = &slot.body {
+                    if let Crdt::LwwRegister(r) = &**c {
+                        if let Some(ts) = r.timestamp().filter(|ts| *ts > issued) {
+                            inner.clock.lock().observe(ts);
+                        }
                     }
                 }
             }
@@ -829,7 +838,14 @@ impl Inner {
 
     /// Relaxed: apply `op` in memory and join its delta into the pending
     /// delta group. Nothing can fail after the state changed.
-    fn apply_relaxed(&self, sh: &mut Shard, id: &[u8], op: Op<'_>, access: Access) -> Result<()> {
+    fn apply_relaxed(
+        &self,
+        sh: &mut Shard,
+        id: &[u8],
+        op: Op<'_>,
+        access: Access,
+        now: u64,
+    ) -> Result<()> {
         let Shard { tiers, pending } = sh;
         let slot = tiers.get_mut(id).ok_or(Error::NotFound)?;
         let kind = slot.meta.kind;
@@ -853,7 +869,7 @@ impl Inner {
                 *bytes = c.encode().into();
             }
         }
-        slot.meta.updated_at = now_ms();
+        slot.meta.updated_at = now;
         slot.changed();
         match &mut p.meta {
             Some(m) => m.join(&slot.meta),
@@ -891,7 +907,7 @@ impl Inner {
             },
             Body::Warm(_) => {
                 let mut sh = sh;
-                self.apply_relaxed(&mut sh, id, Op::Set(v, ts), Access::MayBlock)?;
+                self.apply_relaxed(&mut sh, id, Op::Set(v, ts), Access::MayBlock, now_ms())?;
                 return Ok(sh);
             }
         };
@@ -914,7 +930,7 @@ impl Inner {
         let slot = tiers.get_mut(id).ok_or(Error::NotFound)?;
         if slot.version != version || !matches!(slot.body, Body::Hot(_)) {
             drop_in_background(new);
-            self.apply_relaxed(&mut sh, id, Op::Set(v, ts), Access::MayBlock)?;
+            self.apply_relaxed(&mut sh, id, Op::Set(v, ts), Access::MayBlock, now_ms())?;
             return Ok(sh);
         }
         let old = std::mem::replace(&mut slot.body, Body::Hot(Arc::clone(&new)));

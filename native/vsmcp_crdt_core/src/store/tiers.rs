@@ -266,14 +266,15 @@ impl Tiers {
         let Body::Hot(c) = &slot.body else {
             return false;
         };
-        slot.ext = None;
         if c.size_hint() > INLINE_BYTES {
+            // With its `ext` (a large built value, also slow to free).
             if let Some(slot) = self.map.remove(&k) {
                 self.hot_len -= 1;
                 drop_in_background(slot);
             }
             return true;
         }
+        slot.ext = None;
         slot.body = Body::Warm(c.encode().into());
         slot.gen = gen;
         self.next_gen = gen;
@@ -415,8 +416,9 @@ pub(super) fn decode_stored(bytes: &[u8]) -> Result<Crdt> {
 }
 
 /// Free a large value off the caller's thread: dropping a 200,000-element
-/// set frees as many allocations (milliseconds).
-pub(super) fn drop_in_background<T: Send + 'static>(value: T) {
+/// set frees as many allocations (milliseconds). Also used by the NIF for
+/// large built values.
+pub fn drop_in_background<T: Send + 'static>(value: T) {
     use std::sync::mpsc::{channel, Sender};
     use std::sync::{Mutex, OnceLock};
     type Garbage = Box<dyn Send>;
