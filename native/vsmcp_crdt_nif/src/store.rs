@@ -91,6 +91,18 @@ fn registry() -> &'static RwLock<HashMap<LocalPid, Handle>> {
     REG.get_or_init(|| RwLock::new(HashMap::new()))
 }
 
+/// Call `f` with the store behind `t` (a registered owner pid, or a
+/// handle) without touching the resource's reference count: the registry's
+/// read lock is held for the call. Only for calls of microseconds (normal
+/// schedulers): registering a store waits for it.
+fn with_store<R>(t: Term, f: impl FnOnce(&Handle) -> R) -> Result<R, Atom> {
+    if let Ok(pid) = t.decode::<LocalPid>() {
+        let reg = registry().read();
+        return reg.get(&pid).map(f).ok_or_else(noproc);
+    }
+    t.decode::<Handle>().map(|h| f(&h)).map_err(|_| noproc())
+}
+
 /// The store behind `t`: a registered owner pid, or a handle.
 fn resolve(t: Term) -> Result<Handle, Atom> {
     if let Ok(pid) = t.decode::<LocalPid>() {
@@ -168,10 +180,8 @@ macro_rules! twin {
         fn $plain<'a>(env: Env<'a>, store: Term<'a>, $($arg: Term<'a>),*) -> Term<'a> {
             #[cfg(feature = "fault-injection")]
             let probe = crate::probe::Probe::start();
-            let r = match resolve(store) {
-                Ok(h) => $imp(env, &h, $($arg,)* Access::MemoryOnly),
-                Err(reason) => (error(), reason).encode(env),
-            };
+            let r = with_store(store, |h| $imp(env, h, $($arg,)* Access::MemoryOnly))
+                .unwrap_or_else(|reason| (error(), reason).encode(env));
             #[cfg(feature = "fault-injection")]
             probe.finish(stringify!($plain), || {
                 let mut d = String::new();
