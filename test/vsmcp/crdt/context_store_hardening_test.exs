@@ -197,4 +197,22 @@ defmodule Vsmcp.CRDT.ContextStoreHardeningTest do
     :ok = ContextStore.stop(s)
     refute File.exists?(path)
   end
+
+  @tag timeout: 120_000
+  test "a store with no location leaves nothing behind when the VM halts" do
+    elixir = System.find_executable("elixir") || flunk("elixir not on PATH")
+    paths = Enum.flat_map(:code.get_path(), fn p -> ["-pa", List.to_string(p)] end)
+
+    script = """
+    {:ok, s} = Vsmcp.CRDT.ContextStore.start_link([])
+    :ok = Vsmcp.CRDT.ContextStore.create(s, :c, :g_counter)
+    {:ok, 1} = Vsmcp.CRDT.ContextStore.increment(s, :c)
+    IO.puts("PATH " <> Vsmcp.CRDT.ContextStore.stats(s).path)
+    System.halt()
+    """
+
+    {out, 0} = System.cmd(elixir, paths ++ ["-e", script], stderr_to_stdout: true)
+    [_, path] = Regex.run(~r/PATH (\S+)/, out)
+    refute File.exists?(path)
+  end
 end

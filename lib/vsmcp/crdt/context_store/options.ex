@@ -15,7 +15,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   | `:ets_limit` | `0..2^48` | `usize` | as above |
   | `:max_value_bytes` | `0..2^48` | `usize` | 256 TiB, more than any term |
   | `:cache_bytes` | `0..2^48` | `usize` | 256 TiB of block cache |
-  | `:access_threshold` | `1..2^32-1` | `u32` | the NIF's type |
+  | `:access_threshold` | `0..2^32-1` | `u32` | the NIF's type; 0 acts as 1 (as the replaced store accepted it) |
   | `:flush_interval` | `0..2^32-1` ms (0 acts as 1) | `u64` | about 49.7 days |
   | `:max_clock_offset` | `0..2^32-1` ms | `u64` | about 49.7 days |
   | `:decay_interval` | `0..2^32-1` ms, or `nil` (the default, 60 s); 0 disables decay | (Elixir timer) | `Process.send_after/3`'s limit |
@@ -40,7 +40,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   @native_integers [
     memory_limit: 0..@max_size,
     ets_limit: 0..@max_size,
-    access_threshold: 1..@max_u32,
+    access_threshold: 0..@max_u32,
     flush_interval: 0..@max_ms,
     max_value_bytes: 0..@max_size,
     max_clock_offset: 0..@max_ms,
@@ -57,7 +57,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
           required(:durability) => :relaxed | :strict,
           optional(:memory_limit) => non_neg_integer(),
           optional(:ets_limit) => non_neg_integer(),
-          optional(:access_threshold) => pos_integer(),
+          optional(:access_threshold) => non_neg_integer(),
           optional(:flush_interval) => non_neg_integer(),
           optional(:max_value_bytes) => non_neg_integer(),
           optional(:max_clock_offset) => non_neg_integer(),

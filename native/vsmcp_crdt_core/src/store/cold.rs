@@ -572,13 +572,20 @@ pub(super) fn write_all_pending_at_exit() {
             continue;
         };
         if let Some(db) = guard.as_ref() {
-            if let Err(e) = tier.write_to(db, &ops) {
-                eprintln!(
-                    "vsmcp_crdt: exit: {}: pending writes lost: {e}",
-                    tier.path.display()
-                );
+            // An ephemeral store's data dies with the process: not written,
+            // and its directory removed once RocksDB is quiet.
+            if tier._cleanup.0.is_none() {
+                if let Err(e) = tier.write_to(db, &ops) {
+                    eprintln!(
+                        "vsmcp_crdt: exit: {}: pending writes lost: {e}",
+                        tier.path.display()
+                    );
+                }
             }
             db.cancel_all_background_work(true);
+            if let Some(p) = &tier._cleanup.0 {
+                let _ = std::fs::remove_dir_all(p);
+            }
         }
         // The handle is never closed: leak the tier and its database.
         drop(guard);

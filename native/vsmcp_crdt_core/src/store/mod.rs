@@ -282,25 +282,16 @@ impl Store {
         let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
         let version = slot.version;
         let big = slot.size_hint() > INLINE_BYTES;
+        if big && !inline && matches!(slot.body, Body::Hot(_)) {
+            return inner.view_unlocked(sh, id, f);
+        }
+        let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
         match &slot.body {
-            Body::Hot(c) if inline || !big => Ok(f(View {
+            Body::Hot(c) => Ok(f(View {
                 crdt: c,
                 version,
                 ext: Some(&mut slot.ext),
             })),
-            Body::Hot(c) => {
-                let c = Arc::clone(c);
-                let mut ext = slot.ext.take();
-                drop(sh);
-                let r = f(View {
-                    crdt: &c,
-                    version,
-                    ext: Some(&mut ext),
-                });
-                drop(c);
-                inner.restore_ext(id, version, ext);
-                Ok(r)
-            }
             Body::Warm(_) if inline && big => Err(Error::WouldBlock),
             Body::Warm(bytes) if !big => {
                 let c = decode_stored(bytes)?;
@@ -418,20 +409,11 @@ impl Store {
         let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
         let version = slot.version;
         let unlocked = linear_reply && !inline && slot.size_hint() > INLINE_BYTES;
+        if unlocked && matches!(slot.body, Body::Hot(_)) {
+            return inner.view_unlocked(sh, id, f);
+        }
+        let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
         Ok(match &slot.body {
-            Body::Hot(c) if unlocked => {
-                let c = Arc::clone(c);
-                let mut ext = slot.ext.take();
-                drop(sh);
-                let r = f(View {
-                    crdt: &c,
-                    version,
-                    ext: Some(&mut ext),
-                });
-                drop(c);
-                inner.restore_ext(id, version, ext);
-                r
-            }
             Body::Hot(c) => f(View {
                 crdt: c,
                 version,
@@ -1138,6 +1120,31 @@ impl Inner {
             }
         }
         Ok(meta)
+    }
+
+    /// Call `f` on a snapshot of `id`'s large hot state without the shard
+    /// lock (dirty schedulers): the NIF's `ext` is taken out for the call
+    /// and put back if the state did not change meanwhile.
+    fn view_unlocked<'a, R>(
+        &'a self,
+        mut sh: StateGuard<'a>,
+        id: &[u8],
+        f: impl FnOnce(View<'_>) -> R,
+    ) -> Result<R> {
+        let slot = sh.tiers.get_mut(id).ok_or(Error::NotFound)?;
+        let Body::Hot(c) = &slot.body else {
+            return Err(Error::NotFound);
+        };
+        let (c, version, mut ext) = (Arc::clone(c), slot.version, slot.ext.take());
+        drop(sh);
+        let r = f(View {
+            crdt: &c,
+            version,
+            ext: Some(&mut ext),
+        });
+        drop(c);
+        self.restore_ext(id, version, ext);
+        Ok(r)
     }
 
     /// Keep the NIF's `ext` (taken out of the slot for work without the

@@ -60,9 +60,9 @@ defmodule Vsmcp.CRDT.ContextStore.OptionsTest do
       assert File.ls!(dir) == []
     end
 
-    test "access_threshold starts at 1" do
-      assert Options.to_native(storage_opts: [access_threshold: 0]) ==
-               {:error, {:invalid_option, :access_threshold, 0}}
+    test "access_threshold 0 is accepted (the store treats it as 1)" do
+      assert {:ok, %{access_threshold: 0}} =
+               Options.to_native(storage_opts: [access_threshold: 0])
     end
 
     test "the bounds themselves and zero (where allowed) are accepted" do
@@ -76,7 +76,7 @@ defmodule Vsmcp.CRDT.ContextStore.OptionsTest do
                |> Map.delete(:decay_interval)
                |> Map.merge(%{path: dir, ephemeral: false, node_id: :n, durability: :relaxed})
 
-      zeros = for key <- @integer_options, key != :access_threshold, do: {key, 0}
+      zeros = for key <- @integer_options, do: {key, 0}
       assert {:ok, %{memory_limit: 0}} = Options.to_native(storage_opts: [data_dir: dir] ++ zeros)
     end
 
