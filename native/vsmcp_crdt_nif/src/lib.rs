@@ -24,7 +24,20 @@ fn nif_loaded() -> bool {
     true
 }
 
-rustler::init!("Elixir.Vsmcp.CRDT.Native");
+/// At load: mimalloc never returns freed pages to the OS on its own
+/// (`purge_delay = -1`). Its purging runs inside whichever thread next
+/// allocates, a scheduler in the middle of a NIF call: after a large set
+/// was freed, a microsecond call spent milliseconds in `madvise`. Freed
+/// memory is reused by later allocations, as glibc's would be.
+fn on_load(_env: rustler::Env, _info: rustler::Term) -> bool {
+    // `mi_option_purge_delay` in mimalloc's option enum.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: setting an allocator option; valid at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    true
+}
+
+rustler::init!("Elixir.Vsmcp.CRDT.Native", load = on_load);
 
 /// Rust allocations of the NIF (CRDT states, elements, encoded records)
 /// come from mimalloc instead of glibc malloc. With glibc, freeing a large
