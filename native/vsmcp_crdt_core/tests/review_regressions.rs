@@ -159,3 +159,42 @@ fn writes_handed_to_a_successor_that_fails_to_open_are_kept() {
     let s4 = Store::open(StoreConfig::new(&path, b"node")).unwrap();
     assert_eq!(counter(&s4, b"c"), 5001);
 }
+
+/// A value cached by the NIF beside a set (`View::ext`) is never restored
+/// into a different state of the same id, even one that reached an equal
+/// version number (after 2^20 changes of the old one).
+#[test]
+fn a_cached_value_is_not_restored_into_a_re_created_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path(), b"n");
+    c.hot_limit = 100; // one shard
+    let s = Store::open(c).unwrap();
+    s.create(b"x", Kind::AWSet, Access::MemoryOnly).unwrap();
+    let add = |e: &[u8]| match s.update(b"x", Mutation::Add(e), Access::MemoryOnly, |_| ()) {
+        Err(Error::WouldBlock) => s
+            .update(b"x", Mutation::Add(e), Access::MayBlock, |_| ())
+            .unwrap(),
+        other => other.unwrap(),
+    };
+    for i in 0..3000u32 {
+        add(format!("element-number-{i:020}").as_bytes());
+    }
+    for _ in 3000..(1u32 << 20) {
+        add(b"again");
+    }
+    // A dirty read of the large set works on a snapshot with the ext taken
+    // out; meanwhile the id is deleted and created again.
+    s.read(b"x", Access::MayBlock, |v| {
+        *v.ext.unwrap() = Some(Box::new(777u64));
+        s.delete(b"x", Access::MemoryOnly).unwrap();
+        s.create(b"x", Kind::AWSet, Access::MemoryOnly).unwrap();
+    })
+    .unwrap();
+    let ext = s
+        .read(b"x", Access::MemoryOnly, |v| {
+            v.ext
+                .and_then(|e| e.as_ref().and_then(|b| b.downcast_ref::<u64>().copied()))
+        })
+        .unwrap();
+    assert_eq!(ext, None, "the old set's cached value went to the new set");
+}

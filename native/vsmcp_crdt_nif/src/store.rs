@@ -224,7 +224,7 @@ fn store_register(env: Env, h: Handle, owner: LocalPid) -> bool {
 }
 
 /// Whether a store of this OS process has the directory `path` open.
-#[rustler::nif]
+#[rustler::nif(schedule = "DirtyIo")]
 fn store_path_open(path: String) -> bool {
     vsmcp_crdt_core::store::cold::ColdTier::in_use(std::path::Path::new(&path))
 }

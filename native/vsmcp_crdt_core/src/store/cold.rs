@@ -156,14 +156,19 @@ impl ColdTier {
         loop {
             let mut reg = registry().lock();
             if let Some(existing) = reg.get(&canon).and_then(Weak::upgrade) {
-                let owners: Vec<_> = existing.owners.lock().drain(..).collect();
+                let owners: Vec<_> = existing.owners.lock().clone();
                 // Hand over without the registry lock: a previous owner may
                 // be inside its own close, waiting for that lock to release
-                // the handle (which our reference now keeps open).
+                // the handle (which our reference now keeps open). An owner
+                // stays listed until its writes are orphans, so the exit
+                // hook finds them in one place or the other.
                 drop(reg);
-                for o in owners.iter().filter_map(Weak::upgrade) {
-                    let handed = o.hand_over();
-                    existing.orphans.lock().extend(handed);
+                for o in &owners {
+                    if let Some(owner) = o.upgrade() {
+                        let handed = owner.hand_over();
+                        existing.orphans.lock().extend(handed);
+                    }
+                    existing.owners.lock().retain(|w| !w.ptr_eq(o));
                 }
                 return Ok(existing);
             }
@@ -310,9 +315,12 @@ impl ColdTier {
         &self.path
     }
 
-    /// Take the writes handed over by predecessors (see [`ColdTier::open`]).
-    pub fn take_orphans(&self) -> HandedOver {
-        std::mem::take(&mut *self.orphans.lock())
+    /// Give the writes handed over by predecessors (see [`ColdTier::open`])
+    /// to `adopt`, holding them until it returns (the exit hook waits, so it
+    /// finds each write either here or with its adopter).
+    pub fn adopt_orphans(&self, adopt: impl FnOnce(HandedOver)) {
+        let mut orphans = self.orphans.lock();
+        adopt(std::mem::take(&mut *orphans));
     }
 
     /// The batch operations of the orphaned writes.

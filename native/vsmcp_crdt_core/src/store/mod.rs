@@ -194,19 +194,20 @@ impl Store {
         // (kept by the tier until now) become ours.
         let weak_owner: Weak<dyn Owner> = Arc::downgrade(&inner) as Weak<dyn Owner>;
         cold.add_owner(weak_owner);
-        let handed_over = cold.take_orphans();
-        if !handed_over.is_empty() {
-            inner.cold_possible.store(true, Ordering::Release);
-        }
-        for (id, p) in handed_over {
-            let i = inner.shard_index(&id);
-            let mut sh = inner.shards[i].state.lock();
-            let merged = match sh.pending.dirty.remove(&id) {
-                Some(newer) => p.then(newer),
-                None => p,
-            };
-            sh.pending.dirty.insert(id, merged);
-        }
+        cold.adopt_orphans(|handed_over| {
+            if !handed_over.is_empty() {
+                inner.cold_possible.store(true, Ordering::Release);
+            }
+            for (id, p) in handed_over {
+                let i = inner.shard_index(&id);
+                let mut sh = inner.shards[i].state.lock();
+                let merged = match sh.pending.dirty.remove(&id) {
+                    Some(newer) => p.then(newer),
+                    None => p,
+                };
+                sh.pending.dirty.insert(id, merged);
+            }
+        });
         Ok(Store(inner))
     }
 
@@ -1142,20 +1143,23 @@ impl Inner {
             version,
             ext: Some(&mut ext),
         });
+        self.restore_ext(id, version, &c, ext);
         drop(c);
-        self.restore_ext(id, version, ext);
         Ok(r)
     }
 
     /// Keep the NIF's `ext` (taken out of the slot for work without the
     /// lock) if the slot still holds the state it was built from.
-    fn restore_ext(&self, id: &[u8], version: u64, ext: tiers::Ext) {
+    fn restore_ext(&self, id: &[u8], version: u64, state: &Arc<Crdt>, ext: tiers::Ext) {
         if ext.is_none() {
             return;
         }
         let mut sh = self.lock_state_after_write(id);
         if let Some(slot) = sh.tiers.get_mut(id) {
-            if slot.version == version && slot.ext.is_none() && matches!(slot.body, Body::Hot(_)) {
+            // The same state object, not only the same version number (a
+            // re-created id could reach an equal version).
+            let same = matches!(&slot.body, Body::Hot(c) if Arc::ptr_eq(c, state));
+            if slot.version == version && slot.ext.is_none() && same {
                 slot.ext = ext;
                 return;
             }
@@ -1204,6 +1208,12 @@ impl Inner {
         }
         let hlc_changed = self.hlc_to_batch(&mut ops);
         if ops.is_empty() {
+            // Groups with nothing to write (a failed mutation's empty
+            // entry) are done too.
+            drop(groups);
+            for shard in self.shards.iter() {
+                shard.state.lock().pending.end_flush(true);
+            }
             return self.check_writable_after_idle();
         }
         let res = self.injected_fault().and_then(|()| self.cold.write(&ops));

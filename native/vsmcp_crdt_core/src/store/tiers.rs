@@ -109,7 +109,10 @@ impl Tiers {
     /// O(1), but that one insert is O(n), so it is done on a dirty
     /// scheduler (see `Crdt::insert_would_regrow`).
     pub(super) fn insert_would_regrow(&self) -> bool {
-        self.map.len() >= 4096 && self.map.len() == self.map.capacity()
+        let full = |len: usize, cap: usize| len >= 4096 && len == cap;
+        full(self.map.len(), self.map.capacity())
+            || full(self.hot_q.len(), self.hot_q.capacity())
+            || full(self.warm_q.len(), self.warm_q.capacity())
     }
 }
 
@@ -378,19 +381,30 @@ impl Tiers {
         }
     }
 
+    /// Drop stale queue entries (ids gone or moved to the other tier) once
+    /// they outnumber the live ones, a bounded number per call: a full
+    /// pass over a queue of a million entries would take tens of
+    /// milliseconds on a normal scheduler. Live entries met on the way go
+    /// to the back, as a CLOCK pass would move them.
     fn compact_queues(&mut self) {
+        const STEP: usize = 1024;
         let map = &self.map;
-        if self.hot_q.len() > 2 * self.hot_len + 64 {
-            self.hot_q.retain(|(k, g)| {
-                map.get(k)
-                    .is_some_and(|s| s.gen == *g && matches!(s.body, Body::Hot(_)))
-            });
-        }
-        if self.warm_q.len() > 2 * self.warm_len + 64 {
-            self.warm_q.retain(|(k, g)| {
-                map.get(k)
-                    .is_some_and(|s| s.gen == *g && matches!(s.body, Body::Warm(_)))
-            });
+        for (q, live, hot) in [
+            (&mut self.hot_q, self.hot_len, true),
+            (&mut self.warm_q, self.warm_len, false),
+        ] {
+            if q.len() <= 2 * live + 64 {
+                continue;
+            }
+            for _ in 0..STEP.min(q.len()) {
+                let Some((k, g)) = q.pop_front() else { break };
+                let keep = map
+                    .get(&k)
+                    .is_some_and(|s| s.gen == g && matches!(s.body, Body::Hot(_)) == hot);
+                if keep {
+                    q.push_back((k, g));
+                }
+            }
         }
     }
 }
