@@ -177,6 +177,7 @@ defmodule Vsmcp.CRDT.ContextStoreSchedulerTest do
 
   setup do
     Vsmcp.CRDT.Native.store_probe_take()
+    Process.delete(:measured)
     watch = Watch.start()
     previous = :erlang.system_monitor(watch, [{:long_schedule, @long_ms}])
 
@@ -459,9 +460,38 @@ defmodule Vsmcp.CRDT.ContextStoreSchedulerTest do
 
   # The test's own work (not measured): 1-2 µs per element.
   defp build_set!(s, id, n) do
+    keep_measured_calls()
     :ok = ContextStore.create(s, id, :or_set)
     for e <- 1..n, do: :ok = ContextStore.update(s, id, {:add, e}, return: :ok)
     discard_setup_calls()
+  end
+
+  # What the NIF measured so far (the measured paths before a setup step)
+  # is kept in the test process and joined into the verdict.
+  defp keep_measured_calls do
+    Process.put(
+      :measured,
+      join_probes(Process.get(:measured), Vsmcp.CRDT.Native.store_probe_take())
+    )
+  end
+
+  defp measured_calls do
+    join_probes(Process.delete(:measured), Vsmcp.CRDT.Native.store_probe_take())
+  end
+
+  defp join_probes(nil, b), do: b
+
+  defp join_probes(a, b) do
+    worst = fn x, y -> if elem(x, 0) >= elem(y, 0), do: x, else: y end
+
+    %{
+      calls: a.calls + b.calls,
+      wall: worst.(a.wall, b.wall),
+      cpu: worst.(a.cpu, b.cpu),
+      blocked: worst.(a.blocked, b.blocked),
+      preempted: worst.(a.preempted, b.preempted),
+      over: a.over ++ b.over
+    }
   end
 
   # The NIF's own measurements (`verdict!/2`) cover the measured paths, not
@@ -652,7 +682,7 @@ defmodule Vsmcp.CRDT.ContextStoreSchedulerTest do
     # Every plain store NIF call measured from inside (test builds): its
     # thread CPU time, and whether the thread blocked (a voluntary context
     # switch) or was only preempted by the OS.
-    probe = Vsmcp.CRDT.Native.store_probe_take()
+    probe = measured_calls()
     {cpu_us, cpu_nif, cpu_args} = probe.cpu
     {blocked_us, blocked_nif} = probe.blocked
     {pre_us, pre_nif} = probe.preempted
