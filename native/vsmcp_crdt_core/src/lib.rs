@@ -21,3 +21,4 @@ pub use crdt::{Crdt, Kind, Mutation, Op, Value};
 pub use error::{Error, Result};
 pub use hlc::{Clock, Timestamp};
 pub mod store;
+pub mod sync;

@@ -1,0 +1,629 @@
+//! Versioned sync protocol messages and their codec.
+//!
+//! ```text
+//! byte 0   WIRE_MAGIC  0xC9
+//! byte 1   WIRE_VERSION (1)
+//! byte 2   message tag (see [`Tag`])
+//! rest     MessagePack body (rmp-serde, tuples as arrays, bytes as bin)
+//! ```
+//!
+//! Bodies, by tag:
+//!
+//! | tag | message         | body                                            |
+//! |-----|-----------------|-------------------------------------------------|
+//! | 1   | `Deltas`        | `[from, seq_start, seq_end, [[id, delta], ..]]` |
+//! | 2   | `Ack`           | `[from, upto]`                                  |
+//! | 3   | `DigestRequest` | `[from, [bucket hash; 256]]`                    |
+//! | 4   | `StateRequest`  | `[from, [bucket index, ..]]`                    |
+//! | 5   | `States`        | `[from, [[id, state], ..], last]`               |
+//!
+//! [`Message::decode`] validates everything (header, shape, sequence range
+//! against entry count, CRDT headers of every payload, bucket counts and
+//! ranges, duplicate ids, trailing bytes) and refuses a message longer than
+//! [`MAX_MESSAGE_BYTES`], except a `Deltas` or `States` message carrying
+//! exactly one entry, which may reach [`MAX_SINGLE_ENTRY_MESSAGE_BYTES`]: the
+//! encoder side ([`DeltaLog::next_batch`](super::log::DeltaLog::next_batch),
+//! [`states_messages`]) packs entries up to the limit and sends an entry
+//! larger than the limit alone, never truncated. Golden vectors in this
+//! module's tests pin the bytes.
+
+use crate::causal::ReplicaId;
+use crate::crdt::split_header;
+use crate::error::{Error, Result};
+use hashbrown::HashSet;
+use serde::Deserialize;
+use serde_bytes::{ByteBuf, Bytes};
+
+use super::digest::BUCKETS;
+
+/// First byte of every sync message (CRDT bytes use 0xC7, store records 0xC8).
+pub const WIRE_MAGIC: u8 = 0xC9;
+/// The protocol version this build speaks.
+pub const WIRE_VERSION: u8 = 1;
+/// Largest message holding more than one entry (and of every other kind).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Largest message holding a single entry larger than [`MAX_MESSAGE_BYTES`]
+/// (the store's default `max_value_bytes` is 16 MiB).
+pub const MAX_SINGLE_ENTRY_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Upper bound of the bytes one `[id, payload]` entry adds to a message
+/// beyond `id.len() + payload.len()`: a fixarray byte and two bin headers.
+pub const ENTRY_OVERHEAD: usize = 1 + 5 + 5;
+
+/// Upper bound of the encoded size of an entry in a `Deltas` or `States` body.
+pub fn entry_size(id: &[u8], payload: &[u8]) -> usize {
+    id.len() + payload.len() + ENTRY_OVERHEAD
+}
+
+/// Upper bound of the bytes of a `Deltas` or `States` message from `from`
+/// beyond its entries: header, array headers, `from`, two sequence numbers
+/// or the `last` flag.
+pub fn message_overhead(from: &ReplicaId) -> usize {
+    3 + 1 + 5 + from.as_bytes().len() + 9 + 9 + 5
+}
+
+/// The entry budget that keeps a `Deltas` or `States` message from `from`
+/// within [`MAX_MESSAGE_BYTES`], measured with [`entry_size`].
+pub fn batch_budget(from: &ReplicaId) -> usize {
+    MAX_MESSAGE_BYTES.saturating_sub(message_overhead(from))
+}
+
+/// Message tags, with their stable wire codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tag {
+    /// [`Message::Deltas`].
+    Deltas = 1,
+    /// [`Message::Ack`].
+    Ack = 2,
+    /// [`Message::DigestRequest`].
+    DigestRequest = 3,
+    /// [`Message::StateRequest`].
+    StateRequest = 4,
+    /// [`Message::States`].
+    States = 5,
+}
+
+impl Tag {
+    /// The tag of wire code `c`.
+    pub fn from_code(c: u8) -> Result<Tag> {
+        Ok(match c {
+            1 => Tag::Deltas,
+            2 => Tag::Ack,
+            3 => Tag::DigestRequest,
+            4 => Tag::StateRequest,
+            5 => Tag::States,
+            _ => return Err(Error::Decode(format!("unknown sync message tag {c}"))),
+        })
+    }
+}
+
+/// One `(id, CRDT bytes)` pair: a delta in `Deltas`, a state in `States`.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A sync protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A delta-interval: the sender's local deltas numbered
+    /// `seq_start..=seq_end`, one entry per sequence number, in order
+    /// (Almeida et al., Algorithm 2). Answered with `Ack { upto: seq_end }`.
+    Deltas {
+        /// The sending replica.
+        from: ReplicaId,
+        /// Sequence number of the first entry (>= 1).
+        seq_start: u64,
+        /// Sequence number of the last entry.
+        seq_end: u64,
+        /// `(id, encoded delta)`, `seq_end - seq_start + 1` of them.
+        entries: Vec<Entry>,
+    },
+    /// The sender has joined the receiver's deltas up to `upto`.
+    Ack {
+        /// The acknowledging replica.
+        from: ReplicaId,
+        /// Highest sequence number of the interval received.
+        upto: u64,
+    },
+    /// The sender's digest: asks the receiver to request the states of the
+    /// buckets where the receiver's digest differs.
+    DigestRequest {
+        /// The replica whose digest this is.
+        from: ReplicaId,
+        /// Exactly [`BUCKETS`] bucket hashes.
+        buckets: Vec<u64>,
+    },
+    /// Asks the receiver for its states of every id in `buckets`.
+    StateRequest {
+        /// The requesting replica.
+        from: ReplicaId,
+        /// Bucket indices, strictly increasing, each below [`BUCKETS`].
+        buckets: Vec<u16>,
+    },
+    /// Full states answering a `StateRequest`, possibly in several messages.
+    States {
+        /// The replica the states come from.
+        from: ReplicaId,
+        /// `(id, encoded state)`, ids distinct within the message.
+        entries: Vec<Entry>,
+        /// Whether this is the last message of the answer.
+        last: bool,
+    },
+}
+
+type EntryRef<'a> = (&'a Bytes, &'a Bytes);
+type EntryWire = (ByteBuf, ByteBuf);
+
+fn entries_ref(entries: &[Entry]) -> Vec<EntryRef<'_>> {
+    entries
+        .iter()
+        .map(|(i, p)| (Bytes::new(i), Bytes::new(p)))
+        .collect()
+}
+
+fn entries_from_wire(w: Vec<EntryWire>) -> Vec<Entry> {
+    w.into_iter()
+        .map(|(i, p)| (i.into_vec(), p.into_vec()))
+        .collect()
+}
+
+fn de_err(e: rmp_serde::decode::Error) -> Error {
+    Error::Decode(e.to_string())
+}
+
+/// Every payload must at least carry a valid CRDT header.
+fn check_payloads(entries: &[Entry]) -> Result<()> {
+    for (_, p) in entries {
+        split_header(p)?;
+    }
+    Ok(())
+}
+
+impl Message {
+    /// The message's tag.
+    pub fn tag(&self) -> Tag {
+        match self {
+            Message::Deltas { .. } => Tag::Deltas,
+            Message::Ack { .. } => Tag::Ack,
+            Message::DigestRequest { .. } => Tag::DigestRequest,
+            Message::StateRequest { .. } => Tag::StateRequest,
+            Message::States { .. } => Tag::States,
+        }
+    }
+
+    /// The sending replica.
+    pub fn from(&self) -> &ReplicaId {
+        match self {
+            Message::Deltas { from, .. }
+            | Message::Ack { from, .. }
+            | Message::DigestRequest { from, .. }
+            | Message::StateRequest { from, .. }
+            | Message::States { from, .. } => from,
+        }
+    }
+
+    /// Encode with the versioned header. Size limits are the builder's
+    /// business (see the module docs); this encodes what it is given.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![WIRE_MAGIC, WIRE_VERSION, self.tag() as u8];
+        let res = match self {
+            Message::Deltas {
+                from,
+                seq_start,
+                seq_end,
+                entries,
+            } => rmp_serde::encode::write(
+                &mut out,
+                &(from, seq_start, seq_end, entries_ref(entries)),
+            ),
+            Message::Ack { from, upto } => rmp_serde::encode::write(&mut out, &(from, upto)),
+            Message::DigestRequest { from, buckets } => {
+                rmp_serde::encode::write(&mut out, &(from, buckets))
+            }
+            Message::StateRequest { from, buckets } => {
+                rmp_serde::encode::write(&mut out, &(from, buckets))
+            }
+            Message::States {
+                from,
+                entries,
+                last,
+            } => rmp_serde::encode::write(&mut out, &(from, entries_ref(entries), last)),
+        };
+        // Writing to a Vec cannot fail, and every field is serializable.
+        debug_assert!(res.is_ok());
+        out
+    }
+
+    /// Decode bytes from a peer. Validates everything; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Message> {
+        let (tag, body) = match bytes {
+            [WIRE_MAGIC, WIRE_VERSION, tag, body @ ..] => (Tag::from_code(*tag)?, body),
+            [WIRE_MAGIC, v, _, ..] => return Err(Error::UnsupportedVersion(*v)),
+            _ => return Err(Error::Decode("missing sync message header".into())),
+        };
+        let oversized = bytes.len() > MAX_MESSAGE_BYTES;
+        if bytes.len() > MAX_SINGLE_ENTRY_MESSAGE_BYTES
+            || (oversized && !matches!(tag, Tag::Deltas | Tag::States))
+        {
+            return Err(Error::Decode(format!(
+                "sync message of {} bytes exceeds the limit",
+                bytes.len()
+            )));
+        }
+        let mut de = rmp_serde::Deserializer::new(body);
+        let msg = match tag {
+            Tag::Deltas => {
+                let (from, seq_start, seq_end, entries): (ReplicaId, u64, u64, Vec<EntryWire>) =
+                    Deserialize::deserialize(&mut de).map_err(de_err)?;
+                let entries = entries_from_wire(entries);
+                if seq_start == 0 || seq_end < seq_start {
+                    return Err(Error::Decode("invalid delta-interval".into()));
+                }
+                if (seq_end - seq_start).checked_add(1) != Some(entries.len() as u64) {
+                    return Err(Error::Decode(
+                        "delta-interval does not match its entry count".into(),
+                    ));
+                }
+                check_payloads(&entries)?;
+                Message::Deltas {
+                    from,
+                    seq_start,
+                    seq_end,
+                    entries,
+                }
+            }
+            Tag::Ack => {
+                let (from, upto): (ReplicaId, u64) =
+                    Deserialize::deserialize(&mut de).map_err(de_err)?;
+                Message::Ack { from, upto }
+            }
+            Tag::DigestRequest => {
+                let (from, buckets): (ReplicaId, Vec<u64>) =
+                    Deserialize::deserialize(&mut de).map_err(de_err)?;
+                if buckets.len() != BUCKETS {
+                    return Err(Error::Decode(format!(
+                        "digest has {} buckets, expected {BUCKETS}",
+                        buckets.len()
+                    )));
+                }
+                Message::DigestRequest { from, buckets }
+            }
+            Tag::StateRequest => {
+                let (from, buckets): (ReplicaId, Vec<u16>) =
+                    Deserialize::deserialize(&mut de).map_err(de_err)?;
+                if buckets.iter().any(|&b| b as usize >= BUCKETS) {
+                    return Err(Error::Decode("bucket index out of range".into()));
+                }
+                if buckets.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(Error::Decode(
+                        "bucket indices not strictly increasing".into(),
+                    ));
+                }
+                Message::StateRequest { from, buckets }
+            }
+            Tag::States => {
+                let (from, entries, last): (ReplicaId, Vec<EntryWire>, bool) =
+                    Deserialize::deserialize(&mut de).map_err(de_err)?;
+                let entries = entries_from_wire(entries);
+                let distinct = {
+                    let mut seen = HashSet::with_capacity(entries.len());
+                    entries.iter().all(|(id, _)| seen.insert(id.as_slice()))
+                };
+                if !distinct {
+                    return Err(Error::Decode("duplicate id in states".into()));
+                }
+                check_payloads(&entries)?;
+                Message::States {
+                    from,
+                    entries,
+                    last,
+                }
+            }
+        };
+        if !de.get_ref().is_empty() {
+            return Err(Error::Decode("trailing bytes".into()));
+        }
+        if oversized {
+            let n = match &msg {
+                Message::Deltas { entries, .. } | Message::States { entries, .. } => entries.len(),
+                _ => 0,
+            };
+            if n != 1 {
+                return Err(Error::Decode(format!(
+                    "sync message of {} bytes with {n} entries exceeds the limit",
+                    bytes.len()
+                )));
+            }
+        }
+        Ok(msg)
+    }
+}
+
+/// Pack `(id, state)` pairs answering a `StateRequest` into `States`
+/// messages of at most [`MAX_MESSAGE_BYTES`] each; a state too large for
+/// that travels alone. The last message has `last: true`; with no entries
+/// the answer is one empty message, so the requester learns it is complete.
+pub fn states_messages(from: &ReplicaId, entries: impl IntoIterator<Item = Entry>) -> Vec<Message> {
+    let budget = batch_budget(from);
+    let mut out = Vec::new();
+    let mut cur: Vec<Entry> = Vec::new();
+    let mut cur_bytes = 0usize;
+    for (id, state) in entries {
+        let size = entry_size(&id, &state);
+        if !cur.is_empty() && cur_bytes + size > budget {
+            out.push(Message::States {
+                from: from.clone(),
+                entries: std::mem::take(&mut cur),
+                last: false,
+            });
+            cur_bytes = 0;
+        }
+        cur_bytes += size;
+        cur.push((id, state));
+    }
+    out.push(Message::States {
+        from: from.clone(),
+        entries: cur,
+        last: true,
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::{Crdt, Kind};
+    use crate::Op;
+    use proptest::prelude::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    fn delta() -> Vec<u8> {
+        let mut c = Crdt::new(Kind::GCounter);
+        c.mutate(&ReplicaId::from("a"), Op::Increment(2))
+            .unwrap()
+            .encode()
+    }
+
+    fn samples() -> Vec<Message> {
+        let a = ReplicaId::from("a");
+        let mut buckets = vec![0u64; BUCKETS];
+        buckets[1] = 7;
+        buckets[255] = u64::MAX;
+        vec![
+            Message::Deltas {
+                from: a.clone(),
+                seq_start: 3,
+                seq_end: 4,
+                entries: vec![(b"x".to_vec(), delta()), (b"y".to_vec(), delta())],
+            },
+            Message::Ack {
+                from: a.clone(),
+                upto: 300,
+            },
+            Message::DigestRequest {
+                from: a.clone(),
+                buckets,
+            },
+            Message::StateRequest {
+                from: a.clone(),
+                buckets: vec![0, 17, 255],
+            },
+            Message::States {
+                from: a.clone(),
+                entries: vec![(b"x".to_vec(), delta())],
+                last: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn golden_vectors() {
+        // The sample delta: a G-Counter, header c70101, body [[bin "a", 2]].
+        let gc = "c70101".to_string() + "9192c4016102";
+        let expect = [
+            // Deltas: [bin "a", 3, 4, [[bin "x", bin9 gc], [bin "y", bin9 gc]]]
+            "c90101".to_string()
+                + "94c401610304"
+                + "92"
+                + "92c40178c409"
+                + &gc
+                + "92c40179c409"
+                + &gc,
+            // Ack: [bin "a", uint16 300]
+            "c9010292c40161cd012c".to_string(),
+            // DigestRequest: checked separately below.
+            String::new(),
+            // StateRequest: [bin "a", [0, 17, uint8 255]]
+            "c9010492c40161930011ccff".to_string(),
+            // States: [bin "a", [[bin "x", bin9 gc]], true]
+            "c9010593c4016191".to_string() + "92c40178c409" + &gc + "c3",
+        ];
+        for (m, want) in samples().iter().zip(expect) {
+            let bytes = m.encode();
+            if !want.is_empty() {
+                assert_eq!(hex(&bytes), want, "{m:?}");
+            }
+            assert_eq!(&Message::decode(&bytes).unwrap(), m);
+        }
+        let digest = samples()[2].encode();
+        assert_eq!(hex(&digest[..11]), "c9010392c40161dc010000");
+        assert_eq!(hex(&digest[11..13]), "0700");
+        assert_eq!(hex(&digest[digest.len() - 9..]), "cfffffffffffffffff");
+        assert_eq!(digest.len(), 10 + 255 + 9);
+    }
+
+    #[test]
+    fn rejects_invalid_messages() {
+        let bad = |m: Message| Message::decode(&m.encode()).unwrap_err();
+        let a = ReplicaId::from("a");
+        bad(Message::Deltas {
+            from: a.clone(),
+            seq_start: 0,
+            seq_end: 0,
+            entries: vec![(b"x".to_vec(), delta())],
+        });
+        bad(Message::Deltas {
+            from: a.clone(),
+            seq_start: 1,
+            seq_end: 2,
+            entries: vec![(b"x".to_vec(), delta())],
+        });
+        bad(Message::Deltas {
+            from: a.clone(),
+            seq_start: 1,
+            seq_end: u64::MAX,
+            entries: vec![(b"x".to_vec(), delta())],
+        });
+        bad(Message::Deltas {
+            from: a.clone(),
+            seq_start: 1,
+            seq_end: 1,
+            entries: vec![(b"x".to_vec(), b"not crdt".to_vec())],
+        });
+        bad(Message::DigestRequest {
+            from: a.clone(),
+            buckets: vec![0; 3],
+        });
+        bad(Message::StateRequest {
+            from: a.clone(),
+            buckets: vec![3, 3],
+        });
+        bad(Message::StateRequest {
+            from: a.clone(),
+            buckets: vec![256],
+        });
+        bad(Message::States {
+            from: a.clone(),
+            entries: vec![(b"x".to_vec(), delta()), (b"x".to_vec(), delta())],
+            last: false,
+        });
+        let mut v = samples()[1].encode();
+        v[1] = 2;
+        assert_eq!(Message::decode(&v), Err(Error::UnsupportedVersion(2)));
+        v[1] = 1;
+        v.push(0);
+        assert!(Message::decode(&v).is_err(), "trailing bytes");
+        v[2] = 9;
+        assert!(Message::decode(&v).is_err(), "unknown tag");
+    }
+
+    #[test]
+    fn size_limits() {
+        let a = ReplicaId::from("a");
+        // A huge single state travels alone and decodes.
+        let mut big = Crdt::new(Kind::LwwRegister);
+        big.mutate(
+            &a,
+            Op::Set(
+                &vec![7u8; MAX_MESSAGE_BYTES + 10],
+                crate::Timestamp::new(1, 0),
+            ),
+        )
+        .unwrap();
+        let small = delta();
+        let msgs = states_messages(
+            &a,
+            vec![
+                (b"s1".to_vec(), small.clone()),
+                (b"big".to_vec(), big.encode()),
+                (b"s2".to_vec(), small.clone()),
+            ],
+        );
+        assert_eq!(msgs.len(), 3);
+        for (i, m) in msgs.iter().enumerate() {
+            let bytes = m.encode();
+            assert_eq!(&Message::decode(&bytes).unwrap(), m);
+            assert_eq!(matches!(m, Message::States { last: true, .. }), i == 2);
+        }
+        // Two entries over the limit are refused.
+        let two = Message::States {
+            from: a.clone(),
+            entries: vec![(b"big".to_vec(), big.encode()), (b"s".to_vec(), small)],
+            last: true,
+        };
+        assert!(Message::decode(&two.encode()).is_err());
+        // Many small states are packed within the limit.
+        let many: Vec<Entry> = (0..20_000u32)
+            .map(|i| (i.to_be_bytes().to_vec(), vec![0xC7, 1, 1, 0x90]))
+            .chain((0..3u32).map(|i| (format!("lww{i}").into_bytes(), vec![0xC7, 1, 5, 0xc0])))
+            .chain((0..200u32).map(|i| {
+                let mut s = vec![0xC7, 1, 5];
+                s.resize(9_000, 0);
+                (format!("pad{i}").into_bytes(), s)
+            }))
+            .collect();
+        let msgs = states_messages(&a, many.clone());
+        assert!(msgs.len() > 1);
+        let mut back = Vec::new();
+        for m in msgs {
+            let bytes = m.encode();
+            assert!(bytes.len() <= MAX_MESSAGE_BYTES);
+            match Message::decode(&bytes).unwrap() {
+                Message::States { entries, .. } => back.extend(entries),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(back, many);
+        assert_eq!(states_messages(&a, Vec::new()).len(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Message::decode(&bytes);
+            let mut with_header = vec![WIRE_MAGIC, WIRE_VERSION, bytes.first().map_or(1, |b| b % 6)];
+            with_header.extend_from_slice(&bytes);
+            let _ = Message::decode(&with_header);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(
+            which in 0usize..5,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cut in any::<usize>(),
+        ) {
+            let mut bytes = samples()[which].encode();
+            for (pos, val) in edits {
+                let n = bytes.len();
+                bytes[pos % n] = val;
+            }
+            let _ = Message::decode(&bytes);
+            let n = bytes.len();
+            let _ = Message::decode(&bytes[..cut % (n + 1)]);
+        }
+
+        #[test]
+        fn round_trip(
+            from in proptest::collection::vec(any::<u8>(), 0..8),
+            seq_start in 1u64..u64::MAX / 2,
+            ids in proptest::collection::btree_set(proptest::collection::vec(any::<u8>(), 0..6), 0..8),
+            upto in any::<u64>(),
+            bucket_set in proptest::collection::btree_set(0u16..BUCKETS as u16, 0..20),
+            hashes in proptest::collection::vec(any::<u64>(), BUCKETS),
+            last in any::<bool>(),
+        ) {
+            let from = ReplicaId::new(&from);
+            let entries: Vec<Entry> = ids.into_iter().map(|i| (i, delta())).collect();
+            let mut msgs = vec![
+                Message::Ack { from: from.clone(), upto },
+                Message::DigestRequest { from: from.clone(), buckets: hashes },
+                Message::StateRequest { from: from.clone(), buckets: bucket_set.into_iter().collect() },
+                Message::States { from: from.clone(), entries: entries.clone(), last },
+            ];
+            if !entries.is_empty() {
+                msgs.push(Message::Deltas {
+                    from: from.clone(),
+                    seq_start,
+                    seq_end: seq_start + entries.len() as u64 - 1,
+                    entries,
+                });
+            }
+            for m in msgs {
+                let bytes = m.encode();
+                prop_assert_eq!(Message::decode(&bytes).unwrap(), m.clone());
+                prop_assert_eq!(Message::decode(&bytes).unwrap().encode(), bytes);
+            }
+        }
+    }
+}
