@@ -650,3 +650,33 @@ fn ext_goes_when_an_item_leaves_the_hot_tier() {
     assert_ne!(v2, v);
     assert_ne!(ext, Some(true));
 }
+
+/// Issue 8, replica identity: two directories configured with the same
+/// node id are different replicas, so their increments add up; a restart
+/// keeps the directory's id with a new incarnation.
+#[test]
+fn same_node_id_in_two_directories_are_two_replicas() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(StoreConfig::new(da.path(), b"same")).unwrap();
+    let b = Store::open(StoreConfig::new(db.path(), b"same")).unwrap();
+    assert_ne!(a.replica_id(), b.replica_id());
+    for (s, n) in [(&a, 5), (&b, 7)] {
+        s.create(b"c", Kind::GCounter, Access::MayBlock).unwrap();
+        s.update(b"c", Mutation::Increment(n), Access::MayBlock, |_| ())
+            .unwrap();
+    }
+    let (meta, _) = a.metadata(b"c", Access::MayBlock).unwrap();
+    let sa = a.read(b"c", Access::MayBlock, |c| c.clone()).unwrap();
+    let sb = b.read(b"c", Access::MayBlock, |c| c.clone()).unwrap();
+    a.merge(b"c", &meta, &sb, Access::MayBlock).unwrap();
+    b.merge(b"c", &meta, &sa, Access::MayBlock).unwrap();
+    assert_eq!(counter(&a, b"c"), 12);
+    assert_eq!(counter(&b, b"c"), 12);
+    let before = a.replica_id().as_bytes().to_vec();
+    a.close(std::time::Duration::from_secs(1)).unwrap();
+    drop(a);
+    let a = Store::open(StoreConfig::new(da.path(), b"same")).unwrap();
+    let after = a.replica_id().as_bytes();
+    assert_eq!(before[..16], after[..16], "the directory's id changed");
+    assert_ne!(before, after, "the incarnation did not change");
+}

@@ -30,6 +30,8 @@ pub const FORMAT_VALUE: &[u8] = b"vsmcp_crdt/1";
 pub const NODE_KEY: &[u8] = b"node_id";
 pub const INCARNATION_KEY: &[u8] = b"incarnation";
 pub const HLC_KEY: &[u8] = b"hlc";
+/// A random id of this data directory, made at its first open (fsynced).
+pub const REPLICA_KEY: &[u8] = b"replica_id";
 
 thread_local! {
     /// Set while a cache-only read runs on a normal scheduler: the merge

@@ -43,7 +43,7 @@ use crate::crdt::{Crdt, Kind, Op};
 use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
 use crate::lww::{LwwEntry, LwwRegister};
-use cold::{BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY};
+use cold::{BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use record::{decode_parts, encode_parts, Meta, Record};
 use std::hash::BuildHasher;
@@ -126,6 +126,21 @@ fn shard_count(hot_limit: usize) -> usize {
     (hot_limit / 256).clamp(1, 32).next_power_of_two().min(32)
 }
 
+/// The random id of the directory behind `cold`, made (and fsynced) at
+/// its first open.
+fn directory_id(cold: &ColdTier) -> Result<Vec<u8>> {
+    if let Some(id) = cold.get_meta(REPLICA_KEY)?.filter(|b| b.len() == 16) {
+        return Ok(id);
+    }
+    let mut id = vec![0u8; 16];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut id))
+        .map_err(|e| Error::Storage(format!("/dev/urandom: {e}")))?;
+    cold.put_meta(REPLICA_KEY, &id, true)?;
+    Ok(id)
+}
+
 fn decode_u64(b: &[u8]) -> Option<u64> {
     b.try_into().ok().map(u64::from_be_bytes)
 }
@@ -157,8 +172,12 @@ impl Store {
                 Timestamp::new(wall, counter)
             })
             .unwrap_or(Timestamp::ZERO);
-        let mut replica = cfg.node_id.clone();
-        replica.push(0);
+        // The replica id: this directory's random id plus the incarnation.
+        // The configured node id is only a label (deployments often give
+        // every node the same one); two directories never share an id, and
+        // a restart keeps its directory's id with a new incarnation, so a
+        // crash never reuses a dot or counter entry already shipped.
+        let mut replica = directory_id(&cold)?;
         replica.extend_from_slice(&incarnation.to_be_bytes());
         let n = shard_count(cfg.hot_limit);
         let limits = Limits {
@@ -221,6 +240,12 @@ impl Store {
 
     pub fn incarnation(&self) -> u64 {
         self.0.incarnation
+    }
+
+    /// The replica id of this open store: the directory's random id plus
+    /// the incarnation (see [`Store::open`]).
+    pub fn replica_id(&self) -> &ReplicaId {
+        &self.0.replica
     }
 
     pub fn path(&self) -> &std::path::Path {
