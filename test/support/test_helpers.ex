@@ -82,6 +82,22 @@ defmodule Vsmcp.CRDT.TestHelpers do
     dir
   end
 
+  @doc """
+  The executable and arguments that run `script` in a new BEAM OS process
+  with this VM's code path (so it uses the same build of the library).
+  """
+  def elixir_command(script) do
+    elixir = System.find_executable("elixir") || flunk("elixir not on PATH")
+    paths = Enum.flat_map(:code.get_path(), fn p -> ["-pa", List.to_string(p)] end)
+    {elixir, paths ++ ["-e", script]}
+  end
+
+  @doc "Run `script` in a new BEAM (see `elixir_command/1`): `{output, exit_status}`."
+  def run_elixir(script) do
+    {elixir, args} = elixir_command(script)
+    System.cmd(elixir, args, stderr_to_stdout: true)
+  end
+
   @doc "Remove `path` and everything under it, retrying until it is gone."
   def rm_rf_eventually(path) do
     eventually(

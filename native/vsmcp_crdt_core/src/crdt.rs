@@ -223,10 +223,13 @@ impl Crdt {
         })
     }
 
-    /// Whether one more element would reallocate a large table (see
-    /// [`ORSet::insert_would_regrow`]); counters and registers never do.
-    pub fn insert_would_regrow(&self) -> bool {
-        matches!(self, Crdt::ORSet(s) if s.insert_would_regrow())
+    /// `Some(entries)` when one more element would reallocate a table (see
+    /// [`ORSet::next_insert_reallocates`]); counters and registers: `None`.
+    pub fn next_insert_reallocates(&self) -> Option<usize> {
+        match self {
+            Crdt::ORSet(s) => s.next_insert_reallocates(),
+            _ => None,
+        }
     }
 
     /// O(1) estimate of the encoded size in bytes (see [`ORSet::size_hint`]).

@@ -101,10 +101,6 @@ impl TaggedDot {
 
 type Dots = SmallVec<[TaggedDot; 1]>;
 
-/// Largest set whose tables may grow on a normal scheduler (about 0.1 ms
-/// of rehashing); see [`ORSet::insert_would_regrow`].
-const REGROW_INLINE_MAX: usize = 4096;
-
 /// Dot lists up to this long are searched by a linear scan; longer ones
 /// (only hostile or pathological states hold them) through a sorted copy or
 /// a hash set, so decoding and joining stay O(k log k) in the dots of an
@@ -348,14 +344,13 @@ impl ORSet {
         Ok(delta)
     }
 
-    /// Whether inserting one more element would reallocate a large table
-    /// (the element vector or its hash index): amortized O(1), but that one
-    /// insert is O(n) (rehashing 100,000 elements takes milliseconds), so
-    /// the store does it on a dirty scheduler.
-    pub fn insert_would_regrow(&self) -> bool {
+    /// `Some(entries)` when inserting one more element would reallocate the
+    /// element vector or its hash index: amortized O(1), but that one insert
+    /// is O(entries) (see `store::config::regrows_large`).
+    pub fn next_insert_reallocates(&self) -> Option<usize> {
         let e = &self.elems;
-        e.len() >= REGROW_INLINE_MAX
-            && (e.entries.len() == e.entries.capacity() || e.index.len() == e.index.capacity())
+        (e.entries.len() == e.entries.capacity() || e.index.len() == e.index.capacity())
+            .then_some(e.len())
     }
 
     /// O(1) estimate of the encoded size in bytes: what the store uses to

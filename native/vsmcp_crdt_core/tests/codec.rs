@@ -160,16 +160,6 @@ fn wire_replica() -> impl Strategy<Value = ByteBuf> {
     (0u8..3).prop_map(|i| ByteBuf::from(format!("r{i}").into_bytes()))
 }
 
-type WireDot = (u32, u64, bool);
-type WireORSet = (
-    u8,
-    bool,
-    Vec<ByteBuf>,
-    Vec<(ByteBuf, Vec<WireDot>)>,
-    Vec<(u32, u64)>,
-    Vec<(u32, u64)>,
-);
-
 /// An OR-Set in the wire layout (policy, delta, replicas, entries, vector,
 /// cloud) with small indices and counters near 0 and near `u64::MAX`.
 fn wire_orset() -> impl Strategy<Value = WireORSet> {
@@ -187,12 +177,6 @@ fn wire_orset() -> impl Strategy<Value = WireORSet> {
         prop::collection::vec((idx.clone(), counter_value()), 0..3),
         prop::collection::vec((idx, counter_value()), 0..3),
     )
-}
-
-fn with_header(kind: Kind, body: &impl serde::Serialize) -> Vec<u8> {
-    let mut out = vec![MAGIC, FORMAT_VERSION, kind.code()];
-    out.extend(rmp_serde::to_vec(body).unwrap());
-    out
 }
 
 // ---- terms -------------------------------------------------------------------

@@ -7,29 +7,15 @@
 //! States are built directly in the wire layout (as `tests/codec.rs` does),
 //! since no sequence of operations produces many dots on one element.
 
+mod common;
+
+use common::{with_header, WireDot, WireORSet};
 use serde_bytes::ByteBuf;
 use std::time::{Duration, Instant};
-use vsmcp_crdt_core::crdt::{FORMAT_VERSION, MAGIC};
 use vsmcp_crdt_core::{Crdt, Kind, Op, ReplicaId};
 
 const K: usize = 50_000;
 const BOUND: Duration = Duration::from_millis(50);
-
-type WireDot = (u32, u64, bool);
-type WireORSet = (
-    u8,
-    bool,
-    Vec<ByteBuf>,
-    Vec<(ByteBuf, Vec<WireDot>)>,
-    Vec<(u32, u64)>,
-    Vec<(u32, u64)>,
-);
-
-fn with_header(kind: Kind, body: &impl serde::Serialize) -> Vec<u8> {
-    let mut out = vec![MAGIC, FORMAT_VERSION, kind.code()];
-    out.extend(rmp_serde::to_vec(body).unwrap());
-    out
-}
 
 const REPLICAS: u32 = 4;
 

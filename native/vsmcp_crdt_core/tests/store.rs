@@ -341,6 +341,8 @@ fn a_failed_strict_write_changes_nothing() {
         .unwrap();
     s.update(b"r", Mutation::Set(b"v1"), Access::MayBlock, |_| ())
         .unwrap();
+    // Not a wait: lets the clock move, so that a failed write that still
+    // touched `updated_at` would show in the comparison below.
     std::thread::sleep(std::time::Duration::from_millis(5));
     let before: Vec<_> = [&b"g"[..], b"o", b"r"]
         .iter()

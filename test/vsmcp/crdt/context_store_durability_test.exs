@@ -196,7 +196,6 @@ defmodule Vsmcp.CRDT.ContextStoreDurabilityTest do
     @tag timeout: 120_000
     test "nothing acknowledged is lost when the whole BEAM is killed with SIGKILL" do
       dir = tmp_dir!("vsmcp_crdt_sigkill")
-      elixir = System.find_executable("elixir") || flunk("elixir not on PATH")
 
       script = """
       alias Vsmcp.CRDT.ContextStore
@@ -211,7 +210,7 @@ defmodule Vsmcp.CRDT.ContextStoreDurabilityTest do
       end)
       """
 
-      paths = Enum.flat_map(:code.get_path(), fn p -> ["-pa", List.to_string(p)] end)
+      {elixir, args} = elixir_command(script)
 
       port =
         Port.open({:spawn_executable, elixir}, [
@@ -219,7 +218,7 @@ defmodule Vsmcp.CRDT.ContextStoreDurabilityTest do
           :exit_status,
           :stderr_to_stdout,
           {:line, 4096},
-          args: paths ++ ["-e", script]
+          args: args
         ])
 
       os_pid = await_ready(port, [])

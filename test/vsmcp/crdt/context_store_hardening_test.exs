@@ -148,8 +148,6 @@ defmodule Vsmcp.CRDT.ContextStoreHardeningTest do
     @tag timeout: 120_000
     test "run-time atoms, Latin-1 and Unicode atoms, improper lists, pids, refs, maps" do
       dir = tmp_dir!("vsmcp_crdt_terms")
-      elixir = System.find_executable("elixir") || flunk("elixir not on PATH")
-      paths = Enum.flat_map(:code.get_path(), fn p -> ["-pa", List.to_string(p)] end)
 
       writer = """
       alias Vsmcp.CRDT.ContextStore
@@ -166,7 +164,7 @@ defmodule Vsmcp.CRDT.ContextStoreHardeningTest do
       IO.puts("TERMS " <> Base.encode64(:erlang.term_to_binary(terms)))
       """
 
-      {out, 0} = System.cmd(elixir, paths ++ ["-e", writer], stderr_to_stdout: true)
+      {out, 0} = run_elixir(writer)
       [_, b64] = Regex.run(~r/TERMS (\S+)/, out)
 
       reader = """
@@ -178,7 +176,7 @@ defmodule Vsmcp.CRDT.ContextStoreHardeningTest do
       IO.puts("READ " <> Base.encode64(:erlang.term_to_binary({set, reg, ids})))
       """
 
-      {out, 0} = System.cmd(elixir, paths ++ ["-e", reader], stderr_to_stdout: true)
+      {out, 0} = run_elixir(reader)
       [_, read] = Regex.run(~r/READ (\S+)/, out)
       terms = :erlang.binary_to_term(Base.decode64!(b64))
       {set, reg, ids} = :erlang.binary_to_term(Base.decode64!(read))
@@ -200,9 +198,6 @@ defmodule Vsmcp.CRDT.ContextStoreHardeningTest do
 
   @tag timeout: 120_000
   test "a store with no location leaves nothing behind when the VM halts" do
-    elixir = System.find_executable("elixir") || flunk("elixir not on PATH")
-    paths = Enum.flat_map(:code.get_path(), fn p -> ["-pa", List.to_string(p)] end)
-
     script = """
     {:ok, s} = Vsmcp.CRDT.ContextStore.start_link([])
     :ok = Vsmcp.CRDT.ContextStore.create(s, :c, :g_counter)
@@ -211,7 +206,7 @@ defmodule Vsmcp.CRDT.ContextStoreHardeningTest do
     System.halt()
     """
 
-    {out, 0} = System.cmd(elixir, paths ++ ["-e", script], stderr_to_stdout: true)
+    {out, 0} = run_elixir(script)
     [_, path] = Regex.run(~r/PATH (\S+)/, out)
     refute File.exists?(path)
   end

@@ -34,6 +34,17 @@ pub enum Access {
 /// element, so this keeps such work well under a millisecond.
 pub const INLINE_BYTES: usize = 64 << 10;
 
+/// Largest table (a set's index, a shard's map or queues, the pending map)
+/// that may reallocate on a normal scheduler: growing one rehashes or copies
+/// all of it (about 0.1 ms at this size, milliseconds at 100,000).
+pub const REGROW_INLINE_MAX: usize = 4096;
+
+/// Whether the next insert into a table holding `len` of `capacity`
+/// entries reallocates one too large for a normal scheduler.
+pub fn regrows_large(len: usize, capacity: usize) -> bool {
+    len >= REGROW_INLINE_MAX && len == capacity
+}
+
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub path: PathBuf,

@@ -44,6 +44,7 @@ use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
 use crate::lww::{LwwEntry, LwwRegister};
 use cold::{BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY};
+use config::REGROW_INLINE_MAX;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use record::{decode_parts, encode_parts, Meta, Record};
 use std::hash::BuildHasher;
@@ -403,7 +404,7 @@ impl Store {
             // tables: that one write rehashes them all.
             if inline && matches!(m, Mutation::Add(_) | Mutation::Remove(_)) {
                 if let Body::Hot(c) = &slot.body {
-                    if c.insert_would_regrow() {
+                    if matches!(c.next_insert_reallocates(), Some(n) if n >= REGROW_INLINE_MAX) {
                         return Err(Error::WouldBlock);
                     }
                 }

@@ -23,7 +23,7 @@
 //! scheduler that finds one answers `Error::WouldBlock`, and the retry waits
 //! for the snapshot's owner (both hold the shard's disk lock).
 
-use super::config::INLINE_BYTES;
+use super::config::{regrows_large, INLINE_BYTES};
 use super::record::Meta;
 use crate::crdt::Crdt;
 use crate::error::{Error, Result};
@@ -105,14 +105,12 @@ impl Default for Tiers {
 }
 
 impl Tiers {
-    /// Whether inserting one more id would rehash a large map: amortized
-    /// O(1), but that one insert is O(n), so it is done on a dirty
-    /// scheduler (see `Crdt::insert_would_regrow`).
+    /// Whether inserting one more id would reallocate the map or a queue
+    /// too large for a normal scheduler (see `config::regrows_large`).
     pub(super) fn insert_would_regrow(&self) -> bool {
-        let full = |len: usize, cap: usize| len >= 4096 && len == cap;
-        full(self.map.len(), self.map.capacity())
-            || full(self.hot_q.len(), self.hot_q.capacity())
-            || full(self.warm_q.len(), self.warm_q.capacity())
+        regrows_large(self.map.len(), self.map.capacity())
+            || regrows_large(self.hot_q.len(), self.hot_q.capacity())
+            || regrows_large(self.warm_q.len(), self.warm_q.capacity())
     }
 }
 

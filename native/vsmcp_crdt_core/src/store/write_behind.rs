@@ -11,6 +11,7 @@
 //! whether a flush moved something out of the overlay meanwhile.
 
 use super::cold::BatchOp;
+use super::config::regrows_large;
 use super::config::INLINE_BYTES;
 use super::record::{encode_parts, Meta};
 use crate::crdt::Crdt;
@@ -117,7 +118,7 @@ impl PendingWrites {
     /// large pending map (O(n) once; done on a dirty scheduler).
     pub(super) fn insert_would_regrow(&self, id: &[u8]) -> bool {
         let d = &self.dirty;
-        d.len() >= 4096 && d.len() == d.capacity() && !d.contains_key(id)
+        regrows_large(d.len(), d.capacity()) && !d.contains_key(id)
     }
 
     /// Record `delta` of `id` (with its metadata) in the delta group.

@@ -214,12 +214,7 @@ impl DeltaLog {
     /// acknowledgement.
     pub fn resync(&mut self, peer: &ReplicaId) -> Result<u64> {
         let upto = self.next_seq - 1;
-        let p = self
-            .peers
-            .get_mut(peer)
-            .ok_or(Error::InvalidArgument("unknown peer"))?;
-        p.acked = p.acked.max(upto);
-        self.prune();
+        self.ack(peer, upto)?;
         Ok(upto)
     }
 

@@ -394,3 +394,26 @@ pub fn play<T: Replicated>(n: usize, steps: &[Step], check: bool) -> Run<T> {
     }
     Run { states, logs }
 }
+
+// ---- hand-made wire bytes (codec and hostile-state tests) ------------------
+
+/// A dot as the OR-Set wire body holds it: (replica index, counter, remove).
+pub type WireDot = (u32, u64, bool);
+/// The OR-Set wire body: (policy, delta?, replicas, elements with their
+/// dots, version vector, dot cloud).
+pub type WireORSet = (
+    u8,
+    bool,
+    Vec<serde_bytes::ByteBuf>,
+    Vec<(serde_bytes::ByteBuf, Vec<WireDot>)>,
+    Vec<(u32, u64)>,
+    Vec<(u32, u64)>,
+);
+
+/// `body` behind the versioned CRDT header of `kind`.
+pub fn with_header(kind: Kind, body: &impl serde::Serialize) -> Vec<u8> {
+    use vsmcp_crdt_core::crdt::{FORMAT_VERSION, MAGIC};
+    let mut out = vec![MAGIC, FORMAT_VERSION, kind.code()];
+    out.extend(rmp_serde::to_vec(body).unwrap());
+    out
+}
