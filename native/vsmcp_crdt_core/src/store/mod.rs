@@ -283,7 +283,7 @@ impl Store {
                 // other writers of this shard out meanwhile.
                 drop(sh);
                 inner.write_strict(id, &[merge_op(id, &meta, &crdt)])?;
-                sh = inner.lock_state_after_write(id);
+                sh = inner.lock_state_unchecked(id);
             }
         }
         inner.insert(&mut sh, id, meta, Body::Hot(Arc::new(crdt)), 1);
@@ -495,7 +495,7 @@ impl Store {
             Durability::Strict => {
                 drop(sh);
                 inner.write_strict(id, &[merge_op(id, meta, &persisted)])?;
-                sh = inner.lock_state_after_write(id);
+                sh = inner.lock_state_unchecked(id);
             }
         }
         if sh.tiers.contains(id) {
@@ -543,7 +543,7 @@ impl Store {
             Durability::Strict => {
                 drop(sh);
                 inner.write_strict(id, &[BatchOp::Delete(id.into())])?;
-                sh = inner.lock_state_after_write(id);
+                sh = inner.lock_state_unchecked(id);
             }
         }
         if let Some(slot) = sh.tiers.remove(id) {
@@ -687,7 +687,7 @@ impl Inner {
     /// disk lock (finishing a write already in the WAL, or a disk read): a
     /// close that started meanwhile waits for that disk lock before it
     /// releases RocksDB, so the call completes.
-    fn lock_state_after_write(&self, id: &[u8]) -> StateGuard<'_> {
+    fn lock_state_unchecked(&self, id: &[u8]) -> StateGuard<'_> {
         self.shards[self.shard_index(id)].state.lock()
     }
 
@@ -760,7 +760,7 @@ impl Inner {
             self.record_write_error(&e);
             return Err(e);
         }
-        self.lock_state_after_write(id).pending.written += 1;
+        self.lock_state_unchecked(id).pending.written += 1;
         Ok(())
     }
 
@@ -817,8 +817,7 @@ impl Inner {
                     }
                     return Err(e);
                 }
-                let (s, present) =
-                    inner.locate_with(inner.lock_state_after_write(id), id, access)?;
+                let (s, present) = inner.locate_with(inner.lock_state_unchecked(id), id, access)?;
                 sh = s;
                 if !present {
                     return Err(Error::NotFound);
@@ -931,7 +930,7 @@ impl Inner {
             value: v.into(),
         }))));
         let (mut sh, present) =
-            self.locate_with(self.lock_state_after_write(id), id, Access::MayBlock)?;
+            self.locate_with(self.lock_state_unchecked(id), id, Access::MayBlock)?;
         if !present {
             return Err(Error::NotFound);
         }
@@ -1019,7 +1018,7 @@ impl Inner {
                 drop(sh);
                 let assembled = self.assemble_from(access, base, overlays.iter())?;
                 drop(overlays);
-                sh = self.lock_state_after_write(id);
+                sh = self.lock_state_unchecked(id);
                 if sh.tiers.contains(id) || sh.pending.stamp(id) != stamp {
                     drop_in_background(assembled);
                     continue;
@@ -1061,7 +1060,7 @@ impl Inner {
             Cached::Found(v) => Some(v),
             Cached::Missing => None,
         };
-        let sh = self.lock_state_after_write(id);
+        let sh = self.lock_state_unchecked(id);
         Ok((sh, base))
     }
 
@@ -1180,7 +1179,7 @@ impl Inner {
         if ext.is_none() {
             return;
         }
-        let mut sh = self.lock_state_after_write(id);
+        let mut sh = self.lock_state_unchecked(id);
         if let Some(slot) = sh.tiers.get_mut(id) {
             // The same state object, not only the same version number (a
             // re-created id could reach an equal version).
@@ -1197,7 +1196,7 @@ impl Inner {
     /// Install `crdt`, decoded without the lock from warm `id` at
     /// `version`, as hot (if it is still warm at that version).
     fn promote(&self, id: &[u8], version: u64, crdt: Crdt) {
-        let mut sh = self.lock_state_after_write(id);
+        let mut sh = self.lock_state_unchecked(id);
         if sh.tiers.promote(id, version, crdt, self.limits) {
             self.cold_possible.store(true, Ordering::Release);
         }
