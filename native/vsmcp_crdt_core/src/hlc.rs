@@ -36,6 +36,18 @@ impl Timestamp {
         Timestamp { wall_ms, counter }
     }
 
+    /// A `u64` ordered as the timestamps are while `wall_ms < 2^44` (year
+    /// 2527) and the counter below 2^20 (saturated above): the stamp of a
+    /// create (see `store::record::Gen`).
+    pub fn to_u64(self) -> u64 {
+        (self.wall_ms.min((1 << 44) - 1) << 20) | u64::from(self.counter.min((1 << 20) - 1))
+    }
+
+    /// The wall time of a [`Timestamp::to_u64`] stamp.
+    pub fn wall_of_u64(stamp: u64) -> u64 {
+        stamp >> 20
+    }
+
     /// The smallest timestamp strictly greater than `self` with the same wall
     /// time, or the next millisecond when the counter is exhausted. The
     /// largest timestamp has no successor and saturates (returns itself)

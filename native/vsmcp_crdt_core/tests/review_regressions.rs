@@ -24,6 +24,8 @@ fn meta(kind: Kind) -> Meta {
         created_by: Arc::from(&b"n"[..]),
         created_at: 1,
         updated_at: 1,
+        gen: Default::default(),
+        deleted: false,
     }
 }
 

@@ -11,7 +11,26 @@ use vsmcp_crdt_core::sync::{
     batch_budget, bucket_of, canonical_state_bytes, states_messages, DeltaLog, Digest, Message,
     NextBatch, MAX_MESSAGE_BYTES,
 };
+use vsmcp_crdt_core::store::record::{decode_parts, encode_parts, Gen, Meta};
 use vsmcp_crdt_core::{Crdt, Kind, Op, ReplicaId, Timestamp, Value};
+
+/// Entries travel as store records (metadata plus state).
+fn rec(c: &Crdt) -> Vec<u8> {
+    let meta = Meta {
+        kind: c.kind(),
+        created_by: std::sync::Arc::from(&b"sim"[..]),
+        created_at: 0,
+        updated_at: 0,
+        gen: Gen::default(),
+        deleted: false,
+    };
+    encode_parts(&meta, &c.encode())
+}
+
+fn unrec(b: &[u8]) -> Crdt {
+    let (_, c) = decode_parts(b).expect("valid record");
+    Crdt::decode(c).expect("valid state")
+}
 
 /// xorshift64*: small, seeded, reproducible.
 struct Rng(u64);
@@ -103,7 +122,7 @@ impl Replica {
     /// A local mutation: apply, update the digest, record the delta.
     fn mutate(&mut self, id: &[u8], op: Op<'_>) {
         let delta = self.apply(id, |state, me| state.mutate(me, op).expect("op fits kind"));
-        self.log.record(id, &delta.encode());
+        self.log.record(id, &rec(&delta));
     }
 
     fn handle(&mut self, msg: Message, out: &mut Vec<(ReplicaId, Vec<u8>)>) {
@@ -115,7 +134,7 @@ impl Replica {
                 ..
             } => {
                 for (id, delta) in entries {
-                    let d = Crdt::decode(&delta).expect("valid delta");
+                    let d = unrec(&delta);
                     self.join(&id, &d);
                 }
                 let ack = Message::Ack {
@@ -143,17 +162,18 @@ impl Replica {
                     .states
                     .iter()
                     .filter(|(id, _)| wanted.contains(&bucket_of(id)))
-                    .map(|(id, s)| (id.clone(), s.encode()));
+                    .map(|(id, s)| (id.clone(), rec(s)));
                 for m in states_messages(&self.id, entries) {
                     out.push((from.clone(), m.encode()));
                 }
             }
             Message::States { entries, .. } => {
                 for (id, state) in entries {
-                    let s = Crdt::decode(&state).expect("valid state");
+                    let s = unrec(&state);
                     self.join(&id, &s);
                 }
             }
+            Message::Hello { .. } => {}
         }
     }
 

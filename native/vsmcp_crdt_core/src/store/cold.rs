@@ -62,7 +62,12 @@ pub enum BatchOp {
     Delete(Box<[u8]>),
     Merge(Box<[u8]>, Vec<u8>),
     PutMeta(&'static [u8], Vec<u8>),
+    /// A metadata entry under a computed key (tombstones, `TOMB_PREFIX`).
+    PutMetaKey(Box<[u8]>, Vec<u8>),
 }
+
+/// Prefix of the metadata keys holding delete tombstones (`prefix ++ id`).
+pub const TOMB_PREFIX: &[u8] = b"tomb/";
 
 /// Outcome of a point read.
 #[derive(Debug)]
@@ -437,6 +442,7 @@ impl ColdTier {
                 BatchOp::Delete(k) => batch.delete_cf(crdt, k),
                 BatchOp::Merge(k, v) => batch.merge_cf(crdt, k, v),
                 BatchOp::PutMeta(k, v) => batch.put_cf(meta, k, v),
+                BatchOp::PutMetaKey(k, v) => batch.put_cf(meta, k, v),
             }
         }
         db.write_opt(batch, &WriteOptions::default())
@@ -453,6 +459,22 @@ impl ColdTier {
                 .map_err(|e| storage_err(&self.path, e))?;
         }
         Ok(())
+    }
+
+    /// Every metadata entry whose key starts with `prefix`, the prefix
+    /// stripped.
+    pub fn meta_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
+        let (_gate, db) = self.db()?;
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in db.iterator_cf(self.cf(&db, CF_META)?, mode) {
+            let (k, v) = item.map_err(|e| storage_err(&self.path, e))?;
+            match k.strip_prefix(prefix) {
+                Some(rest) => out.push((rest.into(), v)),
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     pub fn keys(&self) -> Result<Vec<Box<[u8]>>> {

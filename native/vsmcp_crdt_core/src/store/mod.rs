@@ -43,17 +43,19 @@ use crate::crdt::{Crdt, Kind, Op};
 use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
 use crate::lww::{LwwEntry, LwwRegister};
-use cold::{BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY};
+use cold::{
+    BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY, TOMB_PREFIX,
+};
 use config::REGROW_INLINE_MAX;
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use record::{decode_parts, encode_parts, Meta, Record};
+use record::{decode_parts, encode_gen, encode_parts, Gen, Meta, Record};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tiers::{decode_stored, Body, Limits, Tiers};
-use write_behind::{write_group, PendingWrites};
+use write_behind::{later_tomb, tomb_key, write_group, PendingWrites};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -85,6 +87,66 @@ impl std::ops::Deref for View<'_> {
 struct Shard {
     tiers: Tiers,
     pending: PendingWrites,
+    /// Delete tombstones: the generation deleted, per id (see `record`).
+    tombs: hashbrown::HashMap<Box<[u8]>, Gen>,
+    /// Local changes not yet taken by sync (only while capture is on).
+    out: hashbrown::HashMap<Box<[u8]>, Outgoing>,
+}
+
+/// A local change not yet taken by sync ([`Store::take_outgoing`]): the
+/// joined local deltas of one id since the last take, or its tombstone
+/// (`meta.deleted`, no delta). Changes merged from peers never enter it.
+#[derive(Clone)]
+struct Outgoing {
+    meta: Meta,
+    delta: Option<Arc<Crdt>>,
+}
+
+/// Join a local change of `id` into the outgoing map, by generation.
+fn note_out(out: &mut hashbrown::HashMap<Box<[u8]>, Outgoing>, id: &[u8], meta: &Meta, delta: &Crdt) {
+    let fresh = || Outgoing {
+        meta: meta.clone(),
+        delta: Some(Arc::new(delta.clone())),
+    };
+    match out.get_mut(id) {
+        None => {
+            out.insert(id.into(), fresh());
+        }
+        Some(o) => match meta.gen.precedence(&o.meta.gen) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Greater => *o = fresh(),
+            std::cmp::Ordering::Equal => {
+                o.meta.join(meta);
+                match &mut o.delta {
+                    Some(d) => {
+                        if Arc::make_mut(d).join(delta).is_err() {
+                            *d = Arc::new(delta.clone());
+                        }
+                    }
+                    None => o.delta = Some(Arc::new(delta.clone())),
+                }
+            }
+        },
+    }
+}
+
+/// What [`Store::merge_remote`] did with a peer's entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merged {
+    /// The id did not exist here; it does now.
+    Created,
+    /// Same generation: joined.
+    Joined,
+    /// The peer's generation won: its state replaced ours (`clash`: of
+    /// another type).
+    Replaced { clash: bool },
+    /// Our generation won, or the id was deleted here in a generation at
+    /// least as new: the entry was dropped (`clash`: of another type).
+    Dropped { clash: bool },
+    /// A tombstone that deleted the id here.
+    Deleted,
+    /// A tombstone recorded (the id was absent) or already known.
+    Tombstone,
 }
 
 #[derive(Default)]
@@ -107,6 +169,8 @@ struct Inner {
     /// False while every stored id is known to be in memory (a fresh store
     /// that has demoted nothing): misses then need no disk read.
     cold_possible: AtomicBool,
+    /// Record local changes for sync (see [`Store::set_capture`]).
+    capture: AtomicBool,
     closed: AtomicBool,
     write_error: Mutex<Option<String>>,
     /// Mirrors `write_error.is_some()`, read on every write without a lock.
@@ -199,6 +263,7 @@ impl Store {
             limits,
             cfg,
             cold_possible: AtomicBool::new(cold_possible),
+            capture: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             write_error: Mutex::new(None),
             has_write_error: AtomicBool::new(false),
@@ -208,6 +273,14 @@ impl Store {
             flush_lock: Mutex::new(()),
             close_lock: Mutex::new(()),
         });
+        for (id, gen) in cold.meta_with_prefix(TOMB_PREFIX)? {
+            // An undecodable tombstone is dropped: it only guards against
+            // stale deltas of a deleted generation.
+            if let Ok(gen) = record::decode_gen(&gen) {
+                let i = inner.shard_index(&id);
+                inner.shards[i].state.lock().tombs.insert(id, gen);
+            }
+        }
         let handle = spawn_flusher(&inner)?;
         *inner.flusher.lock() = Some(handle);
         // Nothing fallible from here: the predecessors' unwritten writes
@@ -258,6 +331,17 @@ impl Store {
         self.0.clock.lock().last()
     }
 
+    /// A new HLC timestamp for an outgoing sync message (send rule).
+    pub fn tick_clock(&self) -> Timestamp {
+        self.0.clock.lock().tick(now_ms())
+    }
+
+    /// Apply the HLC receive rule to a peer's clock; `Err(ClockSkew)` when
+    /// it is more than the configured offset ahead (nothing changes then).
+    pub fn receive_clock(&self, remote: Timestamp) -> Result<Timestamp> {
+        self.0.clock.lock().receive(remote, now_ms())
+    }
+
     /// Create `id` of `kind`.
     pub fn create(&self, id: &[u8], kind: Kind, access: Access) -> Result<()> {
         let inner = &self.0;
@@ -269,11 +353,20 @@ impl Store {
         }
         inner.check_writable_at(&sh, id, access)?;
         let now = now_ms();
+        // A create over a tombstone starts the next epoch, which wins over
+        // every delta of the deleted generation still travelling.
+        let gen = Gen {
+            epoch: sh.tombs.get(id).map_or(0, |t| t.epoch.saturating_add(1)),
+            stamp: inner.clock.lock().tick(now).to_u64(),
+            replica: inner.replica.0.clone(),
+        };
         let meta = Meta {
             kind,
             created_by: inner.node_id.clone(),
             created_at: now,
             updated_at: now,
+            gen,
+            deleted: false,
         };
         let crdt = Crdt::new(kind);
         match inner.cfg.durability {
@@ -286,6 +379,9 @@ impl Store {
                 sh = inner.lock_state_unchecked(id);
             }
         }
+        if inner.capture.load(Ordering::Relaxed) {
+            note_out(&mut sh.out, id, &meta, &crdt);
+        }
         inner.insert(&mut sh, id, meta, Body::Hot(Arc::new(crdt)), 1);
         Ok(())
     }
@@ -295,6 +391,18 @@ impl Store {
     /// `tiers`): normal-scheduler calls on the shard never wait for O(n)
     /// work.
     pub fn read<R>(&self, id: &[u8], access: Access, f: impl FnOnce(View<'_>) -> R) -> Result<R> {
+        self.read_with(id, access, true, f)
+    }
+
+    /// [`Store::read`]; without `touch` the read counts no access (no
+    /// promotion, no demotion).
+    fn read_with<R>(
+        &self,
+        id: &[u8],
+        access: Access,
+        touch: bool,
+        f: impl FnOnce(View<'_>) -> R,
+    ) -> Result<R> {
         let inner = &self.0;
         let _disk = inner.lock_disk_for_read(id, access);
         let (mut sh, present) = inner.locate(id, access)?;
@@ -302,7 +410,11 @@ impl Store {
             return Err(Error::NotFound);
         }
         let inline = access == Access::MemoryOnly;
-        let touched = sh.tiers.touch(id, inner.limits)?;
+        let touched = if touch {
+            sh.tiers.touch(id, inner.limits)?
+        } else {
+            Default::default()
+        };
         if touched.to_cold {
             inner.cold_possible.store(true, Ordering::Release);
         }
@@ -533,23 +645,197 @@ impl Store {
     pub fn delete(&self, id: &[u8], access: Access) -> Result<()> {
         let inner = &self.0;
         let _disk = inner.lock_disk_for_write(id, access)?;
-        let (mut sh, present) = inner.locate(id, access)?;
+        let (sh, present) = inner.locate(id, access)?;
         if !present {
             return Err(Error::NotFound);
         }
         inner.check_writable_at(&sh, id, access)?;
-        match inner.cfg.durability {
-            Durability::Relaxed => sh.pending.delete(id),
-            Durability::Strict => {
-                drop(sh);
-                inner.write_strict(id, &[BatchOp::Delete(id.into())])?;
-                sh = inner.lock_state_unchecked(id);
-            }
-        }
-        if let Some(slot) = sh.tiers.remove(id) {
-            tiers::drop_in_background(slot);
+        let meta = sh.tiers.get(id).ok_or(Error::NotFound)?.meta.clone();
+        let mut sh = inner.delete_locked(sh, id, meta.gen.clone(), access)?;
+        if inner.capture.load(Ordering::Relaxed) {
+            let meta = Meta {
+                deleted: true,
+                ..meta
+            };
+            sh.out.insert(id.into(), Outgoing { meta, delta: None });
         }
         Ok(())
+    }
+
+    /// Turn recording of local changes for sync on or off (off drops what
+    /// was recorded).
+    pub fn set_capture(&self, on: bool) {
+        self.0.capture.store(on, Ordering::Release);
+        if !on {
+            for shard in self.0.shards.iter() {
+                let old = std::mem::take(&mut shard.state.lock().out);
+                drop_in_background(old);
+            }
+        }
+    }
+
+    /// Take the local changes recorded since the last call, as sync
+    /// entries: `(id, record bytes)` where the record holds the joined
+    /// deltas of the id (or, `deleted`, its tombstone). Each shard's map is
+    /// taken in O(1); encoding happens without locks.
+    pub fn take_outgoing(&self) -> Vec<(Box<[u8]>, Vec<u8>)> {
+        let mut entries = Vec::new();
+        for shard in self.0.shards.iter() {
+            let taken = std::mem::take(&mut shard.state.lock().out);
+            for (id, o) in taken {
+                let crdt = match &o.delta {
+                    Some(d) if !o.meta.deleted => d.encode(),
+                    _ => Crdt::new(o.meta.kind).encode(),
+                };
+                entries.push((id, encode_parts(&o.meta, &crdt)));
+            }
+        }
+        entries
+    }
+
+    /// Join a peer's sync entry for `id` (metadata and a delta or state, or
+    /// a tombstone) into the store, by generation (see `record`). Runs on a
+    /// dirty scheduler; persisted with the store's durability; never
+    /// recorded as a local change.
+    pub fn merge_remote(&self, id: &[u8], meta: &Meta, crdt: &Crdt) -> Result<Merged> {
+        let inner = &self.0;
+        let access = Access::MayBlock;
+        if meta.kind != crdt.kind() {
+            return Err(Error::TypeMismatch);
+        }
+        inner.check_size(id.len())?;
+        let _disk = inner.lock_disk_for_write(id, access)?;
+        let (mut sh, present) = inner.locate(id, access)?;
+        inner.check_writable_at(&sh, id, access)?;
+        let local = if present {
+            Some(sh.tiers.get(id).ok_or(Error::NotFound)?.meta.clone())
+        } else {
+            None
+        };
+        if meta.deleted {
+            if let Some(local) = local {
+                if meta.gen.precedence(&local.gen).is_lt() {
+                    return Ok(Merged::Dropped { clash: false });
+                }
+                drop(inner.delete_locked(sh, id, meta.gen.clone(), access)?);
+                return Ok(Merged::Deleted);
+            }
+            if sh
+                .tombs
+                .get(id)
+                .is_some_and(|t| meta.gen.precedence(t).is_le())
+            {
+                return Ok(Merged::Tombstone);
+            }
+            match inner.cfg.durability {
+                Durability::Relaxed => {
+                    let p = sh.pending.entry(id);
+                    p.tomb = later_tomb(p.tomb.take(), Some(meta.gen.clone()));
+                }
+                Durability::Strict => {
+                    drop(sh);
+                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_gen(&meta.gen));
+                    inner.write_strict(id, &[op])?;
+                    sh = inner.lock_state_unchecked(id);
+                }
+            }
+            sh.tombs.insert(id.into(), meta.gen.clone());
+            return Ok(Merged::Tombstone);
+        }
+        let outcome = match &local {
+            Some(local) => match meta.gen.precedence(&local.gen) {
+                std::cmp::Ordering::Less => {
+                    return Ok(Merged::Dropped {
+                        clash: local.kind != meta.kind,
+                    })
+                }
+                std::cmp::Ordering::Equal if local.kind != meta.kind => {
+                    return Err(Error::TypeMismatch)
+                }
+                std::cmp::Ordering::Equal => Merged::Joined,
+                std::cmp::Ordering::Greater => Merged::Replaced {
+                    clash: local.kind != meta.kind,
+                },
+            },
+            None => {
+                if sh
+                    .tombs
+                    .get(id)
+                    .is_some_and(|t| t.precedence(&meta.gen).is_ge())
+                {
+                    return Ok(Merged::Dropped { clash: false });
+                }
+                Merged::Created
+            }
+        };
+        if outcome == Merged::Joined {
+            sh = inner.persist(sh, id, meta, crdt)?;
+            if sh.tiers.contains(id) {
+                inner.join_in_memory(&mut sh, id, meta, crdt)?;
+            }
+            return Ok(outcome);
+        }
+        let mut state = Crdt::new(meta.kind);
+        state.join(crdt)?;
+        sh = inner.persist(sh, id, meta, &state)?;
+        if let Some(slot) = sh.tiers.remove(id) {
+            drop_in_background(slot);
+        }
+        inner.insert(&mut sh, id, meta.clone(), Body::Hot(Arc::new(state)), 1);
+        Ok(outcome)
+    }
+
+    /// The tombstone of `id`, if it was deleted (and not re-created since).
+    pub fn tombstone(&self, id: &[u8]) -> Option<Gen> {
+        let sh = self.0.lock_state_unchecked(id);
+        if sh.tiers.contains(id) {
+            return None;
+        }
+        sh.tombs.get(id).cloned()
+    }
+
+    /// Every tombstone: `(id, generation deleted)`.
+    pub fn tombstones(&self) -> Vec<(Box<[u8]>, Gen)> {
+        let mut out = Vec::new();
+        for shard in self.0.shards.iter() {
+            let sh = shard.state.lock();
+            out.extend(sh.tombs.iter().map(|(k, g)| (k.clone(), g.clone())));
+        }
+        out
+    }
+
+    /// Call `f` with the metadata and state of `id` without counting an
+    /// access (sync's digests and state transfers); for a deleted id, its
+    /// tombstone (`meta.deleted`) and an empty state. `Ok(None)` when the
+    /// store knows nothing of `id`.
+    pub fn with_sync_state<R>(
+        &self,
+        id: &[u8],
+        f: impl FnOnce(&Meta, &Crdt) -> R,
+    ) -> Result<Option<R>> {
+        let access = Access::MayBlock;
+        let meta = match self.metadata(id, access) {
+            Ok((meta, _)) => meta,
+            Err(Error::NotFound) => {
+                return Ok(self.tombstone(id).map(|gen| {
+                    let meta = Meta {
+                        kind: Kind::GCounter,
+                        created_by: Arc::from(&[][..]),
+                        created_at: 0,
+                        updated_at: 0,
+                        gen,
+                        deleted: true,
+                    };
+                    f(&meta, &Crdt::new(Kind::GCounter))
+                }))
+            }
+            Err(e) => return Err(e),
+        };
+        match self.read_with(id, access, false, |v| f(&meta, v.crdt)) {
+            Ok(r) => Ok(Some(r)),
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every id: the ids on disk with the writes still pending laid over
@@ -764,6 +1050,55 @@ impl Inner {
         Ok(())
     }
 
+    /// Delete `id` (present, locked) with the store's durability, leaving
+    /// a tombstone of generation `gen`.
+    fn delete_locked<'a>(
+        &'a self,
+        mut sh: StateGuard<'a>,
+        id: &[u8],
+        gen: Gen,
+        _access: Access,
+    ) -> Result<StateGuard<'a>> {
+        match self.cfg.durability {
+            Durability::Relaxed => sh.pending.delete(id, Some(gen.clone())),
+            Durability::Strict => {
+                drop(sh);
+                let ops = [
+                    BatchOp::Delete(id.into()),
+                    BatchOp::PutMetaKey(tomb_key(id), encode_gen(&gen)),
+                ];
+                self.write_strict(id, &ops)?;
+                sh = self.lock_state_unchecked(id);
+            }
+        }
+        if let Some(t) = later_tomb(sh.tombs.remove(id), Some(gen)) {
+            sh.tombs.insert(id.into(), t);
+        }
+        if let Some(slot) = sh.tiers.remove(id) {
+            tiers::drop_in_background(slot);
+        }
+        Ok(sh)
+    }
+
+    /// Persist `(meta, crdt)` joined into `id`, with the store's durability.
+    fn persist<'a>(
+        &'a self,
+        mut sh: StateGuard<'a>,
+        id: &[u8],
+        meta: &Meta,
+        crdt: &Crdt,
+    ) -> Result<StateGuard<'a>> {
+        match self.cfg.durability {
+            Durability::Relaxed => sh.pending.add(id, meta, crdt),
+            Durability::Strict => {
+                drop(sh);
+                self.write_strict(id, &[merge_op(id, meta, crdt)])?;
+                sh = self.lock_state_unchecked(id);
+            }
+        }
+        Ok(sh)
+    }
+
     fn insert(&self, sh: &mut Shard, id: &[u8], meta: Meta, body: Body, accesses: u32) {
         if sh.tiers.insert(id, meta, body, accesses, self.limits) {
             self.cold_possible.store(true, Ordering::Release);
@@ -825,6 +1160,9 @@ impl Inner {
                 // If it left memory and was reloaded meanwhile, the reload
                 // already holds the delta: joining again is idempotent.
                 inner.join_in_memory(&mut sh, id, &meta, &delta)?;
+                if inner.capture.load(Ordering::Relaxed) {
+                    note_out(&mut sh.out, id, &meta, &delta);
+                }
             }
         }
         // A register keeps a newer timestamp than the one just issued (a
@@ -854,7 +1192,12 @@ impl Inner {
         access: Access,
         now: u64,
     ) -> Result<()> {
-        let Shard { tiers, pending } = sh;
+        let Shard {
+            tiers,
+            pending,
+            out,
+            ..
+        } = sh;
         let slot = tiers.get_mut(id).ok_or(Error::NotFound)?;
         let kind = slot.meta.kind;
         if let Body::Hot(c) = &slot.body {
@@ -869,11 +1212,19 @@ impl Inner {
             p.delta
                 .get_or_insert_with(|| Arc::new(Crdt::empty_delta(kind))),
         );
+        // With sync capture on, the delta is made alone and joined into
+        // both the pending group and the outgoing change.
+        let capture = self.capture.load(Ordering::Relaxed);
+        let mut alone = capture.then(|| Crdt::empty_delta(kind));
+        let into = match &mut alone {
+            Some(d) => d,
+            None => acc,
+        };
         match &mut slot.body {
-            Body::Hot(c) => Arc::make_mut(c).mutate_join(&self.replica, op, acc)?,
+            Body::Hot(c) => Arc::make_mut(c).mutate_join(&self.replica, op, into)?,
             Body::Warm(bytes) => {
                 let mut c = decode_stored(bytes)?;
-                c.mutate_join(&self.replica, op, acc)?;
+                c.mutate_join(&self.replica, op, into)?;
                 *bytes = c.encode().into();
             }
         }
@@ -882,6 +1233,11 @@ impl Inner {
         match &mut p.meta {
             Some(m) => m.join(&slot.meta),
             None => p.meta = Some(slot.meta.clone()),
+        }
+        if let Some(d) = alone {
+            // Cannot fail: both are of `kind`, and the state just took it.
+            let _ = acc.join(&d);
+            note_out(out, id, &slot.meta, &d);
         }
         Ok(())
     }
@@ -934,7 +1290,12 @@ impl Inner {
         if !present {
             return Err(Error::NotFound);
         }
-        let Shard { tiers, pending } = &mut *sh;
+        let Shard {
+            tiers,
+            pending,
+            out,
+            ..
+        } = &mut *sh;
         let slot = tiers.get_mut(id).ok_or(Error::NotFound)?;
         if slot.version != version || !matches!(slot.body, Body::Hot(_)) {
             drop_in_background(new);
@@ -944,6 +1305,16 @@ impl Inner {
         let old = std::mem::replace(&mut slot.body, Body::Hot(Arc::clone(&new)));
         slot.meta.updated_at = now_ms();
         slot.changed();
+        if self.capture.load(Ordering::Relaxed) {
+            // The new state dominates every earlier local change of it.
+            let o = Outgoing {
+                meta: slot.meta.clone(),
+                delta: Some(Arc::clone(&new)),
+            };
+            if let Some(old) = out.insert(id.into(), o) {
+                drop_in_background(old.delta);
+            }
+        }
         let p = pending.entry(id);
         let old_delta = p.delta.replace(new);
         match &mut p.meta {
@@ -1113,11 +1484,7 @@ impl Inner {
                     meta: meta.clone(),
                     crdt: Crdt::new(meta.kind),
                 });
-                if r.meta.kind != meta.kind {
-                    return Err(Error::TypeMismatch);
-                }
-                r.crdt.join(delta)?;
-                r.meta.join(meta);
+                r.absorb(meta, delta)?;
             }
         }
         Ok(rec.map(|r| (r.meta, r.crdt.encode().into())))
@@ -1139,8 +1506,14 @@ impl Inner {
             }
             if let (Some(m), Some(_)) = (&p.meta, &p.delta) {
                 match &mut meta {
-                    Some(have) if have.kind != m.kind => return Err(Error::TypeMismatch),
-                    Some(have) => have.join(m),
+                    Some(have) => match m.gen.precedence(&have.gen) {
+                        std::cmp::Ordering::Greater => *have = m.clone(),
+                        std::cmp::Ordering::Less => {}
+                        std::cmp::Ordering::Equal if have.kind != m.kind => {
+                            return Err(Error::TypeMismatch)
+                        }
+                        std::cmp::Ordering::Equal => have.join(m),
+                    },
                     None => meta = Some(m.clone()),
                 }
             }

@@ -10,7 +10,18 @@
 //!
 //! Record wire format (versioned like deltas):
 //! `[RECORD_MAGIC, RECORD_VERSION]` + MessagePack
-//! `(kind code, created_by, created_at_ms, updated_at_ms, Crdt::encode bytes)`.
+//! `(kind code, created_by, created_at_ms, updated_at_ms, Crdt::encode bytes,
+//! epoch, create stamp, create replica, deleted)`. Version 1 records (no
+//! generation) read as generation [`Gen::LEGACY`].
+//!
+//! **Generations.** Every record carries the [`Gen`] of the `create` that
+//! made it. Two records of one id join by [`Gen::precedence`]: a record of
+//! a higher epoch (a re-create after a delete) wins whole; in one epoch the
+//! create with the smaller `(stamp, replica)` wins whole, so two nodes that
+//! create one id concurrently, even with different types, end with the
+//! same winner everywhere. Only records of the same generation join their
+//! states. The same rule is the RocksDB merge operator, so disk and memory
+//! agree.
 
 use crate::crdt::{Crdt, Kind};
 use crate::error::{Error, Result};
@@ -18,7 +29,34 @@ use serde_bytes::{ByteBuf, Bytes};
 use std::sync::Arc;
 
 pub const RECORD_MAGIC: u8 = 0xC8;
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
+
+/// The generation of an id: which `create` made the state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Gen {
+    /// 0 for the first create; a create over a tombstone of epoch `e` gets
+    /// `e + 1`.
+    pub epoch: u32,
+    /// The creating replica's HLC at the create, as `Timestamp::to_u64`.
+    pub stamp: u64,
+    /// The creating replica.
+    pub replica: Arc<[u8]>,
+}
+
+impl Gen {
+    /// The generation of records written before generations existed: in
+    /// epoch 0 it wins over every concurrent create (smallest stamp).
+    pub fn legacy() -> Gen {
+        Gen::default()
+    }
+
+    /// Which of two generations wins: `Greater` when `self` does.
+    pub fn precedence(&self, other: &Gen) -> std::cmp::Ordering {
+        self.epoch.cmp(&other.epoch).then_with(|| {
+            (other.stamp, &other.replica[..]).cmp(&(self.stamp, &self.replica[..]))
+        })
+    }
+}
 
 /// Per-id metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,11 +67,18 @@ pub struct Meta {
     pub created_by: Arc<[u8]>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// The create this state descends from (see the module docs).
+    pub gen: Gen,
+    /// A tombstone: the id was deleted in generation `gen` (sync entries
+    /// only; the store keeps tombstones apart from records).
+    pub deleted: bool,
 }
 
 impl Meta {
-    /// Join: the earliest creation wins (ties broken by node), latest update.
+    /// Join of the same generation: the earliest creation wins (ties broken
+    /// by node), latest update, deleted if either is.
     pub fn join(&mut self, other: &Meta) {
+        self.deleted |= other.deleted;
         if (other.created_at, &other.created_by) < (self.created_at, &self.created_by) {
             self.created_at = other.created_at;
             self.created_by = other.created_by.clone();
@@ -49,14 +94,65 @@ pub struct Record {
     pub crdt: Crdt,
 }
 
+/// Encoding of a delete tombstone's generation (stored under
+/// `cold::TOMB_PREFIX ++ id`): MessagePack `(epoch, stamp, replica)`.
+pub fn encode_gen(gen: &Gen) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + gen.replica.len());
+    let res = rmp_serde::encode::write(&mut out, &(gen.epoch, gen.stamp, Bytes::new(&gen.replica)));
+    debug_assert!(res.is_ok());
+    out
+}
+
+/// Inverse of [`encode_gen`].
+pub fn decode_gen(bytes: &[u8]) -> Result<Gen> {
+    let (epoch, stamp, replica): (u32, u64, ByteBuf) =
+        rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    Ok(Gen {
+        epoch,
+        stamp,
+        replica: Arc::from(replica.into_vec()),
+    })
+}
+
+/// What [`Record::absorb`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absorbed {
+    /// Same generation: the states were joined.
+    Joined,
+    /// The other record's generation won: it replaced this one.
+    Replaced,
+    /// This record's generation won: the other was dropped.
+    Dropped,
+}
+
 impl Record {
+    /// Join by generation (see the module docs). `Err(TypeMismatch)` only
+    /// for two different kinds claiming one generation (forged data),
+    /// leaving `self` unchanged.
     pub fn join(&mut self, other: &Record) -> Result<()> {
-        if self.meta.kind != other.meta.kind {
-            return Err(Error::TypeMismatch);
+        self.absorb(&other.meta, &other.crdt).map(|_| ())
+    }
+
+    /// [`Record::join`] with `(meta, crdt)`, reporting what happened.
+    pub fn absorb(&mut self, meta: &Meta, crdt: &Crdt) -> Result<Absorbed> {
+        match meta.gen.precedence(&self.meta.gen) {
+            std::cmp::Ordering::Less => Ok(Absorbed::Dropped),
+            std::cmp::Ordering::Greater => {
+                self.meta = meta.clone();
+                let mut c = Crdt::new(meta.kind);
+                c.join(crdt)?;
+                self.crdt = c;
+                Ok(Absorbed::Replaced)
+            }
+            std::cmp::Ordering::Equal => {
+                if self.meta.kind != meta.kind {
+                    return Err(Error::TypeMismatch);
+                }
+                self.crdt.join(crdt)?;
+                self.meta.join(meta);
+                Ok(Absorbed::Joined)
+            }
         }
-        self.crdt.join(&other.crdt)?;
-        self.meta.join(&other.meta);
-        Ok(())
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -85,6 +181,10 @@ pub fn encode_parts(meta: &Meta, crdt_bytes: &[u8]) -> Vec<u8> {
         meta.created_at,
         meta.updated_at,
         Bytes::new(crdt_bytes),
+        meta.gen.epoch,
+        meta.gen.stamp,
+        Bytes::new(&meta.gen.replica),
+        meta.deleted,
     );
     let res = rmp_serde::encode::write(&mut out, &body);
     debug_assert!(res.is_ok());
@@ -93,14 +193,28 @@ pub fn encode_parts(meta: &Meta, crdt_bytes: &[u8]) -> Vec<u8> {
 
 /// Decode metadata and return the encoded CRDT bytes without decoding them.
 pub fn decode_parts(bytes: &[u8]) -> Result<(Meta, &[u8])> {
-    let body = match bytes {
-        [RECORD_MAGIC, RECORD_VERSION, body @ ..] => body,
+    let (body, version) = match bytes {
+        [RECORD_MAGIC, v @ (1 | RECORD_VERSION), body @ ..] => (body, *v),
         [RECORD_MAGIC, v, ..] => return Err(Error::UnsupportedVersion(*v)),
         _ => return Err(Error::Decode("not a vsmcp_crdt record".into())),
     };
     let mut de = rmp_serde::Deserializer::from_read_ref(body);
-    let (kind, created_by, created_at, updated_at, crdt): (u8, ByteBuf, u64, u64, &Bytes) =
-        serde::Deserialize::deserialize(&mut de).map_err(|e| Error::Decode(e.to_string()))?;
+    let de_err = |e: rmp_serde::decode::Error| Error::Decode(e.to_string());
+    let (kind, created_by, created_at, updated_at, crdt, gen, deleted) = if version == 1 {
+        let (kind, created_by, created_at, updated_at, crdt): (u8, ByteBuf, u64, u64, &Bytes) =
+            serde::Deserialize::deserialize(&mut de).map_err(de_err)?;
+        (kind, created_by, created_at, updated_at, crdt, Gen::legacy(), false)
+    } else {
+        type V2<'b> = (u8, ByteBuf, u64, u64, &'b Bytes, u32, u64, ByteBuf, bool);
+        let (kind, created_by, created_at, updated_at, crdt, epoch, stamp, replica, deleted): V2 =
+            serde::Deserialize::deserialize(&mut de).map_err(de_err)?;
+        let gen = Gen {
+            epoch,
+            stamp,
+            replica: Arc::from(replica.into_vec()),
+        };
+        (kind, created_by, created_at, updated_at, crdt, gen, deleted)
+    };
     // `from_read_ref`'s `get_ref` is the whole input, not the unread rest:
     // check for trailing bytes by trying to read one more value.
     match <serde::de::IgnoredAny as serde::Deserialize>::deserialize(&mut de) {
@@ -114,6 +228,8 @@ pub fn decode_parts(bytes: &[u8]) -> Result<(Meta, &[u8])> {
             created_by: Arc::from(created_by.into_vec()),
             created_at,
             updated_at,
+            gen,
+            deleted,
         },
         crdt,
     ))
@@ -147,9 +263,8 @@ fn fold<'a>(mut acc: Option<Record>, operands: impl Iterator<Item = &'a [u8]>) -
             None => acc = Some(rec),
             Some(a) => {
                 if a.join(&rec).is_err() {
-                    // A record of another kind under the same key can only
-                    // come from a delete + re-create whose Delete was
-                    // compacted away first; the newer record wins.
+                    // Two kinds claiming one generation (forged): the
+                    // newer operand wins, as a record written over it.
                     *a = rec;
                 }
             }
@@ -172,6 +287,8 @@ mod tests {
             created_by: b"n".to_vec().into(),
             created_at: 5,
             updated_at: 5,
+            gen: Gen::legacy(),
+            deleted: false,
         };
         let mut state = Crdt::new(Kind::ORSet);
         let base = Record {

@@ -10,10 +10,10 @@
 //! shard, so a reader that read the disk without the shard lock can tell
 //! whether a flush moved something out of the overlay meanwhile.
 
-use super::cold::BatchOp;
+use super::cold::{BatchOp, TOMB_PREFIX};
 use super::config::regrows_large;
 use super::config::INLINE_BYTES;
-use super::record::{encode_parts, Meta};
+use super::record::{encode_gen, encode_parts, Gen, Meta};
 use crate::crdt::Crdt;
 use hashbrown::HashMap;
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct Pending {
     pub(super) reset: bool,
     pub(super) meta: Option<Meta>,
     pub(super) delta: Option<Arc<Crdt>>,
+    /// A delete tombstone to persist (the generation deleted).
+    pub(super) tomb: Option<Gen>,
     /// Stamp of the last change (see [`PendingWrites::stamp`]).
     pub(super) seq: u64,
 }
@@ -38,9 +40,19 @@ impl Pending {
         }
     }
 
+    /// Join `(meta, delta)` in by generation (see `record`): a delta of a
+    /// newer generation replaces the group, one of an older is ignored.
     pub(super) fn add(&mut self, meta: &Meta, delta: &Crdt) {
         match &mut self.meta {
-            Some(m) => m.join(meta),
+            Some(m) => match meta.gen.precedence(&m.gen) {
+                std::cmp::Ordering::Less => return,
+                std::cmp::Ordering::Greater => {
+                    self.meta = Some(meta.clone());
+                    self.delta = Some(Arc::new(delta.clone()));
+                    return;
+                }
+                std::cmp::Ordering::Equal => m.join(meta),
+            },
             None => self.meta = Some(meta.clone()),
         }
         match &mut self.delta {
@@ -56,8 +68,11 @@ impl Pending {
     /// `self` happened before `newer`; return their combination.
     pub(super) fn then(mut self, newer: Pending) -> Pending {
         if newer.reset {
+            let mut newer = newer;
+            newer.tomb = later_tomb(self.tomb, newer.tomb);
             return newer;
         }
+        self.tomb = later_tomb(self.tomb.take(), newer.tomb);
         if let (Some(m), Some(d)) = (&newer.meta, &newer.delta) {
             self.add(m, d);
         }
@@ -75,6 +90,22 @@ impl Pending {
                 encode_parts(meta, &delta.encode()),
             ));
         }
+        if let Some(gen) = &self.tomb {
+            ops.push(BatchOp::PutMetaKey(tomb_key(key), encode_gen(gen)));
+        }
+    }
+}
+
+/// The metadata key of `id`'s tombstone.
+pub(super) fn tomb_key(id: &[u8]) -> Box<[u8]> {
+    [TOMB_PREFIX, id].concat().into()
+}
+
+/// The tombstone of the winning generation of two.
+pub(super) fn later_tomb(a: Option<Gen>, b: Option<Gen>) -> Option<Gen> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.precedence(&a).is_lt() { a } else { b }),
+        (a, b) => a.or(b),
     }
 }
 
@@ -128,12 +159,14 @@ impl PendingWrites {
 
     /// Record a delete of `id`: replaces whatever was pending (a large
     /// delta group is freed in the background).
-    pub(super) fn delete(&mut self, id: &[u8]) {
+    pub(super) fn delete(&mut self, id: &[u8], tomb: Option<Gen>) {
         let p = self.entry(id);
+        let (seq, tomb) = (p.seq, later_tomb(p.tomb.take(), tomb));
         let old = std::mem::replace(
             p,
             Pending {
-                seq: p.seq,
+                seq,
+                tomb,
                 ..Pending::reset()
             },
         );

@@ -85,6 +85,25 @@ impl Digest {
         *b = b.wrapping_add(item_hash(id, new));
     }
 
+    /// `id`'s item hash changed from `old` to `new` (`None`: absent).
+    pub fn replace_hash(&mut self, id: &[u8], old: Option<u64>, new: Option<u64>) {
+        let b = &mut self.buckets[bucket_of(id) as usize];
+        if let Some(old) = old {
+            *b = b.wrapping_sub(old);
+        }
+        if let Some(new) = new {
+            *b = b.wrapping_add(new);
+        }
+    }
+
+    /// One hash of all buckets (announced in `Hello`: equal roots mean
+    /// equal digests, with overwhelming probability).
+    pub fn root(&self) -> u64 {
+        let parts: Vec<[u8; 8]> = self.buckets.iter().map(|b| b.to_le_bytes()).collect();
+        let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+        stable_hash(&refs)
+    }
+
     /// `id`, whose state was `state`, is gone.
     pub fn remove(&mut self, id: &[u8], state: &[u8]) {
         let b = &mut self.buckets[bucket_of(id) as usize];

@@ -165,11 +165,21 @@ impl DeltaLog {
             .get(peer)
             .ok_or(Error::InvalidArgument("unknown peer"))?
             .acked;
+        Ok(self.batch_from(ack + 1, max_bytes))
+    }
+
+    /// The deltas from sequence number `start` on, chunked as
+    /// [`DeltaLog::next_batch`] does. A sender that pipelines (sends the
+    /// next interval before the previous one is acknowledged) uses this;
+    /// the receiver then acknowledges only the contiguous prefix it
+    /// received, so an acknowledgement still covers everything before it.
+    pub fn batch_from(&self, start: u64, max_bytes: usize) -> NextBatch {
+        let ack = start.saturating_sub(1);
         if ack + 1 < self.first_seq {
-            return Ok(NextBatch::NeedsAntiEntropy);
+            return NextBatch::NeedsAntiEntropy;
         }
         if ack + 1 >= self.next_seq {
-            return Ok(NextBatch::UpToDate);
+            return NextBatch::UpToDate;
         }
         let skip = (ack + 1 - self.first_seq) as usize;
         let mut entries = Vec::new();
@@ -183,11 +193,11 @@ impl DeltaLog {
             entries.push((e.id.to_vec(), e.delta.to_vec()));
         }
         let seq_start = ack + 1;
-        Ok(NextBatch::Batch(Batch {
+        NextBatch::Batch(Batch {
             seq_start,
             seq_end: seq_start + entries.len() as u64 - 1,
             entries,
-        }))
+        })
     }
 
     /// `peer` acknowledged every delta up to `upto` (from an `Ack` message:

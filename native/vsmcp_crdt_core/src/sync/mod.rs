@@ -35,12 +35,15 @@
 
 pub mod canonical;
 pub mod digest;
+pub mod engine;
 pub mod log;
 pub mod wire;
 
 pub use canonical::canonical_state_bytes;
 pub use digest::{bucket_of, Digest, BUCKETS};
+pub use engine::{directory_of, Counters, Engine, EngineConfig, Event, Outbound, Reject};
 pub use log::{Batch, DeltaLog, NextBatch, PeerAck};
 pub use wire::{
-    batch_budget, states_messages, Entry, Message, MAX_MESSAGE_BYTES, WIRE_MAGIC, WIRE_VERSION,
+    batch_budget, negotiate, states_messages, Entry, Envelope, Message, MAX_MESSAGE_BYTES,
+    MIN_WIRE_VERSION, WIRE_MAGIC, WIRE_VERSION,
 };

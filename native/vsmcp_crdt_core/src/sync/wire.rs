@@ -2,20 +2,29 @@
 //!
 //! ```text
 //! byte 0   WIRE_MAGIC  0xC9
-//! byte 1   WIRE_VERSION (1)
+//! byte 1   wire version (1 or 2)
 //! byte 2   message tag (see [`Tag`])
 //! rest     MessagePack body (rmp-serde, tuples as arrays, bytes as bin)
 //! ```
 //!
-//! Bodies, by tag:
+//! Bodies, by tag, in version 1:
 //!
 //! | tag | message         | body                                            |
 //! |-----|-----------------|-------------------------------------------------|
-//! | 1   | `Deltas`        | `[from, seq_start, seq_end, [[id, delta], ..]]` |
+//! | 1   | `Deltas`        | `[from, seq_start, seq_end, [[id, entry], ..]]` |
 //! | 2   | `Ack`           | `[from, upto]`                                  |
 //! | 3   | `DigestRequest` | `[from, [bucket hash; 256]]`                    |
 //! | 4   | `StateRequest`  | `[from, [bucket index, ..]]`                    |
-//! | 5   | `States`        | `[from, [[id, state], ..], last]`               |
+//! | 5   | `States`        | `[from, [[id, entry], ..], last]`               |
+//! | 6   | `Hello`         | `[from, [version, ..], wall_ms, counter, root, attrs]` |
+//!
+//! Version 2 appends the sender's HLC (`wall_ms, counter`) to the bodies
+//! of tags 1 to 5, so the receiver applies the HLC receive rule and refuses
+//! a clock too far ahead. `Hello` is always sent with version byte 1 and
+//! lists every version its sender speaks: peers then use the highest
+//! version both know ([`negotiate`]), so a node one version behind keeps
+//! syncing. An entry is a store record (`store::record`): metadata with the
+//! generation, and a delta or state, or a tombstone.
 //!
 //! [`Message::decode`] validates everything (header, shape, sequence range
 //! against entry count, CRDT headers of every payload, bucket counts and
@@ -30,6 +39,8 @@
 use crate::causal::ReplicaId;
 use crate::crdt::split_header;
 use crate::error::{Error, Result};
+use crate::hlc::Timestamp;
+use crate::store::record::decode_parts;
 use hashbrown::HashSet;
 use serde::Deserialize;
 use serde_bytes::{ByteBuf, Bytes};
@@ -38,8 +49,15 @@ use super::digest::BUCKETS;
 
 /// First byte of every sync message (CRDT bytes use 0xC7, store records 0xC8).
 pub const WIRE_MAGIC: u8 = 0xC9;
-/// The protocol version this build speaks.
-pub const WIRE_VERSION: u8 = 1;
+/// The newest protocol version this build speaks.
+pub const WIRE_VERSION: u8 = 2;
+/// The oldest protocol version this build speaks.
+pub const MIN_WIRE_VERSION: u8 = 1;
+
+/// The highest version in both `ours` and `theirs`, if any.
+pub fn negotiate(ours: &[u8], theirs: &[u8]) -> Option<u8> {
+    ours.iter().copied().filter(|v| theirs.contains(v)).max()
+}
 /// Largest message holding more than one entry (and of every other kind).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Largest message holding a single entry larger than [`MAX_MESSAGE_BYTES`]
@@ -81,6 +99,8 @@ pub enum Tag {
     StateRequest = 4,
     /// [`Message::States`].
     States = 5,
+    /// [`Message::Hello`].
+    Hello = 6,
 }
 
 impl Tag {
@@ -92,6 +112,7 @@ impl Tag {
             3 => Tag::DigestRequest,
             4 => Tag::StateRequest,
             5 => Tag::States,
+            6 => Tag::Hello,
             _ => return Err(Error::Decode(format!("unknown sync message tag {c}"))),
         })
     }
@@ -147,6 +168,31 @@ pub enum Message {
         /// Whether this is the last message of the answer.
         last: bool,
     },
+    /// A heartbeat: announces the sender, the versions it speaks and the
+    /// root of its digest (so peers that differ start anti-entropy).
+    Hello {
+        /// The announcing replica.
+        from: ReplicaId,
+        /// Every wire version the sender speaks.
+        versions: Vec<u8>,
+        /// The sender's HLC.
+        clock: Timestamp,
+        /// A hash of the sender's digest buckets.
+        root: u64,
+        /// Free-form attributes (at most 4 KiB), e.g. the node label.
+        attrs: Vec<u8>,
+    },
+}
+
+/// A decoded message with what its header and clock said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The wire version it was encoded with.
+    pub version: u8,
+    /// The sender's HLC (version 2, and `Hello`).
+    pub clock: Option<Timestamp>,
+    /// The message.
+    pub msg: Message,
 }
 
 type EntryRef<'a> = (&'a Bytes, &'a Bytes);
@@ -169,13 +215,20 @@ fn de_err(e: rmp_serde::decode::Error) -> Error {
     Error::Decode(e.to_string())
 }
 
-/// Every payload must at least carry a valid CRDT header.
+/// Every payload must be a record whose state header names its kind.
 fn check_payloads(entries: &[Entry]) -> Result<()> {
     for (_, p) in entries {
-        split_header(p)?;
+        let (meta, crdt) = decode_parts(p)?;
+        let (kind, _) = split_header(crdt)?;
+        if kind != meta.kind {
+            return Err(Error::Decode("entry kind does not match its state".into()));
+        }
     }
     Ok(())
 }
+
+/// Largest `Hello::attrs`.
+pub const MAX_HELLO_ATTRS: usize = 4096;
 
 impl Message {
     /// The message's tag.
@@ -186,6 +239,7 @@ impl Message {
             Message::DigestRequest { .. } => Tag::DigestRequest,
             Message::StateRequest { .. } => Tag::StateRequest,
             Message::States { .. } => Tag::States,
+            Message::Hello { .. } => Tag::Hello,
         }
     }
 
@@ -196,14 +250,27 @@ impl Message {
             | Message::Ack { from, .. }
             | Message::DigestRequest { from, .. }
             | Message::StateRequest { from, .. }
-            | Message::States { from, .. } => from,
+            | Message::States { from, .. }
+            | Message::Hello { from, .. } => from,
         }
     }
 
-    /// Encode with the versioned header. Size limits are the builder's
-    /// business (see the module docs); this encodes what it is given.
+    /// Encode in version 1 (no clock).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![WIRE_MAGIC, WIRE_VERSION, self.tag() as u8];
+        self.encode_with(1, Timestamp::ZERO)
+    }
+
+    /// Encode with the versioned header, in `version` (1, or 2 with the
+    /// sender's `clock`; a `Hello` is always version 1). Size limits are
+    /// the builder's business (see the module docs); this encodes what it
+    /// is given.
+    pub fn encode_with(&self, version: u8, clock: Timestamp) -> Vec<u8> {
+        let version = if matches!(self, Message::Hello { .. }) {
+            1
+        } else {
+            version.clamp(MIN_WIRE_VERSION, WIRE_VERSION)
+        };
+        let mut out = vec![WIRE_MAGIC, version, self.tag() as u8];
         let res = match self {
             Message::Deltas {
                 from,
@@ -226,19 +293,94 @@ impl Message {
                 entries,
                 last,
             } => rmp_serde::encode::write(&mut out, &(from, entries_ref(entries), last)),
+            Message::Hello {
+                from,
+                versions,
+                clock,
+                root,
+                attrs,
+            } => rmp_serde::encode::write(
+                &mut out,
+                &(
+                    from,
+                    Bytes::new(versions),
+                    clock.wall_ms,
+                    clock.counter,
+                    root,
+                    Bytes::new(attrs),
+                ),
+            ),
         };
         // Writing to a Vec cannot fail, and every field is serializable.
         debug_assert!(res.is_ok());
+        if version >= 2 && !matches!(self, Message::Hello { .. }) {
+            // The body is an array: bump its length by two and append the
+            // clock (fixarray bodies here have at most 4 elements).
+            if let Some(b) = out.get_mut(3) {
+                *b += 2;
+            }
+            let res = rmp_serde::encode::write(&mut out, &clock.wall_ms)
+                .and_then(|_| rmp_serde::encode::write(&mut out, &clock.counter));
+            debug_assert!(res.is_ok());
+        }
         out
     }
 
-    /// Decode bytes from a peer. Validates everything; never panics.
-    pub fn decode(bytes: &[u8]) -> Result<Message> {
-        let (tag, body) = match bytes {
-            [WIRE_MAGIC, WIRE_VERSION, tag, body @ ..] => (Tag::from_code(*tag)?, body),
+    /// Decode bytes from a peer, with their version and clock. Validates
+    /// everything; never panics.
+    pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope> {
+        let version = match bytes {
+            [WIRE_MAGIC, v @ MIN_WIRE_VERSION..=WIRE_VERSION, _, ..] => *v,
             [WIRE_MAGIC, v, _, ..] => return Err(Error::UnsupportedVersion(*v)),
             _ => return Err(Error::Decode("missing sync message header".into())),
         };
+        if version == 1 || bytes[2] == Tag::Hello as u8 {
+            let msg = Self::decode_body(bytes, None)?;
+            let clock = match &msg {
+                Message::Hello { clock, .. } => Some(*clock),
+                _ => None,
+            };
+            return Ok(Envelope {
+                version,
+                clock,
+                msg,
+            });
+        }
+        // Version 2: the body array ends with the clock.
+        let mut clock = Timestamp::ZERO;
+        let msg = Self::decode_body(bytes, Some(&mut clock))?;
+        Ok(Envelope {
+            version,
+            clock: Some(clock),
+            msg,
+        })
+    }
+
+    /// Decode bytes from a peer (any version). Validates everything;
+    /// never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Message> {
+        Ok(Self::decode_envelope(bytes)?.msg)
+    }
+
+    fn decode_body(bytes: &[u8], clock: Option<&mut Timestamp>) -> Result<Message> {
+        let (tag, body) = match bytes {
+            [WIRE_MAGIC, _, tag, body @ ..] => (Tag::from_code(*tag)?, body),
+            _ => return Err(Error::Decode("missing sync message header".into())),
+        };
+        // Version 2 bodies are one array longer by the clock's two fields:
+        // read the array header here, then the fields one by one.
+        let body = match clock {
+            None => std::borrow::Cow::Borrowed(body),
+            Some(_) => match body.first() {
+                Some(&b) if (0x92..=0x9f).contains(&b) => {
+                    let mut v = body.to_vec();
+                    v[0] = b - 2;
+                    std::borrow::Cow::Owned(v)
+                }
+                _ => return Err(Error::Decode("malformed version 2 body".into())),
+            },
+        };
+        let body: &[u8] = &body;
         let oversized = bytes.len() > MAX_MESSAGE_BYTES;
         if bytes.len() > MAX_SINGLE_ENTRY_MESSAGE_BYTES
             || (oversized && !matches!(tag, Tag::Deltas | Tag::States))
@@ -299,6 +441,26 @@ impl Message {
                 }
                 Message::StateRequest { from, buckets }
             }
+            Tag::Hello => {
+                let (from, versions, wall_ms, counter, root, attrs): (
+                    ReplicaId,
+                    ByteBuf,
+                    u64,
+                    u32,
+                    u64,
+                    ByteBuf,
+                ) = Deserialize::deserialize(&mut de).map_err(de_err)?;
+                if versions.is_empty() || versions.len() > 32 || attrs.len() > MAX_HELLO_ATTRS {
+                    return Err(Error::Decode("malformed hello".into()));
+                }
+                Message::Hello {
+                    from,
+                    versions: versions.into_vec(),
+                    clock: Timestamp::new(wall_ms, counter),
+                    root,
+                    attrs: attrs.into_vec(),
+                }
+            }
             Tag::States => {
                 let (from, entries, last): (ReplicaId, Vec<EntryWire>, bool) =
                     Deserialize::deserialize(&mut de).map_err(de_err)?;
@@ -318,6 +480,13 @@ impl Message {
                 }
             }
         };
+        if let Some(clock) = clock {
+            let (wall_ms, counter): (u64, u32) = (
+                Deserialize::deserialize(&mut de).map_err(de_err)?,
+                Deserialize::deserialize(&mut de).map_err(de_err)?,
+            );
+            *clock = Timestamp::new(wall_ms, counter);
+        }
         if !de.get_ref().is_empty() {
             return Err(Error::Decode("trailing bytes".into()));
         }
@@ -380,9 +549,30 @@ mod tests {
 
     fn delta() -> Vec<u8> {
         let mut c = Crdt::new(Kind::GCounter);
-        c.mutate(&ReplicaId::from("a"), Op::Increment(2))
-            .unwrap()
-            .encode()
+        let d = c.mutate(&ReplicaId::from("a"), Op::Increment(2)).unwrap();
+        let meta = crate::store::record::Meta {
+            kind: Kind::GCounter,
+            created_by: std::sync::Arc::from(&b"n"[..]),
+            created_at: 1,
+            updated_at: 2,
+            gen: Default::default(),
+            deleted: false,
+        };
+        crate::store::record::encode_parts(&meta, &d.encode())
+    }
+
+    /// Raw CRDT bytes as an entry (a record of the kind in their header).
+    fn rec_of(crdt: &[u8]) -> Vec<u8> {
+        let (kind, _) = split_header(crdt).unwrap();
+        let meta = crate::store::record::Meta {
+            kind,
+            created_by: std::sync::Arc::from(&b""[..]),
+            created_at: 0,
+            updated_at: 0,
+            gen: Default::default(),
+            deleted: false,
+        };
+        crate::store::record::encode_parts(&meta, crdt)
     }
 
     fn samples() -> Vec<Message> {
@@ -419,16 +609,20 @@ mod tests {
 
     #[test]
     fn golden_vectors() {
-        // The sample delta: a G-Counter, header c70101, body [[bin "a", 2]].
-        let gc = "c70101".to_string() + "9192c4016102";
+        // The sample entry: a record (c802) of a G-Counter delta, header
+        // c70101, body [[bin "a", 2]]:
+        // [1, bin "n", 1, 2, bin9 delta, epoch 0, stamp 0, bin "", false].
+        let rec = "c802".to_string() + "9901c4016e0102c409c701019192c4016102" + "0000c400c2";
+        assert_eq!(hex(&delta()), rec);
+        let gc = format!("{:02x}", rec.len() / 2) + &rec;
         let expect = [
             // Deltas: [bin "a", 3, 4, [[bin "x", bin9 gc], [bin "y", bin9 gc]]]
             "c90101".to_string()
                 + "94c401610304"
                 + "92"
-                + "92c40178c409"
+                + "92c40178c4"
                 + &gc
-                + "92c40179c409"
+                + "92c40179c4"
                 + &gc,
             // Ack: [bin "a", uint16 300]
             "c9010292c40161cd012c".to_string(),
@@ -437,7 +631,7 @@ mod tests {
             // StateRequest: [bin "a", [0, 17, uint8 255]]
             "c9010492c40161930011ccff".to_string(),
             // States: [bin "a", [[bin "x", bin9 gc]], true]
-            "c9010593c4016191".to_string() + "92c40178c409" + &gc + "c3",
+            "c9010593c4016191".to_string() + "92c40178c4" + &gc + "c3",
         ];
         for (m, want) in samples().iter().zip(expect) {
             let bytes = m.encode();
@@ -446,6 +640,28 @@ mod tests {
             }
             assert_eq!(&Message::decode(&bytes).unwrap(), m);
         }
+        // Version 2 appends the sender's clock to the body array.
+        let v2 = samples()[1].encode_with(2, Timestamp::new(5, 1));
+        assert_eq!(hex(&v2), "c9020294c40161cd012c0501");
+        let env = Message::decode_envelope(&v2).unwrap();
+        assert_eq!(env.version, 2);
+        assert_eq!(env.clock, Some(Timestamp::new(5, 1)));
+        assert_eq!(env.msg, samples()[1]);
+        for m in samples() {
+            let e = Message::decode_envelope(&m.encode_with(2, Timestamp::new(9, 3))).unwrap();
+            assert_eq!((e.msg, e.clock), (m, Some(Timestamp::new(9, 3))));
+        }
+        let hello = Message::Hello {
+            from: ReplicaId::from("a"),
+            versions: vec![1, 2],
+            clock: Timestamp::new(7, 0),
+            root: 9,
+            attrs: b"n".to_vec(),
+        };
+        // Hello is always version 1: [bin "a", bin [1, 2], 7, 0, 9, bin "n"].
+        let hb = hello.encode_with(2, Timestamp::ZERO);
+        assert_eq!(hex(&hb), "c9010696c40161c40201020700" .to_string() + "09c4016e");
+        assert_eq!(Message::decode_envelope(&hb).unwrap().clock, Some(Timestamp::new(7, 0)));
         let digest = samples()[2].encode();
         assert_eq!(hex(&digest[..11]), "c9010392c40161dc010000");
         assert_eq!(hex(&digest[11..13]), "0700");
@@ -499,8 +715,8 @@ mod tests {
             last: false,
         });
         let mut v = samples()[1].encode();
-        v[1] = 2;
-        assert_eq!(Message::decode(&v), Err(Error::UnsupportedVersion(2)));
+        v[1] = 3;
+        assert_eq!(Message::decode(&v), Err(Error::UnsupportedVersion(3)));
         v[1] = 1;
         v.push(0);
         assert!(Message::decode(&v).is_err(), "trailing bytes");
@@ -526,7 +742,7 @@ mod tests {
             &a,
             vec![
                 (b"s1".to_vec(), small.clone()),
-                (b"big".to_vec(), big.encode()),
+                (b"big".to_vec(), rec_of(&big.encode())),
                 (b"s2".to_vec(), small.clone()),
             ],
         );
@@ -539,18 +755,18 @@ mod tests {
         // Two entries over the limit are refused.
         let two = Message::States {
             from: a.clone(),
-            entries: vec![(b"big".to_vec(), big.encode()), (b"s".to_vec(), small)],
+            entries: vec![(b"big".to_vec(), rec_of(&big.encode())), (b"s".to_vec(), small)],
             last: true,
         };
         assert!(Message::decode(&two.encode()).is_err());
         // Many small states are packed within the limit.
         let many: Vec<Entry> = (0..20_000u32)
-            .map(|i| (i.to_be_bytes().to_vec(), vec![0xC7, 1, 1, 0x90]))
-            .chain((0..3u32).map(|i| (format!("lww{i}").into_bytes(), vec![0xC7, 1, 5, 0xc0])))
+            .map(|i| (i.to_be_bytes().to_vec(), rec_of(&[0xC7, 1, 1, 0x90])))
+            .chain((0..3u32).map(|i| (format!("lww{i}").into_bytes(), rec_of(&[0xC7, 1, 5, 0xc0]))))
             .chain((0..200u32).map(|i| {
                 let mut s = vec![0xC7, 1, 5];
                 s.resize(9_000, 0);
-                (format!("pad{i}").into_bytes(), s)
+                (format!("pad{i}").into_bytes(), rec_of(&s))
             }))
             .collect();
         let msgs = states_messages(&a, many.clone());

@@ -1,0 +1,721 @@
+//! The sync engine of one store: the protocol state machine that turns the
+//! store's local changes into messages, and peers' messages into merges.
+//! No I/O and no timers: the caller (the NIF, driven by the Elixir peer
+//! process) passes the time, moves the bytes and decides when to tick.
+//!
+//! * [`Engine::tick`] takes the store's local changes into the
+//!   [`DeltaLog`], retransmits unacknowledged intervals after
+//!   `retransmit_ms` (go-back-N), ships new intervals to every peer that is
+//!   up, and marks silent peers down.
+//! * [`Engine::hello`] is the heartbeat broadcast: replica id, the wire
+//!   versions spoken and the digest root. A peer whose root differs twice
+//!   in a row while our deltas to it are all acknowledged gets a digest
+//!   (anti-entropy); so does a peer seen for the first time or again.
+//! * [`Engine::receive`] handles one message: merges entries into the
+//!   store by generation (`store::record`), acknowledges the contiguous
+//!   prefix of a sender's intervals, answers digests with a push of our
+//!   differing buckets plus a pull (`StateRequest`) of theirs.
+//!
+//! Every message from a peer is untrusted: it is decoded and validated in
+//! full, a clock too far ahead rejects it whole, and each rejection is
+//! counted and reported as an [`Event::Rejected`] (the caller rate-limits
+//! its logs). Entries stay encoded bytes throughout: nothing here creates
+//! atoms or decodes terms.
+
+use super::digest::{bucket_of, stable_hash, Digest, BUCKETS};
+use super::log::{DeltaLog, NextBatch};
+use super::wire::{
+    batch_budget, negotiate, states_messages, Entry, Envelope, Message, MAX_MESSAGE_BYTES,
+    MIN_WIRE_VERSION, WIRE_VERSION,
+};
+use crate::causal::ReplicaId;
+use crate::crdt::Crdt;
+use crate::error::Error;
+use crate::hlc::Timestamp;
+use crate::store::record::{decode_parts, encode_gen, encode_parts, Meta};
+use crate::store::{Merged, Store};
+use hashbrown::{HashMap, HashSet};
+
+/// Bytes of the incarnation at the end of a replica id: the rest is the
+/// data directory's id, which a restart keeps.
+const INCARNATION_BYTES: usize = 8;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Bound of the outgoing delta log's retained bytes.
+    pub max_log_bytes: usize,
+    /// Wire versions this node speaks (tests use `[1]` for an old node).
+    pub versions: Vec<u8>,
+    /// Resend an unacknowledged interval after this long.
+    pub retransmit_ms: u64,
+    /// A peer not heard from for this long is down.
+    pub down_after_ms: u64,
+    /// Free-form bytes announced in `Hello` (the node label).
+    pub attrs: Vec<u8>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_log_bytes: super::log::DEFAULT_MAX_BYTES,
+            versions: (MIN_WIRE_VERSION..=WIRE_VERSION).collect(),
+            retransmit_ms: 200,
+            down_after_ms: 5_000,
+            attrs: Vec::new(),
+        }
+    }
+}
+
+/// A message to send: to one peer, or to every member of the topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// `None`: broadcast.
+    pub to: Option<ReplicaId>,
+    /// The encoded message.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a message (or entry) from a peer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reject {
+    /// Undecodable or invalid bytes.
+    Malformed,
+    /// A wire version this node does not speak, or no common version.
+    Version,
+    /// Larger than the message limit.
+    Oversized,
+    /// The sender's clock is more than `max_offset` ahead.
+    ClockAhead,
+    /// An entry whose type loses to (or clashes with) the local one.
+    TypeClash,
+    /// A replica that was forgotten with `forget_replica`.
+    Forgotten,
+    /// Data from a replica that never said hello (e.g. an old incarnation).
+    UnknownPeer,
+}
+
+impl Reject {
+    /// A stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reject::Malformed => "malformed",
+            Reject::Version => "unsupported_version",
+            Reject::Oversized => "oversized",
+            Reject::ClockAhead => "clock_ahead",
+            Reject::TypeClash => "type_clash",
+            Reject::Forgotten => "forgotten_replica",
+            Reject::UnknownPeer => "unknown_peer",
+        }
+    }
+
+    const ALL: [Reject; 7] = [
+        Reject::Malformed,
+        Reject::Version,
+        Reject::Oversized,
+        Reject::ClockAhead,
+        Reject::TypeClash,
+        Reject::Forgotten,
+        Reject::UnknownPeer,
+    ];
+}
+
+/// Something the caller may want to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A peer was seen for the first time, or again after being down.
+    PeerUp(ReplicaId, Vec<u8>),
+    /// A peer went silent, restarted (old incarnation) or was forgotten.
+    PeerDown(ReplicaId),
+    /// A peer's entry changed `id` here.
+    Changed(Box<[u8]>),
+    /// A local change of `id` was taken for shipping.
+    LocalChanged(Box<[u8]>),
+    /// Something from a peer was refused (peer unknown for bytes that did
+    /// not decode).
+    Rejected(Option<ReplicaId>, Reject, String),
+    /// A peer answered our digest (a round with it is complete).
+    Answered(ReplicaId),
+}
+
+/// Counters, for `info` and telemetry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub msgs_sent: u64,
+    pub bytes_sent: u64,
+    pub msgs_received: u64,
+    pub bytes_received: u64,
+    /// Local delta groups recorded into the log.
+    pub deltas_recorded: u64,
+    /// Entries merged from peers (deltas and states).
+    pub entries_merged: u64,
+    /// States sent answering state requests.
+    pub states_sent: u64,
+    pub digests_sent: u64,
+    pub retransmits: u64,
+    /// Entries dropped because a newer generation or a tombstone won.
+    pub dropped_stale: u64,
+    /// Rejections, by [`Reject`] (in `Reject::ALL` order).
+    pub rejected: [u64; 7],
+}
+
+impl Counters {
+    /// `(name, count)` of every rejection kind.
+    pub fn rejections(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Reject::ALL
+            .iter()
+            .zip(self.rejected.iter())
+            .map(|(r, n)| (r.name(), *n))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    version: u8,
+    up: bool,
+    last_seen_ms: u64,
+    /// Highest sequence number of ours sent to it.
+    sent_upto: u64,
+    /// Since when sent intervals wait for an acknowledgement.
+    inflight_since: Option<u64>,
+    /// Highest sequence number of *its* log received contiguously.
+    recv_upto: u64,
+    /// Consecutive hellos whose root differed from ours.
+    root_mismatches: u8,
+    attrs: Vec<u8>,
+}
+
+/// The sync state of one store. See the module docs.
+pub struct Engine {
+    me: ReplicaId,
+    cfg: EngineConfig,
+    log: DeltaLog,
+    peers: HashMap<ReplicaId, Peer>,
+    /// Directory ids of forgotten replicas.
+    forgotten: HashSet<Vec<u8>>,
+    digest: Digest,
+    hashes: HashMap<Box<[u8]>, u64>,
+    dirty: HashSet<Box<[u8]>>,
+    primed: bool,
+    counters: Counters,
+}
+
+/// The directory part of a replica id.
+pub fn directory_of(r: &ReplicaId) -> &[u8] {
+    let b = r.as_bytes();
+    &b[..b.len().saturating_sub(INCARNATION_BYTES)]
+}
+
+/// The digest hash of one item: id, generation, tombstone flag, kind and
+/// canonical state (times are left out: they are labels, not state).
+fn item_hash(id: &[u8], meta: &Meta, crdt: &Crdt) -> u64 {
+    let gen = encode_gen(&meta.gen);
+    if meta.deleted {
+        return stable_hash(&[id, &gen, b"deleted"]);
+    }
+    let state = super::canonical_state_bytes(crdt);
+    stable_hash(&[id, &gen, &[meta.kind.code()], &state])
+}
+
+impl Engine {
+    /// An engine for `store` (its replica id is ours).
+    pub fn new(store: &Store, cfg: EngineConfig) -> Engine {
+        Engine {
+            me: store.replica_id().clone(),
+            log: DeltaLog::new(cfg.max_log_bytes),
+            cfg,
+            peers: HashMap::new(),
+            forgotten: HashSet::new(),
+            digest: Digest::new(),
+            hashes: HashMap::new(),
+            dirty: HashSet::new(),
+            primed: false,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Our replica id.
+    pub fn me(&self) -> &ReplicaId {
+        &self.me
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The outgoing log (for inspection).
+    pub fn log(&self) -> &DeltaLog {
+        &self.log
+    }
+
+    /// Peers that are up.
+    pub fn up_peers(&self) -> Vec<ReplicaId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.up)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// Every known peer: `(replica, up, negotiated version, attrs)`.
+    pub fn peers(&self) -> Vec<(ReplicaId, bool, u8, Vec<u8>)> {
+        self.peers
+            .iter()
+            .map(|(r, p)| (r.clone(), p.up, p.version, p.attrs.clone()))
+            .collect()
+    }
+
+    fn out(&mut self, to: Option<&ReplicaId>, msg: &Message, clock: Timestamp) -> Outbound {
+        let version = to
+            .and_then(|r| self.peers.get(r))
+            .map_or(MIN_WIRE_VERSION, |p| p.version);
+        let bytes = msg.encode_with(version, clock);
+        self.counters.msgs_sent += 1;
+        self.counters.bytes_sent += bytes.len() as u64;
+        Outbound {
+            to: to.cloned(),
+            bytes,
+        }
+    }
+
+    /// Take the store's local changes into the log, retransmit what waited
+    /// too long, ship new intervals, and mark silent peers down.
+    pub fn tick(&mut self, store: &Store, now_ms: u64, events: &mut Vec<Event>) -> Vec<Outbound> {
+        for (id, entry) in store.take_outgoing() {
+            self.log.record(&id, &entry);
+            self.counters.deltas_recorded += 1;
+            events.push(Event::LocalChanged(id.clone()));
+            self.dirty.insert(id);
+        }
+        let mut out = Vec::new();
+        let clock = store.tick_clock();
+        let budget = batch_budget(&self.me);
+        let ids: Vec<ReplicaId> = self.peers.keys().cloned().collect();
+        for r in ids {
+            let Some(p) = self.peers.get_mut(&r) else {
+                continue;
+            };
+            if p.up && now_ms.saturating_sub(p.last_seen_ms) > self.cfg.down_after_ms {
+                p.up = false;
+                events.push(Event::PeerDown(r.clone()));
+            }
+            if !p.up {
+                continue;
+            }
+            let acked = self.log.peer(&r).map_or(0, |a| a.acked);
+            if p.sent_upto < acked {
+                p.sent_upto = acked;
+            }
+            if let Some(since) = p.inflight_since {
+                if p.sent_upto > acked && now_ms.saturating_sub(since) > self.cfg.retransmit_ms {
+                    p.sent_upto = acked;
+                    p.inflight_since = None;
+                    self.counters.retransmits += 1;
+                }
+            }
+            // At most 8 messages per peer and tick: the rest goes next tick.
+            for _ in 0..8 {
+                let start = self.peers[&r].sent_upto + 1;
+                match self.log.batch_from(start, budget) {
+                    NextBatch::UpToDate => break,
+                    NextBatch::NeedsAntiEntropy => {
+                        // Deltas it never acknowledged were dropped: a
+                        // digest exchange brings it up to date instead.
+                        let upto = self.log.resync(&r).unwrap_or(0);
+                        if let Some(p) = self.peers.get_mut(&r) {
+                            p.sent_upto = upto;
+                            p.inflight_since = None;
+                        }
+                        out.push(self.digest_to(store, &r, clock));
+                        break;
+                    }
+                    NextBatch::Batch(b) => {
+                        let end = b.seq_end;
+                        let msg = b.into_message(self.me.clone());
+                        out.push(self.out(Some(&r), &msg, clock));
+                        let p = self.peers.get_mut(&r).expect("peer present");
+                        p.sent_upto = end;
+                        p.inflight_since.get_or_insert(now_ms);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The heartbeat to broadcast.
+    pub fn hello(&mut self, store: &Store) -> Outbound {
+        self.refresh_digest(store);
+        let msg = Message::Hello {
+            from: self.me.clone(),
+            versions: self.cfg.versions.clone(),
+            clock: store.tick_clock(),
+            root: self.digest.root(),
+            attrs: self.cfg.attrs.clone(),
+        };
+        self.out(None, &msg, Timestamp::ZERO)
+    }
+
+    /// Start an anti-entropy round with every peer that is up: flushes our
+    /// changes first (like [`Engine::tick`]), then sends each our digest.
+    /// Each peer's answer comes back as [`Event::Answered`].
+    pub fn round(
+        &mut self,
+        store: &Store,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> (Vec<ReplicaId>, Vec<Outbound>) {
+        let mut out = self.tick(store, now_ms, events);
+        let clock = store.tick_clock();
+        let peers = self.up_peers();
+        for r in &peers {
+            out.push(self.digest_to(store, r, clock));
+        }
+        (peers, out)
+    }
+
+    fn digest_to(&mut self, store: &Store, to: &ReplicaId, clock: Timestamp) -> Outbound {
+        self.refresh_digest(store);
+        self.counters.digests_sent += 1;
+        let msg = Message::DigestRequest {
+            from: self.me.clone(),
+            buckets: self.digest.buckets().to_vec(),
+        };
+        self.out(Some(to), &msg, clock)
+    }
+
+    /// Stop tracking replicas of `directory` (an id from [`directory_of`])
+    /// and refuse them from now on.
+    pub fn forget(&mut self, directory: &[u8], events: &mut Vec<Event>) {
+        self.forgotten.insert(directory.to_vec());
+        let gone: Vec<ReplicaId> = self
+            .peers
+            .keys()
+            .filter(|r| directory_of(r) == directory)
+            .cloned()
+            .collect();
+        for r in gone {
+            self.peers.remove(&r);
+            self.log.remove_peer(&r);
+            events.push(Event::PeerDown(r));
+        }
+    }
+
+    fn reject(&mut self, events: &mut Vec<Event>, from: Option<&ReplicaId>, why: Reject, e: &str) {
+        self.counters.rejected[why as usize] += 1;
+        events.push(Event::Rejected(from.cloned(), why, e.to_string()));
+    }
+
+    /// Handle one message from the transport.
+    pub fn receive(
+        &mut self,
+        store: &Store,
+        bytes: &[u8],
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Vec<Outbound> {
+        self.counters.msgs_received += 1;
+        self.counters.bytes_received += bytes.len() as u64;
+        let Envelope {
+            version,
+            clock,
+            msg,
+        } = match Message::decode_envelope(bytes) {
+            Ok(env) => env,
+            Err(e) => {
+                let why = match e {
+                    Error::UnsupportedVersion(_) => Reject::Version,
+                    _ if bytes.len() > MAX_MESSAGE_BYTES => Reject::Oversized,
+                    _ => Reject::Malformed,
+                };
+                self.reject(events, None, why, &e.to_string());
+                return Vec::new();
+            }
+        };
+        let from = msg.from().clone();
+        if from == self.me {
+            return Vec::new();
+        }
+        if self.forgotten.contains(directory_of(&from)) {
+            self.reject(events, Some(&from), Reject::Forgotten, "forgotten replica");
+            return Vec::new();
+        }
+        if !self.cfg.versions.contains(&version) {
+            self.reject(events, Some(&from), Reject::Version, "version not spoken");
+            return Vec::new();
+        }
+        if let Some(c) = clock {
+            if let Err(e) = store.receive_clock(c) {
+                self.reject(events, Some(&from), Reject::ClockAhead, &e.to_string());
+                return Vec::new();
+            }
+        }
+        let clock = store.tick_clock();
+        if let Message::Hello {
+            versions,
+            root,
+            attrs,
+            ..
+        } = msg
+        {
+            return self.on_hello(store, from, &versions, root, attrs, now_ms, events, clock);
+        }
+        let Some(p) = self.peers.get_mut(&from) else {
+            self.reject(events, Some(&from), Reject::UnknownPeer, "no hello yet");
+            return Vec::new();
+        };
+        p.last_seen_ms = now_ms;
+        let mut out = Vec::new();
+        match msg {
+            Message::Deltas {
+                seq_start,
+                seq_end,
+                entries,
+                ..
+            } => {
+                self.merge_entries(store, &from, entries, events);
+                let p = self.peers.get_mut(&from).expect("peer present");
+                if seq_start <= p.recv_upto + 1 {
+                    p.recv_upto = p.recv_upto.max(seq_end);
+                }
+                let ack = Message::Ack {
+                    from: self.me.clone(),
+                    upto: p.recv_upto,
+                };
+                out.push(self.out(Some(&from), &ack, clock));
+            }
+            Message::Ack { upto, .. } => {
+                let before = self.log.peer(&from).map_or(0, |a| a.acked);
+                if self.log.ack(&from, upto).is_err() {
+                    self.reject(events, Some(&from), Reject::Malformed, "ack beyond the log");
+                } else if upto > before {
+                    let p = self.peers.get_mut(&from).expect("peer present");
+                    p.inflight_since = (p.sent_upto > upto).then_some(now_ms);
+                }
+            }
+            Message::DigestRequest { buckets, .. } => {
+                // Push ours where they differ, and pull theirs.
+                self.refresh_digest(store);
+                let diff = self.digest.diff(&buckets);
+                out.extend(self.states_for(store, &from, &diff, clock));
+                let req = Message::StateRequest {
+                    from: self.me.clone(),
+                    buckets: diff,
+                };
+                out.push(self.out(Some(&from), &req, clock));
+            }
+            Message::StateRequest { buckets, .. } => {
+                if !buckets.is_empty() {
+                    out.extend(self.states_for(store, &from, &buckets, clock));
+                }
+                events.push(Event::Answered(from));
+            }
+            Message::States { entries, .. } => {
+                self.merge_entries(store, &from, entries, events);
+            }
+            Message::Hello { .. } => {}
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_hello(
+        &mut self,
+        store: &Store,
+        from: ReplicaId,
+        versions: &[u8],
+        root: u64,
+        attrs: Vec<u8>,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+        clock: Timestamp,
+    ) -> Vec<Outbound> {
+        let Some(version) = negotiate(&self.cfg.versions, versions) else {
+            self.reject(events, Some(&from), Reject::Version, "no common wire version");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let known = self.peers.contains_key(&from);
+        if !known {
+            // A restart of a known directory supersedes its old incarnation.
+            let dir = directory_of(&from).to_vec();
+            let old: Vec<ReplicaId> = self
+                .peers
+                .keys()
+                .filter(|r| directory_of(r) == dir.as_slice())
+                .cloned()
+                .collect();
+            for r in old {
+                self.peers.remove(&r);
+                self.log.remove_peer(&r);
+                events.push(Event::PeerDown(r));
+            }
+            // It acknowledged nothing: it catches up by digest, not by
+            // replaying the whole log.
+            self.log.add_peer(from.clone());
+            let upto = self.log.resync(&from).unwrap_or(0);
+            self.peers.insert(
+                from.clone(),
+                Peer {
+                    version,
+                    up: false,
+                    last_seen_ms: now_ms,
+                    sent_upto: upto,
+                    inflight_since: None,
+                    recv_upto: 0,
+                    root_mismatches: 0,
+                    attrs: attrs.clone(),
+                },
+            );
+        }
+        let p = self.peers.get_mut(&from).expect("peer present");
+        p.last_seen_ms = now_ms;
+        p.version = version;
+        let came_up = !p.up;
+        p.up = true;
+        if came_up {
+            events.push(Event::PeerUp(from.clone(), attrs));
+            // Introduce ourselves at once, and compare digests.
+            let hello = self.hello(store);
+            out.push(Outbound {
+                to: Some(from.clone()),
+                ..hello
+            });
+            out.push(self.digest_to(store, &from, clock));
+            return out;
+        }
+        self.refresh_digest(store);
+        let p = self.peers.get_mut(&from).expect("peer present");
+        if root == self.digest.root() {
+            p.root_mismatches = 0;
+            return out;
+        }
+        p.root_mismatches = p.root_mismatches.saturating_add(1);
+        let acked = self.log.peer(&from).map_or(0, |a| a.acked);
+        let settled = acked + 1 >= self.log.next_seq();
+        if p.root_mismatches >= 2 && settled {
+            p.root_mismatches = 0;
+            out.push(self.digest_to(store, &from, clock));
+        }
+        out
+    }
+
+    fn merge_entries(
+        &mut self,
+        store: &Store,
+        from: &ReplicaId,
+        entries: Vec<Entry>,
+        events: &mut Vec<Event>,
+    ) {
+        for (id, bytes) in entries {
+            let parsed = decode_parts(&bytes)
+                .and_then(|(meta, crdt)| Ok((meta, Crdt::decode(crdt)?)));
+            let (meta, crdt) = match parsed {
+                Ok(x) => x,
+                Err(e) => {
+                    self.reject(events, Some(from), Reject::Malformed, &e.to_string());
+                    continue;
+                }
+            };
+            match store.merge_remote(&id, &meta, &crdt) {
+                Ok(Merged::Dropped { clash: true }) | Ok(Merged::Replaced { clash: true }) => {
+                    // One of the two types lost: its data is dropped, never
+                    // merged into the other.
+                    self.reject(events, Some(from), Reject::TypeClash, "type clash resolved");
+                    self.dirty.insert(id.clone().into());
+                    events.push(Event::Changed(id.into()));
+                }
+                Ok(Merged::Dropped { clash: false }) => self.counters.dropped_stale += 1,
+                Ok(Merged::Tombstone) => {
+                    self.counters.entries_merged += 1;
+                    self.dirty.insert(id.into());
+                }
+                Ok(_) => {
+                    self.counters.entries_merged += 1;
+                    self.dirty.insert(id.clone().into());
+                    events.push(Event::Changed(id.into()));
+                }
+                Err(Error::TypeMismatch) => {
+                    self.reject(events, Some(from), Reject::TypeClash, "two types, one generation");
+                }
+                Err(e @ (Error::Decode(_) | Error::UnsupportedVersion(_) | Error::Overflow)) => {
+                    self.reject(events, Some(from), Reject::Malformed, &e.to_string());
+                }
+                Err(Error::ValueTooLarge { .. }) => {
+                    self.reject(events, Some(from), Reject::Oversized, "id too large");
+                }
+                Err(e) => {
+                    // Local trouble (disk full, closed): not the peer's
+                    // fault; anti-entropy brings the entry again later.
+                    self.reject(events, Some(from), Reject::Malformed, &e.to_string());
+                }
+            }
+        }
+    }
+
+    /// `States` messages with our entries of `buckets` for `to`.
+    fn states_for(
+        &mut self,
+        store: &Store,
+        to: &ReplicaId,
+        buckets: &[u16],
+        clock: Timestamp,
+    ) -> Vec<Outbound> {
+        if buckets.is_empty() {
+            return Vec::new();
+        }
+        let mut wanted = [false; BUCKETS];
+        for b in buckets {
+            wanted[*b as usize] = true;
+        }
+        let ids: Vec<Box<[u8]>> = self
+            .hashes
+            .keys()
+            .filter(|id| wanted[bucket_of(id) as usize])
+            .cloned()
+            .collect();
+        let mut entries = Vec::with_capacity(ids.len());
+        for id in ids {
+            let enc = store.with_sync_state(&id, |meta, crdt| encode_parts(meta, &crdt.encode()));
+            if let Ok(Some(bytes)) = enc {
+                entries.push((id.to_vec(), bytes));
+            }
+        }
+        self.counters.states_sent += entries.len() as u64;
+        let msgs = states_messages(&self.me, entries);
+        msgs.iter().map(|m| self.out(Some(to), m, clock)).collect()
+    }
+
+    /// Bring the digest up to date with every changed id.
+    fn refresh_digest(&mut self, store: &Store) {
+        if !self.primed {
+            self.primed = true;
+            if let Ok(ids) = store.ids() {
+                self.dirty.extend(ids);
+            }
+            self.dirty
+                .extend(store.tombstones().into_iter().map(|(id, _)| id));
+        }
+        if self.dirty.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.dirty) {
+            let new = match store.with_sync_state(&id, |m, c| item_hash(&id, m, c)) {
+                Ok(h) => h,
+                // Unreadable now: try again at the next refresh.
+                Err(_) => {
+                    self.dirty.insert(id);
+                    continue;
+                }
+            };
+            let old = match new {
+                Some(h) => self.hashes.insert(id.clone(), h),
+                None => self.hashes.remove(&id),
+            };
+            if old != new {
+                self.digest.replace_hash(&id, old, new);
+            }
+        }
+    }
+}
