@@ -1,0 +1,331 @@
+//! Real stores (RocksDB in temporary directories) synced by the sync
+//! engine over a simulated network that drops, duplicates and reorders
+//! messages: concurrent counters, sets, registers, creates of one id with
+//! different types, deletes and re-creates must converge exactly, and no
+//! increment may be lost.
+
+use std::collections::VecDeque;
+use vsmcp_crdt_core::store::{Access, Store, StoreConfig};
+use vsmcp_crdt_core::sync::{Engine, EngineConfig, Event, Outbound, Reject};
+use vsmcp_crdt_core::{Kind, Mutation, Value};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+}
+
+struct Node {
+    store: Store,
+    engine: Engine,
+    _dir: tempfile::TempDir,
+}
+
+struct Net {
+    nodes: Vec<Node>,
+    /// (to index, bytes)
+    queue: VecDeque<(usize, Vec<u8>)>,
+    loss: u64,
+    rng: Rng,
+    now: u64,
+    events: Vec<(usize, Event)>,
+}
+
+fn open(versions: Vec<u8>) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    // Every node has the same label: identity comes from the directory.
+    let store = Store::open(StoreConfig::new(dir.path(), b"same")).unwrap();
+    store.set_capture(true);
+    let cfg = EngineConfig {
+        versions,
+        retransmit_ms: 50,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(&store, cfg);
+    Node {
+        store,
+        engine,
+        _dir: dir,
+    }
+}
+
+impl Net {
+    fn new(n: usize, loss: u64, seed: u64) -> Net {
+        Net {
+            nodes: (0..n).map(|_| open(vec![1, 2])).collect(),
+            queue: VecDeque::new(),
+            loss,
+            rng: Rng(seed | 1),
+            now: 1_000,
+            events: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, from: usize, outs: Vec<Outbound>) {
+        for o in outs {
+            let targets: Vec<usize> = match &o.to {
+                None => (0..self.nodes.len()).filter(|&i| i != from).collect(),
+                Some(r) => (0..self.nodes.len())
+                    .filter(|&i| self.nodes[i].store.replica_id() == r)
+                    .collect(),
+            };
+            for t in targets {
+                if self.rng.chance(self.loss) {
+                    continue;
+                }
+                let copies = if self.rng.chance(self.loss) { 2 } else { 1 };
+                for _ in 0..copies {
+                    if self.rng.chance(self.loss) && !self.queue.is_empty() {
+                        // Reorder: jump the queue.
+                        self.queue.push_front((t, o.bytes.clone()));
+                    } else {
+                        self.queue.push_back((t, o.bytes.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_all(&mut self) {
+        let mut budget = 200_000;
+        while let Some((to, bytes)) = self.queue.pop_front() {
+            let mut ev = Vec::new();
+            let n = &mut self.nodes[to];
+            let outs = n.engine.receive(&n.store, &bytes, self.now, &mut ev);
+            self.events.extend(ev.into_iter().map(|e| (to, e)));
+            self.send(to, outs);
+            budget -= 1;
+            assert!(budget > 0, "message storm");
+        }
+    }
+
+    fn step(&mut self, hello: bool) {
+        self.now += 10;
+        for i in 0..self.nodes.len() {
+            let mut ev = Vec::new();
+            let n = &mut self.nodes[i];
+            let mut outs = n.engine.tick(&n.store, self.now, &mut ev);
+            if hello {
+                outs.push(n.engine.hello(&n.store));
+            }
+            self.send(i, outs);
+        }
+        self.deliver_all();
+    }
+
+    fn settle(&mut self) {
+        self.loss = 0;
+        for i in 0..40 {
+            self.step(i % 2 == 0);
+        }
+    }
+
+    fn value(&self, i: usize, id: &[u8]) -> Option<String> {
+        self.nodes[i]
+            .store
+            .read(id, Access::MayBlock, |v| match v.value() {
+                Value::Set(mut elems) => {
+                    elems.sort();
+                    format!("{elems:?}")
+                }
+                other => format!("{other:?}"),
+            })
+            .ok()
+    }
+
+    fn kind(&self, i: usize, id: &[u8]) -> Option<Kind> {
+        self.nodes[i]
+            .store
+            .metadata(id, Access::MayBlock)
+            .ok()
+            .map(|(m, _)| m.kind)
+    }
+}
+
+fn update(s: &Store, id: &[u8], m: Mutation<'_>) {
+    let _ = s.update(id, m, Access::MayBlock, |_| ());
+}
+
+#[test]
+fn concurrent_updates_converge_over_a_lossy_network() {
+    for seed in [1u64, 7, 42] {
+        let mut net = Net::new(3, 15, seed);
+        for _ in 0..3 {
+            net.step(true);
+        }
+        let ids: [(&[u8], Kind); 4] = [
+            (b"hits", Kind::GCounter),
+            (b"bal", Kind::PNCounter),
+            (b"tags", Kind::ORSet),
+            (b"reg", Kind::LwwRegister),
+        ];
+        // Node 0 creates; the others learn the ids by sync.
+        for (id, k) in ids {
+            net.nodes[0].store.create(id, k, Access::MayBlock).unwrap();
+        }
+        net.settle();
+        for i in 0..3 {
+            for (id, k) in ids {
+                assert_eq!(net.kind(i, id), Some(k), "seed {seed} node {i}");
+            }
+        }
+        net.loss = 15;
+        let mut total = 0i128;
+        let mut balance = 0i128;
+        for round in 0..300u64 {
+            let i = net.rng.below(3) as usize;
+            let s = net.nodes[i].store.clone();
+            let n = net.rng.below(5) as i128 + 1;
+            total += n;
+            update(&s, b"hits", Mutation::Increment(n));
+            if net.rng.chance(50) {
+                balance -= n;
+                update(&s, b"bal", Mutation::Decrement(n));
+            } else {
+                balance += n;
+                update(&s, b"bal", Mutation::Increment(n));
+            }
+            let e = format!("e{}", net.rng.below(20));
+            if net.rng.chance(60) {
+                update(&s, b"tags", Mutation::Add(e.as_bytes()));
+            } else {
+                update(&s, b"tags", Mutation::Remove(e.as_bytes()));
+            }
+            let v = format!("v{round}");
+            update(&s, b"reg", Mutation::Set(v.as_bytes()));
+            if round % 7 == 0 {
+                net.step(round % 21 == 0);
+            }
+        }
+        net.settle();
+        assert_eq!(net.value(0, b"hits"), Some(format!("{:?}", Value::Counter(total))));
+        assert_eq!(net.value(0, b"bal"), Some(format!("{:?}", Value::Counter(balance))));
+        for id in [&b"hits"[..], b"bal", b"tags", b"reg"] {
+            let v0 = net.value(0, id);
+            for i in 1..3 {
+                assert_eq!(net.value(i, id), v0, "seed {seed} id {id:?} node {i}");
+            }
+        }
+        assert!(net.nodes[0].engine.counters().retransmits > 0);
+    }
+}
+
+#[test]
+fn concurrent_creates_with_different_types_pick_one_winner() {
+    let mut net = Net::new(3, 0, 3);
+    net.step(true);
+    net.nodes[0]
+        .store
+        .create(b"x", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    net.nodes[1]
+        .store
+        .create(b"x", Kind::ORSet, Access::MayBlock)
+        .unwrap();
+    update(&net.nodes[0].store, b"x", Mutation::Increment(5));
+    update(&net.nodes[1].store, b"x", Mutation::Add(b"a"));
+    net.settle();
+    let k = net.kind(0, b"x");
+    assert!(k.is_some());
+    for i in 0..3 {
+        assert_eq!(net.kind(i, b"x"), k);
+        assert_eq!(net.value(i, b"x"), net.value(0, b"x"));
+    }
+    let clashes = net
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Rejected(_, Reject::TypeClash, _)))
+        .count();
+    assert!(clashes > 0);
+}
+
+#[test]
+fn deletes_propagate_and_a_later_create_wins_everywhere() {
+    let mut net = Net::new(3, 10, 5);
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"d", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s0, b"d", Mutation::Increment(3));
+    net.settle();
+    assert!(net.value(2, b"d").is_some());
+    net.nodes[1].store.delete(b"d", Access::MayBlock).unwrap();
+    // A concurrent update the delete did not see: the delete wins (the
+    // generation is gone everywhere).
+    update(&net.nodes[2].store, b"d", Mutation::Increment(1));
+    net.settle();
+    for i in 0..3 {
+        assert_eq!(net.value(i, b"d"), None, "node {i}");
+    }
+    net.nodes[2]
+        .store
+        .create(b"d", Kind::ORSet, Access::MayBlock)
+        .unwrap();
+    update(&net.nodes[2].store, b"d", Mutation::Add(b"z"));
+    net.settle();
+    for i in 0..3 {
+        assert_eq!(net.kind(i, b"d"), Some(Kind::ORSet), "node {i}");
+        assert_eq!(net.value(i, b"d"), net.value(2, b"d"));
+    }
+}
+
+#[test]
+fn a_node_speaking_only_version_one_keeps_converging() {
+    let mut net = Net::new(2, 0, 9);
+    net.nodes.push(open(vec![1]));
+    net.step(true);
+    net.nodes[2]
+        .store
+        .create(b"c", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    net.settle();
+    for i in 0..3 {
+        update(&net.nodes[i].store, b"c", Mutation::Increment(10));
+    }
+    net.settle();
+    for i in 0..3 {
+        assert_eq!(net.value(i, b"c"), Some(format!("{:?}", Value::Counter(30))));
+    }
+    // Node 0 talks to node 2 in version 1 and to node 1 in version 2.
+    let peers = net.nodes[0].engine.peers();
+    let v_of = |r: &vsmcp_crdt_core::ReplicaId| peers.iter().find(|p| &p.0 == r).map(|p| p.2);
+    assert_eq!(v_of(net.nodes[2].store.replica_id()), Some(1));
+    assert_eq!(v_of(net.nodes[1].store.replica_id()), Some(2));
+}
+
+#[test]
+fn hostile_bytes_are_rejected_and_counted() {
+    let mut net = Net::new(2, 0, 11);
+    net.step(true);
+    let n = &mut net.nodes[0];
+    let mut ev = Vec::new();
+    for bytes in [
+        &b""[..],
+        b"garbage",
+        &[0xC9, 9, 1, 0x90],
+        &[0xC9, 2, 1, 0x96, 0, 0],
+    ] {
+        let out = n.engine.receive(&n.store, bytes, 5_000, &mut ev);
+        assert!(out.is_empty());
+    }
+    let kinds: Vec<Reject> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Rejected(_, r, _) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds.len(), 4, "{ev:?}");
+    assert!(kinds.contains(&Reject::Version));
+    assert!(kinds.contains(&Reject::Malformed));
+}
