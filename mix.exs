@@ -19,7 +19,10 @@ defmodule VsmcpCrdt.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger, :crypto]]
+    [
+      mod: {Vsmcp.CRDT.Application, []},
+      extra_applications: [:logger, :crypto]
+    ]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

@@ -1,0 +1,27 @@
+defmodule Vsmcp.CRDT.Application do
+  @moduledoc """
+  The application callback: starts what must run on every node before any
+  store syncs, which today is the `:pg` scope of
+  `Vsmcp.CRDT.Sync.Transport.PG` (`Vsmcp.CRDT.Sync.PG`).
+
+  `:pg` only sees the members of a scope on the nodes where that scope
+  runs, so it belongs to the application rather than to a store: a node
+  with no store yet still has to exist for `:pg` when one starts.
+
+  Stores are not started here; the host application supervises them
+  (`Vsmcp.CRDT.Supervisor` for the default store).
+  """
+
+  use Application
+
+  @impl true
+  def start(_type, _args) do
+    scope = Vsmcp.CRDT.Sync.Transport.PG.default_scope()
+
+    children = [
+      %{id: scope, start: {:pg, :start_link, [scope]}}
+    ]
+
+    Supervisor.start_link(children, strategy: :one_for_one, name: __MODULE__.Supervisor)
+  end
+end
