@@ -64,7 +64,13 @@ defmodule Vsmcp.CRDT.ContextStore do
       RocksDB write-ahead log within `:flush_interval` ms) or `:strict`
       (acknowledged only once in the log; survives a SIGKILL of the OS
       process).
-    * `:sync_opts` - reserved for distributed sync.
+    * `:sync_opts` - distributed sync (see `Vsmcp.CRDT.ContextStore.Options.sync_opts/1`
+      for every key). A store syncs with the stores of other nodes that use
+      the same `:topic`; the default store (`Vsmcp.CRDT.Supervisor`) syncs
+      on a topic derived from its name, a store started here stays local
+      unless given a `:topic`, and `enabled: false` keeps any store local.
+      Deltas travel over Phoenix.PubSub when the host runs `Vsmcp.PubSub`
+      (or `:pubsub`), else over OTP `:pg` (`:transport` forces one).
 
   ## Errors
 
@@ -78,6 +84,7 @@ defmodule Vsmcp.CRDT.ContextStore do
   use GenServer
 
   alias Vsmcp.CRDT.ContextStore.Options
+  alias Vsmcp.CRDT.Sync.Peer
   alias Vsmcp.CRDT.Native
 
   @types [:g_counter, :pn_counter, :or_set, :aw_set, :lww_register]
@@ -102,9 +109,11 @@ defmodule Vsmcp.CRDT.ContextStore do
   @doc "Start a store. See the moduledoc for options."
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts \\ []) do
-    with {:ok, config} <- Options.to_native(opts),
+    with {:ok, sync} <- Options.sync_opts(opts),
+         {:ok, config} <- Options.to_native(opts),
          {:ok, handle} <- Native.store_open(config) do
       gen_opts = if name = opts[:name], do: [name: name], else: []
+      opts = Keyword.put(opts, :sync_opts, sync)
 
       case GenServer.start_link(__MODULE__, {handle, opts}, gen_opts) do
         {:ok, pid} ->
@@ -149,9 +158,25 @@ defmodule Vsmcp.CRDT.ContextStore do
     # whenever this process dies, even by `Process.exit(pid, :kill)`.
     Native.store_register(handle, self())
     interval = Options.decay_interval(opts)
-    state = %{handle: handle, decay_interval: interval, closed: nil}
-    schedule_decay(state)
-    {:ok, state}
+    state = %{handle: handle, decay_interval: interval, closed: nil, sync_opts: opts[:sync_opts]}
+
+    case start_peer(state) do
+      {:ok, peer} ->
+        state = Map.put(state, :peer, peer)
+        schedule_decay(state)
+        {:ok, state}
+
+      {:error, reason} ->
+        Native.store_close(handle, @close_deadline)
+        {:stop, reason}
+    end
+  end
+
+  defp start_peer(state) do
+    case Peer.start_link(%{store: self(), sync_opts: state.sync_opts}) do
+      {:ok, pid} -> {:ok, pid}
+      {:error, reason} -> {:error, reason}
+    end
   end
 
   @impl true
@@ -161,24 +186,48 @@ defmodule Vsmcp.CRDT.ContextStore do
     {:noreply, state}
   end
 
+  # The peer process crashed: the store goes on, with a new one.
+  def handle_info({:EXIT, peer, reason}, %{peer: peer} = state) when reason != :normal do
+    Logger.error("Vsmcp.CRDT.ContextStore: sync peer exited (#{inspect(reason)}), restarting it")
+
+    case start_peer(state) do
+      {:ok, peer} -> {:noreply, %{state | peer: peer}}
+      {:error, reason} -> {:stop, reason, state}
+    end
+  end
+
   def handle_info({:EXIT, _from, reason}, state), do: {:stop, reason, state}
   def handle_info(_msg, state), do: {:noreply, state}
 
   @impl true
   # Tests only (fault injection takes the handle itself).
   def handle_call(:handle, _from, state), do: {:reply, {:ok, state.handle}, state}
+  def handle_call(:peer, _from, state), do: {:reply, {:ok, state.peer}, state}
 
   def handle_call({:close, timeout}, _from, state) do
+    stop_peer(state)
     result = close(state, timeout)
     {:reply, result, %{state | closed: result}}
   end
 
   @impl true
   def terminate(_reason, state) do
+    stop_peer(state)
     # A supervisor shutdown cannot return a value: a failure is only logged.
     close(state, @close_deadline)
     :ok
   end
+
+  # Synchronously, so that no peer message is being merged while the store
+  # closes.
+  defp stop_peer(%{peer: peer}) when is_pid(peer) do
+    Process.unlink(peer)
+    GenServer.stop(peer, :shutdown, 5_000)
+  catch
+    :exit, _ -> :ok
+  end
+
+  defp stop_peer(_), do: :ok
 
   defp close(%{closed: nil, handle: handle}, timeout) do
     case Native.store_close(handle, timeout) do
@@ -388,12 +437,60 @@ defmodule Vsmcp.CRDT.ContextStore do
   end
 
   @doc """
-  Write everything pending to disk now (and, once distributed sync exists,
-  exchange state with peers). Returns `:ok` or `{:error, reason}`.
+  Write everything pending to disk, ship local changes, then run an
+  anti-entropy round with every peer that is up. `:ok` once each peer
+  answered; after `timeout` ms (default 5_000) `{:error, {:timeout,
+  peers}}` naming the peers (their node names) that did not. A store that
+  does not sync only writes to disk.
   """
-  @spec sync(store()) :: :ok | {:error, term()}
-  def sync(store \\ __MODULE__) do
-    with {:ok, pid} <- whereis(store), do: Native.store_flush(pid)
+  @spec sync(store(), timeout()) :: :ok | {:error, term()}
+  def sync(store \\ __MODULE__, timeout \\ 5_000) do
+    with {:ok, peer} <- peer(store), do: Peer.sync(peer, timeout)
+  end
+
+  @doc """
+  Subscribe the calling process (or `pid`) to changes of `ids` (a list) or
+  of every id (`:all`, the default). It then receives
+  `{:crdt_changed, store_pid, id, :local | :remote}` for every change,
+  local or merged from a peer (changes of one id within a few ms are
+  coalesced into one message). See `Vsmcp.CRDT.Sync.Peer`.
+  """
+  @spec subscribe(store(), [crdt_id()] | :all, pid()) :: :ok | {:error, term()}
+  def subscribe(store \\ __MODULE__, ids \\ :all, pid \\ self()) do
+    with {:ok, peer} <- peer(store), do: Peer.subscribe(peer, pid, ids)
+  end
+
+  @doc "Undo `subscribe/3`."
+  @spec unsubscribe(store(), pid()) :: :ok | {:error, term()}
+  def unsubscribe(store \\ __MODULE__, pid \\ self()) do
+    with {:ok, peer} <- peer(store), do: Peer.unsubscribe(peer, pid)
+  end
+
+  @doc """
+  Forget a replica that left the cluster for good (its `key` from
+  `sync_info/1`'s `:peers`): it stops being waited for, and if it comes
+  back it is refused (and counted) until it restarts on a fresh data
+  directory.
+  """
+  @spec forget_replica(store(), String.t()) :: :ok | {:error, term()}
+  def forget_replica(store \\ __MODULE__, key) do
+    with {:ok, peer} <- peer(store), do: Peer.forget_replica(peer, key)
+  end
+
+  @doc """
+  Sync state: `:enabled`, `:topic`, `:transport`, `:replica` (this
+  store's key), `:peers` (`%{key:, node:, up:, wire_version:}`),
+  `:counters` (messages, bytes, merges, retransmits), `:rejected` (refused
+  peer input by kind) and the outgoing log's `:log_entries` and
+  `:log_bytes`.
+  """
+  @spec sync_info(store()) :: map() | {:error, term()}
+  def sync_info(store \\ __MODULE__) do
+    with {:ok, peer} <- peer(store), do: Peer.info(peer)
+  end
+
+  defp peer(store) do
+    with {:ok, pid} <- whereis(store), do: call_or_noproc(pid, :peer)
   end
 
   @doc """

@@ -20,6 +20,11 @@ defmodule Vsmcp.CRDT.Supervisor do
 
   Stores started elsewhere with `Vsmcp.CRDT.ContextStore.start_link/1` and no
   `:name` coexist with the default store.
+
+  The default store syncs with the default stores of the other nodes
+  (`sync_opts: [enabled: true]`, topic `"vsmcp_crdt:Vsmcp.CRDT.ContextStore"`),
+  over `Vsmcp.PubSub` when the host runs it, else over `:pg`; configure
+  it with `sync_opts:` in the same place, e.g. `sync_opts: [enabled: false]`.
   """
 
   use Supervisor
@@ -56,8 +61,16 @@ defmodule Vsmcp.CRDT.Supervisor do
         do: storage,
         else: Keyword.merge(@default_storage, storage)
 
+    # The default store syncs (on a topic derived from its name) unless
+    # told otherwise.
+    sync =
+      [enabled: true]
+      |> Keyword.merge(Keyword.get(env, :sync_opts, []))
+      |> Keyword.merge(Keyword.get(opts, :sync_opts, []))
+
     merged
     |> Keyword.put(:storage_opts, storage)
+    |> Keyword.put(:sync_opts, sync)
     |> Keyword.put_new(:node_id, node())
     |> Keyword.put(:name, ContextStore)
   end

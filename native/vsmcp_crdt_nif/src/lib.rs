@@ -8,6 +8,7 @@
 //! * `value`  - CRDT values -> Elixir terms (sets as real `MapSet`s)
 //! * `set_cache` - a hot set's built `MapSet` kept beside it, edited per update
 //! * `store`  - the store resource behind `Vsmcp.CRDT.ContextStore`
+//! * `sync`   - the sync engine behind `Vsmcp.CRDT.Sync.Peer`
 
 mod errors;
 mod op;
@@ -15,6 +16,7 @@ mod op;
 mod probe;
 mod set_cache;
 mod store;
+mod sync;
 mod term;
 mod types;
 mod value;

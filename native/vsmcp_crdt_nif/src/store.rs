@@ -56,7 +56,7 @@ rustler::atoms! {
 }
 
 pub struct StoreResource {
-    store: Store,
+    pub(crate) store: Store,
 }
 
 impl Drop for StoreResource {
@@ -104,14 +104,14 @@ fn with_store<R>(t: Term, f: impl FnOnce(&Handle) -> R) -> Result<R, Atom> {
 }
 
 /// The store behind `t`: a registered owner pid, or a handle.
-fn resolve(t: Term) -> Result<Handle, Atom> {
+pub(crate) fn resolve(t: Term) -> Result<Handle, Atom> {
     if let Ok(pid) = t.decode::<LocalPid>() {
         return registry().read().get(&pid).cloned().ok_or_else(noproc);
     }
     t.decode::<Handle>().map_err(|_| noproc())
 }
 
-fn get<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &str) -> NifResult<Option<T>> {
+pub(crate) fn get<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &str) -> NifResult<Option<T>> {
     let k = Atom::from_str(map.get_env(), key)?;
     match map.map_get(k) {
         Ok(v) => v.decode().map(Some),

@@ -106,6 +106,74 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
     get_in(opts, [:storage_opts, :decay_interval]) || @default_decay_interval
   end
 
+  @sync_integers [
+    tick_interval: 1..@max_ms,
+    heartbeat_interval: 1..@max_ms,
+    down_after: 1..@max_ms,
+    retransmit_interval: 1..@max_ms,
+    max_log_bytes: 0..@max_size
+  ]
+
+  @doc """
+  The sync options of a store (`:sync_opts` of `start_link/1`), checked,
+  with `:enabled` resolved: a store syncs when it has a `:topic` (or a
+  `:name` and `enabled: true`, which derives the topic from the name) and
+  is not given `enabled: false`.
+
+  Keys: `:enabled`, `:topic` (a string), `:transport` (`:pubsub`, `:pg` or
+  a module), `:pubsub` (the Phoenix.PubSub server, default `Vsmcp.PubSub`),
+  `:transport_opts`, `:tick_interval` (ms, default 5),
+  `:heartbeat_interval` (ms, default 1000), `:down_after` (ms, default
+  5000), `:retransmit_interval` (ms, default 200), `:max_log_bytes`
+  (default 64 MiB), `:wire_versions` (tests). Errors are
+  `{:invalid_option, {:sync_opts, key}, value}`.
+  """
+  @spec sync_opts(keyword()) :: {:ok, keyword()} | {:error, reason()}
+  def sync_opts(opts) do
+    sync = Keyword.get(opts, :sync_opts, [])
+
+    with true <- is_list(sync) and Keyword.keyword?(sync) || {:bad, :sync_opts, sync},
+         :ok <- check_sync(sync) do
+      topic =
+        case {sync[:topic], sync[:enabled], opts[:name]} do
+          {topic, _, _} when is_binary(topic) -> topic
+          {nil, true, name} when name != nil -> default_topic(name)
+          _ -> nil
+        end
+
+      enabled = sync[:enabled] != false and topic != nil
+      {:ok, sync |> Keyword.put(:enabled, enabled) |> Keyword.put(:topic, topic)}
+    else
+      {:bad, key, value} -> {:error, {:invalid_option, {:sync_opts, key}, value}}
+    end
+  end
+
+  @doc "The sync topic derived from a store's name."
+  @spec default_topic(term()) :: String.t()
+  def default_topic(name), do: "vsmcp_crdt:" <> inspect(name)
+
+  defp check_sync(sync) do
+    Enum.reduce_while(sync, :ok, fn {k, v}, :ok ->
+      if valid_sync?(k, v), do: {:cont, :ok}, else: {:halt, {:bad, k, v}}
+    end)
+  end
+
+  defp valid_sync?(:enabled, v), do: is_boolean(v)
+  defp valid_sync?(:topic, v), do: is_binary(v) and byte_size(v) in 1..255
+  defp valid_sync?(:transport, v), do: is_atom(v) and v != nil
+  defp valid_sync?(:pubsub, v), do: is_atom(v) and v != nil
+  defp valid_sync?(:transport_opts, v), do: is_list(v)
+
+  defp valid_sync?(:wire_versions, v),
+    do: is_list(v) and v != [] and Enum.all?(v, &(is_integer(&1) and &1 in 1..255))
+
+  defp valid_sync?(k, v) do
+    case Keyword.fetch(@sync_integers, k) do
+      {:ok, range} -> is_integer(v) and v in range
+      :error -> false
+    end
+  end
+
   # Checked before anything is opened: GenServer.start_link/3 would raise on
   # a bad name only after the store's directory was opened.
   defp check_options(opts) do

@@ -1,0 +1,359 @@
+defmodule Vsmcp.CRDT.Sync.Peer do
+  @moduledoc """
+  One per store: drives the store's sync engine (in Rust) and delivers
+  change notifications. Started and linked by `Vsmcp.CRDT.ContextStore`.
+
+  The engine makes every protocol decision; this process only:
+
+    * joins the cluster topic on the transport (`Vsmcp.CRDT.Sync.Transport`)
+      under the store's replica key;
+    * every `:tick_interval` ms (5) hands the store's local changes to the
+      engine and sends what it returns (delta-intervals, retransmissions);
+    * every `:heartbeat_interval` ms (1000) broadcasts a hello: discovery,
+      liveness, wire versions and the digest root (anti-entropy starts when
+      roots differ);
+    * hands every message received to the engine, which merges it into the
+      store, and sends the replies;
+    * answers `sync/2` once every peer that is up answered a digest round;
+    * logs refused peer input once per peer and kind per minute, and counts
+      it (`info/1`);
+    * notifies subscribers (`subscribe/3`).
+
+  Without a transport (a local store) it runs only while someone is
+  subscribed, for local change notifications.
+
+  ## Notifications
+
+  A subscriber receives `{:crdt_changed, store, id, origin}` with `store`
+  the store's pid and `origin` `:local` or `:remote`: at least one message
+  per changed id per tick (changes of one id within a tick are coalesced).
+  Remote ids naming atoms that do not exist on this node are not reported
+  (receiving never creates atoms).
+  """
+
+  use GenServer
+  require Logger
+
+  alias Vsmcp.CRDT.Native
+  alias Vsmcp.CRDT.Sync.Transport
+
+  @tick 5
+  @heartbeat 1_000
+  @sync_timeout 5_000
+  @log_every_ms 60_000
+
+  @doc false
+  def start_link(args), do: GenServer.start_link(__MODULE__, args)
+
+  @doc "Subscribe `pid` to changes of `ids` (a list) or of every id (`:all`)."
+  def subscribe(peer, pid, ids), do: GenServer.call(peer, {:subscribe, pid, ids})
+
+  @doc "Undo `subscribe/3` for `pid`."
+  def unsubscribe(peer, pid), do: GenServer.call(peer, {:unsubscribe, pid})
+
+  @doc """
+  Ship local changes, then run a digest round with every peer that is up.
+  `:ok` once each answered, else `{:error, {:timeout, peers}}` naming the
+  silent peers' labels.
+  """
+  def sync(peer, timeout \\ @sync_timeout) do
+    GenServer.call(peer, {:sync, timeout}, timeout + 1_000)
+  catch
+    :exit, {:timeout, _} -> {:error, {:timeout, []}}
+  end
+
+  @doc "Forget a replica (a key from `info/1`'s peers) for good."
+  def forget_replica(peer, key), do: GenServer.call(peer, {:forget, key})
+
+  @doc "Sync state: transport, topic, peers, counters, rejections, log size."
+  def info(peer), do: GenServer.call(peer, :info)
+
+  # ---------------------------------------------------------------------------
+
+  @impl true
+  def init(%{store: store, sync_opts: opts}) do
+    state = %{
+      store: store,
+      opts: opts,
+      engine: nil,
+      key: nil,
+      transport: nil,
+      topic: Keyword.get(opts, :topic),
+      tick: Keyword.get(opts, :tick_interval, @tick),
+      heartbeat: Keyword.get(opts, :heartbeat_interval, @heartbeat),
+      subs: %{},
+      waiters: [],
+      labels: %{},
+      logged: %{},
+      ticking: false
+    }
+
+    if Keyword.get(opts, :enabled, false) and is_binary(state.topic) do
+      with {:ok, {mod, topts}} <- Transport.select(opts),
+           {:ok, tstate} <- mod.start(topts),
+           {:ok, state} <- start_engine(state) do
+        :ok = mod.join(tstate, state.topic, state.key)
+
+        Logger.info(
+          "Vsmcp.CRDT sync: store #{inspect(store)} on topic #{inspect(state.topic)} " <>
+            "over #{inspect(mod)}"
+        )
+
+        state = %{state | transport: {mod, tstate}}
+        send(self(), :heartbeat)
+        {:ok, schedule_tick(state)}
+      else
+        {:error, reason} -> {:stop, {:sync_start_failed, reason}}
+      end
+    else
+      {:ok, state}
+    end
+  end
+
+  defp start_engine(%{engine: nil} = state) do
+    attrs = to_string(node())
+
+    opts =
+      %{attrs: attrs}
+      |> put_opt(:versions, state.opts[:wire_versions])
+      |> put_opt(:retransmit_ms, state.opts[:retransmit_interval])
+      |> put_opt(:down_after_ms, state.opts[:down_after])
+      |> put_opt(:max_log_bytes, state.opts[:max_log_bytes])
+
+    case Native.sync_start(state.store, opts) do
+      {:ok, engine, key} -> {:ok, %{state | engine: engine, key: key}}
+      {:error, reason} -> {:error, reason}
+    end
+  end
+
+  defp start_engine(state), do: {:ok, state}
+
+  defp put_opt(map, _k, nil), do: map
+  defp put_opt(map, k, v), do: Map.put(map, k, v)
+
+  @impl true
+  def handle_info(:tick, state) do
+    state = %{state | ticking: false}
+
+    if state.engine do
+      {outs, events} = Native.sync_tick(state.engine, now(), want_changes?(state))
+      state = state |> send_outs(outs) |> handle_events(events)
+      {:noreply, schedule_tick(state)}
+    else
+      {:noreply, state}
+    end
+  end
+
+  def handle_info(:heartbeat, %{transport: {mod, t}} = state) do
+    mod.broadcast(t, state.topic, Native.sync_hello(state.engine))
+    Process.send_after(self(), :heartbeat, state.heartbeat)
+    {:noreply, state}
+  end
+
+  def handle_info({:vsmcp_crdt_sync, topic, payload}, %{topic: topic, engine: e} = state)
+      when is_binary(payload) and e != nil do
+    {outs, events} = Native.sync_receive(e, payload, now(), want_changes?(state))
+    {:noreply, state |> send_outs(outs) |> handle_events(events)}
+  end
+
+  def handle_info({:sync_timeout, ref}, state) do
+    {expired, waiting} = Enum.split_with(state.waiters, fn w -> w.ref == ref end)
+
+    for w <- expired do
+      labels = Enum.map(w.pending, &Map.get(state.labels, &1, &1))
+      GenServer.reply(w.from, {:error, {:timeout, Enum.sort(labels)}})
+    end
+
+    {:noreply, %{state | waiters: waiting}}
+  end
+
+  def handle_info({:DOWN, _ref, :process, pid, _}, state) do
+    {:noreply, %{state | subs: Map.delete(state.subs, pid)} |> maybe_stop_local()}
+  end
+
+  def handle_info(_msg, state), do: {:noreply, state}
+
+  @impl true
+  def handle_call({:subscribe, pid, ids}, _from, state) do
+    with {:ok, state} <- start_engine(state) do
+      unless Map.has_key?(state.subs, pid), do: Process.monitor(pid)
+      filter = if ids == :all, do: :all, else: MapSet.new(List.wrap(ids))
+      {:reply, :ok, schedule_tick(%{state | subs: Map.put(state.subs, pid, filter)})}
+    else
+      error -> {:reply, error, state}
+    end
+  end
+
+  def handle_call({:unsubscribe, pid}, _from, state) do
+    {:reply, :ok, %{state | subs: Map.delete(state.subs, pid)} |> maybe_stop_local()}
+  end
+
+  def handle_call({:sync, timeout}, from, %{transport: {_, _}} = state) do
+    _ = Native.store_flush(state.store)
+    {peers, outs, events} = Native.sync_round(state.engine, now(), want_changes?(state))
+    state = state |> send_outs(outs) |> handle_events(events)
+
+    if peers == [] do
+      {:reply, :ok, state}
+    else
+      ref = make_ref()
+      Process.send_after(self(), {:sync_timeout, ref}, timeout)
+      w = %{from: from, ref: ref, pending: MapSet.new(peers)}
+      {:noreply, %{state | waiters: [w | state.waiters]}}
+    end
+  end
+
+  def handle_call({:sync, _timeout}, _from, state) do
+    {:reply, Native.store_flush(state.store), state}
+  end
+
+  def handle_call({:forget, key}, _from, %{engine: e} = state) when e != nil do
+    case Native.sync_forget(e, to_string(key)) do
+      {:ok, events} -> {:reply, :ok, handle_events(state, events)}
+      error -> {:reply, error, state}
+    end
+  end
+
+  def handle_call({:forget, _key}, _from, state), do: {:reply, {:error, :not_syncing}, state}
+
+  def handle_call(:info, _from, state) do
+    base = %{
+      enabled: state.transport != nil,
+      topic: state.topic,
+      transport: transport_name(state.transport)
+    }
+
+    info =
+      if state.engine do
+        raw = Native.sync_info(state.engine)
+
+        peers =
+          for {key, up, version, attrs} <- raw.peers do
+            %{key: key, up: up, wire_version: version, node: attrs}
+          end
+
+        Map.merge(base, %{raw | peers: peers})
+      else
+        base
+      end
+
+    {:reply, info, state}
+  end
+
+  @impl true
+  def terminate(_reason, state) do
+    if state.engine, do: Native.sync_stop(state.engine)
+
+    case state.transport do
+      {mod, t} -> mod.leave(t, state.topic, state.key)
+      nil -> :ok
+    end
+
+    :ok
+  end
+
+  # ---------------------------------------------------------------------------
+
+  defp transport_name(nil), do: nil
+  defp transport_name({mod, _}), do: mod
+
+  # Monotonic ms since the VM started (the engine wants a u64).
+  defp now do
+    start = System.convert_time_unit(:erlang.system_info(:start_time), :native, :millisecond)
+    System.monotonic_time(:millisecond) - start
+  end
+
+  defp want_changes?(state), do: state.subs != %{}
+
+  defp schedule_tick(%{ticking: true} = state), do: state
+
+  defp schedule_tick(state) do
+    if state.transport != nil or state.subs != %{} do
+      Process.send_after(self(), :tick, state.tick)
+      %{state | ticking: true}
+    else
+      state
+    end
+  end
+
+  # A local store with no subscriber left stops recording changes.
+  defp maybe_stop_local(%{transport: nil, subs: subs, engine: e} = state)
+       when subs == %{} and e != nil do
+    Native.sync_stop(e)
+    %{state | engine: nil}
+  end
+
+  defp maybe_stop_local(state), do: state
+
+  defp send_outs(%{transport: {mod, t}} = state, outs) do
+    for {to, bytes} <- outs do
+      case to do
+        nil -> mod.broadcast(t, state.topic, bytes)
+        key -> mod.send_to(t, state.topic, key, bytes)
+      end
+    end
+
+    state
+  end
+
+  defp send_outs(state, _outs), do: state
+
+  defp handle_events(state, []), do: state
+
+  defp handle_events(state, events) do
+    Enum.reduce(events, state, &event/2)
+  end
+
+  defp event({:changed, id, origin}, state) do
+    for {pid, filter} <- state.subs, filter == :all or MapSet.member?(filter, id) do
+      send(pid, {:crdt_changed, state.store, id, origin})
+    end
+
+    state
+  end
+
+  defp event({:peer_up, key, label}, state) do
+    Logger.debug("Vsmcp.CRDT sync: peer #{label} (#{key}) up on #{state.topic}")
+    %{state | labels: Map.put(state.labels, key, label)}
+  end
+
+  defp event({:peer_down, key}, state) do
+    Logger.debug("Vsmcp.CRDT sync: peer #{key} down on #{state.topic}")
+    state
+  end
+
+  defp event({:answered, key}, state), do: answered(state, key)
+
+  defp event({:rejected, who, kind, detail}, state) do
+    k = {who, kind}
+    t = now()
+
+    case state.logged do
+      %{^k => last} when t - last < @log_every_ms ->
+        state
+
+      _ ->
+        label = if who, do: Map.get(state.labels, who, who), else: "unknown sender"
+
+        Logger.warning(
+          "Vsmcp.CRDT sync: refused #{kind} from #{label} on #{state.topic}: #{detail} " <>
+            "(further ones counted, logged at most once a minute)"
+        )
+
+        %{state | logged: Map.put(state.logged, k, t)}
+    end
+  end
+
+  defp event(_other, state), do: state
+
+  # A peer answered: waiters need no answer from it any more.
+  defp answered(state, key) do
+    {done, waiting} =
+      state.waiters
+      |> Enum.map(fn w -> %{w | pending: MapSet.delete(w.pending, key)} end)
+      |> Enum.split_with(fn w -> MapSet.size(w.pending) == 0 end)
+
+    for w <- done, do: GenServer.reply(w.from, :ok)
+    %{state | waiters: waiting}
+  end
+end

@@ -1,0 +1,267 @@
+//! NIFs of `Vsmcp.CRDT.Sync.Peer`: a `SyncResource` wraps the core's
+//! `sync::Engine` of one store. The Elixir peer process owns it, moves the
+//! bytes over the transport and drives the timers; every protocol decision
+//! is made here, in the core.
+//!
+//! All calls that touch the store run on dirty IO schedulers: they merge
+//! whole messages (up to 1 MiB, or one large entry) and may read the disk.
+//! Peers are named by `key`: the lowercase hex of their replica id.
+//!
+//! Replies are `{outs, events}` with `outs` a list of `{key | nil, binary}`
+//! (`nil`: broadcast) and `events` a list of
+//! `{:peer_up, key, attrs}`, `{:peer_down, key}`,
+//! `{:changed, id, :local | :remote}` (only when asked for),
+//! `{:rejected, key | nil, kind, detail}` and `{:answered, key}`.
+//! Remote ids are decoded with existing atoms only; an id naming an atom
+//! unknown here is left out of `:changed` events.
+
+use crate::errors::ok;
+use crate::store::{get, resolve};
+use crate::term::{self as tc, Trust};
+use parking_lot::Mutex;
+use rustler::types::map::map_new;
+use rustler::{Atom, Binary, Encoder, Env, NifResult, OwnedBinary, Resource, ResourceArc, Term};
+use vsmcp_crdt_core::store::Store;
+use vsmcp_crdt_core::sync::{directory_of, Engine, EngineConfig, Event, Outbound};
+use vsmcp_crdt_core::ReplicaId;
+
+rustler::atoms! {
+    peer_up,
+    peer_down,
+    changed,
+    local,
+    remote,
+    rejected,
+    answered,
+    invalid_replica,
+}
+
+pub struct SyncResource {
+    store: Store,
+    engine: Mutex<Engine>,
+}
+
+#[rustler::resource_impl]
+impl Resource for SyncResource {}
+
+impl Drop for SyncResource {
+    fn drop(&mut self) {
+        self.store.set_capture(false);
+    }
+}
+
+type Sync = ResourceArc<SyncResource>;
+
+fn key(r: &ReplicaId) -> String {
+    r.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unkey(k: &[u8]) -> Option<ReplicaId> {
+    if k.len() % 2 != 0 || k.len() > 256 {
+        return None;
+    }
+    let hex = std::str::from_utf8(k).ok()?;
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect();
+    Some(ReplicaId::new(&bytes?))
+}
+
+fn bin<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut b = OwnedBinary::new(bytes.len());
+    b.as_mut_slice().copy_from_slice(bytes);
+    b.release(env).encode(env)
+}
+
+fn outs_term<'a>(env: Env<'a>, outs: &[Outbound]) -> Term<'a> {
+    let v: Vec<Term<'a>> = outs
+        .iter()
+        .map(|o| {
+            let to = match &o.to {
+                Some(r) => key(r).encode(env),
+                None => rustler::types::atom::nil().encode(env),
+            };
+            (to, bin(env, &o.bytes)).encode(env)
+        })
+        .collect();
+    v.encode(env)
+}
+
+fn events_term<'a>(env: Env<'a>, events: &[Event], want_changes: bool) -> Term<'a> {
+    let mut v: Vec<Term<'a>> = Vec::with_capacity(events.len());
+    for e in events {
+        let t = match e {
+            Event::PeerUp(r, attrs) => (peer_up(), key(r), bin(env, attrs)).encode(env),
+            Event::PeerDown(r) => (peer_down(), key(r)).encode(env),
+            Event::Changed(id) if want_changes => match tc::decode(env, id, Trust::Remote) {
+                Ok(id) => (changed(), id, remote()).encode(env),
+                Err(_) => continue,
+            },
+            Event::LocalChanged(id) if want_changes => match tc::decode(env, id, Trust::Local) {
+                Ok(id) => (changed(), id, local()).encode(env),
+                Err(_) => continue,
+            },
+            Event::Changed(_) | Event::LocalChanged(_) => continue,
+            Event::Rejected(r, why, detail) => {
+                let who = match r {
+                    Some(r) => key(r).encode(env),
+                    None => rustler::types::atom::nil().encode(env),
+                };
+                // Kind names are a fixed set, never from input.
+                let kind = Atom::from_str(env, why.name()).unwrap_or_else(|_| rejected());
+                (rejected(), who, kind, detail.as_str()).encode(env)
+            }
+            Event::Answered(r) => (answered(), key(r)).encode(env),
+        };
+        v.push(t);
+    }
+    v.encode(env)
+}
+
+/// Start syncing the store behind `store`: local changes are recorded from
+/// now on. Options (a map): `versions` (list of wire versions),
+/// `retransmit_ms`, `down_after_ms`, `max_log_bytes`, `attrs` (binary).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn sync_start<'a>(env: Env<'a>, store: Term<'a>, opts: Term<'a>) -> NifResult<Term<'a>> {
+    let h = match resolve(store) {
+        Ok(h) => h,
+        Err(reason) => return Ok((crate::errors::error(), reason).encode(env)),
+    };
+    let mut cfg = EngineConfig::default();
+    if let Some(v) = get::<Vec<u8>>(opts, "versions")? {
+        cfg.versions = v;
+    }
+    if let Some(v) = get::<u64>(opts, "retransmit_ms")? {
+        cfg.retransmit_ms = v;
+    }
+    if let Some(v) = get::<u64>(opts, "down_after_ms")? {
+        cfg.down_after_ms = v;
+    }
+    if let Some(v) = get::<usize>(opts, "max_log_bytes")? {
+        cfg.max_log_bytes = v;
+    }
+    if let Some(v) = get::<Binary>(opts, "attrs")? {
+        cfg.attrs = v.as_slice().to_vec();
+    }
+    let store = h.store.clone();
+    store.set_capture(true);
+    let engine = Engine::new(&store, cfg);
+    let me = key(engine.me());
+    let res = ResourceArc::new(SyncResource {
+        store,
+        engine: Mutex::new(engine),
+    });
+    Ok((ok(), res, me).encode(env))
+}
+
+/// Stop recording local changes (the engine is dropped with the resource).
+#[rustler::nif]
+fn sync_stop(s: Sync) -> Atom {
+    s.store.set_capture(false);
+    ok()
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn sync_tick<'a>(env: Env<'a>, s: Sync, now_ms: u64, want_changes: bool) -> Term<'a> {
+    let mut events = Vec::new();
+    let outs = s.engine.lock().tick(&s.store, now_ms, &mut events);
+    (
+        outs_term(env, &outs),
+        events_term(env, &events, want_changes),
+    )
+        .encode(env)
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn sync_hello<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
+    let out = s.engine.lock().hello(&s.store);
+    bin(env, &out.bytes)
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn sync_receive<'a>(
+    env: Env<'a>,
+    s: Sync,
+    bytes: Binary<'a>,
+    now_ms: u64,
+    want_changes: bool,
+) -> Term<'a> {
+    let mut events = Vec::new();
+    let outs = s
+        .engine
+        .lock()
+        .receive(&s.store, bytes.as_slice(), now_ms, &mut events);
+    (
+        outs_term(env, &outs),
+        events_term(env, &events, want_changes),
+    )
+        .encode(env)
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn sync_round<'a>(env: Env<'a>, s: Sync, now_ms: u64, want_changes: bool) -> Term<'a> {
+    let mut events = Vec::new();
+    let (peers, outs) = s.engine.lock().round(&s.store, now_ms, &mut events);
+    let peers: Vec<String> = peers.iter().map(key).collect();
+    (
+        peers,
+        outs_term(env, &outs),
+        events_term(env, &events, want_changes),
+    )
+        .encode(env)
+}
+
+/// Forget the replica named by `k` (any incarnation of its directory).
+#[rustler::nif]
+fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Term<'a> {
+    let Some(r) = unkey(k.as_slice()) else {
+        return (crate::errors::error(), invalid_replica()).encode(env);
+    };
+    let mut events = Vec::new();
+    s.engine.lock().forget(directory_of(&r), &mut events);
+    (ok(), events_term(env, &events, false)).encode(env)
+}
+
+/// Counters, peers and log size.
+#[rustler::nif]
+fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
+    let e = s.engine.lock();
+    let c = e.counters();
+    let put = |m: Term<'a>, k: &str, v: Term<'a>| match Atom::from_str(env, k) {
+        Ok(a) => m.map_put(a, v).unwrap_or(m),
+        Err(_) => m,
+    };
+    let mut counters = map_new(env);
+    for (k, v) in [
+        ("msgs_sent", c.msgs_sent),
+        ("bytes_sent", c.bytes_sent),
+        ("msgs_received", c.msgs_received),
+        ("bytes_received", c.bytes_received),
+        ("deltas_recorded", c.deltas_recorded),
+        ("entries_merged", c.entries_merged),
+        ("states_sent", c.states_sent),
+        ("digests_sent", c.digests_sent),
+        ("retransmits", c.retransmits),
+        ("dropped_stale", c.dropped_stale),
+    ] {
+        counters = put(counters, k, v.encode(env));
+    }
+    let mut rejected = map_new(env);
+    for (k, v) in c.rejections() {
+        rejected = put(rejected, k, v.encode(env));
+    }
+    let peers: Vec<Term<'a>> = e
+        .peers()
+        .iter()
+        .map(|(r, up, version, attrs)| (key(r), *up, *version, bin(env, attrs)).encode(env))
+        .collect();
+    let mut m = map_new(env);
+    m = put(m, "replica", key(e.me()).encode(env));
+    m = put(m, "peers", peers.encode(env));
+    m = put(m, "counters", counters);
+    m = put(m, "rejected", rejected);
+    m = put(m, "log_entries", e.log().len().encode(env));
+    m = put(m, "log_bytes", e.log().bytes().encode(env));
+    m
+}

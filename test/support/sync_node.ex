@@ -1,0 +1,74 @@
+defmodule Vsmcp.Test.SyncNode do
+  @moduledoc false
+  # Helpers run on :peer nodes (through Vsmcp.Test.Cluster.call/4): stores
+  # started there must outlive the call's process, so they are unlinked.
+
+  alias Vsmcp.CRDT.ContextStore
+
+  @doc "Start a named store that outlives the caller."
+  def start_store(opts) do
+    Logger.configure(level: :warning)
+
+    with {:ok, pid} <- ContextStore.start_link(opts) do
+      Process.unlink(pid)
+      {:ok, pid}
+    end
+  end
+
+  @doc "Start the application's default store (Vsmcp.CRDT.Supervisor), unlinked."
+  def start_default(opts \\ []) do
+    Logger.configure(level: :warning)
+
+    with {:ok, pid} <- Vsmcp.CRDT.Supervisor.start_link(opts) do
+      Process.unlink(pid)
+      {:ok, pid}
+    end
+  end
+
+  @doc "Increment `id` of `store` `n` times by 1 (a burst); returns the count done."
+  def burst(store, id, n) do
+    Enum.reduce(1..n, 0, fn _, acc ->
+      case ContextStore.increment(store, id, 1) do
+        {:ok, _} -> acc + 1
+        _ -> acc
+      end
+    end)
+  end
+
+  @doc "Collect `{:crdt_changed, ...}` messages: subscribe a collector process."
+  def start_collector(store, ids) do
+    parent = self()
+
+    pid =
+      spawn(fn ->
+        :ok = ContextStore.subscribe(store, ids)
+        send(parent, :subscribed)
+        collect([])
+      end)
+
+    receive do
+      :subscribed -> {:ok, pid}
+    after
+      5_000 -> {:error, :timeout}
+    end
+  end
+
+  @doc "What a collector got so far: `[{id, origin}]`, oldest first."
+  def collected(pid) do
+    ref = make_ref()
+    send(pid, {:get, self(), ref})
+
+    receive do
+      {^ref, got} -> got
+    after
+      5_000 -> :timeout
+    end
+  end
+
+  defp collect(acc) do
+    receive do
+      {:crdt_changed, _store, id, origin} -> collect([{id, origin} | acc])
+      {:get, from, ref} -> send(from, {ref, Enum.reverse(acc)}) && collect(acc)
+    end
+  end
+end
