@@ -35,6 +35,27 @@ defmodule Vsmcp.Test.SyncNode do
     end)
   end
 
+  @doc "`n` increments spread over `ids` counters `{:k, 1..ids}` (created if missing)."
+  def spread(store, ids, n) do
+    for i <- 1..ids, do: ContextStore.create(store, {:k, i}, :g_counter)
+
+    Enum.each(1..n, fn j ->
+      {:ok, _} = ContextStore.increment(store, {:k, rem(j, ids) + 1}, 1)
+    end)
+
+    n
+  end
+
+  @doc "The sum of the counters made by `spread/3`."
+  def spread_sum(store, ids) do
+    Enum.reduce(1..ids, 0, fn i, acc ->
+      case ContextStore.get(store, {:k, i}) do
+        {:ok, v} -> acc + v
+        _ -> acc
+      end
+    end)
+  end
+
   @doc "Collect `{:crdt_changed, ...}` messages: subscribe a collector process."
   def start_collector(store, ids) do
     parent = self()

@@ -130,9 +130,10 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   """
   @spec sync_opts(keyword()) :: {:ok, keyword()} | {:error, reason()}
   def sync_opts(opts) do
-    sync = Keyword.get(opts, :sync_opts, [])
+    sync = if Keyword.keyword?(opts), do: Keyword.get(opts, :sync_opts, []), else: []
 
-    with true <- is_list(sync) and Keyword.keyword?(sync) || {:bad, :sync_opts, sync},
+    with :ok <- check_options(opts),
+         true <- is_list(sync) and Keyword.keyword?(sync) || {:bad, :sync_opts, sync},
          :ok <- check_sync(sync) do
       topic =
         case {sync[:topic], sync[:enabled], opts[:name]} do
@@ -145,6 +146,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
       {:ok, sync |> Keyword.put(:enabled, enabled) |> Keyword.put(:topic, topic)}
     else
       {:bad, key, value} -> {:error, {:invalid_option, {:sync_opts, key}, value}}
+      {:error, _} = error -> error
     end
   end
 

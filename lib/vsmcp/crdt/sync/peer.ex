@@ -220,7 +220,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     base = %{
       enabled: state.transport != nil,
       topic: state.topic,
-      transport: transport_name(state.transport)
+      transport: transport_name(state.transport),
+      transport_stats: transport_stats(state.transport)
     }
 
     info =
@@ -253,6 +254,12 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   end
 
   # ---------------------------------------------------------------------------
+
+  defp transport_stats({mod, t}) do
+    if function_exported?(mod, :stats, 1), do: mod.stats(t), else: nil
+  end
+
+  defp transport_stats(nil), do: nil
 
   defp transport_name(nil), do: nil
   defp transport_name({mod, _}), do: mod
