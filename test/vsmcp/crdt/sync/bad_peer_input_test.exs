@@ -1,0 +1,70 @@
+defmodule Vsmcp.CRDT.Sync.BadPeerInputTest do
+  # Hostile bytes delivered to a syncing store's peer process: each kind is
+  # refused and counted, logged once, and the store keeps working.
+  use ExUnit.Case, async: true
+
+  import ExUnit.CaptureLog
+
+  alias Vsmcp.CRDT.ContextStore
+
+  setup do
+    dir = Vsmcp.CRDT.TestHelpers.tmp_dir!("bad_peer_input")
+    topic = "bad-input-#{System.unique_integer([:positive])}"
+
+    {:ok, store} =
+      ContextStore.start_link(storage_opts: [data_dir: dir], sync_opts: [topic: topic])
+
+    {:ok, peer} = GenServer.call(store, :peer)
+    on_exit(fn -> File.rm_rf(dir) end)
+    %{store: store, peer: peer, topic: topic}
+  end
+
+  defp deliver(%{peer: peer, topic: topic}, bytes) do
+    send(peer, {:vsmcp_crdt_sync, topic, bytes})
+    # A call after the message: it was handled when this returns.
+    _ = :sys.get_state(peer)
+  end
+
+  defp rejected(%{store: store}), do: ContextStore.sync_info(store).rejected
+
+  defp bin(b), do: <<0xC4, byte_size(b)>> <> b
+
+  test "forged, unknown-version, too-new-clock, no-common-version and oversized messages",
+       ctx do
+    :ok = ContextStore.create(ctx.store, :n, :g_counter)
+
+    log =
+      capture_log(fn ->
+        for _ <- 1..3 do
+          deliver(ctx, :crypto.strong_rand_bytes(64))
+          deliver(ctx, <<0xC9, 2, 1>> <> :crypto.strong_rand_bytes(40))
+        end
+
+        # An unknown wire version.
+        deliver(ctx, <<0xC9, 7, 1, 0x90>>)
+
+        # A version 2 Ack whose clock is ten minutes ahead.
+        ahead = System.system_time(:millisecond) + 600_000
+        deliver(ctx, <<0xC9, 2, 2, 0x94>> <> bin("abc") <> <<0, 0xCF, ahead::64, 0>>)
+
+        # A hello speaking only version 9.
+        deliver(ctx, <<0xC9, 1, 6, 0x96>> <> bin("xyz") <> bin(<<9>>) <> <<0, 0, 0>> <> bin(""))
+
+        # Two MiB of junk.
+        deliver(ctx, <<0xC9, 2, 1>> <> :binary.copy(<<0>>, 2 * 1024 * 1024))
+      end)
+
+    r = rejected(ctx)
+    assert r.malformed >= 6
+    assert r.unsupported_version == 2
+    assert r.clock_ahead == 1
+    assert r.oversized == 1
+    # Logged once per peer and kind, not per message.
+    assert length(Regex.scan(~r/refused malformed/, log)) == 1
+    assert log =~ "refused clock_ahead"
+
+    # The store is untouched and keeps working.
+    assert {:ok, 1} = ContextStore.increment(ctx.store, :n)
+    assert Process.alive?(ctx.peer)
+  end
+end
