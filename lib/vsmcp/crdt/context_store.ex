@@ -501,6 +501,16 @@ defmodule Vsmcp.CRDT.ContextStore do
     with {:ok, pid} <- whereis(store), do: Native.store_stats(pid)
   end
 
+  @doc """
+  Approximate bytes of memory the state of `id` holds in the hot or warm
+  tier (0 when it is on disk only): `{:ok, bytes}`. For diagnostics and
+  benchmarks.
+  """
+  @spec memory(store(), crdt_id()) :: {:ok, non_neg_integer()} | {:error, term()}
+  def memory(store \\ __MODULE__, id) do
+    with {:ok, pid} <- whereis(store), do: Native.store_heap_bytes(pid, id)
+  end
+
   @doc false
   # Run one decay pass now (tests and benchmarks).
   def decay_now(store \\ __MODULE__) do

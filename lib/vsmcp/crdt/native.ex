@@ -142,12 +142,13 @@ defmodule Vsmcp.CRDT.Native do
   def store_fail_writes(_h, _on), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_probe_take, do: :erlang.nif_error(:nif_not_loaded)
+  def store_heap_bytes(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
 
   # Sync (Vsmcp.CRDT.Sync.Peer)
   def sync_start(_store, _opts), do: :erlang.nif_error(:nif_not_loaded)
   def sync_stop(_sync), do: :erlang.nif_error(:nif_not_loaded)
   def sync_tick(_sync, _now_ms, _want_changes), do: :erlang.nif_error(:nif_not_loaded)
-  def sync_hello(_sync), do: :erlang.nif_error(:nif_not_loaded)
+  def sync_hello(_sync, _want_changes), do: :erlang.nif_error(:nif_not_loaded)
   def sync_receive(_sync, _bytes, _now_ms, _want_changes), do: :erlang.nif_error(:nif_not_loaded)
   def sync_round(_sync, _now_ms, _want_changes), do: :erlang.nif_error(:nif_not_loaded)
   def sync_forget(_sync, _key), do: :erlang.nif_error(:nif_not_loaded)

@@ -232,6 +232,28 @@ impl Crdt {
         }
     }
 
+    /// Whether [`Crdt::collect_stable`] has anything to drop.
+    pub fn has_collectable(&self) -> bool {
+        matches!(self, Crdt::ORSet(s) if s.has_remove_tokens())
+    }
+
+    /// Causal-stability collection (see [`ORSet::collect_stable`]);
+    /// counters and registers hold nothing to collect.
+    pub fn collect_stable(&mut self) -> usize {
+        match self {
+            Crdt::ORSet(s) => s.collect_stable(),
+            _ => 0,
+        }
+    }
+
+    /// Approximate heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Crdt::ORSet(s) => s.heap_bytes(),
+            other => other.size_hint(),
+        }
+    }
+
     /// O(1) estimate of the encoded size in bytes (see [`ORSet::size_hint`]).
     pub fn size_hint(&self) -> usize {
         match self {

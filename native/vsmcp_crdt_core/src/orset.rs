@@ -489,6 +489,46 @@ impl ORSet {
         Ok(())
     }
 
+    /// Whether some element holds a remove token (remove-wins only).
+    pub fn has_remove_tokens(&self) -> bool {
+        self.policy == Policy::RemoveWins
+            && self
+                .elems
+                .entries
+                .iter()
+                .any(|e| e.dots.iter().any(|d| d.is_remove()))
+    }
+
+    /// Causal-stability collection: drop every element that holds a remove
+    /// token, with all its dots (its concurrent add dots, which the token
+    /// beats, included); the context keeps every dot, so a copy of them
+    /// arriving later is recognised as removed. Only correct when every
+    /// replica holds this very state and nothing concurrent is in flight
+    /// (the sync engine's quiescent point): then every later operation on
+    /// the element is causally after the removes. Returns the elements
+    /// dropped. A no-op for deltas and add-wins sets (their removes leave
+    /// no tokens).
+    pub fn collect_stable(&mut self) -> usize {
+        if self.policy != Policy::RemoveWins || self.delta {
+            return 0;
+        }
+        let mut dropped = 0;
+        for i in (0..self.elems.len()).rev() {
+            if self.elems.entries[i].dots.iter().any(|d| d.is_remove()) {
+                self.elems.remove_at(i);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            let e = &mut self.elems;
+            e.entries.shrink_to_fit();
+            let (entries, hasher) = (&e.entries, &e.hasher);
+            e.index
+                .shrink_to_fit(|&j| hasher.hash_one(&*entries[j as usize].elem));
+        }
+        dropped
+    }
+
     /// Order-independent form: equality of replicated state.
     pub fn normalized(&self) -> NormalizedORSet {
         let mut elems = BTreeMap::new();

@@ -37,6 +37,8 @@ struct Net {
     /// (to index, bytes)
     queue: VecDeque<(usize, Vec<u8>)>,
     loss: u64,
+    /// Nodes cut off from everyone (messages to and from them are lost).
+    cut: Vec<bool>,
     rng: Rng,
     now: u64,
     events: Vec<(usize, Event)>,
@@ -50,6 +52,7 @@ fn open(versions: Vec<u8>) -> Node {
     let cfg = EngineConfig {
         versions,
         retransmit_ms: 50,
+        collect_after_ms: 30,
         ..EngineConfig::default()
     };
     let engine = Engine::new(&store, cfg);
@@ -66,6 +69,7 @@ impl Net {
             nodes: (0..n).map(|_| open(vec![1, 2])).collect(),
             queue: VecDeque::new(),
             loss,
+            cut: vec![false; n],
             rng: Rng(seed | 1),
             now: 1_000,
             events: Vec::new(),
@@ -81,6 +85,11 @@ impl Net {
                     .collect(),
             };
             for t in targets {
+                if self.cut.get(t).copied().unwrap_or(false)
+                    || self.cut.get(from).copied().unwrap_or(false)
+                {
+                    continue;
+                }
                 if self.rng.chance(self.loss) {
                     continue;
                 }
@@ -117,7 +126,7 @@ impl Net {
             let n = &mut self.nodes[i];
             let mut outs = n.engine.tick(&n.store, self.now, &mut ev);
             if hello {
-                outs.push(n.engine.hello(&n.store));
+                outs.push(n.engine.hello(&n.store, &mut ev));
             }
             self.send(i, outs);
         }
@@ -209,8 +218,14 @@ fn concurrent_updates_converge_over_a_lossy_network() {
             }
         }
         net.settle();
-        assert_eq!(net.value(0, b"hits"), Some(format!("{:?}", Value::Counter(total))));
-        assert_eq!(net.value(0, b"bal"), Some(format!("{:?}", Value::Counter(balance))));
+        assert_eq!(
+            net.value(0, b"hits"),
+            Some(format!("{:?}", Value::Counter(total)))
+        );
+        assert_eq!(
+            net.value(0, b"bal"),
+            Some(format!("{:?}", Value::Counter(balance)))
+        );
         for id in [&b"hits"[..], b"bal", b"tags", b"reg"] {
             let v0 = net.value(0, id);
             for i in 1..3 {
@@ -294,7 +309,10 @@ fn a_node_speaking_only_version_one_keeps_converging() {
     }
     net.settle();
     for i in 0..3 {
-        assert_eq!(net.value(i, b"c"), Some(format!("{:?}", Value::Counter(30))));
+        assert_eq!(
+            net.value(i, b"c"),
+            Some(format!("{:?}", Value::Counter(30)))
+        );
     }
     // Node 0 talks to node 2 in version 1 and to node 1 in version 2.
     let peers = net.nodes[0].engine.peers();
@@ -328,4 +346,90 @@ fn hostile_bytes_are_rejected_and_counted() {
     assert_eq!(kinds.len(), 4, "{ev:?}");
     assert!(kinds.contains(&Reject::Version));
     assert!(kinds.contains(&Reject::Malformed));
+}
+
+fn set_entries(s: &Store, id: &[u8]) -> usize {
+    s.read(id, Access::MayBlock, |v| match v.crdt {
+        vsmcp_crdt_core::Crdt::ORSet(set) => set.entry_count(),
+        _ => 0,
+    })
+    .unwrap()
+}
+
+#[test]
+fn quiescence_collects_remove_tokens_and_tombstones_everywhere() {
+    let mut net = Net::new(3, 0, 21);
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"set", Kind::ORSet, Access::MayBlock).unwrap();
+    s0.create(b"gone", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    net.settle();
+    for i in 0..1_000u32 {
+        update(&s0, b"set", Mutation::Add(&i.to_be_bytes()));
+    }
+    net.settle();
+    // Removes on two nodes (tokens of two replicas), and a delete.
+    for i in 0..1_000u32 {
+        let s = &net.nodes[(i % 2) as usize].store;
+        update(s, b"set", Mutation::Remove(&i.to_be_bytes()));
+    }
+    update(&net.nodes[1].store, b"set", Mutation::Add(b"kept"));
+    net.nodes[2]
+        .store
+        .delete(b"gone", Access::MayBlock)
+        .unwrap();
+    net.settle();
+    for i in 0..3 {
+        let n = &net.nodes[i];
+        assert_eq!(set_entries(&n.store, b"set"), 1, "node {i}");
+        assert_eq!(n.store.tombstone(b"gone"), None, "node {i}");
+        assert!(n.engine.counters().collected_elements > 0, "node {i}");
+        assert_eq!(
+            net.value(i, b"set"),
+            Some(format!("{:?}", vec![b"kept".to_vec()]))
+        );
+    }
+    // Still converging afterwards, and the collected elements can come back.
+    update(
+        &net.nodes[2].store,
+        b"set",
+        Mutation::Add(&5u32.to_be_bytes()),
+    );
+    net.settle();
+    for i in 0..3 {
+        assert_eq!(net.value(i, b"set"), net.value(2, b"set"));
+        assert_eq!(set_entries(&net.nodes[i].store, b"set"), 2);
+    }
+}
+
+#[test]
+fn a_cut_off_peer_blocks_collection_and_its_concurrent_add_still_loses() {
+    let mut net = Net::new(3, 0, 23);
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"set", Kind::ORSet, Access::MayBlock).unwrap();
+    update(&s0, b"set", Mutation::Add(b"x"));
+    net.settle();
+    net.cut[2] = true;
+    // Concurrent: node 0 removes x while the cut-off node 2 adds it again.
+    update(&s0, b"set", Mutation::Remove(b"x"));
+    update(&net.nodes[2].store, b"set", Mutation::Add(b"x"));
+    for i in 0..60 {
+        net.step(i % 2 == 0);
+    }
+    // Node 2 is known but silent: nothing may be collected.
+    assert_eq!(net.nodes[0].engine.counters().collected_elements, 0);
+    assert!(set_entries(&s0, b"set") > 0);
+    net.cut[2] = false;
+    net.settle();
+    let empty = Some(format!("{:?}", Vec::<Vec<u8>>::new()));
+    for i in 0..3 {
+        // Remove-wins: the concurrent add lost everywhere.
+        assert_eq!(net.value(i, b"set"), empty, "node {i}");
+    }
+    // Once everyone agreed, the token and the add it beat are collected.
+    for i in 0..3 {
+        assert_eq!(set_entries(&net.nodes[i].store, b"set"), 0, "node {i}");
+    }
 }

@@ -7,11 +7,11 @@
 //! replica down while the others outgrow their logs' byte bound.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use vsmcp_crdt_core::store::record::{decode_parts, encode_parts, Gen, Meta};
 use vsmcp_crdt_core::sync::{
     batch_budget, bucket_of, canonical_state_bytes, states_messages, DeltaLog, Digest, Message,
     NextBatch, MAX_MESSAGE_BYTES,
 };
-use vsmcp_crdt_core::store::record::{decode_parts, encode_parts, Gen, Meta};
 use vsmcp_crdt_core::{Crdt, Kind, Op, ReplicaId, Timestamp, Value};
 
 /// Entries travel as store records (metadata plus state).

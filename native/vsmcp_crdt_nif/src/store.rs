@@ -435,6 +435,19 @@ fn store_ids<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
     }
 }
 
+/// Approximate heap bytes of `id` in memory (diagnostics).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn store_heap_bytes<'a>(env: Env<'a>, store: Term<'a>, id: Term<'a>) -> Term<'a> {
+    let h = match resolve(store) {
+        Ok(h) => h,
+        Err(reason) => return (error(), reason).encode(env),
+    };
+    match tc::encode(id) {
+        Ok(id) => (ok(), h.store.heap_bytes(&id)).encode(env),
+        Err(e) => error_term(env, &e),
+    }
+}
+
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_flush<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
     let r = resolve(store)

@@ -57,7 +57,7 @@ fn key(r: &ReplicaId) -> String {
 }
 
 fn unkey(k: &[u8]) -> Option<ReplicaId> {
-    if k.len() % 2 != 0 || k.len() > 256 {
+    if !k.len().is_multiple_of(2) || k.len() > 256 {
         return None;
     }
     let hex = std::str::from_utf8(k).ok()?;
@@ -141,6 +141,9 @@ fn sync_start<'a>(env: Env<'a>, store: Term<'a>, opts: Term<'a>) -> NifResult<Te
     if let Some(v) = get::<usize>(opts, "max_log_bytes")? {
         cfg.max_log_bytes = v;
     }
+    if let Some(v) = get::<u64>(opts, "collect_after_ms")? {
+        cfg.collect_after_ms = v;
+    }
     if let Some(v) = get::<Binary>(opts, "attrs")? {
         cfg.attrs = v.as_slice().to_vec();
     }
@@ -174,9 +177,14 @@ fn sync_tick<'a>(env: Env<'a>, s: Sync, now_ms: u64, want_changes: bool) -> Term
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
-fn sync_hello<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
-    let out = s.engine.lock().hello(&s.store);
-    bin(env, &out.bytes)
+fn sync_hello<'a>(env: Env<'a>, s: Sync, want_changes: bool) -> Term<'a> {
+    let mut events = Vec::new();
+    let out = s.engine.lock().hello(&s.store, &mut events);
+    (
+        bin(env, &out.bytes),
+        events_term(env, &events, want_changes),
+    )
+        .encode(env)
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
@@ -243,6 +251,8 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
         ("states_sent", c.states_sent),
         ("digests_sent", c.digests_sent),
         ("retransmits", c.retransmits),
+        ("collected_elements", c.collected_elements),
+        ("collected_tombstones", c.collected_tombstones),
         ("dropped_stale", c.dropped_stale),
     ] {
         counters = put(counters, k, v.encode(env));

@@ -111,6 +111,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
     heartbeat_interval: 1..@max_ms,
     down_after: 1..@max_ms,
     retransmit_interval: 1..@max_ms,
+    collect_after: 0..@max_ms,
     max_log_bytes: 0..@max_size
   ]
 
@@ -125,7 +126,9 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   `:transport_opts`, `:tick_interval` (ms, default 5),
   `:heartbeat_interval` (ms, default 1000), `:down_after` (ms, default
   5000), `:retransmit_interval` (ms, default 200), `:max_log_bytes`
-  (default 64 MiB), `:wire_versions` (tests). Errors are
+  (default 64 MiB), `:collect_after` (ms the cluster must stay quiescent
+  before remove tokens and delete tombstones are collected, default
+  2000), `:wire_versions` (tests). Errors are
   `{:invalid_option, {:sync_opts, key}, value}`.
   """
   @spec sync_opts(keyword()) :: {:ok, keyword()} | {:error, reason()}
@@ -133,7 +136,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
     sync = if Keyword.keyword?(opts), do: Keyword.get(opts, :sync_opts, []), else: []
 
     with :ok <- check_options(opts),
-         true <- is_list(sync) and Keyword.keyword?(sync) || {:bad, :sync_opts, sync},
+         true <- (is_list(sync) and Keyword.keyword?(sync)) || {:bad, :sync_opts, sync},
          :ok <- check_sync(sync) do
       topic =
         case {sync[:topic], sync[:enabled], opts[:name]} do

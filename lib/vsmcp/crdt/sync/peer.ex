@@ -119,6 +119,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       |> put_opt(:retransmit_ms, state.opts[:retransmit_interval])
       |> put_opt(:down_after_ms, state.opts[:down_after])
       |> put_opt(:max_log_bytes, state.opts[:max_log_bytes])
+      |> put_opt(:collect_after_ms, state.opts[:collect_after])
 
     case Native.sync_start(state.store, opts) do
       {:ok, engine, key} -> {:ok, %{state | engine: engine, key: key}}
@@ -145,9 +146,10 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   end
 
   def handle_info(:heartbeat, %{transport: {mod, t}} = state) do
-    mod.broadcast(t, state.topic, Native.sync_hello(state.engine))
+    {hello, events} = Native.sync_hello(state.engine, want_changes?(state))
+    mod.broadcast(t, state.topic, hello)
     Process.send_after(self(), :heartbeat, state.heartbeat)
-    {:noreply, state}
+    {:noreply, handle_events(state, events)}
   end
 
   def handle_info({:vsmcp_crdt_sync, topic, payload}, %{topic: topic, engine: e} = state)

@@ -64,7 +64,12 @@ pub enum BatchOp {
     PutMeta(&'static [u8], Vec<u8>),
     /// A metadata entry under a computed key (tombstones, `TOMB_PREFIX`).
     PutMetaKey(Box<[u8]>, Vec<u8>),
+    /// Delete a metadata entry under a computed key.
+    DeleteMetaKey(Box<[u8]>),
 }
+
+/// A key and its value.
+pub type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 /// Prefix of the metadata keys holding delete tombstones (`prefix ++ id`).
 pub const TOMB_PREFIX: &[u8] = b"tomb/";
@@ -443,6 +448,7 @@ impl ColdTier {
                 BatchOp::Merge(k, v) => batch.merge_cf(crdt, k, v),
                 BatchOp::PutMeta(k, v) => batch.put_cf(meta, k, v),
                 BatchOp::PutMetaKey(k, v) => batch.put_cf(meta, k, v),
+                BatchOp::DeleteMetaKey(k) => batch.delete_cf(meta, k),
             }
         }
         db.write_opt(batch, &WriteOptions::default())
@@ -463,7 +469,7 @@ impl ColdTier {
 
     /// Every metadata entry whose key starts with `prefix`, the prefix
     /// stripped.
-    pub fn meta_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
+    pub fn meta_with_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>> {
         let (_gate, db) = self.db()?;
         let mut out = Vec::new();
         let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);

@@ -103,7 +103,12 @@ struct Outgoing {
 }
 
 /// Join a local change of `id` into the outgoing map, by generation.
-fn note_out(out: &mut hashbrown::HashMap<Box<[u8]>, Outgoing>, id: &[u8], meta: &Meta, delta: &Crdt) {
+fn note_out(
+    out: &mut hashbrown::HashMap<Box<[u8]>, Outgoing>,
+    id: &[u8],
+    meta: &Meta,
+    delta: &Crdt,
+) {
     let fresh = || Outgoing {
         meta: meta.clone(),
         delta: Some(Arc::new(delta.clone())),
@@ -717,7 +722,16 @@ impl Store {
                 if meta.gen.precedence(&local.gen).is_lt() {
                     return Ok(Merged::Dropped { clash: false });
                 }
-                drop(inner.delete_locked(sh, id, meta.gen.clone(), access)?);
+                let mut sh = inner.delete_locked(sh, id, meta.gen.clone(), access)?;
+                // Local changes of the deleted generation not yet shipped
+                // would only be dropped by every peer.
+                if sh
+                    .out
+                    .get(id)
+                    .is_some_and(|o| o.meta.gen.precedence(&meta.gen).is_le())
+                {
+                    sh.out.remove(id);
+                }
                 return Ok(Merged::Deleted);
             }
             if sh
@@ -785,6 +799,111 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Causal-stability collection of `id` (see `Crdt::collect_stable`),
+    /// if its state is still at `version` (the one the caller judged
+    /// stable). The work happens on a copy, without the shard lock; the
+    /// collected state replaces the pending writes of `id` (it includes
+    /// them) and, written as a full state, drops the collected dots from
+    /// the record on disk too. Returns the elements dropped.
+    pub fn collect(&self, id: &[u8], version: u64) -> Result<usize> {
+        let inner = &self.0;
+        let access = Access::MayBlock;
+        let _disk = inner.lock_disk_for_write(id, access)?;
+        let (sh, present) = inner.locate(id, access)?;
+        if !present {
+            return Ok(0);
+        }
+        inner.check_writable_at(&sh, id, access)?;
+        let slot = sh.tiers.get(id).ok_or(Error::NotFound)?;
+        if slot.version != version {
+            return Ok(0);
+        }
+        let snapshot = match &slot.body {
+            Body::Hot(c) => Body::Hot(Arc::clone(c)),
+            Body::Warm(b) => Body::Warm(Arc::clone(b)),
+        };
+        drop(sh);
+        let mut state = match &snapshot {
+            Body::Hot(c) => (**c).clone(),
+            Body::Warm(b) => decode_stored(b)?,
+        };
+        drop(snapshot);
+        let dropped = state.collect_stable();
+        if dropped == 0 {
+            return Ok(0);
+        }
+        let mut sh = inner.lock_state_unchecked(id);
+        let meta = match sh.tiers.get(id) {
+            Some(slot) if slot.version == version => slot.meta.clone(),
+            _ => return Ok(0),
+        };
+        let state = Arc::new(state);
+        match inner.cfg.durability {
+            Durability::Relaxed => {
+                let p = sh.pending.entry(id);
+                p.meta = Some(meta);
+                let old = p.delta.replace(Arc::clone(&state));
+                drop_in_background(old);
+            }
+            Durability::Strict => {
+                // The disk lock keeps other writers of this shard out.
+                drop(sh);
+                inner.write_strict(id, &[merge_op(id, &meta, &state)])?;
+                sh = inner.lock_state_unchecked(id);
+            }
+        }
+        if let Some(slot) = sh.tiers.get_mut(id) {
+            let old = std::mem::replace(&mut slot.body, Body::Hot(state));
+            slot.changed();
+            drop_in_background(old);
+        }
+        Ok(dropped)
+    }
+
+    /// Drop the tombstone of `id` if it is still `gen` and `id` was not
+    /// re-created (causal-stability collection of deletes).
+    pub fn collect_tombstone(&self, id: &[u8], gen: &Gen) -> Result<bool> {
+        let inner = &self.0;
+        let access = Access::MayBlock;
+        let _disk = inner.lock_disk_for_write(id, access)?;
+        let (mut sh, present) = inner.locate(id, access)?;
+        if present || sh.tombs.get(id) != Some(gen) {
+            return Ok(false);
+        }
+        inner.check_writable_at(&sh, id, access)?;
+        // A tombstone still waiting in the write-behind need not be written
+        // at all (the disk lock keeps the flush thread off this shard, so
+        // nothing of it is in flight).
+        if sh
+            .pending
+            .inflight
+            .get(id)
+            .is_some_and(|p| p.tomb.is_some())
+        {
+            return Ok(false);
+        }
+        if let Some(p) = sh.pending.dirty.get_mut(id) {
+            p.tomb = None;
+        }
+        drop(sh);
+        inner.write_strict(id, &[BatchOp::DeleteMetaKey(tomb_key(id))])?;
+        sh = inner.lock_state_unchecked(id);
+        if sh.tombs.get(id) == Some(gen) && !sh.tiers.contains(id) {
+            sh.tombs.remove(id);
+        }
+        Ok(true)
+    }
+
+    /// Approximate heap bytes of `id`'s state in memory (0 when on disk).
+    pub fn heap_bytes(&self, id: &[u8]) -> usize {
+        let sh = self.0.lock_state_unchecked(id);
+        match sh.tiers.get(id).map(|s| &s.body) {
+            Some(Body::Hot(c)) => c.heap_bytes(),
+            Some(Body::Warm(b)) => b.len(),
+            None => 0,
+        }
+    }
+
     /// The tombstone of `id`, if it was deleted (and not re-created since).
     pub fn tombstone(&self, id: &[u8]) -> Option<Gen> {
         let sh = self.0.lock_state_unchecked(id);
@@ -811,7 +930,7 @@ impl Store {
     pub fn with_sync_state<R>(
         &self,
         id: &[u8],
-        f: impl FnOnce(&Meta, &Crdt) -> R,
+        f: impl FnOnce(&Meta, &Crdt, u64) -> R,
     ) -> Result<Option<R>> {
         let access = Access::MayBlock;
         let meta = match self.metadata(id, access) {
@@ -826,12 +945,12 @@ impl Store {
                         gen,
                         deleted: true,
                     };
-                    f(&meta, &Crdt::new(Kind::GCounter))
+                    f(&meta, &Crdt::new(Kind::GCounter), 0)
                 }))
             }
             Err(e) => return Err(e),
         };
-        match self.read_with(id, access, false, |v| f(&meta, v.crdt)) {
+        match self.read_with(id, access, false, |v| f(&meta, v.crdt, v.version)) {
             Ok(r) => Ok(Some(r)),
             Err(Error::NotFound) => Ok(None),
             Err(e) => Err(e),

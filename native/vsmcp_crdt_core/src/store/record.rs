@@ -52,9 +52,9 @@ impl Gen {
 
     /// Which of two generations wins: `Greater` when `self` does.
     pub fn precedence(&self, other: &Gen) -> std::cmp::Ordering {
-        self.epoch.cmp(&other.epoch).then_with(|| {
-            (other.stamp, &other.replica[..]).cmp(&(self.stamp, &self.replica[..]))
-        })
+        self.epoch
+            .cmp(&other.epoch)
+            .then_with(|| (other.stamp, &other.replica[..]).cmp(&(self.stamp, &self.replica[..])))
     }
 }
 
@@ -203,7 +203,15 @@ pub fn decode_parts(bytes: &[u8]) -> Result<(Meta, &[u8])> {
     let (kind, created_by, created_at, updated_at, crdt, gen, deleted) = if version == 1 {
         let (kind, created_by, created_at, updated_at, crdt): (u8, ByteBuf, u64, u64, &Bytes) =
             serde::Deserialize::deserialize(&mut de).map_err(de_err)?;
-        (kind, created_by, created_at, updated_at, crdt, Gen::legacy(), false)
+        (
+            kind,
+            created_by,
+            created_at,
+            updated_at,
+            crdt,
+            Gen::legacy(),
+            false,
+        )
     } else {
         type V2<'b> = (u8, ByteBuf, u64, u64, &'b Bytes, u32, u64, ByteBuf, bool);
         let (kind, created_by, created_at, updated_at, crdt, epoch, stamp, replica, deleted): V2 =

@@ -53,6 +53,9 @@ pub struct EngineConfig {
     pub down_after_ms: u64,
     /// Free-form bytes announced in `Hello` (the node label).
     pub attrs: Vec<u8>,
+    /// Collect remove tokens and delete tombstones once the cluster has
+    /// been quiescent (see [`Engine`]) for this long.
+    pub collect_after_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +66,7 @@ impl Default for EngineConfig {
             retransmit_ms: 200,
             down_after_ms: 5_000,
             attrs: Vec::new(),
+            collect_after_ms: 2_000,
         }
     }
 }
@@ -153,6 +157,10 @@ pub struct Counters {
     pub states_sent: u64,
     pub digests_sent: u64,
     pub retransmits: u64,
+    /// Set elements dropped by causal-stability collection.
+    pub collected_elements: u64,
+    /// Delete tombstones dropped by causal-stability collection.
+    pub collected_tombstones: u64,
     /// Entries dropped because a newer generation or a tombstone won.
     pub dropped_stale: u64,
     /// Rejections, by [`Reject`] (in `Reject::ALL` order).
@@ -182,7 +190,19 @@ struct Peer {
     recv_upto: u64,
     /// Consecutive hellos whose root differed from ours.
     root_mismatches: u8,
+    /// Digest root and log position of its last hello.
+    last_root: Option<u64>,
+    last_log_pos: u64,
     attrs: Vec<u8>,
+}
+
+/// What a digested id holds that collection may drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Collectable {
+    /// A remove-wins set with remove tokens, at this version.
+    Tokens(u64),
+    /// A delete tombstone of this generation.
+    Tombstone(crate::store::record::Gen),
 }
 
 /// The sync state of one store. See the module docs.
@@ -195,6 +215,10 @@ pub struct Engine {
     forgotten: HashSet<Vec<u8>>,
     digest: Digest,
     hashes: HashMap<Box<[u8]>, u64>,
+    /// Digested ids that hold something collectable, as digested.
+    collectable: HashMap<Box<[u8]>, Collectable>,
+    /// Since when every peer announced our digest root (see `quiescent`).
+    quiescent_since: Option<u64>,
     dirty: HashSet<Box<[u8]>>,
     primed: bool,
     counters: Counters,
@@ -228,6 +252,8 @@ impl Engine {
             forgotten: HashSet::new(),
             digest: Digest::new(),
             hashes: HashMap::new(),
+            collectable: HashMap::new(),
+            quiescent_since: None,
             dirty: HashSet::new(),
             primed: false,
             counters: Counters::default(),
@@ -282,12 +308,7 @@ impl Engine {
     /// Take the store's local changes into the log, retransmit what waited
     /// too long, ship new intervals, and mark silent peers down.
     pub fn tick(&mut self, store: &Store, now_ms: u64, events: &mut Vec<Event>) -> Vec<Outbound> {
-        for (id, entry) in store.take_outgoing() {
-            self.log.record(&id, &entry);
-            self.counters.deltas_recorded += 1;
-            events.push(Event::LocalChanged(id.clone()));
-            self.dirty.insert(id);
-        }
+        self.take_local(store, events);
         let mut out = Vec::new();
         let clock = store.tick_clock();
         let budget = batch_budget(&self.me);
@@ -344,14 +365,28 @@ impl Engine {
         out
     }
 
-    /// The heartbeat to broadcast.
-    pub fn hello(&mut self, store: &Store) -> Outbound {
+    /// Take the store's local changes into the log.
+    fn take_local(&mut self, store: &Store, events: &mut Vec<Event>) {
+        for (id, entry) in store.take_outgoing() {
+            self.log.record(&id, &entry);
+            self.counters.deltas_recorded += 1;
+            events.push(Event::LocalChanged(id.clone()));
+            self.dirty.insert(id);
+        }
+    }
+
+    /// The heartbeat to broadcast. Local changes are taken into the log
+    /// first, so the announced log position covers every change made before
+    /// the digest root was computed.
+    pub fn hello(&mut self, store: &Store, events: &mut Vec<Event>) -> Outbound {
+        self.take_local(store, events);
         self.refresh_digest(store);
         let msg = Message::Hello {
             from: self.me.clone(),
             versions: self.cfg.versions.clone(),
             clock: store.tick_clock(),
             root: self.digest.root(),
+            log_pos: self.log.next_seq() - 1,
             attrs: self.cfg.attrs.clone(),
         };
         self.out(None, &msg, Timestamp::ZERO)
@@ -455,11 +490,17 @@ impl Engine {
         if let Message::Hello {
             versions,
             root,
+            log_pos,
             attrs,
             ..
         } = msg
         {
-            return self.on_hello(store, from, &versions, root, attrs, now_ms, events, clock);
+            let announced = (root, log_pos);
+            let out = self.on_hello(
+                store, from, &versions, announced, attrs, now_ms, events, clock,
+            );
+            self.maybe_collect(store, now_ms);
+            return out;
         }
         let Some(p) = self.peers.get_mut(&from) else {
             self.reject(events, Some(&from), Reject::UnknownPeer, "no hello yet");
@@ -525,14 +566,19 @@ impl Engine {
         store: &Store,
         from: ReplicaId,
         versions: &[u8],
-        root: u64,
+        (root, log_pos): (u64, u64),
         attrs: Vec<u8>,
         now_ms: u64,
         events: &mut Vec<Event>,
         clock: Timestamp,
     ) -> Vec<Outbound> {
         let Some(version) = negotiate(&self.cfg.versions, versions) else {
-            self.reject(events, Some(&from), Reject::Version, "no common wire version");
+            self.reject(
+                events,
+                Some(&from),
+                Reject::Version,
+                "no common wire version",
+            );
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -565,6 +611,8 @@ impl Engine {
                     inflight_since: None,
                     recv_upto: 0,
                     root_mismatches: 0,
+                    last_root: None,
+                    last_log_pos: 0,
                     attrs: attrs.clone(),
                 },
             );
@@ -572,12 +620,14 @@ impl Engine {
         let p = self.peers.get_mut(&from).expect("peer present");
         p.last_seen_ms = now_ms;
         p.version = version;
+        p.last_root = Some(root);
+        p.last_log_pos = log_pos;
         let came_up = !p.up;
         p.up = true;
         if came_up {
             events.push(Event::PeerUp(from.clone(), attrs));
             // Introduce ourselves at once, and compare digests.
-            let hello = self.hello(store);
+            let hello = self.hello(store, events);
             out.push(Outbound {
                 to: Some(from.clone()),
                 ..hello
@@ -609,8 +659,8 @@ impl Engine {
         events: &mut Vec<Event>,
     ) {
         for (id, bytes) in entries {
-            let parsed = decode_parts(&bytes)
-                .and_then(|(meta, crdt)| Ok((meta, Crdt::decode(crdt)?)));
+            let parsed =
+                decode_parts(&bytes).and_then(|(meta, crdt)| Ok((meta, Crdt::decode(crdt)?)));
             let (meta, crdt) = match parsed {
                 Ok(x) => x,
                 Err(e) => {
@@ -637,7 +687,12 @@ impl Engine {
                     events.push(Event::Changed(id.into()));
                 }
                 Err(Error::TypeMismatch) => {
-                    self.reject(events, Some(from), Reject::TypeClash, "two types, one generation");
+                    self.reject(
+                        events,
+                        Some(from),
+                        Reject::TypeClash,
+                        "two types, one generation",
+                    );
                 }
                 Err(e @ (Error::Decode(_) | Error::UnsupportedVersion(_) | Error::Overflow)) => {
                     self.reject(events, Some(from), Reject::Malformed, &e.to_string());
@@ -677,7 +732,8 @@ impl Engine {
             .collect();
         let mut entries = Vec::with_capacity(ids.len());
         for id in ids {
-            let enc = store.with_sync_state(&id, |meta, crdt| encode_parts(meta, &crdt.encode()));
+            let enc =
+                store.with_sync_state(&id, |meta, crdt, _| encode_parts(meta, &crdt.encode()));
             if let Ok(Some(bytes)) = enc {
                 entries.push((id.to_vec(), bytes));
             }
@@ -685,6 +741,60 @@ impl Engine {
         self.counters.states_sent += entries.len() as u64;
         let msgs = states_messages(&self.me, entries);
         msgs.iter().map(|m| self.out(Some(to), m, clock)).collect()
+    }
+
+    /// Whether the cluster is quiescent: there is at least one peer, every
+    /// known peer (up or down, until forgotten) announced in its last hello
+    /// the digest root we have now, and we received its log up to the
+    /// position announced with it. Then every replica held the state we
+    /// digested, and every operation made before is here: whatever a remove
+    /// token or a tombstone of that state guards against cannot arrive any
+    /// more (operations made later observed it).
+    fn quiescent(&self) -> bool {
+        let root = self.digest.root();
+        !self.peers.is_empty()
+            && self
+                .peers
+                .values()
+                .all(|p| p.up && p.last_root == Some(root) && p.recv_upto >= p.last_log_pos)
+    }
+
+    /// Causal-stability collection: once the cluster has been quiescent for
+    /// `collect_after_ms` (a margin for messages still in flight), drop the
+    /// remove tokens and delete tombstones of the digested state. Each id is
+    /// collected only if it did not change since it was digested. Every
+    /// replica collects the same at its own quiescent point; a replica that
+    /// has not yet joins a collected state without bringing anything back
+    /// (the collected dots stay in the context).
+    fn maybe_collect(&mut self, store: &Store, now_ms: u64) {
+        if self.collectable.is_empty() {
+            return;
+        }
+        self.refresh_digest(store);
+        if !self.quiescent() {
+            self.quiescent_since = None;
+            return;
+        }
+        let since = *self.quiescent_since.get_or_insert(now_ms);
+        if now_ms.saturating_sub(since) < self.cfg.collect_after_ms {
+            return;
+        }
+        for (id, c) in std::mem::take(&mut self.collectable) {
+            match c {
+                Collectable::Tokens(version) => {
+                    if let Ok(n) = store.collect(&id, version) {
+                        self.counters.collected_elements += n as u64;
+                    }
+                }
+                Collectable::Tombstone(gen) => {
+                    if let Ok(true) = store.collect_tombstone(&id, &gen) {
+                        self.counters.collected_tombstones += 1;
+                    }
+                }
+            }
+            self.dirty.insert(id);
+        }
+        self.refresh_digest(store);
     }
 
     /// Bring the digest up to date with every changed id.
@@ -701,8 +811,28 @@ impl Engine {
             return;
         }
         for id in std::mem::take(&mut self.dirty) {
-            let new = match store.with_sync_state(&id, |m, c| item_hash(&id, m, c)) {
-                Ok(h) => h,
+            let read = store.with_sync_state(&id, |m, c, version| {
+                let collectable = if m.deleted {
+                    Some(Collectable::Tombstone(m.gen.clone()))
+                } else if c.has_collectable() {
+                    Some(Collectable::Tokens(version))
+                } else {
+                    None
+                };
+                (item_hash(&id, m, c), collectable)
+            });
+            let new = match read {
+                Ok(Some((h, collectable))) => {
+                    match collectable {
+                        Some(c) => self.collectable.insert(id.clone(), c),
+                        None => self.collectable.remove(&id),
+                    };
+                    Some(h)
+                }
+                Ok(None) => {
+                    self.collectable.remove(&id);
+                    None
+                }
                 // Unreadable now: try again at the next refresh.
                 Err(_) => {
                     self.dirty.insert(id);

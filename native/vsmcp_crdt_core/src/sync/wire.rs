@@ -16,7 +16,7 @@
 //! | 3   | `DigestRequest` | `[from, [bucket hash; 256]]`                    |
 //! | 4   | `StateRequest`  | `[from, [bucket index, ..]]`                    |
 //! | 5   | `States`        | `[from, [[id, entry], ..], last]`               |
-//! | 6   | `Hello`         | `[from, [version, ..], wall_ms, counter, root, attrs]` |
+//! | 6   | `Hello`         | `[from, [version, ..], wall_ms, counter, root, log_pos, attrs]` |
 //!
 //! Version 2 appends the sender's HLC (`wall_ms, counter`) to the bodies
 //! of tags 1 to 5, so the receiver applies the HLC receive rule and refuses
@@ -179,6 +179,8 @@ pub enum Message {
         clock: Timestamp,
         /// A hash of the sender's digest buckets.
         root: u64,
+        /// The sequence number of the sender's last recorded local delta.
+        log_pos: u64,
         /// Free-form attributes (at most 4 KiB), e.g. the node label.
         attrs: Vec<u8>,
     },
@@ -298,6 +300,7 @@ impl Message {
                 versions,
                 clock,
                 root,
+                log_pos,
                 attrs,
             } => rmp_serde::encode::write(
                 &mut out,
@@ -307,6 +310,7 @@ impl Message {
                     clock.wall_ms,
                     clock.counter,
                     root,
+                    log_pos,
                     Bytes::new(attrs),
                 ),
             ),
@@ -442,14 +446,9 @@ impl Message {
                 Message::StateRequest { from, buckets }
             }
             Tag::Hello => {
-                let (from, versions, wall_ms, counter, root, attrs): (
-                    ReplicaId,
-                    ByteBuf,
-                    u64,
-                    u32,
-                    u64,
-                    ByteBuf,
-                ) = Deserialize::deserialize(&mut de).map_err(de_err)?;
+                type HelloWire = (ReplicaId, ByteBuf, u64, u32, u64, u64, ByteBuf);
+                let (from, versions, wall_ms, counter, root, log_pos, attrs): HelloWire =
+                    Deserialize::deserialize(&mut de).map_err(de_err)?;
                 if versions.is_empty() || versions.len() > 32 || attrs.len() > MAX_HELLO_ATTRS {
                     return Err(Error::Decode("malformed hello".into()));
                 }
@@ -458,6 +457,7 @@ impl Message {
                     versions: versions.into_vec(),
                     clock: Timestamp::new(wall_ms, counter),
                     root,
+                    log_pos,
                     attrs: attrs.into_vec(),
                 }
             }
@@ -617,13 +617,7 @@ mod tests {
         let gc = format!("{:02x}", rec.len() / 2) + &rec;
         let expect = [
             // Deltas: [bin "a", 3, 4, [[bin "x", bin9 gc], [bin "y", bin9 gc]]]
-            "c90101".to_string()
-                + "94c401610304"
-                + "92"
-                + "92c40178c4"
-                + &gc
-                + "92c40179c4"
-                + &gc,
+            "c90101".to_string() + "94c401610304" + "92" + "92c40178c4" + &gc + "92c40179c4" + &gc,
             // Ack: [bin "a", uint16 300]
             "c9010292c40161cd012c".to_string(),
             // DigestRequest: checked separately below.
@@ -656,12 +650,17 @@ mod tests {
             versions: vec![1, 2],
             clock: Timestamp::new(7, 0),
             root: 9,
+            log_pos: 3,
             attrs: b"n".to_vec(),
         };
-        // Hello is always version 1: [bin "a", bin [1, 2], 7, 0, 9, bin "n"].
+        // Hello is always version 1:
+        // [bin "a", bin [1, 2], 7, 0, 9, 3, bin "n"].
         let hb = hello.encode_with(2, Timestamp::ZERO);
-        assert_eq!(hex(&hb), "c9010696c40161c40201020700" .to_string() + "09c4016e");
-        assert_eq!(Message::decode_envelope(&hb).unwrap().clock, Some(Timestamp::new(7, 0)));
+        assert_eq!(hex(&hb), "c9010697c40161c402010207000903c4016e");
+        assert_eq!(
+            Message::decode_envelope(&hb).unwrap().clock,
+            Some(Timestamp::new(7, 0))
+        );
         let digest = samples()[2].encode();
         assert_eq!(hex(&digest[..11]), "c9010392c40161dc010000");
         assert_eq!(hex(&digest[11..13]), "0700");
@@ -755,7 +754,10 @@ mod tests {
         // Two entries over the limit are refused.
         let two = Message::States {
             from: a.clone(),
-            entries: vec![(b"big".to_vec(), rec_of(&big.encode())), (b"s".to_vec(), small)],
+            entries: vec![
+                (b"big".to_vec(), rec_of(&big.encode())),
+                (b"s".to_vec(), small),
+            ],
             last: true,
         };
         assert!(Message::decode(&two.encode()).is_err());

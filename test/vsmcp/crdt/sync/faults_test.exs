@@ -174,6 +174,10 @@ defmodule Vsmcp.CRDT.Sync.FaultsTest do
     assert info.counters.deltas_recorded > 2_000
     assert Cluster.call(b, SyncNode, :spread_sum, [:s, 2_000]) == ops
     Cluster.heal([c], [a, b])
-    eventually(fn -> Cluster.call(c, SyncNode, :spread_sum, [:s, 2_000], 30_000) == ops end, 30_000)
+
+    eventually(
+      fn -> Cluster.call(c, SyncNode, :spread_sum, [:s, 2_000], 30_000) == ops end,
+      30_000
+    )
   end
 end
