@@ -46,6 +46,30 @@ defmodule Vsmcp.Test.SyncNode do
     n
   end
 
+  @doc "Add (or remove) every element of `range` to the set `id`."
+  def add_range(store, id, range), do: each(range, &ContextStore.add(store, id, &1))
+  def remove_range(store, id, range), do: each(range, &ContextStore.remove(store, id, &1))
+
+  defp each(range, f) do
+    Enum.each(range, fn x -> {:ok, _} = f.(x) end)
+    :ok
+  end
+
+  @doc "Set `id` to a `bytes`-long binary made here; returns its hash."
+  def set_big(store, id, bytes) do
+    value = :binary.copy(<<1, 2, 3, 4>>, div(bytes, 4))
+    {:ok, _} = ContextStore.set(store, id, value)
+    :erlang.phash2(value)
+  end
+
+  @doc "The hash and size of register `id`'s value (`nil` when unset)."
+  def value_hash(store, id) do
+    case ContextStore.get(store, id) do
+      {:ok, v} when is_binary(v) -> {:erlang.phash2(v), byte_size(v)}
+      other -> other
+    end
+  end
+
   @doc "The sum of the counters made by `spread/3`."
   def spread_sum(store, ids) do
     Enum.reduce(1..ids, 0, fn i, acc ->

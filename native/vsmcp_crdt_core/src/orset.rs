@@ -208,6 +208,21 @@ impl Elements {
     fn len(&self) -> usize {
         self.entries.len()
     }
+
+    /// Give back the memory of dropped entries.
+    fn shrink(&mut self) {
+        self.entries.shrink_to_fit();
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.index
+            .shrink_to_fit(|&j| hasher.hash_one(&*entries[j as usize].elem));
+    }
+
+    /// [`Elements::shrink`] when at most a quarter of the capacity is used.
+    fn shrink_if_sparse(&mut self) {
+        if self.entries.capacity() > 64 && self.entries.len() < self.entries.capacity() / 4 {
+            self.shrink();
+        }
+    }
 }
 
 /// An OR-Set state or delta. See the module documentation.
@@ -476,6 +491,11 @@ impl ORSet {
             }
         }
 
+        if !other.delta {
+            // A full state may have retired most of ours (e.g. a copy that
+            // was collected): this join is O(n) anyway.
+            self.elems.shrink_if_sparse();
+        }
         if self.delta && !other.delta {
             // Becoming a full state: empty scope entries are not kept.
             for i in (0..self.elems.len()).rev() {
@@ -520,11 +540,7 @@ impl ORSet {
             }
         }
         if dropped > 0 {
-            let e = &mut self.elems;
-            e.entries.shrink_to_fit();
-            let (entries, hasher) = (&e.entries, &e.hasher);
-            e.index
-                .shrink_to_fit(|&j| hasher.hash_one(&*entries[j as usize].elem));
+            self.elems.shrink();
         }
         dropped
     }

@@ -183,7 +183,8 @@ impl Replica {
         match self.log.next_batch(peer, batch_budget(&self.id)).unwrap() {
             NextBatch::UpToDate => {}
             NextBatch::Batch(b) => {
-                let bytes = b.into_message(self.id.clone()).encode();
+                let base = b.seq_start - 1;
+                let bytes = b.into_message(self.id.clone(), base).encode();
                 assert!(bytes.len() <= MAX_MESSAGE_BYTES);
                 out.push((peer.clone(), bytes));
             }

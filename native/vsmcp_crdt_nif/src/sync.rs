@@ -34,19 +34,42 @@ rustler::atoms! {
     rejected,
     answered,
     invalid_replica,
+    closed,
 }
 
 pub struct SyncResource {
     store: Store,
-    engine: Mutex<Engine>,
+    /// `None` once stopped.
+    engine: Mutex<Option<Engine>>,
+    /// The store's capture token of this engine.
+    capture: u64,
 }
 
 #[rustler::resource_impl]
 impl Resource for SyncResource {}
 
 impl Drop for SyncResource {
+    /// Runs wherever the resource is collected (a normal scheduler): the
+    /// shard locks and freeing the log happen on a background thread. A
+    /// newer engine of the same store keeps its capture (the token).
     fn drop(&mut self) {
-        self.store.set_capture(false);
+        let store = self.store.clone();
+        let engine = self.engine.lock().take();
+        let token = self.capture;
+        let _ = std::thread::Builder::new()
+            .name("vsmcp-crdt-sync-drop".into())
+            .spawn(move || {
+                store.stop_capture(token);
+                drop(engine);
+            });
+    }
+}
+
+/// Run `f` with the engine, or answer `{:error, :closed}` once stopped.
+fn with_engine<'a>(env: Env<'a>, s: &Sync, f: impl FnOnce(&mut Engine) -> Term<'a>) -> Term<'a> {
+    match s.engine.lock().as_mut() {
+        Some(e) => f(e),
+        None => (crate::errors::error(), closed()).encode(env),
     }
 }
 
@@ -148,45 +171,55 @@ fn sync_start<'a>(env: Env<'a>, store: Term<'a>, opts: Term<'a>) -> NifResult<Te
         cfg.attrs = v.as_slice().to_vec();
     }
     let store = h.store.clone();
-    store.set_capture(true);
+    let capture = store.start_capture();
     let engine = Engine::new(&store, cfg);
     let me = key(engine.me());
     let res = ResourceArc::new(SyncResource {
         store,
-        engine: Mutex::new(engine),
+        engine: Mutex::new(Some(engine)),
+        capture,
     });
     Ok((ok(), res, me).encode(env))
 }
 
-/// Stop recording local changes (the engine is dropped with the resource).
-#[rustler::nif]
+/// Stop: local changes are no longer recorded (unless a newer engine of
+/// the store records them) and the engine is freed.
+#[rustler::nif(schedule = "DirtyIo")]
 fn sync_stop(s: Sync) -> Atom {
-    s.store.set_capture(false);
+    s.store.stop_capture(s.capture);
+    drop(s.engine.lock().take());
     ok()
 }
 
+/// `{:ok, {outs, events}}`: local changes shipped, retransmissions.
 #[rustler::nif(schedule = "DirtyIo")]
 fn sync_tick<'a>(env: Env<'a>, s: Sync, now_ms: u64, want_changes: bool) -> Term<'a> {
-    let mut events = Vec::new();
-    let outs = s.engine.lock().tick(&s.store, now_ms, &mut events);
-    (
-        outs_term(env, &outs),
-        events_term(env, &events, want_changes),
-    )
-        .encode(env)
+    with_engine(env, &s, |e| {
+        let mut events = Vec::new();
+        let outs = e.tick(&s.store, now_ms, &mut events);
+        let r = (
+            outs_term(env, &outs),
+            events_term(env, &events, want_changes),
+        );
+        (ok(), r).encode(env)
+    })
 }
 
+/// `{:ok, {hello, events}}`: the heartbeat to broadcast.
 #[rustler::nif(schedule = "DirtyIo")]
 fn sync_hello<'a>(env: Env<'a>, s: Sync, want_changes: bool) -> Term<'a> {
-    let mut events = Vec::new();
-    let out = s.engine.lock().hello(&s.store, &mut events);
-    (
-        bin(env, &out.bytes),
-        events_term(env, &events, want_changes),
-    )
-        .encode(env)
+    with_engine(env, &s, |e| {
+        let mut events = Vec::new();
+        let out = e.hello(&s.store, &mut events);
+        let r = (
+            bin(env, &out.bytes),
+            events_term(env, &events, want_changes),
+        );
+        (ok(), r).encode(env)
+    })
 }
 
+/// `{:ok, {outs, events}}`: one message from the transport handled.
 #[rustler::nif(schedule = "DirtyIo")]
 fn sync_receive<'a>(
     env: Env<'a>,
@@ -195,46 +228,53 @@ fn sync_receive<'a>(
     now_ms: u64,
     want_changes: bool,
 ) -> Term<'a> {
-    let mut events = Vec::new();
-    let outs = s
-        .engine
-        .lock()
-        .receive(&s.store, bytes.as_slice(), now_ms, &mut events);
-    (
-        outs_term(env, &outs),
-        events_term(env, &events, want_changes),
-    )
-        .encode(env)
+    with_engine(env, &s, |e| {
+        let mut events = Vec::new();
+        let outs = e.receive(&s.store, bytes.as_slice(), now_ms, &mut events);
+        let r = (
+            outs_term(env, &outs),
+            events_term(env, &events, want_changes),
+        );
+        (ok(), r).encode(env)
+    })
 }
 
+/// `{:ok, {peer_keys, outs, events}}`: an anti-entropy round started.
 #[rustler::nif(schedule = "DirtyIo")]
 fn sync_round<'a>(env: Env<'a>, s: Sync, now_ms: u64, want_changes: bool) -> Term<'a> {
-    let mut events = Vec::new();
-    let (peers, outs) = s.engine.lock().round(&s.store, now_ms, &mut events);
-    let peers: Vec<String> = peers.iter().map(key).collect();
-    (
-        peers,
-        outs_term(env, &outs),
-        events_term(env, &events, want_changes),
-    )
-        .encode(env)
+    with_engine(env, &s, |e| {
+        let mut events = Vec::new();
+        let (peers, outs) = e.round(&s.store, now_ms, &mut events);
+        let peers: Vec<String> = peers.iter().map(key).collect();
+        let r = (
+            peers,
+            outs_term(env, &outs),
+            events_term(env, &events, want_changes),
+        );
+        (ok(), r).encode(env)
+    })
 }
 
 /// Forget the replica named by `k` (any incarnation of its directory).
-#[rustler::nif]
+#[rustler::nif(schedule = "DirtyIo")]
 fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Term<'a> {
     let Some(r) = unkey(k.as_slice()) else {
         return (crate::errors::error(), invalid_replica()).encode(env);
     };
-    let mut events = Vec::new();
-    s.engine.lock().forget(directory_of(&r), &mut events);
-    (ok(), events_term(env, &events, false)).encode(env)
+    with_engine(env, &s, |e| {
+        let mut events = Vec::new();
+        e.forget(directory_of(&r), &mut events);
+        (ok(), events_term(env, &events, false)).encode(env)
+    })
 }
 
-/// Counters, peers and log size.
-#[rustler::nif]
+/// `{:ok, map}`: counters, peers and log size.
+#[rustler::nif(schedule = "DirtyCpu")]
 fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
-    let e = s.engine.lock();
+    let guard = s.engine.lock();
+    let Some(e) = guard.as_ref() else {
+        return (crate::errors::error(), closed()).encode(env);
+    };
     let c = e.counters();
     let put = |m: Term<'a>, k: &str, v: Term<'a>| match Atom::from_str(env, k) {
         Ok(a) => m.map_put(a, v).unwrap_or(m),
@@ -252,7 +292,6 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
         ("digests_sent", c.digests_sent),
         ("retransmits", c.retransmits),
         ("collected_elements", c.collected_elements),
-        ("collected_tombstones", c.collected_tombstones),
         ("dropped_stale", c.dropped_stale),
     ] {
         counters = put(counters, k, v.encode(env));
@@ -273,5 +312,5 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
     m = put(m, "rejected", rejected);
     m = put(m, "log_entries", e.log().len().encode(env));
     m = put(m, "log_bytes", e.log().bytes().encode(env));
-    m
+    (ok(), m).encode(env)
 }

@@ -56,11 +56,16 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   `:ok` once each answered, else `{:error, {:timeout, peers}}` naming the
   silent peers' labels.
   """
-  def sync(peer, timeout \\ @sync_timeout) do
-    GenServer.call(peer, {:sync, timeout}, timeout + 1_000)
+  def sync(peer, timeout \\ @sync_timeout)
+
+  def sync(peer, timeout) when timeout == :infinity or (is_integer(timeout) and timeout >= 0) do
+    call_timeout = if timeout == :infinity, do: :infinity, else: timeout + 1_000
+    GenServer.call(peer, {:sync, timeout}, call_timeout)
   catch
     :exit, {:timeout, _} -> {:error, {:timeout, []}}
   end
+
+  def sync(_peer, timeout), do: {:error, {:invalid_timeout, timeout}}
 
   @doc "Forget a replica (a key from `info/1`'s peers) for good."
   def forget_replica(peer, key), do: GenServer.call(peer, {:forget, key})
@@ -136,26 +141,35 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   def handle_info(:tick, state) do
     state = %{state | ticking: false}
 
-    if state.engine do
-      {outs, events} = Native.sync_tick(state.engine, now(), want_changes?(state))
-      state = state |> send_outs(outs) |> handle_events(events)
-      {:noreply, schedule_tick(state)}
-    else
-      {:noreply, state}
+    case state.engine && Native.sync_tick(state.engine, now(), want_changes?(state)) do
+      {:ok, {outs, events}} ->
+        state = state |> send_outs(outs) |> handle_events(events)
+        {:noreply, schedule_tick(state)}
+
+      _ ->
+        {:noreply, state}
     end
   end
 
   def handle_info(:heartbeat, %{transport: {mod, t}} = state) do
-    {hello, events} = Native.sync_hello(state.engine, want_changes?(state))
-    mod.broadcast(t, state.topic, hello)
     Process.send_after(self(), :heartbeat, state.heartbeat)
-    {:noreply, handle_events(state, events)}
+
+    case Native.sync_hello(state.engine, want_changes?(state)) do
+      {:ok, {hello, events}} ->
+        mod.broadcast(t, state.topic, hello)
+        {:noreply, handle_events(state, events)}
+
+      {:error, _} ->
+        {:noreply, state}
+    end
   end
 
   def handle_info({:vsmcp_crdt_sync, topic, payload}, %{topic: topic, engine: e} = state)
       when is_binary(payload) and e != nil do
-    {outs, events} = Native.sync_receive(e, payload, now(), want_changes?(state))
-    {:noreply, state |> send_outs(outs) |> handle_events(events)}
+    case Native.sync_receive(e, payload, now(), want_changes?(state)) do
+      {:ok, {outs, events}} -> {:noreply, state |> send_outs(outs) |> handle_events(events)}
+      {:error, _} -> {:noreply, state}
+    end
   end
 
   def handle_info({:sync_timeout, ref}, state) do
@@ -192,16 +206,20 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   def handle_call({:sync, timeout}, from, %{transport: {_, _}} = state) do
     _ = Native.store_flush(state.store)
-    {peers, outs, events} = Native.sync_round(state.engine, now(), want_changes?(state))
-    state = state |> send_outs(outs) |> handle_events(events)
 
-    if peers == [] do
-      {:reply, :ok, state}
-    else
-      ref = make_ref()
-      Process.send_after(self(), {:sync_timeout, ref}, timeout)
-      w = %{from: from, ref: ref, pending: MapSet.new(peers)}
-      {:noreply, %{state | waiters: [w | state.waiters]}}
+    case Native.sync_round(state.engine, now(), want_changes?(state)) do
+      {:ok, {[], outs, events}} ->
+        {:reply, :ok, state |> send_outs(outs) |> handle_events(events)}
+
+      {:ok, {peers, outs, events}} ->
+        state = state |> send_outs(outs) |> handle_events(events)
+        ref = make_ref()
+        if timeout != :infinity, do: Process.send_after(self(), {:sync_timeout, ref}, timeout)
+        w = %{from: from, ref: ref, pending: MapSet.new(peers)}
+        {:noreply, %{state | waiters: [w | state.waiters]}}
+
+      {:error, _} = error ->
+        {:reply, error, state}
     end
   end
 
@@ -209,14 +227,19 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     {:reply, Native.store_flush(state.store), state}
   end
 
-  def handle_call({:forget, key}, _from, %{engine: e} = state) when e != nil do
-    case Native.sync_forget(e, to_string(key)) do
+  def handle_call({:forget, key}, _from, %{engine: e} = state)
+      when e != nil and is_binary(key) do
+    case Native.sync_forget(e, key) do
       {:ok, events} -> {:reply, :ok, handle_events(state, events)}
       error -> {:reply, error, state}
     end
   end
 
-  def handle_call({:forget, _key}, _from, state), do: {:reply, {:error, :not_syncing}, state}
+  def handle_call({:forget, key}, _from, %{engine: nil} = state) when is_binary(key),
+    do: {:reply, {:error, :not_syncing}, state}
+
+  def handle_call({:forget, key}, _from, state),
+    do: {:reply, {:error, {:invalid_replica, key}}, state}
 
   def handle_call(:info, _from, state) do
     base = %{
@@ -227,17 +250,17 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     }
 
     info =
-      if state.engine do
-        raw = Native.sync_info(state.engine)
+      case state.engine && Native.sync_info(state.engine) do
+        {:ok, raw} ->
+          peers =
+            for {key, up, version, attrs} <- raw.peers do
+              %{key: key, up: up, wire_version: version, node: attrs}
+            end
 
-        peers =
-          for {key, up, version, attrs} <- raw.peers do
-            %{key: key, up: up, wire_version: version, node: attrs}
-          end
+          Map.merge(base, %{raw | peers: peers})
 
-        Map.merge(base, %{raw | peers: peers})
-      else
-        base
+        _ ->
+          base
       end
 
     {:reply, info, state}
@@ -343,6 +366,9 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
       _ ->
         label = if who, do: Map.get(state.labels, who, who), else: "unknown sender"
+        # Forget old entries, so forged senders cannot grow the map for ever.
+        logged = Map.reject(state.logged, fn {_, at} -> t - at >= @log_every_ms end)
+        state = %{state | logged: logged}
 
         Logger.warning(
           "Vsmcp.CRDT sync: refused #{kind} from #{label} on #{state.topic}: #{detail} " <>

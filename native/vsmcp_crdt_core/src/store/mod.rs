@@ -46,7 +46,7 @@ use crate::lww::{LwwEntry, LwwRegister};
 use cold::{
     BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY, TOMB_PREFIX,
 };
-use config::REGROW_INLINE_MAX;
+use config::{regrows_large, REGROW_INLINE_MAX};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use record::{decode_parts, encode_gen, encode_parts, Gen, Meta, Record};
 use std::hash::BuildHasher;
@@ -174,8 +174,10 @@ struct Inner {
     /// False while every stored id is known to be in memory (a fresh store
     /// that has demoted nothing): misses then need no disk read.
     cold_possible: AtomicBool,
-    /// Record local changes for sync (see [`Store::set_capture`]).
+    /// Record local changes for sync (see [`Store::start_capture`]).
     capture: AtomicBool,
+    /// The token of the current capture owner (0: none).
+    capture_owner: Mutex<u64>,
     closed: AtomicBool,
     write_error: Mutex<Option<String>>,
     /// Mirrors `write_error.is_some()`, read on every write without a lock.
@@ -269,6 +271,7 @@ impl Store {
             cfg,
             cold_possible: AtomicBool::new(cold_possible),
             capture: AtomicBool::new(false),
+            capture_owner: Mutex::new(0),
             closed: AtomicBool::new(false),
             write_error: Mutex::new(None),
             has_write_error: AtomicBool::new(false),
@@ -336,6 +339,11 @@ impl Store {
         self.0.clock.lock().last()
     }
 
+    /// The largest offset accepted of a remote clock ahead of ours.
+    pub fn max_clock_offset_ms(&self) -> u64 {
+        self.0.clock.lock().max_offset_ms()
+    }
+
     /// A new HLC timestamp for an outgoing sync message (send rule).
     pub fn tick_clock(&self) -> Timestamp {
         self.0.clock.lock().tick(now_ms())
@@ -355,6 +363,9 @@ impl Store {
         let (mut sh, present) = inner.locate(id, access)?;
         if present {
             return Err(Error::AlreadyExists);
+        }
+        if access == Access::MemoryOnly && inner.out_would_regrow(&sh.out, id) {
+            return Err(Error::WouldBlock);
         }
         inner.check_writable_at(&sh, id, access)?;
         let now = now_ms();
@@ -654,6 +665,9 @@ impl Store {
         if !present {
             return Err(Error::NotFound);
         }
+        if access == Access::MemoryOnly && inner.out_would_regrow(&sh.out, id) {
+            return Err(Error::WouldBlock);
+        }
         inner.check_writable_at(&sh, id, access)?;
         let meta = sh.tiers.get(id).ok_or(Error::NotFound)?.meta.clone();
         let mut sh = inner.delete_locked(sh, id, meta.gen.clone(), access)?;
@@ -667,15 +681,31 @@ impl Store {
         Ok(())
     }
 
-    /// Turn recording of local changes for sync on or off (off drops what
-    /// was recorded).
-    pub fn set_capture(&self, on: bool) {
-        self.0.capture.store(on, Ordering::Release);
-        if !on {
-            for shard in self.0.shards.iter() {
-                let old = std::mem::take(&mut shard.state.lock().out);
-                drop_in_background(old);
-            }
+    /// Start recording local changes for sync (for [`Store::take_outgoing`]).
+    /// Returns the owner token that [`Store::stop_capture`] needs: a newer
+    /// owner supersedes an older one, whose stop then changes nothing.
+    pub fn start_capture(&self) -> u64 {
+        static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let token = TOKENS.fetch_add(1, Ordering::Relaxed);
+        *self.0.capture_owner.lock() = token;
+        self.0.capture.store(true, Ordering::Release);
+        token
+    }
+
+    /// Stop recording local changes if `token` is still the owner's; what
+    /// was recorded is dropped. Takes every shard lock: not for normal
+    /// schedulers.
+    pub fn stop_capture(&self, token: u64) {
+        let mut owner = self.0.capture_owner.lock();
+        if *owner != token {
+            return;
+        }
+        *owner = 0;
+        self.0.capture.store(false, Ordering::Release);
+        drop(owner);
+        for shard in self.0.shards.iter() {
+            let old = std::mem::take(&mut shard.state.lock().out);
+            drop_in_background(old);
         }
     }
 
@@ -686,7 +716,11 @@ impl Store {
     pub fn take_outgoing(&self) -> Vec<(Box<[u8]>, Vec<u8>)> {
         let mut entries = Vec::new();
         for shard in self.0.shards.iter() {
-            let taken = std::mem::take(&mut shard.state.lock().out);
+            let taken = {
+                let mut sh = shard.state.lock();
+                let cap = sh.out.capacity();
+                std::mem::replace(&mut sh.out, hashbrown::HashMap::with_capacity(cap))
+            };
             for (id, o) in taken {
                 let crdt = match &o.delta {
                     Some(d) if !o.meta.deleted => d.encode(),
@@ -709,6 +743,9 @@ impl Store {
             return Err(Error::TypeMismatch);
         }
         inner.check_size(id.len())?;
+        if let Crdt::LwwRegister(r) = crdt {
+            inner.check_size(r.value().map_or(0, <[u8]>::len))?;
+        }
         let _disk = inner.lock_disk_for_write(id, access)?;
         let (mut sh, present) = inner.locate(id, access)?;
         inner.check_writable_at(&sh, id, access)?;
@@ -858,40 +895,6 @@ impl Store {
             drop_in_background(old);
         }
         Ok(dropped)
-    }
-
-    /// Drop the tombstone of `id` if it is still `gen` and `id` was not
-    /// re-created (causal-stability collection of deletes).
-    pub fn collect_tombstone(&self, id: &[u8], gen: &Gen) -> Result<bool> {
-        let inner = &self.0;
-        let access = Access::MayBlock;
-        let _disk = inner.lock_disk_for_write(id, access)?;
-        let (mut sh, present) = inner.locate(id, access)?;
-        if present || sh.tombs.get(id) != Some(gen) {
-            return Ok(false);
-        }
-        inner.check_writable_at(&sh, id, access)?;
-        // A tombstone still waiting in the write-behind need not be written
-        // at all (the disk lock keeps the flush thread off this shard, so
-        // nothing of it is in flight).
-        if sh
-            .pending
-            .inflight
-            .get(id)
-            .is_some_and(|p| p.tomb.is_some())
-        {
-            return Ok(false);
-        }
-        if let Some(p) = sh.pending.dirty.get_mut(id) {
-            p.tomb = None;
-        }
-        drop(sh);
-        inner.write_strict(id, &[BatchOp::DeleteMetaKey(tomb_key(id))])?;
-        sh = inner.lock_state_unchecked(id);
-        if sh.tombs.get(id) == Some(gen) && !sh.tiers.contains(id) {
-            sh.tombs.remove(id);
-        }
-        Ok(true)
     }
 
     /// Approximate heap bytes of `id`'s state in memory (0 when on disk).
@@ -1169,6 +1172,14 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether recording a change of `id` for sync would rehash a large
+    /// outgoing map (O(n) once; done on a dirty scheduler).
+    fn out_would_regrow(&self, out: &hashbrown::HashMap<Box<[u8]>, Outgoing>, id: &[u8]) -> bool {
+        self.capture.load(Ordering::Relaxed)
+            && regrows_large(out.len(), out.capacity())
+            && !out.contains_key(id)
+    }
+
     /// Delete `id` (present, locked) with the store's durability, leaving
     /// a tombstone of generation `gen`.
     fn delete_locked<'a>(
@@ -1317,6 +1328,9 @@ impl Inner {
             out,
             ..
         } = sh;
+        if access == Access::MemoryOnly && self.out_would_regrow(out, id) {
+            return Err(Error::WouldBlock);
+        }
         let slot = tiers.get_mut(id).ok_or(Error::NotFound)?;
         let kind = slot.meta.kind;
         if let Body::Hot(c) = &slot.body {

@@ -25,8 +25,8 @@
 use super::digest::{bucket_of, stable_hash, Digest, BUCKETS};
 use super::log::{DeltaLog, NextBatch};
 use super::wire::{
-    batch_budget, negotiate, states_messages, Entry, Envelope, Message, MAX_MESSAGE_BYTES,
-    MIN_WIRE_VERSION, WIRE_VERSION,
+    batch_budget, check_payload, negotiate, states_messages, Entry, Envelope, Message,
+    MAX_MESSAGE_BYTES, MIN_WIRE_VERSION, WIRE_VERSION,
 };
 use crate::causal::ReplicaId;
 use crate::crdt::Crdt;
@@ -36,9 +36,36 @@ use crate::store::record::{decode_parts, encode_gen, encode_parts, Meta};
 use crate::store::{Merged, Store};
 use hashbrown::{HashMap, HashSet};
 
-/// Bytes of the incarnation at the end of a replica id: the rest is the
-/// data directory's id, which a restart keeps.
-const INCARNATION_BYTES: usize = 8;
+/// Bytes at the end of a sync id that change on every start: the store's
+/// incarnation (8) and the engine's session (8). The rest is the data
+/// directory's id, which a restart keeps.
+const VOLATILE_BYTES: usize = 16;
+
+/// Longest sync id accepted from a peer.
+const MAX_ID_BYTES: usize = 64;
+
+/// A peer down for this many `down_after_ms` is dropped (it comes back as a
+/// new peer, through a digest exchange).
+const EXPIRE_AFTER_DOWNS: u64 = 10;
+
+/// Hellos with a differing root before a digest is sent even while deltas
+/// to the peer are in flight.
+const FORCE_DIGEST_AFTER: u8 = 5;
+
+fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_le_bytes(b);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    stable_hash(&[&t.to_le_bytes(), &std::process::id().to_le_bytes()])
+}
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -97,6 +124,8 @@ pub enum Reject {
     Forgotten,
     /// Data from a replica that never said hello (e.g. an old incarnation).
     UnknownPeer,
+    /// Not the peer's fault: merging failed here (disk full, closing).
+    LocalError,
 }
 
 impl Reject {
@@ -110,10 +139,11 @@ impl Reject {
             Reject::TypeClash => "type_clash",
             Reject::Forgotten => "forgotten_replica",
             Reject::UnknownPeer => "unknown_peer",
+            Reject::LocalError => "local_error",
         }
     }
 
-    const ALL: [Reject; 7] = [
+    const ALL: [Reject; 8] = [
         Reject::Malformed,
         Reject::Version,
         Reject::Oversized,
@@ -121,6 +151,7 @@ impl Reject {
         Reject::TypeClash,
         Reject::Forgotten,
         Reject::UnknownPeer,
+        Reject::LocalError,
     ];
 }
 
@@ -159,12 +190,10 @@ pub struct Counters {
     pub retransmits: u64,
     /// Set elements dropped by causal-stability collection.
     pub collected_elements: u64,
-    /// Delete tombstones dropped by causal-stability collection.
-    pub collected_tombstones: u64,
     /// Entries dropped because a newer generation or a tombstone won.
     pub dropped_stale: u64,
     /// Rejections, by [`Reject`] (in `Reject::ALL` order).
-    pub rejected: [u64; 7],
+    pub rejected: [u64; 8],
 }
 
 impl Counters {
@@ -190,19 +219,12 @@ struct Peer {
     recv_upto: u64,
     /// Consecutive hellos whose root differed from ours.
     root_mismatches: u8,
+    /// Since when it is down.
+    down_since: Option<u64>,
     /// Digest root and log position of its last hello.
     last_root: Option<u64>,
     last_log_pos: u64,
     attrs: Vec<u8>,
-}
-
-/// What a digested id holds that collection may drop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Collectable {
-    /// A remove-wins set with remove tokens, at this version.
-    Tokens(u64),
-    /// A delete tombstone of this generation.
-    Tombstone(crate::store::record::Gen),
 }
 
 /// The sync state of one store. See the module docs.
@@ -215,8 +237,9 @@ pub struct Engine {
     forgotten: HashSet<Vec<u8>>,
     digest: Digest,
     hashes: HashMap<Box<[u8]>, u64>,
-    /// Digested ids that hold something collectable, as digested.
-    collectable: HashMap<Box<[u8]>, Collectable>,
+    /// Digested remove-wins sets holding remove tokens, with the version
+    /// digested.
+    collectable: HashMap<Box<[u8]>, u64>,
     /// Since when every peer announced our digest root (see `quiescent`).
     quiescent_since: Option<u64>,
     dirty: HashSet<Box<[u8]>>,
@@ -224,10 +247,10 @@ pub struct Engine {
     counters: Counters,
 }
 
-/// The directory part of a replica id.
+/// The directory part of a sync id (a replica id plus a session).
 pub fn directory_of(r: &ReplicaId) -> &[u8] {
     let b = r.as_bytes();
-    &b[..b.len().saturating_sub(INCARNATION_BYTES)]
+    &b[..b.len().saturating_sub(VOLATILE_BYTES)]
 }
 
 /// The digest hash of one item: id, generation, tombstone flag, kind and
@@ -242,10 +265,14 @@ fn item_hash(id: &[u8], meta: &Meta, crdt: &Crdt) -> u64 {
 }
 
 impl Engine {
-    /// An engine for `store` (its replica id is ours).
+    /// An engine for `store`. Its sync id is the store's replica id plus a
+    /// random session, so peers tell a restarted engine (same store) from
+    /// the old one and never hold acknowledgements from a previous session.
     pub fn new(store: &Store, cfg: EngineConfig) -> Engine {
+        let mut me = store.replica_id().as_bytes().to_vec();
+        me.extend_from_slice(&random_u64().to_be_bytes());
         Engine {
-            me: store.replica_id().clone(),
+            me: ReplicaId::new(&me),
             log: DeltaLog::new(cfg.max_log_bytes),
             cfg,
             peers: HashMap::new(),
@@ -319,9 +346,17 @@ impl Engine {
             };
             if p.up && now_ms.saturating_sub(p.last_seen_ms) > self.cfg.down_after_ms {
                 p.up = false;
+                p.down_since = Some(now_ms);
                 events.push(Event::PeerDown(r.clone()));
             }
             if !p.up {
+                let expire = self.cfg.down_after_ms.saturating_mul(EXPIRE_AFTER_DOWNS);
+                if p.down_since
+                    .is_some_and(|t| now_ms.saturating_sub(t) > expire)
+                {
+                    self.peers.remove(&r);
+                    self.log.remove_peer(&r);
+                }
                 continue;
             }
             let acked = self.log.peer(&r).map_or(0, |a| a.acked);
@@ -353,7 +388,8 @@ impl Engine {
                     }
                     NextBatch::Batch(b) => {
                         let end = b.seq_end;
-                        let msg = b.into_message(self.me.clone());
+                        let base = self.log.peer(&r).map_or(0, |a| a.acked);
+                        let msg = b.into_message(self.me.clone(), base);
                         out.push(self.out(Some(&r), &msg, clock));
                         let p = self.peers.get_mut(&r).expect("peer present");
                         p.sent_upto = end;
@@ -472,6 +508,10 @@ impl Engine {
         if from == self.me {
             return Vec::new();
         }
+        if from.as_bytes().len() > MAX_ID_BYTES {
+            self.reject(events, None, Reject::Malformed, "sender id too long");
+            return Vec::new();
+        }
         if self.forgotten.contains(directory_of(&from)) {
             self.reject(events, Some(&from), Reject::Forgotten, "forgotten replica");
             return Vec::new();
@@ -506,19 +546,36 @@ impl Engine {
             self.reject(events, Some(&from), Reject::UnknownPeer, "no hello yet");
             return Vec::new();
         };
+        if version != p.version {
+            // Only the negotiated version: a version 1 message carries no
+            // clock, so it must not bypass the clock check.
+            self.reject(
+                events,
+                Some(&from),
+                Reject::Version,
+                "not the negotiated version",
+            );
+            return Vec::new();
+        }
         p.last_seen_ms = now_ms;
         let mut out = Vec::new();
         match msg {
             Message::Deltas {
+                base,
                 seq_start,
                 seq_end,
                 entries,
                 ..
             } => {
-                self.merge_entries(store, &from, entries, events);
+                let merged = self.merge_entries(store, &from, entries, events);
                 let p = self.peers.get_mut(&from).expect("peer present");
-                if seq_start <= p.recv_upto + 1 {
-                    p.recv_upto = p.recv_upto.max(seq_end);
+                // A merge that failed here (disk full, closing) is not
+                // acknowledged: the sender sends the interval again.
+                if merged {
+                    p.recv_upto = p.recv_upto.max(base);
+                    if seq_start <= p.recv_upto + 1 {
+                        p.recv_upto = p.recv_upto.max(seq_end);
+                    }
                 }
                 let ack = Message::Ack {
                     from: self.me.clone(),
@@ -553,7 +610,8 @@ impl Engine {
                 events.push(Event::Answered(from));
             }
             Message::States { entries, .. } => {
-                self.merge_entries(store, &from, entries, events);
+                // A failed state is repaired by the next digest exchange.
+                let _ = self.merge_entries(store, &from, entries, events);
             }
             Message::Hello { .. } => {}
         }
@@ -611,6 +669,7 @@ impl Engine {
                     inflight_since: None,
                     recv_upto: 0,
                     root_mismatches: 0,
+                    down_since: None,
                     last_root: None,
                     last_log_pos: 0,
                     attrs: attrs.clone(),
@@ -622,6 +681,7 @@ impl Engine {
         p.version = version;
         p.last_root = Some(root);
         p.last_log_pos = log_pos;
+        p.down_since = None;
         let came_up = !p.up;
         p.up = true;
         if came_up {
@@ -644,7 +704,7 @@ impl Engine {
         p.root_mismatches = p.root_mismatches.saturating_add(1);
         let acked = self.log.peer(&from).map_or(0, |a| a.acked);
         let settled = acked + 1 >= self.log.next_seq();
-        if p.root_mismatches >= 2 && settled {
+        if (p.root_mismatches >= 2 && settled) || p.root_mismatches >= FORCE_DIGEST_AFTER {
             p.root_mismatches = 0;
             out.push(self.digest_to(store, &from, clock));
         }
@@ -657,10 +717,15 @@ impl Engine {
         from: &ReplicaId,
         entries: Vec<Entry>,
         events: &mut Vec<Event>,
-    ) {
+    ) -> bool {
+        let mut all_merged = true;
+        // Timestamps from the future would let a runaway clock win every
+        // register write and drag our clock along.
+        let horizon = crate::hlc::now_ms().saturating_add(store.max_clock_offset_ms());
         for (id, bytes) in entries {
-            let parsed =
-                decode_parts(&bytes).and_then(|(meta, crdt)| Ok((meta, Crdt::decode(crdt)?)));
+            let parsed = check_payload(&bytes)
+                .and_then(|()| decode_parts(&bytes))
+                .and_then(|(meta, crdt)| Ok((meta, Crdt::decode(crdt)?)));
             let (meta, crdt) = match parsed {
                 Ok(x) => x,
                 Err(e) => {
@@ -668,6 +733,20 @@ impl Engine {
                     continue;
                 }
             };
+            let register_ts = match &crdt {
+                Crdt::LwwRegister(r) => r.timestamp().map_or(0, |t| t.wall_ms),
+                _ => 0,
+            };
+            let stamp = Timestamp::wall_of_u64(meta.gen.stamp);
+            if register_ts > horizon || stamp > horizon {
+                self.reject(
+                    events,
+                    Some(from),
+                    Reject::ClockAhead,
+                    "entry from the future",
+                );
+                continue;
+            }
             match store.merge_remote(&id, &meta, &crdt) {
                 Ok(Merged::Dropped { clash: true }) | Ok(Merged::Replaced { clash: true }) => {
                     // One of the two types lost: its data is dropped, never
@@ -702,11 +781,14 @@ impl Engine {
                 }
                 Err(e) => {
                     // Local trouble (disk full, closed): not the peer's
-                    // fault; anti-entropy brings the entry again later.
-                    self.reject(events, Some(from), Reject::Malformed, &e.to_string());
+                    // fault; the interval is not acknowledged, so it comes
+                    // again.
+                    all_merged = false;
+                    self.reject(events, Some(from), Reject::LocalError, &e.to_string());
                 }
             }
         }
+        all_merged
     }
 
     /// `States` messages with our entries of `buckets` for `to`.
@@ -761,11 +843,16 @@ impl Engine {
 
     /// Causal-stability collection: once the cluster has been quiescent for
     /// `collect_after_ms` (a margin for messages still in flight), drop the
-    /// remove tokens and delete tombstones of the digested state. Each id is
-    /// collected only if it did not change since it was digested. Every
-    /// replica collects the same at its own quiescent point; a replica that
-    /// has not yet joins a collected state without bringing anything back
-    /// (the collected dots stay in the context).
+    /// remove tokens of the digested state, with the adds they beat. Each
+    /// set is collected only if it did not change since it was digested.
+    /// Every replica collects the same at its own quiescent point; a replica
+    /// that has not yet joins a collected state without bringing anything
+    /// back (the collected dots stay in the context), and a late copy of a
+    /// collected dot is recognised as removed for the same reason.
+    ///
+    /// Delete tombstones are not collected: a tombstone has no context that
+    /// would make a late copy of the deleted generation recognisable, so
+    /// dropping it could bring the id back (see the README).
     fn maybe_collect(&mut self, store: &Store, now_ms: u64) {
         if self.collectable.is_empty() {
             return;
@@ -779,18 +866,9 @@ impl Engine {
         if now_ms.saturating_sub(since) < self.cfg.collect_after_ms {
             return;
         }
-        for (id, c) in std::mem::take(&mut self.collectable) {
-            match c {
-                Collectable::Tokens(version) => {
-                    if let Ok(n) = store.collect(&id, version) {
-                        self.counters.collected_elements += n as u64;
-                    }
-                }
-                Collectable::Tombstone(gen) => {
-                    if let Ok(true) = store.collect_tombstone(&id, &gen) {
-                        self.counters.collected_tombstones += 1;
-                    }
-                }
+        for (id, version) in std::mem::take(&mut self.collectable) {
+            if let Ok(n) = store.collect(&id, version) {
+                self.counters.collected_elements += n as u64;
             }
             self.dirty.insert(id);
         }
@@ -812,13 +890,7 @@ impl Engine {
         }
         for id in std::mem::take(&mut self.dirty) {
             let read = store.with_sync_state(&id, |m, c, version| {
-                let collectable = if m.deleted {
-                    Some(Collectable::Tombstone(m.gen.clone()))
-                } else if c.has_collectable() {
-                    Some(Collectable::Tokens(version))
-                } else {
-                    None
-                };
+                let collectable = (!m.deleted && c.has_collectable()).then_some(version);
                 (item_hash(&id, m, c), collectable)
             });
             let new = match read {

@@ -56,10 +56,12 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The `Deltas` message carrying this batch.
-    pub fn into_message(self, from: ReplicaId) -> Message {
+    /// The `Deltas` message carrying this batch, sent to a peer whose
+    /// acknowledgement (or resync point) is `base`.
+    pub fn into_message(self, from: ReplicaId, base: u64) -> Message {
         Message::Deltas {
             from,
+            base: base.min(self.seq_start - 1),
             seq_start: self.seq_start,
             seq_end: self.seq_end,
             entries: self.entries,

@@ -11,7 +11,7 @@
 //!
 //! | tag | message         | body                                            |
 //! |-----|-----------------|-------------------------------------------------|
-//! | 1   | `Deltas`        | `[from, seq_start, seq_end, [[id, entry], ..]]` |
+//! | 1   | `Deltas`        | `[from, base, seq_start, seq_end, [[id, entry], ..]]` |
 //! | 2   | `Ack`           | `[from, upto]`                                  |
 //! | 3   | `DigestRequest` | `[from, [bucket hash; 256]]`                    |
 //! | 4   | `StateRequest`  | `[from, [bucket index, ..]]`                    |
@@ -130,6 +130,10 @@ pub enum Message {
     Deltas {
         /// The sending replica.
         from: ReplicaId,
+        /// Everything up to `base` reached the receiver by acknowledged
+        /// intervals or by a digest exchange (`base < seq_start`): the
+        /// receiver's contiguous prefix starts there.
+        base: u64,
         /// Sequence number of the first entry (>= 1).
         seq_start: u64,
         /// Sequence number of the last entry.
@@ -217,14 +221,15 @@ fn de_err(e: rmp_serde::decode::Error) -> Error {
     Error::Decode(e.to_string())
 }
 
-/// Every payload must be a record whose state header names its kind.
-fn check_payloads(entries: &[Entry]) -> Result<()> {
-    for (_, p) in entries {
-        let (meta, crdt) = decode_parts(p)?;
-        let (kind, _) = split_header(crdt)?;
-        if kind != meta.kind {
-            return Err(Error::Decode("entry kind does not match its state".into()));
-        }
+/// Check one entry's payload: a record whose state header names its kind.
+/// Entries are checked one by one by the receiver, so that one entry this
+/// build cannot read (e.g. a newer record version) does not cost the rest
+/// of the message.
+pub fn check_payload(payload: &[u8]) -> Result<()> {
+    let (meta, crdt) = decode_parts(payload)?;
+    let (kind, _) = split_header(crdt)?;
+    if kind != meta.kind {
+        return Err(Error::Decode("entry kind does not match its state".into()));
     }
     Ok(())
 }
@@ -276,12 +281,13 @@ impl Message {
         let res = match self {
             Message::Deltas {
                 from,
+                base,
                 seq_start,
                 seq_end,
                 entries,
             } => rmp_serde::encode::write(
                 &mut out,
-                &(from, seq_start, seq_end, entries_ref(entries)),
+                &(from, base, seq_start, seq_end, entries_ref(entries)),
             ),
             Message::Ack { from, upto } => rmp_serde::encode::write(&mut out, &(from, upto)),
             Message::DigestRequest { from, buckets } => {
@@ -371,20 +377,6 @@ impl Message {
             [WIRE_MAGIC, _, tag, body @ ..] => (Tag::from_code(*tag)?, body),
             _ => return Err(Error::Decode("missing sync message header".into())),
         };
-        // Version 2 bodies are one array longer by the clock's two fields:
-        // read the array header here, then the fields one by one.
-        let body = match clock {
-            None => std::borrow::Cow::Borrowed(body),
-            Some(_) => match body.first() {
-                Some(&b) if (0x92..=0x9f).contains(&b) => {
-                    let mut v = body.to_vec();
-                    v[0] = b - 2;
-                    std::borrow::Cow::Owned(v)
-                }
-                _ => return Err(Error::Decode("malformed version 2 body".into())),
-            },
-        };
-        let body: &[u8] = &body;
         let oversized = bytes.len() > MAX_MESSAGE_BYTES;
         if bytes.len() > MAX_SINGLE_ENTRY_MESSAGE_BYTES
             || (oversized && !matches!(tag, Tag::Deltas | Tag::States))
@@ -394,13 +386,26 @@ impl Message {
                 bytes.len()
             )));
         }
-        let mut de = rmp_serde::Deserializer::new(body);
+        // Version 2 bodies are one array longer by the clock's two fields:
+        // the body is read with its array header shortened by two, then the
+        // clock's fields one by one (no copy of the body).
+        let first = match (clock.is_some(), body.first()) {
+            (false, _) => None,
+            (true, Some(&b)) if (0x92..=0x9f).contains(&b) => Some([b - 2]),
+            (true, _) => return Err(Error::Decode("malformed version 2 body".into())),
+        };
+        let reader = match &first {
+            Some(h) => std::io::Read::chain(&h[..], &body[1..]),
+            None => std::io::Read::chain(&[][..], body),
+        };
+        let mut de = rmp_serde::Deserializer::new(reader);
         let msg = match tag {
             Tag::Deltas => {
-                let (from, seq_start, seq_end, entries): (ReplicaId, u64, u64, Vec<EntryWire>) =
+                type DeltasWire = (ReplicaId, u64, u64, u64, Vec<EntryWire>);
+                let (from, base, seq_start, seq_end, entries): DeltasWire =
                     Deserialize::deserialize(&mut de).map_err(de_err)?;
                 let entries = entries_from_wire(entries);
-                if seq_start == 0 || seq_end < seq_start {
+                if seq_start == 0 || seq_end < seq_start || base >= seq_start {
                     return Err(Error::Decode("invalid delta-interval".into()));
                 }
                 if (seq_end - seq_start).checked_add(1) != Some(entries.len() as u64) {
@@ -408,9 +413,9 @@ impl Message {
                         "delta-interval does not match its entry count".into(),
                     ));
                 }
-                check_payloads(&entries)?;
                 Message::Deltas {
                     from,
+                    base,
                     seq_start,
                     seq_end,
                     entries,
@@ -472,7 +477,6 @@ impl Message {
                 if !distinct {
                     return Err(Error::Decode("duplicate id in states".into()));
                 }
-                check_payloads(&entries)?;
                 Message::States {
                     from,
                     entries,
@@ -487,7 +491,8 @@ impl Message {
             );
             *clock = Timestamp::new(wall_ms, counter);
         }
-        if !de.get_ref().is_empty() {
+        let (head, rest) = de.get_ref().get_ref();
+        if !head.is_empty() || !rest.is_empty() {
             return Err(Error::Decode("trailing bytes".into()));
         }
         if oversized {
@@ -583,6 +588,7 @@ mod tests {
         vec![
             Message::Deltas {
                 from: a.clone(),
+                base: 2,
                 seq_start: 3,
                 seq_end: 4,
                 entries: vec![(b"x".to_vec(), delta()), (b"y".to_vec(), delta())],
@@ -617,7 +623,14 @@ mod tests {
         let gc = format!("{:02x}", rec.len() / 2) + &rec;
         let expect = [
             // Deltas: [bin "a", 3, 4, [[bin "x", bin9 gc], [bin "y", bin9 gc]]]
-            "c90101".to_string() + "94c401610304" + "92" + "92c40178c4" + &gc + "92c40179c4" + &gc,
+            "c90101".to_string()
+                + "95c4016102"
+                + "0304"
+                + "92"
+                + "92c40178c4"
+                + &gc
+                + "92c40179c4"
+                + &gc,
             // Ack: [bin "a", uint16 300]
             "c9010292c40161cd012c".to_string(),
             // DigestRequest: checked separately below.
@@ -674,28 +687,35 @@ mod tests {
         let a = ReplicaId::from("a");
         bad(Message::Deltas {
             from: a.clone(),
+            base: 0,
             seq_start: 0,
             seq_end: 0,
             entries: vec![(b"x".to_vec(), delta())],
         });
         bad(Message::Deltas {
             from: a.clone(),
+            base: 0,
             seq_start: 1,
             seq_end: 2,
             entries: vec![(b"x".to_vec(), delta())],
         });
         bad(Message::Deltas {
             from: a.clone(),
+            base: 0,
             seq_start: 1,
             seq_end: u64::MAX,
             entries: vec![(b"x".to_vec(), delta())],
         });
         bad(Message::Deltas {
             from: a.clone(),
+            base: 1,
             seq_start: 1,
             seq_end: 1,
-            entries: vec![(b"x".to_vec(), b"not crdt".to_vec())],
+            entries: vec![(b"x".to_vec(), delta())],
         });
+        // Payloads are checked entry by entry by the receiver.
+        assert!(check_payload(b"not crdt").is_err());
+        assert!(check_payload(&delta()).is_ok());
         bad(Message::DigestRequest {
             from: a.clone(),
             buckets: vec![0; 3],
@@ -832,6 +852,7 @@ mod tests {
             if !entries.is_empty() {
                 msgs.push(Message::Deltas {
                     from: from.clone(),
+                    base: seq_start - 1,
                     seq_start,
                     seq_end: seq_start + entries.len() as u64 - 1,
                     entries,

@@ -48,7 +48,8 @@ defmodule Vsmcp.CRDT.Sync.BadPeerInputTest do
         deliver(ctx, <<0xC9, 2, 2, 0x94>> <> bin("abc") <> <<0, 0xCF, ahead::64, 0>>)
 
         # A hello speaking only version 9.
-        deliver(ctx, <<0xC9, 1, 6, 0x96>> <> bin("xyz") <> bin(<<9>>) <> <<0, 0, 0>> <> bin(""))
+        hello = <<0xC9, 1, 6, 0x97>> <> bin("xyz") <> bin(<<9>>) <> <<0, 0, 0, 0>> <> bin("")
+        deliver(ctx, hello)
 
         # Two MiB of junk.
         deliver(ctx, <<0xC9, 2, 1>> <> :binary.copy(<<0>>, 2 * 1024 * 1024))

@@ -117,8 +117,49 @@ defmodule Vsmcp.CRDT.Sync.FeaturesTest do
     for p <- peers, do: start_store(p, [])
     :ok = on(a, :create, [:big, :lww_register])
     everywhere(peers, :big, {:ok, nil})
-    value = :binary.copy(<<1, 2, 3, 4>>, 4 * 1024 * 1024 - 16)
-    {:ok, _} = on(a, :set, [:big, value])
-    eventually(fn -> get(b, :big) == {:ok, value} end, 30_000)
+    size = 16 * 1024 * 1024 - 64
+    hash = Cluster.call(a, SyncNode, :set_big, [:s, :big, size], 60_000)
+
+    eventually(
+      fn -> Cluster.call(b, SyncNode, :value_hash, [:s, :big]) == {hash, size} end,
+      30_000
+    )
+  end
+
+  @tag :tmp_dir
+  test "removed elements are collected once every node agrees",
+       %{tmp_dir: tmp_dir} do
+    peers = Cluster.start(3, tmp_dir: tmp_dir)
+    for p <- peers, do: start_store(p, heartbeat_interval: 200, collect_after: 300)
+    [a, b, _c] = peers
+    :ok = on(a, :create, [:set, :or_set])
+    :ok = on(a, :create, [:gone, :g_counter])
+    everywhere(peers, :set, {:ok, MapSet.new()})
+    n = 20_000
+    :ok = Cluster.call(a, SyncNode, :add_range, [:s, :set, 1..n], 60_000)
+    everywhere(peers, :set, {:ok, MapSet.new(1..n)})
+    {:ok, full} = on(b, :memory, [:set])
+    :ok = Cluster.call(a, SyncNode, :remove_range, [:s, :set, 1..n], 60_000)
+    :ok = on(b, :delete, [:gone])
+    everywhere(peers, :set, {:ok, MapSet.new()})
+    everywhere(peers, :gone, {:error, :not_found})
+
+    # Each node collects at its quiescent point, or joins a collected copy
+    # (which retires its tokens the same way).
+    eventually(
+      fn ->
+        Enum.all?(peers, fn p ->
+          {:ok, bytes} = on(p, :memory, [:set])
+          bytes < full / 20
+        end)
+      end,
+      20_000
+    )
+
+    assert Enum.any?(peers, &(on(&1, :sync_info, []).counters.collected_elements >= n))
+
+    # The set still works, and elements can come back.
+    {:ok, _} = on(b, :add, [:set, 7])
+    everywhere(peers, :set, {:ok, MapSet.new([7])})
   end
 end
