@@ -108,14 +108,26 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   @doc "Start a store. See the moduledoc for options."
   @spec start_link(keyword()) :: GenServer.on_start()
-  def start_link(opts \\ []) do
+  def start_link(opts \\ []), do: start(opts, :link)
+
+  @doc "Start a store not linked to the caller (see `start_link/1`)."
+  @spec start(keyword()) :: GenServer.on_start()
+  def start(opts), do: start(opts, :nolink)
+
+  defp start(opts, link) do
     with {:ok, sync} <- Options.sync_opts(opts),
          {:ok, config} <- Options.to_native(opts),
          {:ok, handle} <- Native.store_open(config) do
       gen_opts = if name = opts[:name], do: [name: name], else: []
       opts = Keyword.put(opts, :sync_opts, sync)
 
-      case GenServer.start_link(__MODULE__, {handle, opts}, gen_opts) do
+      started =
+        case link do
+          :link -> GenServer.start_link(__MODULE__, {handle, opts}, gen_opts)
+          :nolink -> GenServer.start(__MODULE__, {handle, opts}, gen_opts)
+        end
+
+      case started do
         {:ok, pid} ->
           {:ok, pid}
 

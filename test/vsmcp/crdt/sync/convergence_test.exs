@@ -112,6 +112,9 @@ defmodule Vsmcp.CRDT.Sync.ConvergenceTest do
     # Each side sees only its own writes.
     eventually(fn -> get(c, :n) == {:ok, 250} end)
     assert get(a, :n) == {:ok, 500}
+    # A sync round cannot reach the other side.
+    assert {:error, {:timeout, silent}} = on(a, :sync, [300])
+    assert silent != []
     Cluster.heal([a], [b, c])
     everywhere(peers, :n, {:ok, 750}, 15_000)
   end
