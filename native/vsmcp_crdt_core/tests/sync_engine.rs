@@ -41,6 +41,8 @@ struct Net {
     cut: Vec<bool>,
     /// Messages with this tag are lost.
     drop_tag: Option<u8>,
+    /// Every message delivered, when recording.
+    recorded: Option<Vec<(usize, Vec<u8>)>>,
     rng: Rng,
     now: u64,
     events: Vec<(usize, Event)>,
@@ -73,6 +75,7 @@ impl Net {
             loss,
             cut: vec![false; n],
             drop_tag: None,
+            recorded: None,
             rng: Rng(seed | 1),
             now: 1_000,
             events: Vec::new(),
@@ -115,6 +118,9 @@ impl Net {
     fn deliver_all(&mut self) {
         let mut budget = 200_000;
         while let Some((to, bytes)) = self.queue.pop_front() {
+            if let Some(r) = &mut self.recorded {
+                r.push((to, bytes.clone()));
+            }
             let mut ev = Vec::new();
             let n = &mut self.nodes[to];
             let outs = n.engine.receive(&n.store, &bytes, self.now, &mut ev);
@@ -599,4 +605,97 @@ fn a_collected_state_retires_tokens_where_joined() {
     let b = Crdt::decode(&b.encode()).unwrap();
     a.join(&b).unwrap();
     assert!(!a.has_collectable());
+}
+
+/// Deletes: the tombstones are collected everywhere once the cluster is
+/// quiescent, and afterwards no replay of any earlier message (duplicates,
+/// delayed deltas and states of the deleted generation) brings the id back.
+#[test]
+fn collected_tombstones_never_let_a_deleted_id_come_back() {
+    let mut net = Net::new(3, 0, 41);
+    net.recorded = Some(Vec::new());
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"gone", Kind::PNCounter, Access::MayBlock)
+        .unwrap();
+    s0.create(b"kept", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    net.settle();
+    update(&net.nodes[1].store, b"gone", Mutation::Increment(4));
+    update(&net.nodes[2].store, b"kept", Mutation::Increment(2));
+    net.settle();
+    net.nodes[2]
+        .store
+        .delete(b"gone", Access::MayBlock)
+        .unwrap();
+    net.settle();
+    let collected: u64 = net
+        .nodes
+        .iter()
+        .map(|n| n.engine.counters().collected_tombstones)
+        .sum();
+    assert_eq!(collected, 3, "every node collects its tombstone");
+    for n in &net.nodes {
+        assert_eq!(n.store.tombstone(b"gone"), None);
+    }
+    // Replay everything ever delivered, to everyone.
+    let old = net.recorded.take().unwrap();
+    for (_, bytes) in &old {
+        for i in 0..3 {
+            net.queue.push_back((i, bytes.clone()));
+        }
+    }
+    net.deliver_all();
+    for n in &net.nodes {
+        assert_eq!(
+            n.store.tombstone(b"gone"),
+            None,
+            "a late delete is not recorded again"
+        );
+    }
+    net.settle();
+    for i in 0..3 {
+        assert_eq!(net.value(i, b"gone"), None, "node {i}");
+        assert_eq!(
+            net.value(i, b"kept"),
+            Some(format!("{:?}", Value::Counter(2)))
+        );
+    }
+    // A later create of the id works everywhere.
+    net.nodes[1]
+        .store
+        .create(b"gone", Kind::ORSet, Access::MayBlock)
+        .unwrap();
+    net.settle();
+    for i in 0..3 {
+        assert_eq!(net.kind(i, b"gone"), Some(Kind::ORSet));
+    }
+}
+
+/// A node cut off while an id is deleted keeps the record; the others keep
+/// their tombstones until it is back, and it learns of the delete when its
+/// anti-entropy pushes the record.
+#[test]
+fn a_node_that_missed_a_delete_learns_it_from_the_tombstone() {
+    let mut net = Net::new(3, 0, 43);
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    net.settle();
+    net.cut[2] = true;
+    s0.delete(b"x", Access::MayBlock).unwrap();
+    for i in 0..80 {
+        net.step(i % 2 == 0);
+    }
+    assert!(net.value(2, b"x").is_some());
+    assert!(
+        s0.tombstone(b"x").is_some(),
+        "collected while a peer missed it"
+    );
+    net.cut[2] = false;
+    net.settle();
+    net.settle();
+    for i in 0..3 {
+        assert_eq!(net.value(i, b"x"), None, "node {i}");
+    }
 }

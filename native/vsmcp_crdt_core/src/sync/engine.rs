@@ -190,6 +190,8 @@ pub struct Counters {
     pub retransmits: u64,
     /// Set elements dropped by causal-stability collection.
     pub collected_elements: u64,
+    /// Delete tombstones dropped by causal-stability collection.
+    pub collected_tombstones: u64,
     /// Entries dropped because a newer generation or a tombstone won.
     pub dropped_stale: u64,
     /// Rejections, by [`Reject`] (in `Reject::ALL` order).
@@ -237,14 +239,22 @@ pub struct Engine {
     forgotten: HashSet<Vec<u8>>,
     digest: Digest,
     hashes: HashMap<Box<[u8]>, u64>,
-    /// Digested remove-wins sets holding remove tokens, with the version
-    /// digested.
-    collectable: HashMap<Box<[u8]>, u64>,
+    /// What collection may drop, as last read.
+    collectable: HashMap<Box<[u8]>, Collectable>,
     /// Since when every peer announced our digest root (see `quiescent`).
     quiescent_since: Option<u64>,
     dirty: HashSet<Box<[u8]>>,
     primed: bool,
     counters: Counters,
+}
+
+/// What a digested id holds that collection may drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Collectable {
+    /// A remove-wins set with remove tokens, at this version.
+    Tokens(u64),
+    /// A delete tombstone of this generation.
+    Tombstone(crate::store::record::Gen),
 }
 
 /// The directory part of a sync id (a replica id plus a session).
@@ -567,7 +577,9 @@ impl Engine {
                 entries,
                 ..
             } => {
-                let merged = self.merge_entries(store, &from, entries, events);
+                let mut stale = Vec::new();
+                let merged = self.merge_entries(store, &from, entries, events, &mut stale);
+                out.extend(self.tombstones_for(store, &from, stale, clock));
                 let p = self.peers.get_mut(&from).expect("peer present");
                 // A merge that failed here (disk full, closing) is not
                 // acknowledged: the sender sends the interval again.
@@ -611,7 +623,9 @@ impl Engine {
             }
             Message::States { entries, .. } => {
                 // A failed state is repaired by the next digest exchange.
-                let _ = self.merge_entries(store, &from, entries, events);
+                let mut stale = Vec::new();
+                let _ = self.merge_entries(store, &from, entries, events, &mut stale);
+                out.extend(self.tombstones_for(store, &from, stale, clock));
             }
             Message::Hello { .. } => {}
         }
@@ -717,6 +731,7 @@ impl Engine {
         from: &ReplicaId,
         entries: Vec<Entry>,
         events: &mut Vec<Event>,
+        stale: &mut Vec<Box<[u8]>>,
     ) -> bool {
         let mut all_merged = true;
         // Timestamps from the future would let a runaway clock win every
@@ -756,6 +771,10 @@ impl Engine {
                     events.push(Event::Changed(id.into()));
                 }
                 Ok(Merged::Dropped { clash: false }) => self.counters.dropped_stale += 1,
+                Ok(Merged::Stale) => {
+                    self.counters.dropped_stale += 1;
+                    stale.push(id.into());
+                }
                 Ok(Merged::Tombstone) => {
                     self.counters.entries_merged += 1;
                     self.dirty.insert(id.into());
@@ -789,6 +808,38 @@ impl Engine {
             }
         }
         all_merged
+    }
+
+    /// `States` messages with our tombstones of `ids` for `to`, which sent
+    /// us records of those deleted generations (it missed the delete).
+    fn tombstones_for(
+        &mut self,
+        store: &Store,
+        to: &ReplicaId,
+        ids: Vec<Box<[u8]>>,
+        clock: Timestamp,
+    ) -> Vec<Outbound> {
+        let entries: Vec<Entry> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let gen = store.tombstone(&id)?;
+                let meta = Meta {
+                    kind: crate::crdt::Kind::GCounter,
+                    created_by: std::sync::Arc::from(&[][..]),
+                    created_at: 0,
+                    updated_at: 0,
+                    gen,
+                    deleted: true,
+                };
+                let state = Crdt::new(meta.kind).encode();
+                Some((id.to_vec(), encode_parts(&meta, &state)))
+            })
+            .collect();
+        if entries.is_empty() {
+            return Vec::new();
+        }
+        let msgs = states_messages(&self.me, entries);
+        msgs.iter().map(|m| self.out(Some(to), m, clock)).collect()
     }
 
     /// `States` messages with our entries of `buckets` for `to`.
@@ -850,9 +901,11 @@ impl Engine {
     /// back (the collected dots stay in the context), and a late copy of a
     /// collected dot is recognised as removed for the same reason.
     ///
-    /// Delete tombstones are not collected: a tombstone has no context that
-    /// would make a late copy of the deleted generation recognisable, so
-    /// dropping it could bring the id back (see the README).
+    /// Delete tombstones go too, once every peer also acknowledged all our
+    /// deltas. They are not part of the digest, so replicas that collected
+    /// and replicas that did not still agree; a late copy of the deleted
+    /// generation is recognised by the store's context of creates
+    /// (`store::creates`) and dropped.
     fn maybe_collect(&mut self, store: &Store, now_ms: u64) {
         if self.collectable.is_empty() {
             return;
@@ -866,9 +919,25 @@ impl Engine {
         if now_ms.saturating_sub(since) < self.cfg.collect_after_ms {
             return;
         }
-        for (id, version) in std::mem::take(&mut self.collectable) {
-            if let Ok(n) = store.collect(&id, version) {
-                self.counters.collected_elements += n as u64;
+        // Deletes go only once every peer also acknowledged all our deltas:
+        // none of ours can then still carry a deleted generation to them.
+        let log_acked = self
+            .peers
+            .keys()
+            .all(|r| self.log.peer(r).map_or(0, |a| a.acked) + 1 >= self.log.next_seq());
+        for (id, c) in std::mem::take(&mut self.collectable) {
+            match c {
+                Collectable::Tokens(version) => {
+                    if let Ok(n) = store.collect(&id, version) {
+                        self.counters.collected_elements += n as u64;
+                    }
+                }
+                Collectable::Tombstone(gen) if log_acked => {
+                    if let Ok(true) = store.collect_tombstone(&id, &gen) {
+                        self.counters.collected_tombstones += 1;
+                    }
+                }
+                Collectable::Tombstone(_) => {}
             }
             self.dirty.insert(id);
         }
@@ -890,8 +959,14 @@ impl Engine {
         }
         for id in std::mem::take(&mut self.dirty) {
             let read = store.with_sync_state(&id, |m, c, version| {
-                let collectable = (!m.deleted && c.has_collectable()).then_some(version);
-                (item_hash(&id, m, c), collectable)
+                // Tombstones stay out of the digest (see `collect`): a peer
+                // that still holds the deleted record learns of the delete
+                // when it pushes the record and we answer with the tombstone.
+                if m.deleted {
+                    return (None, Some(Collectable::Tombstone(m.gen.clone())));
+                }
+                let collectable = c.has_collectable().then_some(Collectable::Tokens(version));
+                (Some(item_hash(&id, m, c)), collectable)
             });
             let new = match read {
                 Ok(Some((h, collectable))) => {
@@ -899,7 +974,7 @@ impl Engine {
                         Some(c) => self.collectable.insert(id.clone(), c),
                         None => self.collectable.remove(&id),
                     };
-                    Some(h)
+                    h
                 }
                 Ok(None) => {
                     self.collectable.remove(&id);
