@@ -699,3 +699,33 @@ fn a_node_that_missed_a_delete_learns_it_from_the_tombstone() {
         assert_eq!(net.value(i, b"x"), None, "node {i}");
     }
 }
+
+/// Review M6: two stores holding one id from before generations existed,
+/// with different types, converge on one of them (the larger kind code).
+#[test]
+fn legacy_records_of_two_types_converge() {
+    use vsmcp_crdt_core::store::record::Meta;
+    use vsmcp_crdt_core::Crdt;
+    let mut net = Net::new(2, 0, 45);
+    net.step(true);
+    for (i, kind) in [(0, Kind::GCounter), (1, Kind::ORSet)] {
+        let meta = Meta {
+            kind,
+            created_by: std::sync::Arc::from(&b"old"[..]),
+            created_at: 1,
+            updated_at: 1,
+            gen: Default::default(),
+            deleted: false,
+        };
+        net.nodes[i]
+            .store
+            .merge_remote(b"legacy", &meta, &Crdt::new(kind))
+            .unwrap();
+    }
+    update(&net.nodes[0].store, b"legacy", Mutation::Increment(3));
+    update(&net.nodes[1].store, b"legacy", Mutation::Add(b"e"));
+    net.settle();
+    let k = net.kind(0, b"legacy");
+    assert_eq!(k, net.kind(1, b"legacy"));
+    assert_eq!(net.value(0, b"legacy"), net.value(1, b"legacy"));
+}

@@ -118,7 +118,7 @@ fn note_out(
         None => {
             out.insert(id.into(), fresh());
         }
-        Some(o) => match meta.gen.precedence(&o.meta.gen) {
+        Some(o) => match meta.wins_over(&o.meta) {
             std::cmp::Ordering::Less => {}
             std::cmp::Ordering::Greater => *o = fresh(),
             std::cmp::Ordering::Equal => {
@@ -823,14 +823,11 @@ impl Store {
             return Ok(Merged::Tombstone);
         }
         let outcome = match &local {
-            Some(local) => match meta.gen.precedence(&local.gen) {
+            Some(local) => match meta.wins_over(local) {
                 std::cmp::Ordering::Less => {
                     return Ok(Merged::Dropped {
                         clash: local.kind != meta.kind,
                     })
-                }
-                std::cmp::Ordering::Equal if local.kind != meta.kind => {
-                    return Err(Error::TypeMismatch)
                 }
                 std::cmp::Ordering::Equal => Merged::Joined,
                 std::cmp::Ordering::Greater => Merged::Replaced {
@@ -1719,12 +1716,9 @@ impl Inner {
             }
             if let (Some(m), Some(_)) = (&p.meta, &p.delta) {
                 match &mut meta {
-                    Some(have) => match m.gen.precedence(&have.gen) {
+                    Some(have) => match m.wins_over(have) {
                         std::cmp::Ordering::Greater => *have = m.clone(),
                         std::cmp::Ordering::Less => {}
-                        std::cmp::Ordering::Equal if have.kind != m.kind => {
-                            return Err(Error::TypeMismatch)
-                        }
                         std::cmp::Ordering::Equal => have.join(m),
                     },
                     None => meta = Some(m.clone()),

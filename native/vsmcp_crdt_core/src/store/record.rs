@@ -79,6 +79,17 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// Which of two records of one id wins whole: the generation's
+    /// precedence, then, for two kinds claiming one generation (records
+    /// from before generations existed, or forged ones), the larger kind
+    /// code, so that every replica picks the same. `Equal`: same generation
+    /// and kind, the states join.
+    pub fn wins_over(&self, other: &Meta) -> std::cmp::Ordering {
+        self.gen
+            .precedence(&other.gen)
+            .then_with(|| self.kind.code().cmp(&other.kind.code()))
+    }
+
     /// Join of the same generation: the earliest creation wins (ties broken
     /// by node), latest update, deleted if either is.
     pub fn join(&mut self, other: &Meta) {
@@ -134,16 +145,14 @@ pub enum Absorbed {
 }
 
 impl Record {
-    /// Join by generation (see the module docs). `Err(TypeMismatch)` only
-    /// for two different kinds claiming one generation (forged data),
-    /// leaving `self` unchanged.
+    /// Join by generation (see the module docs and [`Meta::wins_over`]).
     pub fn join(&mut self, other: &Record) -> Result<()> {
         self.absorb(&other.meta, &other.crdt).map(|_| ())
     }
 
     /// [`Record::join`] with `(meta, crdt)`, reporting what happened.
     pub fn absorb(&mut self, meta: &Meta, crdt: &Crdt) -> Result<Absorbed> {
-        match meta.gen.precedence(&self.meta.gen) {
+        match meta.wins_over(&self.meta) {
             std::cmp::Ordering::Less => Ok(Absorbed::Dropped),
             std::cmp::Ordering::Greater => {
                 self.meta = meta.clone();
@@ -153,9 +162,6 @@ impl Record {
                 Ok(Absorbed::Replaced)
             }
             std::cmp::Ordering::Equal => {
-                if self.meta.kind != meta.kind {
-                    return Err(Error::TypeMismatch);
-                }
                 self.crdt.join(crdt)?;
                 self.meta.join(meta);
                 Ok(Absorbed::Joined)
@@ -292,8 +298,9 @@ fn fold<'a>(mut acc: Option<Record>, operands: impl Iterator<Item = &'a [u8]>) -
             None => acc = Some(rec),
             Some(a) => {
                 if a.join(&rec).is_err() {
-                    // Two kinds claiming one generation (forged): the
-                    // newer operand wins, as a record written over it.
+                    // States of one generation and kind that do not join
+                    // (too many replicas): the newer operand wins, as a
+                    // record written over it.
                     *a = rec;
                 }
             }

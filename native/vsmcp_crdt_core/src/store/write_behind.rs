@@ -44,7 +44,7 @@ impl Pending {
     /// newer generation replaces the group, one of an older is ignored.
     pub(super) fn add(&mut self, meta: &Meta, delta: &Crdt) {
         match &mut self.meta {
-            Some(m) => match meta.gen.precedence(&m.gen) {
+            Some(m) => match meta.wins_over(m) {
                 std::cmp::Ordering::Less => return,
                 std::cmp::Ordering::Greater => {
                     self.meta = Some(meta.clone());
