@@ -70,6 +70,14 @@ defmodule Vsmcp.Test.SyncNode do
     end
   end
 
+  @doc "Whether an atom named `name` exists on this node (creates none)."
+  def atom_exists?(name) do
+    _ = :erlang.binary_to_existing_atom(name, :utf8)
+    true
+  rescue
+    ArgumentError -> false
+  end
+
   @doc "The sum of the counters made by `spread/3`."
   def spread_sum(store, ids) do
     Enum.reduce(1..ids, 0, fn i, acc ->

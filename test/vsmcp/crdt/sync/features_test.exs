@@ -169,4 +169,33 @@ defmodule Vsmcp.CRDT.Sync.FeaturesTest do
     {:ok, _} = on(b, :add, [:set, 7])
     everywhere(peers, :set, {:ok, MapSet.new([7])})
   end
+
+  @tag :tmp_dir
+  test "receiving and merging create no atoms; a local read decodes as stored",
+       %{tmp_dir: tmp_dir} do
+    [a, b] = peers = Cluster.start(2, tmp_dir: tmp_dir)
+    for p <- peers, do: start_store(p, [])
+    name = "vsmcp_atom_probe_#{System.unique_integer([:positive])}"
+    {:ok, sub} = Cluster.call(b, SyncNode, :start_collector, [:s, :all])
+    :ok = on(a, :create, [:probe_set, :or_set])
+    everywhere(peers, :probe_set, {:ok, MapSet.new()})
+    refute Cluster.call(b, SyncNode, :atom_exists?, [name])
+    # On a, the element (and an id) naming a new atom.
+    {:ok, _} = Cluster.call(a, ContextStore, :add, [:s, :probe_set, String.to_atom(name)])
+    :ok = Cluster.call(a, ContextStore, :create, [:s, {:id, String.to_atom(name)}, :g_counter])
+
+    eventually(fn ->
+      Cluster.call(b, ContextStore, :memory, [:s, :probe_set]) |> elem(1) > 100
+    end)
+
+    assert on(b, :sync, []) == :ok
+    # Merged on b, notified (the set's id names existing atoms only), and
+    # still no atom: the id naming the new atom was left out of the events.
+    assert {:probe_set, :remote} in Cluster.call(b, SyncNode, :collected, [sub])
+    refute Cluster.call(b, SyncNode, :atom_exists?, [name])
+    # A local read decodes the element as stored, as distribution would.
+    {:ok, set} = get(b, :probe_set)
+    assert MapSet.size(set) == 1
+    assert Cluster.call(b, SyncNode, :atom_exists?, [name])
+  end
 end
