@@ -85,6 +85,7 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   alias Vsmcp.CRDT.ContextStore.Options
   alias Vsmcp.CRDT.Sync.Peer
+  alias Vsmcp.CRDT.Telemetry
   alias Vsmcp.CRDT.Native
 
   @types [:g_counter, :pn_counter, :or_set, :aw_set, :lww_register]
@@ -193,10 +194,36 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   @impl true
   def handle_info(:decay, state) do
+    before = Native.store_stats(state.handle)
+    started = System.monotonic_time()
     Native.store_decay(state.handle)
+    decay_telemetry(before, Native.store_stats(state.handle), started)
     schedule_decay(state)
     {:noreply, state}
   end
+
+  defp decay_telemetry(%{} = before, %{} = stats, started) do
+    Telemetry.emit(
+      [:vsmcp_crdt, :store, :decay],
+      %{
+        duration: System.monotonic_time() - started,
+        hot: stats.hot,
+        warm: stats.warm,
+        hot_before: before.hot,
+        warm_before: before.warm
+      },
+      %{store: self()}
+    )
+
+    if reason = stats.write_error do
+      Telemetry.emit([:vsmcp_crdt, :store, :storage_error], %{count: 1}, %{
+        store: self(),
+        reason: reason
+      })
+    end
+  end
+
+  defp decay_telemetry(_before, _stats, _started), do: :ok
 
   # The peer process crashed: the store goes on, with a new one.
   def handle_info({:EXIT, peer, reason}, %{peer: peer} = state) when reason != :normal do

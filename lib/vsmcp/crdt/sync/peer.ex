@@ -36,6 +36,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   alias Vsmcp.CRDT.Native
   alias Vsmcp.CRDT.Sync.Transport
+  alias Vsmcp.CRDT.Telemetry
 
   @tick 5
   @heartbeat 1_000
@@ -178,6 +179,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     for w <- expired do
       labels = Enum.map(w.pending, &Map.get(state.labels, &1, &1))
       GenServer.reply(w.from, {:error, {:timeout, Enum.sort(labels)}})
+      round_done(state, w, :timeout)
     end
 
     {:noreply, %{state | waiters: waiting}}
@@ -215,7 +217,15 @@ defmodule Vsmcp.CRDT.Sync.Peer do
         state = state |> send_outs(outs) |> handle_events(events)
         ref = make_ref()
         if timeout != :infinity, do: Process.send_after(self(), {:sync_timeout, ref}, timeout)
-        w = %{from: from, ref: ref, pending: MapSet.new(peers)}
+
+        w = %{
+          from: from,
+          ref: ref,
+          pending: MapSet.new(peers),
+          peers: length(peers),
+          started: System.monotonic_time()
+        }
+
         {:noreply, %{state | waiters: [w | state.waiters]}}
 
       {:error, _} = error ->
@@ -346,11 +356,26 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   defp event({:peer_up, key, label}, state) do
     Logger.debug("Vsmcp.CRDT sync: peer #{label} (#{key}) up on #{state.topic}")
+
+    Telemetry.emit([:vsmcp_crdt, :sync, :peer_up], %{count: 1}, %{
+      store: state.store,
+      topic: state.topic,
+      peer: key,
+      node: label
+    })
+
     %{state | labels: Map.put(state.labels, key, label)}
   end
 
   defp event({:peer_down, key}, state) do
     Logger.debug("Vsmcp.CRDT sync: peer #{key} down on #{state.topic}")
+
+    Telemetry.emit([:vsmcp_crdt, :sync, :peer_down], %{count: 1}, %{
+      store: state.store,
+      topic: state.topic,
+      peer: key
+    })
+
     state
   end
 
@@ -359,6 +384,13 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   defp event({:rejected, who, kind, detail}, state) do
     k = {who, kind}
     t = now()
+
+    Telemetry.emit([:vsmcp_crdt, :sync, :rejected], %{count: 1}, %{
+      store: state.store,
+      topic: state.topic,
+      peer: who,
+      reason: kind
+    })
 
     case state.logged do
       %{^k => last} when t - last < @log_every_ms ->
@@ -372,7 +404,10 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
         Logger.warning(
           "Vsmcp.CRDT sync: refused #{kind} from #{label} on #{state.topic}: #{detail} " <>
-            "(further ones counted, logged at most once a minute)"
+            "(further ones counted, logged at most once a minute)",
+          crdt_store: state.store,
+          crdt_peer: who,
+          crdt_reject: kind
         )
 
         %{state | logged: Map.put(state.logged, k, t)}
@@ -388,7 +423,19 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       |> Enum.map(fn w -> %{w | pending: MapSet.delete(w.pending, key)} end)
       |> Enum.split_with(fn w -> MapSet.size(w.pending) == 0 end)
 
-    for w <- done, do: GenServer.reply(w.from, :ok)
+    for w <- done do
+      GenServer.reply(w.from, :ok)
+      round_done(state, w, :ok)
+    end
+
     %{state | waiters: waiting}
+  end
+
+  defp round_done(state, w, result) do
+    Telemetry.emit(
+      [:vsmcp_crdt, :sync, :round],
+      %{duration: System.monotonic_time() - w.started, peers: w.peers},
+      %{store: state.store, topic: state.topic, result: result}
+    )
   end
 end

@@ -1,0 +1,53 @@
+defmodule Vsmcp.CRDT.Telemetry do
+  @moduledoc """
+  `:telemetry` events of the store and its replication. `:telemetry` is an
+  optional dependency: without it every event is a no-op (one
+  `Code.ensure_loaded?/1` check, cached by the VM).
+
+  Every event is emitted by a store's own processes (its GenServer or its
+  sync peer), never on the path of a read or write call, so the hot path
+  pays nothing for them.
+
+  ## Events
+
+    * `[:vsmcp_crdt, :sync, :peer_up]` - a peer was seen for the first time
+      or again. Measurements: `%{count: 1}`. Metadata: `%{store: pid,
+      topic: String.t(), peer: key, node: String.t()}`.
+    * `[:vsmcp_crdt, :sync, :peer_down]` - a peer went silent, restarted or
+      was forgotten. Measurements: `%{count: 1}`. Metadata: `%{store:,
+      topic:, peer:}`.
+    * `[:vsmcp_crdt, :sync, :rejected]` - input from a peer was refused.
+      Measurements: `%{count: 1}`. Metadata: `%{store:, topic:, peer: key
+      | nil, reason: atom}` with `reason` one of `:malformed`,
+      `:unsupported_version`, `:oversized`, `:clock_ahead`, `:type_clash`,
+      `:forgotten_replica`, `:unknown_peer`, `:local_error`.
+    * `[:vsmcp_crdt, :sync, :round]` - an anti-entropy round started by
+      `Vsmcp.CRDT.ContextStore.sync/2` ended. Measurements: `%{duration:
+      native time units, peers: integer}`. Metadata: `%{store:, topic:,
+      result: :ok | :timeout}`.
+    * `[:vsmcp_crdt, :store, :decay]` - a demotion pass ran. Measurements:
+      `%{duration:, hot: integer, warm: integer, hot_before: integer,
+      warm_before: integer}` (items per tier after and before). Metadata:
+      `%{store: pid}`.
+    * `[:vsmcp_crdt, :store, :storage_error]` - the disk refused writes (full,
+      read-only); emitted by the decay timer and at close when the store
+      reports a write error. Measurements: `%{count: 1}`. Metadata:
+      `%{store:, reason: String.t()}`.
+  """
+
+  @doc """
+  Emit `event` when `:telemetry` is available.
+
+      iex> Vsmcp.CRDT.Telemetry.emit([:vsmcp_crdt, :doc, :example], %{count: 1}, %{})
+      :ok
+  """
+  @spec emit([atom()], map(), map()) :: :ok
+  def emit(event, measurements, metadata) do
+    if Code.ensure_loaded?(:telemetry) do
+      # apply/3: the module is optional at compile time.
+      apply(:telemetry, :execute, [event, measurements, metadata])
+    end
+
+    :ok
+  end
+end

@@ -1,0 +1,47 @@
+defmodule Vsmcp.CRDT.TelemetryTest do
+  # Telemetry events of the store and of sync, observed with real handlers.
+  use ExUnit.Case, async: false
+
+  alias Vsmcp.CRDT.ContextStore
+  alias Vsmcp.CRDT.TestHelpers
+
+  doctest Vsmcp.CRDT.Telemetry
+
+  setup do
+    {:ok, _} = Application.ensure_all_started(:telemetry)
+    parent = self()
+    id = "test-#{System.unique_integer([:positive])}"
+
+    events = [
+      [:vsmcp_crdt, :store, :decay],
+      [:vsmcp_crdt, :sync, :rejected]
+    ]
+
+    :telemetry.attach_many(id, events, fn e, m, md, _ -> send(parent, {e, m, md}) end, nil)
+    on_exit(fn -> :telemetry.detach(id) end)
+    dir = TestHelpers.tmp_dir!("telemetry")
+    on_exit(fn -> File.rm_rf(dir) end)
+    %{dir: dir}
+  end
+
+  test "decay passes and refused peer input are events", %{dir: dir} do
+    topic = "telemetry-#{System.unique_integer([:positive])}"
+
+    {:ok, store} =
+      ContextStore.start_link(
+        storage_opts: [data_dir: dir, decay_interval: 50],
+        sync_opts: [topic: topic]
+      )
+
+    :ok = ContextStore.create(store, :x, :g_counter)
+
+    assert_receive {[:vsmcp_crdt, :store, :decay], %{hot: 1, hot_before: 1}, %{store: ^store}},
+                   2_000
+
+    {:ok, peer} = GenServer.call(store, :peer)
+    send(peer, {:vsmcp_crdt_sync, topic, "junk"})
+    assert_receive {[:vsmcp_crdt, :sync, :rejected], %{count: 1}, %{reason: :malformed}}, 2_000
+
+    :ok = ContextStore.stop(store)
+  end
+end
