@@ -729,3 +729,25 @@ fn legacy_records_of_two_types_converge() {
     assert_eq!(k, net.kind(1, b"legacy"));
     assert_eq!(net.value(0, b"legacy"), net.value(1, b"legacy"));
 }
+
+/// A late joiner's catch-up larger than one call's transfer budget arrives
+/// whole, spread over ticks (review M2: never built in memory at once).
+#[test]
+fn a_large_catch_up_is_spread_over_ticks_and_complete() {
+    let mut net = Net::new(1, 0, 47);
+    let s0 = net.nodes[0].store.clone();
+    let value = vec![7u8; 4096];
+    for i in 0..3_000u32 {
+        let id = i.to_be_bytes();
+        s0.create(&id, Kind::LwwRegister, Access::MayBlock).unwrap();
+        update(&s0, &id, Mutation::Set(&value));
+    }
+    net.step(true);
+    net.nodes.push(open(vec![1, 2]));
+    net.cut.push(false);
+    net.settle();
+    for i in 0..3_000u32 {
+        assert!(net.value(1, &i.to_be_bytes()).is_some(), "id {i} missing");
+    }
+    assert!(net.nodes[0].engine.counters().states_sent >= 3_000);
+}

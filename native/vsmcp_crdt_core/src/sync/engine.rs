@@ -243,9 +243,25 @@ pub struct Engine {
     collectable: HashMap<Box<[u8]>, Collectable>,
     /// Since when every peer announced our digest root (see `quiescent`).
     quiescent_since: Option<u64>,
+    /// State transfers in progress, per peer.
+    transfers: HashMap<ReplicaId, std::collections::VecDeque<Transfer>>,
     dirty: HashSet<Box<[u8]>>,
     primed: bool,
     counters: Counters,
+}
+
+/// Bytes of states encoded per peer per call: a large state transfer (a
+/// late joiner, a long absence) is spread over ticks instead of being built
+/// in memory at once.
+const TRANSFER_BYTES_PER_CALL: usize = 4 << 20;
+
+/// One item of a state transfer to a peer, in order.
+#[derive(Debug)]
+enum Transfer {
+    /// Our state of this id.
+    State(Box<[u8]>),
+    /// A message to send once the states before it went.
+    Then(Message),
 }
 
 /// What a digested id holds that collection may drop.
@@ -291,6 +307,7 @@ impl Engine {
             hashes: HashMap::new(),
             collectable: HashMap::new(),
             quiescent_since: None,
+            transfers: HashMap::new(),
             dirty: HashSet::new(),
             primed: false,
             counters: Counters::default(),
@@ -348,6 +365,10 @@ impl Engine {
         self.take_local(store, events);
         let mut out = Vec::new();
         let clock = store.tick_clock();
+        let pending: Vec<ReplicaId> = self.transfers.keys().cloned().collect();
+        for r in pending {
+            out.extend(self.drain_transfer(store, &r, clock));
+        }
         let budget = batch_budget(&self.me);
         let ids: Vec<ReplicaId> = self.peers.keys().cloned().collect();
         for r in ids {
@@ -608,16 +629,23 @@ impl Engine {
                 // Push ours where they differ, and pull theirs.
                 self.refresh_digest(store);
                 let diff = self.digest.diff(&buckets);
-                out.extend(self.states_for(store, &from, &diff, clock));
+                self.queue_states(&from, &diff);
                 let req = Message::StateRequest {
                     from: self.me.clone(),
                     buckets: diff,
                 };
-                out.push(self.out(Some(&from), &req, clock));
+                // After our states: the requester's round is over when it
+                // has them.
+                self.transfers
+                    .entry(from.clone())
+                    .or_default()
+                    .push_back(Transfer::Then(req));
+                out.extend(self.drain_transfer(store, &from, clock));
             }
             Message::StateRequest { buckets, .. } => {
                 if !buckets.is_empty() {
-                    out.extend(self.states_for(store, &from, &buckets, clock));
+                    self.queue_states(&from, &buckets);
+                    out.extend(self.drain_transfer(store, &from, clock));
                 }
                 events.push(Event::Answered(from));
             }
@@ -842,38 +870,65 @@ impl Engine {
         msgs.iter().map(|m| self.out(Some(to), m, clock)).collect()
     }
 
-    /// `States` messages with our entries of `buckets` for `to`.
-    fn states_for(
-        &mut self,
-        store: &Store,
-        to: &ReplicaId,
-        buckets: &[u16],
-        clock: Timestamp,
-    ) -> Vec<Outbound> {
+    /// Queue our states of every id in `buckets` for `to`.
+    fn queue_states(&mut self, to: &ReplicaId, buckets: &[u16]) {
         if buckets.is_empty() {
-            return Vec::new();
+            return;
         }
         let mut wanted = [false; BUCKETS];
         for b in buckets {
             wanted[*b as usize] = true;
         }
-        let ids: Vec<Box<[u8]>> = self
-            .hashes
-            .keys()
-            .filter(|id| wanted[bucket_of(id) as usize])
-            .cloned()
-            .collect();
-        let mut entries = Vec::with_capacity(ids.len());
-        for id in ids {
-            let enc =
-                store.with_sync_state(&id, |meta, crdt, _| encode_parts(meta, &crdt.encode()));
-            if let Ok(Some(bytes)) = enc {
-                entries.push((id.to_vec(), bytes));
+        let q = self.transfers.entry(to.clone()).or_default();
+        q.extend(
+            self.hashes
+                .keys()
+                .filter(|id| wanted[bucket_of(id) as usize])
+                .map(|id| Transfer::State(id.clone())),
+        );
+    }
+
+    /// Send the next part of the state transfer to `to`: states up to
+    /// [`TRANSFER_BYTES_PER_CALL`], in `States` messages of at most 1 MiB,
+    /// and the messages queued behind them.
+    fn drain_transfer(&mut self, store: &Store, to: &ReplicaId, clock: Timestamp) -> Vec<Outbound> {
+        let Some(mut q) = self.transfers.remove(to) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut bytes = 0usize;
+        let flush = |this: &mut Self, entries: &mut Vec<Entry>, out: &mut Vec<Outbound>| {
+            if entries.is_empty() {
+                return;
+            }
+            this.counters.states_sent += entries.len() as u64;
+            for m in states_messages(&this.me, std::mem::take(entries)) {
+                out.push(this.out(Some(to), &m, clock));
+            }
+        };
+        while bytes < TRANSFER_BYTES_PER_CALL {
+            match q.pop_front() {
+                None => break,
+                Some(Transfer::State(id)) => {
+                    let enc = store
+                        .with_sync_state(&id, |meta, crdt, _| encode_parts(meta, &crdt.encode()));
+                    if let Ok(Some(b)) = enc {
+                        bytes += b.len() + id.len();
+                        entries.push((id.to_vec(), b));
+                    }
+                }
+                Some(Transfer::Then(m)) => {
+                    flush(self, &mut entries, &mut out);
+                    out.push(self.out(Some(to), &m, clock));
+                }
             }
         }
-        self.counters.states_sent += entries.len() as u64;
-        let msgs = states_messages(&self.me, entries);
-        msgs.iter().map(|m| self.out(Some(to), m, clock)).collect()
+        flush(self, &mut entries, &mut out);
+        if !q.is_empty() && self.peers.contains_key(to) {
+            self.transfers.insert(to.clone(), q);
+        }
+        out
     }
 
     /// Whether the cluster is quiescent: there is at least one peer, every
