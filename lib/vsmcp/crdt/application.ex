@@ -2,7 +2,8 @@ defmodule Vsmcp.CRDT.Application do
   @moduledoc """
   The application callback: starts what must run on every node before any
   store syncs, which today is the `:pg` scope of
-  `Vsmcp.CRDT.Sync.Transport.PG` (`Vsmcp.CRDT.Sync.PG`).
+  `Vsmcp.CRDT.Sync.Transport.PG` (`Vsmcp.CRDT.Sync.PG`), and `:telemetry`
+  when it is available (`Vsmcp.CRDT.Telemetry`).
 
   `:pg` only sees the members of a scope on the nodes where that scope
   runs, so it belongs to the application rather than to a store: a node
@@ -16,6 +17,10 @@ defmodule Vsmcp.CRDT.Application do
 
   @impl true
   def start(_type, _args) do
+    # `:telemetry` is an optional dependency, so Mix does not start it;
+    # without it running, every event would log a warning.
+    if Code.ensure_loaded?(:telemetry), do: Application.ensure_all_started(:telemetry)
+
     scope = Vsmcp.CRDT.Sync.Transport.PG.default_scope()
 
     children = [
