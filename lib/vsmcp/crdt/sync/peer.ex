@@ -59,7 +59,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   """
   def sync(peer, timeout \\ @sync_timeout)
 
-  def sync(peer, timeout) when timeout == :infinity or (is_integer(timeout) and timeout >= 0) do
+  def sync(peer, timeout)
+      when timeout == :infinity or (is_integer(timeout) and timeout in 0..4_294_966_295) do
     call_timeout = if timeout == :infinity, do: :infinity, else: timeout + 1_000
     GenServer.call(peer, {:sync, timeout}, call_timeout)
   catch

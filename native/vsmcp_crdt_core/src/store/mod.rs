@@ -28,7 +28,6 @@
 
 pub mod cold;
 pub mod config;
-pub mod creates;
 pub mod halt;
 pub mod record;
 mod tiers;
@@ -153,8 +152,7 @@ pub enum Merged {
     Deleted,
     /// A tombstone recorded (the id was absent) or already known.
     Tombstone,
-    /// A generation deleted here (its tombstone is here, or was collected):
-    /// dropped.
+    /// A generation deleted here (its tombstone is here): dropped.
     Stale,
 }
 
@@ -182,10 +180,6 @@ struct Inner {
     capture: AtomicBool,
     /// The token of the current capture owner (0: none).
     capture_owner: Mutex<u64>,
-    /// Generations seen (see `creates`).
-    creates: Mutex<creates::Creates>,
-    /// Sequence number of this incarnation's last create.
-    create_seq: std::sync::atomic::AtomicU64,
     closed: AtomicBool,
     write_error: Mutex<Option<String>>,
     /// Mirrors `write_error.is_some()`, read on every write without a lock.
@@ -266,12 +260,6 @@ impl Store {
             threshold: cfg.access_threshold.max(1),
         };
         let cold_possible = !cold.keys_empty()?;
-        // An undecodable context only weakens the guard against late copies
-        // of collected deletes.
-        let creates_seen = cold
-            .get_meta(creates::CREATES_KEY)?
-            .and_then(|b| creates::Creates::decode(&b).ok())
-            .unwrap_or_default();
         let inner = Arc::new(Inner {
             cold: cold.clone(),
             shards: (0..n).map(|_| ShardLocks::default()).collect(),
@@ -286,8 +274,6 @@ impl Store {
             cold_possible: AtomicBool::new(cold_possible),
             capture: AtomicBool::new(false),
             capture_owner: Mutex::new(0),
-            creates: Mutex::new(creates_seen),
-            create_seq: std::sync::atomic::AtomicU64::new(0),
             closed: AtomicBool::new(false),
             write_error: Mutex::new(None),
             has_write_error: AtomicBool::new(false),
@@ -391,9 +377,7 @@ impl Store {
             epoch: sh.tombs.get(id).map_or(0, |t| t.epoch.saturating_add(1)),
             stamp: inner.clock.lock().tick(now).to_u64(),
             replica: inner.replica.0.clone(),
-            seq: inner.create_seq.fetch_add(1, Ordering::Relaxed) + 1,
         };
-        inner.creates.lock().insert(&gen.replica, gen.seq);
         let meta = Meta {
             kind,
             created_by: inner.node_id.clone(),
@@ -773,17 +757,6 @@ impl Store {
             None
         };
         if meta.deleted {
-            if local.is_none()
-                && !sh.tombs.contains_key(id)
-                && inner
-                    .creates
-                    .lock()
-                    .contains(&meta.gen.replica, meta.gen.seq)
-            {
-                // A late copy of a delete whose tombstone was collected.
-                return Ok(Merged::Stale);
-            }
-            inner.creates.lock().insert(&meta.gen.replica, meta.gen.seq);
             if let Some(local) = local {
                 if meta.gen.precedence(&local.gen).is_lt() {
                     return Ok(Merged::Dropped { clash: false });
@@ -842,18 +815,9 @@ impl Store {
                 {
                     return Ok(Merged::Stale);
                 }
-                // Seen before and gone: deleted, and its tombstone collected.
-                if inner
-                    .creates
-                    .lock()
-                    .contains(&meta.gen.replica, meta.gen.seq)
-                {
-                    return Ok(Merged::Stale);
-                }
                 Merged::Created
             }
         };
-        inner.creates.lock().insert(&meta.gen.replica, meta.gen.seq);
         if outcome == Merged::Joined {
             sh = inner.persist(sh, id, meta, crdt)?;
             if sh.tiers.contains(id) {
@@ -930,48 +894,6 @@ impl Store {
             drop_in_background(old);
         }
         Ok(dropped)
-    }
-
-    /// Drop the tombstone of `id` if it is still `gen` and `id` was not
-    /// re-created (causal-stability collection of deletes; the generation
-    /// stays in the context of creates, see `creates`).
-    pub fn collect_tombstone(&self, id: &[u8], gen: &Gen) -> Result<bool> {
-        let inner = &self.0;
-        let access = Access::MayBlock;
-        let _disk = inner.lock_disk_for_write(id, access)?;
-        let (mut sh, present) = inner.locate(id, access)?;
-        if present || sh.tombs.get(id) != Some(gen) {
-            return Ok(false);
-        }
-        inner.check_writable_at(&sh, id, access)?;
-        // The disk lock keeps the flush thread off this shard, so nothing of
-        // it is in flight; a tombstone still pending need not be written.
-        if sh
-            .pending
-            .inflight
-            .get(id)
-            .is_some_and(|p| p.tomb.is_some())
-        {
-            return Ok(false);
-        }
-        if let Some(p) = sh.pending.dirty.get_mut(id) {
-            p.tomb = None;
-        }
-        drop(sh);
-        // The context of creates goes first: it is what keeps the deleted
-        // generation out once the tombstone is gone.
-        let mut ops = Vec::new();
-        inner.creates_to_batch(&mut ops);
-        ops.push(BatchOp::DeleteMetaKey(tomb_key(id)));
-        if let Err(e) = inner.write_strict(id, &ops) {
-            inner.creates.lock().mark_dirty();
-            return Err(e);
-        }
-        sh = inner.lock_state_unchecked(id);
-        if sh.tombs.get(id) == Some(gen) && !sh.tiers.contains(id) {
-            sh.tombs.remove(id);
-        }
-        Ok(true)
     }
 
     /// Approximate heap bytes of `id`'s state in memory (0 when on disk).
@@ -1783,17 +1705,6 @@ impl Inner {
     }
 
     /// Add the HLC high-water mark to `ops` if it moved; true if it did.
-    /// Persist the context of creates if it changed.
-    fn creates_to_batch(&self, ops: &mut Vec<BatchOp>) -> bool {
-        match self.creates.lock().take_dirty() {
-            Some(v) => {
-                ops.push(BatchOp::PutMeta(creates::CREATES_KEY, v));
-                true
-            }
-            None => false,
-        }
-    }
-
     fn hlc_to_batch(&self, ops: &mut Vec<BatchOp>) -> bool {
         let last = self.clock.lock().last();
         let mut persisted = self.persisted_hlc.lock();
@@ -1823,7 +1734,6 @@ impl Inner {
             write_group(g, &mut ops);
         }
         let hlc_changed = self.hlc_to_batch(&mut ops);
-        let creates_changed = self.creates_to_batch(&mut ops);
         if ops.is_empty() {
             // Groups with nothing to write (a failed mutation's empty
             // entry) are done too.
@@ -1844,9 +1754,6 @@ impl Inner {
                 self.record_write_error(e);
                 if hlc_changed {
                     *self.persisted_hlc.lock() = Timestamp::ZERO;
-                }
-                if creates_changed {
-                    self.creates.lock().mark_dirty();
                 }
             }
         }
@@ -1992,7 +1899,6 @@ impl Owner for Inner {
             }
         }
         self.hlc_to_batch(ops);
-        self.creates_to_batch(ops);
         all
     }
 }

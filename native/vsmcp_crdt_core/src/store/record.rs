@@ -11,7 +11,7 @@
 //! Record wire format (versioned like deltas):
 //! `[RECORD_MAGIC, RECORD_VERSION]` + MessagePack
 //! `(kind code, created_by, created_at_ms, updated_at_ms, Crdt::encode bytes,
-//! epoch, create stamp, create replica, deleted, create seq)`. Version 1 records (no
+//! epoch, create stamp, create replica, deleted)`. Version 1 records (no
 //! generation) read as generation [`Gen::LEGACY`].
 //!
 //! **Generations.** Every record carries the [`Gen`] of the `create` that
@@ -41,10 +41,6 @@ pub struct Gen {
     pub stamp: u64,
     /// The creating replica.
     pub replica: Arc<[u8]>,
-    /// The create's sequence number at its replica (dense, from 1; 0 for
-    /// records from before sequence numbers): see `store::creates`. Not
-    /// part of the precedence (the stamp and replica identify the create).
-    pub seq: u64,
 }
 
 impl Gen {
@@ -113,23 +109,19 @@ pub struct Record {
 /// `cold::TOMB_PREFIX ++ id`): MessagePack `(epoch, stamp, replica)`.
 pub fn encode_gen(gen: &Gen) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + gen.replica.len());
-    let res = rmp_serde::encode::write(
-        &mut out,
-        &(gen.epoch, gen.stamp, Bytes::new(&gen.replica), gen.seq),
-    );
+    let res = rmp_serde::encode::write(&mut out, &(gen.epoch, gen.stamp, Bytes::new(&gen.replica)));
     debug_assert!(res.is_ok());
     out
 }
 
 /// Inverse of [`encode_gen`].
 pub fn decode_gen(bytes: &[u8]) -> Result<Gen> {
-    let (epoch, stamp, replica, seq): (u32, u64, ByteBuf, u64) =
+    let (epoch, stamp, replica): (u32, u64, ByteBuf) =
         rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))?;
     Ok(Gen {
         epoch,
         stamp,
         replica: Arc::from(replica.into_vec()),
-        seq,
     })
 }
 
@@ -199,7 +191,6 @@ pub fn encode_parts(meta: &Meta, crdt_bytes: &[u8]) -> Vec<u8> {
         meta.gen.stamp,
         Bytes::new(&meta.gen.replica),
         meta.deleted,
-        meta.gen.seq,
     );
     let res = rmp_serde::encode::write(&mut out, &body);
     debug_assert!(res.is_ok());
@@ -228,25 +219,13 @@ pub fn decode_parts(bytes: &[u8]) -> Result<(Meta, &[u8])> {
             false,
         )
     } else {
-        type V2<'b> = (
-            u8,
-            ByteBuf,
-            u64,
-            u64,
-            &'b Bytes,
-            u32,
-            u64,
-            ByteBuf,
-            bool,
-            u64,
-        );
-        let (kind, created_by, created_at, updated_at, crdt, epoch, stamp, replica, deleted, seq): V2 =
+        type V2<'b> = (u8, ByteBuf, u64, u64, &'b Bytes, u32, u64, ByteBuf, bool);
+        let (kind, created_by, created_at, updated_at, crdt, epoch, stamp, replica, deleted): V2 =
             serde::Deserialize::deserialize(&mut de).map_err(de_err)?;
         let gen = Gen {
             epoch,
             stamp,
             replica: Arc::from(replica.into_vec()),
-            seq,
         };
         (kind, created_by, created_at, updated_at, crdt, gen, deleted)
     };

@@ -44,9 +44,10 @@ const VOLATILE_BYTES: usize = 16;
 /// Longest sync id accepted from a peer.
 const MAX_ID_BYTES: usize = 64;
 
-/// A peer down for this many `down_after_ms` is dropped (it comes back as a
-/// new peer, through a digest exchange).
-const EXPIRE_AFTER_DOWNS: u64 = 10;
+/// A peer down for this many `down_after_ms` (an hour with the default 5 s)
+/// is dropped: it no longer holds the log or blocks collection, and comes
+/// back as a new peer, through a digest exchange.
+const EXPIRE_AFTER_DOWNS: u64 = 720;
 
 /// Hellos with a differing root before a digest is sent even while deltas
 /// to the peer are in flight.
@@ -190,8 +191,6 @@ pub struct Counters {
     pub retransmits: u64,
     /// Set elements dropped by causal-stability collection.
     pub collected_elements: u64,
-    /// Delete tombstones dropped by causal-stability collection.
-    pub collected_tombstones: u64,
     /// Entries dropped because a newer generation or a tombstone won.
     pub dropped_stale: u64,
     /// Rejections, by [`Reject`] (in `Reject::ALL` order).
@@ -239,12 +238,14 @@ pub struct Engine {
     forgotten: HashSet<Vec<u8>>,
     digest: Digest,
     hashes: HashMap<Box<[u8]>, u64>,
-    /// What collection may drop, as last read.
-    collectable: HashMap<Box<[u8]>, Collectable>,
+    /// Remove-wins sets holding remove tokens, with the version digested.
+    collectable: HashMap<Box<[u8]>, u64>,
     /// Since when every peer announced our digest root (see `quiescent`).
     quiescent_since: Option<u64>,
     /// State transfers in progress, per peer.
     transfers: HashMap<ReplicaId, std::collections::VecDeque<Transfer>>,
+    /// Buckets whose states are queued for a peer (not queued twice).
+    queued: HashMap<ReplicaId, HashSet<u16>>,
     dirty: HashSet<Box<[u8]>>,
     primed: bool,
     counters: Counters,
@@ -262,15 +263,6 @@ enum Transfer {
     State(Box<[u8]>),
     /// A message to send once the states before it went.
     Then(Message),
-}
-
-/// What a digested id holds that collection may drop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Collectable {
-    /// A remove-wins set with remove tokens, at this version.
-    Tokens(u64),
-    /// A delete tombstone of this generation.
-    Tombstone(crate::store::record::Gen),
 }
 
 /// The directory part of a sync id (a replica id plus a session).
@@ -308,6 +300,7 @@ impl Engine {
             collectable: HashMap::new(),
             quiescent_since: None,
             transfers: HashMap::new(),
+            queued: HashMap::new(),
             dirty: HashSet::new(),
             primed: false,
             counters: Counters::default(),
@@ -365,7 +358,12 @@ impl Engine {
         self.take_local(store, events);
         let mut out = Vec::new();
         let clock = store.tick_clock();
-        let pending: Vec<ReplicaId> = self.transfers.keys().cloned().collect();
+        let pending: Vec<ReplicaId> = self
+            .transfers
+            .keys()
+            .filter(|r| self.peers.get(*r).is_some_and(|p| p.up))
+            .cloned()
+            .collect();
         for r in pending {
             out.extend(self.drain_transfer(store, &r, clock));
         }
@@ -606,7 +604,7 @@ impl Engine {
                 // acknowledged: the sender sends the interval again.
                 if merged {
                     p.recv_upto = p.recv_upto.max(base);
-                    if seq_start <= p.recv_upto + 1 {
+                    if seq_start <= p.recv_upto.saturating_add(1) {
                         p.recv_upto = p.recv_upto.max(seq_end);
                     }
                 }
@@ -876,8 +874,11 @@ impl Engine {
             return;
         }
         let mut wanted = [false; BUCKETS];
+        let queued = self.queued.entry(to.clone()).or_default();
         for b in buckets {
-            wanted[*b as usize] = true;
+            if queued.insert(*b) {
+                wanted[*b as usize] = true;
+            }
         }
         let q = self.transfers.entry(to.clone()).or_default();
         q.extend(
@@ -925,8 +926,11 @@ impl Engine {
             }
         }
         flush(self, &mut entries, &mut out);
+        // Paused while the peer is down; dropped with it.
         if !q.is_empty() && self.peers.contains_key(to) {
             self.transfers.insert(to.clone(), q);
+        } else {
+            self.queued.remove(to);
         }
         out
     }
@@ -956,11 +960,11 @@ impl Engine {
     /// back (the collected dots stay in the context), and a late copy of a
     /// collected dot is recognised as removed for the same reason.
     ///
-    /// Delete tombstones go too, once every peer also acknowledged all our
-    /// deltas. They are not part of the digest, so replicas that collected
-    /// and replicas that did not still agree; a late copy of the deleted
-    /// generation is recognised by the store's context of creates
-    /// (`store::creates`) and dropped.
+    /// Delete tombstones are kept: a tombstone has no causal context that
+    /// would recognise a late copy of the deleted generation once it is
+    /// gone, and every scheme tried here lost data under review (see the
+    /// README). They are out of the digest; a peer that pushes a record of
+    /// a deleted generation is answered with the tombstone.
     fn maybe_collect(&mut self, store: &Store, now_ms: u64) {
         if self.collectable.is_empty() {
             return;
@@ -974,25 +978,9 @@ impl Engine {
         if now_ms.saturating_sub(since) < self.cfg.collect_after_ms {
             return;
         }
-        // Deletes go only once every peer also acknowledged all our deltas:
-        // none of ours can then still carry a deleted generation to them.
-        let log_acked = self
-            .peers
-            .keys()
-            .all(|r| self.log.peer(r).map_or(0, |a| a.acked) + 1 >= self.log.next_seq());
-        for (id, c) in std::mem::take(&mut self.collectable) {
-            match c {
-                Collectable::Tokens(version) => {
-                    if let Ok(n) = store.collect(&id, version) {
-                        self.counters.collected_elements += n as u64;
-                    }
-                }
-                Collectable::Tombstone(gen) if log_acked => {
-                    if let Ok(true) = store.collect_tombstone(&id, &gen) {
-                        self.counters.collected_tombstones += 1;
-                    }
-                }
-                Collectable::Tombstone(_) => {}
+        for (id, version) in std::mem::take(&mut self.collectable) {
+            if let Ok(n) = store.collect(&id, version) {
+                self.counters.collected_elements += n as u64;
             }
             self.dirty.insert(id);
         }
@@ -1018,9 +1006,9 @@ impl Engine {
                 // that still holds the deleted record learns of the delete
                 // when it pushes the record and we answer with the tombstone.
                 if m.deleted {
-                    return (None, Some(Collectable::Tombstone(m.gen.clone())));
+                    return (None, None);
                 }
-                let collectable = c.has_collectable().then_some(Collectable::Tokens(version));
+                let collectable = c.has_collectable().then_some(version);
                 (Some(item_hash(&id, m, c)), collectable)
             });
             let new = match read {

@@ -617,9 +617,8 @@ mod tests {
     fn golden_vectors() {
         // The sample entry: a record (c802) of a G-Counter delta, header
         // c70101, body [[bin "a", 2]]:
-        // [1, bin "n", 1, 2, bin9 delta, epoch 0, stamp 0, bin "", false,
-        // seq 0].
-        let rec = "c802".to_string() + "9a01c4016e0102c409c701019192c4016102" + "0000c400c200";
+        // [1, bin "n", 1, 2, bin9 delta, epoch 0, stamp 0, bin "", false].
+        let rec = "c802".to_string() + "9901c4016e0102c409c701019192c4016102" + "0000c400c2";
         assert_eq!(hex(&delta()), rec);
         let gc = format!("{:02x}", rec.len() / 2) + &rec;
         let expect = [
