@@ -261,9 +261,15 @@ defmodule Vsmcp.CRDT.ContextStore do
   # closes.
   defp stop_peer(%{peer: peer}) when is_pid(peer) do
     Process.unlink(peer)
-    GenServer.stop(peer, :shutdown, 5_000)
-  catch
-    :exit, _ -> :ok
+
+    try do
+      GenServer.stop(peer, :shutdown, 5_000)
+    catch
+      # Busy past the deadline: it must not merge into a closed store.
+      :exit, _ -> Process.exit(peer, :kill)
+    end
+
+    :ok
   end
 
   defp stop_peer(_), do: :ok

@@ -55,3 +55,38 @@ pub fn canonical_state_bytes(c: &Crdt) -> Vec<u8> {
         other => other.encode(),
     }
 }
+
+/// Marks the digest form of a remove-wins OR-Set.
+const CONTEXT_ORSET: u8 = 0xCB;
+
+/// The bytes hashed into the digest: [`canonical_state_bytes`], except for
+/// a remove-wins OR-Set, whose causal context alone is hashed (O(replicas)
+/// instead of O(elements), so a change to a 1M-element set does not cost a
+/// full re-encoding at every heartbeat). In a remove-wins set every add and
+/// every remove makes a fresh dot, so the context says which operations a
+/// replica has seen, and replicas that saw the same operations hold the
+/// same state: equal contexts mean equal values (a replica that collected
+/// its remove tokens and one that did not yet agree, as they should).
+/// Add-wins removes make no dot, so add-wins sets are hashed in full.
+pub fn digest_bytes(c: &Crdt) -> Vec<u8> {
+    match c {
+        Crdt::ORSet(s) if s.policy() == crate::orset::Policy::RemoveWins => {
+            let ctx = s.causal_context();
+            let vv: Vec<(&Bytes, u64)> = ctx
+                .vv
+                .iter()
+                .map(|(r, k)| (Bytes::new(r.as_bytes()), *k))
+                .collect();
+            let cloud: Vec<(&Bytes, u64)> = ctx
+                .cloud
+                .iter()
+                .map(|(r, k)| (Bytes::new(r.as_bytes()), *k))
+                .collect();
+            let mut out = vec![CONTEXT_ORSET, c.kind().code()];
+            let res = rmp_serde::encode::write(&mut out, &(vv, cloud));
+            debug_assert!(res.is_ok());
+            out
+        }
+        other => canonical_state_bytes(other),
+    }
+}

@@ -272,13 +272,14 @@ pub fn directory_of(r: &ReplicaId) -> &[u8] {
 }
 
 /// The digest hash of one item: id, generation, tombstone flag, kind and
-/// canonical state (times are left out: they are labels, not state).
+/// state in its digest form (`canonical::digest_bytes`; times are left
+/// out: they are labels, not state).
 fn item_hash(id: &[u8], meta: &Meta, crdt: &Crdt) -> u64 {
     let gen = encode_gen(&meta.gen);
     if meta.deleted {
         return stable_hash(&[id, &gen, b"deleted"]);
     }
-    let state = super::canonical_state_bytes(crdt);
+    let state = super::canonical::digest_bytes(crdt);
     stable_hash(&[id, &gen, &[meta.kind.code()], &state])
 }
 
