@@ -1,8 +1,10 @@
 //! Hostile states: a peer may send an OR-Set whose one element carries tens
 //! of thousands of dots, or a causal context / counter with tens of
 //! thousands of entries. Decoding and joining such a state must stay
-//! O(k log k) in its size, not O(k²): with k = 50,000 each takes well under
-//! 50 ms in a release build.
+//! O(k log k) in its size, not O(k²): with k = 50,000 each takes about
+//! 10 ms in a release build on a quiet machine, while the quadratic versions
+//! took seconds. The bound (500 ms) tells the two apart with room for a
+//! loaded machine; it is not a speed target.
 //!
 //! States are built directly in the wire layout (as `tests/codec.rs` does),
 //! since no sequence of operations produces many dots on one element.
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use vsmcp_crdt_core::{Crdt, Kind, Op, ReplicaId};
 
 const K: usize = 50_000;
-const BOUND: Duration = Duration::from_millis(50);
+const BOUND: Duration = Duration::from_millis(500);
 
 const REPLICAS: u32 = 4;
 
