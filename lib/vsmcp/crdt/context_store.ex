@@ -202,6 +202,19 @@ defmodule Vsmcp.CRDT.ContextStore do
     {:noreply, state}
   end
 
+  # The peer process crashed: the store goes on, with a new one.
+  def handle_info({:EXIT, peer, reason}, %{peer: peer} = state) when reason != :normal do
+    Logger.error("Vsmcp.CRDT.ContextStore: sync peer exited (#{inspect(reason)}), restarting it")
+
+    case start_peer(state) do
+      {:ok, peer} -> {:noreply, %{state | peer: peer}}
+      {:error, reason} -> {:stop, reason, state}
+    end
+  end
+
+  def handle_info({:EXIT, _from, reason}, state), do: {:stop, reason, state}
+  def handle_info(_msg, state), do: {:noreply, state}
+
   defp decay_telemetry(%{} = before, %{} = stats, started) do
     Telemetry.emit(
       [:vsmcp_crdt, :store, :decay],
@@ -224,19 +237,6 @@ defmodule Vsmcp.CRDT.ContextStore do
   end
 
   defp decay_telemetry(_before, _stats, _started), do: :ok
-
-  # The peer process crashed: the store goes on, with a new one.
-  def handle_info({:EXIT, peer, reason}, %{peer: peer} = state) when reason != :normal do
-    Logger.error("Vsmcp.CRDT.ContextStore: sync peer exited (#{inspect(reason)}), restarting it")
-
-    case start_peer(state) do
-      {:ok, peer} -> {:noreply, %{state | peer: peer}}
-      {:error, reason} -> {:stop, reason, state}
-    end
-  end
-
-  def handle_info({:EXIT, _from, reason}, state), do: {:stop, reason, state}
-  def handle_info(_msg, state), do: {:noreply, state}
 
   @impl true
   # Tests only (fault injection takes the handle itself).
