@@ -9,7 +9,7 @@
 # removes of distinct integers (`return: :ok`), their rates and the OS RSS
 # 3 s after each; then, with N live elements again: the slowest single add
 # during 5 s of adds (a caller waits while a heartbeat hashes the set), the
-# time of one heartbeat (`Native.sync_hello/1`, what the store's sync peer
+# time of one heartbeat (`Native.sync_hello/2`, what the store's sync peer
 # runs every second) after a single add, and how long a concurrent
 # `Native.sync_info/1` (a plain NIF taking the same engine lock) waits.
 
@@ -86,11 +86,11 @@ run = fn {label, sync_opts} ->
       :sys.suspend(peer, 120_000)
       %{engine: engine} = :sys.get_state(peer, 120_000)
       _ = Native.sync_tick(engine, 0, false)
-      _ = Native.sync_hello(engine)
+      _ = Native.sync_hello(engine, false)
       :ok = ContextStore.update(s, :big, {:add, :one_more}, return: :ok)
       # A tick takes the change into the engine (the peer ticks every 5 ms).
       _ = Native.sync_tick(engine, 0, false)
-      task = Task.async(fn -> :timer.tc(fn -> Native.sync_hello(engine) end) end)
+      task = Task.async(fn -> :timer.tc(fn -> Native.sync_hello(engine, false) end) end)
       Process.sleep(20)
       {info_us, _} = :timer.tc(fn -> Native.sync_info(engine) end)
       {hello_us, _} = Task.await(task, 120_000)
