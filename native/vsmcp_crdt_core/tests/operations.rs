@@ -380,3 +380,25 @@ fn info_estimates_a_large_cold_tier_by_type_from_a_sample() {
     assert!(info.disk.keys_estimate >= 30_000);
     assert!(info.disk.live_sst_bytes > 0 && info.disk.total_sst_bytes > 0);
 }
+
+#[test]
+fn info_counts_ids_that_left_memory_before_their_first_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.hot_limit = 10;
+    c.warm_limit = 10;
+    c.flush_interval_ms = 60_000;
+    let s = Store::open(c).unwrap();
+    for i in 0..100u32 {
+        s.create(&i.to_be_bytes(), Kind::LwwRegister, Access::MayBlock)
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let info = s.info().unwrap();
+        assert!(info.cold.exact);
+        assert_eq!(info.hot.count + info.warm.count, 20);
+        assert_eq!(info.cold.count, 80, "{:?}", info.cold);
+        assert_eq!(info.cold.by_kind[4], 80);
+        s.flush().unwrap();
+    }
+}

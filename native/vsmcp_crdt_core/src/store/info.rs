@@ -10,7 +10,8 @@
 //! `COLD_SAMPLE` records read from disk: dirty schedulers only.
 //!
 //! **Exact and estimated.** Hot and warm counts are exact. The cold tier
-//! (on disk only) is counted exactly, per type, when it holds at most
+//! (out of memory: on disk, or pending for a flush) is counted exactly,
+//! per type, when it holds at most
 //! `COLD_EXACT_MAX` records; above that, a sample of `COLD_SAMPLE` records
 //! read from random points of the key range gives the share of each type
 //! among the ids not in memory, applied to RocksDB's key estimate (which
@@ -321,7 +322,11 @@ impl Store {
             (Box::from(id), kind)
         };
         let mut exact = false;
+        let mut pending_only = Vec::new();
         if keys_estimate <= 4 * COLD_EXACT_MAX {
+            // Read before the disk (as in `listing`), so that a flush
+            // meanwhile cannot hide an id from both.
+            pending_only = self.pending_out_of_memory();
             let max = COLD_EXACT_MAX as usize;
             exact = cold.visit_records(&[], max + 1, |id, r| records.push(entry(id, r)))? <= max;
         }
@@ -360,6 +365,14 @@ impl Store {
                 census.by_kind[kind_index(*kind)] += 1;
             }
         }
+        if exact {
+            for (id, kind) in &pending_only {
+                let on_disk = records.binary_search_by(|r| (*r.0).cmp(id)).is_ok();
+                if !on_disk && !inner.lock_state_unchecked(id).tiers.contains(id) {
+                    census.by_kind[kind_index(*kind)] += 1;
+                }
+            }
+        }
         if !exact && !records.is_empty() {
             let scale = keys_estimate as f64 / records.len() as f64;
             for n in census.by_kind.iter_mut() {
@@ -368,6 +381,39 @@ impl Store {
         }
         census.count = census.by_kind.iter().sum();
         Ok(census)
+    }
+}
+
+impl Store {
+    /// Ids that left memory before their writes were flushed (neither in
+    /// memory nor on disk yet), with their kinds.
+    fn pending_out_of_memory(&self) -> Vec<(Box<[u8]>, Kind)> {
+        let mut out = Vec::new();
+        for shard in self.0.shards.iter() {
+            let sh = shard.state.lock();
+            let p = &sh.pending;
+            let ids = p
+                .inflight
+                .keys()
+                .chain(p.dirty.keys().filter(|k| !p.inflight.contains_key(*k)));
+            for id in ids {
+                if sh.tiers.contains(id) {
+                    continue;
+                }
+                let mut kind = None;
+                for layer in p.overlays(id) {
+                    match (&layer.meta, &layer.delta) {
+                        (Some(m), Some(_)) => kind = Some(m.kind),
+                        _ if layer.reset => kind = None,
+                        _ => {}
+                    }
+                }
+                if let Some(k) = kind {
+                    out.push((id.clone(), k));
+                }
+            }
+        }
+        out
     }
 }
 
