@@ -6,6 +6,8 @@
 //! * [`cold`]: RocksDB, shared by the stores of one OS process per path.
 //! * [`record`]: what is stored per id, and the merge operator.
 //! * [`halt`]: process exit without a crash and without losing writes.
+//! * `backup`, `listing`, [`info`]: operations on a running store (online
+//!   backup, ids by pages, the `info` report).
 //!
 //! Ids are spread over shards. Each shard has two locks: `state` (its tiers
 //! and pending writes; held for microseconds, never across I/O) and `disk`
