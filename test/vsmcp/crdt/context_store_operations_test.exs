@@ -127,6 +127,13 @@ defmodule Vsmcp.CRDT.ContextStoreOperationsTest do
       eventually(fn ->
         ContextStore.get(store, :gc) == {:ok, 13} and ContextStore.get(restored, :gc) == {:ok, 13}
       end)
+
+      # info/1 shows the peer's clock and the merges from it.
+      info = ContextStore.info(restored)
+      assert is_integer(info.clock.max_remote_ahead_ms)
+      assert info.clock.max_remote_ahead_ms <= info.clock.max_clock_offset_ms
+      assert info.ops.remote_merges >= 1
+      assert [%{up: true}] = info.sync.peers
     end
 
     test "an existing or unwritable destination is refused" do
