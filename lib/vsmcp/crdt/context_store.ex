@@ -556,6 +556,182 @@ defmodule Vsmcp.CRDT.ContextStore do
     with {:ok, pid} <- whereis(store), do: Native.store_heap_bytes(pid, id)
   end
 
+  # ---------------------------------------------------------------------------
+  # Operations: backup and restore, listing large stores, info
+
+  @doc """
+  Copy the store, online and consistently, into `dir`: a directory that
+  must not exist yet (its parent must exist and be writable).
+
+  Every write acknowledged before the call is in the copy: the pending
+  relaxed writes are flushed first. RocksDB then makes a checkpoint (hard
+  links to its immutable files plus its memtables flushed, so the copy
+  costs little on the same filesystem and is copied across filesystems).
+  Readers and writers go on meanwhile; writes acknowledged during the call
+  may or may not be in the copy. Runs on a dirty IO scheduler.
+
+  Returns `:ok`, `{:error, :already_exists}` when `dir` exists, or
+  `{:error, {:storage_error, message}}` when it cannot be written (a
+  missing or read-only parent, a full disk) or the pending writes cannot be
+  flushed.
+
+  ## Restore
+
+  Start a store on the copy, or on a copy of it moved elsewhere:
+  `start_link(storage_opts: [data_dir: dir])`. It holds the values,
+  metadata (types, creators, times), delete tombstones and HLC of the
+  original at the time of the backup.
+
+  **The copy is a new replica.** The backup drops the random directory id
+  (the replica identity used by sync) from the copy, so a store opened on
+  it makes a fresh one at its first open. Original and copy can therefore
+  run at once, even syncing on one topic: two live stores sharing an id
+  would be one replica to sync, and their changes would collide. To
+  replace a node whose disk was lost, start the restored copy and call
+  `forget_replica/2` for the lost one on the survivors (their
+  causal-stability collection waits for it otherwise). The copy's metadata
+  keeps the original's directory id and the backup time under the key
+  `backup_of`, for diagnostics.
+  """
+  @spec backup(store(), Path.t()) :: :ok | {:error, term()}
+  def backup(store \\ __MODULE__, dir) do
+    with {:ok, pid} <- whereis(store),
+         do: Native.store_backup(pid, Path.expand(dir))
+  end
+
+  @doc """
+  A lazy `Stream` of every id, for stores too large for `list_crdts/1`.
+
+  Ids are fetched in pages of `page_size` (option, default 1_000, at most
+  100_000), one NIF call per page on a dirty IO scheduler, so memory stays
+  bounded by a page whatever the size of the store; nothing is fetched
+  until the stream is enumerated. Each page lists the ids after the last
+  one of the previous page, in the byte order of their canonical encoding
+  (the order of `list_crdts/1`), with the writes not yet on disk laid over
+  the disk.
+
+  While writes happen: an id that exists for the whole enumeration is
+  listed exactly once; an id created or deleted during it may or may not
+  be; no id is ever listed twice. Ids that no longer decode are left out
+  (as in `list_crdts/1`).
+
+  The first argument may be the options, for the default store:
+  `stream_crdts(page_size: 500)`. Enumerating exits with
+  `{reason, {Vsmcp.CRDT.ContextStore, :stream_crdts, [store, opts]}}` if
+  the store is not running (`:noproc`) or fails (`{:storage_error, msg}`).
+  """
+  @spec stream_crdts(store() | keyword(), keyword()) :: Enumerable.t()
+  def stream_crdts(store_or_opts \\ __MODULE__, opts \\ [])
+
+  def stream_crdts(opts, []) when is_list(opts), do: stream_crdts(__MODULE__, opts)
+
+  def stream_crdts(store, opts) when is_list(opts) do
+    page_size = Keyword.get(opts, :page_size, 1_000)
+
+    unless is_integer(page_size) and page_size in 1..100_000 do
+      raise ArgumentError,
+            "page_size must be an integer in 1..100_000, got: #{inspect(page_size)}"
+    end
+
+    fail = fn reason -> exit({reason, {__MODULE__, :stream_crdts, [store, opts]}}) end
+
+    Stream.resource(
+      fn ->
+        case whereis(store) do
+          {:ok, pid} -> {pid, nil}
+          {:error, reason} -> fail.(reason)
+        end
+      end,
+      fn
+        :done ->
+          {:halt, :done}
+
+        {pid, cursor} ->
+          case Native.store_ids_page(pid, cursor, page_size) do
+            {:ok, ids, nil} -> {ids, :done}
+            {:ok, ids, next} -> {ids, {pid, next}}
+            {:error, reason} -> fail.(reason)
+          end
+      end,
+      fn _ -> :ok end
+    )
+  end
+
+  @doc """
+  A report on the store, in the spirit of Redis `INFO`: a map holding
+  every key of `stats/1` plus the sections below. Counts, bytes and rates
+  are non-negative integers (rates: floats). Collecting it costs
+  O(items in memory + pending writes) and at most about 10,000 records read
+  from disk, on a dirty IO scheduler; meant for monitoring every few
+  seconds, not for every request.
+
+  Keys of `stats/1`: `:hot`, `:warm` (items per tier), `:cold_estimate`
+  (RocksDB's estimate of stored records), `:pending_writes`, `:shards`,
+  `:incarnation`, `:node_id`, `:hlc`, `:durability`, `:path`, `:closed`,
+  `:write_error`.
+
+  * `:uptime_ms` - since the store opened.
+  * `:crdts` - ids per type and tier. `:count` and `:by_type` (a map with
+    every type: `:g_counter`, `:pn_counter`, `:or_set`, `:aw_set`,
+    `:lww_register`) over all tiers; `:hot` and `:warm`, each
+    `%{count:, by_type:}`, exact; `:cold` (on disk only),
+    `%{count:, by_type:, exact:, sampled:}`: counted record by record when
+    at most 10,000 records are stored (`exact: true`), else **estimated**
+    (`exact: false`): the share of each type among `sampled` records read
+    at random points of the key range, applied to RocksDB's key estimate
+    (which counts not yet compacted updates of an id too, so it over-counts
+    until compaction).
+  * `:memory` - bytes: `:hot_bytes` (approximate heap of the decoded
+    states, `memory/2` summed), `:warm_bytes` (encoded states),
+    `:pending_bytes` (estimated encoded size of the writes not yet on disk),
+    and RocksDB's `:memtable_bytes` (`rocksdb.cur-size-all-mem-tables`),
+    `:block_cache_bytes` (`rocksdb.block-cache-usage`) and
+    `:table_readers_bytes` (`rocksdb.estimate-table-readers-mem`).
+  * `:disk` - bytes on disk: `:sst_bytes` (`rocksdb.total-sst-files-size`,
+    files not yet deleted included), `:live_sst_bytes`
+    (`rocksdb.live-sst-files-size`), `:live_data_bytes`
+    (`rocksdb.estimate-live-data-size`), `:wal_bytes` and `:wal_files` (the
+    write-ahead log's `*.log` files: RocksDB has no property for them),
+    `:keys_estimate` (`rocksdb.estimate-num-keys` of the records).
+  * `:compaction` - `:running` (`rocksdb.num-running-compactions`),
+    `:pending` (boolean, `rocksdb.compaction-pending`), `:pending_bytes`
+    (`rocksdb.estimate-pending-compaction-bytes`), `:running_flushes`,
+    `:flush_pending` (boolean), `:write_stopped` (boolean: RocksDB stalls
+    writes), `:background_errors` (since open).
+  * `:ops` - operations since the store opened: `:reads` (value reads:
+    `get`, `member?`), `:writes` (local `create`, `update` and its
+    shorthands, `delete`), `:remote_merges` (entries merged from peers),
+    and `:reads_per_sec`, `:writes_per_sec`, `:remote_merges_per_sec` over
+    the last window of `:window_ms`: windows are at least a second long and
+    are closed by `info/1` calls, so the rates cover the time since an
+    earlier call (the first window starts when the store opened).
+  * `:lag` - durability lag: `:pending_writes` (ids with acknowledged
+    writes not yet in RocksDB's log), `:pending_bytes`,
+    `:oldest_pending_ms` (age of the oldest such write; `nil` when none:
+    always with `durability: :strict`), `:flush_interval_ms` (the
+    group-commit period it should stay near).
+  * `:clock` - `:hlc` (`{wall_ms, counter}`, the last timestamp issued),
+    `:max_remote_ahead_ms` (the largest difference between a peer's clock
+    and ours seen in a sync message, refused ones included; negative when
+    peers are behind; `nil` before any), `:max_clock_offset_ms` (the
+    largest one accepted).
+  * `:sync` - the map of `sync_info/1`.
+  """
+  @spec info(store()) :: map() | {:error, term()}
+  def info(store \\ __MODULE__) do
+    with {:ok, pid} <- whereis(store),
+         stats when is_map(stats) <- Native.store_stats(pid),
+         {:ok, report} <- Native.store_info(pid) do
+      sync =
+        case sync_info(pid) do
+          sync when is_map(sync) -> sync
+          {:error, _} -> %{enabled: false}
+        end
+
+      stats |> Map.merge(report) |> Map.put(:sync, sync)
+    end
+  end
+
   @doc false
   # Run one decay pass now (tests and benchmarks).
   def decay_now(store \\ __MODULE__) do

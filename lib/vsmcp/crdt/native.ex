@@ -156,4 +156,18 @@ defmodule Vsmcp.CRDT.Native do
   def store_value_cache(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
 
   # --- end of store -----------------------------------------------------------
+
+  # ---------------------------------------------------------------------------
+  # operations: backup, listing by pages and info of a store
+  # (native/vsmcp_crdt_nif/src/operations.rs), all on dirty IO schedulers.
+  # ---------------------------------------------------------------------------
+
+  @doc false
+  def store_backup(_h, _path), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def store_ids_page(_h, _after, _limit), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def store_info(_h), do: :erlang.nif_error(:nif_not_loaded)
+
+  # --- end of operations ------------------------------------------------------
 end

@@ -9,9 +9,11 @@
 //! * `set_cache` - a hot set's built `MapSet` kept beside it, edited per update
 //! * `store`  - the store resource behind `Vsmcp.CRDT.ContextStore`
 //! * `sync`   - the sync engine behind `Vsmcp.CRDT.Sync.Peer`
+//! * `operations` - backup, listing by pages and `info` of a store
 
 mod errors;
 mod op;
+mod operations;
 #[cfg(feature = "fault-injection")]
 mod probe;
 mod set_cache;

@@ -8,6 +8,8 @@
 //! that starts on a path whose previous store is still shutting down takes
 //! the handle over instead of failing.
 
+pub mod admin;
+
 use super::halt::{self, Gate};
 use super::record::merge_records;
 use super::write_behind::Pending;

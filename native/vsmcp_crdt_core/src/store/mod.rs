@@ -6,6 +6,8 @@
 //! * [`cold`]: RocksDB, shared by the stores of one OS process per path.
 //! * [`record`]: what is stored per id, and the merge operator.
 //! * [`halt`]: process exit without a crash and without losing writes.
+//! * `backup`, `listing`, [`info`]: operations on a running store (online
+//!   backup, ids by pages, the `info` report).
 //!
 //! Ids are spread over shards. Each shard has two locks: `state` (its tiers
 //! and pending writes; held for microseconds, never across I/O) and `disk`
@@ -26,14 +28,19 @@
 //! fsync); the replica id in dots and counter entries is
 //! `node_id ++ incarnation`, so a crash never makes a node reuse a dot.
 
+mod backup;
 pub mod cold;
 pub mod config;
 pub mod halt;
+pub mod info;
+mod listing;
 pub mod record;
 mod tiers;
 mod write_behind;
 
 pub use config::{Access, Durability, StoreConfig, INLINE_BYTES};
+pub use info::Info;
+pub use listing::IdsPage;
 pub use tiers::{drop_in_background, Ext, Tier};
 pub use write_behind::Pending;
 
@@ -47,6 +54,7 @@ use cold::{
     BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY, TOMB_PREFIX,
 };
 use config::{regrows_large, REGROW_INLINE_MAX};
+use info::Counted;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use record::{decode_parts, encode_gen, encode_parts, Gen, Meta, Record};
 use std::hash::BuildHasher;
@@ -190,6 +198,8 @@ struct Inner {
     flush_lock: Mutex<()>,
     /// Held for a whole `close` or hand-over.
     close_lock: Mutex<()>,
+    /// Operation counters and observed clock offsets (see `info`).
+    telemetry: info::Telemetry,
 }
 
 /// A handle to an open store. Cloning shares it.
@@ -282,6 +292,7 @@ impl Store {
             flusher: Mutex::new(None),
             flush_lock: Mutex::new(()),
             close_lock: Mutex::new(()),
+            telemetry: Default::default(),
         });
         for (id, gen) in cold.meta_with_prefix(TOMB_PREFIX)? {
             // An undecodable tombstone is dropped: it only guards against
@@ -354,11 +365,18 @@ impl Store {
     /// Apply the HLC receive rule to a peer's clock; `Err(ClockSkew)` when
     /// it is more than the configured offset ahead (nothing changes then).
     pub fn receive_clock(&self, remote: Timestamp) -> Result<Timestamp> {
-        self.0.clock.lock().receive(remote, now_ms())
+        let now = now_ms();
+        self.0.telemetry.observe_remote_clock(remote.wall_ms, now);
+        self.0.clock.lock().receive(remote, now)
     }
 
     /// Create `id` of `kind`.
     pub fn create(&self, id: &[u8], kind: Kind, access: Access) -> Result<()> {
+        let r = self.create_uncounted(id, kind, access);
+        self.0.telemetry.note(Counted::Write, r)
+    }
+
+    fn create_uncounted(&self, id: &[u8], kind: Kind, access: Access) -> Result<()> {
         let inner = &self.0;
         inner.check_size(id.len())?;
         let _disk = inner.lock_disk_for_write(id, access)?;
@@ -409,7 +427,8 @@ impl Store {
     /// `tiers`): normal-scheduler calls on the shard never wait for O(n)
     /// work.
     pub fn read<R>(&self, id: &[u8], access: Access, f: impl FnOnce(View<'_>) -> R) -> Result<R> {
-        self.read_with(id, access, true, f)
+        let r = self.read_with(id, access, true, f);
+        self.0.telemetry.note(Counted::Read, r)
     }
 
     /// [`Store::read`]; without `touch` the read counts no access (no
@@ -493,6 +512,18 @@ impl Store {
     /// mutates and replies in one call, and the reply is the value right
     /// after this mutation.
     pub fn update_with<R>(
+        &self,
+        id: &[u8],
+        m: Mutation<'_>,
+        access: Access,
+        linear_reply: bool,
+        f: impl FnOnce(View<'_>) -> R,
+    ) -> Result<R> {
+        let r = self.update_uncounted(id, m, access, linear_reply, f);
+        self.0.telemetry.note(Counted::Write, r)
+    }
+
+    fn update_uncounted<R>(
         &self,
         id: &[u8],
         m: Mutation<'_>,
@@ -596,6 +627,11 @@ impl Store {
     /// Join a CRDT (state or delta, e.g. from a peer) into `id`, creating it
     /// when missing.
     pub fn merge(&self, id: &[u8], meta: &Meta, other: &Crdt, access: Access) -> Result<()> {
+        let r = self.merge_uncounted(id, meta, other, access);
+        self.0.telemetry.note(Counted::Write, r)
+    }
+
+    fn merge_uncounted(&self, id: &[u8], meta: &Meta, other: &Crdt, access: Access) -> Result<()> {
         let inner = &self.0;
         if meta.kind != other.kind() {
             return Err(Error::TypeMismatch);
@@ -661,6 +697,11 @@ impl Store {
 
     /// Delete `id`.
     pub fn delete(&self, id: &[u8], access: Access) -> Result<()> {
+        let r = self.delete_uncounted(id, access);
+        self.0.telemetry.note(Counted::Write, r)
+    }
+
+    fn delete_uncounted(&self, id: &[u8], access: Access) -> Result<()> {
         let inner = &self.0;
         let _disk = inner.lock_disk_for_write(id, access)?;
         let (sh, present) = inner.locate(id, access)?;
@@ -739,6 +780,11 @@ impl Store {
     /// dirty scheduler; persisted with the store's durability; never
     /// recorded as a local change.
     pub fn merge_remote(&self, id: &[u8], meta: &Meta, crdt: &Crdt) -> Result<Merged> {
+        let r = self.merge_remote_uncounted(id, meta, crdt);
+        self.0.telemetry.note(Counted::RemoteMerge, r)
+    }
+
+    fn merge_remote_uncounted(&self, id: &[u8], meta: &Meta, crdt: &Crdt) -> Result<Merged> {
         let inner = &self.0;
         let access = Access::MayBlock;
         if meta.kind != crdt.kind() {

@@ -457,3 +457,11 @@ pub fn drop_in_background<T: Send + 'static>(value: T) {
     // No reaper thread: free it here rather than leak it.
     drop(rejected);
 }
+
+impl Tiers {
+    /// Every item in memory, for a census (`Store::info`): O(items), under
+    /// the shard lock.
+    pub(super) fn slots(&self) -> impl Iterator<Item = (&[u8], &Slot)> {
+        self.map.iter().map(|(k, s)| (&**k, s))
+    }
+}

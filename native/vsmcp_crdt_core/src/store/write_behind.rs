@@ -17,6 +17,7 @@ use super::record::{encode_gen, encode_parts, Gen, Meta};
 use crate::crdt::Crdt;
 use hashbrown::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Writes of one id not yet in RocksDB: an optional delete, then a delta.
 /// The delta is shared (copied on write), so that a dirty-scheduler load of
@@ -122,6 +123,10 @@ pub(super) struct PendingWrites {
     pub(super) written: u64,
     /// Changes so far (stamps of `Pending::seq`).
     changes: u64,
+    /// When the oldest write in `dirty` / `inflight` was made (see
+    /// [`PendingWrites::oldest`]).
+    dirty_since: Option<Instant>,
+    inflight_since: Option<Instant>,
 }
 
 impl PendingWrites {
@@ -129,6 +134,7 @@ impl PendingWrites {
     /// allocating a key when present), stamped as changed.
     pub(super) fn entry(&mut self, id: &[u8]) -> &mut Pending {
         self.changes += 1;
+        self.dirty_since.get_or_insert_with(Instant::now);
         let seq = self.changes;
         let p = self.dirty.entry_ref(id).or_default();
         p.seq = seq;
@@ -199,6 +205,7 @@ impl PendingWrites {
             return None;
         }
         self.inflight = Arc::new(std::mem::take(&mut self.dirty));
+        self.inflight_since = self.dirty_since.take();
         Some(Arc::clone(&self.inflight))
     }
 
@@ -206,12 +213,17 @@ impl PendingWrites {
     /// they go back before the newer ones (the caller dropped its share).
     pub(super) fn end_flush(&mut self, ok: bool) {
         if ok {
+            self.inflight_since = None;
             if !self.inflight.is_empty() {
                 self.inflight = Arc::default();
                 self.written += 1;
             }
             return;
         }
+        self.dirty_since = match (self.inflight_since.take(), self.dirty_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let inflight = std::mem::take(&mut self.inflight);
         let inflight = Arc::try_unwrap(inflight).unwrap_or_else(|shared| (*shared).clone());
         for (k, older) in inflight {
@@ -226,6 +238,7 @@ impl PendingWrites {
     /// Everything pending, oldest first, leaving nothing behind.
     pub(super) fn drain(&mut self) -> Vec<(Box<[u8]>, Pending)> {
         self.end_flush(false);
+        self.dirty_since = None;
         self.dirty.drain().collect()
     }
 
@@ -242,5 +255,33 @@ impl PendingWrites {
 pub(super) fn write_group(group: &Group, ops: &mut Vec<BatchOp>) {
     for (k, p) in group {
         p.write_to(k, ops);
+    }
+}
+
+impl PendingWrites {
+    /// When the oldest write still pending was made (`None`: nothing
+    /// pending). Writes that arrived without a time (handed over by a
+    /// predecessor) are dated from the first time this is asked.
+    pub(super) fn oldest(&mut self) -> Option<Instant> {
+        if self.len() == 0 {
+            return None;
+        }
+        if self.dirty_since.is_none() && self.inflight_since.is_none() {
+            self.dirty_since = Some(Instant::now());
+        }
+        match (self.inflight_since, self.dirty_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Estimated encoded bytes of the pending deltas (O(pending)).
+    pub(super) fn delta_bytes(&self) -> usize {
+        self.inflight
+            .values()
+            .chain(self.dirty.values())
+            .filter_map(|p| p.delta.as_deref())
+            .map(Crdt::size_hint)
+            .sum()
     }
 }
