@@ -117,8 +117,17 @@
         beam_kb: div(:erlang.memory(:total), 1024),
         stats: ContextStore.stats(@store),
         sync: sync,
-        info_ms: waited
+        info_ms: waited,
+        set_bytes: set_bytes()
       }
+    end
+
+    # The bytes the big set's state holds (ContextStore.memory/2).
+    def set_bytes do
+      case ContextStore.memory(@store, :big) do
+        {:ok, b} -> b
+        _ -> nil
+      end
     end
 
     defp sleep_until(t_us) do
@@ -1195,6 +1204,28 @@ try do
       )
 
       IO.puts("stats after sync (n1): #{inspect(hd(r3).stats)}")
+
+      # Causal-stability collection: once every node agrees (hellos every
+      # second, `collect_after` 2 s), the remove tokens go.
+      deadline = B.now() + 120_000_000
+
+      collected =
+        Stream.repeatedly(fn ->
+          Process.sleep(1_000)
+          Enum.map(nodes, &B.call(&1, :set_bytes, [], 600_000))
+        end)
+        |> Enum.find(fn bytes ->
+          B.now() > deadline or Enum.all?(bytes, &(is_integer(&1) and &1 < 1_000_000))
+        end)
+
+      stamp.("collection checked")
+
+      IO.puts(
+        "RESULT memory of the set (ContextStore.memory/2) n1/n2/n3: after adds " <>
+          "#{Enum.map_join(r1, "/", &inspect(&1.set_bytes))} B, after removes " <>
+          "#{Enum.map_join(r2, "/", &inspect(&1.set_bytes))} B, after collection " <>
+          "#{Enum.map_join(collected, "/", &inspect/1)} B"
+      )
     after
       if nodes != old_nodes do
         B.stop_stores(nodes)
