@@ -6,6 +6,7 @@
 //! * [`cold`]: RocksDB, shared by the stores of one OS process per path.
 //! * [`record`]: what is stored per id, and the merge operator.
 //! * [`halt`]: process exit without a crash and without losing writes.
+//! * [`import`]: the replaced application's DETS data, imported.
 //!
 //! Ids are spread over shards. Each shard has two locks: `state` (its tiers
 //! and pending writes; held for microseconds, never across I/O) and `disk`
@@ -30,6 +31,7 @@ pub mod cold;
 pub mod config;
 pub mod creates;
 pub mod halt;
+pub mod import;
 pub mod record;
 mod tiers;
 mod write_behind;
@@ -196,6 +198,8 @@ struct Inner {
     flush_lock: Mutex<()>,
     /// Held for a whole `close` or hand-over.
     close_lock: Mutex<()>,
+    /// The source this store imported, if it did (see `import`).
+    migrated_from: Mutex<Option<Arc<[u8]>>>,
 }
 
 /// A handle to an open store. Cloning shares it.
@@ -296,6 +300,7 @@ impl Store {
             flusher: Mutex::new(None),
             flush_lock: Mutex::new(()),
             close_lock: Mutex::new(()),
+            migrated_from: Mutex::new(import::load_migrated_from(&cold)?),
         });
         for (id, gen) in cold.meta_with_prefix(TOMB_PREFIX)? {
             // An undecodable tombstone is dropped: it only guards against
