@@ -9,8 +9,10 @@
 //! * `set_cache` - a hot set's built `MapSet` kept beside it, edited per update
 //! * `store`  - the store resource behind `Vsmcp.CRDT.ContextStore`
 //! * `sync`   - the sync engine behind `Vsmcp.CRDT.Sync.Peer`
+//! * `import` - the replaced application's DETS entries, imported
 
 mod errors;
+mod import;
 mod op;
 #[cfg(feature = "fault-injection")]
 mod probe;
