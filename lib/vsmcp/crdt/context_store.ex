@@ -50,7 +50,9 @@ defmodule Vsmcp.CRDT.ContextStore do
     * `:node_id` - this replica's id (default `node()`), any term.
     * `:name` - register the store under this name (only when given).
     * `:storage_opts` - `:data_dir` (the RocksDB directory), or the legacy
-      `:dets_file` (see `Vsmcp.CRDT.Storage.Location`); `:memory_limit`
+      `:dets_file` (see `Vsmcp.CRDT.Storage.Location`; the replaced
+      application's DETS file there is imported at the first start, see
+      `Vsmcp.CRDT.Storage.DetsImport`); `:memory_limit`
       (items kept decoded in the hot tier, default 10_000), `:ets_limit`
       (items kept encoded in the warm tier, default 100_000),
       `:access_threshold` (accesses before a warm item is promoted, default
@@ -78,7 +80,9 @@ defmodule Vsmcp.CRDT.ContextStore do
   `{:error, {:unknown_type, type}}`, `{:error, {:unsupported_operation, type, op}}`,
   `{:error, {:value_too_large, size, max}}`, `{:error, {:storage_error, message}}`
   (disk full, read-only directory; reads keep working), `{:error, :closed}`
-  and `{:error, :noproc}` (no such store).
+  and `{:error, :noproc}` (no such store). `start_link/1` may also answer
+  `{:error, {:dets_import_failed, path, reason}}` (see
+  `Vsmcp.CRDT.Storage.DetsImport`).
   """
 
   use GenServer
@@ -87,6 +91,7 @@ defmodule Vsmcp.CRDT.ContextStore do
   alias Vsmcp.CRDT.Sync.Peer
   alias Vsmcp.CRDT.Telemetry
   alias Vsmcp.CRDT.Native
+  alias Vsmcp.CRDT.Storage.DetsImport
 
   @types [:g_counter, :pn_counter, :or_set, :aw_set, :lww_register]
   # How long a closing store retries writes the disk refused.
@@ -118,7 +123,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   defp start(opts, link) do
     with {:ok, sync} <- Options.sync_opts(opts),
          {:ok, config} <- Options.to_native(opts),
-         {:ok, handle} <- Native.store_open(config) do
+         {:ok, handle} <- Native.store_open(config),
+         :ok <- DetsImport.run(handle, config) do
       gen_opts = if name = opts[:name], do: [name: name], else: []
       opts = Keyword.put(opts, :sync_opts, sync)
 
@@ -469,6 +475,12 @@ defmodule Vsmcp.CRDT.ContextStore do
   Metadata of `id`: `%{type:, created_by:, created_at:, updated_at:, tier:}`
   with times in ms since the epoch and `tier` one of `:hot`, `:warm`, `:cold`.
   Reading metadata does not promote the id.
+
+  An id imported from the replaced application's DETS file (see
+  `Vsmcp.CRDT.Storage.DetsImport`), and not deleted and created again
+  since, also has `migrated_from:`: the path of the DETS file this store
+  imported, or `:remote` when this store imported none (the id came from
+  another node's import).
   """
   @spec get_metadata(store(), crdt_id()) :: {:ok, map()} | {:error, term()}
   def get_metadata(store \\ __MODULE__, id) do

@@ -155,6 +155,14 @@ defmodule Vsmcp.CRDT.Native do
   def sync_info(_sync), do: :erlang.nif_error(:nif_not_loaded)
   def store_value_cache(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
 
+  # Import of the replaced application's DETS entries
+  # (native/vsmcp_crdt_nif/src/import.rs; Vsmcp.CRDT.Storage.DetsImport).
+  # Dirty IO: one call per batch.
+  @doc false
+  def store_import(_h, _entries), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def store_finish_import(_h, _source), do: :erlang.nif_error(:nif_not_loaded)
+
   # --- end of store -----------------------------------------------------------
 
   # ---------------------------------------------------------------------------

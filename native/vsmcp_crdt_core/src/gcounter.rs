@@ -170,6 +170,20 @@ impl GCounter {
         Ok(c)
     }
 
+    /// A state with the given per-replica counts: the contribution of each
+    /// replica, as another store (the replaced DETS application, keyed by
+    /// its node ids) recorded it. A replica named twice keeps the larger
+    /// count (the join of one-entry counters); zero counts add nothing.
+    pub fn from_counts(counts: impl IntoIterator<Item = (ReplicaId, u64)>) -> Self {
+        let mut c = GCounter::new();
+        for (r, n) in counts {
+            if n > 0 {
+                c.join_entry(&r, n);
+            }
+        }
+        c
+    }
+
     /// The entries as a causal summary: replica -> count.
     pub fn causal_context(&self) -> BTreeMap<ReplicaId, u64> {
         self.sorted_entries()

@@ -53,6 +53,19 @@ impl PNCounter {
         PNCounter { p, n }
     }
 
+    /// A state with the given per-replica counts of increments
+    /// (`positive`) and decrements (`negative`); see
+    /// [`GCounter::from_counts`].
+    pub fn from_counts(
+        positive: impl IntoIterator<Item = (ReplicaId, u64)>,
+        negative: impl IntoIterator<Item = (ReplicaId, u64)>,
+    ) -> Self {
+        PNCounter {
+            p: GCounter::from_counts(positive),
+            n: GCounter::from_counts(negative),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.p.is_empty() && self.n.is_empty()
     }

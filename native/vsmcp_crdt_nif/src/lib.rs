@@ -10,8 +10,10 @@
 //! * `store`  - the store resource behind `Vsmcp.CRDT.ContextStore`
 //! * `sync`   - the sync engine behind `Vsmcp.CRDT.Sync.Peer`
 //! * `operations` - backup, listing by pages and `info` of a store
+//! * `import` - the replaced application's DETS entries, imported
 
 mod errors;
+mod import;
 mod op;
 mod operations;
 #[cfg(feature = "fault-injection")]

@@ -393,7 +393,8 @@ fn metadata_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Term<
                 ("updated_at", meta.updated_at.encode(env)),
                 ("tier", tier.encode(env)),
             ];
-            Ok((ok(), atom_map(env, &pairs)).encode(env))
+            let map = crate::import::annotate_metadata(env, h, &meta, atom_map(env, &pairs));
+            Ok((ok(), map).encode(env))
         });
     reply(env, r)
 }

@@ -117,16 +117,22 @@ defmodule Vsmcp.CRDT.ContextStoreBadInputTest do
       assert File.read!(file) == content
     end
 
-    test "a real DETS file gives {:error, {:foreign_data_file, path}}" do
+    # A DETS file of the replaced application is imported (see
+    # storage/dets_import_test.exs); one holding something else is refused,
+    # and left as it was.
+    test "a DETS file of other entries gives {:error, {:dets_import_failed, path, _}}" do
       file = Path.join(tmp_dir!("vsmcp_crdt_dets"), "legacy.dets")
       {:ok, t} = :dets.open_file(make_ref(), file: String.to_charlist(file))
       :ok = :dets.insert(t, {:key, :value})
       :ok = :dets.close(t)
+      content = File.read!(file)
 
-      assert {:error, {:foreign_data_file, path}} =
+      assert {:error, {:dets_import_failed, path, {:bad_entry, :key, :not_a_crdt_entry}}} =
                ContextStore.start_link(storage_opts: [dets_file: file])
 
       assert path == Path.expand(file)
+      assert File.read!(file) == content
+      assert File.ls!(Path.dirname(file)) == ["legacy.dets"]
     end
 
     test "a marker naming a path outside its directory is foreign" do

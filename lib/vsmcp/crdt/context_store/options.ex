@@ -61,14 +61,17 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
           optional(:flush_interval) => non_neg_integer(),
           optional(:max_value_bytes) => non_neg_integer(),
           optional(:max_clock_offset) => non_neg_integer(),
-          optional(:cache_bytes) => non_neg_integer()
+          optional(:cache_bytes) => non_neg_integer(),
+          optional(:dets_import) => String.t()
         }
 
   @doc """
   Check the options of `Vsmcp.CRDT.ContextStore.start_link/1` and resolve
   the store's location (creating its directory).
 
-  The map holds `:path` and `:ephemeral` (from the location), `:node_id`
+  The map holds `:path` and `:ephemeral` (from the location; and
+  `:dets_import` when the location is a DETS file to import, see
+  `Vsmcp.CRDT.Storage.DetsImport`), `:node_id`
   (default `node()`), `:durability` (default `:relaxed`) and each integer
   option of the table above that was given. `:decay_interval` is not in it:
   the GenServer runs the decay timer (see `decay_interval/1`).
@@ -87,12 +90,14 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
          {:ok, integers} <- native_integers(storage),
          {:ok, loc} <- Location.resolve(storage) do
       {:ok,
-       Map.merge(integers, %{
+       integers
+       |> Map.merge(%{
          path: loc.path,
          ephemeral: loc.ephemeral,
          node_id: Keyword.get(opts, :node_id, node()),
          durability: durability
-       })}
+       })
+       |> Map.merge(Map.take(loc, [:dets_import]))}
     end
   end
 

@@ -22,9 +22,20 @@ defmodule Vsmcp.CRDT.Storage.Location do
     name someone could have guessed) and readable by its owner only, and
     removed when the store closes: such a store does not survive a restart.
 
+  A `dets_file` that is a DETS file (the replaced application's cold tier,
+  recognised by its header) is imported: `resolve/1` names a fresh data
+  directory (as a new marker would) and says so with `:dets_import`;
+  `Vsmcp.CRDT.Storage.DetsImport` imports the file into it and then calls
+  `complete_import/1`, which keeps the file as `<file>.backup` and puts the
+  marker in its place. Until then the file is where it was, so a crash
+  before the marker is written makes the next start import again, into
+  another fresh directory (the unfinished one is stale and removed).
+
   `ets_name` and `dets_name` are accepted for compatibility and ignored:
   nothing becomes a named table, so stores given the same names coexist.
   """
+
+  alias Vsmcp.CRDT.Storage.DetsImport
 
   @marker_header "vsmcp_crdt store marker v1"
 
@@ -37,7 +48,19 @@ defmodule Vsmcp.CRDT.Storage.Location do
   # random bits a collision means something else is creating these names.
   @ephemeral_attempts 5
 
-  @type t :: %{path: String.t(), ephemeral: boolean()}
+  # A marker is a few hundred bytes at most, a DETS file may be gigabytes:
+  # only this much of a file is read to tell which it is.
+  @head_bytes 4096
+
+  # Backup names tried (`<file>.backup`, `<file>.backup.2`, ...).
+  @backup_attempts 100
+
+  @typedoc "`:dets_import` (the DETS file to import) only when there is one."
+  @type t :: %{
+          required(:path) => String.t(),
+          required(:ephemeral) => boolean(),
+          optional(:dets_import) => String.t()
+        }
 
   @doc "Resolve the data directory, creating what is missing."
   @spec resolve(keyword()) :: {:ok, t} | {:error, term()}
@@ -95,7 +118,7 @@ defmodule Vsmcp.CRDT.Storage.Location do
     parent = Path.dirname(path)
 
     with :ok <- mkdir(parent) do
-      case File.read(path) do
+      case read_head(path) do
         {:ok, content} -> existing_marker(path, parent, content)
         {:error, :enoent} -> new_marker(path, parent)
         {:error, reason} -> {:error, {:storage_error, "#{path}: #{:file.format_error(reason)}"}}
@@ -104,6 +127,15 @@ defmodule Vsmcp.CRDT.Storage.Location do
   end
 
   defp marker(other), do: {:error, {:invalid_option, :dets_file, other}}
+
+  defp read_head(path) do
+    case File.open(path, [:read, :binary], &IO.binread(&1, @head_bytes)) do
+      {:ok, data} when is_binary(data) -> {:ok, data}
+      {:ok, :eof} -> {:ok, ""}
+      {:ok, {:error, reason}} -> {:error, reason}
+      {:error, reason} -> {:error, reason}
+    end
+  end
 
   defp mkdir(dir) do
     case File.mkdir_p(dir) do
@@ -117,7 +149,65 @@ defmodule Vsmcp.CRDT.Storage.Location do
          true <- valid_name?(path, name) do
       {:ok, %{path: Path.join(parent, name), ephemeral: false}}
     else
-      _ -> {:error, {:foreign_data_file, path}}
+      _ ->
+        if DetsImport.dets_header?(content),
+          do: dets_location(path, parent),
+          else: {:error, {:foreign_data_file, path}}
+    end
+  end
+
+  # The replaced application's DETS file: a fresh directory to import it
+  # into. No marker names any directory yet, so every directory of this
+  # file's pattern is what an unfinished import left.
+  defp dets_location(path, parent) do
+    base = Path.basename(path)
+    remove_stale(parent, base)
+    name = ".#{base}.#{random(@random_bytes)}.rocksdb"
+    {:ok, %{path: Path.join(parent, name), ephemeral: false, dets_import: path}}
+  end
+
+  @doc """
+  Finish an import (see the moduledoc): keep the DETS file `dets_import`
+  as a backup next to it, byte for byte (a hard link, or a copy on a
+  filesystem without them), then replace it by a marker naming `path`,
+  atomically. `{:ok, backup_path}`; the backup is `<file>.backup`, or
+  `<file>.backup.<n>` when that name is taken by another file.
+  """
+  @spec complete_import(t) :: {:ok, String.t()} | {:error, term()}
+  def complete_import(%{path: dir, dets_import: file}) do
+    with {:ok, backup} <- backup(file, 1),
+         :ok <- write_marker(file, Path.basename(dir)) do
+      {:ok, backup}
+    end
+  end
+
+  defp backup(file, n) when n > @backup_attempts,
+    do: {:error, {:storage_error, "#{file}: no free backup name"}}
+
+  defp backup(file, n) do
+    name = if n == 1, do: file <> ".backup", else: "#{file}.backup.#{n}"
+
+    case File.ln(file, name) do
+      :ok ->
+        {:ok, name}
+
+      # Made by an earlier attempt that stopped before the marker.
+      {:error, :eexist} ->
+        if same_file?(file, name), do: {:ok, name}, else: backup(file, n + 1)
+
+      {:error, _no_links} ->
+        case File.cp(file, name, on_conflict: fn _, _ -> false end) do
+          :ok -> {:ok, name}
+          {:error, reason} -> storage_error(name, reason)
+        end
+    end
+  end
+
+  defp same_file?(a, b) do
+    with {:ok, sa} <- File.stat(a), {:ok, sb} <- File.stat(b) do
+      {sa.inode, sa.major_device} == {sb.inode, sb.major_device}
+    else
+      _ -> false
     end
   end
 
@@ -143,11 +233,19 @@ defmodule Vsmcp.CRDT.Storage.Location do
     base = Path.basename(path)
     name = ".#{base}.#{random(@random_bytes)}.rocksdb"
     remove_stale(parent, base)
+
+    with :ok <- write_marker(path, name) do
+      {:ok, %{path: Path.join(parent, name), ephemeral: false}}
+    end
+  end
+
+  # Atomically: a reader sees the old file or the whole marker.
+  defp write_marker(path, name) do
     tmp = path <> ".tmp-#{System.unique_integer([:positive])}"
 
     with :ok <- File.write(tmp, "#{@marker_header}\ndata: #{name}\n"),
          :ok <- File.rename(tmp, path) do
-      {:ok, %{path: Path.join(parent, name), ephemeral: false}}
+      :ok
     else
       {:error, reason} ->
         File.rm(tmp)

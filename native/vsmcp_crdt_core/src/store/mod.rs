@@ -8,6 +8,7 @@
 //! * [`halt`]: process exit without a crash and without losing writes.
 //! * `backup`, `listing`, [`info`]: operations on a running store (online
 //!   backup, ids by pages, the `info` report).
+//! * [`import`]: the replaced application's DETS data, imported.
 //!
 //! Ids are spread over shards. Each shard has two locks: `state` (its tiers
 //! and pending writes; held for microseconds, never across I/O) and `disk`
@@ -32,6 +33,7 @@ mod backup;
 pub mod cold;
 pub mod config;
 pub mod halt;
+pub mod import;
 pub mod info;
 mod listing;
 pub mod record;
@@ -200,6 +202,8 @@ struct Inner {
     close_lock: Mutex<()>,
     /// Operation counters and observed clock offsets (see `info`).
     telemetry: info::Telemetry,
+    /// The source this store imported, if it did (see `import`).
+    migrated_from: Mutex<Option<Arc<[u8]>>>,
 }
 
 /// A handle to an open store. Cloning shares it.
@@ -293,6 +297,7 @@ impl Store {
             flush_lock: Mutex::new(()),
             close_lock: Mutex::new(()),
             telemetry: Default::default(),
+            migrated_from: Mutex::new(import::load_migrated_from(&cold)?),
         });
         for (id, gen) in cold.meta_with_prefix(TOMB_PREFIX)? {
             // An undecodable tombstone is dropped: it only guards against
