@@ -172,7 +172,12 @@ defmodule Vsmcp.CRDT.Sync.FaultsTest do
     info = on(a, :sync_info, [])
     assert info.log_bytes <= bound
     assert info.counters.deltas_recorded > 2_000
-    eventually(fn -> Cluster.call(b, SyncNode, :spread_sum, [:s, 2_000], 30_000) == ops end, 30_000)
+
+    eventually(
+      fn -> Cluster.call(b, SyncNode, :spread_sum, [:s, 2_000], 30_000) == ops end,
+      30_000
+    )
+
     Cluster.heal([c], [a, b])
 
     eventually(
