@@ -2,7 +2,11 @@
 #
 # Starts a store on a temporary directory, uses every CRDT type, shows two
 # replicas converging with the pure modules, restarts the store and reads
-# the data back from RocksDB.
+# the data back from RocksDB. Then starts three :peer nodes on 127.0.0.1
+# (and epmd) and runs the VSM patterns on one synced store: System 1
+# operational counters, System 2 coordination set, System 3 policy register,
+# System 4 opportunity set (add-wins), System 5 identity; with a partition
+# and its healing, tier movement, a restart from disk and a short report.
 
 alias Vsmcp.CRDT.ContextStore
 alias Vsmcp.CRDT.Types.{GCounter, ORSet, LWWRegister}
