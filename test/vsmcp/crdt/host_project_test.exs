@@ -53,6 +53,41 @@ defmodule Vsmcp.CRDT.HostProjectTest do
            "the host project did not build vsmcp_crdt into its own _build"
   end
 
+  # Issue 9: `mix release` of a host application carries the NIF
+  # (priv/native of this library) and the release starts and uses a store.
+  @tag timeout: 600_000
+  test "a release of the host project includes the NIF and its store works", %{dir: dir} do
+    write_host_project(dir)
+    {output, status} = mix(dir, ["release", "--overwrite"])
+    assert status == 0, "host `mix release` failed:\n#{output}"
+
+    assert [_] =
+             Path.wildcard(
+               Path.join(dir, "_build/dev/rel/host_app/lib/vsmcp_crdt-*/priv/native/*.so")
+             )
+
+    data = Path.join(dir, "release_data")
+
+    script = """
+    {:ok, _} = Application.ensure_all_started(:vsmcp_crdt)
+    alias Vsmcp.CRDT.ContextStore
+    {:ok, s} = ContextStore.start_link(storage_opts: [data_dir: #{inspect(data)}])
+    :ok = ContextStore.create(s, :visits, :g_counter)
+    {:ok, n} = ContextStore.increment(s, :visits, 5)
+    :ok = ContextStore.stop(s)
+    IO.puts("release store: \#{n}")
+    """
+
+    {output, status} =
+      System.cmd(Path.join(dir, "_build/dev/rel/host_app/bin/host_app"), ["eval", script],
+        stderr_to_stdout: true,
+        env: [{"RELEASE_COOKIE", "vsmcp_release_test"}]
+      )
+
+    assert status == 0, "the release did not run:\n#{output}"
+    assert output =~ "release store: 5"
+  end
+
   # Issue 7 section 1: a host application's suite passed, then its OS process
   # died at VM exit ("pthread lock: Invalid argument", exit 134, or a
   # segfault, 139) about one run in four, because RocksDB work (stores
