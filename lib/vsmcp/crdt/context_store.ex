@@ -122,9 +122,7 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   defp start(opts, link) do
     with {:ok, sync} <- Options.sync_opts(opts),
-         {:ok, config} <- Options.to_native(opts),
-         {:ok, handle} <- Native.store_open(config),
-         :ok <- DetsImport.run(handle, config) do
+         {:ok, handle} <- open(opts) do
       gen_opts = if name = opts[:name], do: [name: name], else: []
       opts = Keyword.put(opts, :sync_opts, sync)
 
@@ -142,6 +140,35 @@ defmodule Vsmcp.CRDT.ContextStore do
           Native.store_close(handle, @close_deadline)
           other
       end
+    end
+  end
+
+  # Resolve the location, open, and import a DETS file if it is one. Two
+  # starts on one `dets_file` at once are serialised, so that only one of
+  # them imports it (the other then finds the marker).
+  defp open(opts) do
+    open = fn ->
+      with {:ok, config} <- Options.to_native(opts),
+           {:ok, handle} <- Native.store_open(config),
+           :ok <- DetsImport.run(handle, config) do
+        {:ok, handle}
+      end
+    end
+
+    case dets_file(opts) do
+      nil -> open.()
+      file -> :global.trans({{__MODULE__, :dets_file}, Path.expand(file)}, open, [node()])
+    end
+  end
+
+  defp dets_file(opts) do
+    with true <- Keyword.keyword?(opts),
+         storage when is_list(storage) <- Keyword.get(opts, :storage_opts, []),
+         true <- Keyword.keyword?(storage),
+         file when is_binary(file) <- storage[:dets_file] do
+      file
+    else
+      _ -> nil
     end
   end
 

@@ -1,8 +1,8 @@
 defmodule Vsmcp.CRDT.Telemetry do
   @moduledoc """
   `:telemetry` events of the store and its replication. `:telemetry` is an
-  optional dependency: without it every event is a no-op (one
-  `Code.ensure_loaded?/1` check, cached by the VM).
+  optional dependency: without it every event is a no-op (whether it is
+  loaded is looked up once and kept in `:persistent_term`).
 
   Every event is emitted by a store's own processes (its GenServer or its
   sync peer), never on the path of a read or write call, so the hot path
@@ -43,11 +43,23 @@ defmodule Vsmcp.CRDT.Telemetry do
   """
   @spec emit([atom()], map(), map()) :: :ok
   def emit(event, measurements, metadata) do
-    if Code.ensure_loaded?(:telemetry) do
+    if available?() do
       # apply/3: the module is optional at compile time.
       apply(:telemetry, :execute, [event, measurements, metadata])
     end
 
     :ok
+  end
+
+  defp available? do
+    case :persistent_term.get(__MODULE__, nil) do
+      nil ->
+        loaded = Code.ensure_loaded?(:telemetry)
+        :persistent_term.put(__MODULE__, loaded)
+        loaded
+
+      loaded ->
+        loaded
+    end
   end
 end

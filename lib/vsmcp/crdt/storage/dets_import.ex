@@ -125,6 +125,7 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
   # Reading a copy
 
   defp import_file(handle, file) do
+    before = fingerprint(file)
     copy = copy_name(file)
 
     result =
@@ -141,7 +142,20 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
         File.rm(copy)
       end
 
-    rename_copy(result, copy, file)
+    with {:ok, _} = ok <- rename_copy(result, copy, file) do
+      # The old application must be stopped: a file it wrote to meanwhile
+      # holds entries the copy did not have.
+      if fingerprint(file) == before,
+        do: ok,
+        else: {:error, {:changed_during_import, "the file changed while it was imported"}}
+    end
+  end
+
+  defp fingerprint(file) do
+    case File.stat(file, time: :posix) do
+      {:ok, st} -> {st.size, st.mtime, st.inode}
+      {:error, reason} -> {:error, reason}
+    end
   end
 
   defp copy_name(file) do
