@@ -11,6 +11,11 @@ defmodule Vsmcp.CRDT.Application do
 
   Stores are not started here; the host application supervises them
   (`Vsmcp.CRDT.Supervisor` for the default store).
+
+  Cost: one `:pg` scope process per node, started once; nothing per store
+  or per call. Invariant: the scope runs on every node where the application
+  runs, so `:pg` membership is visible cluster-wide before any
+  store joins it.
   """
 
   use Application

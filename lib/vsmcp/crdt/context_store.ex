@@ -83,6 +83,16 @@ defmodule Vsmcp.CRDT.ContextStore do
   and `{:error, :noproc}` (no such store). `start_link/1` may also answer
   `{:error, {:dets_import_failed, path, reason}}` (see
   `Vsmcp.CRDT.Storage.DetsImport`).
+
+  ## Cost and invariant
+
+  Reads and writes of an id in memory cost a few hundred nanoseconds plus
+  copying the reply (see "Process model"); a cold id costs a RocksDB point
+  read. Each CRDT is a delta-state CRDT (Almeida, Shoker and Baquero 2018;
+  Shapiro et al. 2011), so replicas that have received the same updates
+  hold the same value whatever the order, duplication or batching of
+  their delivery; tiers (hot, warm, on disk) change where an id lives,
+  never its value.
   """
 
   use GenServer
@@ -99,7 +109,7 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   require Logger
 
-  @type store :: pid() | atom()
+  @type store :: pid() | atom() | {:global, term()} | {:via, module(), term()}
   @type crdt_type :: :g_counter | :pn_counter | :or_set | :aw_set | :lww_register
   @type crdt_id :: term()
   @type operation ::
@@ -112,11 +122,29 @@ defmodule Vsmcp.CRDT.ContextStore do
   # ---------------------------------------------------------------------------
   # Lifecycle
 
-  @doc "Start a store. See the moduledoc for options."
+  @doc """
+  Start a store. See the moduledoc for options.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(node_id: :n1, storage_opts: [data_dir: dir])
+      iex> Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      :ok
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts \\ []), do: start(opts, :link)
 
-  @doc "Start a store not linked to the caller (see `start_link/1`)."
+  @doc """
+  Start a store not linked to the caller (see `start_link/1`).
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start(storage_opts: [data_dir: dir])
+      iex> Process.alive?(s)
+      true
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
   @spec start(keyword()) :: GenServer.on_start()
   def start(opts), do: start(opts, :nolink)
 
@@ -188,6 +216,11 @@ defmodule Vsmcp.CRDT.ContextStore do
   writes are then still unwritten, an error is logged and the answer is
   `{:error, {:unflushed, ids, reason}}` with the number of ids whose writes
   were lost.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec stop(store(), term(), non_neg_integer()) ::
           :ok | {:error, {:unflushed, non_neg_integer(), String.t()}}
@@ -393,6 +426,17 @@ defmodule Vsmcp.CRDT.ContextStore do
   @doc """
   Create `id` of `type`: `:ok`, `{:error, :already_exists}` or
   `{:error, {:unknown_type, type}}`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      :ok
+      iex> Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      {:error, :already_exists}
+      iex> Vsmcp.CRDT.ContextStore.create(s, :other, :bag)
+      {:error, {:unknown_type, :bag}}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec create(store(), crdt_id(), crdt_type()) :: :ok | {:error, term()}
   def create(store \\ __MODULE__, id, type)
@@ -406,6 +450,16 @@ defmodule Vsmcp.CRDT.ContextStore do
   @doc """
   The value of `id`: an integer for counters, a `MapSet` for sets, the
   latest value (`nil` before the first `set/3`) for registers.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :tags, :or_set)
+      iex> Vsmcp.CRDT.ContextStore.get(s, :tags)
+      {:ok, MapSet.new([])}
+      iex> Vsmcp.CRDT.ContextStore.get(s, :missing)
+      {:error, :not_found}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec get(store(), crdt_id()) :: {:ok, term()} | {:error, term()}
   def get(store \\ __MODULE__, id) do
@@ -423,6 +477,18 @@ defmodule Vsmcp.CRDT.ContextStore do
   With `return: :ok` in `opts` the call answers `:ok` instead of the new
   value: copying a large set's value into the caller costs O(n), the
   mutation O(1).
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :score, :pn_counter)
+      iex> Vsmcp.CRDT.ContextStore.update(s, :score, {:decrement, 3})
+      {:ok, -3}
+      iex> Vsmcp.CRDT.ContextStore.update(s, :score, {:increment, 1}, return: :ok)
+      :ok
+      iex> Vsmcp.CRDT.ContextStore.update(s, :score, {:add, :x})
+      {:error, {:unsupported_operation, :pn_counter, {:add, :x}}}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec update(store(), crdt_id(), operation(), keyword()) ::
           {:ok, term()} | :ok | {:error, term()}
@@ -439,7 +505,20 @@ defmodule Vsmcp.CRDT.ContextStore do
   Increment a counter. `increment(store, id)` and `increment(id, amount)`
   (default store) are told apart by whether the first argument is a running
   store.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      iex> Vsmcp.CRDT.ContextStore.increment(s, :views)
+      {:ok, 1}
+      iex> Vsmcp.CRDT.ContextStore.increment(s, :views, 5)
+      {:ok, 6}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
+  @spec increment(crdt_id()) :: {:ok, term()} | {:error, term()}
+  @spec increment(store() | crdt_id(), crdt_id() | integer()) :: {:ok, term()} | {:error, term()}
+  @spec increment(store(), crdt_id(), integer()) :: {:ok, term()} | {:error, term()}
   def increment(id), do: update(__MODULE__, id, {:increment, 1})
 
   def increment(store_or_id, id_or_amount) do
@@ -450,7 +529,22 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   def increment(store, id, amount), do: update(store, id, {:increment, amount})
 
-  @doc "Decrement a PN-Counter (may go negative). Arguments as `increment/2`."
+  @doc """
+  Decrement a PN-Counter (may go negative). Arguments as `increment/2`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :balance, :pn_counter)
+      iex> Vsmcp.CRDT.ContextStore.decrement(s, :balance)
+      {:ok, -1}
+      iex> Vsmcp.CRDT.ContextStore.decrement(s, :balance, 4)
+      {:ok, -5}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
+  @spec decrement(crdt_id()) :: {:ok, term()} | {:error, term()}
+  @spec decrement(store() | crdt_id(), crdt_id() | integer()) :: {:ok, term()} | {:error, term()}
+  @spec decrement(store(), crdt_id(), integer()) :: {:ok, term()} | {:error, term()}
   def decrement(id), do: update(__MODULE__, id, {:decrement, 1})
 
   def decrement(store_or_id, id_or_amount) do
@@ -461,16 +555,63 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   def decrement(store, id, amount), do: update(store, id, {:decrement, amount})
 
-  @doc "Add `element` to a set."
+  @doc """
+  Add `element` to a set: `{:ok, set}` with the new `MapSet`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :tags, :or_set)
+      iex> Vsmcp.CRDT.ContextStore.add(s, :tags, "red")
+      {:ok, MapSet.new(["red"])}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
+  @spec add(store(), crdt_id(), term()) :: {:ok, term()} | {:error, term()}
   def add(store \\ __MODULE__, id, element), do: update(store, id, {:add, element})
 
-  @doc "Remove `element` from a set."
+  @doc """
+  Remove `element` from a set: `{:ok, set}` with the new `MapSet`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :tags, :aw_set)
+      iex> {:ok, _} = Vsmcp.CRDT.ContextStore.add(s, :tags, "red")
+      iex> Vsmcp.CRDT.ContextStore.remove(s, :tags, "red")
+      {:ok, MapSet.new([])}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
+  @spec remove(store(), crdt_id(), term()) :: {:ok, term()} | {:error, term()}
   def remove(store \\ __MODULE__, id, element), do: update(store, id, {:remove, element})
 
-  @doc "Set a register's value."
+  @doc """
+  Set a register's value: `{:ok, value}`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :mode, :lww_register)
+      iex> Vsmcp.CRDT.ContextStore.set(s, :mode, :safe)
+      {:ok, :safe}
+      iex> Vsmcp.CRDT.ContextStore.get(s, :mode)
+      {:ok, :safe}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
+  @spec set(store(), crdt_id(), term()) :: {:ok, term()} | {:error, term()}
   def set(store \\ __MODULE__, id, value), do: update(store, id, {:set, value})
 
-  @doc "Whether `element` is in the set `id`: `{:ok, boolean}`."
+  @doc """
+  Whether `element` is in the set `id`: `{:ok, boolean}`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :tags, :or_set)
+      iex> {:ok, _} = Vsmcp.CRDT.ContextStore.add(s, :tags, 1)
+      iex> {Vsmcp.CRDT.ContextStore.member?(s, :tags, 1), Vsmcp.CRDT.ContextStore.member?(s, :tags, 2)}
+      {{:ok, true}, {:ok, false}}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
   @spec member?(store(), crdt_id(), term()) :: {:ok, boolean()} | {:error, term()}
   def member?(store \\ __MODULE__, id, element) do
     with {:ok, pid} <- whereis(store) do
@@ -489,7 +630,18 @@ defmodule Vsmcp.CRDT.ContextStore do
     end
   end
 
-  @doc "All ids in the store."
+  @doc """
+  All ids in the store.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :a, :g_counter)
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, {:b, 1}, :or_set)
+      iex> Enum.sort(Vsmcp.CRDT.ContextStore.list_crdts(s))
+      [:a, {:b, 1}]
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
   @spec list_crdts(store()) :: [crdt_id()] | {:error, term()}
   def list_crdts(store \\ __MODULE__) do
     with {:ok, pid} <- whereis(store),
@@ -508,13 +660,34 @@ defmodule Vsmcp.CRDT.ContextStore do
   since, also has `migrated_from:`: the path of the DETS file this store
   imported, or `:remote` when this store imported none (the id came from
   another node's import).
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      iex> {:ok, meta} = Vsmcp.CRDT.ContextStore.get_metadata(s, :views)
+      iex> {meta.type, meta.tier in [:hot, :warm, :cold]}
+      {:g_counter, true}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec get_metadata(store(), crdt_id()) :: {:ok, map()} | {:error, term()}
   def get_metadata(store \\ __MODULE__, id) do
     with {:ok, pid} <- whereis(store), do: native(Native.store_metadata(pid, id))
   end
 
-  @doc "Delete `id`: `:ok` or `{:error, :not_found}`."
+  @doc """
+  Delete `id`: `:ok` or `{:error, :not_found}`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      iex> Vsmcp.CRDT.ContextStore.delete(s, :views)
+      :ok
+      iex> Vsmcp.CRDT.ContextStore.delete(s, :views)
+      {:error, :not_found}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
   @spec delete(store(), crdt_id()) :: :ok | {:error, term()}
   def delete(store \\ __MODULE__, id) do
     with {:ok, pid} <- whereis(store), do: native(Native.store_delete(pid, id))
@@ -526,6 +699,13 @@ defmodule Vsmcp.CRDT.ContextStore do
   answered; after `timeout` ms (default 5_000) `{:error, {:timeout,
   peers}}` naming the peers (their node names) that did not. A store that
   does not sync only writes to disk.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> Vsmcp.CRDT.ContextStore.sync(s)
+      :ok
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec sync(store(), timeout()) :: :ok | {:error, term()}
   def sync(store \\ __MODULE__, timeout \\ 5_000) do
@@ -538,6 +718,18 @@ defmodule Vsmcp.CRDT.ContextStore do
   `{:crdt_changed, store_pid, id, :local | :remote}` for every change,
   local or merged from a peer (changes of one id within a few ms are
   coalesced into one message). See `Vsmcp.CRDT.Sync.Peer`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      iex> :ok = Vsmcp.CRDT.ContextStore.subscribe(s, [:views])
+      iex> {:ok, 1} = Vsmcp.CRDT.ContextStore.increment(s, :views)
+      iex> receive do {:crdt_changed, ^s, :views, origin} -> origin after 2_000 -> :timeout end
+      :local
+      iex> Vsmcp.CRDT.ContextStore.unsubscribe(s)
+      :ok
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec subscribe(store(), [crdt_id()] | :all, pid()) :: :ok | {:error, term()}
   def subscribe(store \\ __MODULE__, ids \\ :all, pid \\ self()) do
@@ -567,6 +759,13 @@ defmodule Vsmcp.CRDT.ContextStore do
   `:counters` (messages, bytes, merges, retransmits), `:rejected` (refused
   peer input by kind) and the outgoing log's `:log_entries` and
   `:log_bytes`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> Vsmcp.CRDT.ContextStore.sync_info(s).enabled
+      false
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec sync_info(store()) :: map() | {:error, term()}
   def sync_info(store \\ __MODULE__) do
@@ -579,6 +778,14 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   @doc """
   Store statistics: items per tier, pending writes, incarnation, HLC, path.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      iex> match?(%{hot: 1, pending_writes: _, path: _}, Vsmcp.CRDT.ContextStore.stats(s))
+      true
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec stats(store()) :: map() | {:error, term()}
   def stats(store \\ __MODULE__) do
@@ -589,6 +796,15 @@ defmodule Vsmcp.CRDT.ContextStore do
   Approximate bytes of memory the state of `id` holds in the hot or warm
   tier (0 when it is on disk only): `{:ok, bytes}`. For diagnostics and
   benchmarks.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      iex> {:ok, bytes} = Vsmcp.CRDT.ContextStore.memory(s, :views)
+      iex> is_integer(bytes) and bytes >= 0
+      true
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec memory(store(), crdt_id()) :: {:ok, non_neg_integer()} | {:error, term()}
   def memory(store \\ __MODULE__, id) do
@@ -658,6 +874,14 @@ defmodule Vsmcp.CRDT.ContextStore do
   `stream_crdts(page_size: 500)`. Enumerating exits with
   `{reason, {Vsmcp.CRDT.ContextStore, :stream_crdts, [store, opts]}}` if
   the store is not running (`:noproc`) or fails (`{:storage_error, msg}`).
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> for i <- 1..5, do: :ok = Vsmcp.CRDT.ContextStore.create(s, i, :g_counter)
+      iex> s |> Vsmcp.CRDT.ContextStore.stream_crdts(page_size: 2) |> Enum.sort()
+      [1, 2, 3, 4, 5]
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec stream_crdts(store() | keyword(), keyword()) :: Enumerable.t()
   def stream_crdts(store_or_opts \\ __MODULE__, opts \\ [])
@@ -755,6 +979,15 @@ defmodule Vsmcp.CRDT.ContextStore do
     peers are behind; `nil` before any), `:max_clock_offset_ms` (the
     largest one accepted).
   * `:sync` - the map of `sync_info/1`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :tags, :or_set)
+      iex> %{crdts: %{count: count}, ops: %{writes: writes}} = Vsmcp.CRDT.ContextStore.info(s)
+      iex> {count, writes}
+      {1, 1}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
   """
   @spec info(store()) :: map() | {:error, term()}
   def info(store \\ __MODULE__) do

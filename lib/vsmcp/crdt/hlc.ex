@@ -65,11 +65,24 @@ defmodule Vsmcp.CRDT.HLC do
                    c.timestamp <= @max_u64 and is_integer(c.counter) and c.counter >= 0 and
                    c.counter <= @max_u32
 
-  @doc "A clock for `node_id` at the current physical time, counter 0."
+  @doc """
+  A clock for `node_id` at the current physical time, counter 0.
+
+      iex> clock = Vsmcp.CRDT.HLC.new(:node1)
+      iex> {clock.counter, clock.node_id}
+      {0, :node1}
+  """
   @spec new(term()) :: t
   def new(node_id), do: %__MODULE__{timestamp: now_ms(), counter: 0, node_id: node_id}
 
-  @doc "The clock of a local or send event: strictly greater than `clock`."
+  @doc """
+  The clock of a local or send event: strictly greater than `clock`.
+
+      iex> alias Vsmcp.CRDT.HLC
+      iex> clock = HLC.new(:node1)
+      iex> HLC.after?(HLC.tick(clock), clock)
+      true
+  """
   @spec tick(t) :: t
   def tick(clock) when valid?(clock) do
     case Native.hlc_tick(clock.timestamp, clock.counter, now_ms()) do
@@ -85,6 +98,16 @@ defmodule Vsmcp.CRDT.HLC do
   with `local`'s node id. Options: `max_offset:` ms a remote clock may run
   ahead of local physical time (default from
   `Application.get_env(:vsmcp_crdt, :hlc_max_offset_ms, 500)`).
+
+      iex> alias Vsmcp.CRDT.HLC
+      iex> local = HLC.new(:a)
+      iex> remote = %HLC{timestamp: local.timestamp + 10, counter: 3, node_id: :b}
+      iex> clock = HLC.receive_event(local, remote)
+      iex> {HLC.after?(clock, remote), clock.node_id}
+      {true, :a}
+      iex> far = %HLC{remote | timestamp: local.timestamp + 3_600_000}
+      iex> match?({:error, {:clock_skew, _}}, HLC.receive_event(local, far))
+      true
   """
   @spec receive_event(t, t, keyword()) :: t | {:error, {:clock_skew, non_neg_integer()}}
   def receive_event(local, remote, opts \\ [])
@@ -126,6 +149,13 @@ defmodule Vsmcp.CRDT.HLC do
   @doc """
   Total order: by timestamp, then counter, then the canonical bytes of the
   node id. `:eq` only for the same clock of the same node.
+
+      iex> alias Vsmcp.CRDT.HLC
+      iex> a = %HLC{timestamp: 100, counter: 0, node_id: :a}
+      iex> HLC.compare(a, %HLC{a | counter: 1})
+      :lt
+      iex> HLC.compare(a, a)
+      :eq
   """
   @spec compare(t, t) :: :lt | :eq | :gt
   def compare(a, b) when valid?(a) and valid?(b) do
@@ -140,11 +170,23 @@ defmodule Vsmcp.CRDT.HLC do
 
   def compare(a, b), do: invalid!(:compare, if(valid?(a), do: b, else: a))
 
-  @doc "Whether `a` orders before `b` (`compare(a, b) == :lt`)."
+  @doc """
+  Whether `a` orders before `b` (`compare(a, b) == :lt`).
+
+      iex> alias Vsmcp.CRDT.HLC
+      iex> HLC.before?(%HLC{timestamp: 1, counter: 0, node_id: :a}, %HLC{timestamp: 2, counter: 0, node_id: :a})
+      true
+  """
   @spec before?(t, t) :: boolean()
   def before?(a, b), do: compare(a, b) == :lt
 
-  @doc "Whether `a` orders after `b` (`compare(a, b) == :gt`)."
+  @doc """
+  Whether `a` orders after `b` (`compare(a, b) == :gt`).
+
+      iex> alias Vsmcp.CRDT.HLC
+      iex> HLC.after?(%HLC{timestamp: 1, counter: 5, node_id: :a}, %HLC{timestamp: 1, counter: 4, node_id: :a})
+      true
+  """
   @spec after?(t, t) :: boolean()
   def after?(a, b), do: compare(a, b) == :gt
 
@@ -152,6 +194,13 @@ defmodule Vsmcp.CRDT.HLC do
   Whether `a` and `b` carry the same timestamp and counter from different
   nodes: neither happened before the other, and only the node id tie-break
   orders them.
+
+      iex> alias Vsmcp.CRDT.HLC
+      iex> a = %HLC{timestamp: 100, counter: 2, node_id: :a}
+      iex> HLC.concurrent?(a, %HLC{a | node_id: :b})
+      true
+      iex> HLC.concurrent?(a, HLC.tick(a))
+      false
   """
   @spec concurrent?(t, t) :: boolean()
   def concurrent?(a, b) when valid?(a) and valid?(b),
@@ -159,7 +208,14 @@ defmodule Vsmcp.CRDT.HLC do
 
   def concurrent?(a, b), do: invalid!(:concurrent?, if(valid?(a), do: b, else: a))
 
-  @doc "The string form described in the moduledoc."
+  @doc """
+  The string form described in the moduledoc.
+
+      iex> Vsmcp.CRDT.HLC.to_string(%Vsmcp.CRDT.HLC{timestamp: 1700000000000, counter: 3, node_id: :node1})
+      "1700000000000:3@a:node1"
+      iex> Vsmcp.CRDT.HLC.to_string(%Vsmcp.CRDT.HLC{timestamp: 5, counter: 0, node_id: "node one"})
+      "5:0@s:node%20one"
+  """
   @spec to_string(t) :: String.t()
   def to_string(clock) when valid?(clock),
     do: "#{clock.timestamp}:#{clock.counter}@" <> encode_node(clock.node_id)
@@ -182,6 +238,11 @@ defmodule Vsmcp.CRDT.HLC do
   Parses the string form. Returns `{:ok, clock}` or `{:error, :invalid_format}`
   for anything that is not one (including an atom node id that does not
   exist in this VM). Never creates atoms.
+
+      iex> Vsmcp.CRDT.HLC.from_string("1700000000000:3@a:node1")
+      {:ok, %Vsmcp.CRDT.HLC{timestamp: 1700000000000, counter: 3, node_id: :node1}}
+      iex> Vsmcp.CRDT.HLC.from_string("not a clock")
+      {:error, :invalid_format}
   """
   @spec from_string(term()) :: {:ok, t} | {:error, :invalid_format}
   def from_string(string) when is_binary(string) do

@@ -11,6 +11,13 @@ defmodule Vsmcp.CRDT.Native do
 
   The library is built by the `:vsmcp_crdt_nif` Mix compiler (defined in
   `mix.exs`) and installed as `priv/native/libvsmcp_crdt_nif.so`.
+
+  Cost: each function is one NIF call; the `_dirty` variants run on a
+  dirty scheduler, the others must return within about a millisecond (see
+  `Vsmcp.CRDT.Types.EncodedState` and `Vsmcp.CRDT.ContextStore`).
+  Invariant: the module loads only if `:erlang.load_nif/2` succeeds
+  (`@on_load`), so in a running system every function here is the Rust
+  one.
   """
 
   @on_load :load_nif

@@ -25,6 +25,11 @@ defmodule Vsmcp.CRDT.Supervisor do
   (`sync_opts: [enabled: true]`, topic `"vsmcp_crdt:Vsmcp.CRDT.ContextStore"`),
   over `Vsmcp.PubSub` when the host runs it, else over `:pg`; configure
   it with `sync_opts:` in the same place, e.g. `sync_opts: [enabled: false]`.
+
+  Cost: one supervisor and one store process (plus the store's sync peer);
+  reading the application environment once per start. Invariant: at most
+  one default store per node, registered as `Vsmcp.CRDT.ContextStore`
+  (`:one_for_one`, so a crashed store restarts from its data on disk).
   """
 
   use Supervisor
@@ -33,6 +38,11 @@ defmodule Vsmcp.CRDT.Supervisor do
 
   @default_storage [dets_file: "data/crdt_storage.dets"]
 
+  @doc """
+  Start the supervisor and the default store. Options are those of
+  `Vsmcp.CRDT.ContextStore.start_link/1`, plus `:supervisor_name`.
+  """
+  @spec start_link(keyword()) :: Supervisor.on_start()
   def start_link(opts \\ []) do
     Supervisor.start_link(__MODULE__, opts, name: Keyword.get(opts, :supervisor_name, __MODULE__))
   end

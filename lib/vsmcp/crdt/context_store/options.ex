@@ -26,6 +26,11 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   (`:data_dir`, `:dets_file`) are resolved last, by
   `Vsmcp.CRDT.Storage.Location.resolve/1`, which creates the directory; so
   a call refused for any other option leaves nothing on disk.
+
+  Cost: pure Elixir, O(number of options), once per `start_link/1`.
+  Invariant: a configuration map this module returns is one the NIF's
+  decoder accepts, so a bad option can only ever be an `{:error, _}`
+  value, never a raise inside the store.
   """
 
   alias Vsmcp.CRDT.Storage.Location

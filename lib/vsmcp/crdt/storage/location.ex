@@ -33,6 +33,11 @@ defmodule Vsmcp.CRDT.Storage.Location do
 
   `ets_name` and `dets_name` are accepted for compatibility and ignored:
   nothing becomes a named table, so stores given the same names coexist.
+
+  Cost: a few file-system calls (stat, read or write of the marker, a
+  listing of the parent directory to remove stale data directories), once
+  per store start. Invariant: a marker names exactly one data directory,
+  and a newly written marker never names a directory that already exists.
   """
 
   alias Vsmcp.CRDT.Storage.DetsImport

@@ -29,6 +29,17 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   per changed id per tick (changes of one id within a tick are coalesced).
   Remote ids naming atoms that do not exist on this node are not reported
   (receiving never creates atoms).
+
+  ## Cost and invariant
+
+  One process per store; the work of a tick (every 5 ms) is proportional
+  to the local changes since the last one, and a heartbeat is one small
+  broadcast per second. The engine implements delta-interval
+  anti-entropy (Almeida, Shoker and Baquero 2018, Algorithm 2): each
+  replica ships the deltas a peer has not acknowledged and retransmits
+  until it does, with digest rounds as the fallback, so all replicas that stay connected long enough
+  converge to the same state whatever the transport drops, duplicates or
+  reorders.
   """
 
   use GenServer
@@ -47,9 +58,11 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
 
   @doc "Subscribe `pid` to changes of `ids` (a list) or of every id (`:all`)."
+  @spec subscribe(GenServer.server(), pid(), [term()] | :all) :: :ok | {:error, term()}
   def subscribe(peer, pid, ids), do: GenServer.call(peer, {:subscribe, pid, ids})
 
   @doc "Undo `subscribe/3` for `pid`."
+  @spec unsubscribe(GenServer.server(), pid()) :: :ok
   def unsubscribe(peer, pid), do: GenServer.call(peer, {:unsubscribe, pid})
 
   @doc """
@@ -57,6 +70,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   `:ok` once each answered, else `{:error, {:timeout, peers}}` naming the
   silent peers' labels.
   """
+  @spec sync(GenServer.server(), timeout()) :: :ok | {:error, term()}
   def sync(peer, timeout \\ @sync_timeout)
 
   def sync(peer, timeout)
@@ -70,9 +84,11 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   def sync(_peer, timeout), do: {:error, {:invalid_timeout, timeout}}
 
   @doc "Forget a replica (a key from `info/1`'s peers) for good."
+  @spec forget_replica(GenServer.server(), String.t()) :: :ok | {:error, term()}
   def forget_replica(peer, key), do: GenServer.call(peer, {:forget, key})
 
   @doc "Sync state: transport, topic, peers, counters, rejections, log size."
+  @spec info(GenServer.server()) :: map()
   def info(peer), do: GenServer.call(peer, :info)
 
   # ---------------------------------------------------------------------------

@@ -44,6 +44,12 @@ defmodule Vsmcp.CRDT.Sync.Transport do
       faults; for tests and chaos runs.
 
   Any module implementing this behaviour can be given as `transport:`.
+
+  Cost: per implementation (see each module's "Cost"); the behaviour adds
+  nothing. Invariant: the sync protocol (delta-intervals with
+  anti-entropy, Almeida, Shoker and Baquero 2018, Algorithm 2) converges
+  over any transport with the guarantees above, so correctness never depends on the
+  transport's ordering or reliability.
   """
 
   @typedoc "What `start/1` returned; passed back to every other callback."

@@ -31,15 +31,21 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
 
   alias Vsmcp.CRDT.Native
 
+  @typedoc "A type module's struct: `%Type{node_id: term, state: binary}`."
+  @type crdt :: %{:__struct__ => module(), :node_id => term(), :state => binary()}
+  @type kinds :: [atom()]
+
   @dirty_threshold 8 * 1024
 
   @doc "An empty CRDT of `kind` held by `node_id`."
+  @spec new(module(), atom(), term()) :: crdt
   def new(module, kind, node_id) do
     {:ok, state} = Native.crdt_new(kind)
     struct!(module, node_id: node_id, state: state)
   end
 
   @doc "`{crdt, delta}` or `{:error, reason}`."
+  @spec mutate(term(), module(), kinds, term()) :: {crdt, crdt} | {:error, term()}
   def mutate(crdt, module, kinds, op) do
     with {:ok, %{state: state} = crdt} <- check(crdt, module),
          nif = pick(byte_size(state), &Native.crdt_mutate/4, &Native.crdt_mutate_dirty/4),
@@ -53,6 +59,7 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
   has amount 0): the NIF still validates `crdt`, and `crdt` itself is
   returned untouched.
   """
+  @spec unchanged(term(), module(), kinds, term()) :: {crdt, crdt} | {:error, term()}
   def unchanged(crdt, module, kinds, zero_op) do
     case mutate(crdt, module, kinds, zero_op) do
       {:error, _} = error -> error
@@ -61,6 +68,7 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
   end
 
   @doc "`a` joined with the state or delta `b`, keeping `a`'s node id; or `{:error, reason}`."
+  @spec merge(term(), term(), module(), kinds) :: crdt | {:error, term()}
   def merge(a, b, module, kinds) do
     with {:ok, a} <- check(a, module),
          {:ok, b} <- check(b, module),
@@ -72,6 +80,7 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
   end
 
   @doc "The decoded value; raises `ArgumentError` on an invalid CRDT."
+  @spec value(term(), module(), kinds) :: term()
   def value(crdt, module, kinds) do
     %{state: state} = check!(crdt, module, :value)
     nif = pick(byte_size(state), &Native.crdt_value/2, &Native.crdt_value_dirty/2)
@@ -79,6 +88,7 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
   end
 
   @doc "Membership of `elem`; raises `ArgumentError` on an invalid CRDT."
+  @spec member?(term(), term(), module(), kinds) :: boolean()
   def member?(crdt, elem, module, kinds) do
     %{state: state} = check!(crdt, module, :member?)
     nif = pick(byte_size(state), &Native.crdt_member/3, &Native.crdt_member_dirty/3)
@@ -86,6 +96,7 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
   end
 
   @doc "Equality of replicated state; raises `ArgumentError` on an invalid CRDT."
+  @spec equal?(term(), term(), module(), kinds) :: boolean()
   def equal?(a, b, module, kinds) do
     %{state: sa} = check!(a, module, :equal?)
     %{state: sb} = check!(b, module, :equal?)
@@ -94,6 +105,7 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
   end
 
   @doc "The causal context map; raises `ArgumentError` on an invalid CRDT."
+  @spec causal_context(term(), module(), kinds) :: map()
   def causal_context(crdt, module, kinds) do
     %{state: state} = check!(crdt, module, :causal_context)
 

@@ -15,6 +15,16 @@ defmodule Vsmcp.CRDT.Types.PNCounter do
   outside `-(2^63)..2^64-1`, or one that would overflow a 64-bit entry, is
   `{:error, {:invalid_amount, n}}`. `increment/2` and `decrement/2` demand a
   positive amount. Errors follow `Vsmcp.CRDT.Behaviour`.
+
+  Invariant: `P` and `N` each only grow, so the join is their pointwise
+  maximum and every replica that has seen the same increments and
+  decrements reads the same value.
+
+      iex> alias Vsmcp.CRDT.Types.PNCounter
+      iex> {a, delta_a} = PNCounter.increment(PNCounter.new(:node1), 5)
+      iex> {b, delta_b} = PNCounter.decrement(PNCounter.new(:node2), 2)
+      iex> {PNCounter.value(PNCounter.merge(a, delta_b)), PNCounter.value(PNCounter.merge(b, delta_a))}
+      {3, 3}
   """
 
   @behaviour Vsmcp.CRDT.Behaviour
@@ -30,16 +40,35 @@ defmodule Vsmcp.CRDT.Types.PNCounter do
 
   @kinds [:pn_counter]
 
-  @doc "An empty counter held by replica `node_id`."
+  @doc """
+  An empty counter held by replica `node_id`.
+
+      iex> Vsmcp.CRDT.Types.PNCounter.new(:node1) |> Vsmcp.CRDT.Types.PNCounter.value()
+      0
+  """
   @impl Behaviour
   @spec new(term()) :: t
   def new(node_id), do: EncodedState.new(__MODULE__, :pn_counter, node_id)
 
-  @doc "Adds `amount` (a positive integer, default 1); raises `ArgumentError` otherwise."
+  @doc """
+  Adds `amount` (a positive integer, default 1); raises `ArgumentError` otherwise.
+
+      iex> alias Vsmcp.CRDT.Types.PNCounter
+      iex> {counter, _delta} = PNCounter.increment(PNCounter.new(:node1), 4)
+      iex> PNCounter.value(counter)
+      4
+  """
   @spec increment(t, pos_integer()) :: {t, t} | {:error, Behaviour.reason()}
   def increment(counter, amount \\ 1), do: positive(counter, :increment, amount)
 
-  @doc "Subtracts `amount` (a positive integer, default 1); raises `ArgumentError` otherwise."
+  @doc """
+  Subtracts `amount` (a positive integer, default 1); raises `ArgumentError` otherwise.
+
+      iex> alias Vsmcp.CRDT.Types.PNCounter
+      iex> {counter, _delta} = PNCounter.decrement(PNCounter.new(:node1))
+      iex> PNCounter.value(counter)
+      -1
+  """
   @spec decrement(t, pos_integer()) :: {t, t} | {:error, Behaviour.reason()}
   def decrement(counter, amount \\ 1), do: positive(counter, :decrement, amount)
 
@@ -55,6 +84,11 @@ defmodule Vsmcp.CRDT.Types.PNCounter do
   @doc """
   Applies `{:increment, n}` or `{:decrement, n}`; a negative `n` counts the
   other way, and `n == 0` returns the counter unchanged with an empty delta.
+
+      iex> alias Vsmcp.CRDT.Types.PNCounter
+      iex> {counter, _delta} = PNCounter.mutate(PNCounter.new(:node1), {:increment, -3})
+      iex> PNCounter.value(counter)
+      -3
   """
   @impl Behaviour
   @spec mutate(t, op) :: {t, t} | {:error, Behaviour.reason()}
@@ -63,17 +97,40 @@ defmodule Vsmcp.CRDT.Types.PNCounter do
 
   def mutate(counter, op), do: EncodedState.mutate(counter, __MODULE__, @kinds, op)
 
-  @doc "Joins a counter state or delta into `counter`, keeping `counter`'s node id."
+  @doc """
+  Joins a counter state or delta into `counter`, keeping `counter`'s node id.
+  Idempotent: merging the same delta twice counts it once.
+
+      iex> alias Vsmcp.CRDT.Types.PNCounter
+      iex> {_b, delta} = PNCounter.increment(PNCounter.new(:node2), 2)
+      iex> a = PNCounter.new(:node1) |> PNCounter.merge(delta) |> PNCounter.merge(delta)
+      iex> PNCounter.value(a)
+      2
+  """
   @impl Behaviour
   @spec merge(t, t) :: t | {:error, Behaviour.reason()}
   def merge(counter, other), do: EncodedState.merge(counter, other, __MODULE__, @kinds)
 
-  @doc "Increments minus decrements."
+  @doc """
+  Increments minus decrements.
+
+      iex> alias Vsmcp.CRDT.Types.PNCounter
+      iex> {c, _} = PNCounter.increment(PNCounter.new(:node1), 10)
+      iex> {c, _} = PNCounter.decrement(c, 4)
+      iex> PNCounter.value(c)
+      6
+  """
   @impl Behaviour
   @spec value(t) :: integer()
   def value(counter), do: EncodedState.value(counter, __MODULE__, @kinds)
 
-  @doc "Whether both counters hold the same entries (node ids of the holders do not matter)."
+  @doc """
+  Whether both counters hold the same entries (node ids of the holders do not matter).
+
+      iex> alias Vsmcp.CRDT.Types.PNCounter
+      iex> PNCounter.equal?(PNCounter.new(:node1), PNCounter.new(:node2))
+      true
+  """
   @impl Behaviour
   @spec equal?(t, t) :: boolean()
   def equal?(a, b), do: EncodedState.equal?(a, b, __MODULE__, @kinds)
@@ -81,6 +138,12 @@ defmodule Vsmcp.CRDT.Types.PNCounter do
   @doc """
   `%{node_id => p + n}`: per replica, its increments plus its decrements.
   Both only grow, so the sum is that replica's version number.
+
+      iex> alias Vsmcp.CRDT.Types.PNCounter
+      iex> {c, _} = PNCounter.increment(PNCounter.new(:node1), 3)
+      iex> {c, _} = PNCounter.decrement(c, 2)
+      iex> PNCounter.causal_context(c)
+      %{node1: 5}
   """
   @impl Behaviour
   @spec causal_context(t) :: %{optional(term()) => pos_integer()}

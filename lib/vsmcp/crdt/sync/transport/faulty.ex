@@ -24,6 +24,11 @@ defmodule Vsmcp.CRDT.Sync.Transport.Faulty do
   through one state are a function of `{seed, n}` alone, so a run with a
   given `seed:` faults the same messages as long as the messages are sent
   in the same order. `stats/1` counts what was done.
+
+  Cost: the draws for one message (a function of `{seed, n}`) plus the inner transport's
+  cost per copy; a spawned process per delayed copy. Invariant: it only
+  drops, duplicates and reorders (never alters a payload), which the
+  at-most-once contract of `Vsmcp.CRDT.Sync.Transport` already allows.
   """
 
   @behaviour Vsmcp.CRDT.Sync.Transport
