@@ -1,6 +1,19 @@
 defmodule Vsmcp.CRDT.DoctestTest do
   use ExUnit.Case, async: true
 
+  # The ContextStore examples open stores under System.tmp_dir!() as
+  # `doc_<time>_<n>`; remove them when the module is done.
+  setup_all do
+    started = System.system_time()
+
+    on_exit(fn ->
+      for dir <- Path.wildcard(Path.join(System.tmp_dir!(), "doc_*")),
+          [_, t] <- [Regex.run(~r/doc_(\d+)_\d+$/, dir)],
+          String.to_integer(t) >= started,
+          do: File.rm_rf(dir)
+    end)
+  end
+
   # GCounter, Telemetry and Sync.Transport are doctested in their own test files.
   doctest Vsmcp.CRDT.Types.PNCounter
   doctest Vsmcp.CRDT.Types.ORSet
