@@ -300,10 +300,38 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
     for (k, v) in c.rejections() {
         rejected = put(rejected, k, v.encode(env));
     }
+    let names: Vec<&'static str> = vsmcp_crdt_core::sync::Counters::default()
+        .rejections()
+        .map(|(n, _)| n)
+        .collect();
     let peers: Vec<Term<'a>> = e
-        .peers()
+        .peer_info()
         .iter()
-        .map(|(r, up, version, attrs)| (key(r), *up, *version, bin(env, attrs)).encode(env))
+        .map(|p| {
+            let mut rejected = map_new(env);
+            for (n, v) in names.iter().zip(p.stats.rejected.iter()) {
+                rejected = put(rejected, n, v.encode(env));
+            }
+            let mut m = map_new(env);
+            for (k, v) in [
+                ("key", key(&p.id).encode(env)),
+                ("up", p.up.encode(env)),
+                ("wire_version", p.version.encode(env)),
+                ("node", bin(env, &p.attrs)),
+                ("last_seen_ms", p.last_seen_ms.encode(env)),
+                ("ack_lag", p.ack_lag.encode(env)),
+                ("msgs_sent", p.stats.msgs_sent.encode(env)),
+                ("bytes_sent", p.stats.bytes_sent.encode(env)),
+                ("msgs_received", p.stats.msgs_received.encode(env)),
+                ("bytes_received", p.stats.bytes_received.encode(env)),
+                ("deltas_sent", p.stats.deltas_sent.encode(env)),
+                ("entries_received", p.stats.entries_received.encode(env)),
+                ("rejected", rejected),
+            ] {
+                m = put(m, k, v);
+            }
+            m
+        })
         .collect();
     let mut m = map_new(env);
     m = put(m, "replica", key(e.me()).encode(env));

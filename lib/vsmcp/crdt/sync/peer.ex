@@ -87,7 +87,14 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   @spec forget_replica(GenServer.server(), String.t()) :: :ok | {:error, term()}
   def forget_replica(peer, key), do: GenServer.call(peer, {:forget, key})
 
-  @doc "Sync state: transport, topic, peers, counters, rejections, log size."
+  @doc """
+  Sync state: transport, topic, this store's replica key, counters,
+  rejections by reason, log size, and per peer: `key`, `node`, `up`,
+  `wire_version`, `last_contact_ms_ago`, `ack_lag` (our deltas it has not
+  acknowledged), `msgs_sent`, `bytes_sent`, `msgs_received`,
+  `bytes_received`, `deltas_sent`, `entries_received` and `rejected` (by
+  reason).
+  """
   @spec info(GenServer.server()) :: map()
   def info(peer), do: GenServer.call(peer, :info)
 
@@ -279,9 +286,13 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     info =
       case state.engine && Native.sync_info(state.engine) do
         {:ok, raw} ->
+          t = now()
+
           peers =
-            for {key, up, version, attrs} <- raw.peers do
-              %{key: key, up: up, wire_version: version, node: attrs}
+            for p <- raw.peers do
+              p
+              |> Map.delete(:last_seen_ms)
+              |> Map.put(:last_contact_ms_ago, max(t - p.last_seen_ms, 0))
             end
 
           Map.merge(base, %{raw | peers: peers})

@@ -207,6 +207,35 @@ impl Counters {
     }
 }
 
+/// Traffic with one peer, for `info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    pub msgs_sent: u64,
+    pub bytes_sent: u64,
+    pub msgs_received: u64,
+    pub bytes_received: u64,
+    /// Local delta groups sent (an interval resent counts again).
+    pub deltas_sent: u64,
+    /// Entries merged from it (deltas and states).
+    pub entries_received: u64,
+    /// Refused input from it, by [`Reject`] (in `Reject::ALL` order).
+    pub rejected: [u64; 8],
+}
+
+/// What [`Engine::peer_info`] tells of one peer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub id: ReplicaId,
+    pub up: bool,
+    pub version: u8,
+    pub attrs: Vec<u8>,
+    /// The caller's clock (`now_ms` of the calls) when it was last heard.
+    pub last_seen_ms: u64,
+    /// Our deltas it has not acknowledged yet.
+    pub ack_lag: u64,
+    pub stats: PeerStats,
+}
+
 #[derive(Debug, Clone)]
 struct Peer {
     version: u8,
@@ -222,6 +251,8 @@ struct Peer {
     root_mismatches: u8,
     /// Since when it is down.
     down_since: Option<u64>,
+    /// Traffic with it.
+    stats: PeerStats,
     /// Digest root and log position of its last hello.
     last_root: Option<u64>,
     last_log_pos: u64,
@@ -340,6 +371,23 @@ impl Engine {
             .collect()
     }
 
+    /// Every known peer, for `info`.
+    pub fn peer_info(&self) -> Vec<PeerInfo> {
+        let last = self.log.next_seq() - 1;
+        self.peers
+            .iter()
+            .map(|(r, p)| PeerInfo {
+                id: r.clone(),
+                up: p.up,
+                version: p.version,
+                attrs: p.attrs.clone(),
+                last_seen_ms: p.last_seen_ms,
+                ack_lag: last.saturating_sub(self.log.peer(r).map_or(0, |a| a.acked)),
+                stats: p.stats.clone(),
+            })
+            .collect()
+    }
+
     fn out(&mut self, to: Option<&ReplicaId>, msg: &Message, clock: Timestamp) -> Outbound {
         let version = to
             .and_then(|r| self.peers.get(r))
@@ -347,6 +395,13 @@ impl Engine {
         let bytes = msg.encode_with(version, clock);
         self.counters.msgs_sent += 1;
         self.counters.bytes_sent += bytes.len() as u64;
+        if let Some(p) = to.and_then(|r| self.peers.get_mut(r)) {
+            p.stats.msgs_sent += 1;
+            p.stats.bytes_sent += bytes.len() as u64;
+            if let Message::Deltas { entries, .. } = msg {
+                p.stats.deltas_sent += entries.len() as u64;
+            }
+        }
         Outbound {
             to: to.cloned(),
             bytes,
@@ -505,6 +560,9 @@ impl Engine {
 
     fn reject(&mut self, events: &mut Vec<Event>, from: Option<&ReplicaId>, why: Reject, e: &str) {
         self.counters.rejected[why as usize] += 1;
+        if let Some(p) = from.and_then(|r| self.peers.get_mut(r)) {
+            p.stats.rejected[why as usize] += 1;
+        }
         events.push(Event::Rejected(from.cloned(), why, e.to_string()));
     }
 
@@ -537,6 +595,10 @@ impl Engine {
         let from = msg.from().clone();
         if from == self.me {
             return Vec::new();
+        }
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.stats.msgs_received += 1;
+            p.stats.bytes_received += bytes.len() as u64;
         }
         if from.as_bytes().len() > MAX_ID_BYTES {
             self.reject(events, None, Reject::Malformed, "sender id too long");
@@ -711,6 +773,7 @@ impl Engine {
                     recv_upto: 0,
                     root_mismatches: 0,
                     down_since: None,
+                    stats: PeerStats::default(),
                     last_root: None,
                     last_log_pos: 0,
                     attrs: attrs.clone(),
@@ -761,6 +824,7 @@ impl Engine {
         stale: &mut Vec<Box<[u8]>>,
     ) -> bool {
         let mut all_merged = true;
+        let mut merged_here = 0u64;
         // Timestamps from the future would let a runaway clock win every
         // register write and drag our clock along.
         let horizon = crate::hlc::now_ms().saturating_add(store.max_clock_offset_ms());
@@ -804,10 +868,12 @@ impl Engine {
                 }
                 Ok(Merged::Tombstone) => {
                     self.counters.entries_merged += 1;
+                    merged_here += 1;
                     self.dirty.insert(id.into());
                 }
                 Ok(_) => {
                     self.counters.entries_merged += 1;
+                    merged_here += 1;
                     self.dirty.insert(id.clone().into());
                     events.push(Event::Changed(id.into()));
                 }
@@ -833,6 +899,9 @@ impl Engine {
                     self.reject(events, Some(from), Reject::LocalError, &e.to_string());
                 }
             }
+        }
+        if let Some(p) = self.peers.get_mut(from) {
+            p.stats.entries_received += merged_here;
         }
         all_merged
     }

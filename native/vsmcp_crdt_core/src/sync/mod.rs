@@ -41,7 +41,9 @@ pub mod wire;
 
 pub use canonical::canonical_state_bytes;
 pub use digest::{bucket_of, Digest, BUCKETS};
-pub use engine::{directory_of, Counters, Engine, EngineConfig, Event, Outbound, Reject};
+pub use engine::{
+    directory_of, Counters, Engine, EngineConfig, Event, Outbound, PeerInfo, PeerStats, Reject,
+};
 pub use log::{Batch, DeltaLog, NextBatch, PeerAck};
 pub use wire::{
     batch_budget, negotiate, states_messages, Entry, Envelope, Message, MAX_MESSAGE_BYTES,

@@ -61,6 +61,15 @@ defmodule Vsmcp.CRDT.Sync.ConvergenceTest do
     info = on(a, :sync_info, [])
     assert length(info.peers) == 2
     assert Enum.all?(info.peers, & &1.up)
+
+    # Per peer: traffic both ways, recent contact, refusals by reason.
+    for p <- info.peers do
+      assert p.msgs_sent > 0 and p.bytes_sent > 0 and p.deltas_sent > 0
+      assert p.msgs_received > 0 and p.bytes_received > 0 and p.entries_received > 0
+      assert p.last_contact_ms_ago < 5_000
+      assert p.ack_lag >= 0
+      assert p.rejected.malformed == 0
+    end
   end
 
   @tag :tmp_dir
