@@ -26,6 +26,9 @@ defmodule Vsmcp.CRDT.Application do
     # without it running, every event would log a warning.
     if Code.ensure_loaded?(:telemetry), do: Application.ensure_all_started(:telemetry)
 
+    if Application.get_env(:vsmcp_crdt, :telemetry_operations, false),
+      do: Vsmcp.CRDT.Telemetry.operations(true)
+
     scope = Vsmcp.CRDT.Sync.Transport.PG.default_scope()
 
     children = [

@@ -412,10 +412,22 @@ defmodule Vsmcp.CRDT.ContextStore do
     {{:., meta, [mod, fun]}, cmeta, args} = call
     dirty = {{:., meta, [mod, :"#{fun}_dirty"]}, cmeta, args}
 
+    op = fun |> Atom.to_string() |> String.replace_prefix("store_", "") |> String.to_atom()
+
     quote do
-      case unquote(call) do
-        :dirty -> unquote(dirty)
-        other -> other
+      # Per-operation telemetry is opt-in: one :persistent_term read when off.
+      if Telemetry.operations?() do
+        Telemetry.operation(unquote(op), fn ->
+          case unquote(call) do
+            :dirty -> unquote(dirty)
+            other -> other
+          end
+        end)
+      else
+        case unquote(call) do
+          :dirty -> unquote(dirty)
+          other -> other
+        end
       end
     end
   end

@@ -10,6 +10,9 @@ defmodule Vsmcp.CRDT.Telemetry do
 
   ## Events
 
+    * `[:vsmcp_crdt, :store, :operation]` - one store call (`get`,
+      `update`, `create`, ...), **only when turned on** with `operations/1`.
+
     * `[:vsmcp_crdt, :sync, :peer_up]` - a peer was seen for the first time
       or again. Measurements: `%{count: 1}`. Metadata: `%{store: pid,
       topic: String.t(), peer: key, node: String.t()}`.
@@ -34,6 +37,50 @@ defmodule Vsmcp.CRDT.Telemetry do
       reports a write error. Measurements: `%{count: 1}`. Metadata:
       `%{store:, reason: String.t()}`.
   """
+
+  @doc """
+  Turn the per-operation event `[:vsmcp_crdt, :store, :operation]` on or off
+  (off by default; also `config :vsmcp_crdt, telemetry_operations: true`,
+  read when the application starts). Measurements: `%{duration: native
+  time units}`. Metadata: `%{operation: :get | :update | :create | ...,
+  result: :ok | :error}`. When off, a call pays one `:persistent_term`
+  read.
+
+      iex> Vsmcp.CRDT.Telemetry.operations(false)
+      :ok
+      iex> Vsmcp.CRDT.Telemetry.operations?()
+      false
+  """
+  @spec operations(boolean()) :: :ok
+  def operations(on?) when is_boolean(on?) do
+    if operations?() != on?, do: :persistent_term.put({__MODULE__, :operations}, on?)
+    :ok
+  end
+
+  @doc "Whether per-operation events are on (see `operations/1`)."
+  @spec operations?() :: boolean()
+  def operations?, do: :persistent_term.get({__MODULE__, :operations}, false)
+
+  @doc false
+  # Run `fun` (one store call) and emit its operation event.
+  @spec operation(atom(), (() -> result)) :: result when result: term()
+  def operation(op, fun) do
+    started = System.monotonic_time()
+    result = fun.()
+
+    outcome =
+      case result do
+        {:error, _} -> :error
+        _ -> :ok
+      end
+
+    emit([:vsmcp_crdt, :store, :operation], %{duration: System.monotonic_time() - started}, %{
+      operation: op,
+      result: outcome
+    })
+
+    result
+  end
 
   @doc """
   Emit `event` when `:telemetry` is available.

@@ -44,4 +44,28 @@ defmodule Vsmcp.CRDT.TelemetryTest do
 
     :ok = ContextStore.stop(store)
   end
+
+  test "per-operation events are opt-in", %{dir: dir} do
+    parent = self()
+    id = "ops-#{System.unique_integer([:positive])}"
+    event = [:vsmcp_crdt, :store, :operation]
+    :telemetry.attach(id, event, fn _, m, md, _ -> send(parent, {:op, m, md}) end, nil)
+    {:ok, store} = ContextStore.start_link(storage_opts: [data_dir: dir])
+    :ok = ContextStore.create(store, :n, :g_counter)
+    refute_receive {:op, _, _}, 50
+
+    Vsmcp.CRDT.Telemetry.operations(true)
+
+    try do
+      {:ok, 1} = ContextStore.increment(store, :n)
+      assert_receive {:op, %{duration: d}, %{operation: :update, result: :ok}} when d >= 0
+      {:error, :not_found} = ContextStore.get(store, :missing)
+      assert_receive {:op, _, %{operation: :get, result: :error}}
+    after
+      Vsmcp.CRDT.Telemetry.operations(false)
+      :telemetry.detach(id)
+    end
+
+    :ok = ContextStore.stop(store)
+  end
 end
