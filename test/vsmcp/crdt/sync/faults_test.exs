@@ -129,7 +129,9 @@ defmodule Vsmcp.CRDT.Sync.FaultsTest do
     # Every later increment counts on top of what survived the kill: a
     # reused counter entry would have masked them.
     assert final >= seen + later
-    assert final <= acked + later
+    # At most one more than acknowledged: the call in flight when the node
+    # died may have been applied and shipped without its reply arriving.
+    assert final <= acked + 1 + later
   end
 
   @tag :tmp_dir
