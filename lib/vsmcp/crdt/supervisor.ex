@@ -52,7 +52,14 @@ defmodule Vsmcp.CRDT.Supervisor do
     Supervisor.init([{ContextStore, store_options(opts)}], strategy: :one_for_one)
   end
 
-  @doc "The options the default store is started with."
+  @doc """
+  The options the default store is started with: the application
+  environment, merged with `opts`.
+
+      iex> opts = Vsmcp.CRDT.Supervisor.store_options(node_id: :n1, storage_opts: [data_dir: "/tmp/x"])
+      iex> {opts[:name], opts[:node_id], opts[:storage_opts][:data_dir], opts[:sync_opts][:enabled]}
+      {Vsmcp.CRDT.ContextStore, :n1, "/tmp/x", true}
+  """
   @spec store_options(keyword()) :: keyword()
   def store_options(opts \\ []) do
     env =

@@ -57,7 +57,12 @@ defmodule Vsmcp.CRDT.Telemetry do
     :ok
   end
 
-  @doc "Whether per-operation events are on (see `operations/1`)."
+  @doc """
+  Whether per-operation events are on (see `operations/1`).
+
+      iex> is_boolean(Vsmcp.CRDT.Telemetry.operations?())
+      true
+  """
   @spec operations?() :: boolean()
   def operations?, do: :persistent_term.get({__MODULE__, :operations}, false)
 

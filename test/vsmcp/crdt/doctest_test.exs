@@ -20,4 +20,8 @@ defmodule Vsmcp.CRDT.DoctestTest do
   doctest Vsmcp.CRDT.Types.LWWRegister
   doctest Vsmcp.CRDT.HLC
   doctest Vsmcp.CRDT.ContextStore
+  doctest Vsmcp.CRDT.ContextStore.Options
+  doctest Vsmcp.CRDT.Storage.DetsImport
+  doctest Vsmcp.CRDT.Sync.Transport.PG
+  doctest Vsmcp.CRDT.Supervisor
 end

@@ -163,7 +163,12 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
     end
   end
 
-  @doc "The sync topic derived from a store's name."
+  @doc """
+  The sync topic derived from a store's name.
+
+      iex> Vsmcp.CRDT.ContextStore.Options.default_topic(Vsmcp.CRDT.ContextStore)
+      "vsmcp_crdt:Vsmcp.CRDT.ContextStore"
+  """
   @spec default_topic(term()) :: String.t()
   def default_topic(name), do: "vsmcp_crdt:" <> inspect(name)
 

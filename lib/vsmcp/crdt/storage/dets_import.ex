@@ -67,7 +67,12 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
   # How long a store that failed to import may take to close.
   @close_deadline 5_000
 
-  @doc "Whether `head`, the first bytes of a file, is a DETS file header."
+  @doc """
+  Whether `head`, the first bytes of a file, is a DETS file header.
+
+      iex> Vsmcp.CRDT.Storage.DetsImport.dets_header?("not a DETS file")
+      false
+  """
   @spec dets_header?(binary()) :: boolean()
   def dets_header?(<<_free::32, @cookie::32, _closed::32, _type::32, @version::32, _::binary>>),
     do: true

@@ -29,7 +29,12 @@ defmodule Vsmcp.CRDT.Sync.Transport.PG do
 
   @default_scope Vsmcp.CRDT.Sync.PG
 
-  @doc "The scope started by `Vsmcp.CRDT.Application` on every node."
+  @doc """
+  The scope started by `Vsmcp.CRDT.Application` on every node.
+
+      iex> Vsmcp.CRDT.Sync.Transport.PG.default_scope()
+      Vsmcp.CRDT.Sync.PG
+  """
   @spec default_scope() :: atom()
   def default_scope, do: @default_scope
 
