@@ -4,27 +4,13 @@
 //! different types, deletes and re-creates must converge exactly, and no
 //! increment may be lost.
 
+mod common;
+
+use common::Rng;
 use std::collections::VecDeque;
 use vsmcp_crdt_core::store::{Access, Store, StoreConfig};
 use vsmcp_crdt_core::sync::{Engine, EngineConfig, Event, Outbound, Reject};
 use vsmcp_crdt_core::{Kind, Mutation, Value};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-}
 
 struct Node {
     store: Store,
@@ -76,7 +62,7 @@ impl Net {
             cut: vec![false; n],
             drop_tag: None,
             recorded: None,
-            rng: Rng(seed | 1),
+            rng: Rng::new(seed),
             now: 1_000,
             events: Vec::new(),
         }

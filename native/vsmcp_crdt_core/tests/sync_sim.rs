@@ -6,6 +6,9 @@
 //! must equal the exact sum of every increment. A second scenario keeps one
 //! replica down while the others outgrow their logs' byte bound.
 
+mod common;
+
+use common::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use vsmcp_crdt_core::store::record::{decode_parts, encode_parts, Gen, Meta};
 use vsmcp_crdt_core::sync::{
@@ -30,27 +33,6 @@ fn rec(c: &Crdt) -> Vec<u8> {
 fn unrec(b: &[u8]) -> Crdt {
     let (_, c) = decode_parts(b).expect("valid record");
     Crdt::decode(c).expect("valid state")
-}
-
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 /// The ids of the simulation and their kinds.

@@ -1,4 +1,5 @@
-//! Random replicated histories shared by `tests/laws.rs` and `tests/codec.rs`.
+//! Random replicated histories shared by `tests/laws.rs` and `tests/codec.rs`,
+//! and the seeded generator of the network simulations.
 //!
 //! A history runs on 2-4 replicas: each step either mutates one replica
 //! (keeping the delta it produced in that replica's log) or delivers some of
@@ -416,4 +417,26 @@ pub fn with_header(kind: Kind, body: &impl serde::Serialize) -> Vec<u8> {
     let mut out = vec![MAGIC, FORMAT_VERSION, kind.code()];
     out.extend(rmp_serde::to_vec(body).unwrap());
     out
+}
+
+/// xorshift64*: a small, seeded, reproducible generator for the network
+/// simulations (`tests/sync_sim.rs`, `tests/sync_engine.rs`).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
 }
