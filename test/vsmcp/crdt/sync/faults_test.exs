@@ -152,8 +152,10 @@ defmodule Vsmcp.CRDT.Sync.FaultsTest do
     c = Cluster.restart(c, connect_to: [a, b])
     start_store(c, [])
     {:ok, _} = on(a, :increment, [:n, 5])
+    # Both peers have refused it (so it has spoken to each) and it has
+    # received nothing.
     eventually(fn -> on(a, :sync_info, []).rejected.forgotten_replica > 0 end)
-    Process.sleep(500)
+    eventually(fn -> on(b, :sync_info, []).rejected.forgotten_replica > 0 end)
     assert get(c, :n) == {:ok, 0}
     :ok = Cluster.call(c, ContextStore, :stop, [:s])
 
