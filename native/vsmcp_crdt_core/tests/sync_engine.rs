@@ -313,8 +313,9 @@ fn a_node_speaking_only_version_one_keeps_converging() {
         );
     }
     // Node 0 talks to node 2 in version 1 and to node 1 in version 2.
-    let peers = net.nodes[0].engine.peers();
-    let v_of = |r: &vsmcp_crdt_core::ReplicaId| peers.iter().find(|p| &p.0 == r).map(|p| p.2);
+    let peers = net.nodes[0].engine.peer_info();
+    let v_of =
+        |r: &vsmcp_crdt_core::ReplicaId| peers.iter().find(|p| &p.id == r).map(|p| p.version);
     assert_eq!(v_of(net.nodes[2].engine.me()), Some(1));
     assert_eq!(v_of(net.nodes[1].engine.me()), Some(2));
 }

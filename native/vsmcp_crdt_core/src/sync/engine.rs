@@ -363,14 +363,6 @@ impl Engine {
             .collect()
     }
 
-    /// Every known peer: `(replica, up, negotiated version, attrs)`.
-    pub fn peers(&self) -> Vec<(ReplicaId, bool, u8, Vec<u8>)> {
-        self.peers
-            .iter()
-            .map(|(r, p)| (r.clone(), p.up, p.version, p.attrs.clone()))
-            .collect()
-    }
-
     /// Every known peer, for `info`.
     pub fn peer_info(&self) -> Vec<PeerInfo> {
         let last = self.log.next_seq() - 1;
