@@ -178,7 +178,7 @@ defmodule Vsmcp.CRDT.ContextStore do
     open = fn ->
       with {:ok, config} <- Options.to_native(opts),
            {:ok, handle} <- Native.store_open(config),
-           :ok <- DetsImport.run(handle, config) do
+           :ok <- import_dets(handle, config) do
         {:ok, handle}
       end
     end
@@ -186,6 +186,14 @@ defmodule Vsmcp.CRDT.ContextStore do
     case dets_file(opts) do
       nil -> open.()
       file -> :global.trans({{__MODULE__, :dets_file}, Path.expand(file)}, open, [node()])
+    end
+  end
+
+  # The import's report is logged by DetsImport.run/2.
+  defp import_dets(handle, config) do
+    case DetsImport.run(handle, config) do
+      {:ok, _report} -> :ok
+      other -> other
     end
   end
 

@@ -1,6 +1,10 @@
 defmodule Vsmcp.CRDT.DoctestTest do
   use ExUnit.Case, async: true
 
+  # Examples that start syncing stores or import a DETS file log (at info
+  # level and below); shown only when an example fails.
+  @moduletag :capture_log
+
   # The ContextStore examples open stores under System.tmp_dir!() as
   # `doc_<time>_<n>`; remove them when the module is done.
   setup_all do

@@ -4,7 +4,7 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
 
   A store started with `dets_file: path` where `path` is still the old
   application's DETS file (a `:set` of `{crdt_id, {crdt_type, crdt}}`)
-  imports every entry before `start_link/1` returns, and from then on
+  imports its entries before `start_link/1` returns, and from then on
   behaves as any store on a `dets_file` (see
   `Vsmcp.CRDT.Storage.Location`):
 
@@ -27,13 +27,21 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
        the marker in its place. A second start finds the marker and
        imports nothing.
 
-  On any failure the copy and the new directory are removed, the original
-  is untouched, and `start_link/1` returns
+  An entry whose id, set element or register value is larger than the
+  store's `max_value_bytes` (in canonical encoding) cannot be stored at
+  all: it is skipped and the rest is imported. The import then logs a
+  warning with the number of skipped entries and the first 10 of their
+  ids, counts them in its summary line, and `run/2` returns all of them;
+  their data stays in `<file>.backup`.
+
+  On any other failure the copy and the new directory are removed, the
+  original is untouched, and `start_link/1` returns
   `{:error, {:dets_import_failed, path, reason}}` with `reason` one of
   DETS's own (`{:not_a_dets_file, path}`, `{:needs_repair, path}`, ...,
   naming the original), `{:damaged, %{objects: n, read: m}}`,
   `{:bad_entry, crdt_id, why}` (an entry of another shape: the upgrade
-  imports every entry or nothing) or a store error.
+  does not drop entries it does not understand, so it imports nothing)
+  or a store error.
 
   The old structs are matched as plain maps, with or without `:__struct__`:
 
@@ -58,6 +66,8 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
   alias Vsmcp.CRDT.Storage.Location
 
   @batch 1_000
+  # Skipped ids named in the warning (all of them are in run/2's result).
+  @skipped_logged 10
   # DETS (format 9) file header: free lists pointer, cookie, closed
   # properly flag, type, version.
   @cookie 0x00ABCDEF
@@ -79,13 +89,54 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
 
   def dets_header?(_), do: false
 
-  @doc """
-  Import the DETS file named by `location` (from `Location.resolve/1`)
-  into the just opened store `handle`, if there is one; see the moduledoc.
-  `:ok`, or `{:error, reason}` after closing `handle` and removing its
-  directory.
+  @typedoc """
+  What an import did: entries `imported`, per type (types with none left
+  out), the ids of the entries `skipped` because an id, element or value
+  is larger than `max_value_bytes`, and where the DETS file is kept.
   """
-  @spec run(term(), map()) :: :ok | {:error, term()}
+  @type report :: %{
+          imported: non_neg_integer(),
+          types: %{optional(atom()) => pos_integer()},
+          skipped: [term()],
+          backup: String.t()
+        }
+
+  @doc """
+  Import the DETS file named by `location` (the map of
+  `Vsmcp.CRDT.ContextStore.Options.to_native/1`, which has `:dets_import`
+  when there is one) into the just opened store `handle`; see the
+  moduledoc. `{:ok, report}` once imported, `:ok` when `location` names no
+  DETS file to import, or `{:error, reason}` after closing `handle` and
+  removing its directory. `Vsmcp.CRDT.ContextStore.start_link/1` calls it;
+  the report is logged.
+
+  Below, a file of the old shape with a counter, a register and a register
+  whose value is larger than the store's `max_value_bytes`, which is
+  skipped; the file is then a marker, and a store started on it has what
+  was imported:
+
+      iex> alias Vsmcp.CRDT.{ContextStore, ContextStore.Options, Native, Storage.DetsImport}
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> File.mkdir_p!(dir)
+      iex> file = Path.join(dir, "crdt_storage.dets")
+      iex> {:ok, table} = :dets.open_file(make_ref(), file: String.to_charlist(file))
+      iex> :ok = :dets.insert(table, {:views, {:g_counter, %{counters: %{n1: 3, n2: 4}}}})
+      iex> :ok = :dets.insert(table, {:mode, {:lww_register, %{value: :safe}}})
+      iex> :ok = :dets.insert(table, {:blob, {:lww_register, %{value: :binary.copy("x", 100)}}})
+      iex> :ok = :dets.close(table)
+      iex> {:ok, location} = Options.to_native(storage_opts: [dets_file: file, max_value_bytes: 64])
+      iex> {:ok, handle} = Native.store_open(location)
+      iex> DetsImport.run(handle, location)
+      {:ok, %{imported: 2, types: %{g_counter: 1, lww_register: 1}, skipped: [:blob], backup: file <> ".backup"}}
+      iex> Native.store_close(handle, 5_000)
+      :ok
+      iex> {:ok, s} = ContextStore.start_link(storage_opts: [dets_file: file])
+      iex> Enum.map([:views, :mode, :blob], &ContextStore.get(s, &1))
+      [{:ok, 7}, {:ok, :safe}, {:error, :not_found}]
+      iex> ContextStore.stop(s)
+      :ok
+  """
+  @spec run(term(), map()) :: :ok | {:ok, report()} | {:error, term()}
   def run(handle, %{dets_import: file, path: dir} = location) do
     started = System.monotonic_time(:millisecond)
 
@@ -98,8 +149,15 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
 
     case result do
       {:ok, summary, backup} ->
-        log(file, dir, backup, summary, System.monotonic_time(:millisecond) - started)
-        :ok
+        report = %{
+          imported: summary.read - length(summary.skipped),
+          types: Map.reject(summary.types, fn {_type, n} -> n == 0 end),
+          skipped: Enum.reverse(summary.skipped),
+          backup: backup
+        }
+
+        log(file, dir, report, summary.max, System.monotonic_time(:millisecond) - started)
+        {:ok, report}
 
       {:error, reason} ->
         Native.store_close(handle, @close_deadline)
@@ -117,14 +175,45 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
     end
   end
 
-  defp log(file, dir, backup, summary, ms) do
-    counts = Enum.map_join(@types, ", ", fn t -> "#{t}: #{Map.get(summary.types, t, 0)}" end)
+  defp log(file, dir, report, max, ms) do
+    counts = Enum.map_join(@types, ", ", fn t -> "#{t}: #{Map.get(report.types, t, 0)}" end)
+
+    skipped =
+      case report.skipped do
+        [] ->
+          ""
+
+        ids ->
+          Logger.warning(
+            "Vsmcp.CRDT: skipped #{length(ids)} #{entries(length(ids))} of the DETS file " <>
+              "#{file} whose id, set element or register value is larger than " <>
+              "max_value_bytes (#{max} bytes); #{first_ids(ids)}. Their data stays in " <>
+              "#{report.backup}."
+          )
+
+          "; skipped #{length(ids)} #{entries(length(ids))} larger than max_value_bytes"
+      end
 
     Logger.info(
-      "Vsmcp.CRDT: imported #{summary.entries} entries (#{counts}) from the DETS file " <>
-        "#{file} in #{ms} ms into #{dir}; the DETS file is kept as #{backup}"
+      "Vsmcp.CRDT: imported #{report.imported} entries (#{counts}) from the DETS file " <>
+        "#{file} in #{ms} ms into #{dir}#{skipped}; the DETS file is kept as #{report.backup}"
     )
   end
+
+  defp entries(1), do: "entry"
+  defp entries(_), do: "entries"
+
+  # Ids may be large terms (an id over max_value_bytes is one reason to
+  # skip): each is shown shortened.
+  defp first_ids(ids) do
+    shown = ids |> Enum.take(@skipped_logged) |> Enum.map_join(", ", &short/1)
+
+    if length(ids) > @skipped_logged,
+      do: "the first #{@skipped_logged} ids: #{shown}",
+      else: "ids: #{shown}"
+  end
+
+  defp short(term), do: inspect(term, limit: 8, printable_limit: 64)
 
   # ---------------------------------------------------------------------------
   # Reading a copy
@@ -242,10 +331,12 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
     objects = :dets.info(table, :size)
     first = :dets.select(table, [{:_, [], [:"$_"]}], @batch)
 
-    with {:ok, summary} <- read_chunks(handle, first, %{entries: 0, types: %{}}) do
-      if summary.entries == objects,
+    summary = %{read: 0, types: %{}, skipped: [], max: nil}
+
+    with {:ok, summary} <- read_chunks(handle, first, summary) do
+      if summary.read == objects,
         do: {:ok, summary},
-        else: {:error, {:damaged, %{objects: objects, read: summary.entries}}}
+        else: {:error, {:damaged, %{objects: objects, read: summary.read}}}
     end
   end
 
@@ -254,15 +345,35 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
 
   defp read_chunks(handle, {objects, cont}, summary) do
     with {:ok, entries, summary} <- normalise(objects, [], summary),
-         :ok <- store(handle, entries) do
+         {:ok, summary} <- store(handle, entries, summary) do
       read_chunks(handle, :dets.select(cont), summary)
     end
   end
 
-  defp store(handle, entries) do
+  defp store(_handle, [], summary), do: {:ok, summary}
+
+  defp store(handle, entries, summary) do
     case Native.store_import(handle, entries) do
       {:ok, _changed} ->
-        :ok
+        {:ok, summary}
+
+      # Too large to store at all: skipped. The NIF imported the entries
+      # before it and stopped there; the rest of the batch goes on.
+      {:error, {:entry, id, {:value_too_large, _size, max} = reason}} ->
+        case Enum.drop_while(entries, fn {entry_id, _, _, _} -> entry_id !== id end) do
+          [{_id, type, _, _} | rest] ->
+            summary = %{
+              summary
+              | types: Map.update!(summary.types, type, &(&1 - 1)),
+                skipped: [id | summary.skipped],
+                max: max
+            }
+
+            store(handle, rest, summary)
+
+          [] ->
+            {:error, {:bad_entry, id, reason}}
+        end
 
       # The store's trouble, not the entry's.
       {:error, {:entry, _id, {:storage_error, _} = reason}} ->
@@ -288,8 +399,9 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
     case entry(object) do
       {:ok, {_id, type, _, _} = e} ->
         summary = %{
-          entries: summary.entries + 1,
-          types: Map.update(summary.types, type, 1, &(&1 + 1))
+          summary
+          | read: summary.read + 1,
+            types: Map.update(summary.types, type, 1, &(&1 + 1))
         }
 
         normalise(rest, [e | acc], summary)

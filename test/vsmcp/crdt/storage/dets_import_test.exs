@@ -321,17 +321,90 @@ defmodule Vsmcp.CRDT.Storage.DetsImportTest do
         assert_untouched(path, hash)
       end
     end
+  end
 
-    test "an element larger than max_value_bytes" do
+  describe "entries too large to store" do
+    test "are skipped, the rest imported, their ids logged and kept in the backup" do
       path = dets_path()
-      set = LegacyDets.or_set(%{:binary.copy("x", 100) => [{:n1, 1}]}, %{})
-      LegacyDets.write!(path, [{:key, {:or_set, set}}])
+      big = :binary.copy("x", 100)
+      # More than one batch, so skips land in several batches (DETS
+      # returns entries in hash order) and mid-batch.
+      good = for i <- 1..2_500, do: {i, {:g_counter, LegacyDets.g_counter(%{n1: i})}}
+
+      too_large = [
+        {:big_element,
+         {:or_set, LegacyDets.or_set(%{big => [{:n1, 1}], "ok" => [{:n1, 2}]}, %{})}},
+        {:big_value, {:lww_register, LegacyDets.lww_register(big)}},
+        {{:big_id, big}, {:g_counter, LegacyDets.g_counter(%{n1: 1})}}
+      ]
+
+      fits = [
+        {:small_set, {:or_set, LegacyDets.or_set(%{"ok" => [{:n1, 1}]}, %{})}},
+        {:small_value, {:lww_register, LegacyDets.lww_register("ok")}}
+      ]
+
+      LegacyDets.write!(path, good ++ too_large ++ fits)
       hash = LegacyDets.hash!(path)
+      opts = [node_id: :importer, storage_opts: [dets_file: path, max_value_bytes: 64]]
+      log = capture_log([level: :info], fn -> send(self(), {:store, start_store!(opts)}) end)
+      assert_received {:store, store}
 
-      assert {:error, {:dets_import_failed, ^path, {:bad_entry, :key, {:value_too_large, _, 64}}}} =
-               ContextStore.start_link(storage_opts: [dets_file: path, max_value_bytes: 64])
+      # The rest is there.
+      assert ContextStore.get(store, 1) == {:ok, 1}
+      assert ContextStore.get(store, 2_500) == {:ok, 2_500}
+      assert ContextStore.get(store, :small_set) == {:ok, MapSet.new(["ok"])}
+      assert ContextStore.get(store, :small_value) == {:ok, "ok"}
+      assert length(ContextStore.list_crdts(store)) == 2_502
 
-      assert_untouched(path, hash)
+      # The skipped entries are not, not even in part.
+      for {id, _} <- too_large, do: assert(ContextStore.get(store, id) == {:error, :not_found})
+
+      assert log =~ "[warning]"
+      assert log =~ "skipped 3 entries of the DETS file #{path} whose id, set element"
+      assert log =~ "larger than max_value_bytes (64 bytes)"
+      assert log =~ ":big_element"
+      assert log =~ ":big_value"
+      assert log =~ "{:big_id, \"xxxx"
+      assert log =~ "Their data stays in #{path}.backup"
+
+      assert log =~
+               "imported 2502 entries (g_counter: 2500, pn_counter: 0, or_set: 1, " <>
+                 "lww_register: 1) from the DETS file #{path}"
+
+      assert log =~ "; skipped 3 entries larger than max_value_bytes; the DETS file is kept as"
+      assert LegacyDets.hash!(path <> ".backup") == hash
+
+      # A second start imports nothing and skips nothing.
+      :ok = ContextStore.stop(store)
+
+      log =
+        capture_log([level: :info], fn ->
+          {:ok, store} = ContextStore.start_link(storage_opts: [dets_file: path])
+          assert ContextStore.get(store, :small_value) == {:ok, "ok"}
+          :ok = ContextStore.stop(store)
+        end)
+
+      refute log =~ "imported"
+      refute log =~ "skipped"
+    end
+
+    test "the warning names the first 10 ids of many" do
+      path = dets_path()
+      big = :binary.copy("x", 100)
+
+      LegacyDets.write!(
+        path,
+        for(i <- 1..25, do: {i, {:lww_register, LegacyDets.lww_register(big)}})
+      )
+
+      log =
+        capture_log(fn ->
+          store = start_store!(storage_opts: [dets_file: path, max_value_bytes: 64])
+          assert ContextStore.list_crdts(store) == []
+        end)
+
+      assert [_, ids] = Regex.run(~r/skipped 25 entries .*; the first 10 ids: ([^.]*)\./, log)
+      assert ids |> String.split(", ") |> Enum.map(&String.to_integer/1) |> length() == 10
     end
   end
 
