@@ -43,6 +43,17 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
   does not drop entries it does not understand, so it imports nothing)
   or a store error.
 
+  ## Trust
+
+  The DETS file is the operator's own local data and is decoded trusted,
+  exactly as the replaced application read it: `:dets` decodes its terms
+  with `binary_to_term/1`, creating the atoms they name (and pids,
+  references and funs as stored). Import only the file the old
+  application wrote on this machine, never one from an untrusted source:
+  a crafted file could exhaust the atom table, which stops the node, or
+  inject terms the application never wrote. (Bytes from peers are a
+  different matter: see "Trust model" in the README.)
+
   The old structs are matched as plain maps, with or without `:__struct__`:
 
   | type | fields used |
