@@ -315,6 +315,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   @impl true
   # Tests only (fault injection takes the handle itself).
   def handle_call(:handle, _from, state), do: {:reply, {:ok, state.handle}, state}
+  # The sync peer process (`Vsmcp.CRDT.Sync.Peer`): the sync functions
+  # below, and the examples and tests of that module.
   def handle_call(:peer, _from, state), do: {:reply, {:ok, state.peer}, state}
 
   def handle_call({:close, timeout}, _from, state) do
@@ -756,7 +758,31 @@ defmodule Vsmcp.CRDT.ContextStore do
     with {:ok, peer} <- peer(store), do: Peer.subscribe(peer, pid, ids)
   end
 
-  @doc "Undo `subscribe/3`."
+  @doc """
+  Undo `subscribe/3` for the calling process (or `pid`): once this
+  returns, no notification is sent to it (those already in its mailbox
+  stay there).
+
+  A change made while nobody is subscribed to a local store is never
+  reported (such a store records changes only while it has subscribers),
+  so below the first message after subscribing again is about `:clicks`,
+  not `:views`:
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :clicks, :g_counter)
+      iex> :ok = Vsmcp.CRDT.ContextStore.subscribe(s, :all)
+      iex> Vsmcp.CRDT.ContextStore.unsubscribe(s)
+      :ok
+      iex> {:ok, 1} = Vsmcp.CRDT.ContextStore.increment(s, :views)
+      iex> :ok = Vsmcp.CRDT.ContextStore.subscribe(s, :all)
+      iex> {:ok, 1} = Vsmcp.CRDT.ContextStore.increment(s, :clicks)
+      iex> receive do {:crdt_changed, ^s, id, :local} -> id after 2_000 -> :timeout end
+      :clicks
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
   @spec unsubscribe(store(), pid()) :: :ok | {:error, term()}
   def unsubscribe(store \\ __MODULE__, pid \\ self()) do
     with {:ok, peer} <- peer(store), do: Peer.unsubscribe(peer, pid)
@@ -766,7 +792,30 @@ defmodule Vsmcp.CRDT.ContextStore do
   Forget a replica that left the cluster for good (its `key` from
   `sync_info/1`'s `:peers`): it stops being waited for, and if it comes
   back it is refused (and counted) until it restarts on a fresh data
-  directory.
+  directory. `{:error, :invalid_replica}` for a string that is not a
+  replica key, `{:error, :not_syncing}` on a store that does not sync.
+
+  Two stores of one node on one topic meet within a few milliseconds; once
+  `a` has met `b`, `b` leaves for good and `a` forgets it:
+
+      iex> alias Vsmcp.CRDT.ContextStore
+      iex> tmp = fn -> Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}") end
+      iex> sync = [topic: "doc:ContextStore.forget_replica"]
+      iex> {:ok, a} = ContextStore.start_link(storage_opts: [data_dir: tmp.()], sync_opts: sync)
+      iex> {:ok, b} = ContextStore.start_link(storage_opts: [data_dir: tmp.()], sync_opts: sync)
+      iex> key_b = ContextStore.sync_info(b).replica
+      iex> met_b? = fn -> Enum.any?(ContextStore.sync_info(a).peers, &(&1.key == key_b)) end
+      iex> Stream.interval(5) |> Stream.take(200) |> Enum.any?(fn _ -> met_b?.() end)
+      true
+      iex> :ok = ContextStore.stop(b)
+      iex> ContextStore.forget_replica(a, key_b)
+      :ok
+      iex> ContextStore.sync_info(a).peers
+      []
+      iex> ContextStore.forget_replica(a, "not a replica key")
+      {:error, :invalid_replica}
+      iex> ContextStore.stop(a)
+      :ok
   """
   @spec forget_replica(store(), String.t()) :: :ok | {:error, term()}
   def forget_replica(store \\ __MODULE__, key) do
@@ -867,6 +916,22 @@ defmodule Vsmcp.CRDT.ContextStore do
   causal-stability collection waits for it otherwise). The copy's metadata
   keeps the original's directory id and the backup time under the key
   `backup_of`, for diagnostics.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      iex> {:ok, 2} = Vsmcp.CRDT.ContextStore.increment(s, :views, 2)
+      iex> copy = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> Vsmcp.CRDT.ContextStore.backup(s, copy)
+      :ok
+      iex> Vsmcp.CRDT.ContextStore.backup(s, copy)
+      {:error, :already_exists}
+      iex> :ok = Vsmcp.CRDT.ContextStore.stop(s)
+      iex> {:ok, restored} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: copy])
+      iex> Vsmcp.CRDT.ContextStore.get(restored, :views)
+      {:ok, 2}
+      iex> Vsmcp.CRDT.ContextStore.stop(restored)
+      :ok
   """
   @spec backup(store(), Path.t()) :: :ok | {:error, term()}
   def backup(store \\ __MODULE__, dir) do

@@ -50,7 +50,14 @@ defmodule Vsmcp.CRDT.Native do
     end
   end
 
-  @doc "Returns `true` when the Rust library is loaded."
+  @doc """
+  Returns `true` when the Rust library is loaded (the module does not load
+  otherwise, so a running system always answers `true`).
+
+      iex> Vsmcp.CRDT.Native.nif_loaded()
+      true
+  """
+  @spec nif_loaded() :: boolean()
   def nif_loaded, do: :erlang.nif_error(:nif_not_loaded)
 
   # ---------------------------------------------------------------------------
@@ -149,17 +156,27 @@ defmodule Vsmcp.CRDT.Native do
   def store_fail_writes(_h, _on), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_probe_take, do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def store_heap_bytes(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
 
   # Sync (Vsmcp.CRDT.Sync.Peer)
+  @doc false
   def sync_start(_store, _opts), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def sync_stop(_sync), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def sync_tick(_sync, _now_ms, _want_changes), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def sync_hello(_sync, _want_changes), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def sync_receive(_sync, _bytes, _now_ms, _want_changes), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def sync_round(_sync, _now_ms, _want_changes), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def sync_forget(_sync, _key), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def sync_info(_sync), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def store_value_cache(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
 
   # Import of the replaced application's DETS entries

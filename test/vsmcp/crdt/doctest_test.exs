@@ -5,7 +5,8 @@ defmodule Vsmcp.CRDT.DoctestTest do
   # level and below); shown only when an example fails.
   @moduletag :capture_log
 
-  # The ContextStore examples open stores under System.tmp_dir!() as
+  # The examples that open stores or write files (ContextStore, Options,
+  # Location, DetsImport) do so under System.tmp_dir!() as
   # `doc_<time>_<n>`; remove them when the module is done.
   setup_all do
     started = System.system_time()
@@ -22,10 +23,13 @@ defmodule Vsmcp.CRDT.DoctestTest do
   doctest Vsmcp.CRDT.Types.PNCounter
   doctest Vsmcp.CRDT.Types.ORSet
   doctest Vsmcp.CRDT.Types.LWWRegister
+  doctest Vsmcp.CRDT.Types.EncodedState
   doctest Vsmcp.CRDT.HLC
+  doctest Vsmcp.CRDT.Native
   doctest Vsmcp.CRDT.ContextStore
   doctest Vsmcp.CRDT.ContextStore.Options
   doctest Vsmcp.CRDT.Storage.DetsImport
+  doctest Vsmcp.CRDT.Storage.Location
   doctest Vsmcp.CRDT.Sync.Transport.PG
   doctest Vsmcp.CRDT.Supervisor
 end

@@ -84,6 +84,18 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   Errors: `{:invalid_option, key, value}` (`key` is `:options` when `opts`
   is not a keyword list), or what `Vsmcp.CRDT.Storage.Location.resolve/1`
   returns.
+
+      iex> alias Vsmcp.CRDT.ContextStore.Options
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> opts = [node_id: :n1, storage_opts: [data_dir: dir, memory_limit: 500, decay_interval: 1_000]]
+      iex> Options.to_native(opts)
+      {:ok, %{path: dir, ephemeral: false, node_id: :n1, durability: :relaxed, memory_limit: 500}}
+      iex> File.dir?(dir)
+      true
+      iex> Options.to_native(storage_opts: [data_dir: dir, memory_limit: -1])
+      {:error, {:invalid_option, :memory_limit, -1}}
+      iex> Options.to_native(durability: :eventually)
+      {:error, {:invalid_option, :durability, :eventually}}
   """
   @spec to_native(keyword()) :: {:ok, native()} | {:error, reason()}
   def to_native(opts) do
@@ -110,6 +122,14 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   Milliseconds between the store's demotion passes: `:decay_interval` of
   `:storage_opts`, or #{@default_decay_interval} when not given. 0 means no
   passes. `opts` are options `to_native/1` accepted.
+
+      iex> alias Vsmcp.CRDT.ContextStore.Options
+      iex> Options.decay_interval(storage_opts: [decay_interval: 5_000])
+      5000
+      iex> Options.decay_interval(storage_opts: [memory_limit: 100])
+      60000
+      iex> Options.decay_interval(storage_opts: [decay_interval: 0])
+      0
   """
   @spec decay_interval(keyword()) :: non_neg_integer()
   def decay_interval(opts) do
@@ -140,6 +160,22 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   before remove tokens and delete tombstones are collected, default
   2000), `:wire_versions` (tests). Errors are
   `{:invalid_option, {:sync_opts, key}, value}`.
+
+      iex> alias Vsmcp.CRDT.ContextStore.Options
+      iex> {:ok, sync} = Options.sync_opts(sync_opts: [topic: "orders", heartbeat_interval: 500])
+      iex> {sync[:enabled], sync[:topic], sync[:heartbeat_interval]}
+      {true, "orders", 500}
+      iex> {:ok, sync} = Options.sync_opts(name: :orders, sync_opts: [enabled: true])
+      iex> {sync[:enabled], sync[:topic]}
+      {true, "vsmcp_crdt::orders"}
+      iex> {:ok, sync} = Options.sync_opts(sync_opts: [topic: "orders", enabled: false])
+      iex> {sync[:enabled], sync[:topic]}
+      {false, "orders"}
+      iex> {:ok, sync} = Options.sync_opts(name: :orders)
+      iex> {sync[:enabled], sync[:topic]}
+      {false, nil}
+      iex> Options.sync_opts(sync_opts: [tick_interval: 0])
+      {:error, {:invalid_option, {:sync_opts, :tick_interval}, 0}}
   """
   @spec sync_opts(keyword()) :: {:ok, keyword()} | {:error, reason()}
   def sync_opts(opts) do

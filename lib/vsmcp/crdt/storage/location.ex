@@ -67,7 +67,32 @@ defmodule Vsmcp.CRDT.Storage.Location do
           optional(:dets_import) => String.t()
         }
 
-  @doc "Resolve the data directory, creating what is missing."
+  @doc """
+  Resolve the data directory of `storage_opts` (see the moduledoc),
+  creating what is missing: the `data_dir`, the parent directory and
+  marker of a `dets_file`, or the ephemeral directory. A `dets_file`'s
+  data directory is only named here; the store creates it when it opens.
+  Errors: `{:invalid_option, :data_dir | :dets_file, value}`,
+  `{:foreign_data_file, path}` (a `dets_file` that is neither a marker
+  nor a DETS file) or `{:storage_error, message}`.
+
+      iex> alias Vsmcp.CRDT.Storage.Location
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> Location.resolve(data_dir: dir)
+      {:ok, %{path: dir, ephemeral: false}}
+      iex> file = Path.join(dir, "ctx.dets")
+      iex> {:ok, %{path: data, ephemeral: false}} = Location.resolve(dets_file: file)
+      iex> File.read!(file) == "vsmcp_crdt store marker v1\\ndata: \#{Path.basename(data)}\\n"
+      true
+      iex> Location.resolve(dets_file: file)
+      {:ok, %{path: data, ephemeral: false}}
+      iex> File.write!(Path.join(dir, "notes.txt"), "my notes")
+      iex> Location.resolve(dets_file: Path.join(dir, "notes.txt"))
+      {:error, {:foreign_data_file, Path.join(dir, "notes.txt")}}
+      iex> {:ok, %{path: tmp, ephemeral: true}} = Location.resolve([])
+      iex> File.rmdir(tmp)
+      :ok
+  """
   @spec resolve(keyword()) :: {:ok, t} | {:error, term()}
   def resolve(storage_opts) do
     cond do
@@ -177,6 +202,20 @@ defmodule Vsmcp.CRDT.Storage.Location do
   filesystem without them), then replace it by a marker naming `path`,
   atomically. `{:ok, backup_path}`; the backup is `<file>.backup`, or
   `<file>.backup.<n>` when that name is taken by another file.
+
+      iex> alias Vsmcp.CRDT.Storage.Location
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> File.mkdir_p!(dir)
+      iex> file = Path.join(dir, "crdt_storage.dets")
+      iex> {:ok, table} = :dets.open_file(make_ref(), file: String.to_charlist(file))
+      iex> :ok = :dets.close(table)
+      iex> {:ok, location} = Location.resolve(dets_file: file)
+      iex> location.dets_import == file
+      true
+      iex> Location.complete_import(location)
+      {:ok, file <> ".backup"}
+      iex> Location.resolve(dets_file: file)
+      {:ok, %{path: location.path, ephemeral: false}}
   """
   @spec complete_import(t) :: {:ok, String.t()} | {:error, term()}
   def complete_import(%{path: dir, dets_import: file}) do

@@ -37,14 +37,38 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
 
   @dirty_threshold 8 * 1024
 
-  @doc "An empty CRDT of `kind` held by `node_id`."
+  @doc """
+  An empty CRDT of `kind` held by `node_id`, as a `module` struct.
+
+      iex> alias Vsmcp.CRDT.Types.{EncodedState, GCounter, ORSet}
+      iex> counter = EncodedState.new(GCounter, :g_counter, :node1)
+      iex> {counter.__struct__, counter.node_id, GCounter.value(counter)}
+      {GCounter, :node1, 0}
+      iex> EncodedState.new(ORSet, :aw_set, :node1) |> ORSet.value()
+      MapSet.new([])
+  """
   @spec new(module(), atom(), term()) :: crdt
   def new(module, kind, node_id) do
     {:ok, state} = Native.crdt_new(kind)
     struct!(module, node_id: node_id, state: state)
   end
 
-  @doc "`{crdt, delta}` or `{:error, reason}`."
+  @doc """
+  Apply `op` to `crdt`: `{crdt, delta}` or `{:error, reason}`. A struct
+  of another module is `:type_mismatch`, and so is a state of a kind not
+  in `kinds`, whatever struct holds it.
+
+      iex> alias Vsmcp.CRDT.Types.{EncodedState, GCounter, ORSet}
+      iex> counter = GCounter.new(:node1)
+      iex> {counter, delta} = EncodedState.mutate(counter, GCounter, [:g_counter], {:increment, 3})
+      iex> {GCounter.value(counter), GCounter.value(delta)}
+      {3, 3}
+      iex> EncodedState.mutate(ORSet.new(:node1), GCounter, [:g_counter], {:increment, 1})
+      {:error, :type_mismatch}
+      iex> forged = %GCounter{node_id: :node1, state: ORSet.new(:node1).state}
+      iex> EncodedState.mutate(forged, GCounter, [:g_counter], {:increment, 1})
+      {:error, :type_mismatch}
+  """
   @spec mutate(term(), module(), kinds, term()) :: {crdt, crdt} | {:error, term()}
   def mutate(crdt, module, kinds, op) do
     with {:ok, %{state: state} = crdt} <- check(crdt, module),
@@ -58,6 +82,15 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
   `{crdt, empty_delta}` for an operation that changes nothing (`zero_op`
   has amount 0): the NIF still validates `crdt`, and `crdt` itself is
   returned untouched.
+
+      iex> alias Vsmcp.CRDT.Types.{EncodedState, GCounter}
+      iex> {counter, _} = GCounter.increment(GCounter.new(:node1), 2)
+      iex> {same, delta} = EncodedState.unchanged(counter, GCounter, [:g_counter], {:increment, 0})
+      iex> {same === counter, GCounter.value(delta)}
+      {true, 0}
+      iex> junk = %GCounter{node_id: :node1, state: "junk"}
+      iex> EncodedState.unchanged(junk, GCounter, [:g_counter], {:increment, 0})
+      {:error, {:invalid_encoding, "missing header"}}
   """
   @spec unchanged(term(), module(), kinds, term()) :: {crdt, crdt} | {:error, term()}
   def unchanged(crdt, module, kinds, zero_op) do
@@ -67,7 +100,19 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
     end
   end
 
-  @doc "`a` joined with the state or delta `b`, keeping `a`'s node id; or `{:error, reason}`."
+  @doc """
+  `a` joined with the state or delta `b`, keeping `a`'s node id; or
+  `{:error, reason}`.
+
+      iex> alias Vsmcp.CRDT.Types.{EncodedState, GCounter, ORSet}
+      iex> {a, _} = GCounter.increment(GCounter.new(:node1), 2)
+      iex> {_b, delta} = GCounter.increment(GCounter.new(:node2), 5)
+      iex> merged = EncodedState.merge(a, delta, GCounter, [:g_counter])
+      iex> {merged.node_id, GCounter.value(merged)}
+      {:node1, 7}
+      iex> EncodedState.merge(a, ORSet.new(:node2), GCounter, [:g_counter])
+      {:error, :type_mismatch}
+  """
   @spec merge(term(), term(), module(), kinds) :: crdt | {:error, term()}
   def merge(a, b, module, kinds) do
     with {:ok, a} <- check(a, module),
@@ -79,7 +124,16 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
     end
   end
 
-  @doc "The decoded value; raises `ArgumentError` on an invalid CRDT."
+  @doc """
+  The decoded value; raises `ArgumentError` on an invalid CRDT.
+
+      iex> alias Vsmcp.CRDT.Types.{EncodedState, ORSet}
+      iex> {set, _} = ORSet.add(ORSet.new(:node1), "a")
+      iex> EncodedState.value(set, ORSet, [:or_set, :aw_set])
+      ["a"]
+      iex> EncodedState.value(:not_a_crdt, ORSet, [:or_set, :aw_set])
+      ** (ArgumentError) Vsmcp.CRDT.Types.ORSet.value: expected a %Vsmcp.CRDT.Types.ORSet{} with a binary state, got: :not_a_crdt
+  """
   @spec value(term(), module(), kinds) :: term()
   def value(crdt, module, kinds) do
     %{state: state} = check!(crdt, module, :value)
@@ -87,7 +141,14 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
     unwrap!(nif.(kinds, state), module, :value)
   end
 
-  @doc "Membership of `elem`; raises `ArgumentError` on an invalid CRDT."
+  @doc """
+  Membership of `elem`; raises `ArgumentError` on an invalid CRDT.
+
+      iex> alias Vsmcp.CRDT.Types.{EncodedState, ORSet}
+      iex> {set, _} = ORSet.add(ORSet.new(:node1), "a")
+      iex> for e <- ["a", "b"], do: EncodedState.member?(set, e, ORSet, [:or_set])
+      [true, false]
+  """
   @spec member?(term(), term(), module(), kinds) :: boolean()
   def member?(crdt, elem, module, kinds) do
     %{state: state} = check!(crdt, module, :member?)
@@ -95,7 +156,17 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
     unwrap!(nif.(kinds, state, elem), module, :member?)
   end
 
-  @doc "Equality of replicated state; raises `ArgumentError` on an invalid CRDT."
+  @doc """
+  Equality of replicated state; raises `ArgumentError` on an invalid CRDT.
+
+      iex> alias Vsmcp.CRDT.Types.{EncodedState, GCounter}
+      iex> {a, delta} = GCounter.increment(GCounter.new(:node1), 1)
+      iex> b = GCounter.merge(GCounter.new(:node2), delta)
+      iex> EncodedState.equal?(a, b, GCounter, [:g_counter])
+      true
+      iex> EncodedState.equal?(a, GCounter.new(:node1), GCounter, [:g_counter])
+      false
+  """
   @spec equal?(term(), term(), module(), kinds) :: boolean()
   def equal?(a, b, module, kinds) do
     %{state: sa} = check!(a, module, :equal?)
@@ -104,7 +175,14 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
     unwrap!(nif.(kinds, sa, sb), module, :equal?)
   end
 
-  @doc "The causal context map; raises `ArgumentError` on an invalid CRDT."
+  @doc """
+  The causal context map; raises `ArgumentError` on an invalid CRDT.
+
+      iex> alias Vsmcp.CRDT.Types.{EncodedState, ORSet}
+      iex> {set, _} = ORSet.add(ORSet.new(:node1), :x)
+      iex> EncodedState.causal_context(set, ORSet, [:or_set])
+      %{vv: %{node1: 1}, cloud: []}
+  """
   @spec causal_context(term(), module(), kinds) :: map()
   def causal_context(crdt, module, kinds) do
     %{state: state} = check!(crdt, module, :causal_context)
