@@ -6,7 +6,7 @@ defmodule Vsmcp.CRDT.DoctestTest do
   @moduletag :capture_log
 
   # The examples that open stores or write files (ContextStore, Options,
-  # Location, DetsImport) do so under System.tmp_dir!() as
+  # Location, DetsImport, Sync.Peer) do so under System.tmp_dir!() as
   # `doc_<time>_<n>`; remove them when the module is done.
   setup_all do
     started = System.system_time()
@@ -19,7 +19,8 @@ defmodule Vsmcp.CRDT.DoctestTest do
     end)
   end
 
-  # GCounter, Telemetry and Sync.Transport are doctested in their own test files.
+  # GCounter, Telemetry, Sync.Transport (with Faulty and PubSub) are
+  # doctested in their own test files.
   doctest Vsmcp.CRDT.Types.PNCounter
   doctest Vsmcp.CRDT.Types.ORSet
   doctest Vsmcp.CRDT.Types.LWWRegister
@@ -31,5 +32,6 @@ defmodule Vsmcp.CRDT.DoctestTest do
   doctest Vsmcp.CRDT.Storage.DetsImport
   doctest Vsmcp.CRDT.Storage.Location
   doctest Vsmcp.CRDT.Sync.Transport.PG
+  doctest Vsmcp.CRDT.Sync.Peer
   doctest Vsmcp.CRDT.Supervisor
 end

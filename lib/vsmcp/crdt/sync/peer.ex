@@ -22,6 +22,13 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   Without a transport (a local store) it runs only while someone is
   subscribed, for local change notifications.
 
+  Applications use the functions of `Vsmcp.CRDT.ContextStore`
+  (`subscribe/3`, `sync/2`, `sync_info/1`, ...), which find a store's peer
+  process and call this module. The examples here call it directly: a
+  store answers `GenServer.call(store, :peer)` with `{:ok, peer}`. Two
+  stores of one node on one topic sync with each other as stores of two
+  nodes do, so the examples of sync use two stores.
+
   ## Notifications
 
   A subscriber receives `{:crdt_changed, store, id, origin}` with `store`
@@ -57,18 +64,82 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   @doc false
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
 
-  @doc "Subscribe `pid` to changes of `ids` (a list) or of every id (`:all`)."
+  @doc """
+  Subscribe `pid` to changes of `ids` (a list) or of every id (`:all`);
+  subscribing again replaces its list. See "Notifications".
+
+      iex> alias Vsmcp.CRDT.{ContextStore, Sync.Peer}
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> {:ok, peer} = GenServer.call(s, :peer)
+      iex> :ok = ContextStore.create(s, :views, :g_counter)
+      iex> :ok = ContextStore.create(s, :clicks, :g_counter)
+      iex> Peer.subscribe(peer, self(), [:views])
+      :ok
+      iex> {:ok, 1} = ContextStore.increment(s, :clicks)
+      iex> {:ok, 1} = ContextStore.increment(s, :views)
+      iex> receive do {:crdt_changed, ^s, id, origin} -> {id, origin} after 2_000 -> :timeout end
+      {:views, :local}
+      iex> ContextStore.stop(s)
+      :ok
+  """
   @spec subscribe(GenServer.server(), pid(), [term()] | :all) :: :ok | {:error, term()}
   def subscribe(peer, pid, ids), do: GenServer.call(peer, {:subscribe, pid, ids})
 
-  @doc "Undo `subscribe/3` for `pid`."
+  @doc """
+  Undo `subscribe/3` for `pid`: once this returns, nothing more is sent
+  to it. A local store records no changes while nobody is subscribed, so
+  the change of `:views` below is never reported:
+
+      iex> alias Vsmcp.CRDT.{ContextStore, Sync.Peer}
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> {:ok, peer} = GenServer.call(s, :peer)
+      iex> :ok = ContextStore.create(s, :views, :g_counter)
+      iex> :ok = ContextStore.create(s, :clicks, :g_counter)
+      iex> :ok = Peer.subscribe(peer, self(), :all)
+      iex> Peer.unsubscribe(peer, self())
+      :ok
+      iex> {:ok, 1} = ContextStore.increment(s, :views)
+      iex> :ok = Peer.subscribe(peer, self(), :all)
+      iex> {:ok, 1} = ContextStore.increment(s, :clicks)
+      iex> receive do {:crdt_changed, ^s, id, _} -> id after 2_000 -> :timeout end
+      :clicks
+      iex> ContextStore.stop(s)
+      :ok
+  """
   @spec unsubscribe(GenServer.server(), pid()) :: :ok
   def unsubscribe(peer, pid), do: GenServer.call(peer, {:unsubscribe, pid})
 
   @doc """
   Ship local changes, then run a digest round with every peer that is up.
   `:ok` once each answered, else `{:error, {:timeout, peers}}` naming the
-  silent peers' labels.
+  silent peers' labels. Over a transport that keeps the order of one
+  sender's messages (both built-in ones do while the nodes stay
+  connected), a peer answers only after it has merged what we sent
+  before, so once `b` below synced, `a` holds `b`'s change (the stores
+  first wait until `b` has met `a`, a few milliseconds):
+
+      iex> alias Vsmcp.CRDT.{ContextStore, Sync.Peer}
+      iex> tmp = fn -> Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}") end
+      iex> sync = [topic: "doc:Peer.sync"]
+      iex> {:ok, a} = ContextStore.start_link(storage_opts: [data_dir: tmp.()], sync_opts: sync)
+      iex> {:ok, b} = ContextStore.start_link(storage_opts: [data_dir: tmp.()], sync_opts: sync)
+      iex> {{:ok, peer_a}, {:ok, peer_b}} = {GenServer.call(a, :peer), GenServer.call(b, :peer)}
+      iex> key_a = Peer.info(peer_a).replica
+      iex> met_a? = fn -> Enum.any?(Peer.info(peer_b).peers, &(&1.key == key_a and &1.up)) end
+      iex> Stream.interval(5) |> Stream.take(200) |> Enum.any?(fn _ -> met_a?.() end)
+      true
+      iex> :ok = ContextStore.create(b, :views, :g_counter)
+      iex> {:ok, 3} = ContextStore.increment(b, :views, 3)
+      iex> Peer.sync(peer_b)
+      :ok
+      iex> ContextStore.get(a, :views)
+      {:ok, 3}
+      iex> Peer.sync(peer_b, -1)
+      {:error, {:invalid_timeout, -1}}
+      iex> {ContextStore.stop(a), ContextStore.stop(b)}
+      {:ok, :ok}
   """
   @spec sync(GenServer.server(), timeout()) :: :ok | {:error, term()}
   def sync(peer, timeout \\ @sync_timeout)
@@ -83,7 +154,32 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   def sync(_peer, timeout), do: {:error, {:invalid_timeout, timeout}}
 
-  @doc "Forget a replica (a key from `info/1`'s peers) for good."
+  @doc """
+  Forget a replica (a key from `info/1`'s peers) for good: it is no
+  longer listed nor waited for, and its messages are refused from then
+  on. `{:error, :invalid_replica}` for a string that is not a replica
+  key, `{:error, :not_syncing}` when the store does not sync.
+
+      iex> alias Vsmcp.CRDT.{ContextStore, Sync.Peer}
+      iex> tmp = fn -> Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}") end
+      iex> sync = [topic: "doc:Peer.forget_replica"]
+      iex> {:ok, a} = ContextStore.start_link(storage_opts: [data_dir: tmp.()], sync_opts: sync)
+      iex> {:ok, b} = ContextStore.start_link(storage_opts: [data_dir: tmp.()], sync_opts: sync)
+      iex> {{:ok, peer_a}, {:ok, peer_b}} = {GenServer.call(a, :peer), GenServer.call(b, :peer)}
+      iex> key_b = Peer.info(peer_b).replica
+      iex> met_b? = fn -> Enum.any?(Peer.info(peer_a).peers, &(&1.key == key_b)) end
+      iex> Stream.interval(5) |> Stream.take(200) |> Enum.any?(fn _ -> met_b?.() end)
+      true
+      iex> :ok = ContextStore.stop(b)
+      iex> Peer.forget_replica(peer_a, key_b)
+      :ok
+      iex> Peer.info(peer_a).peers
+      []
+      iex> Peer.forget_replica(peer_a, "not a replica key")
+      {:error, :invalid_replica}
+      iex> ContextStore.stop(a)
+      :ok
+  """
   @spec forget_replica(GenServer.server(), String.t()) :: :ok | {:error, term()}
   def forget_replica(peer, key), do: GenServer.call(peer, {:forget, key})
 
@@ -94,6 +190,26 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   acknowledged), `msgs_sent`, `bytes_sent`, `msgs_received`,
   `bytes_received`, `deltas_sent`, `entries_received` and `rejected` (by
   reason).
+
+      iex> alias Vsmcp.CRDT.{ContextStore, Sync.Peer}
+      iex> tmp = fn -> Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}") end
+      iex> sync = [topic: "doc:Peer.info"]
+      iex> {:ok, a} = ContextStore.start_link(storage_opts: [data_dir: tmp.()], sync_opts: sync)
+      iex> {:ok, b} = ContextStore.start_link(storage_opts: [data_dir: tmp.()], sync_opts: sync)
+      iex> {{:ok, peer_a}, {:ok, peer_b}} = {GenServer.call(a, :peer), GenServer.call(b, :peer)}
+      iex> key_b = Peer.info(peer_b).replica
+      iex> met_b? = fn -> Enum.any?(Peer.info(peer_a).peers, &(&1.key == key_b)) end
+      iex> Stream.interval(5) |> Stream.take(200) |> Enum.any?(fn _ -> met_b?.() end)
+      true
+      iex> info = Peer.info(peer_a)
+      iex> {info.enabled, info.topic, info.transport}
+      {true, "doc:Peer.info", Vsmcp.CRDT.Sync.Transport.PG}
+      iex> for p <- info.peers, do: Map.take(p, [:key, :node, :up])
+      [%{key: key_b, node: to_string(node()), up: true}]
+      iex> {ContextStore.stop(a), ContextStore.stop(b)}
+      {:ok, :ok}
+
+  A store that does not sync answers `%{enabled: false, ...}`.
   """
   @spec info(GenServer.server()) :: map()
   def info(peer), do: GenServer.call(peer, :info)

@@ -13,6 +13,9 @@ defmodule Vsmcp.CRDT.Sync.TransportTest do
   alias Vsmcp.CRDT.Sync.Transport.{Faulty, PG, PubSub}
 
   doctest Transport
+  doctest Faulty
+  # Needs phoenix_pubsub started (setup_all below).
+  doctest PubSub
 
   defmodule MinimalTransport do
     # Only the required callbacks (no broadcast_from/4), over :pg.

@@ -45,8 +45,18 @@ defmodule Vsmcp.CRDT.Sync.Transport.Faulty do
   fault options. Errors: the inner transport's own, or
   `{:invalid_option, name, value}`, or `{:inner_lacks_broadcast_from, module}`
   when `reorder > 0` and the inner transport cannot delay a broadcast.
+
+      iex> alias Vsmcp.CRDT.Sync.Transport.{Faulty, PG}
+      iex> {:ok, %{inner: {PG, %{scope: scope}}, drop: 0.1}} = Faulty.start(inner: {PG, []}, drop: 0.1)
+      iex> scope
+      Vsmcp.CRDT.Sync.PG
+      iex> Faulty.start(inner: {PG, []}, drop: 2)
+      {:error, {:invalid_option, :drop, 2}}
+      iex> Faulty.start(drop: 0.1)
+      {:error, {:invalid_option, :inner, nil}}
   """
   @impl true
+  @spec start(keyword()) :: {:ok, map()} | {:error, term()}
   def start(opts) when is_list(opts) do
     with {:ok, {module, inner_opts}} <- fetch_inner(opts),
          {:ok, drop} <- probability(opts, :drop),
@@ -76,6 +86,19 @@ defmodule Vsmcp.CRDT.Sync.Transport.Faulty do
   calls made to the inner transport (delayed copies count once they went
   out), so `delivered == messages - dropped + duplicated` once all delays
   have passed.
+
+  Every message dropped, then every message sent twice (no delays, so
+  the counts are final when `broadcast/3` returns):
+
+      iex> alias Vsmcp.CRDT.Sync.Transport.{Faulty, PG}
+      iex> {:ok, lossy} = Faulty.start(inner: {PG, []}, drop: 1.0)
+      iex> for _ <- 1..3, do: :ok = Faulty.broadcast(lossy, "doc:Faulty.stats", "hello")
+      iex> Faulty.stats(lossy)
+      %{messages: 3, dropped: 3, duplicated: 0, delayed: 0, delivered: 0}
+      iex> {:ok, echo} = Faulty.start(inner: {PG, []}, duplicate: 1.0)
+      iex> :ok = Faulty.broadcast(echo, "doc:Faulty.stats", "hello")
+      iex> Faulty.stats(echo)
+      %{messages: 1, dropped: 0, duplicated: 1, delayed: 0, delivered: 2}
   """
   @spec stats(map()) :: %{
           messages: non_neg_integer(),

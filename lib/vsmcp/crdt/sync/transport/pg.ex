@@ -42,8 +42,14 @@ defmodule Vsmcp.CRDT.Sync.Transport.PG do
   Options: `scope:` (default `default_scope/0`). Returns
   `{:error, :pg_scope_not_running}` when no process is registered under the
   scope's name.
+
+      iex> Vsmcp.CRDT.Sync.Transport.PG.start([])
+      {:ok, %{scope: Vsmcp.CRDT.Sync.PG}}
+      iex> Vsmcp.CRDT.Sync.Transport.PG.start(scope: :doc_no_such_scope)
+      {:error, :pg_scope_not_running}
   """
   @impl true
+  @spec start(keyword()) :: {:ok, %{scope: atom()}} | {:error, :pg_scope_not_running}
   def start(opts) when is_list(opts) do
     scope = Keyword.get(opts, :scope, @default_scope)
 

@@ -31,8 +31,18 @@ if Code.ensure_loaded?(Phoenix.PubSub) do
     Options: `pubsub:` (default `Vsmcp.PubSub`), the name of a running
     `Phoenix.PubSub` server; `{:error, {:pubsub_not_running, name}}` if
     none is registered under it.
+
+        iex> alias Vsmcp.CRDT.Sync.Transport.PubSub
+        iex> PubSub.start(pubsub: :doc_pubsub)
+        {:error, {:pubsub_not_running, :doc_pubsub}}
+        iex> {:ok, sup} = Supervisor.start_link([{Phoenix.PubSub, name: :doc_pubsub}], strategy: :one_for_one)
+        iex> PubSub.start(pubsub: :doc_pubsub)
+        {:ok, %{pubsub: :doc_pubsub}}
+        iex> Supervisor.stop(sup)
+        :ok
     """
     @impl true
+    @spec start(keyword()) :: {:ok, %{pubsub: atom()}} | {:error, {:pubsub_not_running, term()}}
     def start(opts) when is_list(opts) do
       pubsub = Keyword.get(opts, :pubsub, Vsmcp.PubSub)
 
