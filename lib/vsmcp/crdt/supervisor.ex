@@ -40,7 +40,23 @@ defmodule Vsmcp.CRDT.Supervisor do
 
   @doc """
   Start the supervisor and the default store. Options are those of
-  `Vsmcp.CRDT.ContextStore.start_link/1`, plus `:supervisor_name`.
+  `Vsmcp.CRDT.ContextStore.start_link/1`, plus `:supervisor_name`; see
+  `store_options/1` for how they combine with the application
+  environment.
+
+  The default store is then reached without a store argument (here kept
+  local with `enabled: false`, and removed at the end):
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, sup} = Vsmcp.CRDT.Supervisor.start_link(storage_opts: [data_dir: dir], sync_opts: [enabled: false])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(:page_views, :g_counter)
+      iex> Vsmcp.CRDT.ContextStore.increment(:page_views, 5)
+      {:ok, 5}
+      iex> Supervisor.stop(sup)
+      :ok
+      iex> Vsmcp.CRDT.ContextStore.get(:page_views)
+      {:error, :noproc}
+      iex> {:ok, _} = File.rm_rf(dir)
   """
   @spec start_link(keyword()) :: Supervisor.on_start()
   def start_link(opts \\ []) do

@@ -527,6 +527,9 @@ defmodule Vsmcp.CRDT.ContextStoreDefaultStoreTest do
 
   alias Vsmcp.CRDT.ContextStore
 
+  # The other doctests of the module are in doctest_test.exs.
+  doctest Vsmcp.CRDT.Supervisor, only: [start_link: 1]
+
   setup do
     for app <- [:vsmcp, :vsmcp_crdt] do
       previous = Application.get_env(app, ContextStore)
