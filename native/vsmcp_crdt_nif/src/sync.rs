@@ -292,6 +292,7 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
         ("digests_sent", c.digests_sent),
         ("retransmits", c.retransmits),
         ("collected_elements", c.collected_elements),
+        ("collected_tombstones", c.collected_tombstones),
         ("dropped_stale", c.dropped_stale),
     ] {
         counters = put(counters, k, v.encode(env));

@@ -66,6 +66,8 @@ pub enum BatchOp {
     PutMeta(&'static [u8], Vec<u8>),
     /// A metadata entry under a computed key (tombstones, `TOMB_PREFIX`).
     PutMetaKey(Box<[u8]>, Vec<u8>),
+    /// Removal of a metadata entry under a computed key.
+    DeleteMetaKey(Box<[u8]>),
 }
 
 /// A key and its value.
@@ -448,6 +450,7 @@ impl ColdTier {
                 BatchOp::Merge(k, v) => batch.merge_cf(crdt, k, v),
                 BatchOp::PutMeta(k, v) => batch.put_cf(meta, k, v),
                 BatchOp::PutMetaKey(k, v) => batch.put_cf(meta, k, v),
+                BatchOp::DeleteMetaKey(k) => batch.delete_cf(meta, k),
             }
         }
         db.write_opt(batch, &WriteOptions::default())

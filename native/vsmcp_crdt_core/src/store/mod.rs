@@ -58,14 +58,14 @@ use cold::{
 use config::{regrows_large, REGROW_INLINE_MAX};
 use info::Counted;
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use record::{decode_parts, encode_gen, encode_parts, Gen, Meta, Record};
+use record::{decode_parts, encode_parts, encode_tomb, Gen, Meta, Record, Tomb};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tiers::{decode_stored, Body, Limits, Tiers};
-use write_behind::{later_tomb, tomb_key, write_group, PendingWrites};
+use write_behind::{tomb_key, write_group, PendingWrites};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -97,8 +97,8 @@ impl std::ops::Deref for View<'_> {
 struct Shard {
     tiers: Tiers,
     pending: PendingWrites,
-    /// Delete tombstones: the generation deleted, per id (see `record`).
-    tombs: hashbrown::HashMap<Box<[u8]>, Gen>,
+    /// Delete tombstones, per id (see `record::Tomb`).
+    tombs: hashbrown::HashMap<Box<[u8]>, Tomb>,
     /// Local changes not yet taken by sync (only while capture is on).
     out: hashbrown::HashMap<Box<[u8]>, Outgoing>,
 }
@@ -299,12 +299,12 @@ impl Store {
             telemetry: Default::default(),
             migrated_from: Mutex::new(import::load_migrated_from(&cold)?),
         });
-        for (id, gen) in cold.meta_with_prefix(TOMB_PREFIX)? {
+        for (id, tomb) in cold.meta_with_prefix(TOMB_PREFIX)? {
             // An undecodable tombstone is dropped: it only guards against
             // stale deltas of a deleted generation.
-            if let Ok(gen) = record::decode_gen(&gen) {
+            if let Ok(tomb) = record::decode_tomb(&tomb) {
                 let i = inner.shard_index(&id);
-                inner.shards[i].state.lock().tombs.insert(id, gen);
+                inner.shards[i].state.lock().tombs.insert(id, tomb);
             }
         }
         let handle = spawn_flusher(&inner)?;
@@ -397,7 +397,7 @@ impl Store {
         // A create over a tombstone starts the next epoch, which wins over
         // every delta of the deleted generation still travelling.
         let gen = Gen {
-            epoch: sh.tombs.get(id).map_or(0, |t| t.epoch.saturating_add(1)),
+            epoch: sh.tombs.get(id).map_or(0, |t| t.gen.epoch.saturating_add(1)),
             stamp: inner.clock.lock().tick(now).to_u64(),
             replica: inner.replica.0.clone(),
         };
@@ -718,10 +718,18 @@ impl Store {
         }
         inner.check_writable_at(&sh, id, access)?;
         let meta = sh.tiers.get(id).ok_or(Error::NotFound)?.meta.clone();
-        let mut sh = inner.delete_locked(sh, id, meta.gen.clone(), access)?;
-        if inner.capture.load(Ordering::Relaxed) {
+        // A store that does not sync keeps no tombstone: it guards only
+        // against peers' late copies of the deleted generation.
+        let capture = inner.capture.load(Ordering::Relaxed);
+        let at = inner.clock.lock().tick(now_ms()).to_u64();
+        let tomb = Tomb::new(meta.gen.clone(), at);
+        let mut sh = inner.delete_locked(sh, id, capture.then(|| tomb.clone()), access)?;
+        if capture {
+            // A tombstone entry carries the delete's stamp in `updated_at`
+            // (see `Tomb::of_entry`).
             let meta = Meta {
                 deleted: true,
+                updated_at: tomb.at,
                 ..meta
             };
             sh.out.insert(id.into(), Outgoing { meta, delta: None });
@@ -808,43 +816,45 @@ impl Store {
             None
         };
         if meta.deleted {
-            if let Some(local) = local {
-                if meta.gen.precedence(&local.gen).is_lt() {
-                    return Ok(Merged::Dropped { clash: false });
-                }
-                let mut sh = inner.delete_locked(sh, id, meta.gen.clone(), access)?;
-                // Local changes of the deleted generation not yet shipped
-                // would only be dropped by every peer.
-                if sh
-                    .out
-                    .get(id)
-                    .is_some_and(|o| o.meta.gen.precedence(&meta.gen).is_le())
-                {
-                    sh.out.remove(id);
-                }
-                return Ok(Merged::Deleted);
+            let tomb = Tomb::of_entry(meta);
+            if sh.tombs.get(id).is_some_and(|t| Tomb::join(Some(t.clone()), Some(tomb.clone())).as_ref() == Some(t)) {
+                // Known already (or a weaker one).
+                return Ok(if local.is_some() { Merged::Dropped { clash: false } } else { Merged::Tombstone });
             }
-            if sh
-                .tombs
-                .get(id)
-                .is_some_and(|t| meta.gen.precedence(t).is_le())
-            {
-                return Ok(Merged::Tombstone);
+            if let Some(local) = &local {
+                if tomb.kills(&local.gen) {
+                    let mut sh = inner.delete_locked(sh, id, Some(tomb.clone()), access)?;
+                    // Local changes of the deleted generation not yet
+                    // shipped would only be dropped by every peer.
+                    if sh.out.get(id).is_some_and(|o| tomb.kills(&o.meta.gen)) {
+                        sh.out.remove(id);
+                    }
+                    return Ok(Merged::Deleted);
+                }
             }
+            // Recorded even beside a record it does not kill (a create made
+            // after the delete): it still kills late copies of what it
+            // deleted.
             match inner.cfg.durability {
                 Durability::Relaxed => {
                     let p = sh.pending.entry(id);
-                    p.tomb = later_tomb(p.tomb.take(), Some(meta.gen.clone()));
+                    p.tomb = Tomb::join(p.tomb.take(), Some(tomb.clone()));
                 }
                 Durability::Strict => {
                     drop(sh);
-                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_gen(&meta.gen));
+                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tomb(&tomb));
                     inner.write_strict(id, &[op])?;
                     sh = inner.lock_state_unchecked(id);
                 }
             }
-            sh.tombs.insert(id.into(), meta.gen.clone());
-            return Ok(Merged::Tombstone);
+            let joined = Tomb::join(sh.tombs.remove(id), Some(tomb));
+            if let Some(t) = joined {
+                sh.tombs.insert(id.into(), t);
+            }
+            return Ok(if local.is_some() { Merged::Dropped { clash: false } } else { Merged::Tombstone });
+        }
+        if sh.tombs.get(id).is_some_and(|t| t.kills(&meta.gen)) {
+            return Ok(Merged::Stale);
         }
         let outcome = match &local {
             Some(local) => match meta.wins_over(local) {
@@ -858,16 +868,7 @@ impl Store {
                     clash: local.kind != meta.kind,
                 },
             },
-            None => {
-                if sh
-                    .tombs
-                    .get(id)
-                    .is_some_and(|t| t.precedence(&meta.gen).is_ge())
-                {
-                    return Ok(Merged::Stale);
-                }
-                Merged::Created
-            }
+            None => Merged::Created,
         };
         if outcome == Merged::Joined {
             sh = inner.persist(sh, id, meta, crdt)?;
@@ -947,6 +948,70 @@ impl Store {
         Ok(dropped)
     }
 
+    /// Causal-stability collection of delete tombstones: drop every
+    /// tombstone whose delete came before `cut` (an HLC stamp, see
+    /// `sync::engine`), from memory and from disk. A tombstone with a write
+    /// still pending is left for a later call. Runs on a dirty scheduler;
+    /// each shard's lock is held for one pass over its tombstones. Returns
+    /// the tombstones dropped.
+    pub fn collect_tombstones(&self, cut: u64) -> Result<usize> {
+        let inner = &self.0;
+        let mut dropped = 0;
+        for shard in inner.shards.iter() {
+            let _disk = shard.disk.lock();
+            let mut sh = shard.state.lock();
+            if sh.tombs.is_empty() {
+                continue;
+            }
+            if inner.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            let gone: Vec<Box<[u8]>> = sh
+                .tombs
+                .iter()
+                .filter(|(_, t)| t.at < cut)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            let mut taken = Vec::with_capacity(gone.len());
+            for id in gone {
+                // A write of it not yet started is dropped; one being
+                // written may land after the delete below and bring the
+                // tombstone back at the next open, where it kills nothing
+                // that still exists and is collected again.
+                if let Some(p) = sh.pending.dirty.get_mut(&id) {
+                    p.tomb = None;
+                }
+                if let Some(entry) = sh.tombs.remove_entry(&id) {
+                    taken.push(entry);
+                }
+            }
+            drop(sh);
+            // The disk lock keeps every writer of this shard out until the
+            // deletes are written (or the tombstones are back).
+            let ops: Vec<BatchOp> = taken
+                .iter()
+                .map(|(id, _)| BatchOp::DeleteMetaKey(tomb_key(id)))
+                .collect();
+            let written = inner.injected_fault().and_then(|()| inner.cold.write(&ops));
+            if let Err(e) = written {
+                let mut sh = shard.state.lock();
+                for (id, t) in taken {
+                    let t = Tomb::join(sh.tombs.remove(&id), Some(t));
+                    if let Some(t) = t {
+                        sh.tombs.insert(id, t);
+                    }
+                }
+                return Err(e);
+            }
+            shard.state.lock().pending.written += 1;
+            dropped += taken.len();
+        }
+        Ok(dropped)
+    }
+
     /// Approximate heap bytes of `id`'s state in memory (0 when on disk).
     pub fn heap_bytes(&self, id: &[u8]) -> usize {
         let sh = self.0.lock_state_unchecked(id);
@@ -958,7 +1023,7 @@ impl Store {
     }
 
     /// The tombstone of `id`, if it was deleted (and not re-created since).
-    pub fn tombstone(&self, id: &[u8]) -> Option<Gen> {
+    pub fn tombstone(&self, id: &[u8]) -> Option<Tomb> {
         let sh = self.0.lock_state_unchecked(id);
         if sh.tiers.contains(id) {
             return None;
@@ -966,8 +1031,8 @@ impl Store {
         sh.tombs.get(id).cloned()
     }
 
-    /// Every tombstone: `(id, generation deleted)`.
-    pub fn tombstones(&self) -> Vec<(Box<[u8]>, Gen)> {
+    /// Every tombstone, re-created ids included.
+    pub fn tombstones(&self) -> Vec<(Box<[u8]>, Tomb)> {
         let mut out = Vec::new();
         for shard in self.0.shards.iter() {
             let sh = shard.state.lock();
@@ -989,17 +1054,9 @@ impl Store {
         let meta = match self.metadata(id, access) {
             Ok((meta, _)) => meta,
             Err(Error::NotFound) => {
-                return Ok(self.tombstone(id).map(|gen| {
-                    let meta = Meta {
-                        kind: Kind::GCounter,
-                        created_by: Arc::from(&[][..]),
-                        created_at: 0,
-                        updated_at: 0,
-                        gen,
-                        deleted: true,
-                    };
-                    f(&meta, &Crdt::new(Kind::GCounter), 0)
-                }))
+                return Ok(self
+                    .tombstone(id)
+                    .map(|t| f(&t.entry_meta(), &Crdt::new(Kind::GCounter), 0)))
             }
             Err(e) => return Err(e),
         };
@@ -1231,27 +1288,27 @@ impl Inner {
     }
 
     /// Delete `id` (present, locked) with the store's durability, leaving
-    /// a tombstone of generation `gen`.
+    /// `tomb` if any.
     fn delete_locked<'a>(
         &'a self,
         mut sh: StateGuard<'a>,
         id: &[u8],
-        gen: Gen,
+        tomb: Option<Tomb>,
         _access: Access,
     ) -> Result<StateGuard<'a>> {
         match self.cfg.durability {
-            Durability::Relaxed => sh.pending.delete(id, Some(gen.clone())),
+            Durability::Relaxed => sh.pending.delete(id, tomb.clone()),
             Durability::Strict => {
                 drop(sh);
-                let ops = [
-                    BatchOp::Delete(id.into()),
-                    BatchOp::PutMetaKey(tomb_key(id), encode_gen(&gen)),
-                ];
+                let mut ops = vec![BatchOp::Delete(id.into())];
+                if let Some(t) = &tomb {
+                    ops.push(BatchOp::PutMetaKey(tomb_key(id), encode_tomb(t)));
+                }
                 self.write_strict(id, &ops)?;
                 sh = self.lock_state_unchecked(id);
             }
         }
-        if let Some(t) = later_tomb(sh.tombs.remove(id), Some(gen)) {
+        if let Some(t) = Tomb::join(sh.tombs.remove(id), tomb) {
             sh.tombs.insert(id.into(), t);
         }
         if let Some(slot) = sh.tiers.remove(id) {

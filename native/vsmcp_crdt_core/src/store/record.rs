@@ -105,8 +105,72 @@ pub struct Record {
     pub crdt: Crdt,
 }
 
-/// Encoding of a delete tombstone's generation (stored under
-/// `cold::TOMB_PREFIX ++ id`): MessagePack `(epoch, stamp, replica)`.
+/// A delete tombstone: the generation deleted and the HLC stamp of the
+/// delete (`Timestamp::to_u64`).
+///
+/// It kills a record of generation `g` when `gen` wins over or equals `g`
+/// (the deleted generation, the creates it beat, and every update of them)
+/// **and** `g` was created before the delete (`g.stamp < at`). The second
+/// condition makes a create that came after the delete survive it even on
+/// a node that never saw the delete, or that already collected the
+/// tombstone (see `sync::engine`), so tombstones can be collected without
+/// a later re-create being killed by a peer that still holds one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tomb {
+    pub gen: Gen,
+    pub at: u64,
+}
+
+impl Tomb {
+    /// The tombstone of a delete of `gen` at HLC stamp `at` (at least just
+    /// after the create: a delete observed its create).
+    pub fn new(gen: Gen, at: u64) -> Tomb {
+        let at = at.max(gen.stamp.saturating_add(1));
+        Tomb { gen, at }
+    }
+
+    /// The tombstone a sync entry with `meta.deleted` carries: its
+    /// generation, and the delete's stamp in `updated_at` (an entry of an
+    /// older build carries wall ms there, which reads as a stamp just after
+    /// the create).
+    pub fn of_entry(meta: &Meta) -> Tomb {
+        Tomb::new(meta.gen.clone(), meta.updated_at)
+    }
+
+    /// Whether this tombstone kills records of generation `g`.
+    pub fn kills(&self, g: &Gen) -> bool {
+        self.gen.precedence(g).is_ge() && g.stamp < self.at
+    }
+
+    /// The join of two tombstones of one id: the winning generation and the
+    /// later delete (commutative, associative, idempotent).
+    pub fn join(a: Option<Tomb>, b: Option<Tomb>) -> Option<Tomb> {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let at = a.at.max(b.at);
+                let gen = if b.gen.precedence(&a.gen).is_lt() { a.gen } else { b.gen };
+                Some(Tomb { gen, at })
+            }
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The metadata of this tombstone as a sync entry (see
+    /// [`Tomb::of_entry`]).
+    pub fn entry_meta(&self) -> Meta {
+        Meta {
+            kind: Kind::GCounter,
+            created_by: Arc::from(&[][..]),
+            created_at: 0,
+            updated_at: self.at,
+            gen: self.gen.clone(),
+            deleted: true,
+        }
+    }
+}
+
+/// MessagePack `(epoch, stamp, replica)` of a generation (the digest's
+/// form of it).
 pub fn encode_gen(gen: &Gen) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + gen.replica.len());
     let res = rmp_serde::encode::write(&mut out, &(gen.epoch, gen.stamp, Bytes::new(&gen.replica)));
@@ -114,15 +178,33 @@ pub fn encode_gen(gen: &Gen) -> Vec<u8> {
     out
 }
 
-/// Inverse of [`encode_gen`].
-pub fn decode_gen(bytes: &[u8]) -> Result<Gen> {
-    let (epoch, stamp, replica): (u32, u64, ByteBuf) =
-        rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))?;
-    Ok(Gen {
+/// Encoding of a delete tombstone (stored under `cold::TOMB_PREFIX ++ id`):
+/// MessagePack `(epoch, stamp, replica, at)`. Tombstones written before
+/// `at` existed (`(epoch, stamp, replica)`) read with `at` just after the
+/// create.
+pub fn encode_tomb(t: &Tomb) -> Vec<u8> {
+    let g = &t.gen;
+    let mut out = Vec::with_capacity(24 + g.replica.len());
+    let res = rmp_serde::encode::write(&mut out, &(g.epoch, g.stamp, Bytes::new(&g.replica), t.at));
+    debug_assert!(res.is_ok());
+    out
+}
+
+/// Inverse of [`encode_tomb`].
+pub fn decode_tomb(bytes: &[u8]) -> Result<Tomb> {
+    let gen = |epoch, stamp, replica: ByteBuf| Gen {
         epoch,
         stamp,
         replica: Arc::from(replica.into_vec()),
-    })
+    };
+    if let Ok((epoch, stamp, replica, at)) =
+        rmp_serde::from_slice::<(u32, u64, ByteBuf, u64)>(bytes)
+    {
+        return Ok(Tomb::new(gen(epoch, stamp, replica), at));
+    }
+    let (epoch, stamp, replica): (u32, u64, ByteBuf) =
+        rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    Ok(Tomb::new(gen(epoch, stamp, replica), 0))
 }
 
 /// What [`Record::absorb`] did.

@@ -13,7 +13,7 @@
 use super::cold::{BatchOp, TOMB_PREFIX};
 use super::config::regrows_large;
 use super::config::INLINE_BYTES;
-use super::record::{encode_gen, encode_parts, Gen, Meta};
+use super::record::{encode_parts, encode_tomb, Meta, Tomb};
 use crate::crdt::Crdt;
 use hashbrown::HashMap;
 use std::sync::Arc;
@@ -27,8 +27,8 @@ pub struct Pending {
     pub(super) reset: bool,
     pub(super) meta: Option<Meta>,
     pub(super) delta: Option<Arc<Crdt>>,
-    /// A delete tombstone to persist (the generation deleted).
-    pub(super) tomb: Option<Gen>,
+    /// A delete tombstone to persist.
+    pub(super) tomb: Option<Tomb>,
     /// Stamp of the last change (see [`PendingWrites::stamp`]).
     pub(super) seq: u64,
 }
@@ -70,10 +70,10 @@ impl Pending {
     pub(super) fn then(mut self, newer: Pending) -> Pending {
         if newer.reset {
             let mut newer = newer;
-            newer.tomb = later_tomb(self.tomb, newer.tomb);
+            newer.tomb = Tomb::join(self.tomb, newer.tomb);
             return newer;
         }
-        self.tomb = later_tomb(self.tomb.take(), newer.tomb);
+        self.tomb = Tomb::join(self.tomb.take(), newer.tomb);
         if let (Some(m), Some(d)) = (&newer.meta, &newer.delta) {
             self.add(m, d);
         }
@@ -91,8 +91,8 @@ impl Pending {
                 encode_parts(meta, &delta.encode()),
             ));
         }
-        if let Some(gen) = &self.tomb {
-            ops.push(BatchOp::PutMetaKey(tomb_key(key), encode_gen(gen)));
+        if let Some(t) = &self.tomb {
+            ops.push(BatchOp::PutMetaKey(tomb_key(key), encode_tomb(t)));
         }
     }
 }
@@ -100,14 +100,6 @@ impl Pending {
 /// The metadata key of `id`'s tombstone.
 pub(super) fn tomb_key(id: &[u8]) -> Box<[u8]> {
     [TOMB_PREFIX, id].concat().into()
-}
-
-/// The tombstone of the winning generation of two.
-pub(super) fn later_tomb(a: Option<Gen>, b: Option<Gen>) -> Option<Gen> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(if b.precedence(&a).is_lt() { a } else { b }),
-        (a, b) => a.or(b),
-    }
 }
 
 type Group = HashMap<Box<[u8]>, Pending>;
@@ -165,9 +157,9 @@ impl PendingWrites {
 
     /// Record a delete of `id`: replaces whatever was pending (a large
     /// delta group is freed in the background).
-    pub(super) fn delete(&mut self, id: &[u8], tomb: Option<Gen>) {
+    pub(super) fn delete(&mut self, id: &[u8], tomb: Option<Tomb>) {
         let p = self.entry(id);
-        let (seq, tomb) = (p.seq, later_tomb(p.tomb.take(), tomb));
+        let (seq, tomb) = (p.seq, Tomb::join(p.tomb.take(), tomb));
         let old = std::mem::replace(
             p,
             Pending {

@@ -191,6 +191,8 @@ pub struct Counters {
     pub retransmits: u64,
     /// Set elements dropped by causal-stability collection.
     pub collected_elements: u64,
+    /// Delete tombstones dropped by causal-stability collection.
+    pub collected_tombstones: u64,
     /// Entries dropped because a newer generation or a tombstone won.
     pub dropped_stale: u64,
     /// Rejections, by [`Reject`] (in `Reject::ALL` order).
@@ -256,6 +258,8 @@ struct Peer {
     /// Digest root and log position of its last hello.
     last_root: Option<u64>,
     last_log_pos: u64,
+    /// The HLC its last hello carried (`Timestamp::to_u64`).
+    hello_clock: u64,
     attrs: Vec<u8>,
 }
 
@@ -273,6 +277,8 @@ pub struct Engine {
     collectable: HashMap<Box<[u8]>, u64>,
     /// Since when every peer announced our digest root (see `quiescent`).
     quiescent_since: Option<u64>,
+    /// When tombstones were last offered to collection.
+    tombs_scanned_ms: u64,
     /// State transfers in progress, per peer.
     transfers: HashMap<ReplicaId, std::collections::VecDeque<Transfer>>,
     /// Buckets whose states are queued for a peer (not queued twice).
@@ -331,6 +337,7 @@ impl Engine {
             hashes: HashMap::new(),
             collectable: HashMap::new(),
             quiescent_since: None,
+            tombs_scanned_ms: 0,
             transfers: HashMap::new(),
             queued: HashMap::new(),
             dirty: HashSet::new(),
@@ -610,6 +617,7 @@ impl Engine {
                 return Vec::new();
             }
         }
+        let sent_at = clock.map_or(0, Timestamp::to_u64);
         let clock = store.tick_clock();
         if let Message::Hello {
             versions,
@@ -621,8 +629,18 @@ impl Engine {
         {
             let announced = (root, log_pos);
             let out = self.on_hello(
-                store, from, &versions, announced, attrs, now_ms, events, clock,
+                store,
+                from.clone(),
+                &versions,
+                announced,
+                attrs,
+                now_ms,
+                events,
+                clock,
             );
+            if let Some(p) = self.peers.get_mut(&from) {
+                p.hello_clock = sent_at;
+            }
             self.maybe_collect(store, now_ms);
             return out;
         }
@@ -652,7 +670,12 @@ impl Engine {
                 ..
             } => {
                 let mut stale = Vec::new();
-                let merged = self.merge_entries(store, &from, entries, events, &mut stale);
+                // An interval received already (a late duplicate) is only
+                // acknowledged again: merging it is idempotent, but a copy
+                // old enough may predate a collected tombstone.
+                let seen = self.peers.get(&from).is_some_and(|p| seq_end <= p.recv_upto);
+                let merged =
+                    seen || self.merge_entries(store, &from, entries, events, &mut stale);
                 out.extend(self.tombstones_for(store, &from, stale, clock));
                 let p = self.peers.get_mut(&from).expect("peer present");
                 // A merge that failed here (disk full, closing) is not
@@ -679,7 +702,10 @@ impl Engine {
                 }
             }
             Message::DigestRequest { buckets, .. } => {
-                // Push ours where they differ, and pull theirs.
+                // Push ours where they differ, and pull theirs. Changes made
+                // since our last tick count too (the requester's `sync`
+                // must see every write acknowledged before it).
+                self.take_local(store, events);
                 self.refresh_digest(store);
                 let diff = self.digest.diff(&buckets);
                 self.queue_states(&from, &diff);
@@ -768,6 +794,7 @@ impl Engine {
                     stats: PeerStats::default(),
                     last_root: None,
                     last_log_pos: 0,
+                    hello_clock: 0,
                     attrs: attrs.clone(),
                 },
             );
@@ -910,15 +937,7 @@ impl Engine {
         let entries: Vec<Entry> = ids
             .into_iter()
             .filter_map(|id| {
-                let gen = store.tombstone(&id)?;
-                let meta = Meta {
-                    kind: crate::crdt::Kind::GCounter,
-                    created_by: std::sync::Arc::from(&[][..]),
-                    created_at: 0,
-                    updated_at: 0,
-                    gen,
-                    deleted: true,
-                };
+                let meta = store.tombstone(&id)?.entry_meta();
                 let state = Crdt::new(meta.kind).encode();
                 Some((id.to_vec(), encode_parts(&meta, &state)))
             })
@@ -1022,13 +1041,17 @@ impl Engine {
     /// back (the collected dots stay in the context), and a late copy of a
     /// collected dot is recognised as removed for the same reason.
     ///
-    /// Delete tombstones are kept: a tombstone has no causal context that
-    /// would recognise a late copy of the deleted generation once it is
-    /// gone, and every scheme tried here lost data under review (see the
-    /// README). They are out of the digest; a peer that pushes a record of
-    /// a deleted generation is answered with the tombstone.
+    /// Delete tombstones are collected at the same point (at most once per
+    /// `collect_after_ms`): those whose delete came before the clock of
+    /// every peer's last hello. Every replica then holds no record the
+    /// tombstone kills (the digests agree), and every operation made before
+    /// was received (the logs are in), so nothing it guards against can
+    /// still arrive. A create made after the delete, here or on a replica
+    /// that still holds the tombstone, survives it (`record::Tomb`), so
+    /// replicas that collect at different times agree.
     fn maybe_collect(&mut self, store: &Store, now_ms: u64) {
-        if self.collectable.is_empty() {
+        let tombs_due = now_ms.saturating_sub(self.tombs_scanned_ms) >= self.cfg.collect_after_ms;
+        if self.collectable.is_empty() && !tombs_due {
             return;
         }
         self.refresh_digest(store);
@@ -1045,6 +1068,13 @@ impl Engine {
                 self.counters.collected_elements += n as u64;
             }
             self.dirty.insert(id);
+        }
+        if tombs_due {
+            self.tombs_scanned_ms = now_ms;
+            let cut = self.peers.values().map(|p| p.hello_clock).min().unwrap_or(0);
+            if let Ok(n) = store.collect_tombstones(cut) {
+                self.counters.collected_tombstones += n as u64;
+            }
         }
         self.refresh_digest(store);
     }

@@ -127,7 +127,7 @@ defmodule Vsmcp.CRDT.Sync.FeaturesTest do
   end
 
   @tag :tmp_dir
-  test "removed elements are collected once every node agrees",
+  test "removed elements and delete tombstones are collected once every node agrees",
        %{tmp_dir: tmp_dir} do
     peers = Cluster.start(3, tmp_dir: tmp_dir)
     for p <- peers, do: start_store(p, heartbeat_interval: 200, collect_after: 300)
@@ -159,6 +159,17 @@ defmodule Vsmcp.CRDT.Sync.FeaturesTest do
     assert Enum.any?(peers, &(on(&1, :sync_info, []).counters.collected_elements >= n))
 
     assert get(a, :gone) == {:error, :not_found}
+
+    # The delete's tombstone is collected on every node too, and the id can
+    # be created again.
+    eventually(
+      fn -> Enum.all?(peers, &(on(&1, :sync_info, []).counters.collected_tombstones >= 1)) end,
+      20_000
+    )
+
+    :ok = on(a, :create, [:gone, :pn_counter])
+    {:ok, _} = on(a, :decrement, [:gone, 2])
+    everywhere(peers, :gone, {:ok, -2})
 
     # The set still works, and elements can come back.
     {:ok, _} = on(b, :add, [:set, 7])
