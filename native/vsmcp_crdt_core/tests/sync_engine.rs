@@ -949,3 +949,27 @@ fn random_deletes_and_re_creates_converge_with_collection() {
         }
     }
 }
+
+/// A round started on one node (what `sync` does) gets a write that the
+/// peer made since its last tick: the peer takes its local changes before
+/// it digests.
+#[test]
+fn a_round_sees_the_peers_writes_since_its_last_tick() {
+    let mut net = Net::new(2, 0, 71);
+    net.step(true);
+    net.settle();
+    let s1 = net.nodes[1].store.clone();
+    s1.create(b"fresh", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s1, b"fresh", Mutation::Increment(4));
+    let mut ev = Vec::new();
+    let n = &mut net.nodes[0];
+    let (peers, outs) = n.engine.round(&n.store, net.now, &mut ev);
+    assert_eq!(peers.len(), 1);
+    net.send(0, outs);
+    // Messages only: no node ticks meanwhile.
+    net.deliver_all();
+    assert_eq!(
+        net.value(0, b"fresh"),
+        Some(format!("{:?}", Value::Counter(4)))
+    );
+}
