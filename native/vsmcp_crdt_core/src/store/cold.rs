@@ -32,6 +32,10 @@ pub const FORMAT_VALUE: &[u8] = b"vsmcp_crdt/1";
 pub const NODE_KEY: &[u8] = b"node_id";
 pub const INCARNATION_KEY: &[u8] = b"incarnation";
 pub const HLC_KEY: &[u8] = b"hlc";
+/// Present once the directory has synced (its deletes keep tombstones).
+pub const SYNCED_KEY: &[u8] = b"synced";
+/// The largest cut below which tombstones were collected (u64, big end).
+pub const TOMB_CUT_KEY: &[u8] = b"tomb_cut";
 /// A random id of this data directory, made at its first open (fsynced).
 pub const REPLICA_KEY: &[u8] = b"replica_id";
 

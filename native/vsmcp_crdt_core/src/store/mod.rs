@@ -53,7 +53,8 @@ use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
 use crate::lww::{LwwEntry, LwwRegister};
 use cold::{
-    BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY, TOMB_PREFIX,
+    BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY, SYNCED_KEY,
+    TOMB_CUT_KEY, TOMB_PREFIX,
 };
 use config::{regrows_large, REGROW_INLINE_MAX};
 use info::Counted;
@@ -188,6 +189,11 @@ struct Inner {
     cold_possible: AtomicBool,
     /// Record local changes for sync (see [`Store::start_capture`]).
     capture: AtomicBool,
+    /// The directory has synced (persisted): its deletes keep tombstones
+    /// even while no sync engine runs.
+    synced: AtomicBool,
+    /// See [`Store::tomb_cut`] (persisted).
+    tomb_cut: std::sync::atomic::AtomicU64,
     /// The token of the current capture owner (0: none).
     capture_owner: Mutex<u64>,
     closed: AtomicBool,
@@ -287,6 +293,12 @@ impl Store {
             cfg,
             cold_possible: AtomicBool::new(cold_possible),
             capture: AtomicBool::new(false),
+            synced: AtomicBool::new(cold.get_meta(SYNCED_KEY)?.is_some()),
+            tomb_cut: std::sync::atomic::AtomicU64::new(
+                cold.get_meta(TOMB_CUT_KEY)?
+                    .and_then(|b| decode_u64(&b))
+                    .unwrap_or(0),
+            ),
             capture_owner: Mutex::new(0),
             closed: AtomicBool::new(false),
             write_error: Mutex::new(None),
@@ -397,7 +409,10 @@ impl Store {
         // A create over a tombstone starts the next epoch, which wins over
         // every delta of the deleted generation still travelling.
         let gen = Gen {
-            epoch: sh.tombs.get(id).map_or(0, |t| t.gen.epoch.saturating_add(1)),
+            epoch: sh
+                .tombs
+                .get(id)
+                .map_or(0, |t| t.gen.epoch.saturating_add(1)),
             stamp: inner.clock.lock().tick(now).to_u64(),
             replica: inner.replica.0.clone(),
         };
@@ -718,12 +733,13 @@ impl Store {
         }
         inner.check_writable_at(&sh, id, access)?;
         let meta = sh.tiers.get(id).ok_or(Error::NotFound)?.meta.clone();
-        // A store that does not sync keeps no tombstone: it guards only
+        // A directory that never synced keeps no tombstone: it guards only
         // against peers' late copies of the deleted generation.
         let capture = inner.capture.load(Ordering::Relaxed);
+        let keep = capture || inner.synced.load(Ordering::Relaxed);
         let at = inner.clock.lock().tick(now_ms()).to_u64();
         let tomb = Tomb::new(meta.gen.clone(), at);
-        let mut sh = inner.delete_locked(sh, id, capture.then(|| tomb.clone()), access)?;
+        let mut sh = inner.delete_locked(sh, id, keep.then(|| tomb.clone()), access)?;
         if capture {
             // A tombstone entry carries the delete's stamp in `updated_at`
             // (see `Tomb::of_entry`).
@@ -743,6 +759,11 @@ impl Store {
     pub fn start_capture(&self) -> u64 {
         static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let token = TOKENS.fetch_add(1, Ordering::Relaxed);
+        if !self.0.synced.swap(true, Ordering::AcqRel) {
+            // Best effort: if it is lost, deletes made while no engine runs
+            // after the next open leave no tombstone, as before any sync.
+            let _ = self.0.cold.put_meta(SYNCED_KEY, b"1", false);
+        }
         *self.0.capture_owner.lock() = token;
         self.0.capture.store(true, Ordering::Release);
         token
@@ -816,21 +837,30 @@ impl Store {
             None
         };
         if meta.deleted {
-            let tomb = Tomb::of_entry(meta);
-            if sh.tombs.get(id).is_some_and(|t| Tomb::join(Some(t.clone()), Some(tomb.clone())).as_ref() == Some(t)) {
-                // Known already (or a weaker one).
-                return Ok(if local.is_some() { Merged::Dropped { clash: false } } else { Merged::Tombstone });
-            }
-            if let Some(local) = &local {
-                if tomb.kills(&local.gen) {
-                    let mut sh = inner.delete_locked(sh, id, Some(tomb.clone()), access)?;
-                    // Local changes of the deleted generation not yet
-                    // shipped would only be dropped by every peer.
-                    if sh.out.get(id).is_some_and(|o| tomb.kills(&o.meta.gen)) {
-                        sh.out.remove(id);
-                    }
-                    return Ok(Merged::Deleted);
+            let held = sh.tombs.get(id).cloned();
+            let known = held.is_some();
+            let Some(joined) = Tomb::join(held.clone(), Some(Tomb::of_entry(meta))) else {
+                return Err(Error::NotFound);
+            };
+            // The tombstone held beside a record never kills it. The join
+            // can kill more than either part, so the record is checked
+            // against the join: every replica holding both decides alike.
+            if local.as_ref().is_some_and(|l| joined.kills(&l.gen)) {
+                let mut sh = inner.delete_locked(sh, id, Some(joined.clone()), access)?;
+                // Local changes of the deleted generation not yet shipped
+                // would only be dropped by every peer.
+                if sh.out.get(id).is_some_and(|o| joined.kills(&o.meta.gen)) {
+                    sh.out.remove(id);
                 }
+                return Ok(Merged::Deleted);
+            }
+            let outcome = if local.is_some() {
+                Merged::Dropped { clash: false }
+            } else {
+                Merged::Tombstone
+            };
+            if known && held.as_ref() == Some(&joined) {
+                return Ok(outcome);
             }
             // Recorded even beside a record it does not kill (a create made
             // after the delete): it still kills late copies of what it
@@ -838,20 +868,17 @@ impl Store {
             match inner.cfg.durability {
                 Durability::Relaxed => {
                     let p = sh.pending.entry(id);
-                    p.tomb = Tomb::join(p.tomb.take(), Some(tomb.clone()));
+                    p.tomb = Tomb::join(p.tomb.take(), Some(joined.clone()));
                 }
                 Durability::Strict => {
                     drop(sh);
-                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tomb(&tomb));
+                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tomb(&joined));
                     inner.write_strict(id, &[op])?;
                     sh = inner.lock_state_unchecked(id);
                 }
             }
-            let joined = Tomb::join(sh.tombs.remove(id), Some(tomb));
-            if let Some(t) = joined {
-                sh.tombs.insert(id.into(), t);
-            }
-            return Ok(if local.is_some() { Merged::Dropped { clash: false } } else { Merged::Tombstone });
+            sh.tombs.insert(id.into(), joined);
+            return Ok(outcome);
         }
         if sh.tombs.get(id).is_some_and(|t| t.kills(&meta.gen)) {
             return Ok(Merged::Stale);
@@ -950,12 +977,29 @@ impl Store {
 
     /// Causal-stability collection of delete tombstones: drop every
     /// tombstone whose delete came before `cut` (an HLC stamp, see
-    /// `sync::engine`), from memory and from disk. A tombstone with a write
-    /// still pending is left for a later call. Runs on a dirty scheduler;
-    /// each shard's lock is held for one pass over its tombstones. Returns
-    /// the tombstones dropped.
+    /// `sync::engine`), from memory and from disk. Pending writes are
+    /// flushed first, so the delete a tombstone stands for is on disk
+    /// before the tombstone leaves it; one written since is left for a
+    /// later call. `cut` is persisted first ([`Store::tomb_cut`]). Runs on
+    /// a dirty scheduler; each shard's lock is held for one pass over its
+    /// tombstones. Returns the tombstones dropped.
     pub fn collect_tombstones(&self, cut: u64) -> Result<usize> {
         let inner = &self.0;
+        let due = inner
+            .shards
+            .iter()
+            .any(|shard| shard.state.lock().tombs.values().any(|t| t.at < cut));
+        if !due {
+            return Ok(0);
+        }
+        inner.flush()?;
+        if cut > inner.tomb_cut.load(Ordering::Acquire) {
+            inner.injected_fault()?;
+            inner
+                .cold
+                .put_meta(TOMB_CUT_KEY, &cut.to_be_bytes(), false)?;
+            inner.tomb_cut.fetch_max(cut, Ordering::AcqRel);
+        }
         let mut dropped = 0;
         for shard in inner.shards.iter() {
             let _disk = shard.disk.lock();
@@ -969,25 +1013,16 @@ impl Store {
             let gone: Vec<Box<[u8]>> = sh
                 .tombs
                 .iter()
-                .filter(|(_, t)| t.at < cut)
+                .filter(|(id, t)| t.at < cut && sh.pending.overlays(id).next().is_none())
                 .map(|(id, _)| id.clone())
                 .collect();
             if gone.is_empty() {
                 continue;
             }
-            let mut taken = Vec::with_capacity(gone.len());
-            for id in gone {
-                // A write of it not yet started is dropped; one being
-                // written may land after the delete below and bring the
-                // tombstone back at the next open, where it kills nothing
-                // that still exists and is collected again.
-                if let Some(p) = sh.pending.dirty.get_mut(&id) {
-                    p.tomb = None;
-                }
-                if let Some(entry) = sh.tombs.remove_entry(&id) {
-                    taken.push(entry);
-                }
-            }
+            let taken: Vec<(Box<[u8]>, Tomb)> = gone
+                .into_iter()
+                .filter_map(|id| sh.tombs.remove_entry(&id))
+                .collect();
             drop(sh);
             // The disk lock keeps every writer of this shard out until the
             // deletes are written (or the tombstones are back).
@@ -1012,6 +1047,14 @@ impl Store {
         Ok(dropped)
     }
 
+    /// The largest cut below which this store collected tombstones (0 if
+    /// none). A copy of a record older than it that arrives late might be
+    /// one whose tombstone is gone: the sync engine drops anti-entropy
+    /// messages sent before it (anti-entropy repairs what they held).
+    pub fn tomb_cut(&self) -> u64 {
+        self.0.tomb_cut.load(Ordering::Acquire)
+    }
+
     /// Approximate heap bytes of `id`'s state in memory (0 when on disk).
     pub fn heap_bytes(&self, id: &[u8]) -> usize {
         let sh = self.0.lock_state_unchecked(id);
@@ -1022,13 +1065,11 @@ impl Store {
         }
     }
 
-    /// The tombstone of `id`, if it was deleted (and not re-created since).
+    /// The tombstone of `id`, if it was deleted (also when it was created
+    /// again since: the tombstone still kills late copies of what it
+    /// deleted).
     pub fn tombstone(&self, id: &[u8]) -> Option<Tomb> {
-        let sh = self.0.lock_state_unchecked(id);
-        if sh.tiers.contains(id) {
-            return None;
-        }
-        sh.tombs.get(id).cloned()
+        self.0.lock_state_unchecked(id).tombs.get(id).cloned()
     }
 
     /// Every tombstone, re-created ids included.
@@ -1296,6 +1337,9 @@ impl Inner {
         tomb: Option<Tomb>,
         _access: Access,
     ) -> Result<StateGuard<'a>> {
+        // Persisted joined with the one held: a tombstone write replaces
+        // the stored one.
+        let tomb = tomb.and_then(|t| Tomb::join(sh.tombs.get(id).cloned(), Some(t)));
         match self.cfg.durability {
             Durability::Relaxed => sh.pending.delete(id, tomb.clone()),
             Durability::Strict => {

@@ -148,7 +148,11 @@ impl Tomb {
         match (a, b) {
             (Some(a), Some(b)) => {
                 let at = a.at.max(b.at);
-                let gen = if b.gen.precedence(&a.gen).is_lt() { a.gen } else { b.gen };
+                let gen = if b.gen.precedence(&a.gen).is_lt() {
+                    a.gen
+                } else {
+                    b.gen
+                };
                 Some(Tomb { gen, at })
             }
             (a, b) => a.or(b),

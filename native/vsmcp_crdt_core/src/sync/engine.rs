@@ -499,12 +499,15 @@ impl Engine {
     /// first, so the announced log position covers every change made before
     /// the digest root was computed.
     pub fn hello(&mut self, store: &Store, events: &mut Vec<Event>) -> Outbound {
+        // The clock first: a change made meanwhile has a later stamp than
+        // the hello's, and is not claimed by its log position.
+        let clock = store.tick_clock();
         self.take_local(store, events);
         self.refresh_digest(store);
         let msg = Message::Hello {
             from: self.me.clone(),
             versions: self.cfg.versions.clone(),
-            clock: store.tick_clock(),
+            clock,
             root: self.digest.root(),
             log_pos: self.log.next_seq() - 1,
             attrs: self.cfg.attrs.clone(),
@@ -617,6 +620,7 @@ impl Engine {
                 return Vec::new();
             }
         }
+        let env_clock = clock;
         let sent_at = clock.map_or(0, Timestamp::to_u64);
         let clock = store.tick_clock();
         if let Message::Hello {
@@ -673,9 +677,11 @@ impl Engine {
                 // An interval received already (a late duplicate) is only
                 // acknowledged again: merging it is idempotent, but a copy
                 // old enough may predate a collected tombstone.
-                let seen = self.peers.get(&from).is_some_and(|p| seq_end <= p.recv_upto);
-                let merged =
-                    seen || self.merge_entries(store, &from, entries, events, &mut stale);
+                let seen = self
+                    .peers
+                    .get(&from)
+                    .is_some_and(|p| seq_end <= p.recv_upto);
+                let merged = seen || self.merge_entries(store, &from, entries, events, &mut stale);
                 out.extend(self.tombstones_for(store, &from, stale, clock));
                 let p = self.peers.get_mut(&from).expect("peer present");
                 // A merge that failed here (disk full, closing) is not
@@ -727,6 +733,14 @@ impl Engine {
                     out.extend(self.drain_transfer(store, &from, clock));
                 }
                 events.push(Event::Answered(from));
+            }
+            Message::States { entries, .. }
+                if env_clock.is_some() && sent_at < store.tomb_cut() =>
+            {
+                // Sent before a tombstone collection here: it may hold a
+                // record whose tombstone is gone. What it holds that we
+                // lack is pushed again by the next digest exchange.
+                self.counters.dropped_stale += entries.len() as u64;
             }
             Message::States { entries, .. } => {
                 // A failed state is repaired by the next digest exchange.
@@ -863,7 +877,14 @@ impl Engine {
                 _ => 0,
             };
             let stamp = Timestamp::wall_of_u64(meta.gen.stamp);
-            if register_ts > horizon || stamp > horizon {
+            // A tombstone's delete stamp too: one from the future would
+            // never be collected and would kill every create before it.
+            let deleted_at = if meta.deleted {
+                Timestamp::wall_of_u64(meta.updated_at)
+            } else {
+                0
+            };
+            if register_ts > horizon || stamp > horizon || deleted_at > horizon {
                 self.reject(
                     events,
                     Some(from),
@@ -1069,9 +1090,15 @@ impl Engine {
             }
             self.dirty.insert(id);
         }
-        if tombs_due {
+        // Only while every peer collects by the same rule (version 3).
+        if tombs_due && self.peers.values().all(|p| p.version >= 3) {
             self.tombs_scanned_ms = now_ms;
-            let cut = self.peers.values().map(|p| p.hello_clock).min().unwrap_or(0);
+            let cut = self
+                .peers
+                .values()
+                .map(|p| p.hello_clock)
+                .min()
+                .unwrap_or(0);
             if let Ok(n) = store.collect_tombstones(cut) {
                 self.counters.collected_tombstones += n as u64;
             }

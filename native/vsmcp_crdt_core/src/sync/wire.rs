@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! byte 0   WIRE_MAGIC  0xC9
-//! byte 1   wire version (1 or 2)
+//! byte 1   wire version (1, 2 or 3)
 //! byte 2   message tag (see [`Tag`])
 //! rest     MessagePack body (rmp-serde, tuples as arrays, bytes as bin)
 //! ```
@@ -25,6 +25,12 @@
 //! version both know ([`negotiate`]), so a node one version behind keeps
 //! syncing. An entry is a store record (`store::record`): metadata with the
 //! generation, and a delta or state, or a tombstone.
+//!
+//! Version 3 has version 2's bytes. It announces that the sender's
+//! tombstone entries carry the delete's HLC stamp in `updated_at`, that a
+//! tombstone kills only what was created before the delete
+//! (`store::record::Tomb`), and that it collects tombstones: a replica
+//! collects them only while every peer speaks version 3.
 //!
 //! [`Message::decode`] validates everything (header, shape, sequence range
 //! against entry count, CRDT headers of every payload, bucket counts and
@@ -50,7 +56,7 @@ use super::digest::BUCKETS;
 /// First byte of every sync message (CRDT bytes use 0xC7, store records 0xC8).
 pub const WIRE_MAGIC: u8 = 0xC9;
 /// The newest protocol version this build speaks.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// The oldest protocol version this build speaks.
 pub const MIN_WIRE_VERSION: u8 = 1;
 
@@ -734,8 +740,11 @@ mod tests {
             last: false,
         });
         let mut v = samples()[1].encode();
-        v[1] = 3;
-        assert_eq!(Message::decode(&v), Err(Error::UnsupportedVersion(3)));
+        v[1] = WIRE_VERSION + 1;
+        assert_eq!(
+            Message::decode(&v),
+            Err(Error::UnsupportedVersion(WIRE_VERSION + 1))
+        );
         v[1] = 1;
         v.push(0);
         assert!(Message::decode(&v).is_err(), "trailing bytes");

@@ -59,7 +59,7 @@ defmodule Vsmcp.CRDT.Sync.FeaturesTest do
     everywhere(peers, :n, {:ok, 20})
     versions = Map.new(on(a, :sync_info, []).peers, &{&1.key, &1.wire_version})
     assert versions[on(c, :sync_info, []).replica] == 1
-    assert versions[on(b, :sync_info, []).replica] == 2
+    assert versions[on(b, :sync_info, []).replica] == 3
   end
 
   @tag :tmp_dir
