@@ -14,12 +14,14 @@
 #   idle     sync traffic per second while idle and in sync
 #   lossy    --ops increments in total over a transport dropping 5% of messages
 #   memory   OS RSS of each node around --ops adds then --ops removes on one set
+#   tombstones  --tombs ids created on one node, deleted on another: delete
+#            tombstones held on each node, and how long until collected
 #
 # Sizes: --ops N (lossy increments in total and memory set size, default
 # 1,000,000), --set-n N (orset adds per node, 10,000), --probes N (500),
 # --probe-ms MS (20), --rate R (latency load per node, ops/s, 2,000),
 # --lossy-rate R (per node, 20,000), --drop P (0.05), --seed N, --idle S (20),
-# --deadline S (lossy convergence deadline, 60).
+# --deadline S (lossy convergence deadline, 60), --tombs N (100,000).
 #
 # The runner is not part of the cluster: it drives each node over the
 # :peer control channel (`connection: :standard_io`), like
@@ -382,6 +384,24 @@
 
     def member?(id, e), do: ContextStore.member?(@store, id, e)
 
+    # --- tombstones: many ids created, then deleted
+    def ids_op(op, from, to) do
+      store = Process.whereis(@store)
+      t1 = now()
+
+      for i <- from..to do
+        :ok =
+          case op do
+            :create -> ContextStore.create(store, {:t, i}, :g_counter)
+            :delete -> ContextStore.delete(store, {:t, i})
+          end
+      end
+
+      {t1, now()}
+    end
+
+    def tombstones, do: ContextStore.info(@store).crdts.tombstones
+
     def count_members(id, from, to) do
       store = Process.whereis(@store)
       Enum.count(from..to, &(ContextStore.member?(store, id, &1) == {:ok, true}))
@@ -618,6 +638,7 @@ alias SyncBench, as: B
       seed: :integer,
       idle: :integer,
       deadline: :integer,
+      tombs: :integer,
       transport: :string,
       quick: :boolean
     ]
@@ -625,7 +646,7 @@ alias SyncBench, as: B
 
 if rest != [] or invalid != [], do: raise("unknown arguments: #{inspect(rest ++ invalid)}")
 
-all_phases = ~w(latency orset bytes idle lossy memory)
+all_phases = ~w(latency orset bytes idle lossy memory tombstones)
 only = opts |> Keyword.get_values(:only) |> Enum.flat_map(&String.split(&1, ","))
 phases = if only == [], do: all_phases, else: only
 
@@ -651,7 +672,8 @@ cfg = %{
   drop: Keyword.get(opts, :drop, 0.05),
   seed: Keyword.get(opts, :seed, 42),
   idle: Keyword.get(opts, :idle, if(quick, do: 5, else: 20)),
-  deadline: Keyword.get(opts, :deadline, 60)
+  deadline: Keyword.get(opts, :deadline, 60),
+  tombs: Keyword.get(opts, :tombs, if(quick, do: 10_000, else: 100_000))
 }
 
 IO.puts("# vsmcp_crdt sync benchmarks")
@@ -1232,6 +1254,49 @@ try do
         B.stop_nodes(nodes)
       end
     end
+  end)
+
+  # --- 7. delete tombstones: held after deletes, then collected ------------------
+  phase.("tombstones", fn ->
+    B.start_stores(nodes, "tombstones", cfg)
+    n = cfg.tombs
+    {c1, c2} = B.call(na, :ids_op, [:create, 1, n], 600_000)
+
+    {:ok, _, _} =
+      B.eventually(fn -> Enum.all?(nodes, &(B.store(&1, :get, [{:t, n}]) == {:ok, 0})) end, 60_000)
+
+    :ok = B.store(na, :sync, [])
+    {d1, d2} = B.call(nb, :ids_op, [:delete, 1, n], 600_000)
+
+    {:ok, _, _} =
+      B.eventually(
+        fn ->
+          Enum.all?(nodes, fn x ->
+            B.store(x, :get, [{:t, n}]) == {:error, :not_found} and
+              B.store(x, :get, [{:t, 1}]) == {:error, :not_found}
+          end)
+        end,
+        60_000
+      )
+
+    t_gone = B.now()
+    held = Enum.map(nodes, &B.call(&1, :tombstones, []))
+    {:ok, _, _} =
+      B.eventually(fn -> Enum.all?(nodes, &(B.call(&1, :tombstones, []) == 0)) end, 120_000, 100)
+
+    collected_after = B.now() - d2
+    counts = B.counters(nodes) |> Enum.map(& &1.collected_tombstones)
+
+    IO.puts(
+      "#{n} creates on n1 took #{B.ms(c2 - c1)}, #{n} deletes on n2 took #{B.ms(d2 - d1)}; " <>
+        "deletes visible everywhere #{B.ms(t_gone - d2)} after the last one"
+    )
+
+    IO.puts(
+      "RESULT tombstones: held n1/n2/n3 when the deletes were visible " <>
+        "#{Enum.join(held, "/")}, all collected #{B.ms(collected_after)} after the last delete " <>
+        "(collected per node #{Enum.join(counts, "/")}; collect_after 2000 ms, 1 s hellos)"
+    )
   end)
 after
   B.stop_nodes(nodes)

@@ -1019,7 +1019,9 @@ defmodule Vsmcp.CRDT.ContextStore do
   `:write_error`.
 
   * `:uptime_ms` - since the store opened.
-  * `:crdts` - ids per type and tier. `:count` and `:by_type` (a map with
+  * `:crdts` - ids per type and tier, and `:tombstones`, the delete
+    tombstones held (a store that syncs keeps one per deleted id until
+    causal-stability collection drops it). `:count` and `:by_type` (a map with
     every type: `:g_counter`, `:pn_counter`, `:or_set`, `:aw_set`,
     `:lww_register`) over all tiers; `:hot` and `:warm`, each
     `%{count:, by_type:}`, exact; `:cold` (on disk only),

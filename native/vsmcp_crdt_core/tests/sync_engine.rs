@@ -27,6 +27,8 @@ struct Net {
     cut: Vec<bool>,
     /// Messages with this tag are lost.
     drop_tag: Option<u8>,
+    /// Nodes that receive nothing (what they send still goes out).
+    cut_in: Vec<bool>,
     /// Every message delivered, when recording.
     recorded: Option<Vec<(usize, Vec<u8>)>>,
     rng: Rng,
@@ -61,6 +63,7 @@ impl Net {
             loss,
             cut: vec![false; n],
             drop_tag: None,
+            cut_in: vec![false; n],
             recorded: None,
             rng: Rng::new(seed),
             now: 1_000,
@@ -80,7 +83,8 @@ impl Net {
                 if self.drop_tag.is_some() && o.bytes.get(2).copied() == self.drop_tag {
                     continue;
                 }
-                if self.cut.get(t).copied().unwrap_or(false)
+                if self.cut_in.get(t).copied().unwrap_or(false)
+                    || self.cut.get(t).copied().unwrap_or(false)
                     || self.cut.get(from).copied().unwrap_or(false)
                 {
                     continue;
@@ -1191,4 +1195,183 @@ fn a_delete_while_capture_is_off_keeps_its_tombstone() {
     }
     let vals: Vec<_> = (0..2).map(|i| net.value(i, b"x")).collect();
     assert_eq!(vals, vec![None, None]);
+}
+
+// Regressions found by the second review of tombstone collection.
+
+fn fast_cfg(collect_after_ms: u64) -> EngineConfig {
+    EngineConfig {
+        retransmit_ms: 50,
+        collect_after_ms,
+        ..EngineConfig::default()
+    }
+}
+
+/// Review 2, H1: a backup taken before a delete is restored after the
+/// cluster collected the tombstone and created the id again. The copy
+/// pushes the old generation, which would win over the re-create (same
+/// epoch, smaller stamp); it was created before the collection cut and is
+/// not held, so it is treated as deleted at the cut, and the copy learns
+/// that tombstone.
+#[test]
+fn a_backup_restored_after_collection_does_not_undo_a_re_create() {
+    let mut net = Net::new(3, 0, 201);
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s0, b"x", Mutation::Increment(100));
+    net.settle();
+    let parent = tempfile::tempdir().unwrap();
+    let copy = parent.path().join("copy");
+    net.nodes[2].store.backup(&copy).unwrap();
+    net.nodes[1].store.delete(b"x", Access::MayBlock).unwrap();
+    net.settle();
+    net.settle();
+    assert_eq!(tombstones(&net), vec![0, 0, 0]);
+    s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s0, b"x", Mutation::Increment(5));
+    net.settle();
+    assert_eq!(net.value(1, b"x"), Some(format!("{:?}", Value::Counter(5))));
+    // The restored node joins.
+    let store = Store::open(StoreConfig::new(&copy, b"same")).unwrap();
+    store.start_capture();
+    let engine = Engine::new(&store, fast_cfg(30));
+    net.nodes.push(Node {
+        store,
+        engine,
+        _dir: parent,
+    });
+    net.cut.push(false);
+    for _ in 0..3 {
+        net.settle();
+    }
+    let vals: Vec<_> = (0..4).map(|i| net.value(i, b"x")).collect();
+    assert!(
+        vals.iter()
+            .all(|v| *v == Some(format!("{:?}", Value::Counter(5)))),
+        "re-created value lost / deleted value back: {vals:?}"
+    );
+}
+
+/// Review 2, M2: collection follows `collect_after_ms` of continuous
+/// quiescence, also for a delete made just after a tombstone scan
+/// (quiescence is judged at every hello, not only when work is due).
+#[test]
+fn tombstones_wait_collect_after_of_quiescence() {
+    const AFTER: u64 = 500;
+    let mut net = Net::new(3, 0, 203);
+    for i in 0..3 {
+        let s = net.nodes[i].store.clone();
+        net.nodes[i].engine = Engine::new(&s, fast_cfg(AFTER));
+    }
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    for id in [&b"a"[..], b"b"] {
+        s0.create(id, Kind::GCounter, Access::MayBlock).unwrap();
+    }
+    net.settle();
+    net.nodes[1].store.delete(b"a", Access::MayBlock).unwrap();
+    let mut i = 0;
+    while net.nodes[0].engine.counters().collected_tombstones == 0 {
+        net.step(i % 2 == 0);
+        i += 1;
+        assert!(i < 1000);
+    }
+    // Inside the window after that scan: delete b, let it propagate.
+    for _ in 0..30 {
+        net.step(i % 2 == 0);
+        i += 1;
+    }
+    net.nodes[1].store.delete(b"b", Access::MayBlock).unwrap();
+    let deleted_at = net.now;
+    while net.nodes[0].engine.counters().collected_tombstones == 1 {
+        net.step(i % 2 == 0);
+        i += 1;
+        assert!(i < 2000);
+    }
+    let waited = net.now - deleted_at;
+    assert!(
+        waited >= AFTER,
+        "collected {waited} ms after the delete, less than collect_after ({AFTER} ms)"
+    );
+}
+
+/// Review 2, L1: a resent interval that overlaps entries already received
+/// (acknowledgements lost) and carries new ones merges only the new ones,
+/// so old entries do not come back after their tombstone was collected.
+#[test]
+fn an_overlapping_resend_after_collection_brings_nothing_back() {
+    const ACK_TAG: u8 = 2;
+    let mut net = Net::new(3, 0, 205);
+    net.step(true);
+    net.settle();
+    // Acknowledgements are lost from here (node 0 keeps its interval).
+    net.drop_tag = Some(ACK_TAG);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s0, b"x", Mutation::Increment(100));
+    net.settle();
+    net.nodes[1].store.delete(b"x", Access::MayBlock).unwrap();
+    net.settle();
+    net.settle();
+    assert_eq!(tombstones(&net), vec![0, 0, 0]);
+    // A new local change on 0: its next (go-back-N) interval starts at the
+    // old create and ends past what 1 and 2 received.
+    s0.create(b"y", Kind::GCounter, Access::MayBlock).unwrap();
+    net.step(true);
+    net.drop_tag = None;
+    net.settle();
+    let vals: Vec<_> = (0..3).map(|i| net.value(i, b"x")).collect();
+    assert_eq!(vals, vec![None, None, None], "deleted id back");
+}
+
+/// Review 2, M1: node 2 receives nothing for a while (its hellos still go
+/// out, announcing the root everyone has: without x). Node 1 deletes x and
+/// its small log drops the delete before node 2 acknowledged it; nodes 0
+/// and 1 collect. Node 0's log still holds the create for node 2, which
+/// gets it when it hears again and pushes x: created before the cut and
+/// not held, it is answered with a tombstone instead of coming back.
+#[test]
+fn a_replica_that_missed_the_delete_does_not_bring_the_record_back() {
+    let mut net = Net::new(3, 0, 207);
+    let s1 = net.nodes[1].store.clone();
+    net.nodes[1].engine = Engine::new(
+        &s1,
+        EngineConfig {
+            max_log_bytes: 2_000,
+            ..fast_cfg(30)
+        },
+    );
+    net.step(true);
+    net.settle();
+    net.cut_in[2] = true;
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s0, b"x", Mutation::Increment(100));
+    net.step(true);
+    s1.delete(b"x", Access::MayBlock).unwrap();
+    net.step(true);
+    // Churn on node 1 that leaves the root as it was but fills its log.
+    for k in 0..40 {
+        let id = format!("junk{k}");
+        s1.create(id.as_bytes(), Kind::GCounter, Access::MayBlock)
+            .unwrap();
+        s1.delete(id.as_bytes(), Access::MayBlock).unwrap();
+        net.step(k % 2 == 0);
+    }
+    for _ in 0..2 {
+        net.settle();
+    }
+    assert_eq!(
+        net.nodes[0].store.tombstone(b"x"),
+        None,
+        "not collected on 0"
+    );
+    assert_eq!(s1.tombstone(b"x"), None, "not collected on 1");
+    net.cut_in[2] = false;
+    for _ in 0..3 {
+        net.settle();
+    }
+    let vals: Vec<_> = (0..3).map(|i| net.value(i, b"x")).collect();
+    assert_eq!(vals, vec![None, None, None], "deleted id back");
 }

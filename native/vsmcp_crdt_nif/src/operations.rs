@@ -139,6 +139,7 @@ fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
             ("hot", tier(i.hot.count, &i.hot.by_kind)),
             ("warm", tier(i.warm.count, &i.warm.by_kind)),
             ("cold", cold),
+            ("tombstones", i.tombstones.encode(env)),
         ],
     );
     let d = &i.disk;

@@ -273,6 +273,8 @@ defmodule Vsmcp.CRDT.ContextStoreOperationsTest do
     types = [:g_counter, :pn_counter, :or_set, :aw_set, :lww_register]
     %{crdts: crdts} = info
     assert crdts.count == 305
+    # A store that never synced keeps no delete tombstones.
+    assert crdts.tombstones == 0
 
     assert crdts.by_type == %{
              g_counter: 1,

@@ -115,6 +115,8 @@ pub struct Info {
     pub max_remote_ahead_ms: Option<i64>,
     pub max_clock_offset_ms: u64,
     pub flush_interval_ms: u64,
+    /// Delete tombstones held (see `record::Tomb`).
+    pub tombstones: u64,
 }
 
 /// Operation counters of a store and the clock offsets it observed.
@@ -293,6 +295,7 @@ impl Store {
                     }
                 }
             }
+            info.tombstones += sh.tombs.len() as u64;
             info.lag.ids += sh.pending.len() as u64;
             info.lag.bytes += sh.pending.delta_bytes() as u64;
             if let Some(t) = sh.pending.oldest() {

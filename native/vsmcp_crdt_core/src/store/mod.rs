@@ -883,6 +883,46 @@ impl Store {
         if sh.tombs.get(id).is_some_and(|t| t.kills(&meta.gen)) {
             return Ok(Merged::Stale);
         }
+        let cut = inner.tomb_cut.load(Ordering::Acquire);
+        let unknown_gen = local.as_ref().is_none_or(|l| l.gen != meta.gen);
+        if meta.gen.stamp != 0 && meta.gen.stamp < cut && unknown_gen {
+            // Created before our last collection cut, and not held here: at
+            // the cut every replica held what we held, so this is a late
+            // copy of a record deleted since (its tombstone collected), or
+            // comes from a replica outside that agreement (a restored
+            // backup, a peer back after being dropped). It is treated as
+            // deleted at the cut: the tombstone is recorded here and
+            // answered, unless it would kill the record held here. Stamp 0
+            // (imports, records from before generations) is exempt.
+            let at = local.as_ref().map_or(cut, |l| cut.min(l.gen.stamp));
+            let tomb = Tomb::join(
+                sh.tombs.get(id).cloned(),
+                Some(Tomb {
+                    gen: meta.gen.clone(),
+                    at,
+                }),
+            );
+            let Some(tomb) = tomb else {
+                return Err(Error::NotFound);
+            };
+            if !tomb.kills(&meta.gen) || local.as_ref().is_some_and(|l| tomb.kills(&l.gen)) {
+                return Ok(Merged::Dropped { clash: false });
+            }
+            match inner.cfg.durability {
+                Durability::Relaxed => {
+                    let p = sh.pending.entry(id);
+                    p.tomb = Tomb::join(p.tomb.take(), Some(tomb.clone()));
+                }
+                Durability::Strict => {
+                    drop(sh);
+                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tomb(&tomb));
+                    inner.write_strict(id, &[op])?;
+                    sh = inner.lock_state_unchecked(id);
+                }
+            }
+            sh.tombs.insert(id.into(), tomb);
+            return Ok(Merged::Stale);
+        }
         let outcome = match &local {
             Some(local) => match meta.wins_over(local) {
                 std::cmp::Ordering::Less => {

@@ -677,10 +677,15 @@ impl Engine {
                 // An interval received already (a late duplicate) is only
                 // acknowledged again: merging it is idempotent, but a copy
                 // old enough may predate a collected tombstone.
-                let seen = self
-                    .peers
-                    .get(&from)
-                    .is_some_and(|p| seq_end <= p.recv_upto);
+                // So is the part of an interval received already (a resend
+                // overlapping it): entry `i` has sequence `seq_start + i`.
+                let upto = self.peers.get(&from).map_or(0, |p| p.recv_upto);
+                let seen = seq_end <= upto;
+                let skip = upto.saturating_add(1).saturating_sub(seq_start);
+                let entries = entries
+                    .into_iter()
+                    .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+                    .collect();
                 let merged = seen || self.merge_entries(store, &from, entries, events, &mut stale);
                 out.extend(self.tombstones_for(store, &from, stale, clock));
                 let p = self.peers.get_mut(&from).expect("peer present");
@@ -1072,9 +1077,8 @@ impl Engine {
     /// replicas that collect at different times agree.
     fn maybe_collect(&mut self, store: &Store, now_ms: u64) {
         let tombs_due = now_ms.saturating_sub(self.tombs_scanned_ms) >= self.cfg.collect_after_ms;
-        if self.collectable.is_empty() && !tombs_due {
-            return;
-        }
+        // Quiescence is judged at every hello, work or not, so that the
+        // `collect_after_ms` margin restarts whenever it was broken.
         self.refresh_digest(store);
         if !self.quiescent() {
             self.quiescent_since = None;

@@ -163,7 +163,12 @@ defmodule Vsmcp.CRDT.Sync.FeaturesTest do
     # The delete's tombstone is collected on every node too, and the id can
     # be created again.
     eventually(
-      fn -> Enum.all?(peers, &(on(&1, :sync_info, []).counters.collected_tombstones >= 1)) end,
+      fn ->
+        Enum.all?(peers, fn p ->
+          on(p, :sync_info, []).counters.collected_tombstones >= 1 and
+            on(p, :info, []).crdts.tombstones == 0
+        end)
+      end,
       20_000
     )
 
