@@ -1253,6 +1253,46 @@ fn a_backup_restored_after_collection_does_not_undo_a_re_create() {
     );
 }
 
+/// Review 2, M3: `g` was created after delete A (so A spares it) and beats
+/// the generation B deleted (so B spares it). The tombstones of one id are
+/// kept apart (neither covers the other), so `g` survives both, in any
+/// order of arrival.
+#[test]
+fn a_create_neither_delete_covers_survives_both() {
+    let (ga, a_at) = (rgen(100, b"a"), 200);
+    let g = rgen(300, b"z");
+    let (gb, b_at) = (rgen(400, b"b"), 500);
+    let empty = Crdt::new(Kind::GCounter);
+    let entries = [
+        rmeta(ga, true, a_at),
+        rmeta(g, false, 1),
+        rmeta(gb, true, b_at),
+    ];
+    for order in [
+        [0, 1, 2],
+        [2, 1, 0],
+        [0, 2, 1],
+        [2, 0, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Store::open(StoreConfig::new(dir.path(), b"same")).unwrap();
+        p.start_capture();
+        for i in order {
+            p.merge_remote(b"x", &entries[i], &empty).unwrap();
+        }
+        assert!(p.metadata(b"x", Access::MayBlock).is_ok(), "{order:?}");
+        assert_eq!(p.tombstone(b"x").map(|t| t.len()), Some(2), "{order:?}");
+        // Both kept across a restart.
+        p.close(std::time::Duration::from_secs(5)).unwrap();
+        drop(p);
+        let p = Store::open(StoreConfig::new(dir.path(), b"same")).unwrap();
+        assert_eq!(p.tombstone(b"x").map(|t| t.len()), Some(2), "{order:?}");
+        p.close(std::time::Duration::from_secs(5)).unwrap();
+    }
+}
+
 /// Review 2, M2: collection follows `collect_after_ms` of continuous
 /// quiescence, also for a delete made just after a tombstone scan
 /// (quiescence is judged at every hello, not only when work is due).

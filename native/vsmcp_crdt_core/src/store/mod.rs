@@ -59,7 +59,7 @@ use cold::{
 use config::{regrows_large, REGROW_INLINE_MAX};
 use info::Counted;
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use record::{decode_parts, encode_parts, encode_tomb, Gen, Meta, Record, Tomb};
+use record::{decode_parts, encode_parts, encode_tombs, Gen, Meta, Record, Tomb, Tombs};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -98,8 +98,8 @@ impl std::ops::Deref for View<'_> {
 struct Shard {
     tiers: Tiers,
     pending: PendingWrites,
-    /// Delete tombstones, per id (see `record::Tomb`).
-    tombs: hashbrown::HashMap<Box<[u8]>, Tomb>,
+    /// Delete tombstones, per id (see `record::Tombs`).
+    tombs: hashbrown::HashMap<Box<[u8]>, Tombs>,
     /// Local changes not yet taken by sync (only while capture is on).
     out: hashbrown::HashMap<Box<[u8]>, Outgoing>,
 }
@@ -314,7 +314,7 @@ impl Store {
         for (id, tomb) in cold.meta_with_prefix(TOMB_PREFIX)? {
             // An undecodable tombstone is dropped: it only guards against
             // stale deltas of a deleted generation.
-            if let Ok(tomb) = record::decode_tomb(&tomb) {
+            if let Ok(tomb) = record::decode_tombs(&tomb) {
                 let i = inner.shard_index(&id);
                 inner.shards[i].state.lock().tombs.insert(id, tomb);
             }
@@ -409,10 +409,7 @@ impl Store {
         // A create over a tombstone starts the next epoch, which wins over
         // every delta of the deleted generation still travelling.
         let gen = Gen {
-            epoch: sh
-                .tombs
-                .get(id)
-                .map_or(0, |t| t.gen.epoch.saturating_add(1)),
+            epoch: sh.tombs.get(id).map_or(0, Tombs::next_epoch),
             stamp: inner.clock.lock().tick(now).to_u64(),
             replica: inner.replica.0.clone(),
         };
@@ -739,7 +736,8 @@ impl Store {
         let keep = capture || inner.synced.load(Ordering::Relaxed);
         let at = inner.clock.lock().tick(now_ms()).to_u64();
         let tomb = Tomb::new(meta.gen.clone(), at);
-        let mut sh = inner.delete_locked(sh, id, keep.then(|| tomb.clone()), access)?;
+        let kept = keep.then(|| Tombs::one(tomb.clone()));
+        let mut sh = inner.delete_locked(sh, id, kept, access)?;
         if capture {
             // A tombstone entry carries the delete's stamp in `updated_at`
             // (see `Tomb::of_entry`).
@@ -839,7 +837,8 @@ impl Store {
         if meta.deleted {
             let held = sh.tombs.get(id).cloned();
             let known = held.is_some();
-            let Some(joined) = Tomb::join(held.clone(), Some(Tomb::of_entry(meta))) else {
+            let incoming = Tombs::one(Tomb::of_entry(meta));
+            let Some(joined) = Tombs::join(held.clone(), Some(incoming)) else {
                 return Err(Error::NotFound);
             };
             // The tombstone held beside a record never kills it. The join
@@ -868,11 +867,11 @@ impl Store {
             match inner.cfg.durability {
                 Durability::Relaxed => {
                     let p = sh.pending.entry(id);
-                    p.tomb = Tomb::join(p.tomb.take(), Some(joined.clone()));
+                    p.tomb = Tombs::join(p.tomb.take(), Some(joined.clone()));
                 }
                 Durability::Strict => {
                     drop(sh);
-                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tomb(&joined));
+                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tombs(&joined));
                     inner.write_strict(id, &[op])?;
                     sh = inner.lock_state_unchecked(id);
                 }
@@ -895,12 +894,12 @@ impl Store {
             // answered, unless it would kill the record held here. Stamp 0
             // (imports, records from before generations) is exempt.
             let at = local.as_ref().map_or(cut, |l| cut.min(l.gen.stamp));
-            let tomb = Tomb::join(
+            let tomb = Tombs::join(
                 sh.tombs.get(id).cloned(),
-                Some(Tomb {
+                Some(Tombs::one(Tomb {
                     gen: meta.gen.clone(),
                     at,
-                }),
+                })),
             );
             let Some(tomb) = tomb else {
                 return Err(Error::NotFound);
@@ -911,11 +910,11 @@ impl Store {
             match inner.cfg.durability {
                 Durability::Relaxed => {
                     let p = sh.pending.entry(id);
-                    p.tomb = Tomb::join(p.tomb.take(), Some(tomb.clone()));
+                    p.tomb = Tombs::join(p.tomb.take(), Some(tomb.clone()));
                 }
                 Durability::Strict => {
                     drop(sh);
-                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tomb(&tomb));
+                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tombs(&tomb));
                     inner.write_strict(id, &[op])?;
                     sh = inner.lock_state_unchecked(id);
                 }
@@ -1028,7 +1027,7 @@ impl Store {
         let due = inner
             .shards
             .iter()
-            .any(|shard| shard.state.lock().tombs.values().any(|t| t.at < cut));
+            .any(|shard| shard.state.lock().tombs.values().any(|t| t.latest() < cut));
         if !due {
             return Ok(0);
         }
@@ -1053,13 +1052,13 @@ impl Store {
             let gone: Vec<Box<[u8]>> = sh
                 .tombs
                 .iter()
-                .filter(|(id, t)| t.at < cut && sh.pending.overlays(id).next().is_none())
+                .filter(|(id, t)| t.latest() < cut && sh.pending.overlays(id).next().is_none())
                 .map(|(id, _)| id.clone())
                 .collect();
             if gone.is_empty() {
                 continue;
             }
-            let taken: Vec<(Box<[u8]>, Tomb)> = gone
+            let taken: Vec<(Box<[u8]>, Tombs)> = gone
                 .into_iter()
                 .filter_map(|id| sh.tombs.remove_entry(&id))
                 .collect();
@@ -1074,7 +1073,7 @@ impl Store {
             if let Err(e) = written {
                 let mut sh = shard.state.lock();
                 for (id, t) in taken {
-                    let t = Tomb::join(sh.tombs.remove(&id), Some(t));
+                    let t = Tombs::join(sh.tombs.remove(&id), Some(t));
                     if let Some(t) = t {
                         sh.tombs.insert(id, t);
                     }
@@ -1108,12 +1107,12 @@ impl Store {
     /// The tombstone of `id`, if it was deleted (also when it was created
     /// again since: the tombstone still kills late copies of what it
     /// deleted).
-    pub fn tombstone(&self, id: &[u8]) -> Option<Tomb> {
+    pub fn tombstone(&self, id: &[u8]) -> Option<Tombs> {
         self.0.lock_state_unchecked(id).tombs.get(id).cloned()
     }
 
     /// Every tombstone, re-created ids included.
-    pub fn tombstones(&self) -> Vec<(Box<[u8]>, Tomb)> {
+    pub fn tombstones(&self) -> Vec<(Box<[u8]>, Tombs)> {
         let mut out = Vec::new();
         for shard in self.0.shards.iter() {
             let sh = shard.state.lock();
@@ -1374,25 +1373,25 @@ impl Inner {
         &'a self,
         mut sh: StateGuard<'a>,
         id: &[u8],
-        tomb: Option<Tomb>,
+        tomb: Option<Tombs>,
         _access: Access,
     ) -> Result<StateGuard<'a>> {
         // Persisted joined with the one held: a tombstone write replaces
         // the stored one.
-        let tomb = tomb.and_then(|t| Tomb::join(sh.tombs.get(id).cloned(), Some(t)));
+        let tomb = tomb.and_then(|t| Tombs::join(sh.tombs.get(id).cloned(), Some(t)));
         match self.cfg.durability {
             Durability::Relaxed => sh.pending.delete(id, tomb.clone()),
             Durability::Strict => {
                 drop(sh);
                 let mut ops = vec![BatchOp::Delete(id.into())];
                 if let Some(t) = &tomb {
-                    ops.push(BatchOp::PutMetaKey(tomb_key(id), encode_tomb(t)));
+                    ops.push(BatchOp::PutMetaKey(tomb_key(id), encode_tombs(t)));
                 }
                 self.write_strict(id, &ops)?;
                 sh = self.lock_state_unchecked(id);
             }
         }
-        if let Some(t) = Tomb::join(sh.tombs.remove(id), tomb) {
+        if let Some(t) = Tombs::join(sh.tombs.remove(id), tomb) {
             sh.tombs.insert(id.into(), t);
         }
         if let Some(slot) = sh.tiers.remove(id) {

@@ -142,21 +142,11 @@ impl Tomb {
         self.gen.precedence(g).is_ge() && g.stamp < self.at
     }
 
-    /// The join of two tombstones of one id: the winning generation and the
-    /// later delete (commutative, associative, idempotent).
-    pub fn join(a: Option<Tomb>, b: Option<Tomb>) -> Option<Tomb> {
-        match (a, b) {
-            (Some(a), Some(b)) => {
-                let at = a.at.max(b.at);
-                let gen = if b.gen.precedence(&a.gen).is_lt() {
-                    a.gen
-                } else {
-                    b.gen
-                };
-                Some(Tomb { gen, at })
-            }
-            (a, b) => a.or(b),
-        }
+    /// Whether this tombstone kills everything `other` kills (and so
+    /// makes it redundant): its generation is at least as strong and its
+    /// delete no earlier.
+    pub fn covers(&self, other: &Tomb) -> bool {
+        self.gen.precedence(&other.gen).is_ge() && self.at >= other.at
     }
 
     /// The metadata of this tombstone as a sync entry (see
@@ -173,6 +163,147 @@ impl Tomb {
     }
 }
 
+/// Most tombstones one id keeps apart (see [`Tombs`]).
+pub const MAX_TOMBS: usize = 8;
+
+/// The tombstones of one id: an antichain under [`Tomb::covers`] (none
+/// makes another redundant), kept in a canonical order. A record is killed
+/// when one of them kills it, so the join (the union, minus what is
+/// covered) kills exactly what the deletes it holds kill, whatever the
+/// order they arrive in. Two deletes of one id usually give one tombstone
+/// (the later covers the earlier); several stay apart only for concurrent
+/// creates deleted separately. Past [`MAX_TOMBS`] (hostile input) they
+/// collapse into one with the strongest generation and the latest delete,
+/// which kills at least as much.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tombs(Vec<Tomb>);
+
+impl Tombs {
+    pub fn one(t: Tomb) -> Tombs {
+        Tombs(vec![t])
+    }
+
+    /// Whether one of the tombstones kills records of generation `g`.
+    pub fn kills(&self, g: &Gen) -> bool {
+        self.0.iter().any(|t| t.kills(g))
+    }
+
+    /// The join of two sets (commutative, associative, idempotent up to
+    /// the [`MAX_TOMBS`] collapse).
+    pub fn join(a: Option<Tombs>, b: Option<Tombs>) -> Option<Tombs> {
+        match (a, b) {
+            (Some(mut a), Some(b)) => {
+                for t in b.0 {
+                    a.insert(t);
+                }
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn insert(&mut self, t: Tomb) {
+        if self.0.iter().any(|have| have.covers(&t)) {
+            return;
+        }
+        self.0.retain(|have| !t.covers(have));
+        self.0.push(t);
+        if self.0.len() > MAX_TOMBS {
+            let at = self.0.iter().map(|t| t.at).max().unwrap_or(0);
+            let mut gens = self.0.drain(..).map(|t| t.gen);
+            let first = gens.next().unwrap_or_default();
+            let gen = gens.fold(first, |a, b| if b.precedence(&a).is_gt() { b } else { a });
+            self.0.push(Tomb { gen, at });
+        }
+        self.0.sort_by(|a, b| {
+            (a.gen.epoch, a.gen.stamp, &a.gen.replica[..], a.at).cmp(&(
+                b.gen.epoch,
+                b.gen.stamp,
+                &b.gen.replica[..],
+                b.at,
+            ))
+        });
+    }
+
+    /// The tombstones, in canonical order (at least one).
+    pub fn iter(&self) -> impl Iterator<Item = &Tomb> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The epoch a create over these tombstones starts: after every one.
+    pub fn next_epoch(&self) -> u32 {
+        self.0
+            .iter()
+            .map(|t| t.gen.epoch.saturating_add(1))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The latest delete among them.
+    pub fn latest(&self) -> u64 {
+        self.0.iter().map(|t| t.at).max().unwrap_or(0)
+    }
+
+    /// One of them as a sync entry: the one of the strongest generation.
+    pub fn entry_meta(&self) -> Meta {
+        let strongest = self.0.iter().reduce(|a, b| {
+            if b.gen.precedence(&a.gen).is_gt() {
+                b
+            } else {
+                a
+            }
+        });
+        match strongest {
+            Some(t) => t.entry_meta(),
+            None => Tomb::new(Gen::legacy(), 0).entry_meta(),
+        }
+    }
+}
+
+/// Encoding of an id's tombstones (stored under `cold::TOMB_PREFIX ++ id`):
+/// a MessagePack array of `(epoch, stamp, replica, at)`. A single tuple
+/// (one tombstone, before sets) and `(epoch, stamp, replica)` (before `at`
+/// existed: read with `at` just after the create) are read too.
+pub fn encode_tombs(ts: &Tombs) -> Vec<u8> {
+    let body: Vec<_> =
+        ts.0.iter()
+            .map(|t| (t.gen.epoch, t.gen.stamp, Bytes::new(&t.gen.replica), t.at))
+            .collect();
+    let mut out = Vec::with_capacity(32 * body.len());
+    let res = rmp_serde::encode::write(&mut out, &body);
+    debug_assert!(res.is_ok());
+    out
+}
+
+/// Inverse of [`encode_tombs`].
+pub fn decode_tombs(bytes: &[u8]) -> Result<Tombs> {
+    type Wire = (u32, u64, ByteBuf, u64);
+    let tomb = |(epoch, stamp, replica, at): Wire| {
+        let gen = Gen {
+            epoch,
+            stamp,
+            replica: Arc::from(replica.into_vec()),
+        };
+        Tomb::new(gen, at)
+    };
+    if let Ok(list) = rmp_serde::from_slice::<Vec<Wire>>(bytes) {
+        let mut out: Option<Tombs> = None;
+        for w in list.into_iter().take(4 * MAX_TOMBS) {
+            out = Tombs::join(out, Some(Tombs::one(tomb(w))));
+        }
+        return out.ok_or_else(|| Error::Decode("no tombstone".into()));
+    }
+    decode_tomb(bytes).map(Tombs::one)
+}
+
 /// MessagePack `(epoch, stamp, replica)` of a generation (the digest's
 /// form of it).
 pub fn encode_gen(gen: &Gen) -> Vec<u8> {
@@ -182,19 +313,9 @@ pub fn encode_gen(gen: &Gen) -> Vec<u8> {
     out
 }
 
-/// Encoding of a delete tombstone (stored under `cold::TOMB_PREFIX ++ id`):
-/// MessagePack `(epoch, stamp, replica, at)`. Tombstones written before
-/// `at` existed (`(epoch, stamp, replica)`) read with `at` just after the
-/// create.
-pub fn encode_tomb(t: &Tomb) -> Vec<u8> {
-    let g = &t.gen;
-    let mut out = Vec::with_capacity(24 + g.replica.len());
-    let res = rmp_serde::encode::write(&mut out, &(g.epoch, g.stamp, Bytes::new(&g.replica), t.at));
-    debug_assert!(res.is_ok());
-    out
-}
-
-/// Inverse of [`encode_tomb`].
+/// One tombstone as stored before [`Tombs`]: `(epoch, stamp, replica, at)`,
+/// or `(epoch, stamp, replica)` from before `at` existed (read with `at`
+/// just after the create).
 pub fn decode_tomb(bytes: &[u8]) -> Result<Tomb> {
     let gen = |epoch, stamp, replica: ByteBuf| Gen {
         epoch,
@@ -379,6 +500,94 @@ mod tests {
     use super::*;
     use crate::causal::ReplicaId;
     use crate::crdt::Op;
+
+    fn tomb(epoch: u32, stamp: u64, r: u8, at: u64) -> Tomb {
+        Tomb::new(
+            Gen {
+                epoch,
+                stamp,
+                replica: Arc::from(&[r][..]),
+            },
+            at,
+        )
+    }
+
+    #[test]
+    fn tombstone_sets_join_as_a_lattice_and_kill_their_union() {
+        // A small deterministic sweep of tombstones and generations.
+        let mut all = Vec::new();
+        for epoch in 0..2 {
+            for stamp in [10, 20, 30] {
+                for at in [15, 25, 35] {
+                    if at > stamp {
+                        all.push(tomb(epoch, stamp, (stamp % 7) as u8, at));
+                    }
+                }
+            }
+        }
+        let sets: Vec<Tombs> = all
+            .chunks(3)
+            .map(|c| {
+                c.iter()
+                    .fold(None, |acc, t| Tombs::join(acc, Some(Tombs::one(t.clone()))))
+                    .unwrap()
+            })
+            .collect();
+        let gens: Vec<Gen> = (0..2)
+            .flat_map(|epoch| {
+                [5, 12, 22, 33, 40].map(|stamp| Gen {
+                    epoch,
+                    stamp,
+                    replica: Arc::from(&[1][..]),
+                })
+            })
+            .collect();
+        let j = |a: &Tombs, b: &Tombs| Tombs::join(Some(a.clone()), Some(b.clone())).unwrap();
+        for a in &sets {
+            assert_eq!(&j(a, a), a);
+            for b in &sets {
+                assert_eq!(j(a, b), j(b, a));
+                for g in &gens {
+                    assert_eq!(j(a, b).kills(g), a.kills(g) || b.kills(g));
+                }
+                for c in &sets {
+                    assert_eq!(j(&j(a, b), c), j(a, &j(b, c)));
+                }
+            }
+        }
+        // Stored and read back, and the formats before sets.
+        for s in &sets {
+            assert_eq!(&decode_tombs(&encode_tombs(s)).unwrap(), s);
+        }
+        let old = rmp_serde::to_vec(&(1u32, 20u64, Bytes::new(b"r"), 25u64)).unwrap();
+        assert_eq!(
+            decode_tombs(&old).unwrap(),
+            Tombs::one(tomb(1, 20, b'r', 25))
+        );
+        let older = rmp_serde::to_vec(&(1u32, 20u64, Bytes::new(b"r"))).unwrap();
+        assert_eq!(
+            decode_tombs(&older).unwrap(),
+            Tombs::one(tomb(1, 20, b'r', 21))
+        );
+        assert!(decode_tombs(b"junk").is_err());
+    }
+
+    #[test]
+    fn hostile_tombstone_sets_stay_bounded_and_kill_at_least_as_much() {
+        let mut set: Option<Tombs> = None;
+        let mut parts = Vec::new();
+        for i in 0..100u64 {
+            // Stronger generations deleted earlier: none covers another.
+            let t = tomb(0, 1000 - i, 0, 5000 - i);
+            parts.push(t.clone());
+            set = Tombs::join(set, Some(Tombs::one(t)));
+        }
+        let set = set.unwrap();
+        assert!(set.len() <= MAX_TOMBS && set.len() > 1, "{}", set.len());
+        for t in &parts {
+            assert!(set.kills(&t.gen));
+        }
+    }
 
     #[test]
     fn operands_fold_to_the_joined_state() {

@@ -13,7 +13,7 @@
 use super::cold::{BatchOp, TOMB_PREFIX};
 use super::config::regrows_large;
 use super::config::INLINE_BYTES;
-use super::record::{encode_parts, encode_tomb, Meta, Tomb};
+use super::record::{encode_parts, encode_tombs, Meta, Tombs};
 use crate::crdt::Crdt;
 use hashbrown::HashMap;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub struct Pending {
     pub(super) meta: Option<Meta>,
     pub(super) delta: Option<Arc<Crdt>>,
     /// A delete tombstone to persist.
-    pub(super) tomb: Option<Tomb>,
+    pub(super) tomb: Option<Tombs>,
     /// Stamp of the last change (see [`PendingWrites::stamp`]).
     pub(super) seq: u64,
 }
@@ -70,10 +70,10 @@ impl Pending {
     pub(super) fn then(mut self, newer: Pending) -> Pending {
         if newer.reset {
             let mut newer = newer;
-            newer.tomb = Tomb::join(self.tomb, newer.tomb);
+            newer.tomb = Tombs::join(self.tomb, newer.tomb);
             return newer;
         }
-        self.tomb = Tomb::join(self.tomb.take(), newer.tomb);
+        self.tomb = Tombs::join(self.tomb.take(), newer.tomb);
         if let (Some(m), Some(d)) = (&newer.meta, &newer.delta) {
             self.add(m, d);
         }
@@ -92,7 +92,7 @@ impl Pending {
             ));
         }
         if let Some(t) = &self.tomb {
-            ops.push(BatchOp::PutMetaKey(tomb_key(key), encode_tomb(t)));
+            ops.push(BatchOp::PutMetaKey(tomb_key(key), encode_tombs(t)));
         }
     }
 }
@@ -157,9 +157,9 @@ impl PendingWrites {
 
     /// Record a delete of `id`: replaces whatever was pending (a large
     /// delta group is freed in the background).
-    pub(super) fn delete(&mut self, id: &[u8], tomb: Option<Tomb>) {
+    pub(super) fn delete(&mut self, id: &[u8], tomb: Option<Tombs>) {
         let p = self.entry(id);
-        let (seq, tomb) = (p.seq, Tomb::join(p.tomb.take(), tomb));
+        let (seq, tomb) = (p.seq, Tombs::join(p.tomb.take(), tomb));
         let old = std::mem::replace(
             p,
             Pending {

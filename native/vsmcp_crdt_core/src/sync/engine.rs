@@ -960,18 +960,26 @@ impl Engine {
         ids: Vec<Box<[u8]>>,
         clock: Timestamp,
     ) -> Vec<Outbound> {
-        let entries: Vec<Entry> = ids
-            .into_iter()
-            .filter_map(|id| {
-                let meta = store.tombstone(&id)?.entry_meta();
+        // Every tombstone of each id; ids are distinct within a message, so
+        // the k-th tombstones of the ids go in the k-th layer of messages.
+        let mut layers: Vec<Vec<Entry>> = Vec::new();
+        for id in ids {
+            let Some(tombs) = store.tombstone(&id) else {
+                continue;
+            };
+            for (k, t) in tombs.iter().enumerate() {
+                let meta = t.entry_meta();
                 let state = Crdt::new(meta.kind).encode();
-                Some((id.to_vec(), encode_parts(&meta, &state)))
-            })
-            .collect();
-        if entries.is_empty() {
-            return Vec::new();
+                if layers.len() <= k {
+                    layers.push(Vec::new());
+                }
+                layers[k].push((id.to_vec(), encode_parts(&meta, &state)));
+            }
         }
-        let msgs = states_messages(&self.me, entries);
+        let msgs: Vec<Message> = layers
+            .into_iter()
+            .flat_map(|entries| states_messages(&self.me, entries))
+            .collect();
         msgs.iter().map(|m| self.out(Some(to), m, clock)).collect()
     }
 
