@@ -1415,3 +1415,29 @@ fn a_replica_that_missed_the_delete_does_not_bring_the_record_back() {
     let vals: Vec<_> = (0..3).map(|i| net.value(i, b"x")).collect();
     assert_eq!(vals, vec![None, None, None], "deleted id back");
 }
+
+/// Review 2, L2: a restarted engine collects even when a peer never writes
+/// again: the peer's answer to its digest tells it the peer's log is in.
+#[test]
+fn a_restarted_engine_collects_while_a_peer_stays_idle() {
+    let mut net = Net::new(3, 0, 207);
+    net.step(true);
+    net.nodes[1]
+        .store
+        .create(b"y", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    net.nodes[0]
+        .store
+        .create(b"x", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    net.settle();
+    let s2 = net.nodes[2].store.clone();
+    net.nodes[2].engine = Engine::new(&s2, fast_cfg(30));
+    net.settle();
+    net.nodes[0].store.delete(b"x", Access::MayBlock).unwrap();
+    for _ in 0..3 {
+        net.settle();
+    }
+    assert_eq!(tombstones(&net), vec![0, 0, 0]);
+    assert!(net.nodes[2].engine.counters().collected_tombstones > 0);
+}

@@ -98,10 +98,21 @@ impl std::ops::Deref for View<'_> {
 struct Shard {
     tiers: Tiers,
     pending: PendingWrites,
-    /// Delete tombstones, per id (see `record::Tombs`).
+    /// Delete tombstones, per id (see `record::Tombs`). Insert with
+    /// [`Shard::put_tombs`].
     tombs: hashbrown::HashMap<Box<[u8]>, Tombs>,
+    /// No tombstone here has a latest delete before this (0: unknown), so
+    /// collection skips the shard below it.
+    tomb_floor: u64,
     /// Local changes not yet taken by sync (only while capture is on).
     out: hashbrown::HashMap<Box<[u8]>, Outgoing>,
+}
+
+impl Shard {
+    fn put_tombs(&mut self, id: Box<[u8]>, tombs: Tombs) {
+        self.tomb_floor = self.tomb_floor.min(tombs.latest());
+        self.tombs.insert(id, tombs);
+    }
 }
 
 /// A local change not yet taken by sync ([`Store::take_outgoing`]): the
@@ -316,7 +327,7 @@ impl Store {
             // stale deltas of a deleted generation.
             if let Ok(tomb) = record::decode_tombs(&tomb) {
                 let i = inner.shard_index(&id);
-                inner.shards[i].state.lock().tombs.insert(id, tomb);
+                inner.shards[i].state.lock().put_tombs(id, tomb);
             }
         }
         let handle = spawn_flusher(&inner)?;
@@ -876,7 +887,7 @@ impl Store {
                     sh = inner.lock_state_unchecked(id);
                 }
             }
-            sh.tombs.insert(id.into(), joined);
+            sh.put_tombs(id.into(), joined);
             return Ok(outcome);
         }
         if sh.tombs.get(id).is_some_and(|t| t.kills(&meta.gen)) {
@@ -919,7 +930,7 @@ impl Store {
                     sh = inner.lock_state_unchecked(id);
                 }
             }
-            sh.tombs.insert(id.into(), tomb);
+            sh.put_tombs(id.into(), tomb);
             return Ok(Merged::Stale);
         }
         let outcome = match &local {
@@ -1024,10 +1035,10 @@ impl Store {
     /// tombstones. Returns the tombstones dropped.
     pub fn collect_tombstones(&self, cut: u64) -> Result<usize> {
         let inner = &self.0;
-        let due = inner
-            .shards
-            .iter()
-            .any(|shard| shard.state.lock().tombs.values().any(|t| t.latest() < cut));
+        let due = inner.shards.iter().any(|shard| {
+            let sh = shard.state.lock();
+            !sh.tombs.is_empty() && sh.tomb_floor < cut
+        });
         if !due {
             return Ok(0);
         }
@@ -1043,18 +1054,22 @@ impl Store {
         for shard in inner.shards.iter() {
             let _disk = shard.disk.lock();
             let mut sh = shard.state.lock();
-            if sh.tombs.is_empty() {
+            if sh.tombs.is_empty() || sh.tomb_floor >= cut {
                 continue;
             }
             if inner.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
-            let gone: Vec<Box<[u8]>> = sh
-                .tombs
-                .iter()
-                .filter(|(id, t)| t.latest() < cut && sh.pending.overlays(id).next().is_none())
-                .map(|(id, _)| id.clone())
-                .collect();
+            let mut gone: Vec<Box<[u8]>> = Vec::new();
+            let mut floor = u64::MAX;
+            for (id, t) in sh.tombs.iter() {
+                if t.latest() < cut && sh.pending.overlays(id).next().is_none() {
+                    gone.push(id.clone());
+                } else {
+                    floor = floor.min(t.latest());
+                }
+            }
+            sh.tomb_floor = floor;
             if gone.is_empty() {
                 continue;
             }
@@ -1075,7 +1090,7 @@ impl Store {
                 for (id, t) in taken {
                     let t = Tombs::join(sh.tombs.remove(&id), Some(t));
                     if let Some(t) = t {
-                        sh.tombs.insert(id, t);
+                        sh.put_tombs(id, t);
                     }
                 }
                 return Err(e);
@@ -1392,7 +1407,7 @@ impl Inner {
             }
         }
         if let Some(t) = Tombs::join(sh.tombs.remove(id), tomb) {
-            sh.tombs.insert(id.into(), t);
+            sh.put_tombs(id.into(), t);
         }
         if let Some(slot) = sh.tiers.remove(id) {
             tiers::drop_in_background(slot);

@@ -260,6 +260,8 @@ struct Peer {
     last_log_pos: u64,
     /// The HLC its last hello carried (`Timestamp::to_u64`).
     hello_clock: u64,
+    /// `last_log_pos` when we last sent it our digest.
+    digest_log_pos: u64,
     attrs: Vec<u8>,
 }
 
@@ -536,6 +538,9 @@ impl Engine {
     fn digest_to(&mut self, store: &Store, to: &ReplicaId, clock: Timestamp) -> Outbound {
         self.refresh_digest(store);
         self.counters.digests_sent += 1;
+        if let Some(p) = self.peers.get_mut(to) {
+            p.digest_log_pos = p.last_log_pos;
+        }
         let msg = Message::DigestRequest {
             from: self.me.clone(),
             buckets: self.digest.buckets().to_vec(),
@@ -733,6 +738,15 @@ impl Engine {
                 out.extend(self.drain_transfer(store, &from, clock));
             }
             Message::StateRequest { buckets, .. } => {
+                // The end of the peer's answer to our digest: its states
+                // came first, and held every change it had logged when it
+                // announced the position we digested after. So its log is
+                // received up to there, also by a restarted engine that
+                // no delta interval told (it matters for collection only:
+                // quiescence also needs equal digests).
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.recv_upto = p.recv_upto.max(p.digest_log_pos);
+                }
                 if !buckets.is_empty() {
                     self.queue_states(&from, &buckets);
                     out.extend(self.drain_transfer(store, &from, clock));
@@ -814,6 +828,7 @@ impl Engine {
                     last_root: None,
                     last_log_pos: 0,
                     hello_clock: 0,
+                    digest_log_pos: 0,
                     attrs: attrs.clone(),
                 },
             );
