@@ -1263,7 +1263,10 @@ try do
     {c1, c2} = B.call(na, :ids_op, [:create, 1, n], 600_000)
 
     {:ok, _, _} =
-      B.eventually(fn -> Enum.all?(nodes, &(B.store(&1, :get, [{:t, n}]) == {:ok, 0})) end, 60_000)
+      B.eventually(
+        fn -> Enum.all?(nodes, &(B.store(&1, :get, [{:t, n}]) == {:ok, 0})) end,
+        60_000
+      )
 
     :ok = B.store(na, :sync, [])
     {d1, d2} = B.call(nb, :ids_op, [:delete, 1, n], 600_000)
@@ -1281,6 +1284,7 @@ try do
 
     t_gone = B.now()
     held = Enum.map(nodes, &B.call(&1, :tombstones, []))
+
     {:ok, _, _} =
       B.eventually(fn -> Enum.all?(nodes, &(B.call(&1, :tombstones, []) == 0)) end, 120_000, 100)
 
