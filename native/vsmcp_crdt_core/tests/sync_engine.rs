@@ -1441,3 +1441,189 @@ fn a_restarted_engine_collects_while_a_peer_stays_idle() {
     assert_eq!(tombstones(&net), vec![0, 0, 0]);
     assert!(net.nodes[2].engine.counters().collected_tombstones > 0);
 }
+
+// Review 3 (adversarial) findings.
+
+fn pause_ms(ms: u64) {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+}
+
+/// Make nodes `ids` delete something and collect, so their tomb cut moves
+/// past every stamp made before this call.
+fn collect_on(net: &mut Net, junk: &[u8]) {
+    pause_ms(5);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(junk, Kind::GCounter, Access::MayBlock).unwrap();
+    net.settle();
+    s0.delete(junk, Access::MayBlock).unwrap();
+    for _ in 0..3 {
+        net.settle();
+    }
+}
+
+/// Review 3, R3-1: a node that wrote while it had no peer (a late joiner,
+/// a node back after a partition long enough to be dropped) joins a
+/// cluster that collected a tombstone since. Its creates are older than the
+/// cluster's cut, but it was never part of a cut: they are kept, on the
+/// writer too (the cut applies per creating replica).
+#[test]
+fn a_late_joiners_creates_survive_a_cluster_that_collected() {
+    let mut net = Net::new(3, 0, 301);
+    net.cut[2] = true;
+    net.step(true);
+    let s2 = net.nodes[2].store.clone();
+    s2.create(b"mine", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    update(&s2, b"mine", Mutation::Increment(42));
+    net.settle();
+    collect_on(&mut net, b"junk");
+    assert!(net.nodes[0].store.tomb_cut() > 0, "cluster collected");
+    net.cut[2] = false;
+    for _ in 0..3 {
+        net.settle();
+    }
+    let vals: Vec<_> = (0..3).map(|i| net.value(i, b"mine")).collect();
+    assert_eq!(
+        vals,
+        vec![Some(format!("{:?}", Value::Counter(42))); 3],
+        "acknowledged create lost everywhere, the writer included"
+    );
+}
+
+/// Review 3, R3-2: an incoming generation that beats ours by epoch but
+/// that the cut's tombstone would not kill goes through the usual merge
+/// (it used to be dropped, and the replicas never converged).
+#[test]
+fn a_higher_epoch_from_outside_the_cut_converges() {
+    let mut net = Net::new(3, 0, 303);
+    net.cut[2] = true;
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s0, b"x", Mutation::Increment(100));
+    net.settle();
+    pause_ms(5);
+    // Node 2, alone: its own x (later stamp), deleted, created again
+    // (epoch 1, still later than node 0's create).
+    let s2 = net.nodes[2].store.clone();
+    s2.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    pause_ms(2);
+    s2.delete(b"x", Access::MayBlock).unwrap();
+    pause_ms(2);
+    s2.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s2, b"x", Mutation::Increment(7));
+    net.settle();
+    collect_on(&mut net, b"junk");
+    assert!(net.nodes[0].store.tomb_cut() > 0, "cluster collected");
+    net.cut[2] = false;
+    for _ in 0..3 {
+        net.settle();
+    }
+    let vals: Vec<_> = (0..3).map(|i| net.value(i, b"x")).collect();
+    assert!(vals.iter().all(|v| *v == vals[0]), "diverged: {vals:?}");
+}
+
+/// Review 3, R3-3: a Deltas interval carrying one id twice (two takes,
+/// resent go-back-N) of a deleted generation is answered with each
+/// tombstone once (a States message repeating an id is refused whole).
+#[test]
+fn tombstone_answers_never_repeat_an_id() {
+    let mut net = Net::new(3, 0, 305);
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    net.settle();
+    net.cut_in[2] = true;
+    net.nodes[1].store.delete(b"x", Access::MayBlock).unwrap();
+    for _ in 0..5 {
+        net.step(false);
+    }
+    // Node 2 missed the delete; its two updates (two log entries) are
+    // lost the first time and resent together.
+    net.cut_in[2] = false;
+    net.drop_tag = Some(DELTAS_TAG);
+    let s2 = net.nodes[2].store.clone();
+    update(&s2, b"x", Mutation::Increment(1));
+    net.step(false);
+    update(&s2, b"x", Mutation::Increment(1));
+    net.step(false);
+    net.drop_tag = None;
+    net.events.clear();
+    for _ in 0..10 {
+        net.step(false);
+    }
+    let dup: Vec<_> = net
+        .events
+        .iter()
+        .filter(|(i, e)| {
+            *i == 2
+                && matches!(e, Event::Rejected(_, Reject::Malformed, m) if m.contains("duplicate"))
+        })
+        .collect();
+    assert!(dup.is_empty(), "tombstone answer refused: {dup:?}");
+}
+
+/// Review 3, R3-4: a digest answer whose states failed to merge here (disk
+/// error) does not raise the peer's received position, so the unmerged
+/// interval is not acknowledged when it is resent.
+#[test]
+fn a_failed_digest_answer_does_not_acknowledge_the_interval() {
+    let mut net = Net::new(2, 0, 307);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"c", Kind::ORSet, Access::MayBlock).unwrap();
+    net.settle();
+    net.nodes[1].store.set_fail_writes(true);
+    update(&s0, b"c", Mutation::Add(b"lost"));
+    net.step(true);
+    // Node 1 starts a round: the answer's states fail to merge, then its
+    // StateRequest marks node 0's log as received.
+    let mut ev = Vec::new();
+    let s1 = net.nodes[1].store.clone();
+    let (_, outs) = net.nodes[1].engine.round(&s1, net.now, &mut ev);
+    net.send(1, outs);
+    net.deliver_all();
+    net.nodes[1].store.set_fail_writes(false);
+    // Writes keep going on the sender (deltas only, no digest exchange).
+    for i in 0..30u32 {
+        update(&s0, b"c", Mutation::Add(&i.to_be_bytes()));
+        net.now += 20;
+        net.step(false);
+    }
+    assert_eq!(
+        net.value(0, b"c"),
+        net.value(1, b"c"),
+        "acknowledged, never merged"
+    );
+}
+
+/// Review 3, R3-5: past MAX_TOMBS the collapse depends on the union only,
+/// not on the order of arrival (it used to kill a create at stamp 135 that
+/// no delete covers after one order only).
+#[test]
+fn tombstone_collapse_is_order_independent() {
+    use vsmcp_crdt_core::store::record::{Tomb, Tombs};
+    let set = |ts: &[(u64, u64)]| {
+        ts.iter()
+            .map(|&(stamp, at)| Tomb {
+                gen: rgen(stamp, b"r"),
+                at,
+            })
+            .fold(None, |a, t| Tombs::join(a, Some(Tombs::one(t))))
+            .unwrap()
+    };
+    let a = set(&[(3, 9), (27, 30), (75, 76), (117, 135), (136, 144)]);
+    let b = set(&[
+        (10, 23),
+        (26, 54),
+        (29, 58),
+        (42, 86),
+        (61, 99),
+        (75, 111),
+        (96, 131),
+    ]);
+    let g = rgen(135, b"r");
+    assert!(!a.kills(&g) && !b.kills(&g), "no delete covers g");
+    let ab = Tombs::join(Some(a.clone()), Some(b.clone())).unwrap();
+    let ba = Tombs::join(Some(b), Some(a)).unwrap();
+    assert_eq!(ab.kills(&g), ba.kills(&g), "{ab:?} vs {ba:?}");
+}

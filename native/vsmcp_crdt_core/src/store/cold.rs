@@ -36,6 +36,10 @@ pub const HLC_KEY: &[u8] = b"hlc";
 pub const SYNCED_KEY: &[u8] = b"synced";
 /// The largest cut below which tombstones were collected (u64, big end).
 pub const TOMB_CUT_KEY: &[u8] = b"tomb_cut";
+/// Prefix of the per-directory collection cuts (`prefix ++ directory`:
+/// u64, big end): the latest cut at which that replica was part of the
+/// agreement.
+pub const CUT_PREFIX: &[u8] = b"cut/";
 /// A random id of this data directory, made at its first open (fsynced).
 pub const REPLICA_KEY: &[u8] = b"replica_id";
 

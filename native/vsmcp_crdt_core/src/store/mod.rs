@@ -53,8 +53,8 @@ use crate::error::{Error, Result};
 use crate::hlc::{now_ms, Clock, Timestamp};
 use crate::lww::{LwwEntry, LwwRegister};
 use cold::{
-    BatchOp, Cached, ColdTier, Owner, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY, SYNCED_KEY,
-    TOMB_CUT_KEY, TOMB_PREFIX,
+    BatchOp, Cached, ColdTier, Owner, CUT_PREFIX, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY,
+    SYNCED_KEY, TOMB_CUT_KEY, TOMB_PREFIX,
 };
 use config::{regrows_large, REGROW_INLINE_MAX};
 use info::Counted;
@@ -205,6 +205,9 @@ struct Inner {
     synced: AtomicBool,
     /// See [`Store::tomb_cut`] (persisted).
     tomb_cut: std::sync::atomic::AtomicU64,
+    /// Per replica directory, the latest collection cut it was part of
+    /// (persisted under `CUT_PREFIX`; see `merge_remote`).
+    member_cuts: Mutex<hashbrown::HashMap<Box<[u8]>, u64>>,
     /// The token of the current capture owner (0: none).
     capture_owner: Mutex<u64>,
     closed: AtomicBool,
@@ -305,6 +308,12 @@ impl Store {
             cold_possible: AtomicBool::new(cold_possible),
             capture: AtomicBool::new(false),
             synced: AtomicBool::new(cold.get_meta(SYNCED_KEY)?.is_some()),
+            member_cuts: Mutex::new(
+                cold.meta_with_prefix(CUT_PREFIX)?
+                    .into_iter()
+                    .filter_map(|(dir, v)| Some((dir, decode_u64(&v)?)))
+                    .collect(),
+            ),
             tomb_cut: std::sync::atomic::AtomicU64::new(
                 cold.get_meta(TOMB_CUT_KEY)?
                     .and_then(|b| decode_u64(&b))
@@ -893,17 +902,21 @@ impl Store {
         if sh.tombs.get(id).is_some_and(|t| t.kills(&meta.gen)) {
             return Ok(Merged::Stale);
         }
-        let cut = inner.tomb_cut.load(Ordering::Acquire);
+        let cut = inner.cut_of(&meta.gen.replica);
         let unknown_gen = local.as_ref().is_none_or(|l| l.gen != meta.gen);
-        if meta.gen.stamp != 0 && meta.gen.stamp < cut && unknown_gen {
-            // Created before our last collection cut, and not held here: at
-            // the cut every replica held what we held, so this is a late
-            // copy of a record deleted since (its tombstone collected), or
-            // comes from a replica outside that agreement (a restored
-            // backup, a peer back after being dropped). It is treated as
-            // deleted at the cut: the tombstone is recorded here and
-            // answered, unless it would kill the record held here. Stamp 0
-            // (imports, records from before generations) is exempt.
+        if meta.gen.stamp < cut && unknown_gen {
+            // Created, before a collection cut its creator was part of,
+            // and not held here: at the cut every replica held what we
+            // held, and everything the creator had made before it was
+            // here. So this is a late copy of a record deleted since (its
+            // tombstone collected): from a restored backup, a replica that
+            // missed the delete, a late message. It is treated as deleted
+            // at the cut: the tombstone is recorded here and answered. If
+            // that tombstone would not kill it (it wins over our record by
+            // a higher epoch), the usual merge decides. Creates of replicas
+            // that were never part of a cut (a new node, one that wrote
+            // before finding the cluster) are never refused; imports and
+            // records from before generations have no directory.
             let at = local.as_ref().map_or(cut, |l| cut.min(l.gen.stamp));
             let tomb = Tombs::join(
                 sh.tombs.get(id).cloned(),
@@ -915,23 +928,22 @@ impl Store {
             let Some(tomb) = tomb else {
                 return Err(Error::NotFound);
             };
-            if !tomb.kills(&meta.gen) || local.as_ref().is_some_and(|l| tomb.kills(&l.gen)) {
-                return Ok(Merged::Dropped { clash: false });
-            }
-            match inner.cfg.durability {
-                Durability::Relaxed => {
-                    let p = sh.pending.entry(id);
-                    p.tomb = Tombs::join(p.tomb.take(), Some(tomb.clone()));
+            if tomb.kills(&meta.gen) && !local.as_ref().is_some_and(|l| tomb.kills(&l.gen)) {
+                match inner.cfg.durability {
+                    Durability::Relaxed => {
+                        let p = sh.pending.entry(id);
+                        p.tomb = Tombs::join(p.tomb.take(), Some(tomb.clone()));
+                    }
+                    Durability::Strict => {
+                        drop(sh);
+                        let op = BatchOp::PutMetaKey(tomb_key(id), encode_tombs(&tomb));
+                        inner.write_strict(id, &[op])?;
+                        sh = inner.lock_state_unchecked(id);
+                    }
                 }
-                Durability::Strict => {
-                    drop(sh);
-                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tombs(&tomb));
-                    inner.write_strict(id, &[op])?;
-                    sh = inner.lock_state_unchecked(id);
-                }
+                sh.put_tombs(id.into(), tomb);
+                return Ok(Merged::Stale);
             }
-            sh.put_tombs(id.into(), tomb);
-            return Ok(Merged::Stale);
         }
         let outcome = match &local {
             Some(local) => match meta.wins_over(local) {
@@ -1033,7 +1045,7 @@ impl Store {
     /// later call. `cut` is persisted first ([`Store::tomb_cut`]). Runs on
     /// a dirty scheduler; each shard's lock is held for one pass over its
     /// tombstones. Returns the tombstones dropped.
-    pub fn collect_tombstones(&self, cut: u64) -> Result<usize> {
+    pub fn collect_tombstones(&self, cut: u64, members: &[&[u8]]) -> Result<usize> {
         let inner = &self.0;
         let due = inner.shards.iter().any(|shard| {
             let sh = shard.state.lock();
@@ -1043,12 +1055,27 @@ impl Store {
             return Ok(0);
         }
         inner.flush()?;
-        if cut > inner.tomb_cut.load(Ordering::Acquire) {
+        {
+            // The cuts first: a tombstone leaves the disk only once a late
+            // copy of what it killed is recognised without it.
+            let mut cuts = inner.member_cuts.lock();
+            let mut ops = Vec::new();
+            if cut > inner.tomb_cut.load(Ordering::Acquire) {
+                ops.push(BatchOp::PutMeta(TOMB_CUT_KEY, cut.to_be_bytes().to_vec()));
+            }
+            for dir in members {
+                if cuts.get(*dir).is_none_or(|c| *c < cut) {
+                    let key: Box<[u8]> = [CUT_PREFIX, dir].concat().into();
+                    ops.push(BatchOp::PutMetaKey(key, cut.to_be_bytes().to_vec()));
+                }
+            }
             inner.injected_fault()?;
-            inner
-                .cold
-                .put_meta(TOMB_CUT_KEY, &cut.to_be_bytes(), false)?;
+            inner.cold.write(&ops)?;
             inner.tomb_cut.fetch_max(cut, Ordering::AcqRel);
+            for dir in members {
+                let c = cuts.entry_ref(*dir).or_insert(0);
+                *c = (*c).max(cut);
+            }
         }
         let mut dropped = 0;
         for shard in inner.shards.iter() {
@@ -1271,6 +1298,16 @@ fn spin_lock(lock: &Mutex<Shard>) -> Result<StateGuard<'_>> {
 }
 
 impl Inner {
+    /// The latest collection cut the creating replica of a generation was
+    /// part of (0: none; also for replica ids that name no directory).
+    fn cut_of(&self, replica: &[u8]) -> u64 {
+        if replica.len() != record::REPLICA_BYTES {
+            return 0;
+        }
+        let dir = &replica[..record::DIRECTORY_BYTES];
+        self.member_cuts.lock().get(dir).copied().unwrap_or(0)
+    }
+
     fn shard_index(&self, id: &[u8]) -> usize {
         (self.hasher.hash_one(id) as usize) & (self.shards.len() - 1)
     }

@@ -29,6 +29,11 @@ use serde_bytes::{ByteBuf, Bytes};
 use std::sync::Arc;
 
 pub const RECORD_MAGIC: u8 = 0xC8;
+/// Bytes of a store's replica id: its directory's random id, then the
+/// incarnation.
+pub const REPLICA_BYTES: usize = 24;
+/// Bytes of the directory part of a replica id.
+pub const DIRECTORY_BYTES: usize = 16;
 pub const RECORD_VERSION: u8 = 2;
 
 /// The generation of an id: which `create` made the state.
@@ -188,26 +193,34 @@ impl Tombs {
         self.0.iter().any(|t| t.kills(g))
     }
 
-    /// The join of two sets (commutative, associative, idempotent up to
-    /// the [`MAX_TOMBS`] collapse).
+    /// The join of two sets: commutative and idempotent; associative
+    /// while the union keeps at most [`MAX_TOMBS`] apart (beyond, the
+    /// collapse makes it depend on grouping, never on order).
     pub fn join(a: Option<Tombs>, b: Option<Tombs>) -> Option<Tombs> {
         match (a, b) {
             (Some(mut a), Some(b)) => {
                 for t in b.0 {
                     a.insert(t);
                 }
+                a.bound();
                 Some(a)
             }
             (a, b) => a.or(b),
         }
     }
 
+    /// Add `t` to the antichain (the result of a union does not depend on
+    /// the order of insertion).
     fn insert(&mut self, t: Tomb) {
         if self.0.iter().any(|have| have.covers(&t)) {
             return;
         }
         self.0.retain(|have| !t.covers(have));
         self.0.push(t);
+    }
+
+    /// Collapse past [`MAX_TOMBS`], and sort.
+    fn bound(&mut self) {
         if self.0.len() > MAX_TOMBS {
             let at = self.0.iter().map(|t| t.at).max().unwrap_or(0);
             let mut gens = self.0.drain(..).map(|t| t.gen);
@@ -295,11 +308,15 @@ pub fn decode_tombs(bytes: &[u8]) -> Result<Tombs> {
         Tomb::new(gen, at)
     };
     if let Ok(list) = rmp_serde::from_slice::<Vec<Wire>>(bytes) {
-        let mut out: Option<Tombs> = None;
+        let mut out = Tombs(Vec::new());
         for w in list.into_iter().take(4 * MAX_TOMBS) {
-            out = Tombs::join(out, Some(Tombs::one(tomb(w))));
+            out.insert(tomb(w));
         }
-        return out.ok_or_else(|| Error::Decode("no tombstone".into()));
+        if out.is_empty() {
+            return Err(Error::Decode("no tombstone".into()));
+        }
+        out.bound();
+        return Ok(out);
     }
     decode_tomb(bytes).map(Tombs::one)
 }

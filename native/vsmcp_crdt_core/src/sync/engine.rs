@@ -262,6 +262,11 @@ struct Peer {
     hello_clock: u64,
     /// `last_log_pos` when we last sent it our digest.
     digest_log_pos: u64,
+    /// Our digests it has not answered yet.
+    digests_out: u32,
+    /// Nothing it sent failed to merge or was dropped since our last
+    /// digest.
+    answer_clean: bool,
     attrs: Vec<u8>,
 }
 
@@ -540,6 +545,8 @@ impl Engine {
         self.counters.digests_sent += 1;
         if let Some(p) = self.peers.get_mut(to) {
             p.digest_log_pos = p.last_log_pos;
+            p.digests_out = p.digests_out.saturating_add(1);
+            p.answer_clean = true;
         }
         let msg = Message::DigestRequest {
             from: self.me.clone(),
@@ -562,6 +569,14 @@ impl Engine {
             self.peers.remove(&r);
             self.log.remove_peer(&r);
             events.push(Event::PeerDown(r));
+        }
+    }
+
+    /// Something `from` sent failed to merge or was dropped: its answer to
+    /// our digest no longer proves its log is in.
+    fn unclean(&mut self, from: &ReplicaId) {
+        if let Some(p) = self.peers.get_mut(from) {
+            p.answer_clean = false;
         }
     }
 
@@ -692,6 +707,9 @@ impl Engine {
                     .skip(usize::try_from(skip).unwrap_or(usize::MAX))
                     .collect();
                 let merged = seen || self.merge_entries(store, &from, entries, events, &mut stale);
+                if !merged {
+                    self.unclean(&from);
+                }
                 out.extend(self.tombstones_for(store, &from, stale, clock));
                 let p = self.peers.get_mut(&from).expect("peer present");
                 // A merge that failed here (disk full, closing) is not
@@ -743,9 +761,14 @@ impl Engine {
                 // announced the position we digested after. So its log is
                 // received up to there, also by a restarted engine that
                 // no delta interval told (it matters for collection only:
-                // quiescence also needs equal digests).
+                // quiescence also needs equal digests). Only for the answer
+                // to our one outstanding digest, when everything it sent
+                // since merged.
                 if let Some(p) = self.peers.get_mut(&from) {
-                    p.recv_upto = p.recv_upto.max(p.digest_log_pos);
+                    if p.digests_out == 1 && p.answer_clean {
+                        p.recv_upto = p.recv_upto.max(p.digest_log_pos);
+                    }
+                    p.digests_out = p.digests_out.saturating_sub(1);
                 }
                 if !buckets.is_empty() {
                     self.queue_states(&from, &buckets);
@@ -760,11 +783,14 @@ impl Engine {
                 // record whose tombstone is gone. What it holds that we
                 // lack is pushed again by the next digest exchange.
                 self.counters.dropped_stale += entries.len() as u64;
+                self.unclean(&from);
             }
             Message::States { entries, .. } => {
                 // A failed state is repaired by the next digest exchange.
                 let mut stale = Vec::new();
-                let _ = self.merge_entries(store, &from, entries, events, &mut stale);
+                if !self.merge_entries(store, &from, entries, events, &mut stale) {
+                    self.unclean(&from);
+                }
                 out.extend(self.tombstones_for(store, &from, stale, clock));
             }
             Message::Hello { .. } => {}
@@ -829,6 +855,8 @@ impl Engine {
                     last_log_pos: 0,
                     hello_clock: 0,
                     digest_log_pos: 0,
+                    digests_out: 0,
+                    answer_clean: false,
                     attrs: attrs.clone(),
                 },
             );
@@ -896,6 +924,10 @@ impl Engine {
                 Crdt::LwwRegister(r) => r.timestamp().map_or(0, |t| t.wall_ms),
                 _ => 0,
             };
+            if meta.gen.replica.len() > MAX_ID_BYTES {
+                self.reject(events, Some(from), Reject::Malformed, "replica id too long");
+                continue;
+            }
             let stamp = Timestamp::wall_of_u64(meta.gen.stamp);
             // A tombstone's delete stamp too: one from the future would
             // never be collected and would kill every create before it.
@@ -978,6 +1010,9 @@ impl Engine {
         // Every tombstone of each id; ids are distinct within a message, so
         // the k-th tombstones of the ids go in the k-th layer of messages.
         let mut layers: Vec<Vec<Entry>> = Vec::new();
+        let mut ids = ids;
+        ids.sort_unstable();
+        ids.dedup();
         for id in ids {
             let Some(tombs) = store.tombstone(&id) else {
                 continue;
@@ -1126,7 +1161,15 @@ impl Engine {
                 .map(|p| p.hello_clock)
                 .min()
                 .unwrap_or(0);
-            if let Ok(n) = store.collect_tombstones(cut) {
+            // Every replica in the agreement, by directory (see
+            // `Store::collect_tombstones`).
+            let members: Vec<&[u8]> = self
+                .peers
+                .keys()
+                .chain(std::iter::once(&self.me))
+                .map(directory_of)
+                .collect();
+            if let Ok(n) = store.collect_tombstones(cut, &members) {
                 self.counters.collected_tombstones += n as u64;
             }
         }
