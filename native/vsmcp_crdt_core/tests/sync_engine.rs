@@ -1627,3 +1627,287 @@ fn tombstone_collapse_is_order_independent() {
     let ba = Tombs::join(Some(b), Some(a)).unwrap();
     assert_eq!(ab.kills(&g), ba.kills(&g), "{ab:?} vs {ba:?}");
 }
+
+// Review 4 (adversarial) findings.
+
+fn replica24(dir: u8, inc: u64) -> std::sync::Arc<[u8]> {
+    let mut v = vec![dir; 16];
+    v.extend_from_slice(&inc.to_be_bytes());
+    std::sync::Arc::from(v)
+}
+
+/// Review 4 regression R4-1 (the test asserts the fix) - the defect: a strict create stamps its generation, then releases the
+/// shard lock for the disk write before it is captured for sync. A hello
+/// taken meanwhile carries a clock above the stamp and a root and log
+/// without the create; a peer that collects on that hello records the
+/// creator's directory cut above the stamp, and then treats the create,
+/// when it arrives, as deleted at the cut (answering the tombstone to the
+/// writer). Racy by nature: a thread keeps creating while the net runs.
+#[test]
+fn strict_creates_in_flight_during_a_hello_are_never_cut() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use vsmcp_crdt_core::store::Durability;
+    let mut net = Net::new(2, 0, 401);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path(), b"same");
+    cfg.durability = Durability::Strict;
+    let store = Store::open(cfg).unwrap();
+    store.start_capture();
+    let engine = Engine::new(&store, fast_cfg(30));
+    net.nodes[0] = Node {
+        store,
+        engine,
+        _dir: dir,
+    };
+    net.step(true);
+    net.settle();
+    let s0 = net.nodes[0].store.clone();
+    let s1 = net.nodes[1].store.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut ok = Vec::new();
+        let mut i = 0u32;
+        while !stop2.load(Ordering::Relaxed) && i < 20_000 {
+            let id = format!("k{i}");
+            if s0
+                .create(id.as_bytes(), Kind::GCounter, Access::MayBlock)
+                .is_ok()
+            {
+                ok.push(id);
+            }
+            i += 1;
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        ok
+    });
+    for k in 0..400u32 {
+        // Something collectable on the peer at every scan.
+        let junk = format!("junk{k}");
+        s1.create(junk.as_bytes(), Kind::GCounter, Access::MayBlock)
+            .unwrap();
+        s1.delete(junk.as_bytes(), Access::MayBlock).unwrap();
+        net.step(true);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let ok = writer.join().unwrap();
+    for _ in 0..4 {
+        net.step(false);
+    }
+    for _ in 0..4 {
+        net.step(false);
+    }
+    // The lost ones hold a tombstone at the writer whose delete stamp is
+    // the peer's cut for its directory: the hello clock just after the
+    // create's stamp.
+    for id in ok
+        .iter()
+        .filter(|id| net.value(0, id.as_bytes()).is_none())
+        .take(3)
+    {
+        eprintln!("{id}: {:?}", net.nodes[0].store.tombstone(id.as_bytes()));
+    }
+    for _ in 0..3 {
+        net.settle();
+    }
+    let lost: Vec<_> = ok
+        .iter()
+        .filter(|id| net.value(0, id.as_bytes()).is_none())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged strict creates lost everywhere (e.g. {:?}); tomb_cut on 1: {}",
+        lost.len(),
+        ok.len(),
+        lost.first(),
+        net.nodes[1].store.tomb_cut()
+    );
+}
+
+/// Review 4 regression R4-2 (the test asserts the fix) - the defect: the tombstone a late copy is turned into carries the cut
+/// as its delete stamp, later than the real (collected) delete. It then
+/// kills the create a replica that was never part of a cut made after the
+/// delete, which R3-1 keeps when no late copy came first.
+#[test]
+fn a_late_copy_does_not_make_the_cut_kill_a_non_members_create() {
+    let mut net = Net::new(3, 0, 402);
+    net.cut[2] = true;
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s0, b"x", Mutation::Increment(100));
+    net.settle();
+    let parent = tempfile::tempdir().unwrap();
+    let copy = parent.path().join("copy");
+    net.nodes[1].store.backup(&copy).unwrap();
+    pause_ms(3);
+    s0.delete(b"x", Access::MayBlock).unwrap();
+    pause_ms(3);
+    // Node 2, never in touch with the cluster, creates x after the delete.
+    let s2 = net.nodes[2].store.clone();
+    s2.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s2, b"x", Mutation::Increment(42));
+    let l_stamp = s2.metadata(b"x", Access::MayBlock).unwrap().0.gen.stamp;
+    pause_ms(3);
+    net.settle();
+    net.settle();
+    assert_eq!(&tombstones(&net)[..2], &[0, 0], "collected");
+    assert!(
+        net.nodes[0].store.tomb_cut() > l_stamp,
+        "cut above the create"
+    );
+    // Node 1's disk dies; it comes back from its backup (a late copy of x).
+    net.cut[1] = true;
+    let store = Store::open(StoreConfig::new(&copy, b"same")).unwrap();
+    store.start_capture();
+    let engine = Engine::new(&store, fast_cfg(30));
+    net.nodes.push(Node {
+        store,
+        engine,
+        _dir: parent,
+    });
+    net.cut.push(false);
+    net.cut_in.push(false);
+    let mut steps = 0;
+    while net.nodes[0].store.tombstone(b"x").is_none() && steps < 200 {
+        net.step(steps % 2 == 0);
+        steps += 1;
+    }
+    let synthetic = net.nodes[0]
+        .store
+        .tombstone(b"x")
+        .expect("late copy refused");
+    eprintln!("synthetic {synthetic:?}, create at {l_stamp}");
+    // The restored copy goes away (so its x cannot reach node 2 before the
+    // tombstone does); node 2 joins now: its create came after the delete.
+    net.cut[3] = true;
+    net.cut[2] = false;
+    for _ in 0..3 {
+        net.settle();
+    }
+    let vals: Vec<_> = [0, 2].iter().map(|&i| net.value(i, b"x")).collect();
+    assert_eq!(
+        vals,
+        vec![Some(format!("{:?}", Value::Counter(42))); 2],
+        "a create made after the delete was killed by the cut's tombstone"
+    );
+}
+
+/// Review 4 regression R4-3 (the test asserts the fix) - the defect: a late copy of a deleted generation that beats the
+/// record held here (higher epoch) but was created after it is not killed
+/// by `(gen, min(cut, local stamp))`, so it goes through the usual merge
+/// and replaces the record: the deleted generation is back.
+#[test]
+fn a_deleted_higher_epoch_does_not_come_back_over_a_non_members_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(StoreConfig::new(dir.path(), b"same")).unwrap();
+    let empty = Crdt::new(Kind::GCounter);
+    let a = replica24(0xAA, 1);
+    let j = replica24(0xBB, 1);
+    let g = |epoch, stamp, r: &std::sync::Arc<[u8]>| Gen {
+        epoch,
+        stamp,
+        replica: r.clone(),
+    };
+    // Something collectable, then a collection at 1000 with A a member.
+    s.merge_remote(b"junk", &rmeta(g(0, 5, &a), true, 10), &empty)
+        .unwrap();
+    assert_eq!(s.collect_tombstones(1000, &[&a[..16]]).unwrap(), 1);
+    // J (never a member) created x at 50, offline; it is kept (R3-1).
+    assert_eq!(
+        s.merge_remote(b"x", &rmeta(g(0, 50, &j), false, 50), &empty)
+            .unwrap(),
+        Merged::Created
+    );
+    // A late copy of A's re-create (epoch 1, stamp 100 < cut 1000, A a
+    // member, not held here): by the cut rule it was deleted since.
+    let m = g(1, 100, &a);
+    let r = s.merge_remote(b"x", &rmeta(m.clone(), false, 100), &empty);
+    let held = s.metadata(b"x", Access::MayBlock).map(|(meta, _)| meta.gen);
+    assert!(
+        held.as_ref().map_or(true, |h| *h != m),
+        "deleted generation back: {r:?}, held {held:?}"
+    );
+}
+
+/// Review 4 regression R4-4 (the test asserts the fix) - the defect: a digest that is never answered (lost, refused by the
+/// peer) leaves `digests_out` one too high for good: no later answer is
+/// "the one outstanding", so a restarted engine never learns an idle
+/// peer's log is in, and never collects again.
+#[test]
+fn a_lost_digest_does_not_stop_collection_for_good() {
+    let mut net = Net::new(3, 0, 404);
+    net.step(true);
+    net.nodes[1]
+        .store
+        .create(b"y", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    net.nodes[0]
+        .store
+        .create(b"x", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    net.settle();
+    let s2 = net.nodes[2].store.clone();
+    net.nodes[2].engine = Engine::new(&s2, fast_cfg(30));
+    // Its first digests are lost.
+    net.drop_tag = Some(3);
+    net.step(true);
+    net.step(true);
+    net.drop_tag = None;
+    // An explicit round (`sync`) is answered.
+    let mut ev = Vec::new();
+    let (_, outs) = net.nodes[2].engine.round(&s2, net.now, &mut ev);
+    net.send(2, outs);
+    net.deliver_all();
+    net.settle();
+    net.nodes[0].store.delete(b"x", Access::MayBlock).unwrap();
+    for _ in 0..3 {
+        net.settle();
+    }
+    assert_eq!(tombstones(&net), vec![0, 0, 0]);
+}
+
+/// Review 4 regression R4-5 (the test asserts the fix) - the defect: a duplicated StateRequest (a late copy of the answer to
+/// an earlier digest) arriving while a newer digest is outstanding counts
+/// as that digest's answer: the peer's log is marked received up to the
+/// newer position, and the interval in between, never merged, is
+/// acknowledged when it is resent.
+#[test]
+fn a_duplicated_digest_answer_does_not_acknowledge_the_interval() {
+    let mut net = Net::new(2, 0, 405);
+    let s0 = net.nodes[0].store.clone();
+    let s1 = net.nodes[1].store.clone();
+    s0.create(b"c", Kind::ORSet, Access::MayBlock).unwrap();
+    net.settle();
+    net.recorded = Some(Vec::new());
+    let mut ev = Vec::new();
+    let (_, outs) = net.nodes[1].engine.round(&s1, net.now, &mut ev);
+    net.send(1, outs);
+    net.deliver_all();
+    let rec = net.recorded.take().unwrap();
+    let answer = rec
+        .iter()
+        .find(|(to, b)| *to == 1 && b.get(2) == Some(&4))
+        .map(|(_, b)| b.clone())
+        .expect("a state request");
+    // Node 0 writes; the interval is lost; its hello tells its position.
+    net.drop_tag = Some(DELTAS_TAG);
+    update(&s0, b"c", Mutation::Add(b"lost"));
+    net.step(true);
+    // Node 1's next digest is lost; the old answer arrives again.
+    let _ = net.nodes[1].engine.round(&s1, net.now, &mut ev);
+    net.queue.push_back((1, answer));
+    net.deliver_all();
+    net.drop_tag = None;
+    for i in 0..30u32 {
+        update(&s0, b"c", Mutation::Add(&i.to_be_bytes()));
+        net.now += 20;
+        net.step(false);
+    }
+    assert_eq!(
+        net.value(0, b"c"),
+        net.value(1, b"c"),
+        "acknowledged, never merged"
+    );
+}

@@ -176,6 +176,10 @@ pub enum Merged {
     Tombstone,
     /// A generation deleted here (its tombstone is here): dropped.
     Stale,
+    /// A generation deleted before a collection cut (see `merge_remote`):
+    /// dropped, and the record held here, which that delete killed too,
+    /// deleted.
+    CutDeleted,
 }
 
 #[derive(Default)]
@@ -905,45 +909,43 @@ impl Store {
         let cut = inner.cut_of(&meta.gen.replica);
         let unknown_gen = local.as_ref().is_none_or(|l| l.gen != meta.gen);
         if meta.gen.stamp < cut && unknown_gen {
-            // Created, before a collection cut its creator was part of,
-            // and not held here: at the cut every replica held what we
-            // held, and everything the creator had made before it was
-            // here. So this is a late copy of a record deleted since (its
-            // tombstone collected): from a restored backup, a replica that
-            // missed the delete, a late message. It is treated as deleted
-            // at the cut: the tombstone is recorded here and answered. If
-            // that tombstone would not kill it (it wins over our record by
-            // a higher epoch), the usual merge decides. Creates of replicas
-            // that were never part of a cut (a new node, one that wrote
-            // before finding the cluster) are never refused; imports and
-            // records from before generations have no directory.
-            let at = local.as_ref().map_or(cut, |l| cut.min(l.gen.stamp));
-            let tomb = Tombs::join(
-                sh.tombs.get(id).cloned(),
-                Some(Tombs::one(Tomb {
-                    gen: meta.gen.clone(),
-                    at,
-                })),
-            );
-            let Some(tomb) = tomb else {
+            // Created before a collection cut its creator was part of, and
+            // not held here: at the cut every replica held what we held,
+            // and everything the creator had made before it was here. So
+            // this is a late copy of a record deleted since, whose
+            // tombstone was collected: from a restored backup, a replica
+            // that missed the delete, a late message. It is deleted again
+            // with a tombstone just after its create, which kills a subset
+            // of what the collected delete killed (that came later), and
+            // the tombstone is answered. Creates of replicas that were
+            // never part of a cut (a new node, one that wrote before it
+            // found the cluster) are never refused; imports and records
+            // from before generations have no directory.
+            let fresh = Tombs::one(Tomb::new(meta.gen.clone(), 0));
+            let Some(tombs) = Tombs::join(sh.tombs.get(id).cloned(), Some(fresh)) else {
                 return Err(Error::NotFound);
             };
-            if tomb.kills(&meta.gen) && !local.as_ref().is_some_and(|l| tomb.kills(&l.gen)) {
-                match inner.cfg.durability {
-                    Durability::Relaxed => {
-                        let p = sh.pending.entry(id);
-                        p.tomb = Tombs::join(p.tomb.take(), Some(tomb.clone()));
-                    }
-                    Durability::Strict => {
-                        drop(sh);
-                        let op = BatchOp::PutMetaKey(tomb_key(id), encode_tombs(&tomb));
-                        inner.write_strict(id, &[op])?;
-                        sh = inner.lock_state_unchecked(id);
-                    }
+            if local.as_ref().is_some_and(|l| tombs.kills(&l.gen)) {
+                let mut sh = inner.delete_locked(sh, id, Some(tombs.clone()), access)?;
+                if sh.out.get(id).is_some_and(|o| tombs.kills(&o.meta.gen)) {
+                    sh.out.remove(id);
                 }
-                sh.put_tombs(id.into(), tomb);
-                return Ok(Merged::Stale);
+                return Ok(Merged::CutDeleted);
             }
+            match inner.cfg.durability {
+                Durability::Relaxed => {
+                    let p = sh.pending.entry(id);
+                    p.tomb = Tombs::join(p.tomb.take(), Some(tombs.clone()));
+                }
+                Durability::Strict => {
+                    drop(sh);
+                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tombs(&tombs));
+                    inner.write_strict(id, &[op])?;
+                    sh = inner.lock_state_unchecked(id);
+                }
+            }
+            sh.put_tombs(id.into(), tombs);
+            return Ok(Merged::Stale);
         }
         let outcome = match &local {
             Some(local) => match meta.wins_over(local) {

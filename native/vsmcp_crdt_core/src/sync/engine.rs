@@ -262,11 +262,12 @@ struct Peer {
     hello_clock: u64,
     /// `last_log_pos` when we last sent it our digest.
     digest_log_pos: u64,
-    /// Our digests it has not answered yet.
-    digests_out: u32,
     /// Nothing it sent failed to merge or was dropped since our last
     /// digest.
     answer_clean: bool,
+    /// Its log is known to be in up to here from its answers to our
+    /// digests (collection only: acknowledgements use `recv_upto`).
+    caught_up: u64,
     attrs: Vec<u8>,
 }
 
@@ -509,6 +510,11 @@ impl Engine {
         // The clock first: a change made meanwhile has a later stamp than
         // the hello's, and is not claimed by its log position.
         let clock = store.tick_clock();
+        // Writes stamped before it finish first (a strict write stamps,
+        // then writes without the shard lock), and the clock is on disk:
+        // a restart never stamps below a clock a peer may cut at. A failed
+        // flush leaves the store refusing writes.
+        let _ = store.flush();
         self.take_local(store, events);
         self.refresh_digest(store);
         let msg = Message::Hello {
@@ -545,7 +551,6 @@ impl Engine {
         self.counters.digests_sent += 1;
         if let Some(p) = self.peers.get_mut(to) {
             p.digest_log_pos = p.last_log_pos;
-            p.digests_out = p.digests_out.saturating_add(1);
             p.answer_clean = true;
         }
         let msg = Message::DigestRequest {
@@ -759,16 +764,14 @@ impl Engine {
                 // The end of the peer's answer to our digest: its states
                 // came first, and held every change it had logged when it
                 // announced the position we digested after. So its log is
-                // received up to there, also by a restarted engine that
-                // no delta interval told (it matters for collection only:
-                // quiescence also needs equal digests). Only for the answer
-                // to our one outstanding digest, when everything it sent
-                // since merged.
+                // in up to there, also for a restarted engine that no
+                // delta interval told. Used for collection only (which
+                // also needs equal digests), never for acknowledgements,
+                // so a duplicated or early answer cannot lose a delta.
                 if let Some(p) = self.peers.get_mut(&from) {
-                    if p.digests_out == 1 && p.answer_clean {
-                        p.recv_upto = p.recv_upto.max(p.digest_log_pos);
+                    if p.answer_clean {
+                        p.caught_up = p.caught_up.max(p.digest_log_pos);
                     }
-                    p.digests_out = p.digests_out.saturating_sub(1);
                 }
                 if !buckets.is_empty() {
                     self.queue_states(&from, &buckets);
@@ -855,8 +858,8 @@ impl Engine {
                     last_log_pos: 0,
                     hello_clock: 0,
                     digest_log_pos: 0,
-                    digests_out: 0,
                     answer_clean: false,
+                    caught_up: 0,
                     attrs: attrs.clone(),
                 },
             );
@@ -957,6 +960,12 @@ impl Engine {
                 Ok(Merged::Stale) => {
                     self.counters.dropped_stale += 1;
                     stale.push(id.into());
+                }
+                Ok(Merged::CutDeleted) => {
+                    self.counters.dropped_stale += 1;
+                    stale.push(id.clone().into());
+                    self.dirty.insert(id.clone().into());
+                    events.push(Event::Changed(id.into()));
                 }
                 Ok(Merged::Tombstone) => {
                     self.counters.entries_merged += 1;
@@ -1110,10 +1119,9 @@ impl Engine {
     fn quiescent(&self) -> bool {
         let root = self.digest.root();
         !self.peers.is_empty()
-            && self
-                .peers
-                .values()
-                .all(|p| p.up && p.last_root == Some(root) && p.recv_upto >= p.last_log_pos)
+            && self.peers.values().all(|p| {
+                p.up && p.last_root == Some(root) && p.recv_upto.max(p.caught_up) >= p.last_log_pos
+            })
     }
 
     /// Causal-stability collection: once the cluster has been quiescent for
