@@ -1911,3 +1911,149 @@ fn a_duplicated_digest_answer_does_not_acknowledge_the_interval() {
         "acknowledged, never merged"
     );
 }
+
+// Review 5 (adversarial) findings.
+
+/// One step in which node `mute`'s delta intervals are all lost (its
+/// hellos, acks, digests and digest answers still go through).
+fn step_muting_deltas_of(net: &mut Net, hello: bool, mute: usize) {
+    net.now += 10;
+    for i in 0..net.nodes.len() {
+        let mut ev = Vec::new();
+        let n = &mut net.nodes[i];
+        let mut outs = n.engine.tick(&n.store, net.now, &mut ev);
+        if hello {
+            outs.push(n.engine.hello(&n.store, &mut ev));
+        }
+        if i == mute {
+            outs.retain(|o| o.bytes.get(2) != Some(&DELTAS_TAG));
+        }
+        net.send(i, outs);
+    }
+    net.deliver_all();
+}
+
+/// Review 5, R5-1: a digest answer lets a node collect while an interval
+/// of the peer's log is still undelivered. When the interval arrives after
+/// the collection it is not "seen" (recv_upto was not raised), so it is
+/// merged; an update of a generation no cut covers (an import, a legacy
+/// record, a late joiner's create) then creates the deleted record again,
+/// and anti-entropy spreads it to every node (they collected too).
+#[test]
+fn an_interval_credited_by_a_digest_answer_does_not_resurrect_an_import() {
+    use vsmcp_crdt_core::store::import::{LegacyEntry, LegacyState};
+    let mut net = Net::new(3, 0, 501);
+    net.settle();
+    let p = net.nodes[1].store.clone();
+    p.import_legacy(&[LegacyEntry {
+        id: b"x".to_vec(),
+        state: LegacyState::GCounter(vec![(b"old".to_vec(), 5)]),
+        created_at_ms: None,
+    }])
+    .unwrap();
+    net.settle();
+    assert_eq!(net.value(0, b"x"), Some(format!("{:?}", Value::Counter(5))));
+    // Node 1's intervals stop arriving; its increment reaches the others
+    // by anti-entropy only (their digests are answered).
+    update(&p, b"x", Mutation::Increment(1));
+    for i in 0..60 {
+        step_muting_deltas_of(&mut net, i % 2 == 0, 1);
+    }
+    assert_eq!(net.value(0, b"x"), Some(format!("{:?}", Value::Counter(6))));
+    assert_eq!(net.value(2, b"x"), Some(format!("{:?}", Value::Counter(6))));
+    // Node 2 deletes x (its interval is delivered); everyone collects.
+    net.nodes[2].store.delete(b"x", Access::MayBlock).unwrap();
+    for i in 0..200 {
+        step_muting_deltas_of(&mut net, i % 2 == 0, 1);
+    }
+    assert_eq!(tombstones(&net), vec![0, 0, 0], "collected while muted");
+    assert!((0..3).all(|i| net.value(i, b"x").is_none()));
+    // Node 1's interval (the increment) finally arrives.
+    for _ in 0..3 {
+        net.settle();
+    }
+    let vals: Vec<_> = (0..3).map(|i| net.value(i, b"x")).collect();
+    assert_eq!(vals, vec![None, None, None], "deleted import back");
+}
+
+/// Review 5, R5-2: `hello` ignores a failed flush and still announces its
+/// clock, which is then not on disk. A peer cuts at it; the node restarts
+/// (within its clock's lead over the wall clock, at most `max_offset`) and
+/// stamps a create below the cut: the peer takes it for a late copy of a
+/// deleted record and deletes it on the writer too.
+#[test]
+fn a_hello_whose_flush_failed_does_not_announce_an_unsaved_clock() {
+    use vsmcp_crdt_core::hlc::now_ms;
+    use vsmcp_crdt_core::Timestamp;
+    let mut net = Net::new(2, 0, 502);
+    net.settle();
+    let s0 = net.nodes[0].store.clone();
+    let s1 = net.nodes[1].store.clone();
+    // Node 0's disk starts failing; its clock was pulled ahead by a peer
+    // (within the accepted offset).
+    s0.set_fail_writes(true);
+    s0.receive_clock(Timestamp::new(now_ms() + 490, 0)).unwrap();
+    // Something for node 1 to collect (node 0 never held it).
+    s1.create(b"junk", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    s1.delete(b"junk", Access::MayBlock).unwrap();
+    let mut steps = 0;
+    while s1.tombstones().len() > 0 && steps < 100 {
+        net.step(steps % 2 == 0);
+        steps += 1;
+    }
+    // (Node 1 does not collect here: node 0 announces no clock beyond
+    // the one on its disk, so the cut stays below it.)
+    drop(s0);
+    // Node 0 restarts.
+    let path = net.nodes[0]._dir.path().to_path_buf();
+    let spare = tempfile::tempdir().unwrap();
+    let placeholder = Store::open(StoreConfig::new(spare.path(), b"same")).unwrap();
+    let engine = Engine::new(&placeholder, fast_cfg(30));
+    let old = std::mem::replace(
+        &mut net.nodes[0],
+        Node {
+            store: placeholder,
+            engine,
+            _dir: spare,
+        },
+    );
+    let Node {
+        store,
+        engine,
+        _dir,
+    } = old;
+    drop(engine);
+    let _ = store.close(std::time::Duration::ZERO);
+    drop(store);
+    let store = Store::open(StoreConfig::new(&path, b"same")).unwrap();
+    store.start_capture();
+    store
+        .create(b"mine", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    let stamp = store
+        .metadata(b"mine", Access::MayBlock)
+        .unwrap()
+        .0
+        .gen
+        .stamp;
+    assert!(stamp >= s1.tomb_cut(), "stamped below a cut");
+    let engine = Engine::new(&store, fast_cfg(30));
+    let _ = std::mem::replace(
+        &mut net.nodes[0],
+        Node {
+            store,
+            engine,
+            _dir,
+        },
+    );
+    for _ in 0..3 {
+        net.settle();
+    }
+    assert!(
+        net.value(0, b"mine").is_some() && net.value(1, b"mine").is_some(),
+        "acknowledged create lost: {:?} / {:?}",
+        net.value(0, b"mine"),
+        net.value(1, b"mine")
+    );
+}

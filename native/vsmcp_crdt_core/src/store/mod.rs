@@ -1130,6 +1130,12 @@ impl Store {
         Ok(dropped)
     }
 
+    /// The HLC high-water mark known to be on disk (zero after a failed
+    /// write of it, until the next one succeeds).
+    pub fn persisted_clock(&self) -> Timestamp {
+        *self.0.persisted_hlc.lock()
+    }
+
     /// The largest cut below which this store collected tombstones (0 if
     /// none). A copy of a record older than it that arrives late might be
     /// one whose tombstone is gone: the sync engine drops anti-entropy

@@ -512,9 +512,13 @@ impl Engine {
         let clock = store.tick_clock();
         // Writes stamped before it finish first (a strict write stamps,
         // then writes without the shard lock), and the clock is on disk:
-        // a restart never stamps below a clock a peer may cut at. A failed
-        // flush leaves the store refusing writes.
-        let _ = store.flush();
+        // a restart never stamps below a clock a peer may cut at. If the
+        // flush failed, the hello announces no more than the clock on disk
+        // (a lower clock only lowers a peer's cut).
+        let clock = match store.flush() {
+            Ok(()) => clock,
+            Err(_) => clock.min(store.persisted_clock()),
+        };
         self.take_local(store, events);
         self.refresh_digest(store);
         let msg = Message::Hello {
@@ -1153,6 +1157,13 @@ impl Engine {
         let since = *self.quiescent_since.get_or_insert(now_ms);
         if now_ms.saturating_sub(since) < self.cfg.collect_after_ms {
             return;
+        }
+        // Our root is the one each peer announced with its log position:
+        // everything it logged up to there is here or was deleted. Its
+        // intervals up to there are received, so a late resend of one is
+        // not merged again after what it held was collected.
+        for p in self.peers.values_mut() {
+            p.recv_upto = p.recv_upto.max(p.last_log_pos);
         }
         for (id, version) in std::mem::take(&mut self.collectable) {
             if let Ok(n) = store.collect(&id, version) {
