@@ -1998,7 +1998,7 @@ fn a_hello_whose_flush_failed_does_not_announce_an_unsaved_clock() {
         .unwrap();
     s1.delete(b"junk", Access::MayBlock).unwrap();
     let mut steps = 0;
-    while s1.tombstones().len() > 0 && steps < 100 {
+    while !s1.tombstones().is_empty() && steps < 100 {
         net.step(steps % 2 == 0);
         steps += 1;
     }
