@@ -268,6 +268,9 @@ struct Peer {
     /// Its log is known to be in up to here from its answers to our
     /// digests (collection only: acknowledgements use `recv_upto`).
     caught_up: u64,
+    /// Every record its log held up to here is here or was deleted (set
+    /// at a collection point): entries up to here merge tombstones only.
+    records_in_upto: u64,
     attrs: Vec<u8>,
 }
 
@@ -708,12 +711,21 @@ impl Engine {
                 // old enough may predate a collected tombstone.
                 // So is the part of an interval received already (a resend
                 // overlapping it): entry `i` has sequence `seq_start + i`.
-                let upto = self.peers.get(&from).map_or(0, |p| p.recv_upto);
+                let (upto, records_in) = self
+                    .peers
+                    .get(&from)
+                    .map_or((0, 0), |p| (p.recv_upto, p.records_in_upto));
                 let seen = seq_end <= upto;
                 let skip = upto.saturating_add(1).saturating_sub(seq_start);
                 let entries = entries
                     .into_iter()
+                    .enumerate()
                     .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+                    .filter(|(i, (_, bytes))| {
+                        let seq = seq_start.saturating_add(*i as u64);
+                        seq > records_in || decode_parts(bytes).map_or(true, |(m, _)| m.deleted)
+                    })
+                    .map(|(_, e)| e)
                     .collect();
                 let merged = seen || self.merge_entries(store, &from, entries, events, &mut stale);
                 if !merged {
@@ -864,6 +876,7 @@ impl Engine {
                     digest_log_pos: 0,
                     answer_clean: false,
                     caught_up: 0,
+                    records_in_upto: 0,
                     attrs: attrs.clone(),
                 },
             );
@@ -1159,11 +1172,12 @@ impl Engine {
             return;
         }
         // Our root is the one each peer announced with its log position:
-        // everything it logged up to there is here or was deleted. Its
-        // intervals up to there are received, so a late resend of one is
-        // not merged again after what it held was collected.
+        // every record it logged up to there is here or was deleted. A
+        // late resend of those intervals brings only their tombstones (the
+        // digest does not cover deletes), never a record whose tombstone
+        // may be collected now; it is acknowledged on receipt as usual.
         for p in self.peers.values_mut() {
-            p.recv_upto = p.recv_upto.max(p.last_log_pos);
+            p.records_in_upto = p.records_in_upto.max(p.last_log_pos);
         }
         for (id, version) in std::mem::take(&mut self.collectable) {
             if let Ok(n) = store.collect(&id, version) {
@@ -1171,8 +1185,15 @@ impl Engine {
             }
             self.dirty.insert(id);
         }
-        // Only while every peer collects by the same rule (version 3).
-        if tombs_due && self.peers.values().all(|p| p.version >= 3) {
+        // Only while every peer collects by the same rule (version 3), and
+        // has acknowledged our whole log: nothing we wrote (an import, a
+        // create a tombstone would not stop) is still on its way.
+        let last = self.log.next_seq().saturating_sub(1);
+        let all_acked = self
+            .peers
+            .keys()
+            .all(|r| self.log.peer(r).is_some_and(|a| a.acked >= last));
+        if tombs_due && all_acked && self.peers.values().all(|p| p.version >= 3) {
             self.tombs_scanned_ms = now_ms;
             let cut = self
                 .peers
