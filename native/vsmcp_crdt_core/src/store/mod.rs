@@ -888,19 +888,7 @@ impl Store {
             // Recorded even beside a record it does not kill (a create made
             // after the delete): it still kills late copies of what it
             // deleted.
-            match inner.cfg.durability {
-                Durability::Relaxed => {
-                    let p = sh.pending.entry(id);
-                    p.tomb = Tombs::join(p.tomb.take(), Some(joined.clone()));
-                }
-                Durability::Strict => {
-                    drop(sh);
-                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tombs(&joined));
-                    inner.write_strict(id, &[op])?;
-                    sh = inner.lock_state_unchecked(id);
-                }
-            }
-            sh.put_tombs(id.into(), joined);
+            inner.record_tombs(sh, id, joined)?;
             return Ok(outcome);
         }
         if sh.tombs.get(id).is_some_and(|t| t.kills(&meta.gen)) {
@@ -932,19 +920,7 @@ impl Store {
                 }
                 return Ok(Merged::CutDeleted);
             }
-            match inner.cfg.durability {
-                Durability::Relaxed => {
-                    let p = sh.pending.entry(id);
-                    p.tomb = Tombs::join(p.tomb.take(), Some(tombs.clone()));
-                }
-                Durability::Strict => {
-                    drop(sh);
-                    let op = BatchOp::PutMetaKey(tomb_key(id), encode_tombs(&tombs));
-                    inner.write_strict(id, &[op])?;
-                    sh = inner.lock_state_unchecked(id);
-                }
-            }
-            sh.put_tombs(id.into(), tombs);
+            inner.record_tombs(sh, id, tombs)?;
             return Ok(Merged::Stale);
         }
         let outcome = match &local {
@@ -1425,6 +1401,25 @@ impl Inner {
         self.capture.load(Ordering::Relaxed)
             && regrows_large(out.len(), out.capacity())
             && !out.contains_key(id)
+    }
+
+    /// Persist `tombs` (already joined with those held) as the tombstones
+    /// of `id`, with the store's durability, and hold them.
+    fn record_tombs<'a>(&'a self, mut sh: StateGuard<'a>, id: &[u8], tombs: Tombs) -> Result<()> {
+        match self.cfg.durability {
+            Durability::Relaxed => {
+                let p = sh.pending.entry(id);
+                p.tomb = Tombs::join(p.tomb.take(), Some(tombs.clone()));
+            }
+            Durability::Strict => {
+                drop(sh);
+                let op = BatchOp::PutMetaKey(tomb_key(id), encode_tombs(&tombs));
+                self.write_strict(id, &[op])?;
+                sh = self.lock_state_unchecked(id);
+            }
+        }
+        sh.put_tombs(id.into(), tombs);
+        Ok(())
     }
 
     /// Delete `id` (present, locked) with the store's durability, leaving
