@@ -757,12 +757,12 @@ impl Store {
         // A directory that never synced keeps no tombstone: it guards only
         // against peers' late copies of the deleted generation.
         let capture = inner.capture.load(Ordering::Relaxed);
-        let keep = capture || inner.synced.load(Ordering::Relaxed);
-        let at = inner.clock.lock().tick(now_ms()).to_u64();
-        let tomb = Tomb::new(meta.gen.clone(), at);
-        let kept = keep.then(|| Tombs::one(tomb.clone()));
-        let mut sh = inner.delete_locked(sh, id, kept, access)?;
-        if capture {
+        let tomb = (capture || inner.synced.load(Ordering::Relaxed)).then(|| {
+            let at = inner.clock.lock().tick(now_ms()).to_u64();
+            Tomb::new(meta.gen.clone(), at)
+        });
+        let mut sh = inner.delete_locked(sh, id, tomb.clone().map(Tombs::one), access)?;
+        if let (true, Some(tomb)) = (capture, tomb) {
             // A tombstone entry carries the delete's stamp in `updated_at`
             // (see `Tomb::of_entry`).
             let meta = Meta {
@@ -860,11 +860,7 @@ impl Store {
         };
         if meta.deleted {
             let held = sh.tombs.get(id).cloned();
-            let known = held.is_some();
-            let incoming = Tombs::one(Tomb::of_entry(meta));
-            let Some(joined) = Tombs::join(held.clone(), Some(incoming)) else {
-                return Err(Error::NotFound);
-            };
+            let joined = Tombs::one(Tomb::of_entry(meta)).over(held.clone());
             // The tombstone held beside a record never kills it. The join
             // can kill more than either part, so the record is checked
             // against the join: every replica holding both decides alike.
@@ -882,7 +878,7 @@ impl Store {
             } else {
                 Merged::Tombstone
             };
-            if known && held.as_ref() == Some(&joined) {
+            if held.as_ref() == Some(&joined) {
                 return Ok(outcome);
             }
             // Recorded even beside a record it does not kill (a create made
@@ -909,10 +905,7 @@ impl Store {
             // never part of a cut (a new node, one that wrote before it
             // found the cluster) are never refused; imports and records
             // from before generations have no directory.
-            let fresh = Tombs::one(Tomb::new(meta.gen.clone(), 0));
-            let Some(tombs) = Tombs::join(sh.tombs.get(id).cloned(), Some(fresh)) else {
-                return Err(Error::NotFound);
-            };
+            let tombs = Tombs::one(Tomb::new(meta.gen.clone(), 0)).over(sh.tombs.get(id).cloned());
             if local.as_ref().is_some_and(|l| tombs.kills(&l.gen)) {
                 let mut sh = inner.delete_locked(sh, id, Some(tombs.clone()), access)?;
                 if sh.out.get(id).is_some_and(|o| tombs.kills(&o.meta.gen)) {
@@ -1093,10 +1086,8 @@ impl Store {
             if let Err(e) = written {
                 let mut sh = shard.state.lock();
                 for (id, t) in taken {
-                    let t = Tombs::join(sh.tombs.remove(&id), Some(t));
-                    if let Some(t) = t {
-                        sh.put_tombs(id, t);
-                    }
+                    let t = t.over(sh.tombs.remove(&id));
+                    sh.put_tombs(id, t);
                 }
                 return Err(e);
             }
@@ -1433,7 +1424,7 @@ impl Inner {
     ) -> Result<StateGuard<'a>> {
         // Persisted joined with the one held: a tombstone write replaces
         // the stored one.
-        let tomb = tomb.and_then(|t| Tombs::join(sh.tombs.get(id).cloned(), Some(t)));
+        let tomb = tomb.map(|t| t.over(sh.tombs.get(id).cloned()));
         match self.cfg.durability {
             Durability::Relaxed => sh.pending.delete(id, tomb.clone()),
             Durability::Strict => {
@@ -1446,7 +1437,9 @@ impl Inner {
                 sh = self.lock_state_unchecked(id);
             }
         }
-        if let Some(t) = Tombs::join(sh.tombs.remove(id), tomb) {
+        // Joined above; the disk lock kept every other tombstone writer of
+        // this shard out meanwhile.
+        if let Some(t) = tomb {
             sh.put_tombs(id.into(), t);
         }
         if let Some(slot) = sh.tiers.remove(id) {

@@ -197,15 +197,23 @@ impl Tombs {
     /// while the union keeps at most [`MAX_TOMBS`] apart (beyond, the
     /// collapse makes it depend on grouping, never on order).
     pub fn join(a: Option<Tombs>, b: Option<Tombs>) -> Option<Tombs> {
-        match (a, b) {
-            (Some(mut a), Some(b)) => {
-                for t in b.0 {
-                    a.insert(t);
+        match b {
+            Some(b) => Some(b.over(a)),
+            None => a,
+        }
+    }
+
+    /// These joined with `held` (the ones an id had, if any).
+    pub fn over(self, held: Option<Tombs>) -> Tombs {
+        match held {
+            Some(mut held) => {
+                for t in self.0 {
+                    held.insert(t);
                 }
-                a.bound();
-                Some(a)
+                held.bound();
+                held
             }
-            (a, b) => a.or(b),
+            None => self,
         }
     }
 

@@ -41,6 +41,10 @@ use hashbrown::{HashMap, HashSet};
 /// directory's id, which a restart keeps.
 const VOLATILE_BYTES: usize = 16;
 
+/// The first wire version whose speakers kill by `record::Tomb`'s rule and
+/// collect tombstones (see `wire`).
+const TOMB_RULE_VERSION: u8 = 3;
+
 /// Longest sync id accepted from a peer.
 const MAX_ID_BYTES: usize = 64;
 
@@ -1030,13 +1034,12 @@ impl Engine {
         &mut self,
         store: &Store,
         to: &ReplicaId,
-        ids: Vec<Box<[u8]>>,
+        mut ids: Vec<Box<[u8]>>,
         clock: Timestamp,
     ) -> Vec<Outbound> {
         // Every tombstone of each id; ids are distinct within a message, so
         // the k-th tombstones of the ids go in the k-th layer of messages.
         let mut layers: Vec<Vec<Entry>> = Vec::new();
-        let mut ids = ids;
         ids.sort_unstable();
         ids.dedup();
         for id in ids {
@@ -1193,7 +1196,8 @@ impl Engine {
             .peers
             .keys()
             .all(|r| self.log.peer(r).is_some_and(|a| a.acked >= last));
-        if tombs_due && all_acked && self.peers.values().all(|p| p.version >= 3) {
+        let same_rule = self.peers.values().all(|p| p.version >= TOMB_RULE_VERSION);
+        if tombs_due && all_acked && same_rule {
             self.tombs_scanned_ms = now_ms;
             let cut = self
                 .peers
