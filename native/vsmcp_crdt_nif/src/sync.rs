@@ -263,7 +263,7 @@ fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Term<'a> {
     };
     with_engine(env, &s, |e| {
         let mut events = Vec::new();
-        e.forget(directory_of(&r), &mut events);
+        e.forget(&s.store, directory_of(&r), &mut events);
         (ok(), events_term(env, &events, false)).encode(env)
     })
 }
