@@ -2181,3 +2181,262 @@ fn a_raise_does_not_acknowledge_a_delete_whose_tombstone_is_not_here() {
     let vals: Vec<_> = (0..3).map(|i| net.value(i, b"x")).collect();
     assert_eq!(vals, vec![None, None, None], "deleted import back");
 }
+
+// ---------------------------------------------------------------------
+// Membership and stability: each test below failed on the design that
+// trusted the peers an engine had heard since its start and waited for
+// the whole cluster to be quiet (see the module docs of `sync::engine`).
+// ---------------------------------------------------------------------
+
+/// A new engine on `node`'s store (a restart of its sync, not of the
+/// store), with `cfg`.
+fn restart_engine(net: &mut Net, node: usize, cfg: EngineConfig) {
+    let s = net.nodes[node].store.clone();
+    net.nodes[node].engine = Engine::new(&s, cfg);
+}
+
+/// Reopen `node`'s store on its directory with `tune` applied to its
+/// configuration, and start a new engine on it.
+fn reopen_store(net: &mut Net, node: usize, tune: impl FnOnce(&mut StoreConfig)) {
+    let path = net.nodes[node]._dir.path().to_path_buf();
+    net.nodes[node]
+        .store
+        .close(std::time::Duration::from_secs(5))
+        .unwrap();
+    let mut cfg = StoreConfig::new(&path, b"same");
+    tune(&mut cfg);
+    let store = Store::open(cfg).unwrap();
+    store.start_capture();
+    net.nodes[node].engine = Engine::new(&store, fast_cfg(30));
+    net.nodes[node].store = store;
+}
+
+/// A member that is down during a rolling restart of the others' engines
+/// still holds collection back: the delete it missed is not collected
+/// without it, so the record it still holds does not come back when it
+/// returns.
+#[test]
+fn a_member_down_during_a_rolling_restart_blocks_collection() {
+    let mut net = Net::new(3, 0, 1401);
+    net.step(true);
+    net.settle();
+    let s2 = net.nodes[2].store.clone();
+    s2.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s2, b"x", Mutation::Increment(7));
+    net.settle();
+    assert_eq!(net.value(0, b"x"), Some(format!("{:?}", Value::Counter(7))));
+    // Node 2 goes silent; node 0 deletes x; nodes 0 and 1 restart their
+    // engines (a rolling deploy) and keep running.
+    net.cut[2] = true;
+    for i in 0..10 {
+        net.step(i % 2 == 0);
+    }
+    net.nodes[0].store.delete(b"x", Access::MayBlock).unwrap();
+    net.settle();
+    restart_engine(&mut net, 0, fast_cfg(30));
+    restart_engine(&mut net, 1, fast_cfg(30));
+    for _ in 0..3 {
+        net.settle();
+    }
+    // The tombstone waits for node 2.
+    assert_eq!(&tombstones(&net)[..2], &[1, 1]);
+    // Node 2 returns with its copy of x.
+    net.cut[2] = false;
+    for _ in 0..4 {
+        net.settle();
+    }
+    let vals: Vec<_> = (0..3).map(|i| net.value(i, b"x")).collect();
+    assert_eq!(vals, vec![None, None, None], "deleted counter back");
+    // Node 2 acknowledged: now it is collected everywhere.
+    assert_eq!(tombstones(&net), vec![0, 0, 0]);
+}
+
+/// A remove concurrent with an add made on a cut-off member still wins
+/// after the remover's engine restarts, and the three copies read alike
+/// (the remove-wins digest covers the value, so copies that read
+/// differently always exchange states).
+#[test]
+fn a_remove_concurrent_with_a_cut_off_add_wins_after_an_engine_restart() {
+    let mut net = Net::new(3, 0, 1402);
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"s", Kind::ORSet, Access::MayBlock).unwrap();
+    update(&s0, b"s", Mutation::Add(b"x"));
+    update(&s0, b"s", Mutation::Add(b"y"));
+    net.settle();
+    net.cut[2] = true;
+    for i in 0..10 {
+        net.step(i % 2 == 0);
+    }
+    update(&s0, b"s", Mutation::Remove(b"x"));
+    update(&net.nodes[2].store, b"s", Mutation::Add(b"x"));
+    net.settle();
+    restart_engine(&mut net, 0, fast_cfg(30));
+    for _ in 0..3 {
+        net.settle();
+    }
+    net.cut[2] = false;
+    for _ in 0..4 {
+        net.settle();
+    }
+    let vals: Vec<_> = (0..3).map(|i| net.value(i, b"s")).collect();
+    let expected = Some(format!("{:?}", vec![b"y".to_vec()]));
+    assert_eq!(vals, vec![expected.clone(), expected.clone(), expected]);
+}
+
+/// A node whose clock is ahead of the others' offset is still known (a
+/// member): its hellos are accepted, what it sends with its clock is
+/// refused, both sides show the offset, and collection waits for it.
+/// Once its clock is back within the offset it rejoins, the cluster
+/// converges and collection resumes.
+#[test]
+fn a_node_whose_clock_is_refused_is_visible_blocks_collection_and_rejoins() {
+    let mut net = Net::new(3, 0, 1403);
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    s0.create(b"y", Kind::GCounter, Access::MayBlock).unwrap();
+    net.settle();
+    // Node 2 (offset 5 s) takes a clock 1.5 s ahead of the others' 500 ms.
+    reopen_store(&mut net, 2, |c| c.max_clock_offset_ms = 5_000);
+    let ahead = vsmcp_crdt_core::Timestamp::new(vsmcp_crdt_core::hlc::now_ms() + 1_500, 0);
+    net.nodes[2].store.receive_clock(ahead).unwrap();
+    for _ in 0..2 {
+        net.settle();
+    }
+    net.nodes[0].store.delete(b"x", Access::MayBlock).unwrap();
+    for _ in 0..2 {
+        net.settle();
+    }
+    let me2 = net.nodes[2].engine.me().clone();
+    let seen = net.nodes[0].engine.peer_info();
+    let p2 = seen.iter().find(|p| p.id == me2).expect("node 2 known");
+    assert!(p2.refused_ahead_ms >= 1_000, "{p2:?}");
+    assert!(p2.clock_offset_ms >= 1_000, "{p2:?}");
+    assert!(net.nodes[0].engine.counters().rejected[Reject::ClockAhead as usize] > 0);
+    // Node 2 is a member whose frontier cannot pass the delete: held.
+    assert_eq!(&tombstones(&net)[..2], &[1, 1]);
+    // Its clock is fixed when wall time passes it (here: waiting for it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while vsmcp_crdt_core::hlc::now_ms() < ahead.wall_ms {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for _ in 0..4 {
+        net.settle();
+    }
+    let vals: Vec<_> = (0..3).map(|i| net.value(i, b"x")).collect();
+    assert_eq!(vals, vec![None, None, None]);
+    assert_eq!(tombstones(&net), vec![0, 0, 0]);
+}
+
+/// A peer that restarts in the middle of catching up, again and again,
+/// leaves no transfer behind: each superseded session's transfer goes
+/// with it, and a digest request while a transfer to the same session is
+/// under way is refused (one at a time), not queued again.
+#[test]
+fn transfers_go_with_their_session_and_one_runs_at_a_time() {
+    let mut net = Net::new(2, 0, 1404);
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    for k in 0..3_000u32 {
+        let id = format!("id{k}");
+        s0.create(id.as_bytes(), Kind::GCounter, Access::MayBlock)
+            .unwrap();
+        update(&s0, id.as_bytes(), Mutation::Increment(i128::from(k) + 1));
+    }
+    net.settle();
+    // Node 1 is replaced by an empty replica that restarts its engine as
+    // soon as node 0 queued a transfer for it, ten times.
+    reopen_fresh(&mut net, 1);
+    for _ in 0..10 {
+        // Hellos both ways, a digest from node 1: node 0 queues its states.
+        let mut ev = Vec::new();
+        let s1 = net.nodes[1].store.clone();
+        let hello = net.nodes[1].engine.hello(&s1, &mut ev);
+        net.send(1, vec![hello]);
+        let (_, outs) = net.nodes[1].engine.round(&s1, net.now, &mut ev);
+        net.send(1, outs);
+        // Deliver only to node 0 (its answers to node 1 are lost).
+        let q: Vec<_> = net.queue.drain(..).filter(|(to, _)| *to == 0).collect();
+        for (_, bytes) in q {
+            let n = &mut net.nodes[0];
+            let _ = n.engine.receive(&n.store, &bytes, net.now, &mut ev);
+        }
+        assert!(net.nodes[0].engine.queued_transfers() <= 2 * 256);
+        restart_engine(&mut net, 1, fast_cfg(30));
+    }
+    // The last session's transfer at most.
+    assert!(net.nodes[0].engine.queued_transfers() <= 256 + 2);
+    for _ in 0..3 {
+        net.settle();
+    }
+    assert_eq!(net.nodes[0].engine.queued_transfers(), 0);
+    assert_eq!(
+        net.value(1, b"id2999"),
+        Some(format!("{:?}", Value::Counter(3000)))
+    );
+}
+
+/// An empty directory in place of `node`'s (a new replica).
+fn reopen_fresh(net: &mut Net, node: usize) {
+    let fresh = open(vec![1, 2, 3, 4]);
+    net.nodes[node] = fresh;
+    let s = net.nodes[node].store.clone();
+    net.nodes[node].engine = Engine::new(&s, fast_cfg(30));
+}
+
+/// A session silent for ten times `down_after_ms` is dropped (as the docs
+/// say); its directory stays a member until `member_expiry_ms`, then
+/// leaves with its frontier as its cut. What it created while away and
+/// nobody had seen is kept when it returns; what was deleted stays
+/// deleted.
+#[test]
+fn sessions_drop_after_ten_downs_and_members_expire_by_rule() {
+    let mut net = Net::new(3, 0, 1405);
+    let cfg = EngineConfig {
+        down_after_ms: 100,
+        member_expiry_ms: 3_000,
+        ..fast_cfg(30)
+    };
+    for i in 0..3 {
+        restart_engine(&mut net, i, cfg.clone());
+    }
+    net.step(true);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    net.settle();
+    net.cut[2] = true;
+    net.nodes[2]
+        .store
+        .create(b"mine", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    s0.delete(b"x", Access::MayBlock).unwrap();
+    let me2 = net.nodes[2].engine.me().clone();
+    let dir2 = vsmcp_crdt_core::sync::engine::directory_of(&me2).to_vec();
+    // 1 s later (10 x 100 ms): the session is gone, the member is not.
+    for i in 0..120 {
+        net.step(i % 2 == 0);
+    }
+    assert!(!net.nodes[0].engine.peer_info().iter().any(|p| p.id == me2));
+    assert!(net.nodes[0].store.is_member(&dir2));
+    assert_eq!(&tombstones(&net)[..2], &[1, 1]);
+    // After the expiry: removed, and collection goes on without it.
+    for i in 0..250 {
+        net.step(i % 2 == 0);
+    }
+    assert!(!net.nodes[0].store.is_member(&dir2));
+    assert_eq!(&tombstones(&net)[..2], &[0, 0]);
+    // It returns: x stays deleted, its own create is kept everywhere.
+    net.cut[2] = false;
+    for _ in 0..4 {
+        net.settle();
+    }
+    for i in 0..3 {
+        assert_eq!(net.value(i, b"x"), None, "node {i}");
+        assert_eq!(
+            net.value(i, b"mine"),
+            Some(format!("{:?}", Value::Counter(0)))
+        );
+    }
+}
