@@ -509,6 +509,19 @@ impl ORSet {
         Ok(())
     }
 
+    /// Elements holding a remove token (remove-wins only): what causal
+    /// stability has yet to collect. O(elements).
+    pub fn remove_token_count(&self) -> usize {
+        if self.policy != Policy::RemoveWins {
+            return 0;
+        }
+        self.elems
+            .entries
+            .iter()
+            .filter(|e| e.dots.iter().any(|d| d.is_remove()))
+            .count()
+    }
+
     /// Whether some element holds a remove token (remove-wins only).
     pub fn has_remove_tokens(&self) -> bool {
         self.policy == Policy::RemoveWins

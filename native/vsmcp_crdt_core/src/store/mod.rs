@@ -1152,6 +1152,23 @@ impl Store {
         }
     }
 
+    /// Elements of `id` holding a remove token (diagnostics: what causal
+    /// stability has yet to collect; 0 for other types and ids not in
+    /// memory). O(elements).
+    pub fn remove_tokens(&self, id: &[u8]) -> usize {
+        let body = {
+            let sh = self.0.lock_state_unchecked(id);
+            match sh.tiers.get(id).map(|s| &s.body) {
+                Some(Body::Hot(c)) => Arc::clone(c),
+                _ => return 0,
+            }
+        };
+        match &*body {
+            Crdt::ORSet(s) => s.remove_token_count(),
+            _ => 0,
+        }
+    }
+
     /// The tombstone of `id`, if it was deleted (also when it was created
     /// again since: the tombstone still kills late copies of what it
     /// deleted).

@@ -474,6 +474,8 @@ pub struct Engine {
     collectable: HashMap<Box<[u8]>, Snapshot>,
     /// When collection last ran.
     collected_ms: Option<u64>,
+    /// Which peer's transfer goes first at the next tick.
+    transfer_turn: usize,
     /// The caller's clock at our first tick.
     started_ms: Option<u64>,
     /// Our stability report, due to be sent with the next tick:
@@ -562,6 +564,7 @@ impl Engine {
             hashes: (0..BUCKETS).map(|_| HashMap::new()).collect(),
             collectable: HashMap::new(),
             collected_ms: None,
+            transfer_turn: 0,
             started_ms: None,
             report: None,
             transfers: Default::default(),
@@ -702,9 +705,21 @@ impl Engine {
             .filter(|r| self.peers.get(*r).is_some_and(|p| p.up))
             .cloned()
             .collect();
-        for r in pending {
-            out.extend(self.drain_transfer(store, &r, clock));
+        // One budget per tick over every peer, starting with a different
+        // one each tick: many peers catching up at once (or forged ones)
+        // cost no more per tick than one.
+        let n = pending.len();
+        let mut spent = 0usize;
+        for k in 0..n {
+            if spent >= TRANSFER_BYTES_PER_CALL {
+                break;
+            }
+            let r = &pending[(self.transfer_turn + k) % n];
+            let (o, bytes) = self.drain_transfer_bytes(store, r, clock);
+            out.extend(o);
+            spent += bytes;
         }
+        self.transfer_turn = self.transfer_turn.wrapping_add(1);
         if let Some((stable, at)) = self.report.take() {
             let msg = Message::Frontier {
                 from: self.me.clone(),
@@ -1020,17 +1035,25 @@ impl Engine {
             self.reject(events, Some(&from), Reject::Version, "version not spoken");
             return Vec::new();
         }
-        if let (Message::Hello { .. }, Some(c)) = (&msg, clock) {
-            // A hello too far ahead still makes its sender known (and a
-            // member): it is only not taken into our clock (`on_hello`).
-            let _ = store.receive_clock(c);
-        } else if let Some(c) = clock {
+        // A clock more than `max_clock_offset` ahead is not taken into ours
+        // (the HLC receive rule refuses it), but the message is handled: a
+        // node whose clock ran ahead, or whose persisted clock is ahead
+        // after its clock was fixed, stays known, acknowledged and a
+        // member, and receives everything. What it sends that is stamped
+        // beyond the offset (creates, register values, deletes) is refused
+        // entry by entry (`merge_entries`) until our clock reaches it;
+        // such a refusal voids its log as a proof, so collection that
+        // depends on it waits. A hello is checked in `on_hello`.
+        if let Some(c) = clock {
             if let Err(e) = store.receive_clock(c) {
+                let hello = matches!(msg, Message::Hello { .. });
                 if let (Error::ClockSkew { ahead_ms }, Some(p)) = (&e, self.peers.get_mut(&from)) {
                     p.refused_ahead_ms = *ahead_ms;
                 }
-                self.reject(events, Some(&from), Reject::ClockAhead, &e.to_string());
-                return Vec::new();
+                if !hello {
+                    let why = format!("{e}: not taken into our clock");
+                    self.reject(events, Some(&from), Reject::ClockAhead, &why);
+                }
             }
         }
         let env_clock = clock;
@@ -1564,8 +1587,18 @@ impl Engine {
     /// states until [`TRANSFER_BYTES_PER_CALL`] is passed, in `States`
     /// messages of at most 1 MiB, and the messages queued behind them.
     fn drain_transfer(&mut self, store: &Store, to: &ReplicaId, clock: Timestamp) -> Vec<Outbound> {
+        self.drain_transfer_bytes(store, to, clock).0
+    }
+
+    /// [`Engine::drain_transfer`], with the bytes of states it encoded.
+    fn drain_transfer_bytes(
+        &mut self,
+        store: &Store,
+        to: &ReplicaId,
+        clock: Timestamp,
+    ) -> (Vec<Outbound>, usize) {
         let Some(mut q) = self.transfers.remove(to) else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         let mut out = Vec::new();
         let mut entries: Vec<Entry> = Vec::new();
@@ -1626,7 +1659,7 @@ impl Engine {
         } else {
             self.queued.remove(to);
         }
-        out
+        (out, bytes)
     }
 
     /// Collection (see "Membership and stability"), at most once per
