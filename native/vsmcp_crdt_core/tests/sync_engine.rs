@@ -2453,3 +2453,40 @@ fn sessions_drop_after_ten_downs_and_members_expire_by_rule() {
         );
     }
 }
+
+/// A forgotten replica stays refused after the forgetting engine restarts
+/// (the directory is recorded as forgotten with the store), and the others
+/// collect without it.
+#[test]
+fn a_forgotten_replica_stays_refused_across_engine_restarts() {
+    let mut net = Net::new(3, 0, 1406);
+    net.step(true);
+    net.settle();
+    let me2 = net.nodes[2].engine.me().clone();
+    let dir2 = vsmcp_crdt_core::sync::engine::directory_of(&me2).to_vec();
+    net.cut[2] = true;
+    for i in 0..2 {
+        let s = net.nodes[i].store.clone();
+        let mut ev = Vec::new();
+        net.nodes[i].engine.forget(&s, &dir2, &mut ev);
+    }
+    net.nodes[0]
+        .store
+        .create(b"x", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    net.settle();
+    net.nodes[0].store.delete(b"x", Access::MayBlock).unwrap();
+    restart_engine(&mut net, 0, fast_cfg(30));
+    restart_engine(&mut net, 1, fast_cfg(30));
+    for _ in 0..3 {
+        net.settle();
+    }
+    assert_eq!(&tombstones(&net)[..2], &[0, 0]);
+    net.cut[2] = false;
+    for _ in 0..2 {
+        net.settle();
+    }
+    assert!(!net.nodes[0].store.is_member(&dir2));
+    assert!(!net.nodes[0].engine.peer_info().iter().any(|p| p.id == me2));
+    assert!(net.nodes[0].engine.counters().rejected[Reject::Forgotten as usize] > 0);
+}

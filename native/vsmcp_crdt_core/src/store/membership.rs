@@ -19,6 +19,10 @@ use crate::error::{Error, Result};
 /// Prefix of the membership keys.
 pub const MEMBER_PREFIX: &[u8] = b"member/";
 
+/// Prefix of the directories removed by `forget_replica` (their sessions
+/// are refused for good).
+pub const FORGOTTEN_PREFIX: &[u8] = b"forgotten/";
+
 /// Most members a store keeps: a hello from yet another directory is
 /// refused (a bound on what forged hellos can make it hold).
 pub const MAX_MEMBERS: usize = 256;
@@ -68,6 +72,27 @@ impl Store {
     /// arrives (`merge_remote`). A no-op for a directory that is not a
     /// member, except for the cut.
     pub fn remove_member(&self, dir: &[u8], cut: u64) -> Result<()> {
+        self.remove_member_as(dir, cut, false)
+    }
+
+    /// [`Store::remove_member`], and record `dir` as forgotten (persisted
+    /// with the removal): see [`Store::forgotten`].
+    pub fn forget_member(&self, dir: &[u8], cut: u64) -> Result<()> {
+        self.remove_member_as(dir, cut, true)
+    }
+
+    /// The directories forgotten with [`Store::forget_member`].
+    pub fn forgotten(&self) -> Result<Vec<Box<[u8]>>> {
+        Ok(self
+            .0
+            .cold
+            .meta_with_prefix(FORGOTTEN_PREFIX)?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    fn remove_member_as(&self, dir: &[u8], cut: u64, forget: bool) -> Result<()> {
         let inner = &self.0;
         let mut members = inner.members.lock();
         let mut cuts = inner.member_cuts.lock();
@@ -79,6 +104,10 @@ impl Store {
         }
         if members.contains_key(dir) {
             ops.push(BatchOp::DeleteMetaKey([MEMBER_PREFIX, dir].concat().into()));
+        }
+        if forget {
+            let key: Box<[u8]> = [FORGOTTEN_PREFIX, dir].concat().into();
+            ops.push(BatchOp::PutMetaKey(key, Vec::new()));
         }
         if ops.is_empty() {
             return Ok(());

@@ -559,7 +559,12 @@ impl Engine {
             cfg,
             peers: Default::default(),
             members,
-            forgotten: HashSet::new(),
+            forgotten: store
+                .forgotten()
+                .unwrap_or_default()
+                .into_iter()
+                .map(Vec::from)
+                .collect(),
             digest: Digest::new(),
             hashes: (0..BUCKETS).map(|_| HashMap::new()).collect(),
             collectable: HashMap::new(),
@@ -937,7 +942,7 @@ impl Engine {
         }
         let cut = store.tick_clock().to_u64();
         let _ = store.flush();
-        let _ = store.remove_member(directory, cut);
+        let _ = store.forget_member(directory, cut);
         let gone: Vec<ReplicaId> = self
             .peers
             .keys()
