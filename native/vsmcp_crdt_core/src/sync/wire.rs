@@ -735,6 +735,48 @@ mod tests {
     }
 
     #[test]
+    fn version_4_golden_vectors() {
+        let a = ReplicaId::from("a");
+        let t = Timestamp::new(5, 1);
+        // States in version 4: [bin "a", [], true, seq 7, 5, 1].
+        let states = Message::States {
+            from: a.clone(),
+            entries: Vec::new(),
+            last: true,
+        };
+        let b = states.encode_seq(4, t, 7);
+        assert_eq!(hex(&b), "c9040596c4016190c3070501");
+        let env = Message::decode_envelope(&b).unwrap();
+        assert_eq!((env.version, env.seq, env.clock), (4, 7, Some(t)));
+        assert_eq!(env.msg, states);
+        // The same message in version 3 has no seq.
+        assert_eq!(hex(&states.encode_seq(3, t, 7)), "c9030595c4016190c30501");
+        // Frontier: [bin "a", 9, 8, 5, 1].
+        let f = Message::Frontier {
+            from: a.clone(),
+            stable: 9,
+            at: 8,
+        };
+        let b = f.encode_with(4, t);
+        assert_eq!(hex(&b), "c9040795c4016109080501");
+        assert_eq!(Message::decode(&b).unwrap(), f);
+        // AnswerEnd: [bin "a", 3, 2, 10, 5, 1].
+        let e = Message::AnswerEnd {
+            from: a,
+            first: 3,
+            last: 2,
+            log_pos: 10,
+        };
+        let b = e.encode_with(4, t);
+        assert_eq!(hex(&b), "c9040896c4016103020a0501");
+        assert_eq!(Message::decode(&b).unwrap(), e);
+        // Neither exists before version 4.
+        let mut old = b.clone();
+        old[1] = 3;
+        assert!(Message::decode(&old).is_err());
+    }
+
+    #[test]
     fn golden_vectors() {
         // The sample entry: a record (c802) of a G-Counter delta, header
         // c70101, body [[bin "a", 2]]:
