@@ -2490,3 +2490,40 @@ fn a_forgotten_replica_stays_refused_across_engine_restarts() {
     assert!(!net.nodes[0].engine.peer_info().iter().any(|p| p.id == me2));
     assert!(net.nodes[0].engine.counters().rejected[Reject::Forgotten as usize] > 0);
 }
+
+/// A digest request costs at most one transfer per peer: while our states
+/// are still going to a peer (more than one call's budget), its next
+/// digest request is refused and counted (`busy`), not queued again.
+#[test]
+fn a_digest_request_during_a_transfer_to_the_same_peer_is_refused_and_counted() {
+    let mut net = Net::new(2, 0, 1407);
+    net.step(true);
+    net.settle();
+    let s0 = net.nodes[0].store.clone();
+    let big = vec![7u8; 100_000];
+    for k in 0..60 {
+        let id = format!("r{k}");
+        s0.create(id.as_bytes(), Kind::LwwRegister, Access::MayBlock)
+            .unwrap();
+        update(&s0, id.as_bytes(), Mutation::Set(&big));
+    }
+    // Node 1 asks twice before node 0 ticks (its answers are held back).
+    let s1 = net.nodes[1].store.clone();
+    let mut ev = Vec::new();
+    let (_, first) = net.nodes[1].engine.round(&s1, net.now, &mut ev);
+    let (_, second) = net.nodes[1].engine.round(&s1, net.now, &mut ev);
+    for bytes in first.into_iter().chain(second).map(|o| o.bytes) {
+        let n = &mut net.nodes[0];
+        let _ = n.engine.receive(&n.store, &bytes, net.now, &mut ev);
+    }
+    assert!(net.nodes[0].engine.queued_transfers() > 0);
+    assert_eq!(
+        net.nodes[0].engine.counters().rejected[Reject::Busy as usize],
+        1
+    );
+    for _ in 0..2 {
+        net.settle();
+    }
+    assert_eq!(net.nodes[0].engine.queued_transfers(), 0);
+    assert_eq!(net.value(1, b"r59"), net.value(0, b"r59"));
+}
