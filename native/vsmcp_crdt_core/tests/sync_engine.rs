@@ -2527,3 +2527,59 @@ fn a_digest_request_during_a_transfer_to_the_same_peer_is_refused_and_counted() 
     assert_eq!(net.nodes[0].engine.queued_transfers(), 0);
     assert_eq!(net.value(1, b"r59"), net.value(0, b"r59"));
 }
+
+// ---------------------------------------------------------------------
+// Review 7 (adversarial) findings on membership and stability.
+// ---------------------------------------------------------------------
+
+const HELLO_TAG: u8 = 6;
+
+/// Review 7, R7-1: a late copy of an older hello (a duplicate, or one
+/// reordered behind a newer one) lowers the peer's announced log position
+/// while its hello clock keeps the newest: the log proof then claims the
+/// newest hello's clock with only the older position received. Node 0
+/// raises node 1's frontier past node 1's create of `x` whose interval it
+/// has not received, persists it as node 1's cut while collecting an
+/// unrelated tombstone, and when the interval arrives the create is
+/// treated as a late copy of a deleted record: `x` (acknowledged, never
+/// deleted by anyone) is deleted on both nodes.
+#[test]
+fn a_late_duplicate_hello_does_not_raise_a_frontier_past_the_log() {
+    let mut net = Net::new(2, 0, 701);
+    net.step(true);
+    net.settle();
+    let s0 = net.nodes[0].store.clone();
+    let s1 = net.nodes[1].store.clone();
+    // A hello of node 1 that the network keeps for later (a duplicate).
+    let mut ev = Vec::new();
+    let old_hello = net.nodes[1].engine.hello(&s1, &mut ev);
+    net.settle();
+    // An unrelated tombstone on node 0, due once node 1's frontier passes it.
+    s0.create(b"junk", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    s0.delete(b"junk", Access::MayBlock).unwrap();
+    pause_ms(2);
+    // Node 1 creates x; its interval to node 0 is delayed, its hello is not.
+    s1.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s1, b"x", Mutation::Increment(5));
+    let no_deltas_1_to_0 =
+        |from: usize, to: usize, tag: u8| !(from == 1 && to == 0 && tag == DELTAS_TAG);
+    step_kept(&mut net, true, &no_deltas_1_to_0);
+    // The old hello arrives again.
+    net.now += 100;
+    let outs = net.nodes[0]
+        .engine
+        .receive(&s0, &old_hello.bytes, net.now, &mut ev);
+    send_kept(&mut net, 0, outs, &no_deltas_1_to_0);
+    deliver_kept(&mut net, &no_deltas_1_to_0);
+    for i in 0..4 {
+        step_kept(&mut net, i % 2 == 1, &no_deltas_1_to_0);
+    }
+    // The network heals: node 1's interval reaches node 0.
+    for _ in 0..3 {
+        net.settle();
+    }
+    let vals: Vec<_> = (0..2).map(|i| net.value(i, b"x")).collect();
+    let five = Some(format!("{:?}", Value::Counter(5)));
+    assert_eq!(vals, vec![five.clone(), five], "acknowledged create lost");
+}

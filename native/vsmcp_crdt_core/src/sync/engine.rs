@@ -1360,9 +1360,15 @@ impl Engine {
         };
         p.last_seen_ms = now_ms;
         p.version = version;
-        p.last_root = Some(announced.root);
-        p.last_log_pos = announced.log_pos;
-        p.hello_clock = p.hello_clock.max(announced.clock.to_u64());
+        // The clock and log position of one hello go together (a log
+        // proof claims what was made before the clock is in the log up to
+        // the position): a late copy of an older hello changes neither.
+        let h = announced.clock.to_u64();
+        if h >= p.hello_clock {
+            p.hello_clock = h;
+            p.last_log_pos = announced.log_pos;
+            p.last_root = Some(announced.root);
+        }
         p.clock_offset_ms = i64::try_from(announced.clock.wall_ms)
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(wall).unwrap_or(i64::MAX));
