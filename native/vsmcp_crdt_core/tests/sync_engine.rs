@@ -1323,7 +1323,7 @@ fn collection_keeps_up_under_continuous_writes() {
         for n in 0..3 {
             update(&net.nodes[n].store, b"busy", Mutation::Increment(1));
         }
-        if deleted < 20 && i % 3 == 0 {
+        if deleted < 20 && i.is_multiple_of(3) {
             let id = format!("d{deleted}");
             net.nodes[(deleted % 3) as usize]
                 .store
@@ -1331,7 +1331,7 @@ fn collection_keeps_up_under_continuous_writes() {
                 .unwrap();
             deleted += 1;
         }
-        net.step(i % 2 == 0);
+        net.step(i.is_multiple_of(2));
         i += 1;
         assert!(i < 3_000, "nothing collected under continuous writes");
     }
@@ -2532,8 +2532,6 @@ fn a_digest_request_during_a_transfer_to_the_same_peer_is_refused_and_counted() 
 // Review 7 (adversarial) findings on membership and stability.
 // ---------------------------------------------------------------------
 
-const HELLO_TAG: u8 = 6;
-
 /// Review 7, R7-1: a late copy of an older hello (a duplicate, or one
 /// reordered behind a newer one) lowers the peer's announced log position
 /// while its hello clock keeps the newest: the log proof then claims the
@@ -2582,4 +2580,152 @@ fn a_late_duplicate_hello_does_not_raise_a_frontier_past_the_log() {
     let vals: Vec<_> = (0..2).map(|i| net.value(i, b"x")).collect();
     let five = Some(format!("{:?}", Value::Counter(5)));
     assert_eq!(vals, vec![five.clone(), five], "acknowledged create lost");
+}
+
+/// The wire tag of `States` messages.
+const STATES_TAG: u8 = 5;
+
+/// Review 7, R7-2: a frontier (a state or log proof) says the member's
+/// own changes are here, not that the member has our delete; tombstones
+/// are collected once every frontier passes them, relying on the cut rule
+/// to kill late copies. An imported record has no creator directory, so
+/// no cut covers it, yet its tombstone is collected all the same. Node 0
+/// deletes an imported `x` while its intervals and tombstone answers to
+/// node 1 are lost: node 1's hellos alone (its log, empty, fully here)
+/// raise its frontier past the delete, node 0 collects, and node 1's copy
+/// of `x` comes back on node 0 and then, once node 1 collected too, on
+/// both for good.
+#[test]
+fn an_imported_record_is_not_collected_before_every_member_has_its_delete() {
+    use vsmcp_crdt_core::store::import::{LegacyEntry, LegacyState};
+    let mut net = Net::new(2, 0, 702);
+    net.step(true);
+    net.settle();
+    net.nodes[0]
+        .store
+        .import_legacy(&[LegacyEntry {
+            id: b"x".to_vec(),
+            state: LegacyState::GCounter(vec![(b"old".to_vec(), 5)]),
+            created_at_ms: None,
+        }])
+        .unwrap();
+    net.settle();
+    assert_eq!(net.value(1, b"x"), Some(format!("{:?}", Value::Counter(5))));
+    // Node 0 deletes x; what it sends node 1 carrying the delete is lost.
+    let no_delete_0_to_1 = |from: usize, to: usize, tag: u8| {
+        !(from == 0 && to == 1 && (tag == DELTAS_TAG || tag == STATES_TAG))
+    };
+    net.nodes[0].store.delete(b"x", Access::MayBlock).unwrap();
+    for i in 0..40 {
+        step_kept(&mut net, i % 2 == 0, &no_delete_0_to_1);
+    }
+    eprintln!(
+        "after phase 1: tombstones {:?}, values {:?} {:?}",
+        tombstones(&net),
+        net.value(0, b"x"),
+        net.value(1, b"x")
+    );
+    // Node 0's interval gets through (its state pushes still do not).
+    let no_states_0_to_1 =
+        |from: usize, to: usize, tag: u8| !(from == 0 && to == 1 && tag == STATES_TAG);
+    for i in 0..40 {
+        step_kept(&mut net, i % 2 == 0, &no_states_0_to_1);
+    }
+    eprintln!(
+        "after phase 2: tombstones {:?}, values {:?} {:?}",
+        tombstones(&net),
+        net.value(0, b"x"),
+        net.value(1, b"x")
+    );
+    for _ in 0..3 {
+        net.settle();
+    }
+    let vals: Vec<_> = (0..2).map(|i| net.value(i, b"x")).collect();
+    assert_eq!(vals, vec![None, None], "deleted import back");
+}
+
+/// Review 7, R7-3: a member's stability report covers only its own
+/// members. Nodes 1 and 2 never hear each other (a partial partition
+/// from the start), both talk to node 0. Node 2 removes `x`; node 1's
+/// report (the least of its frontiers: node 0's, and its clock) passes
+/// node 0's snapshot of the set although node 1 never received the
+/// remove token (node 0 only relays it by state transfer, which is lost
+/// here), so node 0 collects it. Node 1 then adds `x` without having seen
+/// the remove (a concurrent add), and `x` is back on every node: the
+/// remove does not win.
+#[test]
+fn a_remove_is_not_stable_while_a_member_lacks_it_across_a_partial_partition() {
+    let mut net = Net::new(3, 0, 703);
+    let apart = |from: usize, to: usize| (from == 1 && to == 2) || (from == 2 && to == 1);
+    let partial = move |from: usize, to: usize, _tag: u8| !apart(from, to);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"s", Kind::ORSet, Access::MayBlock).unwrap();
+    update(&s0, b"s", Mutation::Add(b"x"));
+    update(&s0, b"s", Mutation::Add(b"y"));
+    for i in 0..40 {
+        step_kept(&mut net, i % 2 == 0, &partial);
+    }
+    let xy = Some(format!("{:?}", vec![b"x".to_vec(), b"y".to_vec()]));
+    assert_eq!(net.value(1, b"s"), xy);
+    assert_eq!(net.value(2, b"s"), xy);
+    // Node 2 removes x; node 0's state pushes to node 1 are lost.
+    update(&net.nodes[2].store, b"s", Mutation::Remove(b"x"));
+    let no_push_0_to_1 = move |from: usize, to: usize, tag: u8| {
+        partial(from, to, tag) && !(from == 0 && to == 1 && tag == STATES_TAG)
+    };
+    let mut i = 0;
+    while net.nodes[0].engine.counters().collected_elements == 0 && i < 400 {
+        step_kept(&mut net, i % 2 == 0, &no_push_0_to_1);
+        i += 1;
+    }
+    eprintln!(
+        "node 0 collected {} after {i} steps; node 1 reads {:?}",
+        net.nodes[0].engine.counters().collected_elements,
+        net.value(1, b"s")
+    );
+    // Node 1, which never saw the remove, adds x (concurrent with it).
+    update(&net.nodes[1].store, b"s", Mutation::Add(b"x"));
+    for i in 0..120 {
+        step_kept(&mut net, i % 2 == 0, &partial);
+    }
+    let y = Some(format!("{:?}", vec![b"y".to_vec()]));
+    let vals: Vec<_> = (0..3).map(|i| net.value(i, b"s")).collect();
+    assert_eq!(vals, vec![y.clone(), y.clone(), y], "removed element back");
+}
+
+/// Review 7, R7-4: hellos from sync ids too short to hold a directory
+/// are "synced with, never a member": they skip the membership bound
+/// (`MAX_MEMBERS`, `Reject::TooManyPeers`), so every forged hello with a
+/// fresh short id adds a session (with its log entry, and an answer of a
+/// hello, a flush and a 2 KB digest request) kept for ten times
+/// `down_after_ms`. The sessions an engine holds must stay bounded.
+#[test]
+fn forged_hellos_with_short_ids_do_not_grow_sessions_without_bound() {
+    use vsmcp_crdt_core::causal::ReplicaId;
+    use vsmcp_crdt_core::sync::Message;
+    let mut net = Net::new(1, 0, 704);
+    net.step(true);
+    let n = &mut net.nodes[0];
+    let mut ev = Vec::new();
+    let mut answered = 0usize;
+    for k in 0..5_000u32 {
+        let hello = Message::Hello {
+            // 20 bytes: a 4-byte "directory" of its own, and a session.
+            from: ReplicaId::new(&[&k.to_be_bytes()[..], &[7u8; 16][..]].concat()),
+            versions: vec![1, 2, 3, 4],
+            clock: n.store.clock(),
+            root: 0,
+            log_pos: 0,
+            attrs: Vec::new(),
+        };
+        let bytes = hello.encode_with(1, n.store.clock());
+        answered += n.engine.receive(&n.store, &bytes, 2_000, &mut ev).len();
+        ev.clear();
+    }
+    let sessions = n.engine.peer_info().len();
+    eprintln!("{sessions} sessions, {answered} messages sent in answer");
+    assert!(
+        sessions <= 256 + 1,
+        "{sessions} sessions held for forged ids"
+    );
 }

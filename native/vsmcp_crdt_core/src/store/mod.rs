@@ -1031,8 +1031,8 @@ impl Store {
     /// tombstone whose delete came before `cut` (at most the least of
     /// them) is dropped, from memory and from disk, if the creators of the
     /// generations it kills have a cut above their creates (a creator
-    /// that is not a member keeps its tombstones; imports have no creator
-    /// directory and are collected). Pending writes are flushed first, so
+    /// that is not a member keeps its tombstones, and so does an import,
+    /// which has no creator directory). Pending writes are flushed first, so
     /// the delete a tombstone stands for is on disk before the tombstone
     /// leaves it; one written since is left for a later call. Runs on a
     /// dirty scheduler; each shard's lock is held for one pass over its
@@ -1082,10 +1082,13 @@ impl Store {
             let mut gone: Vec<Box<[u8]>> = Vec::new();
             let mut floor = u64::MAX;
             let cuts = inner.member_cuts.lock();
+            // A generation with no creator directory (an import, a record
+            // from before generations) has no cut to stand in for its
+            // tombstone: that is kept.
             let covered = |t: &Tombs| {
                 t.iter().all(|t| {
-                    t.gen.replica.len() != record::REPLICA_BYTES
-                        || cuts
+                    t.gen.replica.len() == record::REPLICA_BYTES
+                        && cuts
                             .get(&t.gen.replica[..record::DIRECTORY_BYTES])
                             .is_some_and(|c| *c > t.gen.stamp)
                 })

@@ -96,6 +96,10 @@ const MAX_ID_BYTES: usize = 64;
 /// exchange. Its directory stays a member (see `member_expiry_ms`).
 const EXPIRE_AFTER_DOWNS: u64 = 10;
 
+/// Most sessions held at once of ids that name no member directory (a
+/// member's directory has one session: a new one supersedes the old).
+const MAX_OTHER_SESSIONS: usize = 16;
+
 /// `States` sequence numbers remembered per peer, to check that an answer
 /// to our digest arrived whole.
 const STATES_WINDOW: usize = 4096;
@@ -410,17 +414,20 @@ impl Peer {
     }
 }
 
+/// A frontier report: `(directory, frontier)`.
+type Frontiers = Vec<(Vec<u8>, u64)>;
+
 /// What this engine knows of a member directory (its membership itself is
 /// persisted by the store).
 #[derive(Debug, Clone, Default)]
 struct Member {
     /// `F[d]`, see the module docs.
     frontier: u64,
-    /// Its latest stability report that counts (its hello is within our
-    /// frontier of it).
-    stable: u64,
-    /// A newer report that does not count yet: `(stable, at)`.
-    pending: Option<(u64, u64)>,
+    /// Its reports that count (each one's hello is within our frontier of
+    /// it), joined: its frontier of each directory it knows.
+    report: std::collections::BTreeMap<Box<[u8]>, u64>,
+    /// A newer report that does not count yet: `(at, frontiers)`.
+    pending: Option<(u64, Frontiers)>,
     /// The caller's clock when a hello of it was last accepted (the
     /// engine's start for a member not heard since).
     last_seen_ms: u64,
@@ -430,20 +437,58 @@ impl Member {
     /// Raise the frontier; a pending report may count now.
     fn raise(&mut self, frontier: u64) {
         self.frontier = self.frontier.max(frontier);
-        if let Some((stable, at)) = self.pending {
-            if at <= self.frontier {
-                self.stable = self.stable.max(stable);
-                self.pending = None;
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|(at, _)| *at <= self.frontier)
+        {
+            if let Some((_, f)) = self.pending.take() {
+                self.join_report(f);
             }
         }
     }
 
-    fn report(&mut self, stable: u64, at: u64) {
+    fn report(&mut self, at: u64, frontiers: Vec<(Vec<u8>, u64)>) {
         if at <= self.frontier {
-            self.stable = self.stable.max(stable);
-        } else if self.pending.is_none_or(|(_, a)| a < at) {
-            self.pending = Some((stable, at));
+            self.join_report(frontiers);
+        } else if self.pending.as_ref().is_none_or(|(a, _)| *a < at) {
+            self.pending = Some((at, frontiers));
         }
+    }
+
+    /// Facts about the past only grow: each directory's frontier is the
+    /// highest reported.
+    fn join_report(&mut self, frontiers: Vec<(Vec<u8>, u64)>) {
+        for (dir, f) in frontiers {
+            let e = self.report.entry(dir.into_boxed_slice()).or_insert(0);
+            *e = (*e).max(f);
+        }
+    }
+
+    /// Its stability as far as we can judge it: the least frontier it
+    /// reported, over every directory it knows and every one of `ours`
+    /// (our members and us: a directory it does not report counts as 0),
+    /// but itself. A directory it reports that we do not know (and did not
+    /// forget) counts as 0 too: that one's operations may reach us only
+    /// through others, and it never told us what it has (a partial
+    /// partition), so nothing is stable until we hear it ourselves.
+    fn stable_for(&self, itself: &[u8], ours: &[&[u8]], forgotten: &HashSet<Vec<u8>>) -> u64 {
+        let missing = ours
+            .iter()
+            .any(|d| *d != itself && !self.report.contains_key(*d));
+        let unknown = self
+            .report
+            .keys()
+            .any(|d| &d[..] != itself && !ours.contains(&&d[..]) && !forgotten.contains(&d[..]));
+        if missing || unknown {
+            return 0;
+        }
+        self.report
+            .iter()
+            .filter(|(d, _)| &d[..] != itself && !forgotten.contains(&d[..]))
+            .map(|(_, f)| *f)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -478,9 +523,9 @@ pub struct Engine {
     transfer_turn: usize,
     /// The caller's clock at our first tick.
     started_ms: Option<u64>,
-    /// Our stability report, due to be sent with the next tick:
-    /// `(stable, at)`.
-    report: Option<(u64, u64)>,
+    /// Our frontier report, due to be sent with the next tick: `(at,
+    /// frontiers)`.
+    report: Option<(u64, Frontiers)>,
     /// State transfers in progress, per peer.
     transfers: std::collections::BTreeMap<ReplicaId, std::collections::VecDeque<Transfer>>,
     /// Buckets whose states are queued for a peer (not queued twice).
@@ -645,19 +690,10 @@ impl Engine {
                     .iter()
                     .any(|(r, p)| p.up && directory_of(r) == &dir[..]),
                 frontier: m.frontier,
-                stable: m.stable,
+                stable: m.stable_for(dir, &[], &HashSet::new()),
                 last_seen_ms: m.last_seen_ms,
             })
             .collect()
-    }
-
-    /// Our global frontier: every change made by a member before it is here
-    /// (our own: every change made before `clock`).
-    fn global_frontier(&self, clock: u64) -> u64 {
-        self.members
-            .values()
-            .map(|m| m.frontier)
-            .fold(clock, u64::min)
     }
 
     fn out(&mut self, to: Option<&ReplicaId>, msg: &Message, clock: Timestamp) -> Outbound {
@@ -725,11 +761,11 @@ impl Engine {
             spent += bytes;
         }
         self.transfer_turn = self.transfer_turn.wrapping_add(1);
-        if let Some((stable, at)) = self.report.take() {
+        if let Some((at, frontiers)) = self.report.take() {
             let msg = Message::Frontier {
                 from: self.me.clone(),
-                stable,
                 at,
+                frontiers,
             };
             let to: Vec<ReplicaId> = self
                 .peers
@@ -829,6 +865,10 @@ impl Engine {
             })
             .map(|(d, _)| d.clone())
             .collect();
+        // The frontiers become cuts: what they cover must be on disk first.
+        if !gone.is_empty() && store.flush().is_err() {
+            return;
+        }
         for dir in gone {
             let frontier = self.members.get(&dir).map_or(0, |m| m.frontier);
             if store.remove_member(&dir, frontier).is_ok() {
@@ -864,8 +904,12 @@ impl Engine {
     /// next tick, to each peer that reads it.
     pub fn hello(&mut self, store: &Store, events: &mut Vec<Event>) -> Outbound {
         // Every change of a member before our frontier of it is here, as of
-        // now: the report's `stable`, before the clock of the hello.
-        let stable = self.global_frontier(u64::MAX);
+        // now (before the clock of the hello): the report.
+        let frontiers: Vec<(Vec<u8>, u64)> = self
+            .members
+            .iter()
+            .map(|(d, m)| (d.to_vec(), m.frontier))
+            .collect();
         // The clock first: a change made meanwhile has a later stamp than
         // the hello's, and is not claimed by its log position.
         let clock = store.tick_clock();
@@ -880,7 +924,7 @@ impl Engine {
         };
         self.take_local(store, events);
         self.refresh_digest(store);
-        self.report = Some((stable.min(clock.to_u64()), clock.to_u64()));
+        self.report = Some((clock.to_u64(), frontiers));
         let msg = Message::Hello {
             from: self.me.clone(),
             versions: self.cfg.versions.clone(),
@@ -1249,9 +1293,9 @@ impl Engine {
                     self.advance_by_log(store, &from);
                 }
             }
-            Message::Frontier { stable, at, .. } => {
+            Message::Frontier { at, frontiers, .. } => {
                 if let Some(m) = self.members.get_mut(directory_of(&from)) {
-                    m.report(stable, at);
+                    m.report(at, frontiers);
                 }
             }
             Message::States { entries, .. }
@@ -1333,6 +1377,24 @@ impl Engine {
             m.last_seen_ms = now_ms;
         }
         let mut out = Vec::new();
+        if !self.peers.contains_key(&from) && !self.members.contains_key(&dir) {
+            // Sessions of ids that name no member directory (an old build's,
+            // a forger's) are bounded apart, so they never crowd members out.
+            let others = self
+                .peers
+                .keys()
+                .filter(|r| !self.members.contains_key(directory_of(r)))
+                .count();
+            if others >= MAX_OTHER_SESSIONS {
+                self.reject(
+                    events,
+                    Some(&from),
+                    Reject::TooManyPeers,
+                    "too many sessions",
+                );
+                return out;
+            }
+        }
         if !self.peers.contains_key(&from) {
             // A restart of a known directory supersedes its old session.
             let old: Vec<ReplicaId> = self
@@ -1688,10 +1750,17 @@ impl Engine {
         self.refresh_digest(store);
         // Tokens: stable below the least usable report (no member: nothing
         // else can hold a concurrent add).
+        let mine: Vec<u8> = directory_of(&self.me).to_vec();
+        let ours: Vec<&[u8]> = self
+            .members
+            .keys()
+            .map(|d| &d[..])
+            .chain(std::iter::once(&mine[..]))
+            .collect();
         let stable = self
             .members
-            .values()
-            .map(|m| m.stable)
+            .iter()
+            .map(|(d, m)| m.stable_for(d, &ours, &self.forgotten))
             .min()
             .unwrap_or(u64::MAX);
         let due: Vec<Box<[u8]>> = self
@@ -1716,7 +1785,6 @@ impl Engine {
             return;
         }
         let own = own.min(wall_stamp(store));
-        let mine: Vec<u8> = directory_of(&self.me).to_vec();
         let mut cuts: Vec<(&[u8], u64)> = self
             .members
             .iter()

@@ -34,12 +34,13 @@
 //!
 //! | tag | message     | body (then the clock)                           |
 //! |-----|-------------|-------------------------------------------------|
-//! | 7   | `Frontier`  | `[from, stable, at]`                            |
+//! | 7   | `Frontier`  | `[from, at, [[directory, frontier], ..]]`       |
 //! | 8   | `AnswerEnd` | `[from, first, last, log_pos]`                  |
 //!
-//! `Frontier` reports the sender's stable frontier (every operation made
-//! anywhere in its membership before HLC `stable` has reached it) as of its
-//! hello stamped `at`. `AnswerEnd` closes the sender's answer to a digest:
+//! `Frontier` reports, as of the sender's hello stamped `at`, its frontier
+//! of each member directory it knows (everything that directory made
+//! before that HLC stamp has reached the sender), at most
+//! [`MAX_FRONTIERS`] of them. `AnswerEnd` closes the sender's answer to a digest:
 //! its pushed states went in `States` messages `first..=last` (none when
 //! `first > last`), its envelope clock is the moment its state was taken,
 //! and `log_pos` the last position of its log then (its changes up to
@@ -219,16 +220,16 @@ pub enum Message {
         /// Free-form attributes (at most 4 KiB), e.g. the node label.
         attrs: Vec<u8>,
     },
-    /// The sender's stable frontier (version 4): every operation made by a
-    /// member of its cluster before HLC `stable` has reached it, as of its
-    /// hello stamped `at`.
+    /// The sender's frontiers (version 4), as of its hello stamped `at`:
+    /// for each member directory it knows, everything that directory made
+    /// before the stamp has reached the sender.
     Frontier {
         /// The reporting replica.
         from: ReplicaId,
-        /// The frontier (`Timestamp::to_u64`).
-        stable: u64,
         /// The clock of the hello it goes with (`Timestamp::to_u64`).
         at: u64,
+        /// `(directory, frontier)`, at most [`MAX_FRONTIERS`].
+        frontiers: Vec<(Vec<u8>, u64)>,
     },
     /// The end of the sender's answer to the receiver's digest (version
     /// 4): the states it pushed went in its `States` messages numbered
@@ -290,6 +291,9 @@ pub fn check_payload(payload: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Most entries of a `Frontier` report (the store's membership bound).
+pub const MAX_FRONTIERS: usize = crate::store::membership::MAX_MEMBERS;
 
 /// Largest `Hello::attrs`.
 pub const MAX_HELLO_ATTRS: usize = 4096;
@@ -377,8 +381,14 @@ impl Message {
                 entries,
                 last,
             } => rmp_serde::encode::write(&mut out, &(from, entries_ref(entries), last)),
-            Message::Frontier { from, stable, at } => {
-                rmp_serde::encode::write(&mut out, &(from, stable, at))
+            Message::Frontier {
+                from,
+                at,
+                frontiers,
+            } => {
+                let f: Vec<(&Bytes, u64)> =
+                    frontiers.iter().map(|(d, v)| (Bytes::new(d), *v)).collect();
+                rmp_serde::encode::write(&mut out, &(from, at, f))
             }
             Message::AnswerEnd {
                 from,
@@ -590,9 +600,16 @@ impl Message {
                 }
             }
             Tag::Frontier => {
-                let (from, stable, at): (ReplicaId, u64, u64) =
+                let (from, at, f): (ReplicaId, u64, Vec<(ByteBuf, u64)>) =
                     Deserialize::deserialize(&mut de).map_err(de_err)?;
-                Message::Frontier { from, stable, at }
+                if f.len() > MAX_FRONTIERS || f.iter().any(|(d, _)| d.len() > 64) {
+                    return Err(Error::Decode("malformed frontier report".into()));
+                }
+                Message::Frontier {
+                    from,
+                    at,
+                    frontiers: f.into_iter().map(|(d, v)| (d.into_vec(), v)).collect(),
+                }
             }
             Tag::AnswerEnd => {
                 let (from, first, last, log_pos): (ReplicaId, u64, u64, u64) =
@@ -751,14 +768,14 @@ mod tests {
         assert_eq!(env.msg, states);
         // The same message in version 3 has no seq.
         assert_eq!(hex(&states.encode_seq(3, t, 7)), "c9030595c4016190c30501");
-        // Frontier: [bin "a", 9, 8, 5, 1].
+        // Frontier: [bin "a", 8, [[bin "d", 9]], 5, 1].
         let f = Message::Frontier {
             from: a.clone(),
-            stable: 9,
             at: 8,
+            frontiers: vec![(b"d".to_vec(), 9)],
         };
         let b = f.encode_with(4, t);
-        assert_eq!(hex(&b), "c9040795c4016109080501");
+        assert_eq!(hex(&b), "c9040795c40161089192c40164090501");
         assert_eq!(Message::decode(&b).unwrap(), f);
         // AnswerEnd: [bin "a", 3, 2, 10, 5, 1].
         let e = Message::AnswerEnd {
