@@ -536,9 +536,9 @@ impl ORSet {
     /// token, with all its dots (its concurrent add dots, which the token
     /// beats, included); the context keeps every dot, so a copy of them
     /// arriving later is recognised as removed. Only correct when every
-    /// replica holds this very state and nothing concurrent is in flight
-    /// (the sync engine's quiescent point): then every later operation on
-    /// the element is causally after the removes. Returns the elements
+    /// token is stable (see [`ORSet::collect_stable_upto`], which the sync
+    /// engine uses with a snapshot): then every later operation on the
+    /// element is causally after the removes. Returns the elements
     /// dropped. A no-op for deltas and add-wins sets (their removes leave
     /// no tokens).
     pub fn collect_stable(&mut self) -> usize {
