@@ -2729,3 +2729,33 @@ fn forged_hellos_with_short_ids_do_not_grow_sessions_without_bound() {
         "{sessions} sessions held for forged ids"
     );
 }
+
+/// A large store's digest is built page by page (each engine call
+/// bounded), not in one call: right after the engine starts it is partial
+/// and answers prove nothing; a few ticks later it is complete, and a new
+/// replica catches up on every id.
+#[test]
+fn a_large_stores_digest_is_built_over_several_calls() {
+    let mut net = Net::new(2, 0, 1408);
+    let s0 = net.nodes[0].store.clone();
+    for k in 0..45_000u32 {
+        s0.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
+            .unwrap();
+    }
+    restart_engine(&mut net, 0, fast_cfg(30));
+    let mut ev = Vec::new();
+    let _ = net.nodes[0].engine.tick(&s0, net.now, &mut ev);
+    assert!(!net.nodes[0].engine.primed());
+    for _ in 0..3 {
+        let _ = net.nodes[0].engine.tick(&s0, net.now, &mut ev);
+    }
+    assert!(net.nodes[0].engine.primed());
+    for _ in 0..3 {
+        net.settle();
+    }
+    let s1 = &net.nodes[1].store;
+    assert!(s1
+        .metadata(&44_999u32.to_be_bytes(), Access::MayBlock)
+        .is_ok());
+    assert!(s1.metadata(&0u32.to_be_bytes(), Access::MayBlock).is_ok());
+}

@@ -531,9 +531,16 @@ pub struct Engine {
     /// Buckets whose states are queued for a peer (not queued twice).
     queued: std::collections::BTreeMap<ReplicaId, HashSet<u16>>,
     dirty: HashSet<Box<[u8]>>,
-    primed: bool,
+    /// While the digest is being built from the store's ids, page by page:
+    /// the cursor of the next page (`Some(None)`: the first).
+    prime_cursor: Option<Option<Box<[u8]>>>,
     counters: Counters,
 }
+
+/// Ids taken into the digest per engine call while it is first built: a
+/// store of a million ids is primed over many calls, each bounded, instead
+/// of one call of seconds that holds its caller (and anyone waiting on it).
+const PRIME_PAGE: usize = 20_000;
 
 /// Bytes of states encoded per peer per call: a large state transfer (a
 /// late joiner, a long absence) is spread over ticks instead of being built
@@ -620,7 +627,7 @@ impl Engine {
             transfers: Default::default(),
             queued: Default::default(),
             dirty: HashSet::new(),
-            primed: false,
+            prime_cursor: Some(None),
             counters: Counters::default(),
         }
     }
@@ -738,6 +745,9 @@ impl Engine {
     /// hello, drop sessions long down and expire members long silent.
     pub fn tick(&mut self, store: &Store, now_ms: u64, events: &mut Vec<Event>) -> Vec<Outbound> {
         self.take_local(store, events);
+        if !self.primed() {
+            self.refresh_digest(store);
+        }
         let mut out = Vec::new();
         let clock = store.tick_clock();
         let pending: Vec<ReplicaId> = self
@@ -1247,13 +1257,15 @@ impl Engine {
                 };
                 // After our states: the requester's round is over when it
                 // has them.
+                let proves = flushed && version >= STABILITY_VERSION && self.primed();
+                let log_pos = self.log.next_seq() - 1;
                 let q = self.transfers.entry(from.clone()).or_default();
                 q.push_back(Transfer::Then(req, snap));
-                if flushed && version >= STABILITY_VERSION {
+                if proves {
                     q.push_back(Transfer::AnswerEnd {
                         first,
                         clock: snap,
-                        log_pos: self.log.next_seq() - 1,
+                        log_pos,
                     });
                 }
                 out.extend(self.drain_transfer(store, &from, clock));
@@ -1800,15 +1812,35 @@ impl Engine {
         self.refresh_digest(store);
     }
 
+    /// Take the next page of the store's ids into the digest, until every
+    /// id is in (see [`PRIME_PAGE`]). Ids written meanwhile are marked by
+    /// their changes anyway.
+    fn prime_step(&mut self, store: &Store) {
+        let Some(cursor) = self.prime_cursor.take() else {
+            return;
+        };
+        match store.ids_page(cursor.as_deref(), PRIME_PAGE) {
+            Ok((ids, next)) => {
+                self.dirty.extend(ids);
+                // `None` from the store: the listing is complete.
+                self.prime_cursor = next.map(Some);
+            }
+            // Unreadable now: the same page next time.
+            Err(_) => self.prime_cursor = Some(cursor),
+        }
+    }
+
+    /// Whether every id of the store is in the digest. Until then the
+    /// digest is partial: an answer to a peer's digest proves nothing
+    /// (no `AnswerEnd`), as it may miss what we hold.
+    pub fn primed(&self) -> bool {
+        self.prime_cursor.is_none()
+    }
+
     /// Bring the digest up to date with every changed id, and take a
     /// stability snapshot of each remove-wins set holding tokens.
     fn refresh_digest(&mut self, store: &Store) {
-        if !self.primed {
-            self.primed = true;
-            if let Ok(ids) = store.ids() {
-                self.dirty.extend(ids);
-            }
-        }
+        self.prime_step(store);
         if self.dirty.is_empty() {
             return;
         }
