@@ -9,9 +9,9 @@ defmodule Vsmcp.Test.Package do
       `exclude_patterns`;
     * `copy!/1` - exactly those files copied to a directory, with their
       modification times (so cargo, which judges path crates by mtime, does
-      not rebuild a copy that did not change), and `../shared` beside the
-      copy pointing at this checkout's `../shared`, so the copy resolves its
-      dependencies from `../shared/vendor` as the checkout does (no Hex);
+      not rebuild a copy that did not change), and a copy of this checkout's
+      `../shared/vendor` beside it, so the copy resolves its dependencies
+      from `../shared/vendor` as the checkout does (no Hex);
     * `host_project!/2` - a fresh Mix project depending on a copy by `path:`,
       whose `HostApp.check/1` opens a store and counts to 5;
     * `mix/3` - runs `mix` in a host project with a given environment and
@@ -48,8 +48,8 @@ defmodule Vsmcp.Test.Package do
   end
 
   @doc """
-  Copy the package's files to `base/vsmcp_crdt` (emptied first) and link
-  `base/shared` to this checkout's `../shared`. Returns the copy's path.
+  Copy the package's files to `base/vsmcp_crdt` (emptied first) and the
+  vendored packages to `base/shared/vendor`. Returns the copy's path.
   """
   @spec copy!(Path.t()) :: Path.t()
   def copy!(base) do
@@ -64,11 +64,19 @@ defmodule Vsmcp.Test.Package do
       File.touch!(target, File.stat!(source, time: :posix).mtime)
     end
 
-    shared = Path.expand("../shared", @repo_dir)
-    link = Path.join(base, "shared")
+    # A copy, not a link: Mix resolves the vendored packages' own relative
+    # paths (`path: "../rustler"`) from their physical location, and ours
+    # from the copy's, so both must be the same directory.
+    vendor = Path.expand("../shared/vendor", @repo_dir)
+    vendor_copy = Path.join(base, "shared/vendor")
 
-    if File.dir?(shared) and not File.exists?(link) do
-      :ok = File.ln_s(shared, link)
+    if File.dir?(vendor) and not File.dir?(vendor_copy) do
+      File.mkdir_p!(Path.dirname(vendor_copy))
+      File.cp_r!(vendor, vendor_copy)
+      # The originals are read-only; the copy must be removable.
+      for path <- [vendor_copy | Path.wildcard(Path.join(vendor_copy, "**"), match_dot: true)] do
+        File.chmod!(path, if(File.dir?(path), do: 0o755, else: 0o644))
+      end
     end
 
     dest

@@ -4,14 +4,14 @@ defmodule Vsmcp.Test.StaticHTTP do
   directory on 127.0.0.1, on a port the OS picks, standing in for a release
   host that publishes precompiled NIFs.
 
-  GET only, one request per connection (`Connection: close`); a path names
-  a file directly in the directory (anything else is 404). Every request is
+  GET only, one request per connection (`Connection: close`); the files
+  are under `/nifs/` (`/nifs/<name>`, anything else is 404). Every request is
   reported to the process that started the server as
   `{Vsmcp.Test.StaticHTTP, path, status}`, so a test can tell what was
   downloaded. The server is linked to its owner and stops with it.
   """
 
-  @doc "Serve `dir`; returns the base URL (`http://127.0.0.1:<port>`)."
+  @doc "Serve `dir`; returns the base URL (`http://127.0.0.1:<port>/nifs`)."
   @spec start_link!(Path.t()) :: String.t()
   def start_link!(dir) do
     owner = self()
@@ -28,7 +28,7 @@ defmodule Vsmcp.Test.StaticHTTP do
     {:ok, port} = :inet.port(listen)
     acceptor = spawn_link(fn -> accept(listen, dir, owner) end)
     :ok = :gen_tcp.controlling_process(listen, acceptor)
-    "http://127.0.0.1:#{port}"
+    "http://127.0.0.1:#{port}/nifs"
   end
 
   defp accept(listen, dir, owner) do
@@ -70,7 +70,7 @@ defmodule Vsmcp.Test.StaticHTTP do
     end
   end
 
-  defp respond(:GET, dir, "/" <> name) do
+  defp respond(:GET, dir, "/nifs/" <> name) do
     file = Path.join(dir, name)
 
     if name != "" and Path.basename(name) == name and File.regular?(file) do

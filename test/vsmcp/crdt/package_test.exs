@@ -113,7 +113,7 @@ defmodule Vsmcp.CRDT.PackageTest do
 
       # Downloaded once, from the loopback server, and cached.
       assert_received {StaticHTTP, path, 200}
-      assert path == "/" <> ctx.tarball
+      assert path == "/nifs/" <> ctx.tarball
       refute_received {StaticHTTP, _, _}
 
       assert [_] =
