@@ -116,17 +116,18 @@ defmodule VsmcpCrdt.MixProject do
         API: [
           Vsmcp.CRDT.ContextStore,
           Vsmcp.CRDT.Supervisor,
-          Vsmcp.CRDT.Behaviour,
-          Vsmcp.CRDT.HLC
+          Vsmcp.CRDT.Telemetry
         ],
         "Pure types": [
+          Vsmcp.CRDT.Behaviour,
           Vsmcp.CRDT.Types.GCounter,
           Vsmcp.CRDT.Types.PNCounter,
           Vsmcp.CRDT.Types.ORSet,
           Vsmcp.CRDT.Types.LWWRegister,
-          Vsmcp.CRDT.Types.EncodedState
+          Vsmcp.CRDT.HLC
         ],
         Sync: [
+          Vsmcp.CRDT.Sync.Peer,
           Vsmcp.CRDT.Sync.Transport,
           Vsmcp.CRDT.Sync.Transport.PubSub,
           Vsmcp.CRDT.Sync.Transport.PG
@@ -138,9 +139,6 @@ defmodule VsmcpCrdt.MixProject do
         ],
         Testing: [
           Vsmcp.CRDT.Sync.Transport.Faulty
-        ],
-        Instrumentation: [
-          Vsmcp.CRDT.Telemetry
         ]
       ]
     ]

@@ -1,43 +1,44 @@
 defmodule Vsmcp.CRDT.Native do
-  @moduledoc """
-  Stubs for the Rust NIF library `native/vsmcp_crdt_nif`.
-
-  Every function here is replaced by the Rust NIF when this module is loaded
-  (`@on_load`). The Elixir bodies only run if the library failed to load, and
-  then raise `:nif_not_loaded`.
-
-  This module is internal glue: it does no argument checking and has no
-  stable API. Call the documented modules in `lib/vsmcp/crdt/` instead.
-
-  ## Where the library comes from
-
-  Through `RustlerPrecompiled`, when this module compiles:
-
-    * **Precompiled** (the default): the library for this OS, CPU and NIF
-      version is downloaded from the release
-      (`<source_url>/releases/download/v<version>`, or
-      `$VSMCP_CRDT_NIF_BASE_URL`), checked against the SHA-256 in
-      `checksum-Elixir.Vsmcp.CRDT.Native.exs` and loaded from
-      `priv/native/`. No Rust toolchain is needed.
-    * **Built locally** when `VSMCP_CRDT_BUILD=1` (or `true`) is set, or
-      `config :rustler_precompiled, :force_build, vsmcp_crdt: true`, and
-      always in `MIX_ENV=test`: `use Rustler` runs `cargo rustc --release`
-      in `native/vsmcp_crdt_nif` and installs
-      `priv/native/libvsmcp_crdt_nif.so`. The test build enables the cargo
-      feature `fault-injection` (the test suite fails writes on purpose with
-      it); any other build never has it. Cargo's target directory is
-      `$CARGO_TARGET_DIR`, or `~/.cache/vsmcp_crdt/target`, so the bundled
-      RocksDB is compiled once per machine, not once per checkout or
-      dependent project.
-    * `MIX_ENV=docs` (`mix docs`) neither builds nor loads it.
-
-  Cost: each function is one NIF call; the `_dirty` variants run on a
-  dirty scheduler, the others must return within about a millisecond (see
-  `Vsmcp.CRDT.Types.EncodedState` and `Vsmcp.CRDT.ContextStore`).
-  Invariant: the module loads only if `:erlang.load_nif/2` succeeds
-  (`@on_load`), so in a running system every function here is the Rust
-  one.
-  """
+  # Internal: hidden from the documentation.
+  #
+  # Stubs for the Rust NIF library `native/vsmcp_crdt_nif`.
+  #
+  # Every function here is replaced by the Rust NIF when this module is loaded
+  # (`@on_load`). The Elixir bodies only run if the library failed to load, and
+  # then raise `:nif_not_loaded`.
+  #
+  # This module is internal glue: it does no argument checking and has no
+  # stable API. Call the documented modules in `lib/vsmcp/crdt/` instead.
+  #
+  # ## Where the library comes from
+  #
+  # Through `RustlerPrecompiled`, when this module compiles:
+  #
+  #   * **Precompiled** (the default): the library for this OS, CPU and NIF
+  #     version is downloaded from the release
+  #     (`<source_url>/releases/download/v<version>`, or
+  #     `$VSMCP_CRDT_NIF_BASE_URL`), checked against the SHA-256 in
+  #     `checksum-Elixir.Vsmcp.CRDT.Native.exs` and loaded from
+  #     `priv/native/`. No Rust toolchain is needed.
+  #   * **Built locally** when `VSMCP_CRDT_BUILD=1` (or `true`) is set, or
+  #     `config :rustler_precompiled, :force_build, vsmcp_crdt: true`, and
+  #     always in `MIX_ENV=test`: `use Rustler` runs `cargo rustc --release`
+  #     in `native/vsmcp_crdt_nif` and installs
+  #     `priv/native/libvsmcp_crdt_nif.so`. The test build enables the cargo
+  #     feature `fault-injection` (the test suite fails writes on purpose with
+  #     it); any other build never has it. Cargo's target directory is
+  #     `$CARGO_TARGET_DIR`, or `~/.cache/vsmcp_crdt/target`, so the bundled
+  #     RocksDB is compiled once per machine, not once per checkout or
+  #     dependent project.
+  #   * `MIX_ENV=docs` (`mix docs`) neither builds nor loads it.
+  #
+  # Cost: each function is one NIF call; the `_dirty` variants run on a
+  # dirty scheduler, the others must return within about a millisecond (see
+  # `Vsmcp.CRDT.Types.EncodedState` and `Vsmcp.CRDT.ContextStore`).
+  # Invariant: the module loads only if `:erlang.load_nif/2` succeeds
+  # (`@on_load`), so in a running system every function here is the Rust
+  # one.
+  @moduledoc false
 
   @force_build? System.get_env("VSMCP_CRDT_BUILD") in ["1", "true"] or Mix.env() == :test
 

@@ -4,14 +4,19 @@ defmodule Vsmcp.CRDT.Telemetry do
   optional dependency: without it every event is a no-op (whether it is
   loaded is looked up once and kept in `:persistent_term`).
 
-  Every event is emitted by a store's own processes (its GenServer or its
-  sync peer), never on the path of a read or write call, so the hot path
-  pays nothing for them.
+  Every event but one is emitted by a store's own processes (its GenServer
+  or its sync peer), never on the path of a read or write call, so the hot
+  path pays nothing for them. The exception is the per-operation event,
+  off by default: when turned on (`operations/1`) it is emitted by the
+  calling process, around the call. The [telemetry
+  guide](telemetry.md) shows how to attach to them.
 
   ## Events
 
     * `[:vsmcp_crdt, :store, :operation]` - one store call (`get`,
       `update`, `create`, ...), **only when turned on** with `operations/1`.
+      Measurements: `%{duration: native time units}`. Metadata:
+      `%{operation: atom, result: :ok | :error}`.
 
     * `[:vsmcp_crdt, :sync, :peer_up]` - a peer was seen for the first time
       or again. Measurements: `%{count: 1}`. Metadata: `%{store: pid,
@@ -33,9 +38,13 @@ defmodule Vsmcp.CRDT.Telemetry do
       warm_before: integer}` (items per tier after and before). Metadata:
       `%{store: pid}`.
     * `[:vsmcp_crdt, :store, :storage_error]` - the disk refused writes (full,
-      read-only); emitted by the decay timer and at close when the store
-      reports a write error. Measurements: `%{count: 1}`. Metadata:
-      `%{store:, reason: String.t()}`.
+      read-only); emitted after a demotion pass (so at most once per
+      `decay_interval`) while the store reports a write error.
+      Measurements: `%{count: 1}`. Metadata: `%{store:, reason:
+      String.t()}`.
+
+  No event is emitted per merge of a peer's data or per tier move of one
+  id: `Vsmcp.CRDT.ContextStore.info/1` counts them (`:ops`, `:crdts`).
   """
 
   @doc """

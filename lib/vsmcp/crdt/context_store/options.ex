@@ -1,7 +1,7 @@
 defmodule Vsmcp.CRDT.ContextStore.Options do
   @moduledoc """
   The options of `Vsmcp.CRDT.ContextStore.start_link/1`, checked and turned
-  into the configuration map `Vsmcp.CRDT.Native.store_open/1` takes.
+  into the configuration map the NIF's `store_open/1` takes.
 
   Everything is checked before anything is opened or created, and every
   problem is a value, `{:error, {:invalid_option, key, value}}`: nothing
@@ -54,7 +54,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
 
   @type reason :: {:invalid_option, atom(), term()} | {:foreign_data_file, String.t()} | term()
 
-  @typedoc "The map `Vsmcp.CRDT.Native.store_open/1` takes."
+  @typedoc "The map the NIF's `store_open/1` takes."
   @type native :: %{
           required(:path) => String.t(),
           required(:ephemeral) => boolean(),

@@ -17,7 +17,7 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
        is never opened, so it stays byte for byte as it was.
     3. Entries are read 1,000 at a time (`:dets.select/3`), checked and
        normalised here, and imported by one NIF call per batch on a dirty
-       IO scheduler (`Vsmcp.CRDT.Native.store_import/2`; the semantics per
+       IO scheduler (the NIF's `store_import/2`; the semantics per
        type are in `native/vsmcp_crdt_core/src/store/import.rs`). The
        number read must equal the table's object count, or the file is
        damaged.
