@@ -47,6 +47,7 @@ defmodule VsmcpCrdt.MixProject do
       # Optional integrations, compiled only when the host application has them.
       dep(:phoenix_pubsub, "~> 2.1", optional: true),
       dep(:telemetry, "~> 1.2", optional: true),
+      dep(:telemetry_metrics, "~> 1.0", optional: true),
       # `mix docs`; MIX_ENV=docs builds them without compiling the NIF.
       dep(:ex_doc, "~> 0.34", only: [:dev, :docs], runtime: false)
     ]
@@ -116,7 +117,9 @@ defmodule VsmcpCrdt.MixProject do
         API: [
           Vsmcp.CRDT.ContextStore,
           Vsmcp.CRDT.Supervisor,
-          Vsmcp.CRDT.Telemetry
+          Vsmcp.CRDT.Error,
+          Vsmcp.CRDT.Telemetry,
+          Vsmcp.CRDT.Telemetry.Metrics
         ],
         "Pure types": [
           Vsmcp.CRDT.Behaviour,

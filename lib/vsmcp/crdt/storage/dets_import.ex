@@ -74,6 +74,7 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
   require Logger
 
   alias Vsmcp.CRDT.Native
+  alias Vsmcp.CRDT.Telemetry
   alias Vsmcp.CRDT.Storage.Location
 
   @batch 1_000
@@ -149,6 +150,14 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
   """
   @spec run(term(), map()) :: :ok | {:ok, report()} | {:error, term()}
   def run(handle, %{dets_import: file, path: dir} = location) do
+    Telemetry.span([:vsmcp_crdt, :store, :dets_import], %{file: file, path: dir}, fn ->
+      import_and_report(handle, file, dir, location)
+    end)
+  end
+
+  def run(_handle, _location), do: :ok
+
+  defp import_and_report(handle, file, dir, location) do
     started = System.monotonic_time(:millisecond)
 
     result =
@@ -176,8 +185,6 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
         {:error, {:dets_import_failed, file, reason}}
     end
   end
-
-  def run(_handle, _location), do: :ok
 
   defp finish(handle, file) do
     case Native.store_finish_import(handle, file) do
