@@ -44,6 +44,8 @@ defmodule VsmcpCrdt.MixProject do
       # The NIF: downloaded precompiled, or built with rustler when forced.
       dep(:rustler_precompiled, "~> 0.8"),
       dep(:rustler, "~> 0.36", optional: not @force_build?, runtime: false),
+      # Option schemas: validation and the option tables of the docs.
+      dep(:nimble_options, "~> 1.1"),
       # Optional integrations, compiled only when the host application has them.
       dep(:phoenix_pubsub, "~> 2.1", optional: true),
       dep(:telemetry, "~> 1.2", optional: true),

@@ -47,6 +47,10 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   ## Options of `start_link/1`
 
+  Every key, its type and default: `Vsmcp.CRDT.ContextStore.Options`.
+  Unknown keys are refused (`{:error, {:invalid_option, key, value}}`),
+  except the replaced store's `:ets_name` and `:dets_name`.
+
     * `:node_id` - this replica's id (default `node()`), any term.
     * `:name` - register the store under this name (only when given).
     * `:storage_opts` - `:data_dir` (the RocksDB directory), or the legacy
@@ -60,8 +64,7 @@ defmodule Vsmcp.CRDT.ContextStore do
       `:max_value_bytes` (largest id, element or value in encoded bytes,
       default 16 MiB; larger ones get `{:error, {:value_too_large, size,
       max}}`), `:flush_interval` (ms of group commit, default 5),
-      `:cache_bytes` (RocksDB block cache). `:ets_name` and `:dets_name` are
-      accepted and ignored.
+      `:cache_bytes` (RocksDB block cache).
     * `:durability` - `:relaxed` (default: acknowledged writes reach the
       RocksDB write-ahead log within `:flush_interval` ms) or `:strict`
       (acknowledged only once in the log; survives a SIGKILL of the OS
