@@ -141,8 +141,14 @@ defmodule Vsmcp.CRDT.ContextStore.Options.Schemas do
     collect_after: [
       type: {:in, 0..@max_ms},
       doc:
-        "Milliseconds the cluster must stay quiescent before remove tokens and delete " <>
-          "tombstones are collected (default 2000). Accepted: `0..2^32-1`."
+        "Milliseconds between two runs of the collection of stable remove tokens and " <>
+          "delete tombstones (default 2000). Accepted: `0..2^32-1`."
+    ],
+    member_expiry: [
+      type: {:in, 0..@max_ms},
+      doc:
+        "Milliseconds a member replica may stay unheard before it leaves the membership " <>
+          "(default 86_400_000; 0: never). Accepted: `0..2^32-1`."
     ],
     max_log_bytes: [
       type: {:in, 0..@max_size},
