@@ -1,7 +1,7 @@
 defmodule Vsmcp.CRDT.BinSetupTest do
   @moduledoc """
   `bin/setup`, the first step of the README's `bin/demo` and `bash .ci/run`,
-  on a copy of the repository: with every optional dependency vendored in
+  on a copy of the repository: with every dependency vendored in
   `../shared/vendor` it must not touch Hex; without them (any user's machine)
   it installs Hex and fetches the dependencies, as `mix.exs` then takes them
   from Hex.
@@ -15,7 +15,8 @@ defmodule Vsmcp.CRDT.BinSetupTest do
   import Vsmcp.CRDT.TestHelpers
 
   @repo_dir Path.expand("../..", __DIR__)
-  @vendored [:phoenix_pubsub, :telemetry]
+  # Every dependency mix.exs names.
+  @vendored Enum.map(Mix.Project.config()[:deps], &elem(&1, 0))
 
   # Each stub appends "<name> <args>" to $STUB_LOG and succeeds. `mix archive`
   # lists $STUB_ARCHIVES (installed archives); `rustup component list`
@@ -37,7 +38,7 @@ defmodule Vsmcp.CRDT.BinSetupTest do
     root = tmp_dir!("vsmcp_crdt_setup")
     repo = Path.join(root, "repo")
 
-    for path <- ["bin/setup", "mix.exs", "mix/tasks"] do
+    for path <- ["bin/setup", "mix.exs"] do
       File.mkdir_p!(Path.dirname(Path.join(repo, path)))
       File.cp_r!(Path.join(@repo_dir, path), Path.join(repo, path))
     end

@@ -301,6 +301,8 @@ defmodule Vsmcp.CRDT.HostExitLoop do
     env =
       [
         {"TMPDIR", tmp},
+        # Our NIF built from this checkout (see Vsmcp.CRDT.Native).
+        {"VSMCP_CRDT_BUILD", "1"},
         {"MIX_ENV", "test"},
         {"MIX_EXS", Path.join(ctx.project, "mix.exs")},
         {"MIX_BUILD_PATH", false},

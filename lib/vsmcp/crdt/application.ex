@@ -1,22 +1,23 @@
 defmodule Vsmcp.CRDT.Application do
-  @moduledoc """
-  The application callback: starts what must run on every node before any
-  store syncs, which today is the `:pg` scope of
-  `Vsmcp.CRDT.Sync.Transport.PG` (`Vsmcp.CRDT.Sync.PG`), and `:telemetry`
-  when it is available (`Vsmcp.CRDT.Telemetry`).
-
-  `:pg` only sees the members of a scope on the nodes where that scope
-  runs, so it belongs to the application rather than to a store: a node
-  with no store yet still has to exist for `:pg` when one starts.
-
-  Stores are not started here; the host application supervises them
-  (`Vsmcp.CRDT.Supervisor` for the default store).
-
-  Cost: one `:pg` scope process per node, started once; nothing per store
-  or per call. Invariant: the scope runs on every node where the application
-  runs, so `:pg` membership is visible cluster-wide before any
-  store joins it.
-  """
+  # Internal: hidden from the documentation.
+  #
+  # The application callback: starts what must run on every node before any
+  # store syncs, which today is the `:pg` scope of
+  # `Vsmcp.CRDT.Sync.Transport.PG` (`Vsmcp.CRDT.Sync.PG`), and `:telemetry`
+  # when it is available (`Vsmcp.CRDT.Telemetry`).
+  #
+  # `:pg` only sees the members of a scope on the nodes where that scope
+  # runs, so it belongs to the application rather than to a store: a node
+  # with no store yet still has to exist for `:pg` when one starts.
+  #
+  # Stores are not started here; the host application supervises them
+  # (`Vsmcp.CRDT.Supervisor` for the default store).
+  #
+  # Cost: one `:pg` scope process per node, started once; nothing per store
+  # or per call. Invariant: the scope runs on every node where the application
+  # runs, so `:pg` membership is visible cluster-wide before any
+  # store joins it.
+  @moduledoc false
 
   use Application
 

@@ -28,9 +28,18 @@ defmodule Vsmcp.CRDT.Behaviour do
 
   Semantics live only in Rust. Every call decodes `state`, applies one
   operation and re-encodes: O(size of the state) per call, roughly 20-80 ns
-  per state byte (a 1,000-element OR-Set, 12 KB, takes about 0.2 ms per
-  `add/2`; see `Vsmcp.CRDT.Types.EncodedState`). States above 8 KiB are
-  processed on a dirty CPU scheduler so normal schedulers are never held
+  per state byte. Measured on a 2-core VM (minimum of 200 runs), per call:
+
+  | state                        | bytes  | mutate | merge delta | value  | equal? |
+  |------------------------------|--------|--------|-------------|--------|--------|
+  | OR-Set, 100 small elements   | 1 KB   | 24 µs  | 23 µs       | 28 µs  | 74 µs  |
+  | OR-Set, 1,000 small elements | 12 KB  | 0.23 ms| 0.23 ms     | 0.32 ms| 0.82 ms|
+  | OR-Set, 6,000 small elements | 77 KB  | 2.0 ms | 2.0 ms      | 2.1 ms | 12 ms  |
+  | G-Counter, 3,000 replicas    | 21 KB  | 1.0 ms | -           | -      | -      |
+  | G-Counter, 1 replica         | 15 B   | 1 µs   | -           | -      | -      |
+
+  Calls whose state bytes (both states for `merge` and `equal?`) exceed
+  8 KiB run on a dirty CPU scheduler, so normal schedulers are never held
   for more than about a millisecond. For large, hot CRDTs use
   `Vsmcp.CRDT.ContextStore`, which keeps them natively.
 

@@ -47,6 +47,10 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   ## Options of `start_link/1`
 
+  Every key, its type and default: `Vsmcp.CRDT.ContextStore.Options`.
+  Unknown keys are refused (`{:error, {:invalid_option, key, value}}`),
+  except the replaced store's `:ets_name` and `:dets_name`.
+
     * `:node_id` - this replica's id (default `node()`), any term.
     * `:name` - register the store under this name (only when given).
     * `:storage_opts` - `:data_dir` (the RocksDB directory), or the legacy
@@ -60,8 +64,7 @@ defmodule Vsmcp.CRDT.ContextStore do
       `:max_value_bytes` (largest id, element or value in encoded bytes,
       default 16 MiB; larger ones get `{:error, {:value_too_large, size,
       max}}`), `:flush_interval` (ms of group commit, default 5),
-      `:cache_bytes` (RocksDB block cache). `:ets_name` and `:dets_name` are
-      accepted and ignored.
+      `:cache_bytes` (RocksDB block cache).
     * `:durability` - `:relaxed` (default: acknowledged writes reach the
       RocksDB write-ahead log within `:flush_interval` ms) or `:strict`
       (acknowledged only once in the log; survives a SIGKILL of the OS
@@ -150,7 +153,12 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   defp start(opts, link) do
     with {:ok, sync} <- Options.sync_opts(opts),
-         {:ok, handle} <- open(opts) do
+         {:ok, handle} <-
+           Telemetry.span(
+             [:vsmcp_crdt, :store, :open],
+             %{name: opts[:name], topic: sync[:topic]},
+             fn -> open(opts) end
+           ) do
       gen_opts = if name = opts[:name], do: [name: name], else: []
       opts = Keyword.put(opts, :sync_opts, sync)
 
@@ -351,6 +359,14 @@ defmodule Vsmcp.CRDT.ContextStore do
   defp stop_peer(_), do: :ok
 
   defp close(%{closed: nil, handle: handle}, timeout) do
+    Telemetry.span([:vsmcp_crdt, :store, :close], %{store: self()}, fn ->
+      close_handle(handle, timeout)
+    end)
+  end
+
+  defp close(%{closed: result}, _timeout), do: result
+
+  defp close_handle(handle, timeout) do
     case Native.store_close(handle, timeout) do
       :ok ->
         :ok
@@ -368,8 +384,6 @@ defmodule Vsmcp.CRDT.ContextStore do
         error
     end
   end
-
-  defp close(%{closed: result}, _timeout), do: result
 
   defp schedule_decay(%{decay_interval: i}) when is_integer(i) and i > 0,
     do: Process.send_after(self(), :decay, i)
@@ -422,12 +436,21 @@ defmodule Vsmcp.CRDT.ContextStore do
     {{:., meta, [mod, fun]}, cmeta, args} = call
     dirty = {{:., meta, [mod, :"#{fun}_dirty"]}, cmeta, args}
 
-    op = fun |> Atom.to_string() |> String.replace_prefix("store_", "") |> String.to_atom()
+    op =
+      case {fun, args} do
+        {:store_update, [_pid, _id, operation | _]} ->
+          quote(do: Telemetry.update_name(unquote(operation)))
+
+        _ ->
+          fun |> Atom.to_string() |> String.replace_prefix("store_", "") |> String.to_atom()
+      end
+
+    [pid | _] = args
 
     quote do
       # Per-operation telemetry is opt-in: one :persistent_term read when off.
       if Telemetry.operations?() do
-        Telemetry.operation(unquote(op), fn ->
+        Telemetry.operation(unquote(op), unquote(pid), fn ->
           case unquote(call) do
             :dirty -> unquote(dirty)
             other -> other
@@ -489,6 +512,28 @@ defmodule Vsmcp.CRDT.ContextStore do
   end
 
   @doc """
+  The value of `id`, as `get/2` returns it in `{:ok, value}`; raises
+  `Vsmcp.CRDT.Error` (with `get/2`'s error as its `:reason`) otherwise.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :views, :g_counter)
+      iex> Vsmcp.CRDT.ContextStore.get!(s, :views)
+      0
+      iex> Vsmcp.CRDT.ContextStore.get!(s, :missing)
+      ** (Vsmcp.CRDT.Error) get of :missing failed: :not_found
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
+  @spec get!(store(), crdt_id()) :: term()
+  def get!(store \\ __MODULE__, id) do
+    case get(store, id) do
+      {:ok, value} -> value
+      {:error, reason} -> raise Vsmcp.CRDT.Error, reason: reason, operation: :get, id: id
+    end
+  end
+
+  @doc """
   Apply `operation` to `id` and return `{:ok, new_value}`.
 
   `{:increment, n}` (counters; a G-Counter ignores n <= 0),
@@ -521,6 +566,32 @@ defmodule Vsmcp.CRDT.ContextStore do
 
     with {:ok, pid} <- whereis(store),
          do: native(Native.store_update(pid, id, operation, want_value))
+  end
+
+  @doc """
+  As `update/4`, but returns the new value (or `:ok` with `return: :ok`)
+  and raises `Vsmcp.CRDT.Error` (with `update/4`'s error as its
+  `:reason`) instead of returning `{:error, reason}`.
+
+      iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
+      iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
+      iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :tags, :or_set)
+      iex> Vsmcp.CRDT.ContextStore.update!(s, :tags, {:add, :elixir})
+      MapSet.new([:elixir])
+      iex> Vsmcp.CRDT.ContextStore.update!(s, :tags, {:increment, 1})
+      ** (Vsmcp.CRDT.Error) update of :tags failed: {:unsupported_operation, :or_set, {:increment, 1}}
+      iex> Vsmcp.CRDT.ContextStore.stop(s)
+      :ok
+  """
+  @spec update!(store(), crdt_id(), operation(), keyword()) :: term()
+  def update!(store \\ __MODULE__, id, operation, opts \\ [])
+
+  def update!(store, id, operation, opts) do
+    case update(store, id, operation, opts) do
+      {:ok, value} -> value
+      :ok -> :ok
+      {:error, reason} -> raise Vsmcp.CRDT.Error, reason: reason, operation: :update, id: id
+    end
   end
 
   @doc """
@@ -935,8 +1006,13 @@ defmodule Vsmcp.CRDT.ContextStore do
   """
   @spec backup(store(), Path.t()) :: :ok | {:error, term()}
   def backup(store \\ __MODULE__, dir) do
-    with {:ok, pid} <- whereis(store),
-         do: Native.store_backup(pid, Path.expand(dir))
+    with {:ok, pid} <- whereis(store) do
+      dir = Path.expand(dir)
+
+      Telemetry.span([:vsmcp_crdt, :store, :backup], %{store: pid, dir: dir}, fn ->
+        Native.store_backup(pid, dir)
+      end)
+    end
   end
 
   @doc """

@@ -1,53 +1,106 @@
 defmodule Vsmcp.CRDT.Native do
-  @moduledoc """
-  Stubs for the Rust NIF library `native/vsmcp_crdt_nif`.
+  # Internal: hidden from the documentation.
+  #
+  # Stubs for the Rust NIF library `native/vsmcp_crdt_nif`.
+  #
+  # Every function here is replaced by the Rust NIF when this module is loaded
+  # (`@on_load`). The Elixir bodies only run if the library failed to load, and
+  # then raise `:nif_not_loaded`.
+  #
+  # This module is internal glue: it does no argument checking and has no
+  # stable API. Call the documented modules in `lib/vsmcp/crdt/` instead.
+  #
+  # ## Where the library comes from
+  #
+  # Through `RustlerPrecompiled`, when this module compiles:
+  #
+  #   * **Precompiled** (the default): the library for this OS, CPU and NIF
+  #     version is downloaded from the release
+  #     (`<source_url>/releases/download/v<version>`, or
+  #     `$VSMCP_CRDT_NIF_BASE_URL`), checked against the SHA-256 in
+  #     `checksum-Elixir.Vsmcp.CRDT.Native.exs` and loaded from
+  #     `priv/native/`. No Rust toolchain is needed.
+  #   * **Built locally** when `VSMCP_CRDT_BUILD=1` (or `true`) is set, or
+  #     `config :rustler_precompiled, :force_build, vsmcp_crdt: true`, and
+  #     always in `MIX_ENV=test`: `use Rustler` runs `cargo rustc --release`
+  #     in `native/vsmcp_crdt_nif` and installs
+  #     `priv/native/libvsmcp_crdt_nif.so`. The test build enables the cargo
+  #     feature `fault-injection` (the test suite fails writes on purpose with
+  #     it); any other build never has it. Cargo's target directory is
+  #     `$CARGO_TARGET_DIR`, or `~/.cache/vsmcp_crdt/target`, so the bundled
+  #     RocksDB is compiled once per machine, not once per checkout or
+  #     dependent project.
+  #   * `MIX_ENV=docs` (`mix docs`) neither builds nor loads it.
+  #
+  # Cost: each function is one NIF call; the `_dirty` variants run on a
+  # dirty scheduler, the others must return within about a millisecond (see
+  # `Vsmcp.CRDT.Types.EncodedState` and `Vsmcp.CRDT.ContextStore`).
+  # Invariant: the module loads only if `:erlang.load_nif/2` succeeds
+  # (`@on_load`), so in a running system every function here is the Rust
+  # one.
+  @moduledoc false
 
-  Every function here is replaced by the Rust NIF when this module is loaded
-  (`@on_load`). The Elixir bodies only run if the library failed to load, and
-  then raise `:nif_not_loaded`.
+  @force_build? System.get_env("VSMCP_CRDT_BUILD") in ["1", "true"] or Mix.env() == :test
 
-  This module is internal glue: it does no argument checking and has no
-  stable API. Call the documented modules in `lib/vsmcp/crdt/` instead.
+  if Mix.env() != :docs do
+    version = Mix.Project.config()[:version]
 
-  The library is built by the `:vsmcp_crdt_nif` Mix compiler (defined in
-  `mix.exs`) and installed as `priv/native/libvsmcp_crdt_nif.so`.
+    # The NIF crate is built against one NIF version, named by its rustler
+    # feature `nif_version_X_Y`; an older NIF version loads in every newer
+    # OTP (2.16: OTP 24 and later). Read from the crate's Cargo.toml so the
+    # two never disagree (bin/release-nif reads it the same way).
+    nif_crate_toml = Path.expand("../../../native/vsmcp_crdt_nif/Cargo.toml", __DIR__)
+    @external_resource nif_crate_toml
+    [_, major, minor] = Regex.run(~r/"nif_version_(\d+)_(\d+)"/, File.read!(nif_crate_toml))
 
-  Cost: each function is one NIF call; the `_dirty` variants run on a
-  dirty scheduler, the others must return within about a millisecond (see
-  `Vsmcp.CRDT.Types.EncodedState` and `Vsmcp.CRDT.ContextStore`).
-  Invariant: the module loads only if `:erlang.load_nif/2` succeeds
-  (`@on_load`), so in a running system every function here is the Rust
-  one.
-  """
+    # Without CARGO_TARGET_DIR a forced build goes to a per-user cache shared
+    # by every checkout and every project depending on this one.
+    cargo_target_dir =
+      case System.get_env("CARGO_TARGET_DIR") do
+        dir when dir in [nil, ""] ->
+          Path.join([System.user_home() || File.cwd!(), ".cache/vsmcp_crdt/target"])
 
-  @on_load :load_nif
-
-  @doc false
-  def load_nif do
-    :erlang.load_nif(String.to_charlist(library_path()), 0)
-  end
-
-  # erlang:load_nif/2 wants the path without the ".so" extension.
-  defp library_path do
-    priv =
-      case :code.priv_dir(:vsmcp_crdt) do
-        {:error, _} -> priv_dir_next_to_beam()
-        dir -> List.to_string(dir)
+        dir ->
+          Path.expand(dir)
       end
 
-    Path.join([priv, "native", "libvsmcp_crdt_nif"])
+    use RustlerPrecompiled,
+      otp_app: :vsmcp_crdt,
+      crate: "vsmcp_crdt_nif",
+      version: version,
+      base_url:
+        System.get_env(
+          "VSMCP_CRDT_NIF_BASE_URL",
+          "#{Mix.Project.config()[:source_url]}/releases/download/v#{version}"
+        ),
+      # What a release publishes (bin/release-nif builds one target; see
+      # guides/operations.md, "Releasing the NIF").
+      targets: ~w(
+        aarch64-apple-darwin
+        aarch64-unknown-linux-gnu
+        aarch64-unknown-linux-musl
+        x86_64-apple-darwin
+        x86_64-unknown-linux-gnu
+        x86_64-unknown-linux-musl
+      ),
+      nif_versions: ["#{major}.#{minor}"],
+      force_build: @force_build?,
+      # The options below are Rustler's, used by a forced build only. One
+      # cargo profile everywhere (see Cargo.toml): release.
+      mode: :release,
+      features: if(Mix.env() == :test, do: ["fault-injection"], else: []),
+      target_dir: cargo_target_dir
   end
 
-  # Without the application on the code path (e.g. the beam was loaded by
-  # hand), fall back to <app>/priv next to <app>/ebin.
-  defp priv_dir_next_to_beam do
-    case :code.which(__MODULE__) do
-      beam when is_list(beam) ->
-        beam |> List.to_string() |> Path.dirname() |> Path.join("../priv") |> Path.expand()
-
-      _ ->
-        Path.expand("../../../priv", __DIR__)
-    end
+  if @force_build? do
+    # A forced build rebuilds on every compile (cargo is incremental: about a
+    # second when nothing changed). priv/native/ is shared by every Mix
+    # environment of a checkout and by the projects depending on it by
+    # `path:`, so the library left there may be another environment's build
+    # (only the test build has fault injection); this puts back the one this
+    # environment needs.
+    @doc false
+    def __mix_recompile__?, do: true
   end
 
   @doc """

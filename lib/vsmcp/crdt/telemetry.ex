@@ -4,14 +4,41 @@ defmodule Vsmcp.CRDT.Telemetry do
   optional dependency: without it every event is a no-op (whether it is
   loaded is looked up once and kept in `:persistent_term`).
 
-  Every event is emitted by a store's own processes (its GenServer or its
-  sync peer), never on the path of a read or write call, so the hot path
-  pays nothing for them.
+  Every event but the operation span is emitted by a store's own processes
+  or around calls that touch the disk (open, close, backup, import), never
+  on the path of a read or write, so the hot path pays nothing for them.
+  The operation span is off by default: when turned on (`operations/1`) it
+  is emitted by the calling process, around each call. The [telemetry
+  guide](telemetry.md) shows how to attach to them, and
+  `Vsmcp.CRDT.Telemetry.Metrics` (with the optional `:telemetry_metrics`)
+  turns them into metric definitions.
+
+  ## Spans
+
+  Each span is three events, as `:telemetry.span/3` emits them: `prefix ++
+  [:start]` (measurements `%{system_time:, monotonic_time:}`), then `prefix
+  ++ [:stop]` (`%{duration:, monotonic_time:}`, native time units; metadata
+  with `result: :ok | :error` added) or `prefix ++ [:exception]` (metadata
+  with `kind:, reason:, stacktrace:`).
+
+    * `[:vsmcp_crdt, :operation]` - one store call, **only when turned
+      on** with `operations/1`. Metadata: `%{operation: atom, store: pid,
+      name: registered name | nil}`; `operation` is the call (`:get`,
+      `:create`, `:delete`, `:member`, `:metadata`, ...) or, for updates,
+      the operation itself (`:increment`, `:decrement`, `:add`, `:remove`,
+      `:set`).
+    * `[:vsmcp_crdt, :store, :open]` - `start_link/1` opening a store
+      (resolving its location, opening RocksDB, a DETS import). Metadata:
+      `%{name: term | nil, topic: String.t() | nil}`.
+    * `[:vsmcp_crdt, :store, :close]` - a store closing (writing what is
+      pending). Metadata: `%{store: pid}`.
+    * `[:vsmcp_crdt, :store, :backup]` - `ContextStore.backup/2`.
+      Metadata: `%{store: pid, dir: String.t()}`.
+    * `[:vsmcp_crdt, :store, :dets_import]` - the import of a replaced
+      store's DETS file at a first start. Metadata: `%{file: String.t(),
+      path: String.t()}`.
 
   ## Events
-
-    * `[:vsmcp_crdt, :store, :operation]` - one store call (`get`,
-      `update`, `create`, ...), **only when turned on** with `operations/1`.
 
     * `[:vsmcp_crdt, :sync, :peer_up]` - a peer was seen for the first time
       or again. Measurements: `%{count: 1}`. Metadata: `%{store: pid,
@@ -33,18 +60,20 @@ defmodule Vsmcp.CRDT.Telemetry do
       warm_before: integer}` (items per tier after and before). Metadata:
       `%{store: pid}`.
     * `[:vsmcp_crdt, :store, :storage_error]` - the disk refused writes (full,
-      read-only); emitted by the decay timer and at close when the store
-      reports a write error. Measurements: `%{count: 1}`. Metadata:
-      `%{store:, reason: String.t()}`.
+      read-only); emitted after a demotion pass (so at most once per
+      `decay_interval`) while the store reports a write error.
+      Measurements: `%{count: 1}`. Metadata: `%{store:, reason:
+      String.t()}`.
+
+  No event is emitted per merge of a peer's data or per tier move of one
+  id: `Vsmcp.CRDT.ContextStore.info/1` counts them (`:ops`, `:crdts`).
   """
 
   @doc """
-  Turn the per-operation event `[:vsmcp_crdt, :store, :operation]` on or off
-  (off by default; also `config :vsmcp_crdt, telemetry_operations: true`,
-  read when the application starts). Measurements: `%{duration: native
-  time units}`. Metadata: `%{operation: :get | :update | :create | ...,
-  result: :ok | :error}`. When off, a call pays one `:persistent_term`
-  read.
+  Turn the operation span `[:vsmcp_crdt, :operation, ...]` on or off (off
+  by default; also `config :vsmcp_crdt, telemetry_operations: true`, read
+  when the application starts). When off, a call pays one
+  `:persistent_term` read.
 
       iex> Vsmcp.CRDT.Telemetry.operations(false)
       :ok
@@ -58,7 +87,7 @@ defmodule Vsmcp.CRDT.Telemetry do
   end
 
   @doc """
-  Whether per-operation events are on (see `operations/1`).
+  Whether operation spans are on (see `operations/1`).
 
       iex> is_boolean(Vsmcp.CRDT.Telemetry.operations?())
       true
@@ -67,25 +96,51 @@ defmodule Vsmcp.CRDT.Telemetry do
   def operations?, do: :persistent_term.get({__MODULE__, :operations}, false)
 
   @doc false
-  # Run `fun` (one store call) and emit its operation event.
-  @spec operation(atom(), (() -> result)) :: result when result: term()
-  def operation(op, fun) do
-    started = System.monotonic_time()
-    result = fun.()
-
-    outcome =
-      case result do
-        {:error, _} -> :error
-        _ -> :ok
+  # The operation span around `fun`, one call on the store `pid`.
+  @spec operation(atom(), pid(), (() -> result)) :: result when result: term()
+  def operation(op, pid, fun) do
+    name =
+      case Process.info(pid, :registered_name) do
+        {:registered_name, name} when is_atom(name) -> name
+        _ -> nil
       end
 
-    emit([:vsmcp_crdt, :store, :operation], %{duration: System.monotonic_time() - started}, %{
-      operation: op,
-      result: outcome
-    })
-
-    result
+    span([:vsmcp_crdt, :operation], %{operation: op, store: pid, name: name}, fun)
   end
+
+  @doc false
+  # The name an update's span carries: the operation's own (`:increment`,
+  # `:add`, ...), else `:update`.
+  @spec update_name(term()) :: atom()
+  def update_name({op, _}) when op in [:increment, :decrement, :add, :remove, :set], do: op
+  def update_name(_), do: :update
+
+  @doc """
+  Run `fun` inside the span `prefix` (`:telemetry.span/3`) when `:telemetry`
+  is available, else just run it. The stop event's metadata is `metadata`
+  plus `result: :error` when `fun` returned `{:error, _}`, else `:ok`.
+
+      iex> Vsmcp.CRDT.Telemetry.span([:vsmcp_crdt, :doc, :example], %{}, fn -> {:ok, 1} end)
+      {:ok, 1}
+  """
+  @spec span([atom()], map(), (() -> result)) :: result when result: term()
+  def span(prefix, metadata, fun) do
+    if available?() do
+      apply(:telemetry, :span, [
+        prefix,
+        metadata,
+        fn ->
+          result = fun.()
+          {result, Map.put(metadata, :result, outcome(result))}
+        end
+      ])
+    else
+      fun.()
+    end
+  end
+
+  defp outcome({:error, _}), do: :error
+  defp outcome(_), do: :ok
 
   @doc """
   Emit `event` when `:telemetry` is available.

@@ -28,6 +28,8 @@ defmodule Vsmcp.CRDT.DoctestTest do
   doctest Vsmcp.CRDT.HLC
   doctest Vsmcp.CRDT.Native
   doctest Vsmcp.CRDT.ContextStore
+  doctest Vsmcp.CRDT.Error
+  doctest Vsmcp.CRDT.Telemetry.Metrics
   doctest Vsmcp.CRDT.ContextStore.Options
   doctest Vsmcp.CRDT.Storage.DetsImport
   doctest Vsmcp.CRDT.Storage.Location

@@ -1,14 +1,17 @@
 defmodule Vsmcp.CRDT.HostProjectTest do
   @moduledoc """
-  Uses this repository the way a user does: as a `path:` dependency of a
-  fresh Mix project, which must compile our NIF through the compiler step in
-  our `mix.exs` and be able to call it.
+  Uses this repository the way a developer of a host application does: as a
+  `path:` dependency of a fresh Mix project, which builds our NIF from this
+  checkout's sources (`VSMCP_CRDT_BUILD=1`: `use Rustler` through
+  `RustlerPrecompiled`, see `Vsmcp.CRDT.Native`) and must be able to call
+  it. (`package_test.exs` covers the package as published: the downloaded
+  precompiled NIF, and a build from exactly the package's files.)
 
   The host project lives in its own temporary directory with its own `_build`
   and `deps`; the only thing it writes into this repository is the installed
-  `priv/native/libvsmcp_crdt_nif.so` (git-ignored), which is the same file our
-  own compile produces. Cargo reuses `CARGO_TARGET_DIR` from the environment,
-  so the Rust build is incremental.
+  `priv/native/libvsmcp_crdt_nif.so` (git-ignored; this checkout's next
+  compile puts its own build back). Cargo reuses `CARGO_TARGET_DIR` from the
+  environment, so the Rust build is incremental.
 
   The second test (`:host_exit_loop`) runs a host application's own suite
   30 times against `Vsmcp.CRDT.HostExitLoop` (test/support), with the host
@@ -159,9 +162,10 @@ defmodule Vsmcp.CRDT.HostProjectTest do
   end
 
   # Inherits the environment (PATH, CARGO_TARGET_DIR, HOME, ...), but runs
-  # the host in :dev with its own build and deps paths.
+  # the host in :dev with its own build and deps paths, building our NIF.
   defp mix(dir, args) do
     env = [
+      {"VSMCP_CRDT_BUILD", "1"},
       {"MIX_ENV", "dev"},
       {"MIX_BUILD_PATH", nil},
       {"MIX_BUILD_ROOT", nil},

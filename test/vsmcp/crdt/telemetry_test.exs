@@ -45,27 +45,122 @@ defmodule Vsmcp.CRDT.TelemetryTest do
     :ok = ContextStore.stop(store)
   end
 
-  test "per-operation events are opt-in", %{dir: dir} do
+  test "operation spans are opt-in and carry the real operation and the store", %{dir: dir} do
     parent = self()
     id = "ops-#{System.unique_integer([:positive])}"
-    event = [:vsmcp_crdt, :store, :operation]
-    :telemetry.attach(id, event, fn _, m, md, _ -> send(parent, {:op, m, md}) end, nil)
-    {:ok, store} = ContextStore.start_link(storage_opts: [data_dir: dir])
+
+    events = [
+      [:vsmcp_crdt, :operation, :start],
+      [:vsmcp_crdt, :operation, :stop]
+    ]
+
+    :telemetry.attach_many(id, events, fn e, m, md, _ -> send(parent, {e, m, md}) end, nil)
+    name = :"telemetry_ops_#{System.unique_integer([:positive])}"
+    {:ok, store} = ContextStore.start_link(name: name, storage_opts: [data_dir: dir])
     :ok = ContextStore.create(store, :n, :g_counter)
-    refute_receive {:op, _, _}, 50
+    refute_receive {[:vsmcp_crdt, :operation, _], _, _}, 50
 
     Vsmcp.CRDT.Telemetry.operations(true)
 
     try do
       {:ok, 1} = ContextStore.increment(store, :n)
-      assert_receive {:op, %{duration: d}, %{operation: :update, result: :ok}} when d >= 0
+
+      assert_receive {[:vsmcp_crdt, :operation, :start], %{system_time: _},
+                      %{operation: :increment, store: ^store, name: ^name}}
+
+      assert_receive {[:vsmcp_crdt, :operation, :stop], %{duration: d},
+                      %{operation: :increment, result: :ok}}
+                     when d >= 0
+
       {:error, :not_found} = ContextStore.get(store, :missing)
-      assert_receive {:op, _, %{operation: :get, result: :error}}
+      assert_receive {[:vsmcp_crdt, :operation, :stop], _, %{operation: :get, result: :error}}
     after
       Vsmcp.CRDT.Telemetry.operations(false)
       :telemetry.detach(id)
     end
 
     :ok = ContextStore.stop(store)
+  end
+
+  test "store open, close and backup are spans", %{dir: dir} do
+    parent = self()
+    id = "lifecycle-#{System.unique_integer([:positive])}"
+
+    events = for span <- [:open, :close, :backup], do: [:vsmcp_crdt, :store, span, :stop]
+
+    :telemetry.attach_many(id, events, fn e, m, md, _ -> send(parent, {e, m, md}) end, nil)
+
+    try do
+      {:ok, store} = ContextStore.start_link(storage_opts: [data_dir: Path.join(dir, "db")])
+
+      assert_receive {[:vsmcp_crdt, :store, :open, :stop], %{duration: _},
+                      %{name: nil, topic: nil, result: :ok}}
+
+      backup = Path.join(dir, "backup")
+      :ok = ContextStore.backup(store, backup)
+
+      assert_receive {[:vsmcp_crdt, :store, :backup, :stop], _,
+                      %{store: ^store, dir: ^backup, result: :ok}}
+
+      {:error, :already_exists} = ContextStore.backup(store, backup)
+      assert_receive {[:vsmcp_crdt, :store, :backup, :stop], _, %{result: :error}}
+
+      :ok = ContextStore.stop(store)
+      assert_receive {[:vsmcp_crdt, :store, :close, :stop], _, %{store: ^store, result: :ok}}
+    after
+      :telemetry.detach(id)
+    end
+  end
+
+  test "measure_store/1 emits the poller measurement; every metric names an emitted event",
+       %{dir: dir} do
+    parent = self()
+    id = "info-#{System.unique_integer([:positive])}"
+    event = [:vsmcp_crdt, :store, :info]
+    :telemetry.attach(id, event, fn _, m, md, _ -> send(parent, {:info, m, md}) end, nil)
+
+    try do
+      name = :"telemetry_info_#{System.unique_integer([:positive])}"
+      {:ok, store} = ContextStore.start_link(name: name, storage_opts: [data_dir: dir])
+      :ok = ContextStore.create(store, :n, :g_counter)
+      {:ok, 2} = ContextStore.increment(store, :n, 2)
+
+      :ok = Vsmcp.CRDT.Telemetry.Metrics.measure_store(name)
+      assert_receive {:info, m, %{store: ^name}}
+      assert %{items: 1, hot: 1, writes: 2, peers_up: 0} = m
+      assert m.memory_bytes > 0 and m.disk_bytes >= 0
+
+      :ok = ContextStore.stop(store)
+      # Not running: nothing is emitted.
+      :ok = Vsmcp.CRDT.Telemetry.Metrics.measure_store(name)
+      refute_receive {:info, _, _}, 50
+    after
+      :telemetry.detach(id)
+    end
+
+    # The metrics listen to events this library emits (documented in
+    # Vsmcp.CRDT.Telemetry) and read measurements those events carry.
+    emitted = %{
+      [:vsmcp_crdt, :sync, :peer_up] => [:count],
+      [:vsmcp_crdt, :sync, :peer_down] => [:count],
+      [:vsmcp_crdt, :sync, :rejected] => [:count],
+      [:vsmcp_crdt, :sync, :round] => [:duration, :peers],
+      [:vsmcp_crdt, :store, :decay] => [:duration, :hot, :warm, :hot_before, :warm_before],
+      [:vsmcp_crdt, :store, :storage_error] => [:count],
+      [:vsmcp_crdt, :store, :open, :stop] => [:duration],
+      [:vsmcp_crdt, :store, :close, :stop] => [:duration],
+      [:vsmcp_crdt, :store, :backup, :stop] => [:duration],
+      [:vsmcp_crdt, :store, :dets_import, :stop] => [:duration],
+      [:vsmcp_crdt, :operation, :stop] => [:duration],
+      [:vsmcp_crdt, :operation, :exception] => [:duration],
+      [:vsmcp_crdt, :store, :info] =>
+        ~w(items hot warm memory_bytes disk_bytes pending_writes oldest_pending_ms log_bytes
+           peers_up reads writes remote_merges)a
+    }
+
+    for metric <- Vsmcp.CRDT.Telemetry.Metrics.metrics() do
+      assert Map.has_key?(emitted, metric.event_name), inspect(metric.name)
+      assert List.last(metric.name) in emitted[metric.event_name], inspect(metric.name)
+    end
   end
 end

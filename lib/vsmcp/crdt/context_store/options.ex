@@ -1,31 +1,44 @@
 defmodule Vsmcp.CRDT.ContextStore.Options do
   @moduledoc """
   The options of `Vsmcp.CRDT.ContextStore.start_link/1`, checked and turned
-  into the configuration map `Vsmcp.CRDT.Native.store_open/1` takes.
+  into the configuration map the NIF's `store_open/1` takes.
 
-  Everything is checked before anything is opened or created, and every
-  problem is a value, `{:error, {:invalid_option, key, value}}`: nothing
-  reaches the NIF that its decoder would refuse with a `badarg` raise, and
-  nothing reaches `Process.send_after/3` that it would refuse. So each
-  integer option has an upper bound as well as a lower one:
+  One `NimbleOptions` schema per group (the store, `:storage_opts`,
+  `:sync_opts`) checks them and generates the tables below. Everything is
+  checked before anything is opened or created, and every problem is a
+  value, `{:error, {:invalid_option, key, value}}` (for a sync option,
+  `{:invalid_option, {:sync_opts, key}, value}`): nothing reaches the NIF
+  that its decoder would refuse with a `badarg` raise, and nothing reaches
+  `Process.send_after/3` that it would refuse. So each integer option has
+  an upper bound as well as a lower one (`2^48` for counts and sizes, far
+  below `usize`; `2^32-1` for milliseconds and `:access_threshold`, the
+  NIF's `u32`, about 49.7 days of ms and `Process.send_after/3`'s limit).
 
-  | option (in `:storage_opts`) | accepted | NIF type | why the upper bound |
-  |---|---|---|---|
-  | `:memory_limit` | `0..2^48` (0 acts as 1) | `usize` | a sane count of items, far below `usize` |
-  | `:ets_limit` | `0..2^48` | `usize` | as above |
-  | `:max_value_bytes` | `0..2^48` | `usize` | 256 TiB, more than any term |
-  | `:cache_bytes` | `0..2^48` | `usize` | 256 TiB of block cache |
-  | `:access_threshold` | `0..2^32-1` | `u32` | the NIF's type; 0 acts as 1 (as the replaced store accepted it) |
-  | `:flush_interval` | `0..2^32-1` ms (0 acts as 1) | `u64` | about 49.7 days |
-  | `:max_clock_offset` | `0..2^32-1` ms | `u64` | about 49.7 days |
-  | `:decay_interval` | `0..2^32-1` ms, or `nil` (the default, 60 s); 0 disables decay | (Elixir timer) | `Process.send_after/3`'s limit |
+  **Unknown keys are refused** (`{:invalid_option, key, value}` naming the
+  unknown key), so a misspelt option is an error instead of being
+  silently ignored. The one exception is the compatibility allowlist of
+  the replaced store's options, accepted and ignored:
+  #{Enum.map_join([:ets_name, :dets_name], ", ", &"`#{inspect(&1)}`")} in `:storage_opts`.
 
   An integer option given as `nil` is refused (except `:decay_interval`);
   left out, the store uses its default. `:durability` may be given at the top
   level or in `:storage_opts` (the top level wins). The location options
   (`:data_dir`, `:dets_file`) are resolved last, by
-  `Vsmcp.CRDT.Storage.Location.resolve/1`, which creates the directory; so
-  a call refused for any other option leaves nothing on disk.
+  `Vsmcp.CRDT.Storage.Location.resolve/1`, which checks them and creates
+  the directory; so a call refused for any other option leaves nothing on
+  disk.
+
+  ## Options of `start_link/1`
+
+  #{NimbleOptions.docs(__MODULE__.Schemas.store())}
+
+  ## `:storage_opts`
+
+  #{NimbleOptions.docs(__MODULE__.Schemas.storage())}
+
+  ## `:sync_opts`
+
+  #{NimbleOptions.docs(__MODULE__.Schemas.sync())}
 
   Cost: pure Elixir, O(number of options), once per `start_link/1`.
   Invariant: a configuration map this module returns is one the NIF's
@@ -33,28 +46,25 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   value, never a raise inside the store.
   """
 
+  alias Vsmcp.CRDT.ContextStore.Options.Schemas
   alias Vsmcp.CRDT.Storage.Location
 
   @default_decay_interval 60_000
 
-  @max_size 2 ** 48
-  @max_u32 2 ** 32 - 1
-  @max_ms 2 ** 32 - 1
-
-  # The integer options passed to the NIF, with their accepted ranges.
+  # The integer options passed to the NIF.
   @native_integers [
-    memory_limit: 0..@max_size,
-    ets_limit: 0..@max_size,
-    access_threshold: 0..@max_u32,
-    flush_interval: 0..@max_ms,
-    max_value_bytes: 0..@max_size,
-    max_clock_offset: 0..@max_ms,
-    cache_bytes: 0..@max_size
+    :memory_limit,
+    :ets_limit,
+    :access_threshold,
+    :flush_interval,
+    :max_value_bytes,
+    :max_clock_offset,
+    :cache_bytes
   ]
 
   @type reason :: {:invalid_option, atom(), term()} | {:foreign_data_file, String.t()} | term()
 
-  @typedoc "The map `Vsmcp.CRDT.Native.store_open/1` takes."
+  @typedoc "The map the NIF's `store_open/1` takes."
   @type native :: %{
           required(:path) => String.t(),
           required(:ephemeral) => boolean(),
@@ -99,15 +109,15 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   """
   @spec to_native(keyword()) :: {:ok, native()} | {:error, reason()}
   def to_native(opts) do
-    with :ok <- check_options(opts),
+    with :ok <- validate(opts),
          storage = Keyword.get(opts, :storage_opts, []),
-         :ok <- check_keyword(storage),
-         {:ok, durability} <- durability(opts[:durability] || storage[:durability] || :relaxed),
-         :ok <- check_decay_interval(storage[:decay_interval]),
-         {:ok, integers} <- native_integers(storage),
          {:ok, loc} <- Location.resolve(storage) do
+      durability = opts[:durability] || storage[:durability] || :relaxed
+
       {:ok,
-       integers
+       storage
+       |> Keyword.take(@native_integers)
+       |> Map.new()
        |> Map.merge(%{
          path: loc.path,
          ephemeral: loc.ephemeral,
@@ -135,16 +145,6 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   def decay_interval(opts) do
     get_in(opts, [:storage_opts, :decay_interval]) || @default_decay_interval
   end
-
-  @sync_integers [
-    tick_interval: 1..@max_ms,
-    heartbeat_interval: 1..@max_ms,
-    down_after: 1..@max_ms,
-    retransmit_interval: 1..@max_ms,
-    collect_after: 0..@max_ms,
-    member_expiry: 0..@max_ms,
-    max_log_bytes: 0..@max_size
-  ]
 
   @doc """
   The sync options of a store (`:sync_opts` of `start_link/1`), checked,
@@ -182,11 +182,9 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   """
   @spec sync_opts(keyword()) :: {:ok, keyword()} | {:error, reason()}
   def sync_opts(opts) do
-    sync = if Keyword.keyword?(opts), do: Keyword.get(opts, :sync_opts, []), else: []
+    with :ok <- validate(opts) do
+      sync = Keyword.get(opts, :sync_opts, [])
 
-    with :ok <- check_options(opts),
-         true <- (is_list(sync) and Keyword.keyword?(sync)) || {:bad, :sync_opts, sync},
-         :ok <- check_sync(sync) do
       topic =
         case {sync[:topic], sync[:enabled], opts[:name]} do
           {topic, _, _} when is_binary(topic) -> topic
@@ -196,9 +194,6 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
 
       enabled = sync[:enabled] != false and topic != nil
       {:ok, sync |> Keyword.put(:enabled, enabled) |> Keyword.put(:topic, topic)}
-    else
-      {:bad, key, value} -> {:error, {:invalid_option, {:sync_opts, key}, value}}
-      {:error, _} = error -> error
     end
   end
 
@@ -211,76 +206,93 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   @spec default_topic(term()) :: String.t()
   def default_topic(name), do: "vsmcp_crdt:" <> inspect(name)
 
-  defp check_sync(sync) do
-    Enum.reduce_while(sync, :ok, fn {k, v}, :ok ->
-      if valid_sync?(k, v), do: {:cont, :ok}, else: {:halt, {:bad, k, v}}
-    end)
-  end
+  @doc """
+  Check every option of `Vsmcp.CRDT.ContextStore.start_link/1` against
+  the schemas (the location options only by type: `to_native/1` resolves
+  them). `:ok` or the first problem as `{:error, {:invalid_option, key,
+  value}}`.
 
-  defp valid_sync?(:enabled, v), do: is_boolean(v)
-  defp valid_sync?(:topic, v), do: is_binary(v) and byte_size(v) in 1..255
-  defp valid_sync?(:transport, v), do: is_atom(v) and v != nil
-  defp valid_sync?(:pubsub, v), do: is_atom(v) and v != nil
-  defp valid_sync?(:transport_opts, v), do: is_list(v)
+      iex> alias Vsmcp.CRDT.ContextStore.Options
+      iex> Options.validate(node_id: :n1, storage_opts: [memory_limit: 10])
+      :ok
+      iex> Options.validate(storage_opts: [memory_limt: 10])
+      {:error, {:invalid_option, :memory_limt, 10}}
+      iex> Options.validate(sync_opts: [topic: "t", heartbeat: 5])
+      {:error, {:invalid_option, {:sync_opts, :heartbeat}, 5}}
+      iex> Options.validate(storage_opts: [ets_name: :old_table, dets_name: :old_file])
+      :ok
+  """
+  @spec validate(keyword()) :: :ok | {:error, reason()}
+  def validate(opts) do
+    if is_list(opts) and Keyword.keyword?(opts) do
+      compatible = drop_allowlisted(opts)
 
-  defp valid_sync?(:wire_versions, v),
-    do: is_list(v) and v != [] and Enum.all?(v, &(is_integer(&1) and &1 in 1..255))
-
-  defp valid_sync?(k, v) do
-    case Keyword.fetch(@sync_integers, k) do
-      {:ok, range} -> is_integer(v) and v in range
-      :error -> false
-    end
-  end
-
-  # Checked before anything is opened: GenServer.start_link/3 would raise on
-  # a bad name only after the store's directory was opened.
-  defp check_options(opts) do
-    cond do
-      not (is_list(opts) and Keyword.keyword?(opts)) ->
-        {:error, {:invalid_option, :options, opts}}
-
-      not valid_name?(opts[:name]) ->
-        {:error, {:invalid_option, :name, opts[:name]}}
-
-      true ->
-        :ok
-    end
-  end
-
-  defp valid_name?(name) when is_atom(name), do: true
-  defp valid_name?({:global, _}), do: true
-  defp valid_name?({:via, mod, _}) when is_atom(mod), do: true
-  defp valid_name?(_), do: false
-
-  defp check_keyword(list) when is_list(list) do
-    if Keyword.keyword?(list), do: :ok, else: {:error, {:invalid_option, :storage_opts, list}}
-  end
-
-  defp check_keyword(other), do: {:error, {:invalid_option, :storage_opts, other}}
-
-  defp durability(d) when d in [:relaxed, :strict], do: {:ok, d}
-  defp durability(d), do: {:error, {:invalid_option, :durability, d}}
-
-  defp check_decay_interval(nil), do: :ok
-  defp check_decay_interval(i) when is_integer(i) and i in 0..@max_ms, do: :ok
-  defp check_decay_interval(i), do: {:error, {:invalid_option, :decay_interval, i}}
-
-  # The integer options given, each within its range.
-  defp native_integers(storage) do
-    Enum.reduce_while(@native_integers, {:ok, %{}}, fn {key, range}, {:ok, acc} ->
-      case Keyword.fetch(storage, key) do
-        :error ->
-          {:cont, {:ok, acc}}
-
-        {:ok, value} when is_integer(value) ->
-          if value in range,
-            do: {:cont, {:ok, Map.put(acc, key, value)}},
-            else: {:halt, {:error, {:invalid_option, key, value}}}
-
-        {:ok, value} ->
-          {:halt, {:error, {:invalid_option, key, value}}}
+      case NimbleOptions.validate(compatible, Schemas.store_with_groups()) do
+        {:ok, _} -> :ok
+        {:error, error} -> {:error, invalid_option(error, compatible)}
       end
-    end)
+    else
+      {:error, {:invalid_option, :options, opts}}
+    end
   end
+
+  # The replaced store's keys that are accepted and ignored.
+  defp drop_allowlisted(opts) do
+    case Keyword.fetch(opts, :storage_opts) do
+      {:ok, storage} when is_list(storage) ->
+        if Keyword.keyword?(storage),
+          do: Keyword.put(opts, :storage_opts, Keyword.drop(storage, Schemas.compat_storage())),
+          else: opts
+
+      _ ->
+        opts
+    end
+  end
+
+  # A NimbleOptions error as this module's `{:invalid_option, key, value}`.
+  defp invalid_option(%NimbleOptions.ValidationError{} = error, opts) do
+    group = List.first(error.keys_path)
+
+    {key, value} =
+      case error.key do
+        # Unknown keys: the first of them, with its value.
+        [unknown | _] -> {unknown, value_at(opts, error.keys_path ++ [unknown])}
+        key -> {key, error.value}
+      end
+
+    case group do
+      :sync_opts -> {:invalid_option, {:sync_opts, key}, value}
+      _ -> {:invalid_option, key, value}
+    end
+  end
+
+  defp value_at(opts, path) do
+    Enum.reduce(path, opts, fn key, acc -> if is_list(acc), do: Keyword.get(acc, key) end)
+  end
+
+  @doc false
+  # Custom validators of the schemas (NimbleOptions `{:custom, ...}`).
+  def validate_name(name) when is_atom(name), do: {:ok, name}
+  def validate_name({:global, _} = name), do: {:ok, name}
+  def validate_name({:via, mod, _} = name) when is_atom(mod), do: {:ok, name}
+  def validate_name(name), do: {:error, "invalid name: #{inspect(name)}"}
+
+  @doc false
+  def validate_topic(topic) when is_binary(topic) and byte_size(topic) in 1..255, do: {:ok, topic}
+
+  def validate_topic(topic),
+    do: {:error, "expected a string of 1 to 255 bytes, got: #{inspect(topic)}"}
+
+  @doc false
+  def validate_module(mod) when is_atom(mod) and mod != nil, do: {:ok, mod}
+  def validate_module(mod), do: {:error, "expected a module or name, got: #{inspect(mod)}"}
+
+  @doc false
+  def validate_versions([_ | _] = versions) do
+    if Enum.all?(versions, &(is_integer(&1) and &1 in 1..255)),
+      do: {:ok, versions},
+      else: {:error, "expected wire versions in 1..255, got: #{inspect(versions)}"}
+  end
+
+  def validate_versions(other), do: {:error, "expected a non-empty list, got: #{inspect(other)}"}
 end

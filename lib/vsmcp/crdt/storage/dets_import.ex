@@ -17,7 +17,7 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
        is never opened, so it stays byte for byte as it was.
     3. Entries are read 1,000 at a time (`:dets.select/3`), checked and
        normalised here, and imported by one NIF call per batch on a dirty
-       IO scheduler (`Vsmcp.CRDT.Native.store_import/2`; the semantics per
+       IO scheduler (the NIF's `store_import/2`; the semantics per
        type are in `native/vsmcp_crdt_core/src/store/import.rs`). The
        number read must equal the table's object count, or the file is
        damaged.
@@ -74,6 +74,7 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
   require Logger
 
   alias Vsmcp.CRDT.Native
+  alias Vsmcp.CRDT.Telemetry
   alias Vsmcp.CRDT.Storage.Location
 
   @batch 1_000
@@ -149,6 +150,14 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
   """
   @spec run(term(), map()) :: :ok | {:ok, report()} | {:error, term()}
   def run(handle, %{dets_import: file, path: dir} = location) do
+    Telemetry.span([:vsmcp_crdt, :store, :dets_import], %{file: file, path: dir}, fn ->
+      import_and_report(handle, file, dir, location)
+    end)
+  end
+
+  def run(_handle, _location), do: :ok
+
+  defp import_and_report(handle, file, dir, location) do
     started = System.monotonic_time(:millisecond)
 
     result =
@@ -176,8 +185,6 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
         {:error, {:dets_import_failed, file, reason}}
     end
   end
-
-  def run(_handle, _location), do: :ok
 
   defp finish(handle, file) do
     case Native.store_finish_import(handle, file) do

@@ -1,33 +1,34 @@
 defmodule Vsmcp.CRDT.Types.EncodedState do
-  @moduledoc """
-  The shared plumbing of the CRDT type modules: argument checks, the call
-  into `Vsmcp.CRDT.Native`, and the choice of scheduler.
-
-  Each type module is a struct `%Type{node_id: term, state: binary}` (see
-  `Vsmcp.CRDT.Behaviour`) and passes its own module name and the CRDT kinds
-  it accepts (`[:or_set, :aw_set]` for `ORSet`); the NIF refuses a state of
-  any other kind with `:type_mismatch`, so a forged or mixed-up struct can
-  never be read as another type.
-
-  Cost: one NIF call per function, O(size of the state). Measured on a
-  2-core VM (minimum of 200 runs), per call:
-
-  | state                        | bytes  | mutate | merge delta | value  | equal? |
-  |------------------------------|--------|--------|-------------|--------|--------|
-  | OR-Set, 100 small elements   | 1 KB   | 24 µs  | 23 µs       | 28 µs  | 74 µs  |
-  | OR-Set, 1,000 small elements | 12 KB  | 0.23 ms| 0.23 ms     | 0.32 ms| 0.82 ms|
-  | OR-Set, 6,000 small elements | 77 KB  | 2.0 ms | 2.0 ms      | 2.1 ms | 12 ms  |
-  | G-Counter, 3,000 replicas    | 21 KB  | 1.0 ms | -           | -      | -      |
-  | G-Counter, 1 replica         | 15 B   | 1 µs   | -           | -      | -      |
-
-  That is 20-80 ns per state byte, so calls whose state bytes (both states
-  for `merge` and `equal?`) exceed 8 KiB go to the `_dirty` twin of the
-  NIF, which runs on a dirty CPU scheduler: a normal scheduler is not held
-  for more than about a millisecond, and the few microseconds of dirty
-  scheduling are small against the work at that size.
-
-  Internal: the type modules are the API.
-  """
+  # Internal: hidden from the documentation.
+  #
+  # The shared plumbing of the CRDT type modules: argument checks, the call
+  # into `Vsmcp.CRDT.Native`, and the choice of scheduler.
+  #
+  # Each type module is a struct `%Type{node_id: term, state: binary}` (see
+  # `Vsmcp.CRDT.Behaviour`) and passes its own module name and the CRDT kinds
+  # it accepts (`[:or_set, :aw_set]` for `ORSet`); the NIF refuses a state of
+  # any other kind with `:type_mismatch`, so a forged or mixed-up struct can
+  # never be read as another type.
+  #
+  # Cost: one NIF call per function, O(size of the state). Measured on a
+  # 2-core VM (minimum of 200 runs), per call:
+  #
+  # | state                        | bytes  | mutate | merge delta | value  | equal? |
+  # |------------------------------|--------|--------|-------------|--------|--------|
+  # | OR-Set, 100 small elements   | 1 KB   | 24 µs  | 23 µs       | 28 µs  | 74 µs  |
+  # | OR-Set, 1,000 small elements | 12 KB  | 0.23 ms| 0.23 ms     | 0.32 ms| 0.82 ms|
+  # | OR-Set, 6,000 small elements | 77 KB  | 2.0 ms | 2.0 ms      | 2.1 ms | 12 ms  |
+  # | G-Counter, 3,000 replicas    | 21 KB  | 1.0 ms | -           | -      | -      |
+  # | G-Counter, 1 replica         | 15 B   | 1 µs   | -           | -      | -      |
+  #
+  # That is 20-80 ns per state byte, so calls whose state bytes (both states
+  # for `merge` and `equal?`) exceed 8 KiB go to the `_dirty` twin of the
+  # NIF, which runs on a dirty CPU scheduler: a normal scheduler is not held
+  # for more than about a millisecond, and the few microseconds of dirty
+  # scheduling are small against the work at that size.
+  #
+  # Internal: the type modules are the API.
+  @moduledoc false
 
   alias Vsmcp.CRDT.Native
 

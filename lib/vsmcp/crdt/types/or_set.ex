@@ -22,7 +22,7 @@ defmodule Vsmcp.CRDT.Types.ORSet do
   A value is `%ORSet{node_id: term, state: binary}` as described in
   `Vsmcp.CRDT.Behaviour`. Cost: each call decodes and re-encodes the whole
   set, O(n) in the number of elements: about 0.2 ms per `add/2` at 1,000
-  small elements (figures in `Vsmcp.CRDT.Types.EncodedState`); states
+  small elements (figures in `Vsmcp.CRDT.Behaviour`); states
   above 8 KiB run on a dirty scheduler. Keep large, hot sets in
   `Vsmcp.CRDT.ContextStore`. Merging sets of different flavours is
   `{:error, :type_mismatch}`. Errors follow `Vsmcp.CRDT.Behaviour`.

@@ -109,6 +109,53 @@ defmodule Vsmcp.CRDT.ContextStore.OptionsTest do
     end
   end
 
+  describe "unknown keys" do
+    test "are refused in every group, naming the key and its value" do
+      assert Options.to_native(memory_limit: 5) == {:error, {:invalid_option, :memory_limit, 5}}
+
+      assert Options.to_native(storage_opts: [memory_limt: 5]) ==
+               {:error, {:invalid_option, :memory_limt, 5}}
+
+      assert Options.sync_opts(sync_opts: [topic: "t", hearbeat_interval: 5]) ==
+               {:error, {:invalid_option, {:sync_opts, :hearbeat_interval}, 5}}
+
+      dir = tmp_dir!("vsmcp_crdt_options_unknown")
+
+      assert ContextStore.start_link(storage_opts: [data_dir: dir, decay_intervall: 10]) ==
+               {:error, {:invalid_option, :decay_intervall, 10}}
+
+      assert File.ls!(dir) == []
+    end
+
+    test "except the replaced store's :ets_name and :dets_name, accepted and ignored" do
+      dir = tmp_dir!("vsmcp_crdt_options_compat")
+      storage = [data_dir: dir, ets_name: :old_ets, dets_name: :old_dets, memory_limit: 7]
+
+      assert Options.to_native(storage_opts: storage) ==
+               {:ok,
+                %{
+                  path: dir,
+                  ephemeral: false,
+                  node_id: node(),
+                  durability: :relaxed,
+                  memory_limit: 7
+                }}
+    end
+
+    test "every documented option is in a schema, and the docs list them" do
+      {:docs_v1, _, _, _, %{"en" => moduledoc}, _, _} = Code.fetch_docs(Options)
+
+      for key <-
+            ~w(node_id name durability storage_opts sync_opts data_dir dets_file memory_limit
+               ets_limit access_threshold decay_interval flush_interval max_value_bytes
+               max_clock_offset cache_bytes enabled topic transport pubsub transport_opts
+               tick_interval heartbeat_interval down_after retransmit_interval collect_after
+               max_log_bytes wire_versions)a do
+        assert moduledoc =~ "`#{inspect(key)}`", "#{key} is not documented"
+      end
+    end
+  end
+
   describe "decay_interval/1" do
     test "the storage option, or the default of 60 s" do
       assert Options.decay_interval(storage_opts: [decay_interval: 5]) == 5

@@ -3,7 +3,7 @@ defmodule Vsmcp.CRDT.Sync.Transport.PG do
   `Vsmcp.CRDT.Sync.Transport` over OTP's `:pg` process groups.
 
   Uses its own scope (default `#{inspect(Vsmcp.CRDT.Sync.PG)}`, started on
-  every node by `Vsmcp.CRDT.Application`; another one can be given as
+  every node by this library's application; another one can be given as
   `scope:`), so sync groups never mix with the application's own groups.
   Per topic there are two kinds of groups, keyed by terms made of the
   caller's strings (no atoms are created):
@@ -30,7 +30,7 @@ defmodule Vsmcp.CRDT.Sync.Transport.PG do
   @default_scope Vsmcp.CRDT.Sync.PG
 
   @doc """
-  The scope started by `Vsmcp.CRDT.Application` on every node.
+  The scope started by this library's application on every node.
 
       iex> Vsmcp.CRDT.Sync.Transport.PG.default_scope()
       Vsmcp.CRDT.Sync.PG
