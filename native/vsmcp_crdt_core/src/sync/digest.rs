@@ -2,7 +2,12 @@
 //! anti-entropy.
 //!
 //! Ids fall into [`BUCKETS`] buckets by a hash of the id; each bucket is the
-//! wrapping sum of [`item_hash`]`(id, canonical state bytes)` over its ids.
+//! wrapping sum of an item hash over its ids. The sync engine's item hash
+//! covers the id, the record's generation, its kind and its state in digest
+//! form (`canonical::digest_bytes`: for an OR-Set its causal context plus
+//! the hash of the elements it reads as present), so any two copies that
+//! read differently differ; [`Digest::update`] hashes `(id, state bytes)`
+//! for callers without generations (the simulation test of the core).
 //! A sum is order-independent and invertible, so an update costs O(1):
 //! subtract the old item hash, add the new one. Two replicas holding equal
 //! states have equal digests; the buckets where digests differ name the ids
@@ -11,8 +16,10 @@
 //! The hash is FNV-1a 64 with a SplitMix64 finalizer, implemented here with
 //! fixed constants: peers must agree on it, so it can be neither a randomly
 //! seeded `HashMap` hasher nor anything that changes between builds. It is
-//! not collision resistant against an adversary; peers are trusted, the
-//! digest only guards against lost messages.
+//! not collision resistant against an adversary: a peer that forges a
+//! collision can only make anti-entropy skip an exchange with it (what it
+//! sends is validated like any peer input; see the sync guide's trust
+//! model). The digest guards against lost messages, not against peers.
 //!
 //! The state bytes must be canonical (equal states, equal bytes): see
 //! [`canonical_state_bytes`](super::canonical::canonical_state_bytes).

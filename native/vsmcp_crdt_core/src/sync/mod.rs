@@ -18,12 +18,18 @@
 //!   transfer.
 //!
 //! Anti-entropy compares [`Digest`]s: each replica keeps bucket sums of
-//! stable hashes of `(id, canonical state bytes)`, updated incrementally.
+//! stable hashes of each record (id, generation, kind, state in digest
+//! form), updated incrementally.
 //! `A` sends its digest ([`Message::DigestRequest`]) to `B`; `B` asks for
 //! the buckets that differ ([`Message::StateRequest`]); `A` answers with its
 //! states of those buckets ([`Message::States`]); `B` joins them. Repeated
 //! in both directions this converges whatever was lost, and it is what a
 //! replica returning after a long absence goes through.
+//!
+//! The protocol as a whole (membership, frontiers and stability,
+//! collection, clock skew, the trust model) is described once, for users,
+//! in `guides/distributed-sync.md`; the module docs of [`engine`] and
+//! [`wire`] give the details the code relies on.
 //!
 //! Invariants the caller relies on:
 //!

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! byte 0   WIRE_MAGIC  0xC9
-//! byte 1   wire version (1, 2 or 3)
+//! byte 1   wire version (1 to 4)
 //! byte 2   message tag (see [`Tag`])
 //! rest     MessagePack body (rmp-serde, tuples as arrays, bytes as bin)
 //! ```
