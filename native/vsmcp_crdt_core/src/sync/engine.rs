@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::hlc::Timestamp;
 use crate::store::record::{decode_parts, encode_gen, encode_parts, Meta};
 use crate::store::{Merged, Store};
-use hashbrown::{HashMap, HashSet};
+use crate::hash::{HashMap, HashSet};
 
 /// Bytes at the end of a sync id that change on every start: the store's
 /// incarnation (8) and the engine's session (8). The rest is the data
@@ -88,6 +88,10 @@ pub struct EngineConfig {
     /// Collect remove tokens and delete tombstones once the cluster has
     /// been quiescent (see [`Engine`]) for this long.
     pub collect_after_ms: u64,
+    /// Tests only: the session part of the sync id (random when `None`),
+    /// so that a seeded simulation replays exactly.
+    #[cfg(feature = "fault-injection")]
+    pub session: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -99,6 +103,8 @@ impl Default for EngineConfig {
             down_after_ms: 5_000,
             attrs: Vec::new(),
             collect_after_ms: 2_000,
+            #[cfg(feature = "fault-injection")]
+            session: None,
         }
     }
 }
@@ -341,21 +347,25 @@ impl Engine {
     /// the old one and never hold acknowledgements from a previous session.
     pub fn new(store: &Store, cfg: EngineConfig) -> Engine {
         let mut me = store.replica_id().as_bytes().to_vec();
-        me.extend_from_slice(&random_u64().to_be_bytes());
+        #[cfg(feature = "fault-injection")]
+        let session = cfg.session.unwrap_or_else(random_u64);
+        #[cfg(not(feature = "fault-injection"))]
+        let session = random_u64();
+        me.extend_from_slice(&session.to_be_bytes());
         Engine {
             me: ReplicaId::new(&me),
             log: DeltaLog::new(cfg.max_log_bytes),
             cfg,
-            peers: HashMap::new(),
-            forgotten: HashSet::new(),
+            peers: HashMap::default(),
+            forgotten: HashSet::default(),
             digest: Digest::new(),
-            hashes: HashMap::new(),
-            collectable: HashMap::new(),
+            hashes: HashMap::default(),
+            collectable: HashMap::default(),
             quiescent_since: None,
             tombs_scanned_ms: 0,
-            transfers: HashMap::new(),
-            queued: HashMap::new(),
-            dirty: HashSet::new(),
+            transfers: HashMap::default(),
+            queued: HashMap::default(),
+            dirty: HashSet::default(),
             primed: false,
             counters: Counters::default(),
         }
@@ -374,6 +384,17 @@ impl Engine {
     /// The outgoing log (for inspection).
     pub fn log(&self) -> &DeltaLog {
         &self.log
+    }
+
+    /// The root of the digest as last refreshed (by a hello, a digest or a
+    /// collection), for inspection.
+    pub fn digest_root(&self) -> u64 {
+        self.digest.root()
+    }
+
+    /// States queued for state transfers, over every peer (for inspection).
+    pub fn transfers_queued(&self) -> usize {
+        self.transfers.values().map(|q| q.len()).sum()
     }
 
     /// Peers that are up.
@@ -932,7 +953,7 @@ impl Engine {
         let mut merged_here = 0u64;
         // Timestamps from the future would let a runaway clock win every
         // register write and drag our clock along.
-        let horizon = crate::hlc::now_ms().saturating_add(store.max_clock_offset_ms());
+        let horizon = store.now_ms().saturating_add(store.max_clock_offset_ms());
         for (id, bytes) in entries {
             let parsed = check_payload(&bytes)
                 .and_then(|()| decode_parts(&bytes))
