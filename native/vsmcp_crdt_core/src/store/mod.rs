@@ -990,11 +990,15 @@ impl Store {
             Body::Hot(c) => (**c).clone(),
             Body::Warm(b) => decode_stored(b)?,
         };
+        let was_warm = matches!(snapshot, Body::Warm(_));
         drop(snapshot);
         let dropped = state.collect_stable();
         if dropped == 0 {
             return Ok(0);
         }
+        // A warm slot stays warm (the tiers count their items): encoded
+        // here, without the lock.
+        let encoded: Option<Arc<[u8]>> = was_warm.then(|| state.encode().into());
         let mut sh = inner.lock_state_unchecked(id);
         let meta = match sh.tiers.get(id) {
             Some(slot) if slot.version == version => slot.meta.clone(),
@@ -1016,7 +1020,12 @@ impl Store {
             }
         }
         if let Some(slot) = sh.tiers.get_mut(id) {
-            let old = std::mem::replace(&mut slot.body, Body::Hot(state));
+            let body = match (&slot.body, encoded) {
+                (Body::Hot(_), _) => Body::Hot(state),
+                (Body::Warm(_), Some(b)) => Body::Warm(b),
+                (Body::Warm(_), None) => Body::Warm(state.encode().into()),
+            };
+            let old = std::mem::replace(&mut slot.body, body);
             slot.changed();
             drop_in_background(old);
         }
