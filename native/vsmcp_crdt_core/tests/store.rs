@@ -700,7 +700,8 @@ fn collecting_a_warm_set_keeps_the_tier_counts() {
     s.update(b"set", Mutation::Remove(b"a"), Access::MayBlock, |_| ())
         .unwrap();
     // Another item pushes the set out of the hot tier.
-    s.create(b"other", Kind::GCounter, Access::MayBlock).unwrap();
+    s.create(b"other", Kind::GCounter, Access::MayBlock)
+        .unwrap();
     for _ in 0..3 {
         if s.metadata(b"set", Access::MayBlock).unwrap().1 == Tier::Warm {
             break;

@@ -31,9 +31,9 @@
 
 mod backup;
 pub mod cold;
+pub mod config;
 #[cfg(feature = "fault-injection")]
 mod crash;
-pub mod config;
 pub mod halt;
 pub mod import;
 pub mod info;
@@ -128,12 +128,7 @@ struct Outgoing {
 }
 
 /// Join a local change of `id` into the outgoing map, by generation.
-fn note_out(
-    out: &mut HashMap<Box<[u8]>, Outgoing>,
-    id: &[u8],
-    meta: &Meta,
-    delta: &Crdt,
-) {
+fn note_out(out: &mut HashMap<Box<[u8]>, Outgoing>, id: &[u8], meta: &Meta, delta: &Crdt) {
     let fresh = || Outgoing {
         meta: meta.clone(),
         delta: Some(Arc::new(delta.clone())),
@@ -833,7 +828,10 @@ impl Store {
             let taken = {
                 let mut sh = shard.state.lock();
                 let cap = sh.out.capacity();
-                std::mem::replace(&mut sh.out, HashMap::with_capacity_and_hasher(cap, Default::default()))
+                std::mem::replace(
+                    &mut sh.out,
+                    HashMap::with_capacity_and_hasher(cap, Default::default()),
+                )
             };
             for (id, o) in taken {
                 let crdt = match &o.delta {

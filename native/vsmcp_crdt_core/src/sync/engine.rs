@@ -31,10 +31,10 @@ use super::wire::{
 use crate::causal::ReplicaId;
 use crate::crdt::Crdt;
 use crate::error::Error;
+use crate::hash::{HashMap, HashSet};
 use crate::hlc::Timestamp;
 use crate::store::record::{decode_parts, encode_gen, encode_parts, Meta};
 use crate::store::{Merged, Store};
-use crate::hash::{HashMap, HashSet};
 
 /// Bytes at the end of a sync id that change on every start: the store's
 /// incarnation (8) and the engine's session (8). The rest is the data

@@ -88,11 +88,19 @@ impl Reading {
         let v = if let Some(c) = self.counter {
             c.to_string()
         } else if let Some(e) = &self.elems {
-            let e: Vec<String> = e.iter().map(|b| String::from_utf8_lossy(b).into()).collect();
+            let e: Vec<String> = e
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into())
+                .collect();
             format!("[{}]", e.join(","))
         } else if let Some(r) = &self.reg {
             match r {
-                Some((ts, _, v)) => format!("{}@{}.{}", String::from_utf8_lossy(v), ts.wall_ms % 1_000_000, ts.counter),
+                Some((ts, _, v)) => format!(
+                    "{}@{}.{}",
+                    String::from_utf8_lossy(v),
+                    ts.wall_ms % 1_000_000,
+                    ts.counter
+                ),
                 None => "nil".into(),
             }
         } else {
@@ -143,13 +151,25 @@ pub(super) fn read(store: &Store, id: &[u8]) -> Result<Reading, Error> {
                     .map(|(e, dots)| {
                         let d: Vec<String> = dots
                             .iter()
-                            .map(|(r, c, rm)| format!("{}{}:{c}", if *rm { "-" } else { "+" }, short(r)))
+                            .map(|(r, c, rm)| {
+                                format!("{}{}:{c}", if *rm { "-" } else { "+" }, short(r))
+                            })
                             .collect();
                         format!("{}{{{}}}", String::from_utf8_lossy(e), d.join(" "))
                     })
                     .collect();
-                let vv: Vec<String> = n.ctx.vv.iter().map(|(r, c)| format!("{}:{c}", short(r))).collect();
-                r.dots = format!("{} ctx [{}] cloud {}", elems.join(" "), vv.join(" "), n.ctx.cloud.len());
+                let vv: Vec<String> = n
+                    .ctx
+                    .vv
+                    .iter()
+                    .map(|(r, c)| format!("{}:{c}", short(r)))
+                    .collect();
+                r.dots = format!(
+                    "{} ctx [{}] cloud {}",
+                    elems.join(" "),
+                    vv.join(" "),
+                    n.ctx.cloud.len()
+                );
             }
             Crdt::LwwRegister(l) => {
                 r.reg = Some(
@@ -191,7 +211,9 @@ fn subsets(unsure: usize) -> Option<impl Iterator<Item = u64>> {
     (unsure <= MAX_UNSURE).then(|| 0..(1u64 << unsure))
 }
 
-pub fn check(w: &World, checked: &mut Checked) -> Vec<Failure> {
+/// Check the world after the heal; `live`: the probes reached everyone
+/// within `PROBE_MS`.
+pub fn check(w: &World, live_ok: bool, checked: &mut Checked) -> Vec<Failure> {
     let mut out = w.failures.clone();
     let live: Vec<usize> = (0..w.nodes.len())
         .filter(|i| !w.nodes[*i].is_retired())
@@ -202,7 +224,10 @@ pub fn check(w: &World, checked: &mut Checked) -> Vec<Failure> {
             .and_then(|r| r.engine.as_ref())
             .is_none()
         {
-            out.push(Failure::new("error", format!("n{i} is not running after the heal")));
+            out.push(Failure::new(
+                "error",
+                format!("n{i} is not running after the heal"),
+            ));
             return out;
         }
     }
@@ -212,21 +237,42 @@ pub fn check(w: &World, checked: &mut Checked) -> Vec<Failure> {
         let store = w.nodes[i].store().expect("running");
         for (j, k) in &w.probes {
             let ok = store
-                .read(&w.ids[*k].name, Access::MayBlock, |v| v.value() == Value::Counter(1))
+                .read(&w.ids[*k].name, Access::MayBlock, |v| {
+                    v.value() == Value::Counter(1)
+                })
                 .unwrap_or(false);
             if !ok {
                 missing.push(format!("n{i} lacks n{j}'s"));
             }
         }
     }
+    if !live_ok && missing.is_empty() {
+        missing.push(format!("not within {} ms", super::PROBE_MS));
+    }
     if w.probes.len() < live.len() {
-        missing.push(format!("{} of {} probes written", w.probes.len(), live.len()));
+        missing.push(format!(
+            "{} of {} probes written",
+            w.probes.len(),
+            live.len()
+        ));
     }
     if !missing.is_empty() {
         // The replicas did not converge: their values say nothing more.
+        let since: Vec<String> = w
+            .stats
+            .rejected
+            .iter()
+            .map(|(k, v)| (k, v - w.rejected_before_probes.get(k).copied().unwrap_or(0)))
+            .filter(|(_, v)| *v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         out.push(Failure::new(
             "stuck",
-            format!("probe writes after the heal did not reach everyone: {}", missing.join(", ")),
+            format!(
+                "probe writes after the heal did not reach everyone: {} (rejections meanwhile: {})",
+                missing.join(", "),
+                since.join(", ")
+            ),
         ));
         return out;
     }
@@ -260,7 +306,11 @@ pub fn check(w: &World, checked: &mut Checked) -> Vec<Failure> {
             }
         }
         let same = |a: &Reading, b: &Reading| {
-            a.gen == b.gen && a.kind == b.kind && a.counter == b.counter && a.elems == b.elems && a.reg == b.reg
+            a.gen == b.gen
+                && a.kind == b.kind
+                && a.counter == b.counter
+                && a.elems == b.elems
+                && a.reg == b.reg
         };
         if readings.windows(2).any(|p| !same(&p[0].1, &p[1].1)) {
             let shown: Vec<String> = readings
@@ -363,7 +413,11 @@ fn possible_gens(w: &World, k: usize) -> Option<BTreeSet<Option<GenKey>>> {
     let mut out = BTreeSet::new();
     for mask in subsets(unsure.len())? {
         let included = |i: usize| {
-            items[i].sure || unsure.iter().position(|u| *u == i).is_some_and(|b| mask >> b & 1 == 1)
+            items[i].sure
+                || unsure
+                    .iter()
+                    .position(|u| *u == i)
+                    .is_some_and(|b| mask >> b & 1 == 1)
         };
         let tombs: Vec<Tomb> = (creates.len()..items.len())
             .filter(|i| included(*i))
@@ -384,13 +438,22 @@ fn possible_gens(w: &World, k: usize) -> Option<BTreeSet<Option<GenKey>>> {
     Some(out)
 }
 
-fn expect(w: &World, k: usize, r: &Reading, at: &str, checked: &mut Checked, out: &mut Vec<Failure>) {
+fn expect(
+    w: &World,
+    k: usize,
+    r: &Reading,
+    at: &str,
+    checked: &mut Checked,
+    out: &mut Vec<Failure>,
+) {
     let name = w.id_name(k);
     // A generation killed by a sure delete must not be live.
     if let Some(g) = &r.gen {
-        let killer = w.hist.ops.iter().find(|o| {
-            o.id == k && o.sure && o.tomb().is_some_and(|t| t.kills(&g.gen()))
-        });
+        let killer = w
+            .hist
+            .ops
+            .iter()
+            .find(|o| o.id == k && o.sure && o.tomb().is_some_and(|t| t.kills(&g.gen())));
         if let Some(d) = killer {
             out.push(Failure::new(
                 "resurrected",
@@ -419,7 +482,11 @@ fn expect(w: &World, k: usize, r: &Reading, at: &str, checked: &mut Checked, out
             };
             out.push(Failure::new(
                 symptom,
-                format!("{name} on {at}: {}; expected one of [{}]", r.show(), expected.join(", ")),
+                format!(
+                    "{name} on {at}: {}; expected one of [{}]",
+                    r.show(),
+                    expected.join(", ")
+                ),
             ));
             return;
         }
@@ -447,7 +514,11 @@ fn expect(w: &World, k: usize, r: &Reading, at: &str, checked: &mut Checked, out
         }
         checked.values += 1;
         if v < sure + lo || v > sure + hi {
-            let symptom = if v < sure + lo { "lost-data" } else { "counter-too-high" };
+            let symptom = if v < sure + lo {
+                "lost-data"
+            } else {
+                "counter-too-high"
+            };
             out.push(Failure::new(
                 symptom,
                 format!(
@@ -465,7 +536,11 @@ fn expect(w: &World, k: usize, r: &Reading, at: &str, checked: &mut Checked, out
             if set_ops.is_empty() {
                 continue;
             }
-            let unsure: Vec<usize> = set_ops.iter().copied().filter(|i| !w.hist.ops[*i].sure).collect();
+            let unsure: Vec<usize> = set_ops
+                .iter()
+                .copied()
+                .filter(|i| !w.hist.ops[*i].sure)
+                .collect();
             let Some(masks) = subsets(unsure.len()) else {
                 checked.undecided += 1;
                 continue;
@@ -478,7 +553,10 @@ fn expect(w: &World, k: usize, r: &Reading, at: &str, checked: &mut Checked, out
                     .copied()
                     .filter(|i| {
                         w.hist.ops[*i].sure
-                            || unsure.iter().position(|u| u == i).is_some_and(|b| mask >> b & 1 == 1)
+                            || unsure
+                                .iter()
+                                .position(|u| u == i)
+                                .is_some_and(|b| mask >> b & 1 == 1)
                     })
                     .collect();
                 possible.insert(present(w, &included, remove_wins));
@@ -541,7 +619,11 @@ fn expect(w: &World, k: usize, r: &Reading, at: &str, checked: &mut Checked, out
         if !ok || (exact && reg.as_ref() != max_all) {
             out.push(Failure::new(
                 "register-not-greatest",
-                format!("{name} {g} on {at}: {}; greatest written {:?}", r.show(), max_all.map(|e| (e.0, String::from_utf8_lossy(&e.2)))),
+                format!(
+                    "{name} {g} on {at}: {}; greatest written {:?}",
+                    r.show(),
+                    max_all.map(|e| (e.0, String::from_utf8_lossy(&e.2)))
+                ),
             ));
         }
     }

@@ -101,7 +101,11 @@ impl Outcome {
         for f in &self.failures {
             s.push_str(&format!("  [{}] {}\n", f.symptom, f.detail));
         }
-        s.push_str(&format!("  last {} of {} events:\n", self.tail.len(), self.events));
+        s.push_str(&format!(
+            "  last {} of {} events:\n",
+            self.tail.len(),
+            self.events
+        ));
         for l in &self.tail {
             s.push_str(&format!("    {l}\n"));
         }
@@ -126,10 +130,12 @@ pub fn run(seed: u64, verbose: bool) -> Outcome {
         w.heal();
         w.run_until(HEAL_MS, World::settled);
         w.start_probes();
-        w.run_until(PROBE_MS, World::probes_seen);
-        w.run_until(PROBE_MS, World::settled);
+        let live = w.run_until(PROBE_MS, World::probes_seen);
+        if live {
+            w.run_until(PROBE_MS, World::settled);
+        }
         w.collect_counters();
-        check::check(&w, &mut checked)
+        check::check(&w, live, &mut checked)
     }));
     let failures = match phases {
         Ok(f) => f,
@@ -189,8 +195,13 @@ impl Tally {
         self.sim_ms += o.stats.sim_ms;
         self.cpu += o.elapsed;
         if !o.ok() {
-            let first = o.failures.first().map(|f| f.detail.clone()).unwrap_or_default();
-            self.failures.push((o.seed, o.scenario, o.symptoms(), first));
+            let first = o
+                .failures
+                .first()
+                .map(|f| f.detail.clone())
+                .unwrap_or_default();
+            self.failures
+                .push((o.seed, o.scenario, o.symptoms(), first));
         }
     }
 
@@ -264,11 +275,7 @@ impl Tally {
 
 /// Run `seeds` on `threads` worker threads (each takes the next seed),
 /// calling `each` with every outcome.
-pub fn run_many(
-    seeds: &[u64],
-    threads: usize,
-    each: &(dyn Fn(&Outcome) + Sync),
-) -> Tally {
+pub fn run_many(seeds: &[u64], threads: usize, each: &(dyn Fn(&Outcome) + Sync)) -> Tally {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let tallies: Vec<Tally> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads.max(1))
@@ -286,7 +293,10 @@ pub fn run_many(
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("worker")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker"))
+            .collect()
     });
     let mut all = Tally::default();
     for t in tallies {

@@ -73,7 +73,13 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(name: String, cfg: StoreConfig, ecfg: EngineConfig, session_seed: u64, ids: usize) -> Node {
+    pub fn new(
+        name: String,
+        cfg: StoreConfig,
+        ecfg: EngineConfig,
+        session_seed: u64,
+        ids: usize,
+    ) -> Node {
         let wall = Arc::new(AtomicU64::new(BASE_MS));
         let mut cfg = cfg;
         cfg.wall_clock = WallClock::Manual(wall.clone());
@@ -161,7 +167,8 @@ impl Node {
     /// Open the store (a new incarnation) and start its engine.
     pub fn open(&mut self, t: u64) -> Result<(), String> {
         self.set_wall(t);
-        let store = Store::open(self.cfg.clone()).map_err(|e| format!("{}: open: {e}", self.name))?;
+        let store =
+            Store::open(self.cfg.clone()).map_err(|e| format!("{}: open: {e}", self.name))?;
         self.opens += 1;
         self.life = Life::Up(Box::new(Running {
             store,

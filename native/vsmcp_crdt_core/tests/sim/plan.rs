@@ -74,7 +74,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn of_seed(seed: u64) -> Plan {
-        let mut rng = Rng::new(seed ^ 0x5EED_0F_5EED);
+        let mut rng = Rng::new(seed ^ 0x005E_ED0F_5EED);
         let scenario = match seed % 8 {
             0 | 4 => Scenario::Random,
             1 | 5 => Scenario::LostDelete,

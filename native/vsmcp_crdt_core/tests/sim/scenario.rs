@@ -41,59 +41,101 @@ fn lost_delete(w: &mut World) {
         Kind::PNCounter
     };
     let t0 = 300 + w.rng.below(2_000);
-    w.at(t0, Action::Create { node: p, id: x, kind });
+    w.at(
+        t0,
+        Action::Create {
+            node: p,
+            id: x,
+            kind,
+        },
+    );
     for j in 0..7 {
-        w.at(t0 + 1 + j, Action::Count { node: p, id: x, n: 1 });
+        w.at(
+            t0 + 1 + j,
+            Action::Count {
+                node: p,
+                id: x,
+                n: 1,
+            },
+        );
     }
     let creator = if w.rng.chance(50) { p } else { d };
-    w.at(t0, Action::Create {
-        node: creator,
-        id: s,
-        kind: Kind::ORSet,
-    });
-    w.at(t0 + 200, Action::SetOp {
-        node: p,
-        id: s,
-        elem: 0,
-        add: true,
-    });
+    w.at(
+        t0,
+        Action::Create {
+            node: creator,
+            id: s,
+            kind: Kind::ORSet,
+        },
+    );
+    w.at(
+        t0 + 200,
+        Action::SetOp {
+            node: p,
+            id: s,
+            elem: 0,
+            add: true,
+        },
+    );
     let t1 = t0 + 500 + w.rng.below(800);
     w.at(t1, Action::Isolate(p, true));
     let t2 = t1 + 50 + w.rng.below(300);
     w.at(t2, Action::Delete { node: d, id: x });
-    w.at(t2, Action::SetOp {
-        node: d,
-        id: s,
-        elem: 0,
-        add: false,
-    });
+    w.at(
+        t2,
+        Action::SetOp {
+            node: d,
+            id: s,
+            elem: 0,
+            add: false,
+        },
+    );
     // The cut-off node's concurrent writes.
     let tp = t2 + w.rng.below(200);
-    w.at(tp, Action::Count { node: p, id: x, n: 5 });
-    w.at(tp, Action::SetOp {
-        node: p,
-        id: s,
-        elem: 0,
-        add: true,
-    });
+    w.at(
+        tp,
+        Action::Count {
+            node: p,
+            id: x,
+            n: 5,
+        },
+    );
+    w.at(
+        tp,
+        Action::SetOp {
+            node: p,
+            id: s,
+            elem: 0,
+            add: true,
+        },
+    );
     let variant = w.rng.below(3);
     let mut t = t2 + 100 + w.rng.below(300);
     if variant != 1 {
         for i in 0..w.plan.nodes {
             if i != p {
                 let gap = w.rng.below(100);
-                w.at(t, Action::RestartEngine { node: i, gap_ms: gap });
+                w.at(
+                    t,
+                    Action::RestartEngine {
+                        node: i,
+                        gap_ms: gap,
+                    },
+                );
                 t += 50 + w.rng.below(300);
             }
         }
     }
     if variant != 0 {
         let down = 50 + w.rng.below(500);
-        w.at(t, Action::RestartStore {
-            node: d,
-            crash: true,
-            down_ms: down,
-        });
+        w.at(
+            t,
+            Action::RestartStore {
+                node: d,
+                crash: true,
+                down_ms: down,
+            },
+        );
         t += down;
     }
     let back = t + 1_000 + w.rng.below(3_000);
@@ -109,23 +151,32 @@ fn remove_vs_cut_add(w: &mut World) {
     let (s, aw) = (id(w, "s"), id(w, "w"));
     let t0 = 300 + w.rng.below(2_000);
     let creator = w.rng.below(w.plan.nodes as u64) as usize;
-    w.at(t0, Action::Create {
-        node: creator,
-        id: s,
-        kind: Kind::ORSet,
-    });
-    w.at(t0, Action::Create {
-        node: creator,
-        id: aw,
-        kind: Kind::AWSet,
-    });
-    for set in [s, aw] {
-        w.at(t0 + 150, Action::SetOp {
+    w.at(
+        t0,
+        Action::Create {
             node: creator,
-            id: set,
-            elem: 1,
-            add: true,
-        });
+            id: s,
+            kind: Kind::ORSet,
+        },
+    );
+    w.at(
+        t0,
+        Action::Create {
+            node: creator,
+            id: aw,
+            kind: Kind::AWSet,
+        },
+    );
+    for set in [s, aw] {
+        w.at(
+            t0 + 150,
+            Action::SetOp {
+                node: creator,
+                id: set,
+                elem: 1,
+                add: true,
+            },
+        );
     }
     let variant = w.rng.below(3);
     let t1 = t0 + 500 + w.rng.below(800);
@@ -136,25 +187,37 @@ fn remove_vs_cut_add(w: &mut World) {
     }
     let t2 = t1 + 50 + w.rng.below(300);
     for set in [s, aw] {
-        w.at(t2, Action::SetOp {
-            node: a,
-            id: set,
-            elem: 1,
-            add: false,
-        });
+        w.at(
+            t2,
+            Action::SetOp {
+                node: a,
+                id: set,
+                elem: 1,
+                add: false,
+            },
+        );
         let ta = t2 + w.rng.below(100);
-        w.at(ta, Action::SetOp {
-            node: p,
-            id: set,
-            elem: 1,
-            add: true,
-        });
+        w.at(
+            ta,
+            Action::SetOp {
+                node: p,
+                id: set,
+                elem: 1,
+                add: true,
+            },
+        );
     }
     let mut back = t2 + 200 + w.rng.below(400);
     if variant != 2 {
         let t3 = t2 + 100 + w.rng.below(300);
         let gap = w.rng.below(100);
-        w.at(t3, Action::RestartEngine { node: a, gap_ms: gap });
+        w.at(
+            t3,
+            Action::RestartEngine {
+                node: a,
+                gap_ms: gap,
+            },
+        );
         back = t3 + 1_000 + w.rng.below(2_000);
     }
     if variant == 0 {
@@ -172,12 +235,22 @@ fn clock_refused(w: &mut World) {
     let (p, d) = two_nodes(w);
     let (x, s) = (id(w, "x"), id(w, "s"));
     let t0 = 300 + w.rng.below(1_500);
-    w.at(t0, Action::Create {
-        node: p,
-        id: x,
-        kind: Kind::GCounter,
-    });
-    w.at(t0 + 1, Action::Count { node: p, id: x, n: 3 });
+    w.at(
+        t0,
+        Action::Create {
+            node: p,
+            id: x,
+            kind: Kind::GCounter,
+        },
+    );
+    w.at(
+        t0 + 1,
+        Action::Count {
+            node: p,
+            id: x,
+            n: 3,
+        },
+    );
     let t1 = t0 + 500 + w.rng.below(800);
     let ahead = w.rng.chance(60);
     let skew = if ahead {
@@ -189,22 +262,41 @@ fn clock_refused(w: &mut World) {
     w.at(t1, Action::Skew(p, skew));
     let t2 = t1 + 100 + w.rng.below(500);
     w.at(t2, Action::Delete { node: d, id: x });
-    w.at(t2 + 50, Action::Count { node: p, id: x, n: 4 });
-    w.at(t2 + 60, Action::Create {
-        node: p,
-        id: s,
-        kind: Kind::ORSet,
-    });
-    w.at(t2 + 70, Action::SetOp {
-        node: p,
-        id: s,
-        elem: 2,
-        add: true,
-    });
+    w.at(
+        t2 + 50,
+        Action::Count {
+            node: p,
+            id: x,
+            n: 4,
+        },
+    );
+    w.at(
+        t2 + 60,
+        Action::Create {
+            node: p,
+            id: s,
+            kind: Kind::ORSet,
+        },
+    );
+    w.at(
+        t2 + 70,
+        Action::SetOp {
+            node: p,
+            id: s,
+            elem: 2,
+            add: true,
+        },
+    );
     if w.rng.chance(50) {
         // The others go on: engines restart meanwhile.
         let i = (p + 1 + w.rng.below(w.plan.nodes as u64 - 1) as usize) % w.plan.nodes;
-        w.at(t2 + 300, Action::RestartEngine { node: i, gap_ms: 20 });
+        w.at(
+            t2 + 300,
+            Action::RestartEngine {
+                node: i,
+                gap_ms: 20,
+            },
+        );
     }
     let fix = t2 + 500 + w.rng.below(4_000);
     w.at(fix, Action::Skew(p, 0));

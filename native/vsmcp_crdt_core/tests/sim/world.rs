@@ -82,13 +82,36 @@ pub enum Action {
     /// Cut (or restore) the links between two nodes, both ways.
     CutPair(usize, usize, bool),
     Skew(usize, i64),
-    RestartEngine { node: usize, gap_ms: u64 },
-    RestartStore { node: usize, crash: bool, down_ms: u64 },
+    RestartEngine {
+        node: usize,
+        gap_ms: u64,
+    },
+    RestartStore {
+        node: usize,
+        crash: bool,
+        down_ms: u64,
+    },
     FailWrites(usize, bool),
-    Create { node: usize, id: usize, kind: Kind },
-    Count { node: usize, id: usize, n: i128 },
-    SetOp { node: usize, id: usize, elem: u8, add: bool },
-    Delete { node: usize, id: usize },
+    Create {
+        node: usize,
+        id: usize,
+        kind: Kind,
+    },
+    Count {
+        node: usize,
+        id: usize,
+        n: i128,
+    },
+    SetOp {
+        node: usize,
+        id: usize,
+        elem: u8,
+        add: bool,
+    },
+    Delete {
+        node: usize,
+        id: usize,
+    },
     /// Undo a random link fault (by its index in `World::cuts`).
     Uncut(Vec<(usize, usize)>),
 }
@@ -136,6 +159,8 @@ pub struct World {
     pub failures: Vec<Failure>,
     /// Liveness probes of the last phase: (node, id index).
     pub probes: Vec<(usize, usize)>,
+    /// Rejections counted when the probes were written.
+    pub rejected_before_probes: BTreeMap<&'static str, u64>,
     pub faults_on: bool,
     root: tempfile::TempDir,
     backups: Vec<Backup>,
@@ -154,7 +179,10 @@ pub struct World {
 fn temp_root() -> tempfile::TempDir {
     let shm = std::path::Path::new("/dev/shm");
     if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new().prefix("vsmcp-sim-").tempdir_in(shm) {
+        if let Ok(d) = tempfile::Builder::new()
+            .prefix("vsmcp-sim-")
+            .tempdir_in(shm)
+        {
             return d;
         }
     }
@@ -222,6 +250,7 @@ impl World {
             ids,
             failures: Vec::new(),
             probes: Vec::new(),
+            rejected_before_probes: BTreeMap::new(),
             faults_on: true,
             root: temp_root(),
             backups: Vec::new(),
@@ -272,7 +301,11 @@ impl World {
             cfg.warm_limit = 2;
         }
         self.dirs_made += 1;
-        cfg.test_replica_seed = Some(self.seed.wrapping_mul(1_000_003).wrapping_add(self.dirs_made));
+        cfg.test_replica_seed = Some(
+            self.seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(self.dirs_made),
+        );
         let mut ecfg = engine_config(self.plan.max_log_bytes);
         ecfg.attrs = format!("n{i}").into_bytes();
         let session_seed = self.seed ^ (self.dirs_made << 48);
@@ -309,7 +342,11 @@ impl World {
                 self.set_cuts(&links, cut);
             }
             Action::CutPair(a, b, cut) => {
-                ev!(self, "link n{a}-n{b} {}", if cut { "cut" } else { "restored" });
+                ev!(
+                    self,
+                    "link n{a}-n{b} {}",
+                    if cut { "cut" } else { "restored" }
+                );
                 self.fault("cut-pair");
                 self.set_cuts(&[(a, b), (b, a)], cut);
             }
@@ -416,7 +453,12 @@ impl World {
                 continue;
             };
             let Some(engine) = r.engine.as_mut() else {
-                ev!(self, "n{}->n{to} {tag} {}B: engine stopped", p.from, p.bytes.len());
+                ev!(
+                    self,
+                    "n{}->n{to} {tag} {}B: engine stopped",
+                    p.from,
+                    p.bytes.len()
+                );
                 continue;
             };
             let mut events = Vec::new();
@@ -440,8 +482,9 @@ impl World {
             return;
         };
         last.resize(self.nodes.len(), String::new());
-        for i in 0..self.nodes.len() {
-            let Some(store) = self.nodes[i].store() else {
+        let stores: Vec<Option<Store>> = self.nodes.iter().map(Node::store).collect();
+        for (i, store) in stores.into_iter().enumerate() {
+            let Some(store) = store else {
                 continue;
             };
             let s = match super::check::read(&store, &self.ids[k].name) {
@@ -510,8 +553,7 @@ impl World {
                 None => {
                     for j in 0..self.nodes.len() {
                         if j != from && !self.nodes[j].is_retired() {
-                            self.net
-                                .send(&mut self.rng, at, from, j, o.bytes.clone());
+                            self.net.send(&mut self.rng, at, from, j, o.bytes.clone());
                         }
                     }
                 }
@@ -542,7 +584,11 @@ impl World {
         }
         if self.nodes[i].engine_back_at.is_some_and(|t| self.now >= t) {
             self.nodes[i].start_engine();
-            ev!(self, "n{i} engine started (session {})", self.nodes[i].engines);
+            ev!(
+                self,
+                "n{i} engine started (session {})",
+                self.nodes[i].engines
+            );
         }
         if self.faults_on && self.rng.chance(self.plan.op_pct) {
             self.random_op(i);
@@ -615,11 +661,7 @@ impl World {
                 let dir: Vec<u8> = r.store.replica_id().as_bytes()[..16].to_vec();
                 let inc = r.store.incarnation();
                 self.nodes[i].dir_id = Some(dir.clone());
-                ev!(
-                    self,
-                    "n{i} open: dir {:02x?} incarnation {inc}",
-                    &dir[..4]
-                );
+                ev!(self, "n{i} open: dir {:02x?} incarnation {inc}", &dir[..4]);
                 for k in 0..self.ids.len() {
                     self.observe(i, k);
                 }
@@ -662,11 +704,7 @@ impl World {
             }
         };
         drop(store);
-        let unsure = if lost {
-            self.lose_unflushed(i)
-        } else {
-            0
-        };
+        let unsure = if lost { self.lose_unflushed(i) } else { 0 };
         ev!(
             self,
             "n{i} {} (down {down_ms} ms, {unsure} writes may be lost)",
@@ -710,7 +748,11 @@ impl World {
         }
         store.set_fail_writes(on);
         self.nodes[i].fail_writes = on;
-        ev!(self, "n{i} writes {}", if on { "failing" } else { "recovered" });
+        ev!(
+            self,
+            "n{i} writes {}",
+            if on { "failing" } else { "recovered" }
+        );
     }
 
     fn backup(&mut self, i: usize) {
@@ -816,7 +858,10 @@ impl World {
                 // One node cut off.
                 0 => {
                     let p = self.rng.below(n as u64) as usize;
-                    (0..n).filter(|o| *o != p).flat_map(|o| [(p, o), (o, p)]).collect()
+                    (0..n)
+                        .filter(|o| *o != p)
+                        .flat_map(|o| [(p, o), (o, p)])
+                        .collect()
                 }
                 // Two groups.
                 1 => {
@@ -994,7 +1039,12 @@ impl World {
 
     fn failed(&mut self, i: usize, k: usize, what: &str, e: &Error) {
         self.stats.failed_ops += 1;
-        ev!(self, "n{i} {what} {} failed: {}", self.id_name(k), e.reason());
+        ev!(
+            self,
+            "n{i} {what} {} failed: {}",
+            self.id_name(k),
+            e.reason()
+        );
     }
 
     fn live_gen(store: &Store, id: &[u8]) -> Result<GenKey, Error> {
@@ -1022,7 +1072,12 @@ impl World {
                 return false;
             }
         };
-        ev!(self, "n{i} create {} {} {gen}", self.id_name(k), kind_name(kind));
+        ev!(
+            self,
+            "n{i} create {} {} {gen}",
+            self.id_name(k),
+            kind_name(kind)
+        );
         self.record(i, k, gen, What::Create { kind }, "create");
         self.observe(i, k);
         true
@@ -1115,16 +1170,12 @@ impl World {
         };
         let me = store.replica_id().clone();
         let after = store.update(&id, m, Access::MayBlock, |v| match v.crdt {
-            Crdt::ORSet(s) => s
-                .normalized()
-                .elems
-                .get(&e)
-                .and_then(|dots| {
-                    dots.iter()
-                        .filter(|(r, _, _)| *r == me)
-                        .map(|(_, c, _)| *c)
-                        .max()
-                }),
+            Crdt::ORSet(s) => s.normalized().elems.get(&e).and_then(|dots| {
+                dots.iter()
+                    .filter(|(r, _, _)| *r == me)
+                    .map(|(_, c, _)| *c)
+                    .max()
+            }),
             _ => None,
         });
         let dot = match after {
@@ -1182,9 +1233,11 @@ impl World {
         };
         let value = format!("v{}n{i}", self.rng.below(1000)).into_bytes();
         let me = store.replica_id().clone();
-        let after = store.update(&id, Mutation::Set(&value), Access::MayBlock, |v| match v.crdt {
-            Crdt::LwwRegister(r) => r.entry().cloned(),
-            _ => None,
+        let after = store.update(&id, Mutation::Set(&value), Access::MayBlock, |v| {
+            match v.crdt {
+                Crdt::LwwRegister(r) => r.entry().cloned(),
+                _ => None,
+            }
         });
         let entry = match after {
             Ok(Some(e)) if e.replica == me && *e.value == *value => {
@@ -1225,7 +1278,13 @@ impl World {
             return;
         }
         let show = |g: &Option<GenKey>| g.as_ref().map_or("-".to_string(), |g| g.to_string());
-        ev!(self, "n{i} {} now {} (was {})", self.id_name(k), show(&now), show(&before));
+        ev!(
+            self,
+            "n{i} {} now {} (was {})",
+            self.id_name(k),
+            show(&now),
+            show(&before)
+        );
         if let Some(g) = before {
             let killed = store.tombstone(id).is_some_and(|t| t.kills(&g.gen()));
             if killed {
@@ -1329,6 +1388,7 @@ impl World {
     /// Every live node writes a probe counter once; afterwards every node
     /// must read every probe (a node locked out by its clock fails this).
     pub fn start_probes(&mut self) {
+        self.rejected_before_probes = self.stats.rejected.clone();
         for i in 0..self.nodes.len() {
             if self.nodes[i].is_retired() {
                 continue;
