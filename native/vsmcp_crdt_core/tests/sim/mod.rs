@@ -16,12 +16,13 @@
 //! beside the original or replacing it (which is then forgotten). Stores
 //! are strict, relaxed or mixed. Targeted scenarios (`plan`, `scenario`)
 //! weight the run toward the known collection hazards. **Heal**: faults
-//! stop, the network is reliable, clocks are right, every node is up; the
+//! stop, the network is reliable, clocks are right, every node is up, and
+//! every node writes a probe at once: within 3 s every node must read
+//! every probe (else the run is `stuck`: a node locked out). Then the
 //! cluster runs until it settled (one digest root, empty logs, no
-//! tombstones) or 8 s passed. **Probe**: every node writes once, and
-//! everyone must see it. Then `check` asserts convergence, the semantics
-//! of the acknowledged history, that no deleted generation came back, and
-//! the bounds (see its docs).
+//! tombstones) or 8 s passed, and `check` asserts convergence, the
+//! semantics of the acknowledged history, that no deleted generation came
+//! back, and the bounds (see its docs).
 //!
 //! **Determinism.** Physical time is simulated (`WallClock::Manual`), the
 //! flush thread never fires, replica ids and engine sessions come from the
@@ -48,10 +49,12 @@ use check::{Checked, Failure};
 use std::time::{Duration, Instant};
 use world::{Stats, World};
 
-/// Longest heal phase before the checker runs anyway (ms simulated).
-pub const HEAL_MS: u64 = 8_000;
-/// Longest wait for the probes and for the last collection (ms).
+/// Longest wait, once the faults stopped, for every node's probe write to
+/// reach every node (ms simulated).
 pub const PROBE_MS: u64 = 3_000;
+/// Longest wait then for the cluster to settle (one digest root, empty
+/// logs, nothing left to collect) before the checker runs anyway.
+pub const HEAL_MS: u64 = 8_000;
 
 /// The result of one seed.
 pub struct Outcome {
@@ -128,11 +131,12 @@ pub fn run(seed: u64, verbose: bool) -> Outcome {
     let phases = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         w.run_faults();
         w.heal();
-        w.run_until(HEAL_MS, World::settled);
+        // Every node writes at once: each write must reach everyone soon
+        // (a node whose clock was fixed must rejoin, not stay locked out).
         w.start_probes();
         let live = w.run_until(PROBE_MS, World::probes_seen);
         if live {
-            w.run_until(PROBE_MS, World::settled);
+            w.run_until(HEAL_MS, World::settled);
         }
         w.collect_counters();
         check::check(&w, live, &mut checked)
