@@ -37,9 +37,12 @@
 #![allow(dead_code)]
 
 pub mod check;
+pub mod faults;
 pub mod history;
 pub mod net;
 pub mod node;
+pub mod ops;
+pub mod phases;
 pub mod plan;
 pub mod scenario;
 pub mod trace;
@@ -264,6 +267,16 @@ impl Tally {
             self.faults,
             self.failures.len()
         );
+        let mut by_scenario: std::collections::BTreeMap<&str, u64> = Default::default();
+        for (_, scenario, _, _) in &self.failures {
+            *by_scenario.entry(scenario).or_default() += 1;
+        }
+        let shown: Vec<String> = self
+            .scenarios
+            .iter()
+            .map(|(sc, n)| format!("{sc} {}/{n}", by_scenario.get(sc).copied().unwrap_or(0)))
+            .collect();
+        s.push_str(&format!("  failing by scenario: {}\n", shown.join(", ")));
         for (symptom, seeds) in self.by_symptom() {
             let shown: Vec<String> = seeds.iter().take(12).map(u64::to_string).collect();
             s.push_str(&format!(

@@ -70,3 +70,11 @@ impl Trace {
         self.last.iter().cloned().collect()
     }
 }
+
+/// Record an event in `$w.trace` at `$w.now`.
+macro_rules! ev {
+    ($w:expr, $($arg:tt)*) => {
+        $w.trace.push($w.now, format_args!($($arg)*))
+    };
+}
+pub(crate) use ev;

@@ -10,18 +10,17 @@
 //! a seed replays exactly.
 
 use super::check::Failure;
-use super::history::{GenKey, History, Op, What};
+use super::history::History;
 use super::net::{Net, NetStats};
 use super::node::{Life, Node};
 use super::plan::Plan;
-use super::trace::{fnv64, Trace};
+use super::trace::{ev, fnv64, Trace};
 use crate::common::Rng;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use vsmcp_crdt_core::crdt::Crdt;
-use vsmcp_crdt_core::store::{Access, Durability, Store, StoreConfig};
+use vsmcp_crdt_core::store::{Durability, Store, StoreConfig};
 use vsmcp_crdt_core::sync::{EngineConfig, Event, Outbound};
-use vsmcp_crdt_core::{Error, Kind, Mutation};
+use vsmcp_crdt_core::Kind;
 
 pub const STEP_MS: u64 = 10;
 /// Steps between two hellos of a node.
@@ -64,7 +63,7 @@ pub fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-const KINDS: [Kind; 5] = [
+pub(super) const KINDS: [Kind; 5] = [
     Kind::GCounter,
     Kind::PNCounter,
     Kind::ORSet,
@@ -169,16 +168,16 @@ pub struct World {
     /// Rejections counted when the probes were written.
     pub rejected_before_probes: BTreeMap<&'static str, u64>,
     pub faults_on: bool,
-    root: tempfile::TempDir,
-    backups: Vec<Backup>,
-    schedule: BTreeMap<(u64, u64), Action>,
-    sched_seq: u64,
-    dirs_made: u64,
+    pub(super) root: tempfile::TempDir,
+    pub(super) backups: Vec<Backup>,
+    pub(super) schedule: BTreeMap<(u64, u64), Action>,
+    pub(super) sched_seq: u64,
+    pub(super) dirs_made: u64,
     /// Directory ids of retired nodes (forgotten by the others).
     pub retired_dirs: Vec<Vec<u8>>,
     /// Debugging (`SIM_WATCH=<id>`): the id whose state on every node is
     /// traced whenever it changes, and the last state seen per node.
-    watch: Option<(usize, Vec<String>)>,
+    pub(super) watch: Option<(usize, Vec<String>)>,
 }
 
 /// A temporary directory, in RAM when `/dev/shm` exists (RocksDB is much
@@ -197,12 +196,6 @@ fn temp_root() -> tempfile::TempDir {
         .prefix("vsmcp-sim-")
         .tempdir()
         .expect("temporary directory")
-}
-
-macro_rules! ev {
-    ($w:expr, $($arg:tt)*) => {
-        $w.trace.push($w.now, format_args!($($arg)*))
-    };
 }
 
 impl World {
@@ -296,7 +289,7 @@ impl World {
         w
     }
 
-    fn make_node(&mut self, dir: PathBuf, durability: Durability) -> Node {
+    pub(super) fn make_node(&mut self, dir: PathBuf, durability: Durability) -> Node {
         let i = self.nodes.len();
         let mut cfg = StoreConfig::new(dir, b"sim");
         cfg.durability = durability;
@@ -326,7 +319,7 @@ impl World {
         self.schedule.insert((t, self.sched_seq), a);
     }
 
-    fn run_scheduled(&mut self) {
+    pub(super) fn run_scheduled(&mut self) {
         while let Some((&key, _)) = self.schedule.first_key_value() {
             if key.0 > self.now {
                 break;
@@ -336,7 +329,7 @@ impl World {
         }
     }
 
-    fn apply(&mut self, a: Action) {
+    pub(super) fn apply(&mut self, a: Action) {
         match a {
             Action::Isolate(i, cut) => {
                 ev!(self, "n{i} {}", if cut { "isolated" } else { "rejoins" });
@@ -396,11 +389,11 @@ impl World {
         }
     }
 
-    fn fault(&mut self, kind: &'static str) {
+    pub(super) fn fault(&mut self, kind: &'static str) {
         *self.stats.faults.entry(kind).or_default() += 1;
     }
 
-    fn set_cuts(&mut self, links: &[(usize, usize)], cut: bool) {
+    pub(super) fn set_cuts(&mut self, links: &[(usize, usize)], cut: bool) {
         for &(a, b) in links {
             if a >= self.cuts.len() || b >= self.cuts.len() {
                 continue;
@@ -440,7 +433,7 @@ impl World {
         self.stats.sim_ms = self.now;
     }
 
-    fn deliver_until(&mut self, until: u64) {
+    pub(super) fn deliver_until(&mut self, until: u64) {
         let mut budget = 500_000u32;
         while let Some(p) = self.net.next_due(until) {
             budget -= 1;
@@ -484,7 +477,7 @@ impl World {
     }
 
     /// Trace the watched id's state on every node that changed.
-    fn watch_id(&mut self) {
+    pub(super) fn watch_id(&mut self) {
         let Some((k, mut last)) = self.watch.take() else {
             return;
         };
@@ -506,7 +499,7 @@ impl World {
         self.watch = Some((k, last));
     }
 
-    fn handle_events(&mut self, i: usize, events: Vec<Event>) {
+    pub(super) fn handle_events(&mut self, i: usize, events: Vec<Event>) {
         for e in events {
             match e {
                 Event::Changed(id) => {
@@ -554,7 +547,7 @@ impl World {
         self.ids.iter().position(|s| s.name == id)
     }
 
-    fn send_all(&mut self, from: usize, outs: Vec<Outbound>, at: u64) {
+    pub(super) fn send_all(&mut self, from: usize, outs: Vec<Outbound>, at: u64) {
         for o in outs {
             match &o.to {
                 None => {
@@ -579,7 +572,7 @@ impl World {
         }
     }
 
-    fn node_step(&mut self, i: usize) {
+    pub(super) fn node_step(&mut self, i: usize) {
         if let Life::Down { back_at } = self.nodes[i].life {
             if self.now >= back_at {
                 self.open_node(i);
@@ -620,7 +613,7 @@ impl World {
 
     /// Bookkeeping once every node acted: writes known flushed, and the
     /// largest tombstone count seen.
-    fn after_step(&mut self) {
+    pub(super) fn after_step(&mut self) {
         let check_tombs = (self.now / STEP_MS).is_multiple_of(10);
         for i in 0..self.nodes.len() {
             let Some(c) = self.nodes[i]
@@ -657,794 +650,6 @@ impl World {
             }
         }
     }
-
-    // ---- node lifecycle ------------------------------------------------
-
-    fn open_node(&mut self, i: usize) {
-        let now = self.now;
-        match self.nodes[i].open(now) {
-            Ok(()) => {
-                let r = self.nodes[i].running().expect("just opened");
-                let dir: Vec<u8> = r.store.replica_id().as_bytes()[..16].to_vec();
-                let inc = r.store.incarnation();
-                self.nodes[i].dir_id = Some(dir.clone());
-                ev!(self, "n{i} open: dir {:02x?} incarnation {inc}", &dir[..4]);
-                for k in 0..self.ids.len() {
-                    self.observe(i, k);
-                }
-            }
-            Err(e) => {
-                self.failures.push(Failure::new("error", e.clone()));
-                ev!(self, "n{i} open failed: {e}");
-                self.nodes[i].life = Life::Retired;
-            }
-        }
-    }
-
-    fn restart_engine(&mut self, i: usize, gap_ms: u64) {
-        let n = &self.nodes[i];
-        if !n.is_up() || n.engine_back_at.is_some() {
-            return;
-        }
-        self.fault("engine-restart");
-        ev!(self, "n{i} engine stopped (restart in {gap_ms} ms)");
-        self.nodes[i].stop_engine(self.now + gap_ms);
-    }
-
-    /// Stop node `i`'s process: cleanly (close) or by a kill (crash).
-    fn restart_store(&mut self, i: usize, crash: bool, down_ms: u64) {
-        let Some(store) = self.nodes[i].store() else {
-            return;
-        };
-        self.fault(if crash { "crash" } else { "store-restart" });
-        let lost = if crash {
-            store.crash();
-            true
-        } else {
-            match store.close(std::time::Duration::ZERO) {
-                Ok(()) => false,
-                Err(e) => {
-                    ev!(self, "n{i} close: {}", e.reason());
-                    self.fault("close-unflushed");
-                    true
-                }
-            }
-        };
-        drop(store);
-        let unsure = if lost { self.lose_unflushed(i) } else { 0 };
-        ev!(
-            self,
-            "n{i} {} (down {down_ms} ms, {unsure} writes may be lost)",
-            if crash { "killed" } else { "closed" }
-        );
-        let node = &mut self.nodes[i];
-        node.life = Life::Down {
-            back_at: self.now + down_ms,
-        };
-        node.engine_back_at = None;
-        node.fail_writes = false;
-        self.net.purge(i);
-    }
-
-    /// Node `i` lost its unflushed writes: they become unsure, and the
-    /// generations it killed since its last flush may come back.
-    fn lose_unflushed(&mut self, i: usize) -> usize {
-        let node = &mut self.nodes[i];
-        let lost = std::mem::take(&mut node.unflushed);
-        for k in std::mem::take(&mut node.killed_unflushed) {
-            node.killed_here.remove(&k);
-        }
-        for op in &lost {
-            if self.hist.ops[*op].sure {
-                self.hist.mark_unsure(*op);
-                self.stats.unsure_ops += 1;
-            }
-        }
-        lost.len()
-    }
-
-    fn fail_writes(&mut self, i: usize, on: bool) {
-        let Some(store) = self.nodes[i].store() else {
-            return;
-        };
-        if on == self.nodes[i].fail_writes {
-            return;
-        }
-        if on {
-            self.fault("fail-writes");
-        }
-        store.set_fail_writes(on);
-        self.nodes[i].fail_writes = on;
-        ev!(
-            self,
-            "n{i} writes {}",
-            if on { "failing" } else { "recovered" }
-        );
-    }
-
-    fn backup(&mut self, i: usize) {
-        let Some(store) = self.nodes[i].store() else {
-            return;
-        };
-        let path = self.root.path().join(format!("backup{}", self.dirs_made));
-        self.dirs_made += 1;
-        match store.backup(&path) {
-            Ok(()) => {
-                self.fault("backup");
-                ev!(self, "n{i} backup taken");
-                // A backup flushes first: every write acknowledged so far is
-                // in it.
-                self.nodes[i].unflushed.clear();
-                self.nodes[i].killed_unflushed.clear();
-                self.backups.push(Backup {
-                    of: i,
-                    path,
-                    ops_before: self.hist.ops.len(),
-                });
-            }
-            Err(e) => ev!(self, "n{i} backup failed: {}", e.reason()),
-        }
-    }
-
-    /// Restore the oldest backup as a new node; with `replace`, the node it
-    /// was taken of is lost first (killed for good) and forgotten by the
-    /// others.
-    fn restore(&mut self, replace: bool) {
-        if self.backups.is_empty() || self.nodes.len() >= MAX_NODES {
-            return;
-        }
-        let b = self.backups.remove(0);
-        if replace {
-            if self.nodes[b.of].is_retired() || self.live_nodes() <= 2 {
-                return;
-            }
-            self.fault("replace-by-backup");
-            if let Some(store) = self.nodes[b.of].store() {
-                store.crash();
-            }
-            self.nodes[b.of].life = Life::Retired;
-            self.net.purge(b.of);
-            // What it acknowledged after the backup may be lost with it.
-            for i in b.ops_before..self.hist.ops.len() {
-                if self.hist.ops[i].node == b.of && self.hist.ops[i].sure {
-                    self.hist.mark_unsure(i);
-                    self.stats.unsure_ops += 1;
-                }
-            }
-            let dir = self.nodes[b.of].dir_id.clone().unwrap_or_default();
-            ev!(self, "n{} lost for good; forgotten by the others", b.of);
-            for n in &mut self.nodes {
-                if let Some(e) = n.running_mut().and_then(|r| r.engine.as_mut()) {
-                    let mut events = Vec::new();
-                    e.forget(&dir, &mut events);
-                }
-            }
-            self.retired_dirs.push(dir);
-        } else {
-            self.fault("restore-clone");
-        }
-        let durability = self.nodes[b.of].cfg.durability;
-        let i = self.nodes.len();
-        let node = self.make_node(b.path, durability);
-        self.nodes.push(node);
-        self.net.add_node();
-        for row in &mut self.cuts {
-            row.push(0);
-        }
-        self.cuts.push(vec![0; i + 1]);
-        ev!(self, "n{i} restored from a backup of n{}", b.of);
-        self.open_node(i);
-    }
-
-    pub fn live_nodes(&self) -> usize {
-        self.nodes.iter().filter(|n| !n.is_retired()).count()
-    }
-
-    // ---- random faults -------------------------------------------------
-
-    fn random_node(&mut self) -> Option<usize> {
-        let up: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].is_up())
-            .collect();
-        if up.is_empty() {
-            return None;
-        }
-        Some(up[self.rng.below(up.len() as u64) as usize])
-    }
-
-    fn roll(&mut self, rate: u64) -> bool {
-        self.rng.below(10_000) < rate
-    }
-
-    fn random_faults(&mut self) {
-        let r = self.plan.rates.clone();
-        let n = self.nodes.len();
-        if self.roll(r.partition) {
-            let d = 100 + self.rng.below(3_000);
-            let links: Vec<(usize, usize)> = match self.rng.below(4) {
-                // One node cut off.
-                0 => {
-                    let p = self.rng.below(n as u64) as usize;
-                    (0..n)
-                        .filter(|o| *o != p)
-                        .flat_map(|o| [(p, o), (o, p)])
-                        .collect()
-                }
-                // Two groups.
-                1 => {
-                    let side: Vec<bool> = (0..n).map(|_| self.rng.chance(50)).collect();
-                    (0..n)
-                        .flat_map(|a| (0..n).map(move |b| (a, b)))
-                        .filter(|&(a, b)| a != b && side[a] != side[b])
-                        .collect()
-                }
-                // One link, both ways (a partial partition).
-                2 => {
-                    let a = self.rng.below(n as u64) as usize;
-                    let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
-                    vec![(a, b), (b, a)]
-                }
-                // One link, one way (asymmetric).
-                _ => {
-                    let a = self.rng.below(n as u64) as usize;
-                    let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
-                    vec![(a, b)]
-                }
-            };
-            self.fault("partition");
-            ev!(self, "partition {links:?} for {d} ms");
-            self.set_cuts(&links, true);
-            self.at(self.now + d, Action::Uncut(links));
-        }
-        if self.roll(r.clock) {
-            if let Some(i) = self.random_node() {
-                let (skew, fix_after) = match self.rng.below(4) {
-                    // Small skews and jumps, within the offset bound.
-                    0 | 1 => (self.rng.below(400) as i64 - 200, None),
-                    // Far ahead: refused by everyone.
-                    2 => (
-                        600 + self.rng.below(8_000) as i64,
-                        Some(200 + self.rng.below(3_000)),
-                    ),
-                    // Far behind: it refuses everyone.
-                    _ => (
-                        -(600 + self.rng.below(4_000) as i64),
-                        Some(200 + self.rng.below(3_000)),
-                    ),
-                };
-                self.fault("clock");
-                self.apply(Action::Skew(i, skew));
-                if let Some(after) = fix_after {
-                    self.at(self.now + after, Action::Skew(i, 0));
-                }
-            }
-        }
-        if self.roll(r.engine_restart) {
-            if let Some(i) = self.random_node() {
-                let gap = self.rng.below(300);
-                self.restart_engine(i, gap);
-            }
-        }
-        if self.roll(r.store_restart) {
-            if let Some(i) = self.random_node() {
-                let down = self.rng.below(1_500);
-                self.restart_store(i, false, down);
-            }
-        }
-        if self.roll(r.crash) {
-            if let Some(i) = self.random_node() {
-                let down = self.rng.below(1_500);
-                self.restart_store(i, true, down);
-            }
-        }
-        if self.roll(r.fail_writes) {
-            if let Some(i) = self.random_node() {
-                let d = 20 + self.rng.below(1_500);
-                self.fail_writes(i, true);
-                self.at(self.now + d, Action::FailWrites(i, false));
-            }
-        }
-        if self.roll(r.backup) {
-            if let Some(i) = self.random_node() {
-                if !self.nodes[i].fail_writes {
-                    self.backup(i);
-                }
-            }
-        }
-        if self.roll(r.restore) {
-            let replace = self.rng.chance(50);
-            self.restore(replace);
-        }
-        if self.roll(r.flush) {
-            if let Some(i) = self.random_node() {
-                if let Some(s) = self.nodes[i].store() {
-                    let ok = s.flush().is_ok();
-                    ev!(self, "n{i} flush {}", if ok { "ok" } else { "failed" });
-                }
-            }
-        }
-        if self.roll(r.decay) {
-            if let Some(i) = self.random_node() {
-                if let Some(s) = self.nodes[i].store() {
-                    s.decay();
-                    ev!(self, "n{i} decay");
-                }
-            }
-        }
-    }
-
-    // ---- operations ----------------------------------------------------
-
-    fn random_op(&mut self, i: usize) {
-        let pool: Vec<usize> = (0..self.ids.len())
-            .filter(|k| self.ids[*k].random_ops)
-            .collect();
-        let k = pool[self.rng.below(pool.len() as u64) as usize];
-        let Some(store) = self.nodes[i].store() else {
-            return;
-        };
-        match store.metadata(&self.ids[k].name, Access::MayBlock) {
-            Err(Error::NotFound) => {
-                let kind = if self.rng.chance(85) {
-                    self.ids[k].home
-                } else {
-                    KINDS[self.rng.below(KINDS.len() as u64) as usize]
-                };
-                self.op_create(i, k, kind);
-            }
-            Err(e) => {
-                self.stats.failed_ops += 1;
-                ev!(self, "n{i} metadata {}: {}", self.id_name(k), e.reason());
-            }
-            Ok((m, _)) if self.rng.chance(self.plan.delete_pct) => {
-                let _ = m;
-                self.op_delete(i, k);
-            }
-            Ok((m, _)) => match m.kind {
-                Kind::GCounter => {
-                    let n = 1 + self.rng.below(9) as i128;
-                    self.op_count(i, k, n);
-                }
-                Kind::PNCounter => {
-                    let n = 1 + self.rng.below(9) as i128;
-                    let n = if self.rng.chance(40) { -n } else { n };
-                    self.op_count(i, k, n);
-                }
-                Kind::ORSet | Kind::AWSet => {
-                    let e = self.rng.below(ELEMS as u64) as u8;
-                    let add = self.rng.chance(60);
-                    self.op_set(i, k, e, add);
-                }
-                Kind::LwwRegister => {
-                    self.op_reg(i, k);
-                }
-            },
-        }
-    }
-
-    pub fn id_name(&self, k: usize) -> String {
-        String::from_utf8_lossy(&self.ids[k].name).into_owned()
-    }
-
-    /// Record an acknowledged operation of node `i`.
-    fn record(&mut self, i: usize, k: usize, gen: GenKey, what: What, name: &'static str) -> usize {
-        let op = Op {
-            node: i,
-            t: self.now,
-            id: k,
-            gen,
-            what,
-            sure: true,
-        };
-        let idx = self.hist.push(op);
-        *self.stats.ops.entry(name).or_default() += 1;
-        if self.nodes[i].cfg.durability == Durability::Relaxed {
-            self.nodes[i].unflushed.push(idx);
-        }
-        idx
-    }
-
-    fn failed(&mut self, i: usize, k: usize, what: &str, e: &Error) {
-        self.stats.failed_ops += 1;
-        ev!(
-            self,
-            "n{i} {what} {} failed: {}",
-            self.id_name(k),
-            e.reason()
-        );
-    }
-
-    fn live_gen(store: &Store, id: &[u8]) -> Result<GenKey, Error> {
-        store
-            .metadata(id, Access::MayBlock)
-            .map(|(m, _)| GenKey::of(&m.gen))
-    }
-
-    pub fn op_create(&mut self, i: usize, k: usize, kind: Kind) -> bool {
-        let Some(store) = self.nodes[i].store() else {
-            return false;
-        };
-        let id = self.ids[k].name.clone();
-        if let Err(e) = store.create(&id, kind, Access::MayBlock) {
-            self.failed(i, k, "create", &e);
-            return false;
-        }
-        let gen = match Self::live_gen(&store, &id) {
-            Ok(g) => g,
-            Err(e) => {
-                self.failures.push(Failure::new(
-                    "error",
-                    format!("n{i}: {} unreadable after its create: {e}", self.id_name(k)),
-                ));
-                return false;
-            }
-        };
-        ev!(
-            self,
-            "n{i} create {} {} {gen}",
-            self.id_name(k),
-            kind_name(kind)
-        );
-        self.record(i, k, gen, What::Create { kind }, "create");
-        self.observe(i, k);
-        true
-    }
-
-    pub fn op_delete(&mut self, i: usize, k: usize) -> bool {
-        let Some(store) = self.nodes[i].store() else {
-            return false;
-        };
-        let id = self.ids[k].name.clone();
-        let gen = match Self::live_gen(&store, &id) {
-            Ok(g) => g,
-            Err(e) => {
-                self.failed(i, k, "delete", &e);
-                return false;
-            }
-        };
-        if let Err(e) = store.delete(&id, Access::MayBlock) {
-            self.failed(i, k, "delete", &e);
-            return false;
-        }
-        let full = gen.gen();
-        let at = store
-            .tombstone(&id)
-            .and_then(|t| t.iter().find(|t| t.gen == full).map(|t| t.at));
-        ev!(self, "n{i} delete {} {gen} at {at:?}", self.id_name(k));
-        self.record(i, k, gen, What::Delete { at }, "delete");
-        self.observe(i, k);
-        true
-    }
-
-    pub fn op_count(&mut self, i: usize, k: usize, n: i128) -> bool {
-        let Some(store) = self.nodes[i].store() else {
-            return false;
-        };
-        let id = self.ids[k].name.clone();
-        let gen = match Self::live_gen(&store, &id) {
-            Ok(g) => g,
-            Err(e) => {
-                self.failed(i, k, "count", &e);
-                return false;
-            }
-        };
-        let m = if n >= 0 {
-            Mutation::Increment(n)
-        } else {
-            Mutation::Decrement(-n)
-        };
-        if let Err(e) = store.update(&id, m, Access::MayBlock, |_| ()) {
-            self.failed(i, k, "count", &e);
-            return false;
-        }
-        ev!(self, "n{i} count {} {n:+} {gen}", self.id_name(k));
-        self.record(i, k, gen, What::Count(n), "count");
-        true
-    }
-
-    pub fn op_set(&mut self, i: usize, k: usize, elem: u8, add: bool) -> bool {
-        let Some(store) = self.nodes[i].store() else {
-            return false;
-        };
-        let id = self.ids[k].name.clone();
-        let gen = match Self::live_gen(&store, &id) {
-            Ok(g) => g,
-            Err(e) => {
-                self.failed(i, k, "set-op", &e);
-                return false;
-            }
-        };
-        let before = store.read(&id, Access::MayBlock, |v| match v.crdt {
-            Crdt::ORSet(s) => Some(s.causal_context()),
-            _ => None,
-        });
-        let ctx = match before {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                self.failed(i, k, "set-op", &Error::UnsupportedOperation);
-                return false;
-            }
-            Err(e) => {
-                self.failed(i, k, "set-op", &e);
-                return false;
-            }
-        };
-        let e = elem_bytes(elem);
-        let m = if add {
-            Mutation::Add(&e)
-        } else {
-            Mutation::Remove(&e)
-        };
-        let me = store.replica_id().clone();
-        let after = store.update(&id, m, Access::MayBlock, |v| match v.crdt {
-            Crdt::ORSet(s) => s.normalized().elems.get(&e).and_then(|dots| {
-                dots.iter()
-                    .filter(|(r, _, _)| *r == me)
-                    .map(|(_, c, _)| *c)
-                    .max()
-            }),
-            _ => None,
-        });
-        let dot = match after {
-            Ok(c) => c.map(|c| (me.clone(), c)),
-            Err(e) => {
-                self.failed(i, k, "set-op", &e);
-                return false;
-            }
-        };
-        let observed: Vec<usize> = self
-            .hist
-            .set_ops(k, &gen, elem)
-            .iter()
-            .copied()
-            .filter(|j| match &self.hist.ops[*j].what {
-                What::SetOp {
-                    dot: Some((r, c)), ..
-                } => ctx.vv.get(r).is_some_and(|m| m >= c) || ctx.cloud.contains(&(r.clone(), *c)),
-                _ => false,
-            })
-            .collect();
-        ev!(
-            self,
-            "n{i} {} {} e{elem} {gen} dot {:?} observed {observed:?}",
-            if add { "add" } else { "remove" },
-            self.id_name(k),
-            dot.as_ref().map(|d| d.1)
-        );
-        self.record(
-            i,
-            k,
-            gen,
-            What::SetOp {
-                elem,
-                add,
-                dot,
-                observed,
-            },
-            if add { "add" } else { "remove" },
-        );
-        true
-    }
-
-    pub fn op_reg(&mut self, i: usize, k: usize) -> bool {
-        let Some(store) = self.nodes[i].store() else {
-            return false;
-        };
-        let id = self.ids[k].name.clone();
-        let gen = match Self::live_gen(&store, &id) {
-            Ok(g) => g,
-            Err(e) => {
-                self.failed(i, k, "set", &e);
-                return false;
-            }
-        };
-        let value = format!("v{}n{i}", self.rng.below(1000)).into_bytes();
-        let me = store.replica_id().clone();
-        let after = store.update(&id, Mutation::Set(&value), Access::MayBlock, |v| {
-            match v.crdt {
-                Crdt::LwwRegister(r) => r.entry().cloned(),
-                _ => None,
-            }
-        });
-        let entry = match after {
-            Ok(Some(e)) if e.replica == me && *e.value == *value => {
-                Some((e.ts, e.replica.as_bytes().to_vec(), e.value.to_vec()))
-            }
-            Ok(_) => None,
-            Err(e) => {
-                self.failed(i, k, "set", &e);
-                return false;
-            }
-        };
-        ev!(
-            self,
-            "n{i} set {} {} {gen} ts {:?}",
-            self.id_name(k),
-            String::from_utf8_lossy(&value),
-            entry.as_ref().map(|e| e.0)
-        );
-        self.record(i, k, gen, What::Reg { entry }, "set");
-        true
-    }
-
-    /// Look at the generation of id `k` on node `i`: one that left while
-    /// the node held a tombstone killing it is remembered, and must never
-    /// be live there again.
-    pub fn observe(&mut self, i: usize, k: usize) {
-        let Some(store) = self.nodes[i].store() else {
-            return;
-        };
-        let id = &self.ids[k].name;
-        let now = match Self::live_gen(&store, id) {
-            Ok(g) => Some(g),
-            Err(Error::NotFound) => None,
-            Err(_) => return,
-        };
-        let before = self.nodes[i].seen[k].clone();
-        if before == now {
-            return;
-        }
-        let show = |g: &Option<GenKey>| g.as_ref().map_or("-".to_string(), |g| g.to_string());
-        ev!(
-            self,
-            "n{i} {} now {} (was {})",
-            self.id_name(k),
-            show(&now),
-            show(&before)
-        );
-        if let Some(g) = before {
-            let killed = store.tombstone(id).is_some_and(|t| t.kills(&g.gen()));
-            if killed {
-                let node = &mut self.nodes[i];
-                node.killed_here.insert((k, g.clone()));
-                if node.cfg.durability == Durability::Relaxed {
-                    node.killed_unflushed.push((k, g));
-                }
-            }
-        }
-        if let Some(g) = &now {
-            if self.nodes[i].killed_here.contains(&(k, g.clone())) {
-                let detail = format!(
-                    "n{i}: {} generation {g} is live again after it was deleted there",
-                    self.id_name(k)
-                );
-                ev!(self, "VIOLATION {detail}");
-                self.failures.push(Failure::new("resurrected", detail));
-                // Reported once.
-                self.nodes[i].killed_here.remove(&(k, g.clone()));
-            }
-        }
-        self.nodes[i].seen[k] = now;
-    }
-
-    // ---- phases ----------------------------------------------------------
-
-    /// The fault phase: random faults and the scenario's schedule.
-    pub fn run_faults(&mut self) {
-        let ms = self.plan.fault_ms;
-        self.run_for(ms);
-    }
-
-    /// Stop every fault: the network is reliable, clocks are right, disks
-    /// work, every node is up with an engine. What is still scheduled is
-    /// dropped (its undo is this).
-    pub fn heal(&mut self) {
-        self.faults_on = false;
-        self.schedule.clear();
-        self.net.make_reliable();
-        for row in &mut self.cuts {
-            row.iter_mut().for_each(|c| *c = 0);
-        }
-        ev!(self, "heal");
-        for i in 0..self.nodes.len() {
-            self.nodes[i].skew = 0;
-            self.nodes[i].set_wall(self.now);
-            if self.nodes[i].fail_writes {
-                self.fail_writes(i, false);
-            }
-            if matches!(self.nodes[i].life, Life::Down { .. }) {
-                self.open_node(i);
-            }
-            if self.nodes[i].is_up() && self.nodes[i].engine_back_at.is_some() {
-                self.nodes[i].start_engine();
-            }
-        }
-    }
-
-    /// Every live node up with an engine, one digest root, empty logs and
-    /// transfers, no tombstones.
-    pub fn settled(&self) -> bool {
-        let mut root = None;
-        for n in self.nodes.iter().filter(|n| !n.is_retired()) {
-            let Some(r) = n.running() else { return false };
-            let Some(e) = r.engine.as_ref() else {
-                return false;
-            };
-            if *root.get_or_insert(e.digest_root()) != e.digest_root()
-                || !e.log().is_empty()
-                || e.transfers_queued() > 0
-                || (!no_collection() && !r.store.tombstones().is_empty())
-            {
-                return false;
-            }
-            if !no_collection() && self.ids.iter().any(|id| holds_tokens(&r.store, &id.name)) {
-                return false;
-            }
-        }
-        root.is_some()
-    }
-
-    /// Run until `done` holds at two checks 100 ms apart, or `max_ms`
-    /// passed. Returns whether it held.
-    pub fn run_until(&mut self, max_ms: u64, done: impl Fn(&World) -> bool) -> bool {
-        let end = self.now + max_ms;
-        let mut held = 0;
-        while self.now < end {
-            for _ in 0..10 {
-                self.step();
-            }
-            if done(self) {
-                held += 1;
-                if held >= 2 {
-                    return true;
-                }
-            } else {
-                held = 0;
-            }
-        }
-        false
-    }
-
-    /// Every live node writes a probe counter once; afterwards every node
-    /// must read every probe (a node locked out by its clock fails this).
-    pub fn start_probes(&mut self) {
-        self.rejected_before_probes = self.stats.rejected.clone();
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].is_retired() {
-                continue;
-            }
-            let k = self.ids.len();
-            self.ids.push(IdSpec {
-                name: format!("probe{i}").into_bytes(),
-                home: Kind::GCounter,
-                random_ops: false,
-            });
-            for n in &mut self.nodes {
-                n.seen.push(None);
-            }
-            if self.op_create(i, k, Kind::GCounter) && self.op_count(i, k, 1) {
-                self.probes.push((i, k));
-            }
-        }
-    }
-
-    /// Whether every live node reads every probe as 1.
-    pub fn probes_seen(&self) -> bool {
-        self.nodes.iter().filter(|n| !n.is_retired()).all(|n| {
-            let Some(s) = n.store() else { return false };
-            self.probes.iter().all(|(_, k)| {
-                s.read(&self.ids[*k].name, Access::MayBlock, |v| {
-                    v.value() == vsmcp_crdt_core::Value::Counter(1)
-                })
-                .unwrap_or(false)
-            })
-        })
-    }
-
-    /// Figures for the report.
-    pub fn collect_counters(&mut self) {
-        self.stats.net = self.net.stats.clone();
-    }
-}
-
-/// Whether `id` is a remove-wins set holding a remove token.
-fn holds_tokens(store: &Store, id: &[u8]) -> bool {
-    store
-        .read(id, Access::MayBlock, |v| match v.crdt {
-            Crdt::ORSet(s) => s.has_remove_tokens(),
-            _ => false,
-        })
-        .unwrap_or(false)
 }
 
 fn tag_name(t: Option<u8>) -> &'static str {
