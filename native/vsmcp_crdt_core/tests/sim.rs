@@ -16,7 +16,7 @@ mod sim;
 use std::time::Instant;
 
 /// Seeds the CI run covers (about two minutes on two cores).
-const CI_SEEDS: u64 = 240;
+const CI_SEEDS: u64 = 800;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())

@@ -398,12 +398,30 @@ fn bounds(w: &World, live: &[usize], tokens_at: &[(usize, String)], out: &mut Ve
                     )
                 })
                 .collect();
+            let since: Vec<String> = w
+                .stats
+                .rejected
+                .iter()
+                .map(|(k, v)| (k, v - w.rejected_before_probes.get(k).copied().unwrap_or(0)))
+                .filter(|(_, v)| *v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             out.push(Failure::new(
                 "unbounded",
                 format!(
-                    "n{i} after the heal: {} (its peers: {})",
+                    "n{i} after the heal: {} (its peers: {}; rejections since the heal: {}{})",
                     held.join(", "),
-                    peers.join("; ")
+                    peers.join("; "),
+                    if since.is_empty() {
+                        "none".into()
+                    } else {
+                        since.join(", ")
+                    },
+                    if w.plan.tiny_tiers {
+                        "; tiny tiers"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }

@@ -321,5 +321,26 @@ impl World {
                 }
             }
         }
+        if self.roll(r.round) {
+            if let Some(i) = self.random_node() {
+                self.round(i);
+            }
+        }
+    }
+
+    /// A caller's `sync`: an anti-entropy round with every peer that is up.
+    fn round(&mut self, i: usize) {
+        let now = self.now;
+        let Some(r) = self.nodes[i].running_mut() else {
+            return;
+        };
+        let Some(engine) = r.engine.as_mut() else {
+            return;
+        };
+        let mut events = Vec::new();
+        let (peers, outs) = engine.round(&r.store, now, &mut events);
+        ev!(self, "n{i} sync round with {} peers", peers.len());
+        self.handle_events(i, events);
+        self.send_all(i, outs, now);
     }
 }

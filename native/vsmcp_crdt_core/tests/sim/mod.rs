@@ -89,7 +89,7 @@ impl Outcome {
     /// The command that reruns this seed with its whole trace.
     pub fn repro(&self) -> String {
         format!(
-            "SIM_SEED={} cargo test --release --workspace --test sim -- --nocapture",
+            "SIM_SEED={} cargo test --release --workspace --test sim seeds -- --nocapture",
             self.seed
         )
     }

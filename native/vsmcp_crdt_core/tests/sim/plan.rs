@@ -49,6 +49,8 @@ pub struct Rates {
     pub restore: u64,
     pub flush: u64,
     pub decay: u64,
+    /// A caller's `sync` (an anti-entropy round).
+    pub round: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +119,7 @@ impl Plan {
             restore: r(&mut rng, 6),
             flush: 100 + rng.below(400),
             decay: 20 + rng.below(100),
+            round: rng.below(60),
         };
         Plan {
             scenario,
