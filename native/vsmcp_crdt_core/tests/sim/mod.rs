@@ -3,10 +3,11 @@
 //! stores (RocksDB in a RAM directory) with their sync engines in one
 //! process, driven by one seeded generator.
 //!
-//! A run has three phases. **Faults** (8-19 s of simulated time): random
-//! operations on every type (G/PN counters, remove-wins and add-wins
-//! OR-Sets, LWW registers, deletes and re-creates, re-creates with another
-//! type) on every node, while the network drops, duplicates, delays and
+//! A run has two phases. **Faults** (8-16 s of simulated time, 11-19 s
+//! with a targeted scenario): random operations on every type (G/PN
+//! counters, remove-wins and add-wins OR-Sets, LWW registers, deletes and
+//! re-creates, re-creates with another type, callers' `sync` rounds) on
+//! every node, while the network drops, duplicates, delays and
 //! reorders packets and is partitioned (one node, two groups, one link,
 //! one direction); clocks are skewed, jump, or run beyond
 //! `max_clock_offset` and are fixed again; engines restart (a new session
@@ -20,9 +21,9 @@
 //! every node writes a probe at once: within 3 s every node must read
 //! every probe (else the run is `stuck`: a node locked out). Then the
 //! cluster runs until it settled (one digest root, empty logs, no
-//! tombstones) or 8 s passed, and `check` asserts convergence, the
-//! semantics of the acknowledged history, that no deleted generation came
-//! back, and the bounds (see its docs).
+//! tombstone, no remove token) or 8 s passed, and `check` asserts
+//! convergence, the semantics of the acknowledged history, that no deleted
+//! generation came back, and the bounds (see its docs).
 //!
 //! **Determinism.** Physical time is simulated (`WallClock::Manual`), the
 //! flush thread never fires, replica ids and engine sessions come from the
@@ -32,7 +33,13 @@
 //! event, every packet's bytes) is the same on every run, which
 //! `a_seed_replays_exactly` checks.
 //!
-//! **Cost**: about 0.2-1 s of one core per seed (see `bench/RESULTS-sim.md`).
+//! **Debugging**: `SIM_SEED=<n>` prints every event of seed `n`;
+//! `SIM_WATCH=<id>` adds the state of that id on every node whenever it
+//! changes; `SIM_NO_COLLECT=1` runs the control experiment (no
+//! collection, no bounds checked: what still fails is not collection's).
+//!
+//! **Cost**: about 0.25 s of one core per seed on a quiet machine, more
+//! for seeds that wait out the heal (see `bench/RESULTS-sim.md`).
 
 #![allow(dead_code)]
 

@@ -8,8 +8,6 @@ use vsmcp_crdt_core::store::{Access, Store};
 use vsmcp_crdt_core::Kind;
 
 impl World {
-    // ---- phases ----------------------------------------------------------
-
     /// The fault phase: random faults and the scenario's schedule.
     pub fn run_faults(&mut self) {
         let ms = self.plan.fault_ms;
@@ -43,7 +41,7 @@ impl World {
     }
 
     /// Every live node up with an engine, one digest root, empty logs and
-    /// transfers, no tombstones.
+    /// transfers, no tombstone and no remove token.
     pub fn settled(&self) -> bool {
         let mut root = None;
         for n in self.nodes.iter().filter(|n| !n.is_retired()) {
