@@ -101,7 +101,16 @@ fn main() {
         });
         let rate = tally.seeds as f64 / t.elapsed().as_secs_f64().max(1e-9);
         let faults: u64 = tally.faults.values().sum();
-        let failing: Vec<String> = tally.failures.iter().map(|f| f.0.to_string()).collect();
+        // The first failing seeds of the chunk (all are printed above).
+        let mut failing: Vec<String> = tally
+            .failures
+            .iter()
+            .take(12)
+            .map(|f| f.0.to_string())
+            .collect();
+        if tally.failures.len() > failing.len() {
+            failing.push("...".into());
+        }
         println!(
             "seeds {next}..{}: {} failures, {rate:.2} seeds/s; {:.0} s so far",
             upto - 1,
