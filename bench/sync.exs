@@ -5,6 +5,7 @@
 #   MIX_ENV=prod mix run bench/sync.exs --transport pubsub   # over Phoenix.PubSub (Vsmcp.PubSub)
 #   MIX_ENV=prod mix run bench/sync.exs --quick              # small sizes, a smoke test
 #   MIX_ENV=prod mix run bench/sync.exs --only latency --only bytes
+#   MIX_ENV=prod mix run bench/sync.exs --only steady         # 5 min, opt-in
 #
 # Phases (`--only NAME`, repeatable or comma-separated):
 #
@@ -16,12 +17,32 @@
 #   memory   OS RSS of each node around --ops adds then --ops removes on one set
 #   tombstones  --tombs ids created on one node, deleted on another: delete
 #            tombstones held on each node, and how long until collected
+#   steady   (issue 14; NOT in the default run, it lasts --steady-s, 5 min:
+#            `--only steady`) --rate writes/s per node for --steady-s s, of
+#            them --deletes deletes/s of counters created 1 s before and
+#            --removes removes/s from remove-wins OR-Sets of elements added
+#            1 s before (the same number of creates and adds; the rest half
+#            increments, half register sets), one paced loader per node; a
+#            probe register's write-to-visible p50/p99/max throughout; every
+#            5 s per node: tombstones held (info/1), remove tokens held
+#            (Native.store_remove_tokens/2 summed over all 15 sets, each read
+#            once per sample to keep it in memory, where the NIF counts),
+#            collected so far (sync_info/1 counters), ops/s, and as
+#            diagnostics ids in memory, sync log entries, the sync peer's
+#            mailbox and the ms each sampling call took; then the maxima
+#            held (overall and after a 30 s warm-up) in seconds of the
+#            cluster's deletes/removes, the probe's p99 per 5 s window, and
+#            how long until 0 once the load stops. --no-steady-info skips
+#            info/1 (no tombstone figures): its cost on the nodes shows in
+#            the write-to-visible tail (see bench/RESULTS-sync.md)
 #
 # Sizes: --ops N (lossy increments in total and memory set size, default
 # 1,000,000), --set-n N (orset adds per node, 10,000), --probes N (500),
-# --probe-ms MS (20), --rate R (latency load per node, ops/s, 2,000),
-# --lossy-rate R (per node, 20,000), --drop P (0.05), --seed N, --idle S (20),
-# --deadline S (lossy convergence deadline, 60), --tombs N (100,000).
+# --probe-ms MS (20), --rate R (latency and steady load per node, ops/s,
+# 2,000), --lossy-rate R (per node, 20,000), --drop P (0.05), --seed N,
+# --idle S (20), --deadline S (lossy convergence deadline, 60), --tombs N
+# (100,000), --steady-s S (300; 20 with --quick), --deletes R (200/s per
+# node), --removes R (200/s per node), --no-steady-info.
 #
 # The runner is not part of the cluster: it drives each node over the
 # :peer control channel (`connection: :standard_io`), like
@@ -406,6 +427,216 @@
       store = Process.whereis(@store)
       Enum.count(from..to, &(ContextStore.member?(store, id, &1) == {:ok, true}))
     end
+
+    # --- steady: a mixed load with deletes and set removes ---------------------
+    # Each kind is paced on its own (`rates`, ops/s) from the loader's start:
+    #   :incs    increments of the shared counters {:c, 0..pool-1}
+    #   :sets    sets of the shared registers {:r, 0..pool-1} to %{v: i, at: t}
+    #   :adds    adds of {:el, i} to this node's remove-wins sets {:s, me, i rem n_sets}
+    #   :creates G-Counters {:d, me, i}
+    #   :deletes of {:d, me, i}, `lag_ms` after its create
+    #   :removes of {:el, i}, `lag_ms` after its add
+    # Results are matched and discarded; failures are counted. :counters
+    # slots 1..6 count the kinds done, 7 the failures (steady_sample/1).
+    @steady_kinds [:incs, :sets, :adds, :creates, :deletes, :removes]
+
+    def steady_ids_present?(ids),
+      do: Enum.all?(ids, &match?({:ok, _}, ContextStore.get(@store, &1)))
+
+    def start_steady(me, rates, pool, n_sets, lag_ms) do
+      c = :counters.new(7, [:write_concurrency])
+      t0 = now()
+      :persistent_term.put(:sync_bench_steady, {c, t0})
+
+      pid =
+        spawn(fn ->
+          st = %{
+            store: Process.whereis(@store),
+            me: me,
+            rates: rates,
+            pool: pool,
+            n_sets: n_sets,
+            lag: lag_ms * 1000,
+            c: c,
+            t0: t0,
+            done: Map.new(@steady_kinds, &{&1, 0}),
+            first_error: nil
+          }
+
+          steady_loop(st)
+        end)
+
+      Process.register(pid, :sync_bench_load)
+      :ok
+    end
+
+    defp steady_loop(st) do
+      receive do
+        {:stop, from, ref} ->
+          send(from, {ref, %{done: st.done, first_error: st.first_error}, now() - st.t0})
+      after
+        1 ->
+          el = now() - st.t0
+          st = Enum.reduce(@steady_kinds, st, &steady_kind(&2, &1, el))
+          steady_loop(st)
+      end
+    end
+
+    defp steady_kind(st, kind, el) do
+      from = Map.fetch!(st.done, kind)
+      r = Map.fetch!(st.rates, kind)
+
+      target =
+        case kind do
+          :deletes -> min(div(max(el - st.lag, 0) * r, 1_000_000), st.done.creates)
+          :removes -> min(div(max(el - st.lag, 0) * r, 1_000_000), st.done.adds)
+          _ -> div(el * r, 1_000_000)
+        end
+
+      if target > from do
+        st = steady_ops(st, kind, from, target)
+        :counters.add(st.c, slot(kind), target - from)
+        %{st | done: Map.put(st.done, kind, target)}
+      else
+        st
+      end
+    end
+
+    defp slot(kind), do: Enum.find_index(@steady_kinds, &(&1 == kind)) + 1
+
+    defp steady_ops(st, _kind, i, i), do: st
+
+    defp steady_ops(st, kind, i, to) do
+      st =
+        case steady_op(st, kind, i) do
+          :ok ->
+            st
+
+          {:ok, _} ->
+            st
+
+          other ->
+            :counters.add(st.c, 7, 1)
+            if st.first_error, do: st, else: %{st | first_error: {kind, i, other}}
+        end
+
+      steady_ops(st, kind, i + 1, to)
+    end
+
+    defp steady_op(st, :incs, i), do: ContextStore.increment(st.store, {:c, rem(i, st.pool)}, 1)
+
+    defp steady_op(st, :sets, i),
+      do:
+        ContextStore.update(st.store, {:r, rem(i, st.pool)}, {:set, %{v: i, at: now()}},
+          return: :ok
+        )
+
+    defp steady_op(st, :adds, i),
+      do:
+        ContextStore.update(st.store, {:s, st.me, rem(i, st.n_sets)}, {:add, {:el, i}},
+          return: :ok
+        )
+
+    defp steady_op(st, :creates, i), do: ContextStore.create(st.store, {:d, st.me, i}, :g_counter)
+    defp steady_op(st, :deletes, i), do: ContextStore.delete(st.store, {:d, st.me, i})
+
+    defp steady_op(st, :removes, i),
+      do:
+        ContextStore.update(st.store, {:s, st.me, rem(i, st.n_sets)}, {:remove, {:el, i}},
+          return: :ok
+        )
+
+    # Tombstones and remove tokens held, collected so far (sync counters),
+    # and the loader's counts (`set_ids`: every OR-Set this node holds).
+    def steady_sample(set_ids, with_info? \\ true) do
+      store = Process.whereis(@store)
+      # The loader's counts with their time first: the calls below can take
+      # a while on a busy machine.
+      t = now()
+
+      {done, errors, t0} =
+        case :persistent_term.get(:sync_bench_steady, nil) do
+          {c, t0} -> {Enum.map(1..6, &:counters.get(c, &1)), :counters.get(c, 7), t0}
+          nil -> {List.duplicate(0, 6), 0, t}
+        end
+
+      # The sync peer's mailbox (a diagnostic: a peer falling behind shows here).
+      queue =
+        case GenServer.call(store, :peer) do
+          {:ok, peer} when is_pid(peer) ->
+            case Process.info(peer, :message_queue_len) do
+              {:message_queue_len, q} -> q
+              _ -> nil
+            end
+
+          _ ->
+            nil
+        end
+
+      t1 = now()
+      info = if with_info?, do: info_retry(60_000), else: %{crdts: %{tombstones: nil}, hot: nil}
+      t2 = now()
+      # Native.store_remove_tokens/2 counts sets in memory only, and the
+      # decay pass (every 60 s) moves the sets this node only merges into to
+      # the warm tier: one read of each set per sample brings them back
+      # (after :access_threshold reads) and keeps them there.
+      Enum.each(set_ids, &ContextStore.member?(store, &1, :sync_bench_none))
+      tokens = remove_tokens(store, set_ids)
+      t3 = now()
+      {sync, _} = sync_info_wait(60_000)
+      t4 = now()
+
+      %{
+        t: t,
+        t0: t0,
+        tombstones: info.crdts.tombstones,
+        tokens: tokens,
+        hot: info.hot,
+        hot_sets: get_in(info, [:crdts, :hot, :by_type, :or_set]),
+        log_entries: sync.log_entries,
+        peer_queue: queue,
+        # ms taken by info/1, the remove tokens and sync_info/1
+        sample_ms: Enum.map_join([t2 - t1, t3 - t2, t4 - t3], "+", &div(&1, 1000)),
+        collected_tombstones: sync.counters.collected_tombstones,
+        collected_elements: sync.counters.collected_elements,
+        done: done,
+        ops: Enum.sum(done),
+        errors: errors
+      }
+    end
+
+    # info/1 asks the sync peer too (5 s call timeout): retry when it is busy.
+    defp info_retry(budget_ms) do
+      t0 = System.monotonic_time(:millisecond)
+
+      Stream.repeatedly(fn ->
+        try do
+          ContextStore.info(@store)
+        catch
+          :exit, {:timeout, _} ->
+            if System.monotonic_time(:millisecond) - t0 > budget_ms,
+              do: raise("info: no answer")
+
+            nil
+        end
+      end)
+      |> Enum.find(&is_map/1)
+    end
+
+    # Sum over `set_ids` of Native.store_remove_tokens/2; nil when the NIF
+    # has no such function.
+    def remove_tokens(store, set_ids) do
+      Enum.reduce_while(set_ids, 0, fn id, acc ->
+        try do
+          case Vsmcp.CRDT.Native.store_remove_tokens(store, id) do
+            {:ok, n} -> {:cont, acc + n}
+            _ -> {:cont, acc}
+          end
+        rescue
+          _ -> {:halt, nil}
+        end
+      end)
+    end
   end
 
 # --- runner -------------------------------------------------------------------
@@ -594,7 +825,16 @@ defmodule SyncBench do
   # first read on `me` of that probe or of a later one (an LWW register: a
   # later value replaces it) minus its write time. Returns
   # {sorted latencies in µs, superseded (never read itself), never covered}.
-  def probe_latencies(writes, {reads, _notes}, me) do
+  def probe_latencies(writes, watched, me) do
+    {pairs, superseded} = probe_latency_pairs(writes, watched, me)
+    lats = Enum.map(pairs, &elem(&1, 1))
+
+    {lats |> Enum.reject(&is_nil/1) |> Enum.sort(), superseded, Enum.count(lats, &is_nil/1)}
+  end
+
+  # [{t_write, latency or nil}] of the probes written by another node than
+  # `me`, by probe index, and how many were superseded (never read themselves).
+  def probe_latency_pairs(writes, {reads, _notes}, me) do
     exact = MapSet.new(reads, &elem(&1, 0))
 
     # Running maximum of the index read, with the read time.
@@ -602,16 +842,18 @@ defmodule SyncBench do
 
     mine = writes |> Enum.reject(fn {_k, w, _tw} -> w == me end) |> Enum.sort()
 
-    lats =
-      for {k, _w, tw} <- mine do
-        case Enum.find(covered, fn {mx, _t} -> mx >= k end) do
-          {_, t} -> t - tw
-          nil -> nil
+    # `mine` ascends by k and `covered` by its running maximum: one walk
+    # finds each probe's first covering read (linear: the steady phase has
+    # thousands of probes).
+    {pairs, _} =
+      Enum.map_reduce(mine, covered, fn {k, _w, tw}, cov ->
+        case Enum.drop_while(cov, fn {mx, _t} -> mx < k end) do
+          [{_, t} | _] = rest -> {{tw, t - tw}, rest}
+          [] -> {{tw, nil}, []}
         end
-      end
+      end)
 
-    {lats |> Enum.reject(&is_nil/1) |> Enum.sort(),
-     Enum.count(mine, fn {k, _, _} -> k not in exact end), Enum.count(lats, &is_nil/1)}
+    {pairs, Enum.count(mine, fn {k, _, _} -> k not in exact end)}
   end
 
   def counters(nodes), do: Enum.map(nodes, &call(&1, :sync_info, []).counters)
@@ -639,6 +881,10 @@ alias SyncBench, as: B
       idle: :integer,
       deadline: :integer,
       tombs: :integer,
+      steady_s: :integer,
+      deletes: :integer,
+      removes: :integer,
+      steady_info: :boolean,
       transport: :string,
       quick: :boolean
     ]
@@ -646,9 +892,11 @@ alias SyncBench, as: B
 
 if rest != [] or invalid != [], do: raise("unknown arguments: #{inspect(rest ++ invalid)}")
 
-all_phases = ~w(latency orset bytes idle lossy memory tombstones)
+all_phases = ~w(latency orset bytes idle lossy memory tombstones steady)
+# steady runs 5 minutes by default: only when asked for (--only steady).
+default_phases = all_phases -- ~w(steady)
 only = opts |> Keyword.get_values(:only) |> Enum.flat_map(&String.split(&1, ","))
-phases = if only == [], do: all_phases, else: only
+phases = if only == [], do: default_phases, else: only
 
 for p <- phases,
     p not in all_phases,
@@ -673,7 +921,11 @@ cfg = %{
   seed: Keyword.get(opts, :seed, 42),
   idle: Keyword.get(opts, :idle, if(quick, do: 5, else: 20)),
   deadline: Keyword.get(opts, :deadline, 60),
-  tombs: Keyword.get(opts, :tombs, if(quick, do: 10_000, else: 100_000))
+  tombs: Keyword.get(opts, :tombs, if(quick, do: 10_000, else: 100_000)),
+  steady_s: Keyword.get(opts, :steady_s, if(quick, do: 20, else: 300)),
+  deletes: Keyword.get(opts, :deletes, 200),
+  removes: Keyword.get(opts, :removes, 200),
+  steady_info: Keyword.get(opts, :steady_info, true)
 }
 
 IO.puts("# vsmcp_crdt sync benchmarks")
@@ -1300,6 +1552,309 @@ try do
       "RESULT tombstones: held n1/n2/n3 when the deletes were visible " <>
         "#{Enum.join(held, "/")}, all collected #{B.ms(collected_after)} after the last delete " <>
         "(collected per node #{Enum.join(counts, "/")}; collect_after 2000 ms, 1 s hellos)"
+    )
+  end)
+
+  # --- 8. steady load with deletes and set removes (issue 14) -------------------
+  phase.("steady", fn ->
+    s = cfg.steady_s
+    r = cfg.rate
+    d = cfg.deletes
+    x = cfg.removes
+    # Every delete needs its create, every remove its add: the rest of the
+    # rate goes half to increments, half to register sets.
+    rest = r - 2 * d - 2 * x
+
+    if rest < 0,
+      do: raise("--rate #{r} is below 2 x (--deletes #{d} + --removes #{x}) (creates and adds)")
+
+    rates = %{
+      incs: div(rest + 1, 2),
+      sets: div(rest, 2),
+      adds: x,
+      creates: d,
+      deletes: d,
+      removes: x
+    }
+
+    pool = 100
+    n_sets = 5
+    lag_ms = 1_000
+    sample_s = 5
+    warmup_s = min(30, div(s, 2))
+
+    B.start_stores(nodes, "steady", cfg)
+    shared = for k <- 0..(pool - 1), do: [{{:c, k}, :g_counter}, {{:r, k}, :lww_register}]
+    shared = List.flatten(shared) ++ [{:probe, :lww_register}]
+    for {id, type} <- shared, do: :ok = B.store(na, :create, [id, type])
+    for n <- nodes, j <- 0..(n_sets - 1), do: :ok = B.store(n, :create, [{:s, n.i, j}, :or_set])
+    set_ids = for n <- nodes, j <- 0..(n_sets - 1), do: {:s, n.i, j}
+    ids = Enum.map(shared, &elem(&1, 0)) ++ set_ids
+
+    {:ok, _, _} =
+      B.eventually(fn -> Enum.all?(nodes, &B.call(&1, :steady_ids_present?, [ids])) end, 30_000)
+
+    IO.puts(
+      "load per node: #{r} writes/s = #{rates.incs} increments of #{pool} shared G-Counters + " <>
+        "#{rates.sets} sets of #{pool} shared LWW registers to %{v: i, at: t} + " <>
+        "#{x} adds of {:el, i} to the node's #{n_sets} remove-wins OR-Sets + #{d} creates of G-Counters " <>
+        "{:d, node, i} + #{d} deletes of them #{lag_ms} ms after their create + #{x} removes of the added " <>
+        "elements #{lag_ms} ms after their add; default sync options (1 s hellos, collect_after 2 s); " <>
+        "#{s} s, sampled every #{sample_s} s, warm-up #{warmup_s} s"
+    )
+
+    for n <- nodes, do: :ok = B.call(n, :start_watch, [n.i])
+    n_probes = div(s * 1000, cfg.probe_ms)
+    interval = cfg.probe_ms * 1000
+    t_load = B.now()
+
+    B.on_all(nodes, fn n -> :ok = B.call(n, :start_steady, [n.i, rates, pool, n_sets, lag_ms]) end)
+
+    t_probe = B.now() + 200_000
+    for n <- nodes, do: :ok = B.call(n, :start_probes, [n.i, 3, n_probes, interval, t_probe])
+
+    cols = fn samples, f -> Enum.map_join(samples, "/", f) end
+
+    B.row([
+      "t (s)",
+      "tombstones held",
+      "remove tokens held",
+      "collected tombstones",
+      "collected elements",
+      "ops/s in window",
+      "ids (sets) in memory",
+      "sync log entries",
+      "peer mailbox",
+      "info+tokens+sync ms",
+      "load average"
+    ])
+
+    sample = fn ->
+      B.on_all(nodes, &B.call(&1, :steady_sample, [set_ids, cfg.steady_info], 180_000))
+    end
+
+    s0 = sample.()
+
+    {samples, _} =
+      Enum.map_reduce(1..div(s, sample_s)//1, s0, fn k, prev ->
+        wait = t_load + k * sample_s * 1_000_000 - B.now()
+        if wait > 0, do: Process.sleep(div(wait, 1000))
+        cur = sample.()
+
+        rate =
+          Enum.zip(cur, prev)
+          |> Enum.map(fn {a, b} -> round((a.ops - b.ops) / ((a.t - b.t) / 1_000_000)) end)
+
+        t = round((hd(cur).t - t_load) / 1_000_000)
+
+        B.row([
+          t,
+          cols.(cur, &inspect(&1.tombstones)),
+          cols.(cur, &inspect(&1.tokens)),
+          cols.(cur, & &1.collected_tombstones),
+          cols.(cur, & &1.collected_elements),
+          Enum.join(rate, "/"),
+          cols.(cur, &"#{inspect(&1.hot)}(#{inspect(&1.hot_sets)})"),
+          cols.(cur, & &1.log_entries),
+          cols.(cur, &inspect(&1.peer_queue)),
+          cols.(cur, & &1.sample_ms),
+          B.loadavg()
+        ])
+
+        {{t, cur}, cur}
+      end)
+
+    wait = t_load + s * 1_000_000 - B.now()
+    if wait > 0, do: Process.sleep(div(wait, 1000))
+    loads = Enum.map(nodes, &B.call(&1, :stop_load, []))
+    t_stop = B.now()
+    # The probes end at t_probe + s: let the last ones arrive.
+    wait = t_probe + n_probes * interval + 500_000 - B.now()
+    if wait > 0, do: Process.sleep(div(wait, 1000))
+    watched = for n <- nodes, do: B.call(n, :collect_watch, [])
+    writes = Enum.flat_map(nodes, &B.call(&1, :collect_probes, []))
+
+    # Load stopped: how long until nothing is held.
+    drained =
+      B.eventually(
+        fn ->
+          cur = sample.()
+          Enum.all?(cur, &(&1.tombstones in [0, nil] and &1.tokens in [0, nil])) and cur
+        end,
+        60_000,
+        500
+      )
+
+    drain =
+      case drained do
+        {:ok, _, _} ->
+          "all nodes hold 0 #{if cfg.steady_info, do: "tombstones and 0 "}tokens #{B.ms(B.now() - t_stop)} after the load stopped"
+
+        {:timeout, _} ->
+          "NOT drained 60 s after the load stopped: #{inspect(Enum.map(sample.(), &{&1.tombstones, &1.tokens}))}"
+      end
+
+    # --- summary
+    maxes = fn rows, key ->
+      for i <- 0..2,
+          do:
+            rows
+            |> Enum.map(fn {_t, cur} -> Enum.at(cur, i) |> Map.fetch!(key) end)
+            |> Enum.max(fn -> nil end)
+    end
+
+    warm = Enum.filter(samples, fn {t, _} -> t >= warmup_s end)
+    cluster_d = 3 * d
+    cluster_x = 3 * x
+
+    secs = fn
+      nil, _ -> "-"
+      _, 0 -> "-"
+      held, rate -> "#{Float.round(held / rate, 2)} s"
+    end
+
+    max_of = fn l -> l |> Enum.reject(&is_nil/1) |> Enum.max(fn -> nil end) end
+
+    IO.puts("")
+
+    B.row([
+      "held (max over samples)",
+      "tombstones n1/n2/n3",
+      "max",
+      "s of cluster deletes",
+      "tokens n1/n2/n3",
+      "max",
+      "s of cluster removes"
+    ])
+
+    for {label, rows} <- [{"overall", samples}, {"after #{warmup_s} s warm-up", warm}] do
+      tb = maxes.(rows, :tombstones)
+      tk = maxes.(rows, :tokens)
+
+      B.row([
+        label,
+        Enum.map_join(tb, "/", &inspect/1),
+        inspect(max_of.(tb)),
+        secs.(max_of.(tb), cluster_d),
+        Enum.map_join(tk, "/", &inspect/1),
+        inspect(max_of.(tk)),
+        secs.(max_of.(tk), cluster_x)
+      ])
+    end
+
+    lat_for = fn from_us ->
+      ws = Enum.filter(writes, fn {_k, _w, tw} -> tw >= from_us end)
+
+      {lats, sup, never} =
+        Enum.zip(nodes, watched)
+        |> Enum.map(fn {n, w} -> B.probe_latencies(ws, w, n.i) end)
+        |> Enum.reduce({[], 0, 0}, fn {l, s1, n1}, {la, sa, na} ->
+          {[l | la], sa + s1, na + n1}
+        end)
+
+      {lats |> Enum.concat() |> Enum.sort(), sup, never}
+    end
+
+    {lat, sup, never} = lat_for.(0)
+    {lat_w, _, _} = lat_for.(t_load + warmup_s * 1_000_000)
+
+    lat_line = fn l ->
+      "p50 #{B.ms(B.percentile(l, 0.5))}, p99 #{B.ms(B.percentile(l, 0.99))}, max #{B.ms(List.last(l))} (#{length(l)} samples)"
+    end
+
+    IO.puts(
+      "write-to-visible of the probe register (set every #{cfg.probe_ms} ms by one node in turn, read on notification by the two others): " <>
+        "#{lat_line.(lat)}; after warm-up #{lat_line.(lat_w)}; #{sup} superseded before read, #{never} never read"
+    )
+
+    # The tail by window of write time: a steady tail or spikes?
+    by_window =
+      Enum.zip(nodes, watched)
+      |> Enum.flat_map(fn {n, w} -> elem(B.probe_latency_pairs(writes, w, n.i), 0) end)
+      |> Enum.reject(fn {_tw, l} -> is_nil(l) end)
+      |> Enum.group_by(
+        fn {tw, _} -> div(max(tw - t_load, 0), sample_s * 1_000_000) end,
+        &elem(&1, 1)
+      )
+      |> Enum.sort()
+      |> Enum.map_join(" ", fn {k, l} ->
+        l = Enum.sort(l)
+
+        "#{(k + 1) * sample_s}:#{Float.round(B.percentile(l, 0.99) / 1000, 1)}/#{Float.round(List.last(l) / 1000, 1)}"
+      end)
+
+    IO.puts(
+      "write-to-visible p99/max in ms by #{sample_s} s window of write time (t:p99/max): #{by_window}"
+    )
+
+    # What the pacing asked for by the time the loader stopped (deletes and
+    # removes start lag_ms late).
+    scheduled = fn us ->
+      Enum.reduce(rates, 0, fn
+        {k, rk}, acc when k in [:deletes, :removes] ->
+          acc + div(max(us - lag_ms * 1000, 0) * rk, 1_000_000)
+
+        {_k, rk}, acc ->
+          acc + div(us * rk, 1_000_000)
+      end)
+    end
+
+    for {n, {summary, us}} <- Enum.zip(nodes, loads) do
+      total = summary.done |> Map.values() |> Enum.sum()
+
+      by_kind =
+        Enum.map_join([:incs, :sets, :adds, :creates, :deletes, :removes], " ", fn k ->
+          "#{k} #{Map.fetch!(summary.done, k)}"
+        end)
+
+      IO.puts(
+        "n#{n.i + 1}: #{total} ops of #{scheduled.(us)} scheduled in #{B.ms(us)} " <>
+          "(#{round(total / (us / 1_000_000))}/s over the whole run; #{by_kind}); " <>
+          "first failure #{inspect(summary.first_error)}"
+      )
+    end
+
+    # Sustained rate: ops between the first sample after warm-up (or the
+    # start) and the last one.
+    {_, w0} = List.first(warm) || {0, s0}
+    {_, w1} = List.last(samples) || {0, s0}
+
+    achieved =
+      Enum.zip(w1, w0)
+      |> Enum.map(fn {a, b} ->
+        if a.t > b.t, do: (a.ops - b.ops) / ((a.t - b.t) / 1_000_000), else: 0.0
+      end)
+
+    behind =
+      Enum.map(loads, fn {summary, us} ->
+        scheduled.(us) - (summary.done |> Map.values() |> Enum.sum())
+      end)
+
+    reached = Enum.all?(achieved, &(&1 >= 0.98 * r)) and Enum.all?(behind, &(&1 <= 0.02 * r))
+
+    final = sample.()
+    errors = Enum.map(final, & &1.errors)
+    tb_w = warm |> maxes.(:tombstones) |> max_of.()
+    tk_w = warm |> maxes.(:tokens) |> max_of.()
+    tb_all = samples |> maxes.(:tombstones) |> max_of.()
+    tk_all = samples |> maxes.(:tokens) |> max_of.()
+
+    IO.puts(drain)
+
+    IO.puts(
+      "collected in total per node: tombstones #{cols.(final, & &1.collected_tombstones)}, " <>
+        "elements #{cols.(final, & &1.collected_elements)} (deletes issued #{cols.(loads, &elem(&1, 0).done.deletes)} per node, " <>
+        "removes #{cols.(loads, &elem(&1, 0).done.removes)}); failed ops #{Enum.join(errors, "/")}"
+    )
+
+    IO.puts(
+      "RESULT steady #{s} s, target #{r} writes/s per node (#{d} deletes/s, #{x} removes/s): achieved " <>
+        "#{Enum.map_join(achieved, "/", &round/1)}/s after warm-up, behind schedule at the end by " <>
+        "#{Enum.join(behind, "/")} ops (#{if reached, do: "sustained", else: "NOT sustained"}); " <>
+        "max tombstones held #{inspect(tb_w)} after warm-up (#{secs.(tb_w, cluster_d)} of the cluster's #{cluster_d} deletes/s), " <>
+        "#{inspect(tb_all)} overall; max remove tokens held #{inspect(tk_w)} after warm-up (#{secs.(tk_w, cluster_x)} of the cluster's " <>
+        "#{cluster_x} removes/s), #{inspect(tk_all)} overall; write-to-visible p50 #{B.ms(B.percentile(lat, 0.5))} " <>
+        "p99 #{B.ms(B.percentile(lat, 0.99))} max #{B.ms(List.last(lat))} (target p99 <= 20 ms)"
     )
   end)
 after

@@ -158,6 +158,8 @@ defmodule Vsmcp.CRDT.Native do
   def store_probe_take, do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_heap_bytes(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def store_remove_tokens(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
 
   # Sync (Vsmcp.CRDT.Sync.Peer)
   @doc false

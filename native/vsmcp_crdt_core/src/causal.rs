@@ -124,6 +124,11 @@ pub struct CausalContext {
 }
 
 impl CausalContext {
+    /// `n` such that dots `(r, 1..=n)` are all in the context.
+    pub fn vv_at(&self, r: u32) -> u64 {
+        self.vv_of(r)
+    }
+
     fn vv_of(&self, r: u32) -> u64 {
         self.vv.get(r as usize).copied().unwrap_or(0)
     }

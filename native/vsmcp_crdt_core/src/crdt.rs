@@ -246,6 +246,24 @@ impl Crdt {
         }
     }
 
+    /// A remove-wins set's stability snapshot (its version vector), if it
+    /// holds remove tokens (see [`ORSet::collect_stable_upto`]).
+    pub fn stability_snapshot(&self) -> Option<Vec<(ReplicaId, u64)>> {
+        match self {
+            Crdt::ORSet(s) if s.has_remove_tokens() => Some(s.version_vector()),
+            _ => None,
+        }
+    }
+
+    /// Collection up to a stability snapshot (see
+    /// [`ORSet::collect_stable_upto`]); 0 for every other type.
+    pub fn collect_stable_upto(&mut self, stable: &[(ReplicaId, u64)]) -> usize {
+        match self {
+            Crdt::ORSet(s) => s.collect_stable_upto(stable),
+            _ => 0,
+        }
+    }
+
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         match self {

@@ -509,6 +509,19 @@ impl ORSet {
         Ok(())
     }
 
+    /// Elements holding a remove token (remove-wins only): what causal
+    /// stability has yet to collect. O(elements).
+    pub fn remove_token_count(&self) -> usize {
+        if self.policy != Policy::RemoveWins {
+            return 0;
+        }
+        self.elems
+            .entries
+            .iter()
+            .filter(|e| e.dots.iter().any(|d| d.is_remove()))
+            .count()
+    }
+
     /// Whether some element holds a remove token (remove-wins only).
     pub fn has_remove_tokens(&self) -> bool {
         self.policy == Policy::RemoveWins
@@ -523,9 +536,9 @@ impl ORSet {
     /// token, with all its dots (its concurrent add dots, which the token
     /// beats, included); the context keeps every dot, so a copy of them
     /// arriving later is recognised as removed. Only correct when every
-    /// replica holds this very state and nothing concurrent is in flight
-    /// (the sync engine's quiescent point): then every later operation on
-    /// the element is causally after the removes. Returns the elements
+    /// token is stable (see [`ORSet::collect_stable_upto`], which the sync
+    /// engine uses with a snapshot): then every later operation on the
+    /// element is causally after the removes. Returns the elements
     /// dropped. A no-op for deltas and add-wins sets (their removes leave
     /// no tokens).
     pub fn collect_stable(&mut self) -> usize {
@@ -543,6 +556,76 @@ impl ORSet {
             self.elems.shrink();
         }
         dropped
+    }
+
+    /// The contiguous part of the causal context (`replica => n`: dots
+    /// `1..=n` seen): what a stability snapshot records (see
+    /// [`ORSet::collect_stable_upto`]).
+    pub fn version_vector(&self) -> Vec<(ReplicaId, u64)> {
+        (0..self.replicas.len() as u32)
+            .map(|i| (self.replicas.get(i).clone(), self.ctx.vv_at(i)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Causal-stability collection up to a snapshot: drop every element
+    /// whose remove tokens are all covered by `stable` (a version vector
+    /// taken when the set was read at a moment every member has since been
+    /// shown to have delivered, see `sync::engine`), with all its dots.
+    /// An element's add dot beside a remove token is concurrent with it
+    /// (an add that observed the token would have retired it), and
+    /// stability means every such add has arrived: the element stays
+    /// absent, and any later add observed the removes. Elements with a
+    /// token newer than the snapshot are kept. The context keeps every
+    /// dot, so a late copy of a dropped one is recognised as removed.
+    /// Returns the elements dropped (0 for add-wins sets and deltas).
+    pub fn collect_stable_upto(&mut self, stable: &[(ReplicaId, u64)]) -> usize {
+        if self.policy != Policy::RemoveWins || self.delta {
+            return 0;
+        }
+        // Stable counter per local replica index.
+        let mut upto = vec![0u64; self.replicas.len()];
+        for (r, n) in stable {
+            if let Some(i) = self.replicas.lookup(r) {
+                upto[i as usize] = *n;
+            }
+        }
+        let covered = |d: TaggedDot| {
+            let dot = d.dot();
+            upto.get(dot.replica as usize)
+                .is_some_and(|n| dot.counter <= *n)
+        };
+        let mut dropped = 0;
+        for i in (0..self.elems.len()).rev() {
+            let dots = &self.elems.entries[i].dots;
+            let mut removes = dots.iter().filter(|d| d.is_remove()).peekable();
+            if removes.peek().is_some() && removes.all(|d| covered(*d)) {
+                self.elems.remove_at(i);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.elems.shrink();
+        }
+        dropped
+    }
+
+    /// What the set reads as, folded order-independently: the sum of a
+    /// stable hash of every present element. O(elements), no allocation;
+    /// with the causal context it is the set's digest form
+    /// (`sync::canonical::digest_bytes`).
+    pub fn value_hash(&self) -> u64 {
+        let mut sum = 0u64;
+        for e in &self.elems.entries {
+            let present = match self.policy {
+                Policy::RemoveWins => !e.dots.is_empty() && e.dots.iter().all(|d| !d.is_remove()),
+                Policy::AddWins => !e.dots.is_empty(),
+            };
+            if present {
+                sum = sum.wrapping_add(crate::sync::digest::stable_hash(&[&e.elem]));
+            }
+        }
+        sum
     }
 
     /// Order-independent form: equality of replicated state.

@@ -709,11 +709,9 @@ fn collecting_a_warm_set_keeps_the_tier_counts() {
         s.decay();
     }
     assert_eq!(s.metadata(b"set", Access::MayBlock).unwrap().1, Tier::Warm);
-    let version = s
-        .with_sync_state(b"set", |_, _, v| v)
-        .unwrap()
-        .expect("present");
-    assert_eq!(s.collect(b"set", version), Ok(1));
+    let gen = s.metadata(b"set", Access::MayBlock).unwrap().0.gen;
+    let stable = [(s.replica_id().clone(), u64::MAX)];
+    assert_eq!(s.collect(b"set", &gen, &stable), Ok(1));
     for _ in 0..4 {
         s.decay();
     }

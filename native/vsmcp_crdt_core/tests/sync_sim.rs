@@ -155,7 +155,7 @@ impl Replica {
                     self.join(&id, &s);
                 }
             }
-            Message::Hello { .. } => {}
+            Message::Hello { .. } | Message::Frontier { .. } | Message::AnswerEnd { .. } => {}
         }
     }
 

@@ -449,6 +449,19 @@ fn store_heap_bytes<'a>(env: Env<'a>, store: Term<'a>, id: Term<'a>) -> Term<'a>
     }
 }
 
+/// Elements of `id` holding a remove token, in memory (diagnostics).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn store_remove_tokens<'a>(env: Env<'a>, store: Term<'a>, id: Term<'a>) -> Term<'a> {
+    let h = match resolve(store) {
+        Ok(h) => h,
+        Err(reason) => return (error(), reason).encode(env),
+    };
+    match tc::encode(id) {
+        Ok(id) => (ok(), h.store.remove_tokens(&id)).encode(env),
+        Err(e) => error_term(env, &e),
+    }
+}
+
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_flush<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
     let r = resolve(store)

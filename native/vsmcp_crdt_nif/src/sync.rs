@@ -167,6 +167,9 @@ fn sync_start<'a>(env: Env<'a>, store: Term<'a>, opts: Term<'a>) -> NifResult<Te
     if let Some(v) = get::<u64>(opts, "collect_after_ms")? {
         cfg.collect_after_ms = v;
     }
+    if let Some(v) = get::<u64>(opts, "member_expiry_ms")? {
+        cfg.member_expiry_ms = v;
+    }
     if let Some(v) = get::<Binary>(opts, "attrs")? {
         cfg.attrs = v.as_slice().to_vec();
     }
@@ -263,7 +266,7 @@ fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Term<'a> {
     };
     with_engine(env, &s, |e| {
         let mut events = Vec::new();
-        e.forget(directory_of(&r), &mut events);
+        e.forget(&s.store, directory_of(&r), &mut events);
         (ok(), events_term(env, &events, false)).encode(env)
     })
 }
@@ -294,6 +297,8 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
         ("collected_elements", c.collected_elements),
         ("collected_tombstones", c.collected_tombstones),
         ("dropped_stale", c.dropped_stale),
+        ("state_proofs", c.state_proofs),
+        ("members_removed", c.members_removed),
     ] {
         counters = put(counters, k, v.encode(env));
     }
@@ -321,6 +326,9 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
                 ("node", bin(env, &p.attrs)),
                 ("last_seen_ms", p.last_seen_ms.encode(env)),
                 ("ack_lag", p.ack_lag.encode(env)),
+                ("clock_offset_ms", p.clock_offset_ms.encode(env)),
+                ("refused_ahead_ms", p.refused_ahead_ms.encode(env)),
+                ("anchored", p.anchored.encode(env)),
                 ("msgs_sent", p.stats.msgs_sent.encode(env)),
                 ("bytes_sent", p.stats.bytes_sent.encode(env)),
                 ("msgs_received", p.stats.msgs_received.encode(env)),
@@ -334,9 +342,28 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
             m
         })
         .collect();
+    let members: Vec<Term<'a>> = e
+        .member_info()
+        .iter()
+        .map(|mi| {
+            let mut m = map_new(env);
+            for (k, v) in [
+                ("directory", bin(env, &mi.directory)),
+                ("up", mi.up.encode(env)),
+                ("frontier", mi.frontier.encode(env)),
+                ("stable", mi.stable.encode(env)),
+            ] {
+                m = put(m, k, v);
+            }
+            m
+        })
+        .collect();
     let mut m = map_new(env);
     m = put(m, "replica", key(e.me()).encode(env));
     m = put(m, "peers", peers.encode(env));
+    m = put(m, "members", members.encode(env));
+    m = put(m, "collectable_sets", e.collectable_sets().encode(env));
+    m = put(m, "queued_transfers", e.queued_transfers().encode(env));
     m = put(m, "counters", counters);
     m = put(m, "rejected", rejected);
     m = put(m, "log_entries", e.log().len().encode(env));

@@ -142,6 +142,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
     down_after: 1..@max_ms,
     retransmit_interval: 1..@max_ms,
     collect_after: 0..@max_ms,
+    member_expiry: 0..@max_ms,
     max_log_bytes: 0..@max_size
   ]
 
@@ -156,9 +157,11 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   `:transport_opts`, `:tick_interval` (ms, default 5),
   `:heartbeat_interval` (ms, default 1000), `:down_after` (ms, default
   5000), `:retransmit_interval` (ms, default 200), `:max_log_bytes`
-  (default 64 MiB), `:collect_after` (ms the cluster must stay quiescent
-  before remove tokens and delete tombstones are collected, default
-  2000), `:wire_versions` (tests). Errors are
+  (default 64 MiB), `:collect_after` (ms between two runs of the
+  collection of stable remove tokens and delete tombstones, default
+  2000), `:member_expiry` (ms a member replica may stay unheard before it
+  leaves the membership, default 86_400_000, 0: never; see the sync
+  guide), `:wire_versions` (tests). Errors are
   `{:invalid_option, {:sync_opts, key}, value}`.
 
       iex> alias Vsmcp.CRDT.ContextStore.Options

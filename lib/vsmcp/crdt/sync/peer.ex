@@ -266,6 +266,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       |> put_opt(:down_after_ms, state.opts[:down_after])
       |> put_opt(:max_log_bytes, state.opts[:max_log_bytes])
       |> put_opt(:collect_after_ms, state.opts[:collect_after])
+      |> put_opt(:member_expiry_ms, state.opts[:member_expiry])
 
     case Native.sync_start(state.store, opts) do
       {:ok, engine, key} -> {:ok, %{state | engine: engine, key: key}}
@@ -520,7 +521,9 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       peer: key
     })
 
-    state
+    # The label goes with the session: every restart of a peer (and every
+    # forged hello) is a new key, so keeping them would grow for ever.
+    %{state | labels: Map.delete(state.labels, key)}
   end
 
   defp event({:answered, key}, state), do: answered(state, key)

@@ -38,6 +38,7 @@ pub mod halt;
 pub mod import;
 pub mod info;
 mod listing;
+pub mod membership;
 pub mod record;
 mod tiers;
 mod write_behind;
@@ -210,6 +211,9 @@ struct Inner {
     /// Per replica directory, the latest collection cut it was part of
     /// (persisted under `CUT_PREFIX`; see `merge_remote`).
     member_cuts: Mutex<HashMap<Box<[u8]>, u64>>,
+    /// The member directories, with when each joined (persisted under
+    /// `membership::MEMBER_PREFIX`).
+    members: Mutex<HashMap<Box<[u8]>, u64>>,
     /// The token of the current capture owner (0: none).
     capture_owner: Mutex<u64>,
     closed: AtomicBool,
@@ -318,6 +322,12 @@ impl Store {
             synced: AtomicBool::new(cold.get_meta(SYNCED_KEY)?.is_some()),
             member_cuts: Mutex::new(
                 cold.meta_with_prefix(CUT_PREFIX)?
+                    .into_iter()
+                    .filter_map(|(dir, v)| Some((dir, decode_u64(&v)?)))
+                    .collect(),
+            ),
+            members: Mutex::new(
+                cold.meta_with_prefix(membership::MEMBER_PREFIX)?
                     .into_iter()
                     .filter_map(|(dir, v)| Some((dir, decode_u64(&v)?)))
                     .collect(),
@@ -960,13 +970,15 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Causal-stability collection of `id` (see `Crdt::collect_stable`),
-    /// if its state is still at `version` (the one the caller judged
-    /// stable). The work happens on a copy, without the shard lock; the
-    /// collected state replaces the pending writes of `id` (it includes
-    /// them) and, written as a full state, drops the collected dots from
-    /// the record on disk too. Returns the elements dropped.
-    pub fn collect(&self, id: &[u8], version: u64) -> Result<usize> {
+    /// Causal-stability collection of `id` up to a stability snapshot
+    /// (see `Crdt::collect_stable_upto`): remove tokens that `stable`
+    /// covers are dropped with the elements they hold. The work happens on
+    /// a copy, without the shard lock, and is put back only if the item did
+    /// not change meanwhile (else nothing happens: the next round tries
+    /// again); the collected state replaces the pending writes of `id` (it
+    /// includes them) and, written as a full state, drops the collected
+    /// dots from the record on disk too. Returns the elements dropped.
+    pub fn collect(&self, id: &[u8], gen: &Gen, stable: &[(ReplicaId, u64)]) -> Result<usize> {
         let inner = &self.0;
         let access = Access::MayBlock;
         let _disk = inner.lock_disk_for_write(id, access)?;
@@ -976,9 +988,11 @@ impl Store {
         }
         inner.check_writable_at(&sh, id, access)?;
         let slot = sh.tiers.get(id).ok_or(Error::NotFound)?;
-        if slot.version != version {
+        if slot.meta.gen != *gen {
+            // Another generation: its dots are not the snapshot's.
             return Ok(0);
         }
+        let version = slot.version;
         let snapshot = match &slot.body {
             Body::Hot(c) => Body::Hot(Arc::clone(c)),
             Body::Warm(b) => Body::Warm(Arc::clone(b)),
@@ -990,7 +1004,7 @@ impl Store {
         };
         let was_warm = matches!(snapshot, Body::Warm(_));
         drop(snapshot);
-        let dropped = state.collect_stable();
+        let dropped = state.collect_stable_upto(stable);
         if dropped == 0 {
             return Ok(0);
         }
@@ -1030,15 +1044,22 @@ impl Store {
         Ok(dropped)
     }
 
-    /// Causal-stability collection of delete tombstones: drop every
-    /// tombstone whose delete came before `cut` (an HLC stamp, see
-    /// `sync::engine`), from memory and from disk. Pending writes are
-    /// flushed first, so the delete a tombstone stands for is on disk
-    /// before the tombstone leaves it; one written since is left for a
-    /// later call. `cut` is persisted first ([`Store::tomb_cut`]). Runs on
-    /// a dirty scheduler; each shard's lock is held for one pass over its
+    /// Causal-stability collection of delete tombstones (see
+    /// `sync::engine`, "Membership and stability"). `members` gives each
+    /// member directory's frontier: every record it created with a stamp
+    /// below it is here or was deleted here. Each becomes that directory's
+    /// cut (persisted first: a late copy of what a dropped tombstone
+    /// killed is then recognised by `merge_remote` without it), and every
+    /// tombstone whose delete came before `cut` (at most the least of
+    /// them) is dropped, from memory and from disk, if the creators of the
+    /// generations it kills have a cut above their creates (a creator
+    /// that is not a member keeps its tombstones, and so does an import,
+    /// which has no creator directory). Pending writes are flushed first, so
+    /// the delete a tombstone stands for is on disk before the tombstone
+    /// leaves it; one written since is left for a later call. Runs on a
+    /// dirty scheduler; each shard's lock is held for one pass over its
     /// tombstones. Returns the tombstones dropped.
-    pub fn collect_tombstones(&self, cut: u64, members: &[&[u8]]) -> Result<usize> {
+    pub fn collect_tombstones(&self, cut: u64, members: &[(&[u8], u64)]) -> Result<usize> {
         let inner = &self.0;
         let due = inner.shards.iter().any(|shard| {
             let sh = shard.state.lock();
@@ -1056,18 +1077,18 @@ impl Store {
             if cut > inner.tomb_cut.load(Ordering::Acquire) {
                 ops.push(BatchOp::PutMeta(TOMB_CUT_KEY, cut.to_be_bytes().to_vec()));
             }
-            for dir in members {
-                if cuts.get(*dir).is_none_or(|c| *c < cut) {
+            for (dir, c) in members {
+                if cuts.get(*dir).is_none_or(|old| old < c) {
                     let key: Box<[u8]> = [CUT_PREFIX, dir].concat().into();
-                    ops.push(BatchOp::PutMetaKey(key, cut.to_be_bytes().to_vec()));
+                    ops.push(BatchOp::PutMetaKey(key, c.to_be_bytes().to_vec()));
                 }
             }
             inner.injected_fault()?;
             inner.cold.write(&ops)?;
             inner.tomb_cut.fetch_max(cut, Ordering::AcqRel);
-            for dir in members {
-                let c = cuts.entry_ref(*dir).or_insert(0);
-                *c = (*c).max(cut);
+            for (dir, c) in members {
+                let old = cuts.entry_ref(*dir).or_insert(0);
+                *old = (*old).max(*c);
             }
         }
         let mut dropped = 0;
@@ -1082,13 +1103,26 @@ impl Store {
             }
             let mut gone: Vec<Box<[u8]>> = Vec::new();
             let mut floor = u64::MAX;
+            let cuts = inner.member_cuts.lock();
+            // A generation with no creator directory (an import, a record
+            // from before generations) has no cut to stand in for its
+            // tombstone: that is kept.
+            let covered = |t: &Tombs| {
+                t.iter().all(|t| {
+                    t.gen.replica.len() == record::REPLICA_BYTES
+                        && cuts
+                            .get(&t.gen.replica[..record::DIRECTORY_BYTES])
+                            .is_some_and(|c| *c > t.gen.stamp)
+                })
+            };
             for (id, t) in sh.tombs.iter() {
-                if t.latest() < cut && sh.pending.overlays(id).next().is_none() {
+                if t.latest() < cut && covered(t) && sh.pending.overlays(id).next().is_none() {
                     gone.push(id.clone());
                 } else {
                     floor = floor.min(t.latest());
                 }
             }
+            drop(cuts);
             sh.tomb_floor = floor;
             if gone.is_empty() {
                 continue;
@@ -1140,6 +1174,23 @@ impl Store {
             Some(Body::Hot(c)) => c.heap_bytes(),
             Some(Body::Warm(b)) => b.len(),
             None => 0,
+        }
+    }
+
+    /// Elements of `id` holding a remove token (diagnostics: what causal
+    /// stability has yet to collect; 0 for other types and ids not in
+    /// memory). O(elements).
+    pub fn remove_tokens(&self, id: &[u8]) -> usize {
+        let body = {
+            let sh = self.0.lock_state_unchecked(id);
+            match sh.tiers.get(id).map(|s| &s.body) {
+                Some(Body::Hot(c)) => Arc::clone(c),
+                _ => return 0,
+            }
+        };
+        match &*body {
+            Crdt::ORSet(s) => s.remove_token_count(),
+            _ => 0,
         }
     }
 

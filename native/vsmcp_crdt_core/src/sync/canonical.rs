@@ -56,21 +56,25 @@ pub fn canonical_state_bytes(c: &Crdt) -> Vec<u8> {
     }
 }
 
-/// Marks the digest form of a remove-wins OR-Set.
-const CONTEXT_ORSET: u8 = 0xCB;
+/// Marks the digest form of an OR-Set.
+const DIGEST_ORSET: u8 = 0xCB;
 
-/// The bytes hashed into the digest: [`canonical_state_bytes`], except for
-/// a remove-wins OR-Set, whose causal context alone is hashed (O(replicas)
-/// instead of O(elements), so a change to a 1M-element set does not cost a
-/// full re-encoding at every heartbeat). In a remove-wins set every add and
-/// every remove makes a fresh dot, so the context says which operations a
-/// replica has seen, and replicas that saw the same operations hold the
-/// same state: equal contexts mean equal values (a replica that collected
-/// its remove tokens and one that did not yet agree, as they should).
-/// Add-wins removes make no dot, so add-wins sets are hashed in full.
+/// The bytes hashed into the digest: everything a replica reads, so that
+/// any two copies that read differently have different digests and
+/// exchange states (anti-entropy never stops while they differ).
+///
+/// Counters and registers: their canonical bytes. An OR-Set (either
+/// policy): its causal context plus the order-independent hash of the
+/// elements it reads as present ([`ORSet::value_hash`](crate::orset::ORSet::value_hash)),
+/// O(elements) without allocating, instead of the normalized form's sorted
+/// copy of every dot. Two copies with equal contexts but different values
+/// (one collected a remove token unsafely, one missed a remove that makes
+/// no dot) therefore differ; two that read the same but keep different
+/// internal dots (one collected its tokens, one not yet) do not, as they
+/// should not.
 pub fn digest_bytes(c: &Crdt) -> Vec<u8> {
     match c {
-        Crdt::ORSet(s) if s.policy() == crate::orset::Policy::RemoveWins => {
+        Crdt::ORSet(s) => {
             let ctx = s.causal_context();
             let vv: Vec<(&Bytes, u64)> = ctx
                 .vv
@@ -82,8 +86,8 @@ pub fn digest_bytes(c: &Crdt) -> Vec<u8> {
                 .iter()
                 .map(|(r, k)| (Bytes::new(r.as_bytes()), *k))
                 .collect();
-            let mut out = vec![CONTEXT_ORSET, c.kind().code()];
-            let res = rmp_serde::encode::write(&mut out, &(vv, cloud));
+            let mut out = vec![DIGEST_ORSET, c.kind().code()];
+            let res = rmp_serde::encode::write(&mut out, &(vv, cloud, s.value_hash()));
             debug_assert!(res.is_ok());
             out
         }

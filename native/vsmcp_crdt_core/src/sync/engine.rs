@@ -16,6 +16,47 @@
 //!   prefix of a sender's intervals, answers digests with a push of our
 //!   differing buckets plus a pull (`StateRequest`) of theirs.
 //!
+//! # Membership and stability
+//!
+//! Remove tokens and delete tombstones guard against operations that have
+//! not arrived yet; they may be dropped once nothing they guard against
+//! can arrive any more. That is judged per *member*, not by who happens to
+//! be up:
+//!
+//! * **Membership is persisted** (`store::membership`). A replica
+//!   directory whose hello was accepted is a member until it is removed:
+//!   by `forget` (`forget_replica`), or after `member_expiry_ms` without a
+//!   hello heard by a running engine. A member that is down, refused, or
+//!   not heard since a restart holds collection back.
+//! * **A frontier per member**, `F[d]`, an HLC stamp of `d`'s clock:
+//!   every change `d` made before its clock read `F[d]` is here (or was
+//!   deleted or replaced here). It rises by two proofs. *State*: `d`
+//!   answered our digest completely (`AnswerEnd`, with every `States`
+//!   message of the answer received and merged): everything `d` held when
+//!   it took its state is here. *Log*: after a state proof in the same
+//!   session, `d` announced log position `p` in a hello stamped `h` and we
+//!   hold its log up to `p` contiguously: everything it made before `h` is
+//!   here. A skipped part of its log (a jump of `base`, an entry refused)
+//!   voids the state proof until the next one. Frontiers never pass our
+//!   own wall clock, and the frontier a collection used is persisted as
+//!   the directory's cut.
+//! * **Tombstones** whose delete came before every member's frontier are
+//!   collected, each directory's frontier becoming its cut: a late copy of
+//!   a record a member created before its cut, not held here, was deleted
+//!   here and is deleted again with a tombstone (`Store::merge_remote`),
+//!   whoever sends it and whenever.
+//! * **Remove tokens** are collected when *stable*: every member has
+//!   delivered them, and everything each member made before delivering
+//!   them is here (Baquero, Almeida, Shoker, *Making Operation-based CRDTs
+//!   Operation-based*; Antidote's stable vector). Each member reports its
+//!   own global frontier (the least of its frontiers) in a `Frontier`
+//!   message with each hello; a report counts once our frontier of that
+//!   member passes the hello it came with. A set's tokens are snapshotted
+//!   (its version vector) at a clock `t`; once every member's usable
+//!   report passes `t`, the tokens the snapshot covers are dropped. No
+//!   quiet moment is needed: collection keeps up with writes that never
+//!   pause.
+//!
 //! Every message from a peer is untrusted: it is decoded and validated in
 //! full, a clock too far ahead rejects it whole, and each rejection is
 //! counted and reported as an [`Event::Rejected`] (the caller rate-limits
@@ -41,17 +82,27 @@ use crate::store::{Merged, Store};
 /// directory's id, which a restart keeps.
 const VOLATILE_BYTES: usize = 16;
 
-/// The first wire version whose speakers kill by `record::Tomb`'s rule and
-/// collect tombstones (see `wire`).
-const TOMB_RULE_VERSION: u8 = 3;
+/// The first wire version whose speakers prove frontiers and report
+/// stability (see "Membership and stability"); an older peer never does,
+/// so while it is a member nothing is collected.
+const STABILITY_VERSION: u8 = 4;
 
 /// Longest sync id accepted from a peer.
 const MAX_ID_BYTES: usize = 64;
 
-/// A peer down for this many `down_after_ms` (an hour with the default 5 s)
-/// is dropped: it no longer holds the log or blocks collection, and comes
-/// back as a new peer, through a digest exchange.
-const EXPIRE_AFTER_DOWNS: u64 = 720;
+/// A peer session down for this many `down_after_ms` (50 s with the
+/// default 5 s) is dropped with everything kept for it (its part of the
+/// log, its transfers); it comes back as a new session, through a digest
+/// exchange. Its directory stays a member (see `member_expiry_ms`).
+const EXPIRE_AFTER_DOWNS: u64 = 10;
+
+/// Most sessions held at once of ids that name no member directory (a
+/// member's directory has one session: a new one supersedes the old).
+const MAX_OTHER_SESSIONS: usize = 16;
+
+/// `States` sequence numbers remembered per peer, to check that an answer
+/// to our digest arrived whole.
+const STATES_WINDOW: usize = 4096;
 
 /// Hellos with a differing root before a digest is sent even while deltas
 /// to the peer are in flight.
@@ -85,9 +136,12 @@ pub struct EngineConfig {
     pub down_after_ms: u64,
     /// Free-form bytes announced in `Hello` (the node label).
     pub attrs: Vec<u8>,
-    /// Collect remove tokens and delete tombstones once the cluster has
-    /// been quiescent (see [`Engine`]) for this long.
+    /// Run collection (see "Membership and stability") at most this often.
     pub collect_after_ms: u64,
+    /// A member directory not heard from (no hello accepted) by this engine
+    /// for this long is removed from the membership (see
+    /// [`Store::remove_member`]); 0: never.
+    pub member_expiry_ms: u64,
     /// Tests only: the session part of the sync id (random when `None`),
     /// so that a seeded simulation replays exactly.
     #[cfg(feature = "fault-injection")]
@@ -103,6 +157,7 @@ impl Default for EngineConfig {
             down_after_ms: 5_000,
             attrs: Vec::new(),
             collect_after_ms: 2_000,
+            member_expiry_ms: 24 * 3_600_000,
             #[cfg(feature = "fault-injection")]
             session: None,
         }
@@ -137,6 +192,11 @@ pub enum Reject {
     UnknownPeer,
     /// Not the peer's fault: merging failed here (disk full, closing).
     LocalError,
+    /// A digest request while a state transfer to the peer is still under
+    /// way (each peer gets one at a time).
+    Busy,
+    /// A hello from a new directory beyond the membership bound.
+    TooManyPeers,
 }
 
 impl Reject {
@@ -151,10 +211,12 @@ impl Reject {
             Reject::Forgotten => "forgotten_replica",
             Reject::UnknownPeer => "unknown_peer",
             Reject::LocalError => "local_error",
+            Reject::Busy => "busy",
+            Reject::TooManyPeers => "too_many_peers",
         }
     }
 
-    const ALL: [Reject; 8] = [
+    const ALL: [Reject; 10] = [
         Reject::Malformed,
         Reject::Version,
         Reject::Oversized,
@@ -163,6 +225,8 @@ impl Reject {
         Reject::Forgotten,
         Reject::UnknownPeer,
         Reject::LocalError,
+        Reject::Busy,
+        Reject::TooManyPeers,
     ];
 }
 
@@ -205,8 +269,12 @@ pub struct Counters {
     pub collected_tombstones: u64,
     /// Entries dropped because a newer generation or a tombstone won.
     pub dropped_stale: u64,
+    /// Frontier proofs by a complete answer to our digest.
+    pub state_proofs: u64,
+    /// Member directories removed (expired or forgotten).
+    pub members_removed: u64,
     /// Rejections, by [`Reject`] (in `Reject::ALL` order).
-    pub rejected: [u64; 8],
+    pub rejected: [u64; 10],
 }
 
 impl Counters {
@@ -231,7 +299,7 @@ pub struct PeerStats {
     /// Entries merged from it (deltas and states).
     pub entries_received: u64,
     /// Refused input from it, by [`Reject`] (in `Reject::ALL` order).
-    pub rejected: [u64; 8],
+    pub rejected: [u64; 10],
 }
 
 /// What [`Engine::peer_info`] tells of one peer.
@@ -245,9 +313,32 @@ pub struct PeerInfo {
     pub last_seen_ms: u64,
     /// Our deltas it has not acknowledged yet.
     pub ack_lag: u64,
+    /// Its clock minus our wall clock at its last hello, in ms.
+    pub clock_offset_ms: i64,
+    /// How far ahead of ours its clock was when we last refused a message
+    /// of it for that (0: never).
+    pub refused_ahead_ms: u64,
+    /// Whether a state proof holds in this session (see "Membership and
+    /// stability").
+    pub anchored: bool,
     pub stats: PeerStats,
 }
 
+/// What [`Engine::member_info`] tells of one member directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub directory: Vec<u8>,
+    /// Whether a session of it is up.
+    pub up: bool,
+    /// Its frontier here (`Timestamp::to_u64`; see the module docs).
+    pub frontier: u64,
+    /// Its latest usable stability report.
+    pub stable: u64,
+    /// The caller's clock when it was last heard (0: not since start).
+    pub last_seen_ms: u64,
+}
+
+/// One session of a peer (a directory's engine since its start).
 #[derive(Debug, Clone)]
 struct Peer {
     version: u8,
@@ -265,23 +356,155 @@ struct Peer {
     down_since: Option<u64>,
     /// Traffic with it.
     stats: PeerStats,
-    /// Digest root and log position of its last hello.
+    /// Digest root, log position and clock of its last hello.
     last_root: Option<u64>,
     last_log_pos: u64,
-    /// The HLC its last hello carried (`Timestamp::to_u64`).
     hello_clock: u64,
-    /// `last_log_pos` when we last sent it our digest.
-    digest_log_pos: u64,
-    /// Nothing it sent failed to merge or was dropped since our last
-    /// digest.
+    /// Its clock minus our wall clock at its last hello.
+    clock_offset_ms: i64,
+    /// How far ahead its clock was when we last refused it for that.
+    refused_ahead_ms: u64,
+    /// When we sent it our digest, while its answer is awaited.
+    digest_sent_ms: Option<u64>,
+    /// Nothing it sent failed to merge since our last digest.
     answer_clean: bool,
-    /// Its log is known to be in up to here from its answers to our
-    /// digests (collection only: acknowledgements use `recv_upto`).
-    caught_up: u64,
-    /// Every record its log held up to here is here or was deleted (set
-    /// at a collection point): entries up to here merge tombstones only.
+    /// Its clock at its latest complete answer to our digest (a state
+    /// proof of this session; see "Membership and stability").
+    anchor: Option<u64>,
+    /// The latest clock of a message that skipped part of its log for us
+    /// (a `base` jump, a refused entry): a state proof older than this no
+    /// longer makes its log a proof.
+    jump_clock: u64,
+    /// Its log up to here is in a state it proved (see `AnswerEnd`):
+    /// entries up to here merge tombstones only.
     records_in_upto: u64,
+    /// Our `States` messages to it so far (their sequence numbers).
+    states_sent: u64,
+    /// Sequence numbers of its `States` messages received and merged, the
+    /// latest [`STATES_WINDOW`].
+    states_seen: std::collections::BTreeSet<u64>,
     attrs: Vec<u8>,
+}
+
+impl Peer {
+    fn new(version: u8, now_ms: u64, sent_upto: u64, attrs: Vec<u8>) -> Peer {
+        Peer {
+            version,
+            up: false,
+            last_seen_ms: now_ms,
+            sent_upto,
+            inflight_since: None,
+            recv_upto: 0,
+            root_mismatches: 0,
+            down_since: None,
+            stats: PeerStats::default(),
+            last_root: None,
+            last_log_pos: 0,
+            hello_clock: 0,
+            clock_offset_ms: 0,
+            refused_ahead_ms: 0,
+            digest_sent_ms: None,
+            answer_clean: false,
+            anchor: None,
+            jump_clock: 0,
+            records_in_upto: 0,
+            states_sent: 0,
+            states_seen: std::collections::BTreeSet::new(),
+            attrs,
+        }
+    }
+
+    /// Whether its log, received contiguously, proves its changes.
+    fn anchored(&self) -> bool {
+        self.anchor.is_some_and(|a| a > self.jump_clock)
+    }
+}
+
+/// A frontier report: `(directory, frontier)`.
+type Frontiers = Vec<(Vec<u8>, u64)>;
+
+/// What this engine knows of a member directory (its membership itself is
+/// persisted by the store).
+#[derive(Debug, Clone, Default)]
+struct Member {
+    /// `F[d]`, see the module docs.
+    frontier: u64,
+    /// Its reports that count (each one's hello is within our frontier of
+    /// it), joined: its frontier of each directory it knows.
+    report: std::collections::BTreeMap<Box<[u8]>, u64>,
+    /// A newer report that does not count yet: `(at, frontiers)`.
+    pending: Option<(u64, Frontiers)>,
+    /// The caller's clock when a hello of it was last accepted (the
+    /// engine's start for a member not heard since).
+    last_seen_ms: u64,
+}
+
+impl Member {
+    /// Raise the frontier; a pending report may count now.
+    fn raise(&mut self, frontier: u64) {
+        self.frontier = self.frontier.max(frontier);
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|(at, _)| *at <= self.frontier)
+        {
+            if let Some((_, f)) = self.pending.take() {
+                self.join_report(f);
+            }
+        }
+    }
+
+    fn report(&mut self, at: u64, frontiers: Vec<(Vec<u8>, u64)>) {
+        if at <= self.frontier {
+            self.join_report(frontiers);
+        } else if self.pending.as_ref().is_none_or(|(a, _)| *a < at) {
+            self.pending = Some((at, frontiers));
+        }
+    }
+
+    /// Facts about the past only grow: each directory's frontier is the
+    /// highest reported.
+    fn join_report(&mut self, frontiers: Vec<(Vec<u8>, u64)>) {
+        for (dir, f) in frontiers {
+            let e = self.report.entry(dir.into_boxed_slice()).or_insert(0);
+            *e = (*e).max(f);
+        }
+    }
+
+    /// Its stability as far as we can judge it: the least frontier it
+    /// reported, over every directory it knows and every one of `ours`
+    /// (our members and us: a directory it does not report counts as 0),
+    /// but itself. A directory it reports that we do not know (and did not
+    /// forget) counts as 0 too: that one's operations may reach us only
+    /// through others, and it never told us what it has (a partial
+    /// partition), so nothing is stable until we hear it ourselves.
+    fn stable_for(&self, itself: &[u8], ours: &[&[u8]], forgotten: &HashSet<Vec<u8>>) -> u64 {
+        let missing = ours
+            .iter()
+            .any(|d| *d != itself && !self.report.contains_key(*d));
+        let unknown = self
+            .report
+            .keys()
+            .any(|d| &d[..] != itself && !ours.contains(&&d[..]) && !forgotten.contains(&d[..]));
+        if missing || unknown {
+            return 0;
+        }
+        self.report
+            .iter()
+            .filter(|(d, _)| &d[..] != itself && !forgotten.contains(&d[..]))
+            .map(|(_, f)| *f)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// A remove-wins set's stability snapshot: its version vector read at our
+/// clock `at`, in generation `gen`.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    at: u64,
+    gen: crate::store::record::Gen,
+    vv: Vec<(ReplicaId, u64)>,
 }
 
 /// The sync state of one store. See the module docs.
@@ -289,25 +512,41 @@ pub struct Engine {
     me: ReplicaId,
     cfg: EngineConfig,
     log: DeltaLog,
-    peers: HashMap<ReplicaId, Peer>,
+    /// Sessions, by sync id (ordered: iteration is the same on every run).
+    peers: std::collections::BTreeMap<ReplicaId, Peer>,
+    /// Member directories (see `store::membership`).
+    members: std::collections::BTreeMap<Box<[u8]>, Member>,
     /// Directory ids of forgotten replicas.
     forgotten: HashSet<Vec<u8>>,
     digest: Digest,
-    hashes: HashMap<Box<[u8]>, u64>,
-    /// Remove-wins sets holding remove tokens, with the version digested.
-    collectable: HashMap<Box<[u8]>, u64>,
-    /// Since when every peer announced our digest root (see `quiescent`).
-    quiescent_since: Option<u64>,
-    /// When tombstones were last offered to collection.
-    tombs_scanned_ms: u64,
+    /// Item hashes, by digest bucket.
+    hashes: Vec<HashMap<Box<[u8]>, u64>>,
+    /// Stability snapshots of remove-wins sets holding remove tokens.
+    collectable: HashMap<Box<[u8]>, Snapshot>,
+    /// When collection last ran.
+    collected_ms: Option<u64>,
+    /// Which peer's transfer goes first at the next tick.
+    transfer_turn: usize,
+    /// The caller's clock at our first tick.
+    started_ms: Option<u64>,
+    /// Our frontier report, due to be sent with the next tick: `(at,
+    /// frontiers)`.
+    report: Option<(u64, Frontiers)>,
     /// State transfers in progress, per peer.
-    transfers: HashMap<ReplicaId, std::collections::VecDeque<Transfer>>,
+    transfers: std::collections::BTreeMap<ReplicaId, std::collections::VecDeque<Transfer>>,
     /// Buckets whose states are queued for a peer (not queued twice).
-    queued: HashMap<ReplicaId, HashSet<u16>>,
+    queued: std::collections::BTreeMap<ReplicaId, HashSet<u16>>,
     dirty: HashSet<Box<[u8]>>,
-    primed: bool,
+    /// While the digest is being built from the store's ids, page by page:
+    /// the cursor of the next page (`Some(None)`: the first).
+    prime_cursor: Option<Option<Box<[u8]>>>,
     counters: Counters,
 }
+
+/// Ids taken into the digest per engine call while it is first built: a
+/// store of a million ids is primed over many calls, each bounded, instead
+/// of one call of seconds that holds its caller (and anyone waiting on it).
+const PRIME_PAGE: usize = 20_000;
 
 /// Bytes of states encoded per peer per call: a large state transfer (a
 /// late joiner, a long absence) is spread over ticks instead of being built
@@ -317,10 +556,18 @@ const TRANSFER_BYTES_PER_CALL: usize = 4 << 20;
 /// One item of a state transfer to a peer, in order.
 #[derive(Debug)]
 enum Transfer {
-    /// Our state of this id.
-    State(Box<[u8]>),
-    /// A message to send once the states before it went.
-    Then(Message),
+    /// Our states of every id in this digest bucket.
+    Bucket(u16),
+    /// A message to send, with the clock it was made at, once the states
+    /// before it went.
+    Then(Message, Timestamp),
+    /// The end of an answer to the peer's digest (version 4): our states
+    /// pushed since `first` went, and our state was taken at `clock`.
+    AnswerEnd {
+        first: u64,
+        clock: Timestamp,
+        log_pos: u64,
+    },
 }
 
 /// The directory part of a sync id (a replica id plus a session).
@@ -329,22 +576,27 @@ pub fn directory_of(r: &ReplicaId) -> &[u8] {
     &b[..b.len().saturating_sub(VOLATILE_BYTES)]
 }
 
-/// The digest hash of one item: id, generation, tombstone flag, kind and
-/// state in its digest form (`canonical::digest_bytes`; times are left
-/// out: they are labels, not state).
+/// The digest hash of one live item: id, generation, kind and state in
+/// its digest form (`canonical::digest_bytes`; times are left out: they
+/// are labels, not state).
 fn item_hash(id: &[u8], meta: &Meta, crdt: &Crdt) -> u64 {
     let gen = encode_gen(&meta.gen);
-    if meta.deleted {
-        return stable_hash(&[id, &gen, b"deleted"]);
-    }
     let state = super::canonical::digest_bytes(crdt);
     stable_hash(&[id, &gen, &[meta.kind.code()], &state])
+}
+
+/// The ceiling of every frontier: our own HLC, which takes a peer's clock
+/// only within `max_clock_offset` of our wall clock.
+fn wall_stamp(store: &Store) -> u64 {
+    store.clock().to_u64()
 }
 
 impl Engine {
     /// An engine for `store`. Its sync id is the store's replica id plus a
     /// random session, so peers tell a restarted engine (same store) from
     /// the old one and never hold acknowledgements from a previous session.
+    /// The store's members are loaded with their persisted cuts as
+    /// frontiers: a member not heard since holds collection back.
     pub fn new(store: &Store, cfg: EngineConfig) -> Engine {
         let mut me = store.replica_id().as_bytes().to_vec();
         #[cfg(feature = "fault-injection")]
@@ -352,21 +604,40 @@ impl Engine {
         #[cfg(not(feature = "fault-injection"))]
         let session = random_u64();
         me.extend_from_slice(&session.to_be_bytes());
+        let members = store
+            .members()
+            .into_iter()
+            .map(|(dir, _)| {
+                let m = Member {
+                    frontier: store.member_cut(&dir),
+                    ..Member::default()
+                };
+                (dir, m)
+            })
+            .collect();
         Engine {
             me: ReplicaId::new(&me),
             log: DeltaLog::new(cfg.max_log_bytes),
             cfg,
-            peers: HashMap::default(),
-            forgotten: HashSet::default(),
+            peers: Default::default(),
+            members,
+            forgotten: store
+                .forgotten()
+                .unwrap_or_default()
+                .into_iter()
+                .map(Vec::from)
+                .collect(),
             digest: Digest::new(),
-            hashes: HashMap::default(),
+            hashes: (0..BUCKETS).map(|_| HashMap::default()).collect(),
             collectable: HashMap::default(),
-            quiescent_since: None,
-            tombs_scanned_ms: 0,
-            transfers: HashMap::default(),
-            queued: HashMap::default(),
+            collected_ms: None,
+            transfer_turn: 0,
+            started_ms: None,
+            report: None,
+            transfers: Default::default(),
+            queued: Default::default(),
             dirty: HashSet::default(),
-            primed: false,
+            prime_cursor: Some(None),
             counters: Counters::default(),
         }
     }
@@ -392,9 +663,14 @@ impl Engine {
         self.digest.root()
     }
 
-    /// States queued for state transfers, over every peer (for inspection).
-    pub fn transfers_queued(&self) -> usize {
+    /// State transfer items queued, over every peer (for inspection).
+    pub fn queued_transfers(&self) -> usize {
         self.transfers.values().map(|q| q.len()).sum()
+    }
+
+    /// Remove-wins sets waiting for their tokens to be stable.
+    pub fn collectable_sets(&self) -> usize {
+        self.collectable.len()
     }
 
     /// Peers that are up.
@@ -406,7 +682,7 @@ impl Engine {
             .collect()
     }
 
-    /// Every known peer, for `info`.
+    /// Every known peer session, for `info`.
     pub fn peer_info(&self) -> Vec<PeerInfo> {
         let last = self.log.next_seq() - 1;
         self.peers
@@ -418,16 +694,45 @@ impl Engine {
                 attrs: p.attrs.clone(),
                 last_seen_ms: p.last_seen_ms,
                 ack_lag: last.saturating_sub(self.log.peer(r).map_or(0, |a| a.acked)),
+                clock_offset_ms: p.clock_offset_ms,
+                refused_ahead_ms: p.refused_ahead_ms,
+                anchored: p.anchored(),
                 stats: p.stats.clone(),
             })
             .collect()
     }
 
+    /// Every member directory, for `info`.
+    pub fn member_info(&self) -> Vec<MemberInfo> {
+        self.members
+            .iter()
+            .map(|(dir, m)| MemberInfo {
+                directory: dir.to_vec(),
+                up: self
+                    .peers
+                    .iter()
+                    .any(|(r, p)| p.up && directory_of(r) == &dir[..]),
+                frontier: m.frontier,
+                stable: m.stable_for(dir, &[], &HashSet::default()),
+                last_seen_ms: m.last_seen_ms,
+            })
+            .collect()
+    }
+
     fn out(&mut self, to: Option<&ReplicaId>, msg: &Message, clock: Timestamp) -> Outbound {
-        let version = to
-            .and_then(|r| self.peers.get(r))
-            .map_or(MIN_WIRE_VERSION, |p| p.version);
-        let bytes = msg.encode_with(version, clock);
+        let (version, seq) = match to.and_then(|r| self.peers.get_mut(r)) {
+            Some(p) => {
+                let seq = if matches!(msg, Message::States { .. }) && p.version >= 4 {
+                    p.states_sent += 1;
+                    p.states_sent
+                } else {
+                    0
+                };
+                (p.version, seq)
+            }
+            None => (MIN_WIRE_VERSION, 0),
+        };
+        let bytes = msg.encode_seq(version, clock, seq);
         self.counters.msgs_sent += 1;
         self.counters.bytes_sent += bytes.len() as u64;
         if let Some(p) = to.and_then(|r| self.peers.get_mut(r)) {
@@ -443,10 +748,22 @@ impl Engine {
         }
     }
 
+    /// Drop a session and everything kept for it.
+    fn drop_peer(&mut self, r: &ReplicaId) {
+        self.peers.remove(r);
+        self.log.remove_peer(r);
+        self.transfers.remove(r);
+        self.queued.remove(r);
+    }
+
     /// Take the store's local changes into the log, retransmit what waited
-    /// too long, ship new intervals, and mark silent peers down.
+    /// too long, ship new intervals, send our stability report after a
+    /// hello, drop sessions long down and expire members long silent.
     pub fn tick(&mut self, store: &Store, now_ms: u64, events: &mut Vec<Event>) -> Vec<Outbound> {
         self.take_local(store, events);
+        if !self.primed() {
+            self.refresh_digest(store);
+        }
         let mut out = Vec::new();
         let clock = store.tick_clock();
         let pending: Vec<ReplicaId> = self
@@ -455,9 +772,38 @@ impl Engine {
             .filter(|r| self.peers.get(*r).is_some_and(|p| p.up))
             .cloned()
             .collect();
-        for r in pending {
-            out.extend(self.drain_transfer(store, &r, clock));
+        // One budget per tick over every peer, starting with a different
+        // one each tick: many peers catching up at once (or forged ones)
+        // cost no more per tick than one.
+        let n = pending.len();
+        let mut spent = 0usize;
+        for k in 0..n {
+            if spent >= TRANSFER_BYTES_PER_CALL {
+                break;
+            }
+            let r = &pending[(self.transfer_turn + k) % n];
+            let (o, bytes) = self.drain_transfer_bytes(store, r, clock);
+            out.extend(o);
+            spent += bytes;
         }
+        self.transfer_turn = self.transfer_turn.wrapping_add(1);
+        if let Some((at, frontiers)) = self.report.take() {
+            let msg = Message::Frontier {
+                from: self.me.clone(),
+                at,
+                frontiers,
+            };
+            let to: Vec<ReplicaId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.up && p.version >= STABILITY_VERSION)
+                .map(|(r, _)| r.clone())
+                .collect();
+            for r in to {
+                out.push(self.out(Some(&r), &msg, clock));
+            }
+        }
+        self.expire_members(store, now_ms, events);
         let budget = batch_budget(&self.me);
         let ids: Vec<ReplicaId> = self.peers.keys().cloned().collect();
         for r in ids {
@@ -474,8 +820,7 @@ impl Engine {
                 if p.down_since
                     .is_some_and(|t| now_ms.saturating_sub(t) > expire)
                 {
-                    self.peers.remove(&r);
-                    self.log.remove_peer(&r);
+                    self.drop_peer(&r);
                 }
                 continue;
             }
@@ -490,20 +835,20 @@ impl Engine {
                     self.counters.retransmits += 1;
                 }
             }
+            let mut sent_upto = p.sent_upto;
             // At most 8 messages per peer and tick: the rest goes next tick.
             for _ in 0..8 {
-                let start = self.peers[&r].sent_upto + 1;
-                match self.log.batch_from(start, budget) {
+                match self.log.batch_from(sent_upto + 1, budget) {
                     NextBatch::UpToDate => break,
                     NextBatch::NeedsAntiEntropy => {
                         // Deltas it never acknowledged were dropped: a
                         // digest exchange brings it up to date instead.
-                        let upto = self.log.resync(&r).unwrap_or(0);
+                        sent_upto = self.log.resync(&r).unwrap_or(0);
                         if let Some(p) = self.peers.get_mut(&r) {
-                            p.sent_upto = upto;
+                            p.sent_upto = sent_upto;
                             p.inflight_since = None;
                         }
-                        out.push(self.digest_to(store, &r, clock));
+                        out.push(self.digest_to(store, &r, clock, now_ms));
                         break;
                     }
                     NextBatch::Batch(b) => {
@@ -511,14 +856,62 @@ impl Engine {
                         let base = self.log.peer(&r).map_or(0, |a| a.acked);
                         let msg = b.into_message(self.me.clone(), base);
                         out.push(self.out(Some(&r), &msg, clock));
-                        let p = self.peers.get_mut(&r).expect("peer present");
-                        p.sent_upto = end;
-                        p.inflight_since.get_or_insert(now_ms);
+                        sent_upto = end;
+                        if let Some(p) = self.peers.get_mut(&r) {
+                            p.sent_upto = end;
+                            p.inflight_since.get_or_insert(now_ms);
+                        }
                     }
                 }
             }
         }
         out
+    }
+
+    /// Remove members not heard from for `member_expiry_ms`: their
+    /// frontier becomes their cut (see [`Store::remove_member`]).
+    fn expire_members(&mut self, store: &Store, now_ms: u64, events: &mut Vec<Event>) {
+        let expiry = self.cfg.member_expiry_ms;
+        let started = *self.started_ms.get_or_insert(now_ms);
+        if expiry == 0 {
+            return;
+        }
+        let gone: Vec<Box<[u8]>> = self
+            .members
+            .iter()
+            .filter(|(dir, m)| {
+                let up = self
+                    .peers
+                    .iter()
+                    .any(|(r, p)| p.up && directory_of(r) == &dir[..]);
+                // The engine's start counts as heard: a restart never
+                // expires a member at once.
+                let seen = m.last_seen_ms.max(started);
+                !up && now_ms.saturating_sub(seen) > expiry
+            })
+            .map(|(d, _)| d.clone())
+            .collect();
+        // The frontiers become cuts: what they cover must be on disk first.
+        if !gone.is_empty() && store.flush().is_err() {
+            return;
+        }
+        for dir in gone {
+            let frontier = self.members.get(&dir).map_or(0, |m| m.frontier);
+            if store.remove_member(&dir, frontier).is_ok() {
+                self.members.remove(&dir);
+                self.counters.members_removed += 1;
+                let sessions: Vec<ReplicaId> = self
+                    .peers
+                    .keys()
+                    .filter(|r| directory_of(r) == &dir[..])
+                    .cloned()
+                    .collect();
+                for r in sessions {
+                    self.drop_peer(&r);
+                    events.push(Event::PeerDown(r));
+                }
+            }
+        }
     }
 
     /// Take the store's local changes into the log.
@@ -533,8 +926,16 @@ impl Engine {
 
     /// The heartbeat to broadcast. Local changes are taken into the log
     /// first, so the announced log position covers every change made before
-    /// the digest root was computed.
+    /// the digest root was computed. Our stability report follows with the
+    /// next tick, to each peer that reads it.
     pub fn hello(&mut self, store: &Store, events: &mut Vec<Event>) -> Outbound {
+        // Every change of a member before our frontier of it is here, as of
+        // now (before the clock of the hello): the report.
+        let frontiers: Vec<(Vec<u8>, u64)> = self
+            .members
+            .iter()
+            .map(|(d, m)| (d.to_vec(), m.frontier))
+            .collect();
         // The clock first: a change made meanwhile has a later stamp than
         // the hello's, and is not claimed by its log position.
         let clock = store.tick_clock();
@@ -542,13 +943,14 @@ impl Engine {
         // then writes without the shard lock), and the clock is on disk:
         // a restart never stamps below a clock a peer may cut at. If the
         // flush failed, the hello announces no more than the clock on disk
-        // (a lower clock only lowers a peer's cut).
+        // (a lower clock only lowers a peer's frontier).
         let clock = match store.flush() {
             Ok(()) => clock,
             Err(_) => clock.min(store.persisted_clock()),
         };
         self.take_local(store, events);
         self.refresh_digest(store);
+        self.report = Some((clock.to_u64(), frontiers));
         let msg = Message::Hello {
             from: self.me.clone(),
             versions: self.cfg.versions.clone(),
@@ -573,16 +975,22 @@ impl Engine {
         let clock = store.tick_clock();
         let peers = self.up_peers();
         for r in &peers {
-            out.push(self.digest_to(store, r, clock));
+            out.push(self.digest_to(store, r, clock, now_ms));
         }
         (peers, out)
     }
 
-    fn digest_to(&mut self, store: &Store, to: &ReplicaId, clock: Timestamp) -> Outbound {
+    fn digest_to(
+        &mut self,
+        store: &Store,
+        to: &ReplicaId,
+        clock: Timestamp,
+        now_ms: u64,
+    ) -> Outbound {
         self.refresh_digest(store);
         self.counters.digests_sent += 1;
         if let Some(p) = self.peers.get_mut(to) {
-            p.digest_log_pos = p.last_log_pos;
+            p.digest_sent_ms = Some(now_ms);
             p.answer_clean = true;
         }
         let msg = Message::DigestRequest {
@@ -593,9 +1001,18 @@ impl Engine {
     }
 
     /// Stop tracking replicas of `directory` (an id from [`directory_of`])
-    /// and refuse them from now on.
-    pub fn forget(&mut self, directory: &[u8], events: &mut Vec<Event>) {
+    /// and refuse them from now on. The directory leaves the membership
+    /// with our clock as its cut: the operator says it is gone for good, so
+    /// a record it created before now that is not here is treated as
+    /// deleted if it ever arrives (from another replica's copy).
+    pub fn forget(&mut self, store: &Store, directory: &[u8], events: &mut Vec<Event>) {
         self.forgotten.insert(directory.to_vec());
+        if self.members.remove(directory).is_some() {
+            self.counters.members_removed += 1;
+        }
+        let cut = store.tick_clock().to_u64();
+        let _ = store.flush();
+        let _ = store.forget_member(directory, cut);
         let gone: Vec<ReplicaId> = self
             .peers
             .keys()
@@ -603,14 +1020,13 @@ impl Engine {
             .cloned()
             .collect();
         for r in gone {
-            self.peers.remove(&r);
-            self.log.remove_peer(&r);
+            self.drop_peer(&r);
             events.push(Event::PeerDown(r));
         }
     }
 
     /// Something `from` sent failed to merge or was dropped: its answer to
-    /// our digest no longer proves its log is in.
+    /// our digest no longer proves its state is here.
     fn unclean(&mut self, from: &ReplicaId) {
         if let Some(p) = self.peers.get_mut(from) {
             p.answer_clean = false;
@@ -623,6 +1039,28 @@ impl Engine {
             p.stats.rejected[why as usize] += 1;
         }
         events.push(Event::Rejected(from.cloned(), why, e.to_string()));
+    }
+
+    /// Raise the frontier of `dir` to `f` (never past our wall clock).
+    fn raise_frontier(&mut self, store: &Store, dir: &[u8], f: u64) {
+        let f = f.min(wall_stamp(store));
+        if let Some(m) = self.members.get_mut(dir) {
+            m.raise(f);
+        }
+    }
+
+    /// The log proof: a session with a state proof whose log we hold up to
+    /// the position of its last hello proves everything made before it.
+    fn advance_by_log(&mut self, store: &Store, from: &ReplicaId) {
+        let Some(p) = self.peers.get(from) else {
+            return;
+        };
+        // Positions up to `records_in_upto` are in a state it proved.
+        let held = p.recv_upto.max(p.records_in_upto);
+        if p.anchored() && held >= p.last_log_pos && p.hello_clock > 0 {
+            let h = p.hello_clock;
+            self.raise_frontier(store, directory_of(from), h);
+        }
     }
 
     /// Handle one message from the transport.
@@ -638,6 +1076,7 @@ impl Engine {
         let Envelope {
             version,
             clock,
+            seq,
             msg,
         } = match Message::decode_envelope(bytes) {
             Ok(env) => env,
@@ -671,10 +1110,25 @@ impl Engine {
             self.reject(events, Some(&from), Reject::Version, "version not spoken");
             return Vec::new();
         }
+        // A clock more than `max_clock_offset` ahead is not taken into ours
+        // (the HLC receive rule refuses it), but the message is handled: a
+        // node whose clock ran ahead, or whose persisted clock is ahead
+        // after its clock was fixed, stays known, acknowledged and a
+        // member, and receives everything. What it sends that is stamped
+        // beyond the offset (creates, register values, deletes) is refused
+        // entry by entry (`merge_entries`) until our clock reaches it;
+        // such a refusal voids its log as a proof, so collection that
+        // depends on it waits. A hello is checked in `on_hello`.
         if let Some(c) = clock {
             if let Err(e) = store.receive_clock(c) {
-                self.reject(events, Some(&from), Reject::ClockAhead, &e.to_string());
-                return Vec::new();
+                let hello = matches!(msg, Message::Hello { .. });
+                if let (Error::ClockSkew { ahead_ms }, Some(p)) = (&e, self.peers.get_mut(&from)) {
+                    p.refused_ahead_ms = *ahead_ms;
+                }
+                if !hello {
+                    let why = format!("{e}: not taken into our clock");
+                    self.reject(events, Some(&from), Reject::ClockAhead, &why);
+                }
             }
         }
         let env_clock = clock;
@@ -685,23 +1139,24 @@ impl Engine {
             root,
             log_pos,
             attrs,
+            clock: hello_clock,
             ..
         } = msg
         {
-            let announced = (root, log_pos);
             let out = self.on_hello(
                 store,
                 from.clone(),
                 &versions,
-                announced,
+                Announced {
+                    root,
+                    log_pos,
+                    clock: hello_clock,
+                },
                 attrs,
                 now_ms,
                 events,
                 clock,
             );
-            if let Some(p) = self.peers.get_mut(&from) {
-                p.hello_clock = sent_at;
-            }
             self.maybe_collect(store, now_ms);
             return out;
         }
@@ -736,10 +1191,7 @@ impl Engine {
                 // old enough may predate a collected tombstone.
                 // So is the part of an interval received already (a resend
                 // overlapping it): entry `i` has sequence `seq_start + i`.
-                let (upto, records_in) = self
-                    .peers
-                    .get(&from)
-                    .map_or((0, 0), |p| (p.recv_upto, p.records_in_upto));
+                let (upto, records_in) = (p.recv_upto, p.records_in_upto);
                 let seen = seq_end <= upto;
                 let skip = upto.saturating_add(1).saturating_sub(seq_start);
                 let entries = entries
@@ -752,15 +1204,28 @@ impl Engine {
                     })
                     .map(|(_, e)| e)
                     .collect();
-                let merged = seen || self.merge_entries(store, &from, entries, events, &mut stale);
-                if !merged {
+                let merged = if seen {
+                    Merge::default()
+                } else {
+                    self.merge_entries(store, &from, entries, events, &mut stale)
+                };
+                if !merged.all {
                     self.unclean(&from);
                 }
                 out.extend(self.tombstones_for(store, &from, stale, clock));
-                let p = self.peers.get_mut(&from).expect("peer present");
+                let Some(p) = self.peers.get_mut(&from) else {
+                    return out;
+                };
                 // A merge that failed here (disk full, closing) is not
                 // acknowledged: the sender sends the interval again.
-                if merged {
+                if merged.all {
+                    if base > p.recv_upto || merged.refused {
+                        // Part of its log never reaches us (dropped by
+                        // its bound, caught up by a digest instead), or an
+                        // entry was refused: its log proves nothing until
+                        // a state proof made after this.
+                        p.jump_clock = p.jump_clock.max(sent_at);
+                    }
                     p.recv_upto = p.recv_upto.max(base);
                     if seq_start <= p.recv_upto.saturating_add(1) {
                         p.recv_upto = p.recv_upto.max(seq_end);
@@ -771,23 +1236,36 @@ impl Engine {
                     upto: p.recv_upto,
                 };
                 out.push(self.out(Some(&from), &ack, clock));
+                self.advance_by_log(store, &from);
             }
             Message::Ack { upto, .. } => {
                 let before = self.log.peer(&from).map_or(0, |a| a.acked);
                 if self.log.ack(&from, upto).is_err() {
                     self.reject(events, Some(&from), Reject::Malformed, "ack beyond the log");
                 } else if upto > before {
-                    let p = self.peers.get_mut(&from).expect("peer present");
-                    p.inflight_since = (p.sent_upto > upto).then_some(now_ms);
+                    if let Some(p) = self.peers.get_mut(&from) {
+                        p.inflight_since = (p.sent_upto > upto).then_some(now_ms);
+                    }
                 }
             }
             Message::DigestRequest { buckets, .. } => {
-                // Push ours where they differ, and pull theirs. Changes made
-                // since our last tick count too (the requester's `sync`
-                // must see every write acknowledged before it).
+                // One transfer per peer at a time: a request is answered
+                // with work bounded by what we hold, once.
+                if self.transfers.get(&from).is_some_and(|q| !q.is_empty()) {
+                    self.reject(events, Some(&from), Reject::Busy, "transfer under way");
+                    return out;
+                }
+                // Our state is taken now: writes stamped before it finish
+                // first (see `hello`), and changes made since our last tick
+                // count too (the requester's `sync` must see every write
+                // acknowledged before it).
+                let snap = store.tick_clock();
+                let flushed = store.flush().is_ok();
                 self.take_local(store, events);
                 self.refresh_digest(store);
                 let diff = self.digest.diff(&buckets);
+                let first = self.peers.get(&from).map_or(0, |p| p.states_sent + 1);
+                let version = self.peers.get(&from).map_or(0, |p| p.version);
                 self.queue_states(&from, &diff);
                 let req = Message::StateRequest {
                     from: self.me.clone(),
@@ -795,30 +1273,58 @@ impl Engine {
                 };
                 // After our states: the requester's round is over when it
                 // has them.
-                self.transfers
-                    .entry(from.clone())
-                    .or_default()
-                    .push_back(Transfer::Then(req));
+                let proves = flushed && version >= STABILITY_VERSION && self.primed();
+                let log_pos = self.log.next_seq() - 1;
+                let q = self.transfers.entry(from.clone()).or_default();
+                q.push_back(Transfer::Then(req, snap));
+                if proves {
+                    q.push_back(Transfer::AnswerEnd {
+                        first,
+                        clock: snap,
+                        log_pos,
+                    });
+                }
                 out.extend(self.drain_transfer(store, &from, clock));
             }
             Message::StateRequest { buckets, .. } => {
-                // The end of the peer's answer to our digest: its states
-                // came first, and held every change it had logged when it
-                // announced the position we digested after. So its log is
-                // in up to there, also for a restarted engine that no
-                // delta interval told. Used for collection only (which
-                // also needs equal digests), never for acknowledgements,
-                // so a duplicated or early answer cannot lose a delta.
-                if let Some(p) = self.peers.get_mut(&from) {
-                    if p.answer_clean {
-                        p.caught_up = p.caught_up.max(p.digest_log_pos);
-                    }
-                }
                 if !buckets.is_empty() {
                     self.queue_states(&from, &buckets);
                     out.extend(self.drain_transfer(store, &from, clock));
                 }
                 events.push(Event::Answered(from));
+            }
+            Message::AnswerEnd {
+                first,
+                last,
+                log_pos,
+                ..
+            } => {
+                // The state proof: its answer to our digest came whole and
+                // merged, so everything it held when it took its state
+                // (`sent_at`, its clock) is here.
+                let Some(p) = self.peers.get_mut(&from) else {
+                    return out;
+                };
+                let whole = first > last
+                    || (last - first < STATES_WINDOW as u64
+                        && (first..=last).all(|s| p.states_seen.contains(&s)));
+                if p.digest_sent_ms.is_some() && p.answer_clean && whole && sent_at > 0 {
+                    p.digest_sent_ms = None;
+                    p.anchor = Some(p.anchor.map_or(sent_at, |a| a.max(sent_at)));
+                    // Its changes logged up to `log_pos` are in that state:
+                    // a late copy of them brings only its deletes (a record
+                    // it held then is here; one it no longer held was
+                    // deleted or replaced, and must not come back).
+                    p.records_in_upto = p.records_in_upto.max(log_pos);
+                    self.counters.state_proofs += 1;
+                    self.raise_frontier(store, directory_of(&from), sent_at);
+                    self.advance_by_log(store, &from);
+                }
+            }
+            Message::Frontier { at, frontiers, .. } => {
+                if let Some(m) = self.members.get_mut(directory_of(&from)) {
+                    m.report(at, frontiers);
+                }
             }
             Message::States { entries, .. }
                 if env_clock.is_some() && sent_at < store.tomb_cut() =>
@@ -832,8 +1338,16 @@ impl Engine {
             Message::States { entries, .. } => {
                 // A failed state is repaired by the next digest exchange.
                 let mut stale = Vec::new();
-                if !self.merge_entries(store, &from, entries, events, &mut stale) {
+                let merged = self.merge_entries(store, &from, entries, events, &mut stale);
+                if !merged.all || merged.refused {
                     self.unclean(&from);
+                } else if seq > 0 {
+                    if let Some(p) = self.peers.get_mut(&from) {
+                        p.states_seen.insert(seq);
+                        while p.states_seen.len() > STATES_WINDOW {
+                            p.states_seen.pop_first();
+                        }
+                    }
                 }
                 out.extend(self.tombstones_for(store, &from, stale, clock));
             }
@@ -848,7 +1362,7 @@ impl Engine {
         store: &Store,
         from: ReplicaId,
         versions: &[u8],
-        (root, log_pos): (u64, u64),
+        announced: Announced,
         attrs: Vec<u8>,
         now_ms: u64,
         events: &mut Vec<Event>,
@@ -863,20 +1377,62 @@ impl Engine {
             );
             return Vec::new();
         };
+        let dir: Box<[u8]> = directory_of(&from).into();
+        // Taking part in sync makes a member, persisted before it counts.
+        if !self.members.contains_key(&dir) {
+            match store.add_member(&dir, store.now_ms()) {
+                Ok(_) => {
+                    let m = Member {
+                        frontier: store.member_cut(&dir),
+                        ..Member::default()
+                    };
+                    self.members.insert(dir.clone(), m);
+                }
+                Err(Error::InvalidArgument("too many members")) => {
+                    self.reject(events, Some(&from), Reject::TooManyPeers, "membership full");
+                    return Vec::new();
+                }
+                // A directory id that is not one (an old build's, a
+                // test's): synced with, never a member.
+                Err(Error::InvalidArgument(_)) => {}
+                Err(e) => {
+                    self.reject(events, Some(&from), Reject::LocalError, &e.to_string());
+                    return Vec::new();
+                }
+            }
+        }
+        if let Some(m) = self.members.get_mut(&dir) {
+            m.last_seen_ms = now_ms;
+        }
         let mut out = Vec::new();
-        let known = self.peers.contains_key(&from);
-        if !known {
-            // A restart of a known directory supersedes its old incarnation.
-            let dir = directory_of(&from).to_vec();
+        if !self.peers.contains_key(&from) && !self.members.contains_key(&dir) {
+            // Sessions of ids that name no member directory (an old build's,
+            // a forger's) are bounded apart, so they never crowd members out.
+            let others = self
+                .peers
+                .keys()
+                .filter(|r| !self.members.contains_key(directory_of(r)))
+                .count();
+            if others >= MAX_OTHER_SESSIONS {
+                self.reject(
+                    events,
+                    Some(&from),
+                    Reject::TooManyPeers,
+                    "too many sessions",
+                );
+                return out;
+            }
+        }
+        if !self.peers.contains_key(&from) {
+            // A restart of a known directory supersedes its old session.
             let old: Vec<ReplicaId> = self
                 .peers
                 .keys()
-                .filter(|r| directory_of(r) == dir.as_slice())
+                .filter(|r| directory_of(r) == &dir[..])
                 .cloned()
                 .collect();
             for r in old {
-                self.peers.remove(&r);
-                self.log.remove_peer(&r);
+                self.drop_peer(&r);
                 events.push(Event::PeerDown(r));
             }
             // It acknowledged nothing: it catches up by digest, not by
@@ -885,35 +1441,44 @@ impl Engine {
             let upto = self.log.resync(&from).unwrap_or(0);
             self.peers.insert(
                 from.clone(),
-                Peer {
-                    version,
-                    up: false,
-                    last_seen_ms: now_ms,
-                    sent_upto: upto,
-                    inflight_since: None,
-                    recv_upto: 0,
-                    root_mismatches: 0,
-                    down_since: None,
-                    stats: PeerStats::default(),
-                    last_root: None,
-                    last_log_pos: 0,
-                    hello_clock: 0,
-                    digest_log_pos: 0,
-                    answer_clean: false,
-                    caught_up: 0,
-                    records_in_upto: 0,
-                    attrs: attrs.clone(),
-                },
+                Peer::new(version, now_ms, upto, attrs.clone()),
             );
         }
-        let p = self.peers.get_mut(&from).expect("peer present");
+        let wall = store.now_ms();
+        let Some(p) = self.peers.get_mut(&from) else {
+            return out;
+        };
         p.last_seen_ms = now_ms;
         p.version = version;
-        p.last_root = Some(root);
-        p.last_log_pos = log_pos;
+        // The clock and log position of one hello go together (a log
+        // proof claims what was made before the clock is in the log up to
+        // the position): a late copy of an older hello changes neither.
+        let h = announced.clock.to_u64();
+        if h >= p.hello_clock {
+            p.hello_clock = h;
+            p.last_log_pos = announced.log_pos;
+            p.last_root = Some(announced.root);
+        }
+        p.clock_offset_ms = i64::try_from(announced.clock.wall_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(wall).unwrap_or(i64::MAX));
         p.down_since = None;
+        let ahead = announced
+            .clock
+            .wall_ms
+            .saturating_sub(wall.saturating_add(store.max_clock_offset_ms()));
+        if ahead > 0 {
+            p.refused_ahead_ms = announced.clock.wall_ms - wall;
+        }
         let came_up = !p.up;
         p.up = true;
+        if ahead > 0 {
+            // Known and a member (collection waits for it), but what it
+            // sends is refused until its clock is back within the offset.
+            let why = format!("hello clock {ahead} ms beyond the offset");
+            self.reject(events, Some(&from), Reject::ClockAhead, &why);
+        }
+        self.advance_by_log(store, &from);
         if came_up {
             events.push(Event::PeerUp(from.clone(), attrs));
             // Introduce ourselves at once, and compare digests.
@@ -922,25 +1487,35 @@ impl Engine {
                 to: Some(from.clone()),
                 ..hello
             });
-            out.push(self.digest_to(store, &from, clock));
+            out.push(self.digest_to(store, &from, clock, now_ms));
             return out;
         }
         self.refresh_digest(store);
-        let p = self.peers.get_mut(&from).expect("peer present");
-        if root == self.digest.root() {
-            p.root_mismatches = 0;
-            return out;
-        }
-        p.root_mismatches = p.root_mismatches.saturating_add(1);
+        let root = self.digest.root();
         let acked = self.log.peer(&from).map_or(0, |a| a.acked);
         let settled = acked + 1 >= self.log.next_seq();
-        if (p.root_mismatches >= 2 && settled) || p.root_mismatches >= FORCE_DIGEST_AFTER {
+        let retry_after = self.cfg.retransmit_ms.saturating_mul(10);
+        let Some(p) = self.peers.get_mut(&from) else {
+            return out;
+        };
+        // Without a state proof in this session its log proves nothing:
+        // ask for one (cheap when our digests agree), one at a time.
+        let awaiting = p
+            .digest_sent_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) <= retry_after);
+        let want_proof = !p.anchored() && !awaiting && p.version >= STABILITY_VERSION;
+        if announced.root == root {
             p.root_mismatches = 0;
-            out.push(self.digest_to(store, &from, clock));
+        } else {
+            p.root_mismatches = p.root_mismatches.saturating_add(1);
+        }
+        let repair = (p.root_mismatches >= 2 && settled) || p.root_mismatches >= FORCE_DIGEST_AFTER;
+        if repair || want_proof {
+            p.root_mismatches = 0;
+            out.push(self.digest_to(store, &from, clock, now_ms));
         }
         out
     }
-
     fn merge_entries(
         &mut self,
         store: &Store,
@@ -948,8 +1523,9 @@ impl Engine {
         entries: Vec<Entry>,
         events: &mut Vec<Event>,
         stale: &mut Vec<Box<[u8]>>,
-    ) -> bool {
+    ) -> Merge {
         let mut all_merged = true;
+        let mut refused = false;
         let mut merged_here = 0u64;
         // Timestamps from the future would let a runaway clock win every
         // register write and drag our clock along.
@@ -961,6 +1537,7 @@ impl Engine {
             let (meta, crdt) = match parsed {
                 Ok(x) => x,
                 Err(e) => {
+                    refused = true;
                     self.reject(events, Some(from), Reject::Malformed, &e.to_string());
                     continue;
                 }
@@ -970,6 +1547,7 @@ impl Engine {
                 _ => 0,
             };
             if meta.gen.replica.len() > MAX_ID_BYTES {
+                refused = true;
                 self.reject(events, Some(from), Reject::Malformed, "replica id too long");
                 continue;
             }
@@ -982,6 +1560,7 @@ impl Engine {
                 0
             };
             if register_ts > horizon || stamp > horizon || deleted_at > horizon {
+                refused = true;
                 self.reject(
                     events,
                     Some(from),
@@ -1029,9 +1608,11 @@ impl Engine {
                     );
                 }
                 Err(e @ (Error::Decode(_) | Error::UnsupportedVersion(_) | Error::Overflow)) => {
+                    refused = true;
                     self.reject(events, Some(from), Reject::Malformed, &e.to_string());
                 }
                 Err(Error::ValueTooLarge { .. }) => {
+                    refused = true;
                     self.reject(events, Some(from), Reject::Oversized, "id too large");
                 }
                 Err(e) => {
@@ -1046,7 +1627,10 @@ impl Engine {
         if let Some(p) = self.peers.get_mut(from) {
             p.stats.entries_received += merged_here;
         }
-        all_merged
+        Merge {
+            all: all_merged,
+            refused,
+        }
     }
 
     /// `States` messages with our tombstones of `ids` for `to`, which sent
@@ -1083,33 +1667,39 @@ impl Engine {
         msgs.iter().map(|m| self.out(Some(to), m, clock)).collect()
     }
 
-    /// Queue our states of every id in `buckets` for `to`.
+    /// Queue our states of every id in `buckets` for `to`: one item per
+    /// bucket, its ids read when it is sent (memory O(buckets), not
+    /// O(ids), per request).
     fn queue_states(&mut self, to: &ReplicaId, buckets: &[u16]) {
         if buckets.is_empty() {
             return;
         }
-        let mut wanted = [false; BUCKETS];
         let queued = self.queued.entry(to.clone()).or_default();
-        for b in buckets {
-            if queued.insert(*b) {
-                wanted[*b as usize] = true;
-            }
-        }
+        let fresh: Vec<u16> = buckets
+            .iter()
+            .copied()
+            .filter(|b| queued.insert(*b))
+            .collect();
         let q = self.transfers.entry(to.clone()).or_default();
-        q.extend(
-            self.hashes
-                .keys()
-                .filter(|id| wanted[bucket_of(id) as usize])
-                .map(|id| Transfer::State(id.clone())),
-        );
+        q.extend(fresh.into_iter().map(Transfer::Bucket));
     }
 
-    /// Send the next part of the state transfer to `to`: states up to
-    /// [`TRANSFER_BYTES_PER_CALL`], in `States` messages of at most 1 MiB,
-    /// and the messages queued behind them.
+    /// Send the next part of the state transfer to `to`: whole buckets of
+    /// states until [`TRANSFER_BYTES_PER_CALL`] is passed, in `States`
+    /// messages of at most 1 MiB, and the messages queued behind them.
     fn drain_transfer(&mut self, store: &Store, to: &ReplicaId, clock: Timestamp) -> Vec<Outbound> {
+        self.drain_transfer_bytes(store, to, clock).0
+    }
+
+    /// [`Engine::drain_transfer`], with the bytes of states it encoded.
+    fn drain_transfer_bytes(
+        &mut self,
+        store: &Store,
+        to: &ReplicaId,
+        clock: Timestamp,
+    ) -> (Vec<Outbound>, usize) {
         let Some(mut q) = self.transfers.remove(to) else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         let mut out = Vec::new();
         let mut entries: Vec<Entry> = Vec::new();
@@ -1126,17 +1716,40 @@ impl Engine {
         while bytes < TRANSFER_BYTES_PER_CALL {
             match q.pop_front() {
                 None => break,
-                Some(Transfer::State(id)) => {
-                    let enc = store
-                        .with_sync_state(&id, |meta, crdt, _| encode_parts(meta, &crdt.encode()));
-                    if let Ok(Some(b)) = enc {
-                        bytes += b.len() + id.len();
-                        entries.push((id.to_vec(), b));
+                Some(Transfer::Bucket(b)) => {
+                    if let Some(queued) = self.queued.get_mut(to) {
+                        queued.remove(&b);
+                    }
+                    let mut ids: Vec<Box<[u8]>> = self.hashes[b as usize].keys().cloned().collect();
+                    ids.sort_unstable();
+                    for id in ids {
+                        let enc = store.with_sync_state(&id, |meta, crdt, _| {
+                            encode_parts(meta, &crdt.encode())
+                        });
+                        if let Ok(Some(b)) = enc {
+                            bytes += b.len() + id.len();
+                            entries.push((id.to_vec(), b));
+                        }
                     }
                 }
-                Some(Transfer::Then(m)) => {
+                Some(Transfer::Then(m, at)) => {
                     flush(self, &mut entries, &mut out);
-                    out.push(self.out(Some(to), &m, clock));
+                    out.push(self.out(Some(to), &m, at));
+                }
+                Some(Transfer::AnswerEnd {
+                    first,
+                    clock: at,
+                    log_pos,
+                }) => {
+                    flush(self, &mut entries, &mut out);
+                    let last = self.peers.get(to).map_or(0, |p| p.states_sent);
+                    let m = Message::AnswerEnd {
+                        from: self.me.clone(),
+                        first,
+                        last,
+                        log_pos,
+                    };
+                    out.push(self.out(Some(to), &m, at));
                 }
             }
         }
@@ -1147,133 +1760,135 @@ impl Engine {
         } else {
             self.queued.remove(to);
         }
-        out
+        (out, bytes)
     }
 
-    /// Whether the cluster is quiescent: there is at least one peer, every
-    /// known peer (up or down, until forgotten) announced in its last hello
-    /// the digest root we have now, and we received its log up to the
-    /// position announced with it. Then every replica held the state we
-    /// digested, and every operation made before is here: whatever a remove
-    /// token or a tombstone of that state guards against cannot arrive any
-    /// more (operations made later observed it).
-    fn quiescent(&self) -> bool {
-        let root = self.digest.root();
-        !self.peers.is_empty()
-            && self.peers.values().all(|p| {
-                p.up && p.last_root == Some(root) && p.recv_upto.max(p.caught_up) >= p.last_log_pos
-            })
-    }
-
-    /// Causal-stability collection: once the cluster has been quiescent for
-    /// `collect_after_ms` (a margin for messages still in flight), drop the
-    /// remove tokens of the digested state, with the adds they beat. Each
-    /// set is collected only if it did not change since it was digested.
-    /// Every replica collects the same at its own quiescent point; a replica
-    /// that has not yet joins a collected state without bringing anything
-    /// back (the collected dots stay in the context), and a late copy of a
-    /// collected dot is recognised as removed for the same reason.
-    ///
-    /// Delete tombstones are collected at the same point (at most once per
-    /// `collect_after_ms`): those whose delete came before the clock of
-    /// every peer's last hello. Every replica then holds no record the
-    /// tombstone kills (the digests agree), and every operation made before
-    /// was received (the logs are in), so nothing it guards against can
-    /// still arrive. A create made after the delete, here or on a replica
-    /// that still holds the tombstone, survives it (`record::Tomb`), so
-    /// replicas that collect at different times agree.
+    /// Collection (see "Membership and stability"), at most once per
+    /// `collect_after_ms`: remove tokens that every member's report shows
+    /// stable, and tombstones whose delete came before every member's
+    /// frontier.
     fn maybe_collect(&mut self, store: &Store, now_ms: u64) {
-        let tombs_due = now_ms.saturating_sub(self.tombs_scanned_ms) >= self.cfg.collect_after_ms;
-        // Quiescence is judged at every hello, work or not, so that the
-        // `collect_after_ms` margin restarts whenever it was broken.
+        if self
+            .collected_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < self.cfg.collect_after_ms)
+        {
+            return;
+        }
+        self.collected_ms = Some(now_ms);
         self.refresh_digest(store);
-        if !self.quiescent() {
-            self.quiescent_since = None;
-            return;
-        }
-        let since = *self.quiescent_since.get_or_insert(now_ms);
-        if now_ms.saturating_sub(since) < self.cfg.collect_after_ms {
-            return;
-        }
-        // Our root is the one each peer announced with its log position:
-        // every record it logged up to there is here or was deleted. A
-        // late resend of those intervals brings only their tombstones (the
-        // digest does not cover deletes), never a record whose tombstone
-        // may be collected now; it is acknowledged on receipt as usual.
-        for p in self.peers.values_mut() {
-            p.records_in_upto = p.records_in_upto.max(p.last_log_pos);
-        }
-        for (id, version) in std::mem::take(&mut self.collectable) {
-            if let Ok(n) = store.collect(&id, version) {
+        // Tokens: stable below the least usable report (no member: nothing
+        // else can hold a concurrent add).
+        let mine: Vec<u8> = directory_of(&self.me).to_vec();
+        let ours: Vec<&[u8]> = self
+            .members
+            .keys()
+            .map(|d| &d[..])
+            .chain(std::iter::once(&mine[..]))
+            .collect();
+        let stable = self
+            .members
+            .iter()
+            .map(|(d, m)| m.stable_for(d, &ours, &self.forgotten))
+            .min()
+            .unwrap_or(u64::MAX);
+        let due: Vec<Box<[u8]>> = self
+            .collectable
+            .iter()
+            .filter(|(_, s)| s.at < stable)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some(snap) = self.collectable.remove(&id) else {
+                continue;
+            };
+            if let Ok(n) = store.collect(&id, &snap.gen, &snap.vv) {
                 self.counters.collected_elements += n as u64;
             }
             self.dirty.insert(id);
         }
-        // Only while every peer collects by the same rule (version 3), and
-        // has acknowledged our whole log: nothing we wrote (an import, a
-        // create a tombstone would not stop) is still on its way.
-        let last = self.log.next_seq().saturating_sub(1);
-        let all_acked = self
-            .peers
-            .keys()
-            .all(|r| self.log.peer(r).is_some_and(|a| a.acked >= last));
-        let same_rule = self.peers.values().all(|p| p.version >= TOMB_RULE_VERSION);
-        if tombs_due && all_acked && same_rule {
-            self.tombs_scanned_ms = now_ms;
-            let cut = self
-                .peers
-                .values()
-                .map(|p| p.hello_clock)
-                .min()
-                .unwrap_or(0);
-            // Every replica in the agreement, by directory (see
-            // `Store::collect_tombstones`).
-            let members: Vec<&[u8]> = self
-                .peers
-                .keys()
-                .chain(std::iter::once(&self.me))
-                .map(directory_of)
-                .collect();
-            if let Ok(n) = store.collect_tombstones(cut, &members) {
+        // Tombstones: every member's frontier is its cut, ours is now
+        // (after a flush: writes stamped before it are in).
+        let own = store.tick_clock().to_u64();
+        if store.flush().is_err() {
+            return;
+        }
+        let own = own.min(wall_stamp(store));
+        let mut cuts: Vec<(&[u8], u64)> = self
+            .members
+            .iter()
+            .map(|(d, m)| (&d[..], m.frontier))
+            .collect();
+        let cut = cuts.iter().map(|(_, f)| *f).fold(own, u64::min);
+        cuts.push((&mine, own));
+        if cut > 0 {
+            if let Ok(n) = store.collect_tombstones(cut, &cuts) {
                 self.counters.collected_tombstones += n as u64;
             }
         }
         self.refresh_digest(store);
     }
 
-    /// Bring the digest up to date with every changed id.
-    fn refresh_digest(&mut self, store: &Store) {
-        if !self.primed {
-            self.primed = true;
-            if let Ok(ids) = store.ids() {
+    /// Take the next page of the store's ids into the digest, until every
+    /// id is in (see [`PRIME_PAGE`]). Ids written meanwhile are marked by
+    /// their changes anyway.
+    fn prime_step(&mut self, store: &Store) {
+        let Some(cursor) = self.prime_cursor.take() else {
+            return;
+        };
+        match store.ids_page(cursor.as_deref(), PRIME_PAGE) {
+            Ok((ids, next)) => {
                 self.dirty.extend(ids);
+                // `None` from the store: the listing is complete.
+                self.prime_cursor = next.map(Some);
             }
-            self.dirty
-                .extend(store.tombstones().into_iter().map(|(id, _)| id));
+            // Unreadable now: the same page next time.
+            Err(_) => self.prime_cursor = Some(cursor),
         }
+    }
+
+    /// Whether every id of the store is in the digest. Until then the
+    /// digest is partial: an answer to a peer's digest proves nothing
+    /// (no `AnswerEnd`), as it may miss what we hold.
+    pub fn primed(&self) -> bool {
+        self.prime_cursor.is_none()
+    }
+
+    /// Bring the digest up to date with every changed id, and take a
+    /// stability snapshot of each remove-wins set holding tokens.
+    fn refresh_digest(&mut self, store: &Store) {
+        self.prime_step(store);
         if self.dirty.is_empty() {
             return;
         }
         for id in std::mem::take(&mut self.dirty) {
-            let read = store.with_sync_state(&id, |m, c, version| {
-                // Tombstones stay out of the digest (see `collect`): a peer
-                // that still holds the deleted record learns of the delete
-                // when it pushes the record and we answer with the tombstone.
+            let read = store.with_sync_state(&id, |m, c, _| {
+                // Tombstones stay out of the digest: a peer that still
+                // holds the deleted record learns of the delete when it
+                // pushes the record and we answer with the tombstone.
                 if m.deleted {
-                    return (None, None);
+                    return None;
                 }
-                let collectable = c.has_collectable().then_some(version);
-                (Some(item_hash(&id, m, c)), collectable)
+                Some((item_hash(&id, m, c), c.stability_snapshot(), m.gen.clone()))
             });
             let new = match read {
-                Ok(Some((h, collectable))) => {
-                    match collectable {
-                        Some(c) => self.collectable.insert(id.clone(), c),
-                        None => self.collectable.remove(&id),
-                    };
-                    h
+                Ok(Some(Some((h, snapshot, gen)))) => {
+                    match snapshot {
+                        Some(vv) => {
+                            // Every token read arrived before our clock now.
+                            let at = store.clock().to_u64();
+                            let keep = self.collectable.get(&id).is_some_and(|s| s.gen == gen);
+                            if !keep {
+                                self.collectable
+                                    .insert(id.clone(), Snapshot { at, gen, vv });
+                            }
+                        }
+                        None => {
+                            self.collectable.remove(&id);
+                        }
+                    }
+                    Some(h)
                 }
-                Ok(None) => {
+                Ok(_) => {
                     self.collectable.remove(&id);
                     None
                 }
@@ -1283,13 +1898,38 @@ impl Engine {
                     continue;
                 }
             };
+            let bucket = &mut self.hashes[bucket_of(&id) as usize];
             let old = match new {
-                Some(h) => self.hashes.insert(id.clone(), h),
-                None => self.hashes.remove(&id),
+                Some(h) => bucket.insert(id.clone(), h),
+                None => bucket.remove(&id),
             };
             if old != new {
                 self.digest.replace_hash(&id, old, new);
             }
+        }
+    }
+}
+
+/// What a hello announced.
+struct Announced {
+    root: u64,
+    log_pos: u64,
+    clock: Timestamp,
+}
+
+/// How a batch of entries merged.
+struct Merge {
+    /// Every entry merged or was dropped by rule (nothing failed here).
+    all: bool,
+    /// Some entry was refused (malformed, too large, from the future).
+    refused: bool,
+}
+
+impl Default for Merge {
+    fn default() -> Self {
+        Merge {
+            all: true,
+            refused: false,
         }
     }
 }

@@ -26,6 +26,26 @@
 //! syncing. An entry is a store record (`store::record`): metadata with the
 //! generation, and a delta or state, or a tombstone.
 //!
+//! Version 4 adds what causal-stability collection needs (see
+//! `sync::engine`, "Membership and stability"): a `States` body gains a
+//! trailing `seq` (the sender's count of `States` messages to this
+//! receiver, from 1) before the clock, and two messages exist only in
+//! version 4:
+//!
+//! | tag | message     | body (then the clock)                           |
+//! |-----|-------------|-------------------------------------------------|
+//! | 7   | `Frontier`  | `[from, at, [[directory, frontier], ..]]`       |
+//! | 8   | `AnswerEnd` | `[from, first, last, log_pos]`                  |
+//!
+//! `Frontier` reports, as of the sender's hello stamped `at`, its frontier
+//! of each member directory it knows (everything that directory made
+//! before that HLC stamp has reached the sender), at most
+//! [`MAX_FRONTIERS`] of them. `AnswerEnd` closes the sender's answer to a digest:
+//! its pushed states went in `States` messages `first..=last` (none when
+//! `first > last`), its envelope clock is the moment its state was taken,
+//! and `log_pos` the last position of its log then (its changes up to
+//! there are in that state).
+//!
 //! Version 3 has version 2's bytes. It announces that the sender's
 //! tombstone entries carry the delete's HLC stamp in `updated_at`, that a
 //! tombstone kills only what was created before the delete
@@ -56,7 +76,7 @@ use super::digest::BUCKETS;
 /// First byte of every sync message (CRDT bytes use 0xC7, store records 0xC8).
 pub const WIRE_MAGIC: u8 = 0xC9;
 /// The newest protocol version this build speaks.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 /// The oldest protocol version this build speaks.
 pub const MIN_WIRE_VERSION: u8 = 1;
 
@@ -107,6 +127,10 @@ pub enum Tag {
     States = 5,
     /// [`Message::Hello`].
     Hello = 6,
+    /// [`Message::Frontier`] (version 4).
+    Frontier = 7,
+    /// [`Message::AnswerEnd`] (version 4).
+    AnswerEnd = 8,
 }
 
 impl Tag {
@@ -119,6 +143,8 @@ impl Tag {
             4 => Tag::StateRequest,
             5 => Tag::States,
             6 => Tag::Hello,
+            7 => Tag::Frontier,
+            8 => Tag::AnswerEnd,
             _ => return Err(Error::Decode(format!("unknown sync message tag {c}"))),
         })
     }
@@ -194,6 +220,30 @@ pub enum Message {
         /// Free-form attributes (at most 4 KiB), e.g. the node label.
         attrs: Vec<u8>,
     },
+    /// The sender's frontiers (version 4), as of its hello stamped `at`:
+    /// for each member directory it knows, everything that directory made
+    /// before the stamp has reached the sender.
+    Frontier {
+        /// The reporting replica.
+        from: ReplicaId,
+        /// The clock of the hello it goes with (`Timestamp::to_u64`).
+        at: u64,
+        /// `(directory, frontier)`, at most [`MAX_FRONTIERS`].
+        frontiers: Vec<(Vec<u8>, u64)>,
+    },
+    /// The end of the sender's answer to the receiver's digest (version
+    /// 4): the states it pushed went in its `States` messages numbered
+    /// `first..=last`, and the envelope clock is when its state was taken.
+    AnswerEnd {
+        /// The answering replica.
+        from: ReplicaId,
+        /// The first `States` sequence number of the answer.
+        first: u64,
+        /// The last one (`first > last`: the answer pushed nothing).
+        last: u64,
+        /// The sender's log position when it took its state.
+        log_pos: u64,
+    },
 }
 
 /// A decoded message with what its header and clock said.
@@ -203,6 +253,8 @@ pub struct Envelope {
     pub version: u8,
     /// The sender's HLC (version 2, and `Hello`).
     pub clock: Option<Timestamp>,
+    /// A `States` message's sequence number (version 4; 0 otherwise).
+    pub seq: u64,
     /// The message.
     pub msg: Message,
 }
@@ -240,6 +292,9 @@ pub fn check_payload(payload: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Most entries of a `Frontier` report (the store's membership bound).
+pub const MAX_FRONTIERS: usize = crate::store::membership::MAX_MEMBERS;
+
 /// Largest `Hello::attrs`.
 pub const MAX_HELLO_ATTRS: usize = 4096;
 
@@ -253,6 +308,8 @@ impl Message {
             Message::StateRequest { .. } => Tag::StateRequest,
             Message::States { .. } => Tag::States,
             Message::Hello { .. } => Tag::Hello,
+            Message::Frontier { .. } => Tag::Frontier,
+            Message::AnswerEnd { .. } => Tag::AnswerEnd,
         }
     }
 
@@ -264,7 +321,9 @@ impl Message {
             | Message::DigestRequest { from, .. }
             | Message::StateRequest { from, .. }
             | Message::States { from, .. }
-            | Message::Hello { from, .. } => from,
+            | Message::Hello { from, .. }
+            | Message::Frontier { from, .. }
+            | Message::AnswerEnd { from, .. } => from,
         }
     }
 
@@ -278,6 +337,14 @@ impl Message {
     /// the builder's business (see the module docs); this encodes what it
     /// is given.
     pub fn encode_with(&self, version: u8, clock: Timestamp) -> Vec<u8> {
+        self.encode_seq(version, clock, 0)
+    }
+
+    /// [`Message::encode_with`], numbering a `States` message `seq` in
+    /// version 4. `Frontier` and `AnswerEnd` exist only in version 4: in
+    /// an older version they encode as that version would read them, which
+    /// is never (callers send them to version 4 peers only).
+    pub fn encode_seq(&self, version: u8, clock: Timestamp, seq: u64) -> Vec<u8> {
         let version = if matches!(self, Message::Hello { .. }) {
             1
         } else {
@@ -306,7 +373,29 @@ impl Message {
                 from,
                 entries,
                 last,
+            } if version >= 4 => {
+                rmp_serde::encode::write(&mut out, &(from, entries_ref(entries), last, seq))
+            }
+            Message::States {
+                from,
+                entries,
+                last,
             } => rmp_serde::encode::write(&mut out, &(from, entries_ref(entries), last)),
+            Message::Frontier {
+                from,
+                at,
+                frontiers,
+            } => {
+                let f: Vec<(&Bytes, u64)> =
+                    frontiers.iter().map(|(d, v)| (Bytes::new(d), *v)).collect();
+                rmp_serde::encode::write(&mut out, &(from, at, f))
+            }
+            Message::AnswerEnd {
+                from,
+                first,
+                last,
+                log_pos,
+            } => rmp_serde::encode::write(&mut out, &(from, first, last, log_pos)),
             Message::Hello {
                 from,
                 versions,
@@ -331,7 +420,7 @@ impl Message {
         debug_assert!(res.is_ok());
         if version >= 2 && !matches!(self, Message::Hello { .. }) {
             // The body is an array: bump its length by two and append the
-            // clock (fixarray bodies here have at most 4 elements).
+            // clock (fixarray bodies here have at most 5 elements).
             if let Some(b) = out.get_mut(3) {
                 *b += 2;
             }
@@ -351,7 +440,7 @@ impl Message {
             _ => return Err(Error::Decode("missing sync message header".into())),
         };
         if version == 1 || bytes[2] == Tag::Hello as u8 {
-            let msg = Self::decode_body(bytes, None)?;
+            let (msg, seq) = Self::decode_body(bytes, version, None)?;
             let clock = match &msg {
                 Message::Hello { clock, .. } => Some(*clock),
                 _ => None,
@@ -359,15 +448,17 @@ impl Message {
             return Ok(Envelope {
                 version,
                 clock,
+                seq,
                 msg,
             });
         }
         // Version 2: the body array ends with the clock.
         let mut clock = Timestamp::ZERO;
-        let msg = Self::decode_body(bytes, Some(&mut clock))?;
+        let (msg, seq) = Self::decode_body(bytes, version, Some(&mut clock))?;
         Ok(Envelope {
             version,
             clock: Some(clock),
+            seq,
             msg,
         })
     }
@@ -378,7 +469,11 @@ impl Message {
         Ok(Self::decode_envelope(bytes)?.msg)
     }
 
-    fn decode_body(bytes: &[u8], clock: Option<&mut Timestamp>) -> Result<Message> {
+    fn decode_body(
+        bytes: &[u8],
+        version: u8,
+        clock: Option<&mut Timestamp>,
+    ) -> Result<(Message, u64)> {
         let (tag, body) = match bytes {
             [WIRE_MAGIC, _, tag, body @ ..] => (Tag::from_code(*tag)?, body),
             _ => return Err(Error::Decode("missing sync message header".into())),
@@ -405,6 +500,13 @@ impl Message {
             None => std::io::Read::chain(&[][..], body),
         };
         let mut de = rmp_serde::Deserializer::new(reader);
+        if matches!(tag, Tag::Frontier | Tag::AnswerEnd) && version < 4 {
+            return Err(Error::Decode(format!(
+                "sync message tag {} needs wire version 4",
+                tag as u8
+            )));
+        }
+        let mut seq = 0;
         let msg = match tag {
             Tag::Deltas => {
                 type DeltasWire = (ReplicaId, u64, u64, u64, Vec<EntryWire>);
@@ -473,8 +575,16 @@ impl Message {
                 }
             }
             Tag::States => {
-                let (from, entries, last): (ReplicaId, Vec<EntryWire>, bool) =
-                    Deserialize::deserialize(&mut de).map_err(de_err)?;
+                let (from, entries, last) = if version >= 4 {
+                    let (from, entries, last, s): (ReplicaId, Vec<EntryWire>, bool, u64) =
+                        Deserialize::deserialize(&mut de).map_err(de_err)?;
+                    seq = s;
+                    (from, entries, last)
+                } else {
+                    let w: (ReplicaId, Vec<EntryWire>, bool) =
+                        Deserialize::deserialize(&mut de).map_err(de_err)?;
+                    w
+                };
                 let entries = entries_from_wire(entries);
                 let distinct = {
                     let mut seen = HashSet::with_capacity(entries.len());
@@ -487,6 +597,28 @@ impl Message {
                     from,
                     entries,
                     last,
+                }
+            }
+            Tag::Frontier => {
+                let (from, at, f): (ReplicaId, u64, Vec<(ByteBuf, u64)>) =
+                    Deserialize::deserialize(&mut de).map_err(de_err)?;
+                if f.len() > MAX_FRONTIERS || f.iter().any(|(d, _)| d.len() > 64) {
+                    return Err(Error::Decode("malformed frontier report".into()));
+                }
+                Message::Frontier {
+                    from,
+                    at,
+                    frontiers: f.into_iter().map(|(d, v)| (d.into_vec(), v)).collect(),
+                }
+            }
+            Tag::AnswerEnd => {
+                let (from, first, last, log_pos): (ReplicaId, u64, u64, u64) =
+                    Deserialize::deserialize(&mut de).map_err(de_err)?;
+                Message::AnswerEnd {
+                    from,
+                    first,
+                    last,
+                    log_pos,
                 }
             }
         };
@@ -513,7 +645,7 @@ impl Message {
                 )));
             }
         }
-        Ok(msg)
+        Ok((msg, seq))
     }
 }
 
@@ -617,6 +749,48 @@ mod tests {
                 last: true,
             },
         ]
+    }
+
+    #[test]
+    fn version_4_golden_vectors() {
+        let a = ReplicaId::from("a");
+        let t = Timestamp::new(5, 1);
+        // States in version 4: [bin "a", [], true, seq 7, 5, 1].
+        let states = Message::States {
+            from: a.clone(),
+            entries: Vec::new(),
+            last: true,
+        };
+        let b = states.encode_seq(4, t, 7);
+        assert_eq!(hex(&b), "c9040596c4016190c3070501");
+        let env = Message::decode_envelope(&b).unwrap();
+        assert_eq!((env.version, env.seq, env.clock), (4, 7, Some(t)));
+        assert_eq!(env.msg, states);
+        // The same message in version 3 has no seq.
+        assert_eq!(hex(&states.encode_seq(3, t, 7)), "c9030595c4016190c30501");
+        // Frontier: [bin "a", 8, [[bin "d", 9]], 5, 1].
+        let f = Message::Frontier {
+            from: a.clone(),
+            at: 8,
+            frontiers: vec![(b"d".to_vec(), 9)],
+        };
+        let b = f.encode_with(4, t);
+        assert_eq!(hex(&b), "c9040795c40161089192c40164090501");
+        assert_eq!(Message::decode(&b).unwrap(), f);
+        // AnswerEnd: [bin "a", 3, 2, 10, 5, 1].
+        let e = Message::AnswerEnd {
+            from: a,
+            first: 3,
+            last: 2,
+            log_pos: 10,
+        };
+        let b = e.encode_with(4, t);
+        assert_eq!(hex(&b), "c9040896c4016103020a0501");
+        assert_eq!(Message::decode(&b).unwrap(), e);
+        // Neither exists before version 4.
+        let mut old = b.clone();
+        old[1] = 3;
+        assert!(Message::decode(&old).is_err());
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! * **Generations**: the live generation of an id must be the one the
 //!   acknowledged creates and deletes give: among the created generations
 //!   that no delete's tombstone kills (`Tomb::kills`), the one of highest
-//!   precedence. A generation killed by a sure delete that is live is a
-//!   resurrection. (During the run, a generation that left a node while it
+//!   precedence, or, when a generation that beat it was created (and
+//!   deleted since), possibly the next one or none: a replaced record is
+//!   dropped whole (`record`), so a loser may be gone everywhere. A
+//!   generation killed by a sure delete that is live is a resurrection. (During the run, a generation that left a node while it
 //!   held a tombstone killing it must never be live there again: see
 //!   `World::observe`.)
 //! * **Values**, for the live generation: a counter equals the sum of its
@@ -382,8 +384,8 @@ fn bounds(w: &World, live: &[usize], tokens_at: &[(usize, String)], out: &mut Ve
         if !e.log().is_empty() {
             held.push(format!("{} unacknowledged log entries", e.log().len()));
         }
-        if e.transfers_queued() > 0 {
-            held.push(format!("{} queued transfer items", e.transfers_queued()));
+        if e.queued_transfers() > 0 {
+            held.push(format!("{} queued transfer items", e.queued_transfers()));
         }
         if !held.is_empty() {
             let peers: Vec<String> = e
@@ -391,10 +393,30 @@ fn bounds(w: &World, live: &[usize], tokens_at: &[(usize, String)], out: &mut Ve
                 .iter()
                 .map(|p| {
                     format!(
-                        "{}{} lag {}",
+                        "{}{} lag {}{}",
                         w.node_of_sync_id(p.id.as_bytes()),
                         if p.up { "" } else { " down" },
-                        p.ack_lag
+                        p.ack_lag,
+                        if p.anchored { "" } else { " unanchored" }
+                    )
+                })
+                .collect();
+            // Simulated ms of a stamp (`Timestamp::to_u64`).
+            let at = |stamp: u64| {
+                vsmcp_crdt_core::Timestamp::wall_of_u64(stamp).saturating_sub(super::node::BASE_MS)
+            };
+            let members: Vec<String> = e
+                .member_info()
+                .iter()
+                .map(|m| {
+                    let mut sync = m.directory.clone();
+                    sync.extend_from_slice(&[0; 16]);
+                    format!(
+                        "{}{} frontier {} stable {}",
+                        w.node_of_sync_id(&sync).trim_end_matches('~'),
+                        if m.up { "" } else { " down" },
+                        at(m.frontier),
+                        at(m.stable)
                     )
                 })
                 .collect();
@@ -409,9 +431,11 @@ fn bounds(w: &World, live: &[usize], tokens_at: &[(usize, String)], out: &mut Ve
             out.push(Failure::new(
                 "unbounded",
                 format!(
-                    "n{i} after the heal: {} (its peers: {}; rejections since the heal: {}{})",
+                    "n{i} after the heal (t={}): {} (its peers: {}; members: {}; rejections since the heal: {}{})",
+                    w.now,
                     held.join(", "),
                     peers.join("; "),
+                    members.join("; "),
                     if since.is_empty() {
                         "none".into()
                     } else {
@@ -460,17 +484,27 @@ fn possible_gens(w: &World, k: usize) -> Option<BTreeSet<Option<GenKey>>> {
             .filter(|i| included(*i))
             .filter_map(|i| items[i].tomb())
             .collect();
-        let alive: Vec<&GenKey> = (0..creates.len())
+        let mut alive: Vec<&GenKey> = (0..creates.len())
             .filter(|i| included(*i))
             .map(|i| &items[i].gen)
             .filter(|g| !tombs.iter().any(|t| t.kills(&g.gen())))
             .collect();
-        let best = alive
-            .iter()
-            .copied()
-            .find(|g| !alive.iter().any(|o| o.beats(g)))
-            .cloned();
-        out.insert(best);
+        alive.sort_by(|a, b| b.gen().precedence(&a.gen()));
+        // The best surviving generation, unless a created generation that
+        // beats it (since deleted) replaced it: a replaced record is
+        // dropped whole, so it may be gone everywhere. Then the next one,
+        // and so on.
+        let mut all_replaceable = true;
+        for g in alive {
+            out.insert(Some(g.clone()));
+            if !creates.iter().any(|h| h.gen.beats(g)) {
+                all_replaceable = false;
+                break;
+            }
+        }
+        if all_replaceable {
+            out.insert(None);
+        }
     }
     Some(out)
 }

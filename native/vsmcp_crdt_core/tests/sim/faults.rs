@@ -12,7 +12,8 @@ impl World {
 
     pub(super) fn open_node(&mut self, i: usize) {
         let now = self.now;
-        match self.nodes[i].open(now) {
+        let forget = self.retired_dirs.clone();
+        match self.nodes[i].open(now, &forget) {
             Ok(()) => {
                 let r = self.nodes[i].running().expect("just opened");
                 let dir: Vec<u8> = r.store.replica_id().as_bytes()[..16].to_vec();
@@ -164,9 +165,11 @@ impl World {
             let dir = self.nodes[b.of].dir_id.clone().unwrap_or_default();
             ev!(self, "n{} lost for good; forgotten by the others", b.of);
             for n in &mut self.nodes {
-                if let Some(e) = n.running_mut().and_then(|r| r.engine.as_mut()) {
-                    let mut events = Vec::new();
-                    e.forget(&dir, &mut events);
+                if let Some(r) = n.running_mut() {
+                    if let Some(e) = r.engine.as_mut() {
+                        let mut events = Vec::new();
+                        e.forget(&r.store, &dir, &mut events);
+                    }
                 }
             }
             self.retired_dirs.push(dir);

@@ -137,8 +137,10 @@ impl Node {
     }
 
     /// A new engine (with the next seeded session) on `store`, capturing
-    /// its changes from now on (as the NIF's `sync_start` does).
-    pub fn start_engine(&mut self) {
+    /// its changes from now on (as the NIF's `sync_start` does). The
+    /// directories in `forget` (replicas lost for good) are forgotten, as
+    /// an operator's `forget_replica` on every node would.
+    pub fn start_engine(&mut self, forget: &[Vec<u8>]) {
         self.engines += 1;
         let mut ecfg = self.ecfg.clone();
         ecfg.session = Some(
@@ -148,7 +150,12 @@ impl Node {
         );
         if let Some(r) = self.running_mut() {
             r.capture = r.store.start_capture();
-            r.engine = Some(Engine::new(&r.store, ecfg));
+            let mut engine = Engine::new(&r.store, ecfg);
+            let mut events = Vec::new();
+            for dir in forget {
+                engine.forget(&r.store, dir, &mut events);
+            }
+            r.engine = Some(engine);
         }
         self.engine_back_at = None;
         self.collected = (0, 0);
@@ -164,8 +171,9 @@ impl Node {
         self.engine_back_at = Some(back_at);
     }
 
-    /// Open the store (a new incarnation) and start its engine.
-    pub fn open(&mut self, t: u64) -> Result<(), String> {
+    /// Open the store (a new incarnation) and start its engine (see
+    /// [`Node::start_engine`] for `forget`).
+    pub fn open(&mut self, t: u64, forget: &[Vec<u8>]) -> Result<(), String> {
         self.set_wall(t);
         let store =
             Store::open(self.cfg.clone()).map_err(|e| format!("{}: open: {e}", self.name))?;
@@ -176,7 +184,7 @@ impl Node {
             capture: 0,
         }));
         self.fail_writes = false;
-        self.start_engine();
+        self.start_engine(forget);
         Ok(())
     }
 

@@ -35,7 +35,8 @@ impl World {
                 self.open_node(i);
             }
             if self.nodes[i].is_up() && self.nodes[i].engine_back_at.is_some() {
-                self.nodes[i].start_engine();
+                let forget = self.retired_dirs.clone();
+                self.nodes[i].start_engine(&forget);
             }
         }
     }
@@ -51,7 +52,7 @@ impl World {
             };
             if *root.get_or_insert(e.digest_root()) != e.digest_root()
                 || !e.log().is_empty()
-                || e.transfers_queued() > 0
+                || e.queued_transfers() > 0
                 || (!no_collection() && !r.store.tombstones().is_empty())
             {
                 return false;

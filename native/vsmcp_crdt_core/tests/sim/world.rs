@@ -583,7 +583,8 @@ impl World {
             return;
         }
         if self.nodes[i].engine_back_at.is_some_and(|t| self.now >= t) {
-            self.nodes[i].start_engine();
+            let forget = self.retired_dirs.clone();
+            self.nodes[i].start_engine(&forget);
             ev!(
                 self,
                 "n{i} engine started (session {})",

@@ -68,4 +68,43 @@ defmodule Vsmcp.CRDT.Sync.BadPeerInputTest do
     assert {:ok, 1} = ContextStore.increment(ctx.store, :n)
     assert Process.alive?(ctx.peer)
   end
+
+  test "forged hellos from many fake peers: membership and peer labels stay bounded" do
+    dir = Vsmcp.CRDT.TestHelpers.tmp_dir!("forged_hellos")
+    topic = "forged-#{System.unique_integer([:positive])}"
+
+    {:ok, store} =
+      ContextStore.start_link(
+        storage_opts: [data_dir: dir],
+        sync_opts: [topic: topic, down_after: 100, heartbeat_interval: 50]
+      )
+
+    {:ok, peer} = GenServer.call(store, :peer)
+    on_exit(fn -> File.rm_rf(dir) end)
+    ctx = %{peer: peer, topic: topic}
+    wall = System.system_time(:millisecond)
+
+    capture_log(fn ->
+      for _ <- 1..300 do
+        # A version 1 hello from a random 32-byte sync id speaking 1..4.
+        from = :crypto.strong_rand_bytes(32)
+
+        hello =
+          <<0xC9, 1, 6, 0x97>> <>
+            bin(from) <> bin(<<1, 2, 3, 4>>) <> <<0xCF, wall::64, 0, 0, 0>> <> bin("fake")
+
+        deliver(ctx, hello)
+      end
+    end)
+
+    # At most 256 member directories (and so sessions and labels).
+    assert map_size(:sys.get_state(peer).labels) <= 256
+    assert length(ContextStore.sync_info(store).members) == 256
+    assert ContextStore.sync_info(store).rejected.too_many_peers >= 44
+
+    # Silent fakes go down, and their labels go with their sessions.
+    Vsmcp.CRDT.TestHelpers.eventually(fn -> map_size(:sys.get_state(peer).labels) == 0 end)
+    :ok = ContextStore.create(store, :n, :g_counter)
+    assert {:ok, 1} = ContextStore.increment(store, :n)
+  end
 end
