@@ -199,6 +199,29 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where a store reads physical time (the `now` of the HLC rules, the
+/// times in metadata, the future horizon of incoming entries).
+///
+/// `System` in production. `Manual` is for deterministic tests (the
+/// simulator in `tests/sim.rs`): the caller owns the value, in ms since the
+/// epoch, and may skew, jump or stop it; nothing reads the system clock.
+#[derive(Debug, Clone, Default)]
+pub enum WallClock {
+    #[default]
+    System,
+    Manual(std::sync::Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl WallClock {
+    /// Milliseconds since the Unix epoch by this source.
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            WallClock::System => now_ms(),
+            WallClock::Manual(t) => t.load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod causal;
 pub mod crdt;
 pub mod error;
 pub mod gcounter;
+pub mod hash;
 pub mod hlc;
 pub mod lww;
 pub mod orset;

@@ -682,3 +682,38 @@ fn same_node_id_in_two_directories_are_two_replicas() {
     assert_eq!(before[..16], after[..16], "the directory's id changed");
     assert_ne!(before, after, "the incarnation did not change");
 }
+
+/// Collecting the remove tokens of a set held in the warm tier keeps it
+/// warm: the tiers count their items, and a collected state installed as
+/// hot in a warm slot made the next demotion underflow the hot count (a
+/// panic in `decay`, found by the simulator, seed 1).
+#[test]
+fn collecting_a_warm_set_keeps_the_tier_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.hot_limit = 1;
+    c.warm_limit = 10;
+    let s = Store::open(c).unwrap();
+    s.create(b"set", Kind::ORSet, Access::MayBlock).unwrap();
+    s.update(b"set", Mutation::Add(b"a"), Access::MayBlock, |_| ())
+        .unwrap();
+    s.update(b"set", Mutation::Remove(b"a"), Access::MayBlock, |_| ())
+        .unwrap();
+    // Another item pushes the set out of the hot tier.
+    s.create(b"other", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    for _ in 0..3 {
+        if s.metadata(b"set", Access::MayBlock).unwrap().1 == Tier::Warm {
+            break;
+        }
+        s.decay();
+    }
+    assert_eq!(s.metadata(b"set", Access::MayBlock).unwrap().1, Tier::Warm);
+    let gen = s.metadata(b"set", Access::MayBlock).unwrap().0.gen;
+    let stable = [(s.replica_id().clone(), u64::MAX)];
+    assert_eq!(s.collect(b"set", &gen, &stable), Ok(1));
+    for _ in 0..4 {
+        s.decay();
+    }
+    assert_eq!(set_len(&s, b"set"), 0);
+}

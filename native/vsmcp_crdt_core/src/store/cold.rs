@@ -345,6 +345,13 @@ impl ColdTier {
         adopt(std::mem::take(&mut *orphans));
     }
 
+    /// Forget the orphaned writes without writing them (a simulated kill,
+    /// `Store::crash`).
+    #[cfg(feature = "fault-injection")]
+    pub(super) fn drop_orphans(&self) {
+        self.orphans.lock().clear();
+    }
+
     /// The batch operations of the orphaned writes.
     fn orphan_ops(&self, ops: &mut Vec<BatchOp>) {
         for (k, p) in self.orphans.lock().iter() {

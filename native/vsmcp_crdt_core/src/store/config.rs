@@ -4,6 +4,7 @@
 //! Elixir option names (`memory_limit`, `ets_limit`) are translated at the
 //! NIF edge.
 
+use crate::hlc::WallClock;
 use std::path::PathBuf;
 
 /// When a mutation is acknowledged relative to its WAL write.
@@ -65,6 +66,13 @@ pub struct StoreConfig {
     pub max_clock_offset_ms: u64,
     /// RocksDB block cache size.
     pub cache_bytes: usize,
+    /// Source of physical time (`WallClock::System`; tests may drive it).
+    pub wall_clock: WallClock,
+    /// Tests only: the directory's replica id, when the directory has none
+    /// yet (first open, or a restored backup), is derived from this seed
+    /// instead of `/dev/urandom`, so that a seeded run replays exactly.
+    #[cfg(feature = "fault-injection")]
+    pub test_replica_seed: Option<u64>,
 }
 
 impl StoreConfig {
@@ -81,6 +89,9 @@ impl StoreConfig {
             max_value_bytes: 16 << 20,
             max_clock_offset_ms: crate::hlc::DEFAULT_MAX_OFFSET_MS,
             cache_bytes: 64 << 20,
+            wall_clock: WallClock::System,
+            #[cfg(feature = "fault-injection")]
+            test_replica_seed: None,
         }
     }
 }

@@ -32,6 +32,8 @@
 mod backup;
 pub mod cold;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+mod crash;
 pub mod halt;
 pub mod import;
 pub mod info;
@@ -51,7 +53,8 @@ use crate::causal::ReplicaId;
 pub use crate::crdt::Mutation;
 use crate::crdt::{Crdt, Kind, Op};
 use crate::error::{Error, Result};
-use crate::hlc::{now_ms, Clock, Timestamp};
+use crate::hash::HashMap;
+use crate::hlc::{Clock, Timestamp};
 use crate::lww::{LwwEntry, LwwRegister};
 use cold::{
     BatchOp, Cached, ColdTier, Owner, CUT_PREFIX, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY,
@@ -101,12 +104,12 @@ struct Shard {
     pending: PendingWrites,
     /// Delete tombstones, per id (see `record::Tombs`). Insert with
     /// [`Shard::put_tombs`].
-    tombs: hashbrown::HashMap<Box<[u8]>, Tombs>,
+    tombs: HashMap<Box<[u8]>, Tombs>,
     /// No tombstone here has a latest delete before this (0: unknown), so
     /// collection skips the shard below it.
     tomb_floor: u64,
     /// Local changes not yet taken by sync (only while capture is on).
-    out: hashbrown::HashMap<Box<[u8]>, Outgoing>,
+    out: HashMap<Box<[u8]>, Outgoing>,
 }
 
 impl Shard {
@@ -126,12 +129,7 @@ struct Outgoing {
 }
 
 /// Join a local change of `id` into the outgoing map, by generation.
-fn note_out(
-    out: &mut hashbrown::HashMap<Box<[u8]>, Outgoing>,
-    id: &[u8],
-    meta: &Meta,
-    delta: &Crdt,
-) {
+fn note_out(out: &mut HashMap<Box<[u8]>, Outgoing>, id: &[u8], meta: &Meta, delta: &Crdt) {
     let fresh = || Outgoing {
         meta: meta.clone(),
         delta: Some(Arc::new(delta.clone())),
@@ -192,7 +190,7 @@ struct ShardLocks {
 struct Inner {
     cold: Arc<ColdTier>,
     shards: Box<[ShardLocks]>,
-    hasher: hashbrown::DefaultHashBuilder,
+    hasher: crate::hash::RandomState,
     node_id: Arc<[u8]>,
     replica: ReplicaId,
     incarnation: u64,
@@ -212,10 +210,10 @@ struct Inner {
     tomb_cut: std::sync::atomic::AtomicU64,
     /// Per replica directory, the latest collection cut it was part of
     /// (persisted under `CUT_PREFIX`; see `merge_remote`).
-    member_cuts: Mutex<hashbrown::HashMap<Box<[u8]>, u64>>,
+    member_cuts: Mutex<HashMap<Box<[u8]>, u64>>,
     /// The member directories, with when each joined (persisted under
     /// `membership::MEMBER_PREFIX`).
-    members: Mutex<hashbrown::HashMap<Box<[u8]>, u64>>,
+    members: Mutex<HashMap<Box<[u8]>, u64>>,
     /// The token of the current capture owner (0: none).
     capture_owner: Mutex<u64>,
     closed: AtomicBool,
@@ -244,8 +242,14 @@ fn shard_count(hot_limit: usize) -> usize {
 
 /// The random id of the directory behind `cold`, made (and fsynced) at
 /// its first open.
-fn directory_id(cold: &ColdTier) -> Result<Vec<u8>> {
+fn directory_id(cold: &ColdTier, _cfg: &StoreConfig) -> Result<Vec<u8>> {
     if let Some(id) = cold.get_meta(REPLICA_KEY)?.filter(|b| b.len() == 16) {
+        return Ok(id);
+    }
+    #[cfg(feature = "fault-injection")]
+    if let Some(seed) = _cfg.test_replica_seed {
+        let id = crash::seeded_directory_id(seed);
+        cold.put_meta(REPLICA_KEY, &id, true)?;
         return Ok(id);
     }
     let mut id = vec![0u8; 16];
@@ -293,7 +297,7 @@ impl Store {
         // every node the same one); two directories never share an id, and
         // a restart keeps its directory's id with a new incarnation, so a
         // crash never reuses a dot or counter entry already shipped.
-        let mut replica = directory_id(&cold)?;
+        let mut replica = directory_id(&cold, &cfg)?;
         replica.extend_from_slice(&incarnation.to_be_bytes());
         let n = shard_count(cfg.hot_limit);
         let limits = Limits {
@@ -408,15 +412,21 @@ impl Store {
         self.0.clock.lock().max_offset_ms()
     }
 
+    /// Physical time by the store's [`crate::hlc::WallClock`] (ms since
+    /// the epoch).
+    pub fn now_ms(&self) -> u64 {
+        self.0.now_ms()
+    }
+
     /// A new HLC timestamp for an outgoing sync message (send rule).
     pub fn tick_clock(&self) -> Timestamp {
-        self.0.clock.lock().tick(now_ms())
+        self.0.clock.lock().tick(self.0.now_ms())
     }
 
     /// Apply the HLC receive rule to a peer's clock; `Err(ClockSkew)` when
     /// it is more than the configured offset ahead (nothing changes then).
     pub fn receive_clock(&self, remote: Timestamp) -> Result<Timestamp> {
-        let now = now_ms();
+        let now = self.0.now_ms();
         self.0.telemetry.observe_remote_clock(remote.wall_ms, now);
         self.0.clock.lock().receive(remote, now)
     }
@@ -439,7 +449,7 @@ impl Store {
             return Err(Error::WouldBlock);
         }
         inner.check_writable_at(&sh, id, access)?;
-        let now = now_ms();
+        let now = inner.now_ms();
         // A create over a tombstone starts the next epoch, which wins over
         // every delta of the deleted generation still travelling.
         let gen = Gen {
@@ -768,7 +778,7 @@ impl Store {
         // against peers' late copies of the deleted generation.
         let capture = inner.capture.load(Ordering::Relaxed);
         let tomb = (capture || inner.synced.load(Ordering::Relaxed)).then(|| {
-            let at = inner.clock.lock().tick(now_ms()).to_u64();
+            let at = inner.clock.lock().tick(inner.now_ms()).to_u64();
             Tomb::new(meta.gen.clone(), at)
         });
         let mut sh = inner.delete_locked(sh, id, tomb.clone().map(Tombs::one), access)?;
@@ -828,7 +838,10 @@ impl Store {
             let taken = {
                 let mut sh = shard.state.lock();
                 let cap = sh.out.capacity();
-                std::mem::replace(&mut sh.out, hashbrown::HashMap::with_capacity(cap))
+                std::mem::replace(
+                    &mut sh.out,
+                    HashMap::with_capacity_and_hasher(cap, Default::default()),
+                )
             };
             for (id, o) in taken {
                 let crdt = match &o.delta {
@@ -989,11 +1002,15 @@ impl Store {
             Body::Hot(c) => (**c).clone(),
             Body::Warm(b) => decode_stored(b)?,
         };
+        let was_warm = matches!(snapshot, Body::Warm(_));
         drop(snapshot);
         let dropped = state.collect_stable_upto(stable);
         if dropped == 0 {
             return Ok(0);
         }
+        // A warm slot stays warm (the tiers count their items): encoded
+        // here, without the lock.
+        let encoded: Option<Arc<[u8]>> = was_warm.then(|| state.encode().into());
         let mut sh = inner.lock_state_unchecked(id);
         let meta = match sh.tiers.get(id) {
             Some(slot) if slot.version == version => slot.meta.clone(),
@@ -1015,7 +1032,12 @@ impl Store {
             }
         }
         if let Some(slot) = sh.tiers.get_mut(id) {
-            let old = std::mem::replace(&mut slot.body, Body::Hot(state));
+            let body = match (&slot.body, encoded) {
+                (Body::Hot(_), _) => Body::Hot(state),
+                (Body::Warm(_), Some(b)) => Body::Warm(b),
+                (Body::Warm(_), None) => Body::Warm(state.encode().into()),
+            };
+            let old = std::mem::replace(&mut slot.body, body);
             slot.changed();
             drop_in_background(old);
         }
@@ -1324,6 +1346,10 @@ fn spin_lock(lock: &Mutex<Shard>) -> Result<StateGuard<'_>> {
 }
 
 impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.cfg.wall_clock.now_ms()
+    }
+
     /// The latest collection cut the creating replica of a generation was
     /// part of (0: none; also for replica ids that name no directory).
     fn cut_of(&self, replica: &[u8]) -> u64 {
@@ -1439,7 +1465,7 @@ impl Inner {
 
     /// Whether recording a change of `id` for sync would rehash a large
     /// outgoing map (O(n) once; done on a dirty scheduler).
-    fn out_would_regrow(&self, out: &hashbrown::HashMap<Box<[u8]>, Outgoing>, id: &[u8]) -> bool {
+    fn out_would_regrow(&self, out: &HashMap<Box<[u8]>, Outgoing>, id: &[u8]) -> bool {
         self.capture.load(Ordering::Relaxed)
             && regrows_large(out.len(), out.capacity())
             && !out.contains_key(id)
@@ -1535,7 +1561,7 @@ impl Inner {
     ) -> Result<StateGuard<'a>> {
         let inner = self;
         inner.check_writable_at(&sh, id, access)?;
-        let now = now_ms();
+        let now = inner.now_ms();
         let (op, ticked) = match op {
             Op::Set(v, _) => {
                 let ts = inner.clock.lock().tick(now);
@@ -1693,7 +1719,7 @@ impl Inner {
             },
             Body::Warm(_) => {
                 let mut sh = sh;
-                self.apply_relaxed(&mut sh, id, Op::Set(v, ts), Access::MayBlock, now_ms())?;
+                self.apply_relaxed(&mut sh, id, Op::Set(v, ts), Access::MayBlock, self.now_ms())?;
                 return Ok(sh);
             }
         };
@@ -1721,11 +1747,11 @@ impl Inner {
         let slot = tiers.get_mut(id).ok_or(Error::NotFound)?;
         if slot.version != version || !matches!(slot.body, Body::Hot(_)) {
             drop_in_background(new);
-            self.apply_relaxed(&mut sh, id, Op::Set(v, ts), Access::MayBlock, now_ms())?;
+            self.apply_relaxed(&mut sh, id, Op::Set(v, ts), Access::MayBlock, self.now_ms())?;
             return Ok(sh);
         }
         let old = std::mem::replace(&mut slot.body, Body::Hot(Arc::clone(&new)));
-        slot.meta.updated_at = now_ms();
+        slot.meta.updated_at = self.now_ms();
         slot.changed();
         if self.capture.load(Ordering::Relaxed) {
             // The new state dominates every earlier local change of it.

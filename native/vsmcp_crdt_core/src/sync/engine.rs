@@ -72,10 +72,10 @@ use super::wire::{
 use crate::causal::ReplicaId;
 use crate::crdt::Crdt;
 use crate::error::Error;
+use crate::hash::{HashMap, HashSet};
 use crate::hlc::Timestamp;
 use crate::store::record::{decode_parts, encode_gen, encode_parts, Meta};
 use crate::store::{Merged, Store};
-use hashbrown::{HashMap, HashSet};
 
 /// Bytes at the end of a sync id that change on every start: the store's
 /// incarnation (8) and the engine's session (8). The rest is the data
@@ -142,6 +142,10 @@ pub struct EngineConfig {
     /// for this long is removed from the membership (see
     /// [`Store::remove_member`]); 0: never.
     pub member_expiry_ms: u64,
+    /// Tests only: the session part of the sync id (random when `None`),
+    /// so that a seeded simulation replays exactly.
+    #[cfg(feature = "fault-injection")]
+    pub session: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -154,6 +158,8 @@ impl Default for EngineConfig {
             attrs: Vec::new(),
             collect_after_ms: 2_000,
             member_expiry_ms: 24 * 3_600_000,
+            #[cfg(feature = "fault-injection")]
+            session: None,
         }
     }
 }
@@ -593,7 +599,11 @@ impl Engine {
     /// frontiers: a member not heard since holds collection back.
     pub fn new(store: &Store, cfg: EngineConfig) -> Engine {
         let mut me = store.replica_id().as_bytes().to_vec();
-        me.extend_from_slice(&random_u64().to_be_bytes());
+        #[cfg(feature = "fault-injection")]
+        let session = cfg.session.unwrap_or_else(random_u64);
+        #[cfg(not(feature = "fault-injection"))]
+        let session = random_u64();
+        me.extend_from_slice(&session.to_be_bytes());
         let members = store
             .members()
             .into_iter()
@@ -618,15 +628,15 @@ impl Engine {
                 .map(Vec::from)
                 .collect(),
             digest: Digest::new(),
-            hashes: (0..BUCKETS).map(|_| HashMap::new()).collect(),
-            collectable: HashMap::new(),
+            hashes: (0..BUCKETS).map(|_| HashMap::default()).collect(),
+            collectable: HashMap::default(),
             collected_ms: None,
             transfer_turn: 0,
             started_ms: None,
             report: None,
             transfers: Default::default(),
             queued: Default::default(),
-            dirty: HashSet::new(),
+            dirty: HashSet::default(),
             prime_cursor: Some(None),
             counters: Counters::default(),
         }
@@ -645,6 +655,12 @@ impl Engine {
     /// The outgoing log (for inspection).
     pub fn log(&self) -> &DeltaLog {
         &self.log
+    }
+
+    /// The root of the digest as last refreshed (by a hello, a digest or a
+    /// collection), for inspection.
+    pub fn digest_root(&self) -> u64 {
+        self.digest.root()
     }
 
     /// State transfer items queued, over every peer (for inspection).
@@ -697,7 +713,7 @@ impl Engine {
                     .iter()
                     .any(|(r, p)| p.up && directory_of(r) == &dir[..]),
                 frontier: m.frontier,
-                stable: m.stable_for(dir, &[], &HashSet::new()),
+                stable: m.stable_for(dir, &[], &HashSet::default()),
                 last_seen_ms: m.last_seen_ms,
             })
             .collect()
@@ -1364,7 +1380,7 @@ impl Engine {
         let dir: Box<[u8]> = directory_of(&from).into();
         // Taking part in sync makes a member, persisted before it counts.
         if !self.members.contains_key(&dir) {
-            match store.add_member(&dir, crate::hlc::now_ms()) {
+            match store.add_member(&dir, store.now_ms()) {
                 Ok(_) => {
                     let m = Member {
                         frontier: store.member_cut(&dir),
@@ -1428,7 +1444,7 @@ impl Engine {
                 Peer::new(version, now_ms, upto, attrs.clone()),
             );
         }
-        let wall = crate::hlc::now_ms();
+        let wall = store.now_ms();
         let Some(p) = self.peers.get_mut(&from) else {
             return out;
         };
@@ -1513,7 +1529,7 @@ impl Engine {
         let mut merged_here = 0u64;
         // Timestamps from the future would let a runaway clock win every
         // register write and drag our clock along.
-        let horizon = crate::hlc::now_ms().saturating_add(store.max_clock_offset_ms());
+        let horizon = store.now_ms().saturating_add(store.max_clock_offset_ms());
         for (id, bytes) in entries {
             let parsed = check_payload(&bytes)
                 .and_then(|()| decode_parts(&bytes))
