@@ -49,6 +49,8 @@
 # test/support/cluster.ex. Everything timed runs on the nodes themselves,
 # timestamped with :os.system_time(:microsecond): one machine, one clock.
 # Results with machine and command are kept in bench/RESULTS-sync.md.
+# From a checkout, build the NIF locally rather than download it:
+# VSMCP_CRDT_BUILD=1 (see lib/vsmcp/crdt/native.ex).
 
 # --- code run on the nodes ----------------------------------------------------
 # Compiled here and loaded into each node with :code.load_binary/3 (modules
