@@ -250,7 +250,7 @@ impl Crdt {
     /// holds remove tokens (see [`ORSet::collect_stable_upto`]).
     pub fn stability_snapshot(&self) -> Option<Vec<(ReplicaId, u64)>> {
         match self {
-            Crdt::ORSet(s) if s.has_remove_tokens() => Some(s.version_vector()),
+            Crdt::ORSet(s) if s.has_collectable_tokens() => Some(s.version_vector()),
             _ => None,
         }
     }

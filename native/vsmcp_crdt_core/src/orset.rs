@@ -509,8 +509,9 @@ impl ORSet {
         Ok(())
     }
 
-    /// Elements holding a remove token (remove-wins only): what causal
-    /// stability has yet to collect. O(elements).
+    /// Elements holding only remove tokens (remove-wins only): what causal
+    /// stability has yet to collect (see [`ORSet::collect_stable_upto`]; a
+    /// token beside the concurrent add it beat stays). O(elements).
     pub fn remove_token_count(&self) -> usize {
         if self.policy != Policy::RemoveWins {
             return 0;
@@ -518,8 +519,23 @@ impl ORSet {
         self.elems
             .entries
             .iter()
-            .filter(|e| e.dots.iter().any(|d| d.is_remove()))
+            .filter(|e| Self::tokens_only(&e.dots))
             .count()
+    }
+
+    fn tokens_only(dots: &[TaggedDot]) -> bool {
+        !dots.is_empty() && dots.iter().all(|d| d.is_remove())
+    }
+
+    /// Whether some element holds only remove tokens (remove-wins only):
+    /// what [`ORSet::collect_stable_upto`] may drop.
+    pub fn has_collectable_tokens(&self) -> bool {
+        self.policy == Policy::RemoveWins
+            && self
+                .elems
+                .entries
+                .iter()
+                .any(|e| Self::tokens_only(&e.dots))
     }
 
     /// Whether some element holds a remove token (remove-wins only).
@@ -569,16 +585,19 @@ impl ORSet {
     }
 
     /// Causal-stability collection up to a snapshot: drop every element
-    /// whose remove tokens are all covered by `stable` (a version vector
-    /// taken when the set was read at a moment every member has since been
-    /// shown to have delivered, see `sync::engine`), with all its dots.
-    /// An element's add dot beside a remove token is concurrent with it
-    /// (an add that observed the token would have retired it), and
-    /// stability means every such add has arrived: the element stays
-    /// absent, and any later add observed the removes. Elements with a
-    /// token newer than the snapshot are kept. The context keeps every
-    /// dot, so a late copy of a dropped one is recognised as removed.
-    /// Returns the elements dropped (0 for add-wins sets and deltas).
+    /// that holds only remove tokens, all covered by `stable` (a version
+    /// vector taken when the set was read at a moment every member has
+    /// since been shown to have delivered, see `sync::engine`). Stability
+    /// means every add concurrent with those removes has arrived here; none
+    /// is beside them, so none exists, and any add that arrives later
+    /// observed the removes (the element is then present, as it should).
+    /// An element with an add dot beside a token is kept: the add may be
+    /// concurrent with the token (it loses, the element stays absent) or
+    /// made after another replica collected the token (then it wins where
+    /// the token is gone, and digest anti-entropy carries that state here);
+    /// the two cannot be told apart locally. The context keeps every dot,
+    /// so a late copy of a dropped token is recognised. Returns the
+    /// elements dropped (0 for add-wins sets and deltas).
     pub fn collect_stable_upto(&mut self, stable: &[(ReplicaId, u64)]) -> usize {
         if self.policy != Policy::RemoveWins || self.delta {
             return 0;
@@ -598,8 +617,7 @@ impl ORSet {
         let mut dropped = 0;
         for i in (0..self.elems.len()).rev() {
             let dots = &self.elems.entries[i].dots;
-            let mut removes = dots.iter().filter(|d| d.is_remove()).peekable();
-            if removes.peek().is_some() && removes.all(|d| covered(*d)) {
+            if !dots.is_empty() && dots.iter().all(|d| d.is_remove() && covered(*d)) {
                 self.elems.remove_at(i);
                 dropped += 1;
             }

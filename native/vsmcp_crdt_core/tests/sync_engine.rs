@@ -431,9 +431,12 @@ fn a_cut_off_peer_blocks_collection_and_its_concurrent_add_still_loses() {
         // Remove-wins: the concurrent add lost everywhere.
         assert_eq!(net.value(i, b"set"), empty, "node {i}");
     }
-    // Once everyone agreed, the token and the add it beat are collected.
+    // The token and the concurrent add it beat stay (one entry): an add
+    // beside a token may also be one made after another replica collected
+    // the token, which must win, and the two cannot be told apart (found
+    // by the simulator: collecting them lost such an add everywhere).
     for i in 0..3 {
-        assert_eq!(set_entries(&net.nodes[i].store, b"set"), 0, "node {i}");
+        assert_eq!(set_entries(&net.nodes[i].store, b"set"), 1, "node {i}");
     }
 }
 

@@ -141,7 +141,7 @@ pub(super) fn read(store: &Store, id: &[u8]) -> Result<Reading, Error> {
         match v.crdt {
             Crdt::ORSet(s) => {
                 r.elems = Some(s.elements().map(<[u8]>::to_vec).collect());
-                r.tokens = s.has_remove_tokens();
+                r.tokens = s.has_collectable_tokens();
                 let n = s.normalized();
                 let short = |id: &vsmcp_crdt_core::ReplicaId| {
                     let b = id.as_bytes();

@@ -141,6 +141,19 @@ pub fn run(seed: u64, verbose: bool) -> Outcome {
     let phases = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         w.run_faults();
         w.heal();
+        // A node whose clock ran ahead keeps its HLC (it never goes back):
+        // its writes are stamped in the others' future and wait, by design
+        // (see the sync guide, "Clock skew"), until their clocks get there.
+        // So the probes start once every clock has passed every HLC.
+        let ahead = w.hlc_ahead_ms();
+        if ahead > 2_000 {
+            // Far ahead (minutes, hours): skip the quiet time at once.
+            w.skip_time(ahead - 2_000);
+        }
+        let ahead = w.hlc_ahead_ms();
+        if ahead > 0 {
+            w.run_until(ahead + 100, |_| false);
+        }
         // Every node writes at once: each write must reach everyone soon
         // (a node whose clock was fixed must rejoin, not stay locked out).
         w.start_probes();

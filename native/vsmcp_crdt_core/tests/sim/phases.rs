@@ -41,6 +41,32 @@ impl World {
         }
     }
 
+    /// Let `ms` pass at once (nothing happens meanwhile; every node's wall
+    /// clock moves with it).
+    pub fn skip_time(&mut self, ms: u64) {
+        self.now += ms;
+        for i in 0..self.nodes.len() {
+            let now = self.now;
+            self.nodes[i].set_wall(now);
+        }
+        ev!(self, "time skipped {ms} ms");
+    }
+
+    /// How far the furthest HLC of a running node is ahead of now (ms).
+    pub fn hlc_ahead_ms(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.running())
+            .map(|r| {
+                r.store
+                    .clock()
+                    .wall_ms
+                    .saturating_sub(super::node::BASE_MS + self.now)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Every live node up with an engine, one digest root, empty logs and
     /// transfers, no tombstone and no remove token.
     pub fn settled(&self) -> bool {
@@ -131,7 +157,7 @@ impl World {
 fn holds_tokens(store: &Store, id: &[u8]) -> bool {
     store
         .read(id, Access::MayBlock, |v| match v.crdt {
-            Crdt::ORSet(s) => s.has_remove_tokens(),
+            Crdt::ORSet(s) => s.has_collectable_tokens(),
             _ => false,
         })
         .unwrap_or(false)
