@@ -100,6 +100,10 @@ const EXPIRE_AFTER_DOWNS: u64 = 10;
 /// member's directory has one session: a new one supersedes the old).
 const MAX_OTHER_SESSIONS: usize = 16;
 
+/// Hellos announcing a log position we do not hold before a state proof
+/// is asked for instead.
+const STALLED_HELLOS: u8 = 3;
+
 /// `States` sequence numbers remembered per peer, to check that an answer
 /// to our digest arrived whole.
 const STATES_WINDOW: usize = 4096;
@@ -375,6 +379,8 @@ struct Peer {
     /// (a `base` jump, a refused entry): a state proof older than this no
     /// longer makes its log a proof.
     jump_clock: u64,
+    /// Consecutive hellos whose log position we do not hold.
+    stalled_hellos: u8,
     /// Its log up to here is in a state it proved (see `AnswerEnd`):
     /// entries up to here merge tombstones only.
     records_in_upto: u64,
@@ -407,6 +413,7 @@ impl Peer {
             answer_clean: false,
             anchor: None,
             jump_clock: 0,
+            stalled_hellos: 0,
             records_in_upto: 0,
             states_sent: 0,
             states_seen: std::collections::BTreeSet::new(),
@@ -1503,7 +1510,20 @@ impl Engine {
         let awaiting = p
             .digest_sent_ms
             .is_some_and(|t| now_ms.saturating_sub(t) <= retry_after);
-        let want_proof = !p.anchored() && !awaiting && p.version >= STABILITY_VERSION;
+        // A log that stays short of the announced position (part of it was
+        // given up for a digest exchange the other way, and nothing newer
+        // comes to carry the jump) proves nothing either: after a few
+        // hellos, a state proof covers it.
+        if p.recv_upto.max(p.records_in_upto) < p.last_log_pos {
+            p.stalled_hellos = p.stalled_hellos.saturating_add(1);
+        } else {
+            p.stalled_hellos = 0;
+        }
+        let stalled = p.stalled_hellos >= STALLED_HELLOS;
+        let want_proof = (!p.anchored() || stalled) && !awaiting && p.version >= STABILITY_VERSION;
+        if want_proof {
+            p.stalled_hellos = 0;
+        }
         if announced.root == root {
             p.root_mismatches = 0;
         } else {
