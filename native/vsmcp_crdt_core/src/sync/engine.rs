@@ -715,10 +715,7 @@ impl Engine {
             .iter()
             .map(|(dir, m)| MemberInfo {
                 directory: dir.to_vec(),
-                up: self
-                    .peers
-                    .iter()
-                    .any(|(r, p)| p.up && directory_of(r) == &dir[..]),
+                up: self.directory_up(dir),
                 frontier: m.frontier,
                 stable: m.stable_for(dir, &[], &HashSet::default()),
                 last_seen_ms: m.last_seen_ms,
@@ -761,6 +758,27 @@ impl Engine {
         self.log.remove_peer(r);
         self.transfers.remove(r);
         self.queued.remove(r);
+    }
+
+    /// Drop every session of directory `dir` (each reported down).
+    fn drop_sessions_of(&mut self, dir: &[u8], events: &mut Vec<Event>) {
+        let sessions: Vec<ReplicaId> = self
+            .peers
+            .keys()
+            .filter(|r| directory_of(r) == dir)
+            .cloned()
+            .collect();
+        for r in sessions {
+            self.drop_peer(&r);
+            events.push(Event::PeerDown(r));
+        }
+    }
+
+    /// Whether a session of directory `dir` is up.
+    fn directory_up(&self, dir: &[u8]) -> bool {
+        self.peers
+            .iter()
+            .any(|(r, p)| p.up && directory_of(r) == dir)
     }
 
     /// Take the store's local changes into the log, retransmit what waited
@@ -887,10 +905,7 @@ impl Engine {
             .members
             .iter()
             .filter(|(dir, m)| {
-                let up = self
-                    .peers
-                    .iter()
-                    .any(|(r, p)| p.up && directory_of(r) == &dir[..]);
+                let up = self.directory_up(dir);
                 // The engine's start counts as heard: a restart never
                 // expires a member at once.
                 let seen = m.last_seen_ms.max(started);
@@ -907,16 +922,7 @@ impl Engine {
             if store.remove_member(&dir, frontier).is_ok() {
                 self.members.remove(&dir);
                 self.counters.members_removed += 1;
-                let sessions: Vec<ReplicaId> = self
-                    .peers
-                    .keys()
-                    .filter(|r| directory_of(r) == &dir[..])
-                    .cloned()
-                    .collect();
-                for r in sessions {
-                    self.drop_peer(&r);
-                    events.push(Event::PeerDown(r));
-                }
+                self.drop_sessions_of(&dir, events);
             }
         }
     }
@@ -1020,16 +1026,7 @@ impl Engine {
         let cut = store.tick_clock().to_u64();
         let _ = store.flush();
         let _ = store.forget_member(directory, cut);
-        let gone: Vec<ReplicaId> = self
-            .peers
-            .keys()
-            .filter(|r| directory_of(r) == directory)
-            .cloned()
-            .collect();
-        for r in gone {
-            self.drop_peer(&r);
-            events.push(Event::PeerDown(r));
-        }
+        self.drop_sessions_of(directory, events);
     }
 
     /// Something `from` sent failed to merge or was dropped: its answer to
@@ -1432,16 +1429,7 @@ impl Engine {
         }
         if !self.peers.contains_key(&from) {
             // A restart of a known directory supersedes its old session.
-            let old: Vec<ReplicaId> = self
-                .peers
-                .keys()
-                .filter(|r| directory_of(r) == &dir[..])
-                .cloned()
-                .collect();
-            for r in old {
-                self.drop_peer(&r);
-                events.push(Event::PeerDown(r));
-            }
+            self.drop_sessions_of(&dir, events);
             // It acknowledged nothing: it catches up by digest, not by
             // replaying the whole log.
             self.log.add_peer(from.clone());
