@@ -105,6 +105,21 @@ impl World {
             .map(|(m, _)| GenKey::of(&m.gen))
     }
 
+    /// The store of node `i`, id `k`'s name and its live generation there,
+    /// for an operation `what` on it (`None`: the node is down, or the id
+    /// is not there, which is counted as a failed operation).
+    fn live_target(&mut self, i: usize, k: usize, what: &str) -> Option<(Store, Vec<u8>, GenKey)> {
+        let store = self.nodes[i].store()?;
+        let id = self.ids[k].name.clone();
+        match Self::live_gen(&store, &id) {
+            Ok(g) => Some((store, id, g)),
+            Err(e) => {
+                self.failed(i, k, what, &e);
+                None
+            }
+        }
+    }
+
     pub fn op_create(&mut self, i: usize, k: usize, kind: Kind) -> bool {
         let Some(store) = self.nodes[i].store() else {
             return false;
@@ -136,16 +151,8 @@ impl World {
     }
 
     pub fn op_delete(&mut self, i: usize, k: usize) -> bool {
-        let Some(store) = self.nodes[i].store() else {
+        let Some((store, id, gen)) = self.live_target(i, k, "delete") else {
             return false;
-        };
-        let id = self.ids[k].name.clone();
-        let gen = match Self::live_gen(&store, &id) {
-            Ok(g) => g,
-            Err(e) => {
-                self.failed(i, k, "delete", &e);
-                return false;
-            }
         };
         if let Err(e) = store.delete(&id, Access::MayBlock) {
             self.failed(i, k, "delete", &e);
@@ -162,16 +169,8 @@ impl World {
     }
 
     pub fn op_count(&mut self, i: usize, k: usize, n: i128) -> bool {
-        let Some(store) = self.nodes[i].store() else {
+        let Some((store, id, gen)) = self.live_target(i, k, "count") else {
             return false;
-        };
-        let id = self.ids[k].name.clone();
-        let gen = match Self::live_gen(&store, &id) {
-            Ok(g) => g,
-            Err(e) => {
-                self.failed(i, k, "count", &e);
-                return false;
-            }
         };
         let m = if n >= 0 {
             Mutation::Increment(n)
@@ -188,16 +187,8 @@ impl World {
     }
 
     pub fn op_set(&mut self, i: usize, k: usize, elem: u8, add: bool) -> bool {
-        let Some(store) = self.nodes[i].store() else {
+        let Some((store, id, gen)) = self.live_target(i, k, "set-op") else {
             return false;
-        };
-        let id = self.ids[k].name.clone();
-        let gen = match Self::live_gen(&store, &id) {
-            Ok(g) => g,
-            Err(e) => {
-                self.failed(i, k, "set-op", &e);
-                return false;
-            }
         };
         let before = store.read(&id, Access::MayBlock, |v| match v.crdt {
             Crdt::ORSet(s) => Some(s.causal_context()),
@@ -272,16 +263,8 @@ impl World {
     }
 
     pub fn op_reg(&mut self, i: usize, k: usize) -> bool {
-        let Some(store) = self.nodes[i].store() else {
+        let Some((store, id, gen)) = self.live_target(i, k, "set") else {
             return false;
-        };
-        let id = self.ids[k].name.clone();
-        let gen = match Self::live_gen(&store, &id) {
-            Ok(g) => g,
-            Err(e) => {
-                self.failed(i, k, "set", &e);
-                return false;
-            }
         };
         let value = format!("v{}n{i}", self.rng.below(1000)).into_bytes();
         let me = store.replica_id().clone();
