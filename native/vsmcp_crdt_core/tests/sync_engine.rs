@@ -2471,7 +2471,7 @@ fn a_forgotten_replica_stays_refused_across_engine_restarts() {
     for i in 0..2 {
         let s = net.nodes[i].store.clone();
         let mut ev = Vec::new();
-        net.nodes[i].engine.forget(&s, &dir2, &mut ev);
+        net.nodes[i].engine.forget(&s, &dir2, &mut ev).unwrap();
     }
     net.nodes[0]
         .store
@@ -2492,6 +2492,112 @@ fn a_forgotten_replica_stays_refused_across_engine_restarts() {
     assert!(!net.nodes[0].store.is_member(&dir2));
     assert!(!net.nodes[0].engine.peer_info().iter().any(|p| p.id == me2));
     assert!(net.nodes[0].engine.counters().rejected[Reject::Forgotten as usize] > 0);
+}
+
+/// Campaign seed 1304: a replica whose clock ran ahead is lost for good and
+/// forgotten; a restored copy of it brings a record it stamped past the
+/// others' clocks. The defect: the forgotten directory's cut was the
+/// forgetting node's clock, below that stamp, so the record merged as
+/// "created after the cut" and its tombstone, once deleted, could never be
+/// collected (no cut ever covers it). The fix: a forgotten directory's cut
+/// is the end of time, so the record is deleted again on arrival and every
+/// tombstone is collected.
+#[test]
+fn a_forgotten_replica_whose_clock_ran_ahead_leaves_no_tombstone_behind() {
+    let mut net = Net::new(3, 0, 1408);
+    net.step(true);
+    net.settle();
+    // Node 2 (offset 5 s) takes a clock 1.5 s ahead of the others' 500 ms
+    // and creates y there; the others refuse the create for now.
+    reopen_store(&mut net, 2, |c| c.max_clock_offset_ms = 5_000);
+    let ahead = vsmcp_crdt_core::Timestamp::new(vsmcp_crdt_core::hlc::now_ms() + 1_500, 0);
+    net.nodes[2].store.receive_clock(ahead).unwrap();
+    let s2 = net.nodes[2].store.clone();
+    s2.create(b"y", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s2, b"y", Mutation::Increment(5));
+    let parent = tempfile::tempdir().unwrap();
+    let copy = parent.path().join("copy");
+    s2.backup(&copy).unwrap();
+    // Node 2 is lost for good and forgotten by the others.
+    net.cut[2] = true;
+    let me2 = net.nodes[2].engine.me().clone();
+    let dir2 = vsmcp_crdt_core::sync::engine::directory_of(&me2).to_vec();
+    for i in 0..2 {
+        let s = net.nodes[i].store.clone();
+        let mut ev = Vec::new();
+        net.nodes[i].engine.forget(&s, &dir2, &mut ev).unwrap();
+    }
+    // Once the others' clocks pass y's stamp, its backup joins as a new
+    // replica (the lost one forgotten there too, as the guide says), and
+    // node 0 deletes whatever y it has.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while vsmcp_crdt_core::hlc::now_ms() < ahead.wall_ms + 50 {
+        assert!(std::time::Instant::now() < deadline);
+        pause_ms(20);
+    }
+    let store = Store::open(StoreConfig::new(&copy, b"same")).unwrap();
+    store.start_capture();
+    let mut engine = Engine::new(&store, fast_cfg(30));
+    engine.forget(&store, &dir2, &mut Vec::new()).unwrap();
+    net.nodes.push(Node {
+        store,
+        engine,
+        _dir: parent,
+    });
+    net.cut.push(false);
+    net.cut_in.push(false);
+    for _ in 0..3 {
+        net.settle();
+    }
+    let _ = net.nodes[0].store.delete(b"y", Access::MayBlock);
+    for _ in 0..6 {
+        net.settle();
+    }
+    for i in [0, 1, 3] {
+        assert_eq!(net.value(i, b"y"), None, "node {i}");
+    }
+    let held: Vec<usize> = [0, 1, 3]
+        .iter()
+        .map(|&i| net.nodes[i].store.tombstones().len())
+        .collect();
+    assert_eq!(held, vec![0, 0, 0], "tombstones held");
+}
+
+/// Campaign seed 1863: `forget` during a storage failure. The defect: the
+/// engine refused the directory in memory and ignored the error of
+/// persisting the removal and its cut, so the cut never came and the
+/// forgotten replica's tombstones were held for ever (and the forgetting
+/// ended at the next restart). The fix: nothing changes until the
+/// forgetting is on disk; the error is returned and a retry succeeds.
+#[test]
+fn forget_during_a_storage_failure_fails_cleanly_and_a_retry_succeeds() {
+    let mut net = Net::new(3, 0, 1409);
+    net.step(true);
+    net.settle();
+    let me2 = net.nodes[2].engine.me().clone();
+    let dir2 = vsmcp_crdt_core::sync::engine::directory_of(&me2).to_vec();
+    assert!(net.nodes[0].store.is_member(&dir2));
+    let s0 = net.nodes[0].store.clone();
+    s0.set_fail_writes(true);
+    let mut ev = Vec::new();
+    assert!(net.nodes[0].engine.forget(&s0, &dir2, &mut ev).is_err());
+    s0.set_fail_writes(false);
+    // Nothing was forgotten: node 2 is still a member and still heard.
+    assert!(net.nodes[0].store.is_member(&dir2));
+    assert_eq!(net.nodes[0].store.member_cut(&dir2), 0);
+    assert!(net.nodes[0].store.forgotten().unwrap().is_empty());
+    net.settle();
+    assert!(net.nodes[0]
+        .engine
+        .peer_info()
+        .iter()
+        .any(|p| p.id == me2 && p.up));
+    // The retry forgets it, with its cut, for good.
+    net.nodes[0].engine.forget(&s0, &dir2, &mut ev).unwrap();
+    assert!(!net.nodes[0].store.is_member(&dir2));
+    assert_eq!(net.nodes[0].store.member_cut(&dir2), u64::MAX);
+    assert_eq!(net.nodes[0].store.forgotten().unwrap().len(), 1);
+    assert!(!net.nodes[0].engine.peer_info().iter().any(|p| p.id == me2));
 }
 
 /// A digest request costs at most one transfer per peer: while our states

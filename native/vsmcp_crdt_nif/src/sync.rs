@@ -266,8 +266,10 @@ fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Term<'a> {
     };
     with_engine(env, &s, |e| {
         let mut events = Vec::new();
-        e.forget(&s.store, directory_of(&r), &mut events);
-        (ok(), events_term(env, &events, false)).encode(env)
+        match e.forget(&s.store, directory_of(&r), &mut events) {
+            Ok(()) => (ok(), events_term(env, &events, false)).encode(env),
+            Err(err) => crate::errors::error_term(env, &err),
+        }
     })
 }
 

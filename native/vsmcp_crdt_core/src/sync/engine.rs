@@ -1015,18 +1015,33 @@ impl Engine {
 
     /// Stop tracking replicas of `directory` (an id from [`directory_of`])
     /// and refuse them from now on. The directory leaves the membership
-    /// with our clock as its cut: the operator says it is gone for good, so
-    /// a record it created before now that is not here is treated as
-    /// deleted if it ever arrives (from another replica's copy).
-    pub fn forget(&mut self, store: &Store, directory: &[u8], events: &mut Vec<Event>) {
+    /// with the end of time as its cut: the operator says it is gone for
+    /// good, so it writes nothing more, and a record it created that is not
+    /// here is treated as deleted if it ever arrives (from another
+    /// replica's copy or a restored backup), whatever its stamp. Our clock
+    /// would not do: a replica whose clock ran ahead stamps its creates
+    /// past it, and their tombstones could then never be collected (no
+    /// cut would ever cover them).
+    ///
+    /// The removal, the cut and the forgetting are persisted before
+    /// anything changes here: on a storage error nothing is forgotten and
+    /// the error is returned, so that the caller can retry (a forgetting
+    /// held only in memory would end at the next restart, and the cut it
+    /// skipped would keep that replica's tombstones for ever).
+    pub fn forget(
+        &mut self,
+        store: &Store,
+        directory: &[u8],
+        events: &mut Vec<Event>,
+    ) -> crate::Result<()> {
+        store.flush()?;
+        store.forget_member(directory, u64::MAX)?;
         self.forgotten.insert(directory.to_vec());
         if self.members.remove(directory).is_some() {
             self.counters.members_removed += 1;
         }
-        let cut = store.tick_clock().to_u64();
-        let _ = store.flush();
-        let _ = store.forget_member(directory, cut);
         self.drop_sessions_of(directory, events);
+        Ok(())
     }
 
     /// Something `from` sent failed to merge or was dropped: its answer to

@@ -164,13 +164,9 @@ impl World {
             }
             let dir = self.nodes[b.of].dir_id.clone().unwrap_or_default();
             ev!(self, "n{} lost for good; forgotten by the others", b.of);
-            for n in &mut self.nodes {
-                if let Some(r) = n.running_mut() {
-                    if let Some(e) = r.engine.as_mut() {
-                        let mut events = Vec::new();
-                        e.forget(&r.store, &dir, &mut events);
-                    }
-                }
+            for i in 0..self.nodes.len() {
+                self.nodes[i].to_forget.push(dir.clone());
+                self.forget_pending(i);
             }
             self.retired_dirs.push(dir);
         } else {
@@ -187,6 +183,13 @@ impl World {
         self.cuts.push(vec![0; i + 1]);
         ev!(self, "n{i} restored from a backup of n{}", b.of);
         self.open_node(i);
+    }
+
+    /// Retry the forgets node `i` still owes (see `Node::to_forget`).
+    pub(super) fn forget_pending(&mut self, i: usize) {
+        for e in self.nodes[i].forget_pending() {
+            ev!(self, "n{i} forget failed: {e} (retried)");
+        }
     }
 
     pub fn live_nodes(&self) -> usize {

@@ -70,6 +70,10 @@ pub struct Node {
     /// The current engine's collection counters last seen (elements,
     /// tombstones).
     pub collected: (u64, u64),
+    /// Directories of replicas lost for good that the current engine has
+    /// not forgotten yet (a `forget` that failed on a storage error is
+    /// retried every step, as an operator retries `forget_replica`).
+    pub to_forget: Vec<Vec<u8>>,
 }
 
 impl Node {
@@ -101,6 +105,7 @@ impl Node {
             opens: 0,
             dir_id: None,
             collected: (0, 0),
+            to_forget: Vec::new(),
         }
     }
 
@@ -139,7 +144,8 @@ impl Node {
     /// A new engine (with the next seeded session) on `store`, capturing
     /// its changes from now on (as the NIF's `sync_start` does). The
     /// directories in `forget` (replicas lost for good) are forgotten, as
-    /// an operator's `forget_replica` on every node would.
+    /// an operator's `forget_replica` on every node would (those that fail
+    /// stay in [`Node::to_forget`], retried by the world every step).
     pub fn start_engine(&mut self, forget: &[Vec<u8>]) {
         self.engines += 1;
         let mut ecfg = self.ecfg.clone();
@@ -150,15 +156,36 @@ impl Node {
         );
         if let Some(r) = self.running_mut() {
             r.capture = r.store.start_capture();
-            let mut engine = Engine::new(&r.store, ecfg);
-            let mut events = Vec::new();
-            for dir in forget {
-                engine.forget(&r.store, dir, &mut events);
-            }
-            r.engine = Some(engine);
+            r.engine = Some(Engine::new(&r.store, ecfg));
         }
         self.engine_back_at = None;
         self.collected = (0, 0);
+        self.to_forget = forget.to_vec();
+        self.forget_pending();
+    }
+
+    /// Forget what [`Node::to_forget`] holds with the running engine (if
+    /// any); what fails stays for a later call. Returns the errors.
+    pub fn forget_pending(&mut self) -> Vec<String> {
+        let mut pending = std::mem::take(&mut self.to_forget);
+        let mut errors = Vec::new();
+        if let Some(Running {
+            store,
+            engine: Some(engine),
+            ..
+        }) = self.running_mut()
+        {
+            let mut events = Vec::new();
+            pending.retain(|dir| match engine.forget(store, dir, &mut events) {
+                Ok(()) => false,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    true
+                }
+            });
+        }
+        self.to_forget = pending;
+        errors
     }
 
     /// Stop the engine (as the NIF's `sync_stop`: capture stops, what it

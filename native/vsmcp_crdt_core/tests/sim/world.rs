@@ -591,6 +591,9 @@ impl World {
                 self.nodes[i].engines
             );
         }
+        if !self.nodes[i].to_forget.is_empty() {
+            self.forget_pending(i);
+        }
         if self.faults_on && self.rng.chance(self.plan.op_pct) {
             self.random_op(i);
         }
