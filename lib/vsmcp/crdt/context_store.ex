@@ -863,13 +863,15 @@ defmodule Vsmcp.CRDT.ContextStore do
   Forget a replica that left the cluster for good (its `key` from
   `sync_info/1`'s `:peers`): it stops being waited for, and if it comes
   back it is refused (and counted) until it restarts on a fresh data
-  directory. A record it created that this store does not hold is
-  treated as deleted if a copy of it ever arrives (see the sync guide, "A
-  removed member that comes back"). Call it on every remaining node,
-  including one restored later from a backup. `{:error, :invalid_replica}`
-  for a string that is not a replica key, `{:error, :not_syncing}` on a
-  store that does not sync, and `{:error, {:storage_error, detail}}` when
-  the forgetting cannot be written (nothing is forgotten then; retry).
+  directory. `key` may also be a member's `:key` from `sync_info/1`'s
+  `:members` (for a member whose session is gone). Call it on every
+  remaining node, including one restored from a backup; once all have
+  forgotten it, a record only it created that this store lacks is treated
+  as deleted if a copy of it ever arrives (see the sync guide, "A forgotten
+  member"). `{:error, :invalid_replica}` for a string that is not a peer's
+  key (or is our own), `{:error, :not_syncing}` on a store that does not
+  sync, and `{:error, reason}` (`{:storage_error, detail}`, `:closed`) when
+  the forgetting cannot be written: nothing is forgotten then; retry.
 
   Two stores of one node on one topic meet within a few milliseconds; once
   `a` has met `b`, `b` leaves for good and `a` forgets it:

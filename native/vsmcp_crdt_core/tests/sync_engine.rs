@@ -2592,12 +2592,132 @@ fn forget_during_a_storage_failure_fails_cleanly_and_a_retry_succeeds() {
         .peer_info()
         .iter()
         .any(|p| p.id == me2 && p.up));
-    // The retry forgets it, with its cut, for good.
+    // The retry forgets it for good; once node 1 forgot it too and proved
+    // its state, its cut is the end of time.
     net.nodes[0].engine.forget(&s0, &dir2, &mut ev).unwrap();
     assert!(!net.nodes[0].store.is_member(&dir2));
-    assert_eq!(net.nodes[0].store.member_cut(&dir2), u64::MAX);
     assert_eq!(net.nodes[0].store.forgotten().unwrap().len(), 1);
     assert!(!net.nodes[0].engine.peer_info().iter().any(|p| p.id == me2));
+    assert_eq!(
+        net.nodes[0].store.member_cut(&dir2),
+        0,
+        "node 1 still knows it"
+    );
+    let s1 = net.nodes[1].store.clone();
+    net.nodes[1].engine.forget(&s1, &dir2, &mut ev).unwrap();
+    for _ in 0..4 {
+        net.settle();
+    }
+    assert_eq!(net.nodes[0].store.member_cut(&dir2), u64::MAX);
+    assert_eq!(net.nodes[1].store.member_cut(&dir2), u64::MAX);
+}
+
+/// A record the forgotten replica created and shipped to a live member,
+/// but not yet to the forgetting node, is a live record: forgetting must
+/// not delete it (the forgetting node must not treat it as a late copy
+/// while a member may still hold it).
+#[test]
+fn forgetting_keeps_a_record_a_live_member_holds() {
+    let mut net = Net::new(3, 0, 2201);
+    net.step(true);
+    net.settle();
+    let me2 = net.nodes[2].engine.me().clone();
+    let dir2 = vsmcp_crdt_core::sync::engine::directory_of(&me2).to_vec();
+    // Node 0 is cut off for a moment while node 2 writes x (node 1 gets it).
+    let iso0 = |f: usize, t: usize, _tag: u8| f != 0 && t != 0;
+    let s2 = net.nodes[2].store.clone();
+    s2.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s2, b"x", Mutation::Increment(5));
+    for i in 0..20 {
+        step_kept(&mut net, i % 2 == 0, &iso0);
+    }
+    let five = Some(format!("{:?}", Value::Counter(5)));
+    assert_eq!(net.value(1, b"x"), five, "node 1 holds x");
+    assert_eq!(net.value(0, b"x"), None, "node 0 lacks x");
+    // Node 2 is lost for good; the survivors forget it.
+    net.cut[2] = true;
+    for i in 0..2 {
+        let s = net.nodes[i].store.clone();
+        net.nodes[i]
+            .engine
+            .forget(&s, &dir2, &mut Vec::new())
+            .unwrap();
+    }
+    for _ in 0..4 {
+        net.settle();
+    }
+    assert_eq!(net.value(1, b"x"), five, "node 1 lost x");
+    assert_eq!(net.value(0, b"x"), five, "node 0 lacks x");
+    assert_eq!(net.nodes[0].store.member_cut(&dir2), u64::MAX);
+}
+
+/// Forgetting is rolled out node by node: a write the forgotten replica
+/// makes after node 0 forgot it, while node 1 has not yet, reaches node 0
+/// through node 1 and is kept everywhere.
+#[test]
+fn forgetting_keeps_a_write_relayed_while_it_is_rolled_out() {
+    let mut net = Net::new(3, 0, 2202);
+    net.step(true);
+    net.settle();
+    let me2 = net.nodes[2].engine.me().clone();
+    let dir2 = vsmcp_crdt_core::sync::engine::directory_of(&me2).to_vec();
+    let s0 = net.nodes[0].store.clone();
+    net.nodes[0]
+        .engine
+        .forget(&s0, &dir2, &mut Vec::new())
+        .unwrap();
+    pause_ms(5);
+    let s2 = net.nodes[2].store.clone();
+    s2.create(b"y", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s2, b"y", Mutation::Increment(7));
+    for _ in 0..3 {
+        net.settle();
+    }
+    // Node 2 goes; node 1 forgets it too.
+    net.cut[2] = true;
+    let s1 = net.nodes[1].store.clone();
+    net.nodes[1]
+        .engine
+        .forget(&s1, &dir2, &mut Vec::new())
+        .unwrap();
+    for _ in 0..4 {
+        net.settle();
+    }
+    let seven = Some(format!("{:?}", Value::Counter(7)));
+    assert_eq!(net.value(1, b"y"), seven, "node 1 lost y");
+    assert_eq!(net.value(0, b"y"), seven, "node 0 lacks y");
+}
+
+/// `forget` refuses what names no peer directory (a member's directory
+/// passed through `directory_of`, which leaves nothing) and our own
+/// directory: nothing is forgotten, and the error says so.
+#[test]
+fn forget_refuses_what_is_not_a_peer_directory() {
+    let mut net = Net::new(2, 0, 2203);
+    net.step(true);
+    net.settle();
+    let dir_of = |n: &Node| vsmcp_crdt_core::sync::engine::directory_of(n.engine.me()).to_vec();
+    let (dir0, dir1) = (dir_of(&net.nodes[0]), dir_of(&net.nodes[1]));
+    let stripped =
+        vsmcp_crdt_core::sync::engine::directory_of(&vsmcp_crdt_core::ReplicaId::new(&dir1))
+            .to_vec();
+    let s0 = net.nodes[0].store.clone();
+    for d in [stripped, dir0.clone()] {
+        let r = net.nodes[0].engine.forget(&s0, &d, &mut Vec::new());
+        assert!(
+            matches!(r, Err(vsmcp_crdt_core::Error::InvalidArgument(_))),
+            "{r:?}"
+        );
+    }
+    assert!(s0.is_member(&dir1));
+    assert_eq!(s0.member_cut(&dir0), 0);
+    assert!(s0.forgotten().unwrap().is_empty());
+    // A member's directory itself is accepted.
+    net.nodes[0]
+        .engine
+        .forget(&s0, &dir1, &mut Vec::new())
+        .unwrap();
+    assert!(!s0.is_member(&dir1));
 }
 
 /// A digest request costs at most one transfer per peer: while our states

@@ -258,7 +258,9 @@ fn sync_round<'a>(env: Env<'a>, s: Sync, now_ms: u64, want_changes: bool) -> Ter
     })
 }
 
-/// Forget the replica named by `k` (any incarnation of its directory).
+/// Forget the replica named by `k` (any incarnation of its directory): a
+/// peer's key, or a member's (its directory alone, for a member whose
+/// session is gone).
 #[rustler::nif(schedule = "DirtyIo")]
 fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Term<'a> {
     let Some(r) = unkey(k.as_slice()) else {
@@ -266,8 +268,17 @@ fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Term<'a> {
     };
     with_engine(env, &s, |e| {
         let mut events = Vec::new();
-        match e.forget(&s.store, directory_of(&r), &mut events) {
+        let dir = if r.as_bytes().len() == vsmcp_crdt_core::store::record::DIRECTORY_BYTES {
+            r.as_bytes()
+        } else {
+            directory_of(&r)
+        };
+        match e.forget(&s.store, dir, &mut events) {
             Ok(()) => (ok(), events_term(env, &events, false)).encode(env),
+            // Not a peer directory (a key of the wrong shape, our own).
+            Err(vsmcp_crdt_core::Error::InvalidArgument(_)) => {
+                (crate::errors::error(), invalid_replica()).encode(env)
+            }
             Err(err) => crate::errors::error_term(env, &err),
         }
     })
@@ -351,6 +362,7 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
             let mut m = map_new(env);
             for (k, v) in [
                 ("directory", bin(env, &mi.directory)),
+                ("key", key(&ReplicaId::new(&mi.directory)).encode(env)),
                 ("up", mi.up.encode(env)),
                 ("frontier", mi.frontier.encode(env)),
                 ("stable", mi.stable.encode(env)),

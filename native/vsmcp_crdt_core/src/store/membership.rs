@@ -43,7 +43,7 @@ impl Store {
 
     /// Make `dir` a member (persisted before it counts); `Ok(false)` if it
     /// was one already. `Error::InvalidArgument` for a directory id of the
-    /// wrong length, our own, or beyond [`MAX_MEMBERS`]. A write, so a
+    /// wrong length, our own, a forgotten one, or beyond [`MAX_MEMBERS`]. A write, so a
     /// caller on a BEAM scheduler must be on a dirty one.
     pub fn add_member(&self, dir: &[u8], joined_ms: u64) -> Result<bool> {
         let inner = &self.0;
@@ -53,6 +53,15 @@ impl Store {
         let mut members = inner.members.lock();
         if members.contains_key(dir) {
             return Ok(false);
+        }
+        // Checked on disk, not only by the engine: a forgotten directory
+        // must never be a member again (its cut may be the end of time).
+        if inner
+            .cold
+            .get_meta(&[FORGOTTEN_PREFIX, dir].concat())?
+            .is_some()
+        {
+            return Err(Error::InvalidArgument("forgotten replica"));
         }
         if members.len() >= MAX_MEMBERS {
             return Err(Error::InvalidArgument("too many members"));

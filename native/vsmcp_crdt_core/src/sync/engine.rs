@@ -444,6 +444,9 @@ struct Member {
     /// The caller's clock when a hello of it was last accepted (the
     /// engine's start for a member not heard since).
     last_seen_ms: u64,
+    /// Per directory we are forgetting (see [`Engine::forget`]): the clock
+    /// of its first report that no longer lists it (it forgot it too).
+    cleared: HashMap<Box<[u8]>, u64>,
 }
 
 impl Member {
@@ -525,6 +528,9 @@ pub struct Engine {
     members: std::collections::BTreeMap<Box<[u8]>, Member>,
     /// Directory ids of forgotten replicas.
     forgotten: HashSet<Vec<u8>>,
+    /// Those of `forgotten` whose cut is not raised yet (see
+    /// [`Engine::forget`]).
+    forgetting: HashSet<Vec<u8>>,
     digest: Digest,
     /// Item hashes, by digest bucket.
     hashes: Vec<HashMap<Box<[u8]>, u64>>,
@@ -616,11 +622,19 @@ impl Engine {
             .into_iter()
             .map(|(dir, _)| {
                 let m = Member {
-                    frontier: store.member_cut(&dir),
+                    frontier: store.member_cut(&dir).min(wall_stamp(store)),
                     ..Member::default()
                 };
                 (dir, m)
             })
+            .collect();
+        // A read error here would let a forgotten replica back in: the
+        // store refuses its membership too (`Store::add_member`).
+        let forgotten: Vec<Vec<u8>> = store
+            .forgotten()
+            .unwrap_or_default()
+            .into_iter()
+            .map(Vec::from)
             .collect();
         Engine {
             me: ReplicaId::new(&me),
@@ -628,11 +642,10 @@ impl Engine {
             cfg,
             peers: Default::default(),
             members,
-            forgotten: store
-                .forgotten()
-                .unwrap_or_default()
+            forgotten: forgotten.iter().cloned().collect(),
+            forgetting: forgotten
                 .into_iter()
-                .map(Vec::from)
+                .filter(|d| store.member_cut(d) != u64::MAX)
                 .collect(),
             digest: Digest::new(),
             hashes: (0..BUCKETS).map(|_| HashMap::default()).collect(),
@@ -1014,34 +1027,92 @@ impl Engine {
     }
 
     /// Stop tracking replicas of `directory` (an id from [`directory_of`])
-    /// and refuse them from now on. The directory leaves the membership
-    /// with the end of time as its cut: the operator says it is gone for
-    /// good, so it writes nothing more, and a record it created that is not
-    /// here is treated as deleted if it ever arrives (from another
-    /// replica's copy or a restored backup), whatever its stamp. Our clock
-    /// would not do: a replica whose clock ran ahead stamps its creates
-    /// past it, and their tombstones could then never be collected (no
-    /// cut would ever cover them).
+    /// and refuse them from now on: the operator says it is gone for good.
+    /// It leaves the membership at once (collection no longer waits for
+    /// it), and its cut is raised to the end of time once every member has
+    /// forgotten it too and then proved its state to us
+    /// ([`Engine::settle_forgetting`]): from then on a record it created
+    /// that is not here can only be a late copy (a restored backup, a
+    /// replica that missed a delete) and is deleted again, whatever its
+    /// stamp, so every tombstone of its records can be collected. Until
+    /// then its records still merge as usual: a member may hold some we
+    /// lack, and they must not be deleted.
     ///
-    /// The removal, the cut and the forgetting are persisted before
-    /// anything changes here: on a storage error nothing is forgotten and
-    /// the error is returned, so that the caller can retry (a forgetting
-    /// held only in memory would end at the next restart, and the cut it
-    /// skipped would keep that replica's tombstones for ever).
+    /// The forgetting is persisted before anything changes here: on a
+    /// storage error nothing is forgotten and the error is returned, so
+    /// that the caller can retry. `Error::InvalidArgument` for a directory
+    /// id of the wrong length or our own.
     pub fn forget(
         &mut self,
         store: &Store,
         directory: &[u8],
         events: &mut Vec<Event>,
     ) -> crate::Result<()> {
+        if directory.len() != crate::store::record::DIRECTORY_BYTES
+            || directory == directory_of(&self.me)
+        {
+            return Err(Error::InvalidArgument("not a peer directory id"));
+        }
         store.flush()?;
-        store.forget_member(directory, u64::MAX)?;
+        store.forget_member(directory, 0)?;
         self.forgotten.insert(directory.to_vec());
+        if store.member_cut(directory) != u64::MAX {
+            self.forgetting.insert(directory.to_vec());
+        }
         if self.members.remove(directory).is_some() {
             self.counters.members_removed += 1;
         }
         self.drop_sessions_of(directory, events);
+        self.settle_forgetting(store);
         Ok(())
+    }
+
+    /// Raise the cut of each directory being forgotten to the end of time
+    /// once it is safe: every member's report no longer lists it (it
+    /// forgot it, so nothing new of it reaches that member), and that
+    /// member answered our digest completely with a state taken after
+    /// that report, so every record of it the member holds is here. A
+    /// member that has not done both (down, not heard since a restart)
+    /// keeps the cut where it is, and the tombstones of the forgotten
+    /// replica's records with it.
+    fn settle_forgetting(&mut self, store: &Store) {
+        if self.forgetting.is_empty() {
+            return;
+        }
+        let proved = |dir: &[u8]| {
+            self.peers
+                .iter()
+                .filter(|(r, _)| directory_of(r) == dir)
+                .filter_map(|(_, p)| p.anchor)
+                .max()
+                .unwrap_or(0)
+        };
+        let settled: Vec<Vec<u8>> = self
+            .forgetting
+            .iter()
+            .filter(|f| {
+                self.members
+                    .iter()
+                    .all(|(d, m)| m.cleared.get(&f[..]).is_some_and(|at| proved(d) >= *at))
+            })
+            .cloned()
+            .collect();
+        for f in settled {
+            if store.flush().is_ok() && store.forget_member(&f, u64::MAX).is_ok() {
+                self.forgetting.remove(&f);
+                for m in self.members.values_mut() {
+                    m.cleared.remove(&f[..]);
+                }
+            }
+        }
+    }
+
+    /// A member `dir` whose reports show it forgot a directory we are
+    /// forgetting, and that has not proved a state taken since: ask it.
+    fn wants_forget_proof(&self, dir: &[u8], anchor: Option<u64>) -> bool {
+        self.members
+            .get(dir)
+            .is_some_and(|m| m.cleared.values().any(|at| anchor.is_none_or(|a| a < *at)))
     }
 
     /// Something `from` sent failed to merge or was dropped: its answer to
@@ -1342,6 +1413,18 @@ impl Engine {
             }
             Message::Frontier { at, frontiers, .. } => {
                 if let Some(m) = self.members.get_mut(directory_of(&from)) {
+                    for f in &self.forgetting {
+                        let lists = frontiers.iter().any(|(d, _)| d == f);
+                        match m.cleared.get(&f[..]).copied() {
+                            None if !lists => {
+                                m.cleared.insert(f[..].into(), at);
+                            }
+                            Some(c) if lists && at > c => {
+                                m.cleared.remove(&f[..]);
+                            }
+                            _ => {}
+                        }
+                    }
                     m.report(at, frontiers);
                 }
             }
@@ -1402,13 +1485,18 @@ impl Engine {
             match store.add_member(&dir, store.now_ms()) {
                 Ok(_) => {
                     let m = Member {
-                        frontier: store.member_cut(&dir),
+                        frontier: store.member_cut(&dir).min(wall_stamp(store)),
                         ..Member::default()
                     };
                     self.members.insert(dir.clone(), m);
                 }
                 Err(Error::InvalidArgument("too many members")) => {
                     self.reject(events, Some(&from), Reject::TooManyPeers, "membership full");
+                    return Vec::new();
+                }
+                Err(Error::InvalidArgument("forgotten replica")) => {
+                    self.forgotten.insert(dir.to_vec());
+                    self.reject(events, Some(&from), Reject::Forgotten, "forgotten replica");
                     return Vec::new();
                 }
                 // A directory id that is not one (an old build's, a
@@ -1502,6 +1590,10 @@ impl Engine {
         }
         self.refresh_digest(store);
         let root = self.digest.root();
+        let forget_proof = self.wants_forget_proof(
+            directory_of(&from),
+            self.peers.get(&from).and_then(|p| p.anchor),
+        );
         let acked = self.log.peer(&from).map_or(0, |a| a.acked);
         let settled = acked + 1 >= self.log.next_seq();
         let retry_after = self.cfg.retransmit_ms.saturating_mul(10);
@@ -1523,7 +1615,9 @@ impl Engine {
             p.stalled_hellos = 0;
         }
         let stalled = p.stalled_hellos >= STALLED_HELLOS;
-        let want_proof = (!p.anchored() || stalled) && !awaiting && p.version >= STABILITY_VERSION;
+        let want_proof = (!p.anchored() || stalled || forget_proof)
+            && !awaiting
+            && p.version >= STABILITY_VERSION;
         if want_proof {
             p.stalled_hellos = 0;
         }
@@ -1798,6 +1892,7 @@ impl Engine {
             return;
         }
         self.collected_ms = Some(now_ms);
+        self.settle_forgetting(store);
         self.refresh_digest(store);
         // Tokens: stable below the least usable report (no member: nothing
         // else can hold a concurrent add).
