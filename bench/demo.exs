@@ -156,7 +156,7 @@ IO.puts(
 
 for n <- nodes do
   IO.puts(
-    "  #{node}: visits #{inspect(on.(n, :get, [:visits]))}, online #{inspect(on.(n, :get, [:online]))}"
+    "  #{n.node}: visits #{inspect(on.(n, :get, [:visits]))}, online #{inspect(on.(n, :get, [:online]))}"
   )
 end
 
