@@ -12,6 +12,11 @@ alias Vsmcp.CRDT.ContextStore
 alias Vsmcp.CRDT.Types.{GCounter, ORSet, LWWRegister}
 alias Vsmcp.CRDT.HLC
 
+# The tests' :peer cluster helper; test/support is compiled in MIX_ENV=test
+# only, so this script compiles it (see "From a script" there).
+cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
+alias Vsmcp.Test.Cluster
+
 dir = Path.join(System.tmp_dir!(), "vsmcp_crdt_demo_#{System.unique_integer([:positive])}")
 opts = [node_id: :demo_node, storage_opts: [data_dir: dir]]
 
@@ -94,57 +99,33 @@ IO.puts("HLC string round trip: #{parsed == later}")
 
 IO.puts("\n== three nodes sync one store (:peer nodes on 127.0.0.1, :pg transport)")
 System.cmd("epmd", ["-daemon"])
-cookie = ~c"vsmcp_demo_#{System.unique_integer([:positive])}"
-paths = :code.get_path()
 root = Path.join(System.tmp_dir!(), "vsmcp_crdt_demo_nodes_#{System.unique_integer([:positive])}")
 
+# Connected pairwise, and only through explicit connects (so that the
+# partitions below stay partitions); see Vsmcp.Test.Cluster.
 nodes =
-  for i <- 1..3 do
-    {:ok, pid, node} =
-      :peer.start_link(%{
-        name: :"vsmcp_demo#{i}_#{System.unique_integer([:positive])}",
-        host: ~c"127.0.0.1",
-        longnames: true,
-        connection: :standard_io,
-        args: [
-          ~c"-setcookie",
-          cookie,
-          ~c"-kernel",
-          ~c"dist_auto_connect",
-          ~c"never",
-          # With the OTP 25 default (true), `global` disconnects every node
-          # when the demo partitions one.
-          ~c"-kernel",
-          ~c"prevent_overlapping_partitions",
-          ~c"false",
-          ~c"-kernel",
-          ~c"inet_dist_use_interface",
-          ~c"{127,0,0,1}"
-        ]
-      })
-
-    :ok = :peer.call(pid, :code, :add_paths, [paths])
-    {:ok, _} = :peer.call(pid, Application, :ensure_all_started, [:vsmcp_crdt])
-    :peer.call(pid, Logger, :configure, [[level: :warning]])
-    {pid, node}
-  end
-
-for {a, _} <- nodes, {_, b} <- nodes, do: :peer.call(a, :net_kernel, :connect_node, [b])
+  Cluster.start(3,
+    tmp_dir: root,
+    cleanup: :manual,
+    load: cluster_modules,
+    prefix: "vsmcp_demo",
+    app_env: [{:logger, :level, :warning}]
+  )
 
 # Every node runs a store named :shared on topic "demo"; node_id is the same
 # label everywhere on purpose: replica identity comes from the data directory.
-for {pid, node} <- nodes do
-  opts = [
+store_opts = fn n ->
+  [
     name: :shared,
     node_id: :same_label,
-    storage_opts: [data_dir: Path.join(root, to_string(node))],
+    storage_opts: [data_dir: Path.join(n.dir, "shared")],
     sync_opts: [topic: "demo"]
   ]
-
-  {:ok, _} = :peer.call(pid, ContextStore, :start, [opts])
 end
 
-on = fn {pid, _}, f, args -> :peer.call(pid, ContextStore, f, [:shared | args], 30_000) end
+for n <- nodes, do: {:ok, _} = Cluster.call(n, ContextStore, :start, [store_opts.(n)])
+
+on = fn n, f, args -> Cluster.call(n, ContextStore, f, [:shared | args], 30_000) end
 
 wait = fn check ->
   Enum.reduce_while(1..500, nil, fn _, _ ->
@@ -173,20 +154,14 @@ IO.puts(
     "#{System.monotonic_time(:millisecond) - t0} ms (including the writes):"
 )
 
-for {_, node} = n <- nodes do
+for n <- nodes do
   IO.puts(
-    "  #{node}: visits #{inspect(on.(n, :get, [:visits]))}, online #{inspect(on.(n, :get, [:online]))}"
+    "  #{n.node}: visits #{inspect(on.(n, :get, [:visits]))}, online #{inspect(on.(n, :get, [:online]))}"
   )
 end
 
 # A partition: node 3 is cut off, both sides keep writing, then it heals.
-{p3, node3} = n3
-
-for {p, node} <- [n1, n2],
-    do:
-      :peer.call(p, :erlang, :disconnect_node, [node3]) &&
-        :peer.call(p3, :erlang, :disconnect_node, [node])
-
+Cluster.partition([n1, n2], [n3])
 {:ok, _} = on.(n1, :increment, [:visits, 10])
 {:ok, _} = on.(n3, :increment, [:visits, 5])
 
@@ -194,7 +169,7 @@ IO.puts(
   "partitioned: node1 sees #{inspect(on.(n1, :get, [:visits]))}, node3 sees #{inspect(on.(n3, :get, [:visits]))}"
 )
 
-for {_, node} <- [n1, n2], do: :peer.call(p3, :net_kernel, :connect_node, [node])
+Cluster.heal([n3], [n1, n2])
 :ok = wait.(fn -> Enum.all?(nodes, &(on.(&1, :get, [:visits]) == {:ok, 3_015})) end)
 IO.puts("healed: every node sees #{inspect(on.(n2, :get, [:visits]))}")
 IO.puts("sync round from node1: #{inspect(on.(n1, :sync, []))}")
@@ -244,7 +219,7 @@ report = [{"6 ids created on three nodes, present everywhere", "#{ms.(t0)} ms"} 
 t0 = System.monotonic_time(:millisecond)
 
 tasks =
-  for {{_, node} = n, i} <- Enum.with_index(nodes, 1) do
+  for {n, i} <- Enum.with_index(nodes, 1) do
     Task.async(fn ->
       for k <- 1..500 do
         {:ok, _} = on.(n, :increment, [{:s1, :operations}, 1])
@@ -253,7 +228,7 @@ tasks =
       end
 
       {:ok, _} = on.(n, :add, [{:s2, :active_units}, "unit-#{i}"])
-      {:ok, _} = on.(n, :set, [{:s3, :policy}, %{set_by: node, max_load: 10 * i}])
+      {:ok, _} = on.(n, :set, [{:s3, :policy}, %{set_by: n.node, max_load: 10 * i}])
       {:ok, _} = on.(n, :add, [{:s4, :opportunities}, "market-#{i}"])
       if i == 1, do: {:ok, _} = on.(n, :add, [{:s4, :opportunities}, "shared"])
       :ok
@@ -292,8 +267,7 @@ for {label, id} <- [
 end
 
 # A partition while all three systems keep working, then healing.
-for {p, _} <- [n1, n2], do: :peer.call(p, :erlang, :disconnect_node, [node3])
-for {_, node} <- [n1, n2], do: :peer.call(p3, :erlang, :disconnect_node, [node])
+Cluster.partition([n1, n2], [n3])
 {:ok, _} = on.(n1, :increment, [{:s1, :operations}, 100])
 {:ok, _} = on.(n3, :increment, [{:s1, :operations}, 50])
 {:ok, _} = on.(n3, :remove, [{:s2, :active_units}, "unit-3"])
@@ -302,7 +276,7 @@ for {_, node} <- [n1, n2], do: :peer.call(p3, :erlang, :disconnect_node, [node])
 {:ok, _} = on.(n1, :remove, [{:s4, :opportunities}, "shared"])
 {:ok, _} = on.(n3, :add, [{:s4, :opportunities}, "shared"])
 t0 = System.monotonic_time(:millisecond)
-for {_, node} <- [n1, n2], do: :peer.call(p3, :net_kernel, :connect_node, [node])
+Cluster.heal([n3], [n1, n2])
 
 :ok =
   wait.(fn ->
@@ -329,9 +303,9 @@ IO.puts("  (S4 is add-wins: \"shared\", removed on node1 while node3 re-added it
 :ok = on.(n2, :create, [{:s1, :cold_probe}, :g_counter])
 {:ok, _} = on.(n2, :increment, [{:s1, :cold_probe}, 7])
 {:ok, %{tier: tier_before}} = on.(n2, :get_metadata, [{:s1, :cold_probe}])
-:ok = :peer.call(elem(n2, 0), ContextStore, :decay_now, [:shared])
-:ok = :peer.call(elem(n2, 0), ContextStore, :decay_now, [:shared])
-:ok = :peer.call(elem(n2, 0), ContextStore, :decay_now, [:shared])
+:ok = on.(n2, :decay_now, [])
+:ok = on.(n2, :decay_now, [])
+:ok = on.(n2, :decay_now, [])
 {:ok, %{tier: tier_after}} = on.(n2, :get_metadata, [{:s1, :cold_probe}])
 {:ok, 7} = on.(n2, :get, [{:s1, :cold_probe}])
 
@@ -340,18 +314,9 @@ report = [
 ]
 
 # A restart of node3's store recovers from disk, then catches up.
-:ok = :peer.call(p3, ContextStore, :stop, [:shared])
+:ok = on.(n3, :stop, [])
 {:ok, _} = on.(n1, :increment, [{:s1, :operations}, 10])
-
-{:ok, _} =
-  :peer.call(p3, ContextStore, :start, [
-    [
-      name: :shared,
-      node_id: :same_label,
-      storage_opts: [data_dir: Path.join(root, to_string(node3))],
-      sync_opts: [topic: "demo"]
-    ]
-  ])
+{:ok, _} = Cluster.call(n3, ContextStore, :start, [store_opts.(n3)])
 
 {:ok, after_restart} = on.(n3, :get, [{:s5, :identity}])
 t0 = System.monotonic_time(:millisecond)
@@ -371,5 +336,5 @@ IO.puts("\n== report")
 for {what, figure} <- Enum.reverse(report),
     do: IO.puts("  #{String.pad_trailing(what, 62)} #{figure}")
 
-for {pid, _} <- nodes, do: :peer.stop(pid)
+Cluster.stop(nodes)
 File.rm_rf(root)

@@ -45,16 +45,19 @@
 # node), --removes R (200/s per node), --no-steady-info.
 #
 # The runner is not part of the cluster: it drives each node over the
-# :peer control channel (`connection: :standard_io`), like
-# test/support/cluster.ex. Everything timed runs on the nodes themselves,
+# :peer control channel (`connection: :standard_io`), with the tests'
+# cluster helper (test/support/cluster.ex, compiled here: MIX_ENV=prod does
+# not compile test/support). Everything timed runs on the nodes themselves,
 # timestamped with :os.system_time(:microsecond): one machine, one clock.
 # Results with machine and command are kept in bench/RESULTS-sync.md.
 # From a checkout, build the NIF locally rather than download it:
 # VSMCP_CRDT_BUILD=1 (see lib/vsmcp/crdt/native.ex).
 
+cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
+
 # --- code run on the nodes ----------------------------------------------------
-# Compiled here and loaded into each node with :code.load_binary/3 (modules
-# of a script exist only in the VM that ran it).
+# Compiled here and loaded into each node (`:load` of Vsmcp.Test.Cluster.start/2:
+# modules of a script exist only in the VM that ran it).
 {:module, node_mod, node_bin, _} =
   defmodule SyncBench.Node do
     @moduledoc false
@@ -63,14 +66,6 @@
     @store :sync_bench_store
 
     def now, do: :os.system_time(:microsecond)
-
-    def start_pubsub(name) do
-      {:ok, _} = Application.ensure_all_started(:phoenix_pubsub)
-      {:ok, sup} = Supervisor.start_link([{Phoenix.PubSub, name: name}], strategy: :one_for_one)
-      # Unlinked: outlives the short-lived process :peer runs each call in.
-      Process.unlink(sup)
-      :ok
-    end
 
     def start_store(opts) do
       Logger.configure(level: :warning)
@@ -642,10 +637,12 @@
   end
 
 # --- runner -------------------------------------------------------------------
-:persistent_term.put(:sync_bench_node, {node_mod, node_bin})
+:persistent_term.put(:sync_bench_load, [{node_mod, node_bin} | cluster_modules])
 
 defmodule SyncBench do
   @moduledoc false
+
+  alias Vsmcp.Test.Cluster
 
   @node_mod SyncBench.Node
 
@@ -695,84 +692,22 @@ defmodule SyncBench do
 
   # --- nodes ----------------------------------------------------------------
 
+  # `n` connected nodes under `tmp` (see Vsmcp.Test.Cluster), with the
+  # node code of this script and, for the pubsub transport, Vsmcp.PubSub.
   def start_nodes(n, tmp, transport) do
-    cookie = "sync_bench_" <> Base.url_encode64(:crypto.strong_rand_bytes(9), padding: false)
-    unique = "#{System.unique_integer([:positive])}_#{System.pid()}"
-
-    nodes =
-      for i <- 1..n do
-        name = :"sync_bench#{i}_#{unique}"
-
-        {:ok, pid, node} =
-          :peer.start_link(%{
-            name: name,
-            host: ~c"127.0.0.1",
-            longnames: true,
-            connection: :standard_io,
-            wait_boot: 30_000,
-            args: [
-              ~c"-setcookie",
-              String.to_charlist(cookie),
-              ~c"-kernel",
-              ~c"dist_auto_connect",
-              ~c"never",
-              ~c"-kernel",
-              ~c"prevent_overlapping_partitions",
-              ~c"false",
-              ~c"-kernel",
-              ~c"inet_dist_use_interface",
-              ~c"{127,0,0,1}"
-            ]
-          })
-
-        dir = Path.join(tmp, "n#{i}")
-        File.mkdir_p!(dir)
-        :ok = :peer.call(pid, :code, :add_pathsz, [:code.get_path()])
-        {mod, bin} = :persistent_term.get(:sync_bench_node)
-        {:module, _} = :peer.call(pid, :code, :load_binary, [mod, ~c"sync.exs", bin])
-        :ok = :peer.call(pid, :file, :set_cwd, [String.to_charlist(dir)])
-        :ok = :peer.call(pid, :application, :set_env, [:logger, :level, :warning])
-        {:ok, _} = :peer.call(pid, Application, :ensure_all_started, [:vsmcp_crdt])
-        :ok = :peer.call(pid, Logger, :configure, [[level: :warning]])
-
-        if transport == :pubsub do
-          :ok = :peer.call(pid, @node_mod, :start_pubsub, [Vsmcp.PubSub])
-        end
-
-        os_pid = :peer.call(pid, :os, :getpid, []) |> List.to_string()
-        %{i: i - 1, pid: pid, node: node, dir: dir, os_pid: os_pid}
-      end
-
-    # Explicit pairwise connections (dist_auto_connect is off).
-    for {a, k} <- Enum.with_index(nodes), b <- Enum.drop(nodes, k + 1) do
-      true = :peer.call(a.pid, :net_kernel, :connect_node, [b.node])
-
-      {:ok, _, _} =
-        eventually(
-          fn ->
-            b.node in :peer.call(a.pid, :erlang, :nodes, []) and
-              a.node in :peer.call(b.pid, :erlang, :nodes, [])
-          end,
-          10_000
-        )
-    end
-
-    nodes
+    Cluster.start(n,
+      tmp_dir: tmp,
+      cleanup: :manual,
+      load: :persistent_term.get(:sync_bench_load),
+      prefix: "sync_bench",
+      app_env: [{:logger, :level, :warning}],
+      pubsub: if(transport == :pubsub, do: Vsmcp.PubSub)
+    )
   end
 
-  def stop_nodes(nodes) do
-    for n <- nodes do
-      try do
-        :peer.stop(n.pid)
-      catch
-        :exit, _ -> :ok
-      end
-    end
+  def stop_nodes(nodes), do: Cluster.stop(nodes)
 
-    :ok
-  end
-
-  def call(n, fun, args, timeout \\ 60_000), do: :peer.call(n.pid, @node_mod, fun, args, timeout)
+  def call(n, fun, args, timeout \\ 60_000), do: Cluster.call(n, @node_mod, fun, args, timeout)
   def store(n, fun, args), do: call(n, :store, [fun, args])
 
   # Run `fun.(node)` on all nodes at once; results in node order.
@@ -791,7 +726,7 @@ defmodule SyncBench do
       :ok =
         call(n, :start_store, [
           [
-            node_id: :"bench_n#{n.i + 1}",
+            node_id: :"bench_n#{n.index + 1}",
             storage_opts: [data_dir: Path.join([n.dir, phase])],
             sync_opts: sync_opts
           ]
@@ -970,13 +905,13 @@ try do
     B.start_stores(nodes, "latency", cfg)
     B.create_everywhere(nodes, :load, :g_counter, 0)
     B.create_everywhere(nodes, :probe, :lww_register, nil)
-    for n <- nodes, do: :ok = B.call(n, :start_watch, [n.i])
+    for n <- nodes, do: :ok = B.call(n, :start_watch, [n.index])
     for n <- nodes, do: :ok = B.call(n, :start_load, [:load, cfg.rate])
     # Warm-up under load.
     Process.sleep(1_000)
     interval = cfg.probe_ms * 1000
     t0 = B.now() + 200_000
-    for n <- nodes, do: :ok = B.call(n, :start_probes, [n.i, 3, cfg.probes, interval, t0])
+    for n <- nodes, do: :ok = B.call(n, :start_probes, [n.index, 3, cfg.probes, interval, t0])
     Process.sleep(div(cfg.probes * interval, 1000) + 200 + 500)
     watched = for n <- nodes, do: B.call(n, :collect_watch, [])
     writes = Enum.flat_map(nodes, &B.call(&1, :collect_probes, []))
@@ -1006,11 +941,11 @@ try do
 
     all =
       for {n, w} <- Enum.zip(nodes, watched) do
-        {s, superseded, never} = B.probe_latencies(writes, w, n.i)
+        {s, superseded, never} = B.probe_latencies(writes, w, n.index)
         notes = elem(w, 1)
 
         B.row([
-          "n#{n.i + 1}",
+          "n#{n.index + 1}",
           length(s),
           B.ms(B.percentile(s, 0.5)),
           B.ms(B.percentile(s, 0.9)),
@@ -1050,7 +985,7 @@ try do
 
     res =
       B.on_all(nodes, fn n ->
-        B.call(n, :orset_run, [n.i, 3, cfg.set_n, t0, deadline], 120_000)
+        B.call(n, :orset_run, [n.index, 3, cfg.set_n, t0, deadline], 120_000)
       end)
 
     last = res |> Enum.map(& &1.t_last) |> Enum.max()
@@ -1060,7 +995,7 @@ try do
 
     for {n, r} <- Enum.zip(nodes, res) do
       done = if is_integer(r.t_done), do: B.ms(r.t_done - last), else: inspect(r.t_done)
-      B.row(["n#{n.i + 1}", B.ms(r.t_last - r.t_first), done, r.size_checks])
+      B.row(["n#{n.index + 1}", B.ms(r.t_last - r.t_first), done, r.size_checks])
     end
 
     if Enum.all?(res, &is_integer(&1.t_done)) do
@@ -1186,7 +1121,7 @@ try do
 
     for {n, {a, b}} <- Enum.zip(nodes, Enum.zip(after_, before)) do
       B.row([
-        "n#{n.i + 1}",
+        "n#{n.index + 1}",
         Float.round((a.bytes_sent - b.bytes_sent) / s, 1),
         Float.round((a.msgs_sent - b.msgs_sent) / s, 2),
         Float.round((a.bytes_received - b.bytes_received) / s, 1),
@@ -1221,12 +1156,12 @@ try do
       :ok =
         B.call(n, :start_store, [
           [
-            node_id: :"bench_n#{n.i + 1}",
+            node_id: :"bench_n#{n.index + 1}",
             storage_opts: [data_dir: Path.join(n.dir, "lossy")],
             sync_opts: [
               topic: topic,
               transport: Vsmcp.CRDT.Sync.Transport.Faulty,
-              transport_opts: [inner: inner, drop: cfg.drop, seed: cfg.seed + n.i]
+              transport_opts: [inner: inner, drop: cfg.drop, seed: cfg.seed + n.index]
             ]
           ]
         ])
@@ -1245,7 +1180,7 @@ try do
       )
 
     # --ops in total: the remainder of the division by 3 goes to the first nodes.
-    per_node = fn n -> div(cfg.ops, 3) + if(n.i < rem(cfg.ops, 3), do: 1, else: 0) end
+    per_node = fn n -> div(cfg.ops, 3) + if(n.index < rem(cfg.ops, 3), do: 1, else: 0) end
     expected = cfg.ops
     before = B.counters(nodes)
     t0 = B.now() + 200_000
@@ -1297,7 +1232,7 @@ try do
       ts = info.transport_stats || %{}
 
       B.row([
-        "n#{n.i + 1}",
+        "n#{n.index + 1}",
         sum,
         expected - sum,
         a.msgs_sent - b.msgs_sent,
@@ -1316,7 +1251,7 @@ try do
     )
 
     if lost != 0 do
-      for n <- nodes, do: IO.puts("sync on n#{n.i + 1}: #{inspect(B.store(n, :sync, []))}")
+      for n <- nodes, do: IO.puts("sync on n#{n.index + 1}: #{inspect(B.store(n, :sync, []))}")
       Process.sleep(2_000)
 
       IO.puts(
@@ -1361,7 +1296,7 @@ try do
         for {nd, {r, d}} <- Enum.zip(nodes, Enum.zip(reps, disk)) do
           B.row([
             label,
-            "n#{nd.i + 1}",
+            "n#{nd.index + 1}",
             "#{div(r.rss_kb, 1024)} MiB",
             "#{div(r.beam_kb, 1024)} MiB",
             "#{div(String.to_integer(d), 1024)} MiB",
@@ -1407,7 +1342,7 @@ try do
 
       # Write-to-visible latency of a small register in the same store while
       # the big set is touched (one re-add of an existing element) every 100 ms.
-      for nd <- [nb, nc], do: :ok = B.call(nd, :start_watch, [nd.i])
+      for nd <- [nb, nc], do: :ok = B.call(nd, :start_watch, [nd.index])
       :ok = B.call(na, :start_toucher, [:big, 1, 100])
       n_probe = 100
       t0 = B.now() + 200_000
@@ -1418,7 +1353,9 @@ try do
       {touches, _} = B.call(na, :stop_load, [])
 
       lats =
-        Enum.map(Enum.zip([nb, nc], watched), fn {nd, w} -> B.probe_latencies(writes, w, nd.i) end)
+        Enum.map(Enum.zip([nb, nc], watched), fn {nd, w} ->
+          B.probe_latencies(writes, w, nd.index)
+        end)
 
       lat = lats |> Enum.flat_map(&elem(&1, 0)) |> Enum.sort()
       superseded = lats |> Enum.map(&elem(&1, 1)) |> Enum.sum()
@@ -1450,7 +1387,7 @@ try do
       r2 = report.("after #{n} removes")
 
       for nd <- nodes,
-          do: IO.puts("(sync on n#{nd.i + 1}: #{inspect(B.store(nd, :sync, [30_000]))})")
+          do: IO.puts("(sync on n#{nd.index + 1}: #{inspect(B.store(nd, :sync, [30_000]))})")
 
       r3 = report.("after sync")
 
@@ -1589,8 +1526,12 @@ try do
     shared = for k <- 0..(pool - 1), do: [{{:c, k}, :g_counter}, {{:r, k}, :lww_register}]
     shared = List.flatten(shared) ++ [{:probe, :lww_register}]
     for {id, type} <- shared, do: :ok = B.store(na, :create, [id, type])
-    for n <- nodes, j <- 0..(n_sets - 1), do: :ok = B.store(n, :create, [{:s, n.i, j}, :or_set])
-    set_ids = for n <- nodes, j <- 0..(n_sets - 1), do: {:s, n.i, j}
+
+    for n <- nodes,
+        j <- 0..(n_sets - 1),
+        do: :ok = B.store(n, :create, [{:s, n.index, j}, :or_set])
+
+    set_ids = for n <- nodes, j <- 0..(n_sets - 1), do: {:s, n.index, j}
     ids = Enum.map(shared, &elem(&1, 0)) ++ set_ids
 
     {:ok, _, _} =
@@ -1605,15 +1546,17 @@ try do
         "#{s} s, sampled every #{sample_s} s, warm-up #{warmup_s} s"
     )
 
-    for n <- nodes, do: :ok = B.call(n, :start_watch, [n.i])
+    for n <- nodes, do: :ok = B.call(n, :start_watch, [n.index])
     n_probes = div(s * 1000, cfg.probe_ms)
     interval = cfg.probe_ms * 1000
     t_load = B.now()
 
-    B.on_all(nodes, fn n -> :ok = B.call(n, :start_steady, [n.i, rates, pool, n_sets, lag_ms]) end)
+    B.on_all(nodes, fn n ->
+      :ok = B.call(n, :start_steady, [n.index, rates, pool, n_sets, lag_ms])
+    end)
 
     t_probe = B.now() + 200_000
-    for n <- nodes, do: :ok = B.call(n, :start_probes, [n.i, 3, n_probes, interval, t_probe])
+    for n <- nodes, do: :ok = B.call(n, :start_probes, [n.index, 3, n_probes, interval, t_probe])
 
     cols = fn samples, f -> Enum.map_join(samples, "/", f) end
 
@@ -1749,7 +1692,7 @@ try do
 
       {lats, sup, never} =
         Enum.zip(nodes, watched)
-        |> Enum.map(fn {n, w} -> B.probe_latencies(ws, w, n.i) end)
+        |> Enum.map(fn {n, w} -> B.probe_latencies(ws, w, n.index) end)
         |> Enum.reduce({[], 0, 0}, fn {l, s1, n1}, {la, sa, na} ->
           {[l | la], sa + s1, na + n1}
         end)
@@ -1772,7 +1715,7 @@ try do
     # The tail by window of write time: a steady tail or spikes?
     by_window =
       Enum.zip(nodes, watched)
-      |> Enum.flat_map(fn {n, w} -> elem(B.probe_latency_pairs(writes, w, n.i), 0) end)
+      |> Enum.flat_map(fn {n, w} -> elem(B.probe_latency_pairs(writes, w, n.index), 0) end)
       |> Enum.reject(fn {_tw, l} -> is_nil(l) end)
       |> Enum.group_by(
         fn {tw, _} -> div(max(tw - t_load, 0), sample_s * 1_000_000) end,
@@ -1810,7 +1753,7 @@ try do
         end)
 
       IO.puts(
-        "n#{n.i + 1}: #{total} ops of #{scheduled.(us)} scheduled in #{B.ms(us)} " <>
+        "n#{n.index + 1}: #{total} ops of #{scheduled.(us)} scheduled in #{B.ms(us)} " <>
           "(#{round(total / (us / 1_000_000))}/s over the whole run; #{by_kind}); " <>
           "first failure #{inspect(summary.first_error)}"
       )

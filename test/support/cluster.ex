@@ -1,7 +1,8 @@
 defmodule Vsmcp.Test.Cluster do
   @moduledoc """
-  Real multi-node clusters for tests: `:peer` nodes on loopback, controlled
-  by the test process, with partitions made and healed on demand.
+  Real multi-node clusters: `:peer` nodes on loopback, controlled by the
+  calling process, with partitions made and healed on demand. The one
+  cluster helper of the tests, `bench/sync.exs` and `bench/demo.exs`.
 
       peers = Cluster.start(3, tmp_dir: tmp_dir)
       [a, b, c] = peers
@@ -17,8 +18,8 @@ defmodule Vsmcp.Test.Cluster do
       stdin/stdout, so **the runner stays out of the cluster** (it need not
       even be distributed) and a partition only involves the peers. The
       peer is linked to the calling process and halts when that process
-      exits; `start/2` also registers an `on_exit` that stops the nodes and
-      waits for their OS processes to go.
+      exits; in a test, `start/2` also registers an `on_exit` that stops
+      the nodes and waits for their OS processes to go.
     * Flags: `-kernel dist_auto_connect never` (nodes connect only through
       `connect/2`, `heal/2` or an explicit `:net_kernel.connect_node/1`, so
       a partition stays a partition however much traffic tries to cross
@@ -32,7 +33,7 @@ defmodule Vsmcp.Test.Cluster do
       so lib/ and test/support/ modules and the NIF load there. Modules
       defined in test files (`*_test.exs`) exist only in the runner: code run
       on a peer must be in lib/ or test/support/ (no anonymous functions
-      from test files in `call/4`).
+      from test files in `call/4`), or be loaded there with `:load`.
     * Each node's working directory is `<tmp_dir>/<node short name>`
       (`handle.dir`): relative data paths land in the test's temporary
       directory.
@@ -41,23 +42,43 @@ defmodule Vsmcp.Test.Cluster do
       and, unless `connect: false`, a full mesh of connections.
 
   Everything that runs on a peer goes through `:peer.call/5`.
+
+  ## From a script
+
+  The benchmarks run with `mix run` in `MIX_ENV=prod`, where test/support
+  is not compiled: a script compiles this file itself and, since modules
+  compiled by a script exist only in the VM that ran it, hands them (and
+  its own modules that run on the nodes) to `start/2` as `:load`. It gives
+  `:tmp_dir`, passes `cleanup: :manual` (there is no test to clean up
+  after) and stops the nodes with `stop/1`:
+
+      modules = Code.require_file("../test/support/cluster.ex", __DIR__)
+      nodes = Vsmcp.Test.Cluster.start(3, tmp_dir: tmp, cleanup: :manual, load: modules)
+      ...
+      Vsmcp.Test.Cluster.stop(nodes)
   """
+
+  # The default `:tmp_dir` of a test; a script that compiles this file
+  # gives `:tmp_dir` and has no Vsmcp.CRDT.TestHelpers.
+  @compile {:no_warn_undefined, Vsmcp.CRDT.TestHelpers}
 
   alias __MODULE__.Peer
 
   defmodule Peer do
     @moduledoc """
     A handle on one peer node: the `:peer` control process (`pid`), the
-    node name (`node`), its working directory (`dir`), its OS process id
-    (`os_pid`, a string) and the options it was started with (for
-    `Vsmcp.Test.Cluster.restart/2`).
+    node name (`node`), its position among the nodes of its
+    `Vsmcp.Test.Cluster.start/2` call (`index`, from 0), its working
+    directory (`dir`), its OS process id (`os_pid`, a string) and the
+    options it was started with (for `Vsmcp.Test.Cluster.restart/2`).
     """
-    @enforce_keys [:pid, :node, :dir, :os_pid, :opts]
-    defstruct [:pid, :node, :dir, :os_pid, :opts]
+    @enforce_keys [:pid, :node, :index, :dir, :os_pid, :opts]
+    defstruct [:pid, :node, :index, :dir, :os_pid, :opts]
 
     @type t :: %__MODULE__{
             pid: pid(),
             node: node(),
+            index: non_neg_integer(),
             dir: Path.t(),
             os_pid: String.t(),
             opts: keyword()
@@ -71,9 +92,15 @@ defmodule Vsmcp.Test.Cluster do
 
   Options:
 
-    * `:tmp_dir` - parent of the nodes' working directories (default: a new
-      directory from `Vsmcp.CRDT.TestHelpers.tmp_dir!/1`, removed after the
-      test);
+    * `:tmp_dir` - parent of the nodes' working directories (in a test,
+      default: a new directory from `Vsmcp.CRDT.TestHelpers.tmp_dir!/1`,
+      removed after the test; required with `cleanup: :manual`);
+    * `:cleanup` - `:on_exit` (default: the calling test's `on_exit` stops
+      the nodes) or `:manual` (the caller stops them with `stop/1`, or they
+      halt when it exits);
+    * `:load` - `[{module, binary}]` loaded on every node before its
+      applications start: modules compiled by a script, which the nodes
+      cannot find on the code path;
     * `:app_env` - `[{app, key, value}]` set on every node before the
       applications start, or a function of the `Peer` handle returning such
       a list (for per-node data directories: `handle.dir`). The runner's
@@ -89,13 +116,14 @@ defmodule Vsmcp.Test.Cluster do
   def start(n, opts \\ []) when is_integer(n) and n > 0 do
     opts =
       opts
-      |> Keyword.put_new_lazy(:tmp_dir, fn -> Vsmcp.CRDT.TestHelpers.tmp_dir!("vsmcp_cluster") end)
+      |> Keyword.put_new(:cleanup, :on_exit)
       |> Keyword.put_new_lazy(:cookie, fn -> random_cookie() end)
 
+    opts = Keyword.put_new_lazy(opts, :tmp_dir, fn -> default_tmp_dir!(opts[:cleanup]) end)
     unique = "#{System.unique_integer([:positive])}_#{System.pid()}"
     prefix = Keyword.get(opts, :prefix, "vsmcp_peer")
 
-    peers = for i <- 1..n, do: start_peer(:"#{prefix}#{i}_#{unique}", opts)
+    peers = for i <- 1..n, do: start_peer(:"#{prefix}#{i}_#{unique}", i - 1, opts)
 
     if Keyword.get(opts, :connect, true) do
       for {a, i} <- Enum.with_index(peers), b <- Enum.drop(peers, i + 1), do: connect(a, b)
@@ -116,7 +144,7 @@ defmodule Vsmcp.Test.Cluster do
 
     {connect_to, opts} = Keyword.pop(opts, :connect_to, [])
     [name, _host] = handle.node |> Atom.to_string() |> String.split("@")
-    peer = start_peer(String.to_atom(name), Keyword.merge(handle.opts, opts))
+    peer = start_peer(String.to_atom(name), handle.index, Keyword.merge(handle.opts, opts))
     Enum.each(connect_to, &connect(peer, &1))
     peer
   end
@@ -266,7 +294,7 @@ defmodule Vsmcp.Test.Cluster do
     {:ok, sup}
   end
 
-  defp start_peer(name, opts) do
+  defp start_peer(name, index, opts) do
     {:ok, pid, node} =
       :peer.start_link(%{
         name: name,
@@ -292,10 +320,15 @@ defmodule Vsmcp.Test.Cluster do
     dir = Path.join(Keyword.fetch!(opts, :tmp_dir), name |> Atom.to_string())
     File.mkdir_p!(dir)
     os_pid = :peer.call(pid, :os, :getpid, []) |> List.to_string()
-    peer = %Peer{pid: pid, node: node, dir: dir, os_pid: os_pid, opts: opts}
-    register_cleanup(peer)
+    peer = %Peer{pid: pid, node: node, index: index, dir: dir, os_pid: os_pid, opts: opts}
+    if Keyword.fetch!(opts, :cleanup) == :on_exit, do: register_cleanup(peer)
 
     :ok = call(peer, :code, :add_pathsz, [:code.get_path()])
+
+    for {module, binary} <- Keyword.get(opts, :load, []) do
+      {:module, ^module} = call(peer, :code, :load_binary, [module, ~c"nofile", binary])
+    end
+
     :ok = call(peer, :file, :set_cwd, [String.to_charlist(dir)])
 
     for {app, key, value} <- app_env(peer, opts) do
@@ -310,6 +343,11 @@ defmodule Vsmcp.Test.Cluster do
 
     peer
   end
+
+  defp default_tmp_dir!(:on_exit), do: Vsmcp.CRDT.TestHelpers.tmp_dir!("vsmcp_cluster")
+
+  defp default_tmp_dir!(:manual),
+    do: raise(ArgumentError, "Vsmcp.Test.Cluster.start/2: cleanup: :manual needs :tmp_dir")
 
   defp app_env(peer, opts) do
     env =

@@ -20,7 +20,7 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   ## Process model
 
-  Reads and writes do not go through this GenServer's mailbox: the caller
+  Reads and writes do not go through the store process's mailbox: the caller
   passes the store's pid to the NIF, which finds the native handle in its
   own registry (keyed by pid, so starting and stopping stores costs nothing
   VM-wide), so callers scale with cores. The NIF runs on the normal
@@ -28,8 +28,9 @@ defmodule Vsmcp.CRDT.ContextStore do
   call is repeated on a dirty IO scheduler when it would block (a cold id,
   every write with `durability: :strict`, or O(n) work on an item larger
   than 64 KiB). A mutation repeated that way happens once, in the dirty
-  call, so its reply is the value right after it. The GenServer owns the
-  store's lifecycle and its decay timer.
+  call, so its reply is the value right after it. The store process, a
+  `Vsmcp.CRDT.ContextStore.Server`, owns the store's lifecycle, its sync
+  peer and its decay timer.
 
   A set in the hot tier keeps its built `MapSet` beside it, edited by each
   add and remove, so a reply copies it (about 10-50 ns per element, what
@@ -98,19 +99,14 @@ defmodule Vsmcp.CRDT.ContextStore do
   never its value.
   """
 
-  use GenServer
-
-  alias Vsmcp.CRDT.ContextStore.Options
+  alias Vsmcp.CRDT.ContextStore.Server
+  alias Vsmcp.CRDT.Native
   alias Vsmcp.CRDT.Sync.Peer
   alias Vsmcp.CRDT.Telemetry
-  alias Vsmcp.CRDT.Native
-  alias Vsmcp.CRDT.Storage.DetsImport
 
   @types [:g_counter, :pn_counter, :or_set, :aw_set, :lww_register]
-  # How long a closing store retries writes the disk refused.
-  @close_deadline 5_000
-
-  require Logger
+  # How long a closing store retries writes the disk refused (`stop/3`).
+  @close_deadline Server.close_deadline()
 
   @type store :: pid() | atom() | {:global, term()} | {:via, module(), term()}
   @type crdt_type :: :g_counter | :pn_counter | :or_set | :aw_set | :lww_register
@@ -136,7 +132,7 @@ defmodule Vsmcp.CRDT.ContextStore do
       :ok
   """
   @spec start_link(keyword()) :: GenServer.on_start()
-  def start_link(opts \\ []), do: start(opts, :link)
+  def start_link(opts \\ []), do: Server.start(opts, :link)
 
   @doc """
   Start a store not linked to the caller (see `start_link/1`).
@@ -149,72 +145,7 @@ defmodule Vsmcp.CRDT.ContextStore do
       :ok
   """
   @spec start(keyword()) :: GenServer.on_start()
-  def start(opts), do: start(opts, :nolink)
-
-  defp start(opts, link) do
-    with {:ok, sync} <- Options.sync_opts(opts),
-         {:ok, handle} <-
-           Telemetry.span(
-             [:vsmcp_crdt, :store, :open],
-             %{name: opts[:name], topic: sync[:topic]},
-             fn -> open(opts) end
-           ) do
-      gen_opts = if name = opts[:name], do: [name: name], else: []
-      opts = Keyword.put(opts, :sync_opts, sync)
-
-      started =
-        case link do
-          :link -> GenServer.start_link(__MODULE__, {handle, opts}, gen_opts)
-          :nolink -> GenServer.start(__MODULE__, {handle, opts}, gen_opts)
-        end
-
-      case started do
-        {:ok, pid} ->
-          {:ok, pid}
-
-        other ->
-          Native.store_close(handle, @close_deadline)
-          other
-      end
-    end
-  end
-
-  # Resolve the location, open, and import a DETS file if it is one. Two
-  # starts on one `dets_file` at once are serialised, so that only one of
-  # them imports it (the other then finds the marker).
-  defp open(opts) do
-    open = fn ->
-      with {:ok, config} <- Options.to_native(opts),
-           {:ok, handle} <- Native.store_open(config),
-           :ok <- import_dets(handle, config) do
-        {:ok, handle}
-      end
-    end
-
-    case dets_file(opts) do
-      nil -> open.()
-      file -> :global.trans({{__MODULE__, :dets_file}, Path.expand(file)}, open, [node()])
-    end
-  end
-
-  # The import's report is logged by DetsImport.run/2.
-  defp import_dets(handle, config) do
-    case DetsImport.run(handle, config) do
-      {:ok, _report} -> :ok
-      other -> other
-    end
-  end
-
-  defp dets_file(opts) do
-    with true <- Keyword.keyword?(opts),
-         storage when is_list(storage) <- Keyword.get(opts, :storage_opts, []),
-         true <- Keyword.keyword?(storage),
-         file when is_binary(file) <- storage[:dets_file] do
-      file
-    else
-      _ -> nil
-    end
-  end
+  def start(opts), do: Server.start(opts, :nolink)
 
   @doc false
   def child_spec(opts) do
@@ -245,150 +176,6 @@ defmodule Vsmcp.CRDT.ContextStore do
     GenServer.stop(store, reason)
     result
   end
-
-  @impl true
-  def init({handle, opts}) do
-    Process.flag(:trap_exit, true)
-    # Registers the handle under this pid and closes the store (in Rust)
-    # whenever this process dies, even by `Process.exit(pid, :kill)`.
-    Native.store_register(handle, self())
-    interval = Options.decay_interval(opts)
-    state = %{handle: handle, decay_interval: interval, closed: nil, sync_opts: opts[:sync_opts]}
-
-    case start_peer(state) do
-      {:ok, peer} ->
-        state = Map.put(state, :peer, peer)
-        schedule_decay(state)
-        {:ok, state}
-
-      {:error, reason} ->
-        Native.store_close(handle, @close_deadline)
-        {:stop, reason}
-    end
-  end
-
-  defp start_peer(state) do
-    case Peer.start_link(%{store: self(), sync_opts: state.sync_opts}) do
-      {:ok, pid} -> {:ok, pid}
-      {:error, reason} -> {:error, reason}
-    end
-  end
-
-  @impl true
-  def handle_info(:decay, state) do
-    before = Native.store_stats(state.handle)
-    started = System.monotonic_time()
-    Native.store_decay(state.handle)
-    decay_telemetry(before, Native.store_stats(state.handle), started)
-    schedule_decay(state)
-    {:noreply, state}
-  end
-
-  # The peer process crashed: the store goes on, with a new one.
-  def handle_info({:EXIT, peer, reason}, %{peer: peer} = state) when reason != :normal do
-    Logger.error("Vsmcp.CRDT.ContextStore: sync peer exited (#{inspect(reason)}), restarting it")
-
-    case start_peer(state) do
-      {:ok, peer} -> {:noreply, %{state | peer: peer}}
-      {:error, reason} -> {:stop, reason, state}
-    end
-  end
-
-  def handle_info({:EXIT, _from, reason}, state), do: {:stop, reason, state}
-  def handle_info(_msg, state), do: {:noreply, state}
-
-  defp decay_telemetry(%{} = before, %{} = stats, started) do
-    Telemetry.emit(
-      [:vsmcp_crdt, :store, :decay],
-      %{
-        duration: System.monotonic_time() - started,
-        hot: stats.hot,
-        warm: stats.warm,
-        hot_before: before.hot,
-        warm_before: before.warm
-      },
-      %{store: self()}
-    )
-
-    if reason = stats.write_error do
-      Telemetry.emit([:vsmcp_crdt, :store, :storage_error], %{count: 1}, %{
-        store: self(),
-        reason: reason
-      })
-    end
-  end
-
-  defp decay_telemetry(_before, _stats, _started), do: :ok
-
-  @impl true
-  # Tests only (fault injection takes the handle itself).
-  def handle_call(:handle, _from, state), do: {:reply, {:ok, state.handle}, state}
-  # The sync peer process (`Vsmcp.CRDT.Sync.Peer`): the sync functions
-  # below, and the examples and tests of that module.
-  def handle_call(:peer, _from, state), do: {:reply, {:ok, state.peer}, state}
-
-  def handle_call({:close, timeout}, _from, state) do
-    stop_peer(state)
-    result = close(state, timeout)
-    {:reply, result, %{state | closed: result}}
-  end
-
-  @impl true
-  def terminate(_reason, state) do
-    stop_peer(state)
-    # A supervisor shutdown cannot return a value: a failure is only logged.
-    close(state, @close_deadline)
-    :ok
-  end
-
-  # Synchronously, so that no peer message is being merged while the store
-  # closes.
-  defp stop_peer(%{peer: peer}) when is_pid(peer) do
-    Process.unlink(peer)
-
-    try do
-      GenServer.stop(peer, :shutdown, 5_000)
-    catch
-      # Busy past the deadline: it must not merge into a closed store.
-      :exit, _ -> Process.exit(peer, :kill)
-    end
-
-    :ok
-  end
-
-  defp stop_peer(_), do: :ok
-
-  defp close(%{closed: nil, handle: handle}, timeout) do
-    Telemetry.span([:vsmcp_crdt, :store, :close], %{store: self()}, fn ->
-      close_handle(handle, timeout)
-    end)
-  end
-
-  defp close(%{closed: result}, _timeout), do: result
-
-  defp close_handle(handle, timeout) do
-    case Native.store_close(handle, timeout) do
-      :ok ->
-        :ok
-
-      {:error, {:unflushed, ids, reason}} = error ->
-        Logger.error(
-          "Vsmcp.CRDT.ContextStore: acknowledged writes of #{ids} ids were lost " <>
-            "at close: #{reason}",
-          crdt_store: self()
-        )
-
-        error
-
-      {:error, _} = error ->
-        error
-    end
-  end
-
-  defp schedule_decay(%{decay_interval: i}) when is_integer(i) and i > 0,
-    do: Process.send_after(self(), :decay, i)
-
-  defp schedule_decay(_), do: :ok
 
   # ---------------------------------------------------------------------------
   # Store lookup: the NIF resolves a pid to its handle.

@@ -89,7 +89,8 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   `Vsmcp.CRDT.Storage.DetsImport`), `:node_id`
   (default `node()`), `:durability` (default `:relaxed`) and each integer
   option of the table above that was given. `:decay_interval` is not in it:
-  the GenServer runs the decay timer (see `decay_interval/1`).
+  the store process (`Vsmcp.CRDT.ContextStore.Server`) runs the decay
+  timer (see `decay_interval/1`).
 
   Errors: `{:invalid_option, key, value}` (`key` is `:options` when `opts`
   is not a keyword list), or what `Vsmcp.CRDT.Storage.Location.resolve/1`

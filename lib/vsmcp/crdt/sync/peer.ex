@@ -1,7 +1,8 @@
 defmodule Vsmcp.CRDT.Sync.Peer do
   @moduledoc """
   One per store: drives the store's sync engine (in Rust) and delivers
-  change notifications. Started and linked by `Vsmcp.CRDT.ContextStore`.
+  change notifications. Started and linked by the store process
+  (`Vsmcp.CRDT.ContextStore.Server`).
 
   The engine makes every protocol decision; this process only:
 
