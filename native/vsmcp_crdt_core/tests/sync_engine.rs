@@ -6,167 +6,15 @@
 
 mod common;
 
+use common::net::{
+    fast_cfg, import_legacy_counter, never_collect, open, open_copy, pause_ms, replica24, rgen,
+    rmeta, set_entries, tag, tag_of, tombstones, update, Net, Node,
+};
 use common::Rng;
-use std::collections::VecDeque;
-use vsmcp_crdt_core::store::{Access, Store, StoreConfig};
-use vsmcp_crdt_core::sync::{Engine, EngineConfig, Event, Outbound, Reject};
-use vsmcp_crdt_core::{Kind, Mutation, Value};
-
-struct Node {
-    store: Store,
-    engine: Engine,
-    _dir: tempfile::TempDir,
-}
-
-struct Net {
-    nodes: Vec<Node>,
-    /// (to index, bytes)
-    queue: VecDeque<(usize, Vec<u8>)>,
-    loss: u64,
-    /// Nodes cut off from everyone (messages to and from them are lost).
-    cut: Vec<bool>,
-    /// Messages with this tag are lost.
-    drop_tag: Option<u8>,
-    /// Nodes that receive nothing (what they send still goes out).
-    cut_in: Vec<bool>,
-    /// Every message delivered, when recording.
-    recorded: Option<Vec<(usize, Vec<u8>)>>,
-    rng: Rng,
-    now: u64,
-    events: Vec<(usize, Event)>,
-}
-
-fn open(versions: Vec<u8>) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    // Every node has the same label: identity comes from the directory.
-    let store = Store::open(StoreConfig::new(dir.path(), b"same")).unwrap();
-    store.start_capture();
-    let cfg = EngineConfig {
-        versions,
-        retransmit_ms: 50,
-        collect_after_ms: 30,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::new(&store, cfg);
-    Node {
-        store,
-        engine,
-        _dir: dir,
-    }
-}
-
-impl Net {
-    fn new(n: usize, loss: u64, seed: u64) -> Net {
-        Net {
-            nodes: (0..n).map(|_| open(vec![1, 2, 3, 4])).collect(),
-            queue: VecDeque::new(),
-            loss,
-            cut: vec![false; n],
-            drop_tag: None,
-            cut_in: vec![false; n],
-            recorded: None,
-            rng: Rng::new(seed),
-            now: 1_000,
-            events: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, from: usize, outs: Vec<Outbound>) {
-        for o in outs {
-            let targets: Vec<usize> = match &o.to {
-                None => (0..self.nodes.len()).filter(|&i| i != from).collect(),
-                Some(r) => (0..self.nodes.len())
-                    .filter(|&i| self.nodes[i].engine.me() == r)
-                    .collect(),
-            };
-            for t in targets {
-                if self.drop_tag.is_some() && o.bytes.get(2).copied() == self.drop_tag {
-                    continue;
-                }
-                if self.cut_in.get(t).copied().unwrap_or(false)
-                    || self.cut.get(t).copied().unwrap_or(false)
-                    || self.cut.get(from).copied().unwrap_or(false)
-                {
-                    continue;
-                }
-                if self.rng.chance(self.loss) {
-                    continue;
-                }
-                let copies = if self.rng.chance(self.loss) { 2 } else { 1 };
-                for _ in 0..copies {
-                    if self.rng.chance(self.loss) && !self.queue.is_empty() {
-                        // Reorder: jump the queue.
-                        self.queue.push_front((t, o.bytes.clone()));
-                    } else {
-                        self.queue.push_back((t, o.bytes.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    fn deliver_all(&mut self) {
-        let mut budget = 200_000;
-        while let Some((to, bytes)) = self.queue.pop_front() {
-            if let Some(r) = &mut self.recorded {
-                r.push((to, bytes.clone()));
-            }
-            let mut ev = Vec::new();
-            let n = &mut self.nodes[to];
-            let outs = n.engine.receive(&n.store, &bytes, self.now, &mut ev);
-            self.events.extend(ev.into_iter().map(|e| (to, e)));
-            self.send(to, outs);
-            budget -= 1;
-            assert!(budget > 0, "message storm");
-        }
-    }
-
-    fn step(&mut self, hello: bool) {
-        self.now += 10;
-        for i in 0..self.nodes.len() {
-            let mut ev = Vec::new();
-            let n = &mut self.nodes[i];
-            let mut outs = n.engine.tick(&n.store, self.now, &mut ev);
-            if hello {
-                outs.push(n.engine.hello(&n.store, &mut ev));
-            }
-            self.send(i, outs);
-        }
-        self.deliver_all();
-    }
-
-    fn settle(&mut self) {
-        self.loss = 0;
-        for i in 0..40 {
-            self.step(i % 2 == 0);
-        }
-    }
-
-    fn value(&self, i: usize, id: &[u8]) -> Option<String> {
-        self.nodes[i]
-            .store
-            .read(id, Access::MayBlock, |v| match v.value() {
-                Value::Set(mut elems) => {
-                    elems.sort();
-                    format!("{elems:?}")
-                }
-                other => format!("{other:?}"),
-            })
-            .ok()
-    }
-
-    fn kind(&self, i: usize, id: &[u8]) -> Option<Kind> {
-        self.nodes[i]
-            .store
-            .metadata(id, Access::MayBlock)
-            .ok()
-            .map(|(m, _)| m.kind)
-    }
-}
-
-fn update(s: &Store, id: &[u8], m: Mutation<'_>) {
-    let _ = s.update(id, m, Access::MayBlock, |_| ());
-}
+use vsmcp_crdt_core::store::record::Gen;
+use vsmcp_crdt_core::store::{Access, Merged, Store, StoreConfig};
+use vsmcp_crdt_core::sync::{Engine, EngineConfig, Event, Reject};
+use vsmcp_crdt_core::{Crdt, Kind, Mutation, Value};
 
 #[test]
 fn concurrent_updates_converge_over_a_lossy_network() {
@@ -351,14 +199,6 @@ fn hostile_bytes_are_rejected_and_counted() {
     assert!(kinds.contains(&Reject::Malformed));
 }
 
-fn set_entries(s: &Store, id: &[u8]) -> usize {
-    s.read(id, Access::MayBlock, |v| match v.crdt {
-        vsmcp_crdt_core::Crdt::ORSet(set) => set.entry_count(),
-        _ => 0,
-    })
-    .unwrap()
-}
-
 #[test]
 fn quiescence_collects_remove_tokens_everywhere() {
     let mut net = Net::new(3, 0, 21);
@@ -482,12 +322,7 @@ fn a_restarted_engine_gets_no_stale_acknowledgements() {
     }
     net.settle();
     // Restart node 0's engine on the same store; drop its first interval.
-    let cfg = EngineConfig {
-        retransmit_ms: 50,
-        collect_after_ms: 30,
-        ..EngineConfig::default()
-    };
-    net.nodes[0].engine = Engine::new(&s0, cfg);
+    net.restart_engine(0, fast_cfg(30));
     let _ = s0.start_capture();
     net.step(true);
     net.step(true);
@@ -566,7 +401,7 @@ fn anti_entropy_repairs_while_both_sides_write() {
     s1.create(b"busy1", Kind::GCounter, Access::MayBlock)
         .unwrap();
     // The first meeting's state transfers are lost.
-    net.drop_tag = Some(5);
+    net.drop_tag = Some(tag::STATES);
     net.step(true);
     net.step(true);
     net.drop_tag = None;
@@ -728,8 +563,7 @@ fn a_large_catch_up_is_spread_over_ticks_and_complete() {
         update(&s0, &id, Mutation::Set(&value));
     }
     net.step(true);
-    net.nodes.push(open(vec![1, 2, 3, 4]));
-    net.cut.push(false);
+    net.join(open(vec![1, 2, 3, 4]));
     net.settle();
     for i in 0..3_000u32 {
         assert!(net.value(1, &i.to_be_bytes()).is_some(), "id {i} missing");
@@ -775,24 +609,6 @@ fn a_forged_base_does_not_overflow() {
     }
 }
 
-/// The wire tag of `Deltas` messages (byte 2 of every message).
-const DELTAS_TAG: u8 = 1;
-
-fn never_collect() -> EngineConfig {
-    EngineConfig {
-        retransmit_ms: 50,
-        collect_after_ms: u64::MAX,
-        ..EngineConfig::default()
-    }
-}
-
-fn tombstones(net: &Net) -> Vec<usize> {
-    net.nodes
-        .iter()
-        .map(|n| n.store.tombstones().len())
-        .collect()
-}
-
 /// Causal-stability collection of delete tombstones: once every node agrees
 /// (and has every log), each drops its tombstone, and the id can be created
 /// again everywhere.
@@ -820,7 +636,7 @@ fn tombstones_are_collected_once_every_node_agrees() {
     // Late duplicates of every delta interval bring nothing back.
     let old = net.recorded.take().unwrap();
     for (to, bytes) in old {
-        if bytes.get(2) == Some(&DELTAS_TAG) {
+        if tag_of(&bytes) == Some(tag::DELTAS) {
             net.queue.push_back((to, bytes));
         }
     }
@@ -854,7 +670,7 @@ fn tombstones_are_collected_once_every_node_agrees() {
 fn a_create_after_collection_survives_a_peer_still_holding_the_tombstone() {
     let mut net = Net::new(3, 0, 63);
     // Node 2 never collects.
-    net.nodes[2].engine = Engine::new(&net.nodes[2].store, never_collect());
+    net.restart_engine(2, never_collect());
     net.step(true);
     let s0 = net.nodes[0].store.clone();
     s0.create(b"x", Kind::PNCounter, Access::MayBlock).unwrap();
@@ -987,28 +803,6 @@ fn a_round_sees_the_peers_writes_since_its_last_tick() {
 
 // Regressions found by the review of tombstone collection.
 
-use vsmcp_crdt_core::store::record::{Gen, Meta};
-use vsmcp_crdt_core::store::Merged;
-use vsmcp_crdt_core::Crdt;
-
-fn rgen(stamp: u64, r: &[u8]) -> Gen {
-    Gen {
-        epoch: 0,
-        stamp,
-        replica: std::sync::Arc::from(r),
-    }
-}
-fn rmeta(gen: Gen, deleted: bool, updated_at: u64) -> Meta {
-    Meta {
-        kind: Kind::GCounter,
-        created_by: std::sync::Arc::from(&b"n"[..]),
-        created_at: 1,
-        updated_at,
-        gen,
-        deleted,
-    }
-}
-
 /// Review H1: the join of two tombstones can kill a record neither kills
 /// alone; a store holding the record checks it against the join, so two
 /// stores merging the same entries in another order agree.
@@ -1096,12 +890,7 @@ fn a_deleted_generation_does_not_come_back_through_a_newcomer() {
     net.nodes[1].store.delete(b"x", Access::MayBlock).unwrap();
     net.settle();
     // Node 3's sync restarts (same store, new session) while cut off.
-    let cfg = EngineConfig {
-        retransmit_ms: 50,
-        collect_after_ms: 30,
-        ..EngineConfig::default()
-    };
-    net.nodes[3].engine = Engine::new(&net.nodes[3].store, cfg);
+    net.restart_engine(3, fast_cfg(30));
     net.cut[4] = false;
     net.settle();
     let s4 = net.nodes[4].store.clone();
@@ -1133,12 +922,7 @@ fn late_states_after_collection_bring_nothing_back() {
         .unwrap();
     update(&s0, b"gone", Mutation::Increment(7));
     net.settle();
-    let cfg = EngineConfig {
-        retransmit_ms: 50,
-        collect_after_ms: 30,
-        ..EngineConfig::default()
-    };
-    net.nodes[2].engine = Engine::new(&net.nodes[2].store, cfg);
+    net.restart_engine(2, fast_cfg(30));
     net.cut[2] = false;
     net.recorded = Some(Vec::new());
     net.settle();
@@ -1159,7 +943,7 @@ fn late_states_after_collection_bring_nothing_back() {
     assert_eq!(tombstones(&net), vec![0, 0, 0]);
     let states: Vec<_> = old
         .into_iter()
-        .filter(|(_, b)| b.get(2) == Some(&5))
+        .filter(|(_, b)| tag_of(b) == Some(tag::STATES))
         .collect();
     for m in states {
         net.queue.push_back(m);
@@ -1187,12 +971,7 @@ fn a_delete_while_capture_is_off_keeps_its_tombstone() {
     s1.stop_capture(token);
     s1.delete(b"x", Access::MayBlock).unwrap();
     s1.start_capture();
-    let cfg = EngineConfig {
-        retransmit_ms: 50,
-        collect_after_ms: 30,
-        ..EngineConfig::default()
-    };
-    net.nodes[1].engine = Engine::new(&s1, cfg);
+    net.restart_engine(1, fast_cfg(30));
     for _ in 0..3 {
         net.settle();
     }
@@ -1201,14 +980,6 @@ fn a_delete_while_capture_is_off_keeps_its_tombstone() {
 }
 
 // Regressions found by the second review of tombstone collection.
-
-fn fast_cfg(collect_after_ms: u64) -> EngineConfig {
-    EngineConfig {
-        retransmit_ms: 50,
-        collect_after_ms,
-        ..EngineConfig::default()
-    }
-}
 
 /// Review 2, H1: a backup taken before a delete is restored after the
 /// cluster collected the tombstone and created the id again. The copy
@@ -1236,15 +1007,7 @@ fn a_backup_restored_after_collection_does_not_undo_a_re_create() {
     net.settle();
     assert_eq!(net.value(1, b"x"), Some(format!("{:?}", Value::Counter(5))));
     // The restored node joins.
-    let store = Store::open(StoreConfig::new(&copy, b"same")).unwrap();
-    store.start_capture();
-    let engine = Engine::new(&store, fast_cfg(30));
-    net.nodes.push(Node {
-        store,
-        engine,
-        _dir: parent,
-    });
-    net.cut.push(false);
+    net.join(open_copy(parent, &copy));
     for _ in 0..3 {
         net.settle();
     }
@@ -1304,8 +1067,7 @@ fn a_create_neither_delete_covers_survives_both() {
 fn collection_keeps_up_under_continuous_writes() {
     let mut net = Net::new(3, 0, 203);
     for i in 0..3 {
-        let s = net.nodes[i].store.clone();
-        net.nodes[i].engine = Engine::new(&s, fast_cfg(30));
+        net.restart_engine(i, fast_cfg(30));
     }
     net.step(true);
     let s0 = net.nodes[0].store.clone();
@@ -1353,12 +1115,11 @@ fn collection_keeps_up_under_continuous_writes() {
 /// so old entries do not come back after their tombstone was collected.
 #[test]
 fn an_overlapping_resend_after_collection_brings_nothing_back() {
-    const ACK_TAG: u8 = 2;
     let mut net = Net::new(3, 0, 205);
     net.step(true);
     net.settle();
     // Acknowledgements are lost from here (node 0 keeps its interval).
-    net.drop_tag = Some(ACK_TAG);
+    net.drop_tag = Some(tag::ACK);
     let s0 = net.nodes[0].store.clone();
     s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
     update(&s0, b"x", Mutation::Increment(100));
@@ -1387,8 +1148,8 @@ fn an_overlapping_resend_after_collection_brings_nothing_back() {
 fn a_replica_that_missed_the_delete_does_not_bring_the_record_back() {
     let mut net = Net::new(3, 0, 207);
     let s1 = net.nodes[1].store.clone();
-    net.nodes[1].engine = Engine::new(
-        &s1,
+    net.restart_engine(
+        1,
         EngineConfig {
             max_log_bytes: 2_000,
             ..fast_cfg(30)
@@ -1439,8 +1200,7 @@ fn a_restarted_engine_collects_while_a_peer_stays_idle() {
         .create(b"x", Kind::GCounter, Access::MayBlock)
         .unwrap();
     net.settle();
-    let s2 = net.nodes[2].store.clone();
-    net.nodes[2].engine = Engine::new(&s2, fast_cfg(30));
+    net.restart_engine(2, fast_cfg(30));
     net.settle();
     net.nodes[0].store.delete(b"x", Access::MayBlock).unwrap();
     for _ in 0..3 {
@@ -1451,23 +1211,6 @@ fn a_restarted_engine_collects_while_a_peer_stays_idle() {
 }
 
 // Review 3 (adversarial) findings.
-
-fn pause_ms(ms: u64) {
-    std::thread::sleep(std::time::Duration::from_millis(ms));
-}
-
-/// Make nodes `ids` delete something and collect, so their tomb cut moves
-/// past every stamp made before this call.
-fn collect_on(net: &mut Net, junk: &[u8]) {
-    pause_ms(5);
-    let s0 = net.nodes[0].store.clone();
-    s0.create(junk, Kind::GCounter, Access::MayBlock).unwrap();
-    net.settle();
-    s0.delete(junk, Access::MayBlock).unwrap();
-    for _ in 0..3 {
-        net.settle();
-    }
-}
 
 /// Review 3, R3-1: a node that wrote while it had no peer (a late joiner,
 /// a node back after a partition long enough to be dropped) joins a
@@ -1484,7 +1227,7 @@ fn a_late_joiners_creates_survive_a_cluster_that_collected() {
         .unwrap();
     update(&s2, b"mine", Mutation::Increment(42));
     net.settle();
-    collect_on(&mut net, b"junk");
+    net.collect_on(b"junk");
     assert!(net.nodes[0].store.tomb_cut() > 0, "cluster collected");
     net.cut[2] = false;
     for _ in 0..3 {
@@ -1521,7 +1264,7 @@ fn a_higher_epoch_from_outside_the_cut_converges() {
     s2.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
     update(&s2, b"x", Mutation::Increment(7));
     net.settle();
-    collect_on(&mut net, b"junk");
+    net.collect_on(b"junk");
     assert!(net.nodes[0].store.tomb_cut() > 0, "cluster collected");
     net.cut[2] = false;
     for _ in 0..3 {
@@ -1549,7 +1292,7 @@ fn tombstone_answers_never_repeat_an_id() {
     // Node 2 missed the delete; its two updates (two log entries) are
     // lost the first time and resent together.
     net.cut_in[2] = false;
-    net.drop_tag = Some(DELTAS_TAG);
+    net.drop_tag = Some(tag::DELTAS);
     let s2 = net.nodes[2].store.clone();
     update(&s2, b"x", Mutation::Increment(1));
     net.step(false);
@@ -1637,12 +1380,6 @@ fn tombstone_collapse_is_order_independent() {
 }
 
 // Review 4 (adversarial) findings.
-
-fn replica24(dir: u8, inc: u64) -> std::sync::Arc<[u8]> {
-    let mut v = vec![dir; 16];
-    v.extend_from_slice(&inc.to_be_bytes());
-    std::sync::Arc::from(v)
-}
 
 /// Review 4 regression R4-1 (the test asserts the fix) - the defect: a strict create stamps its generation, then releases the
 /// shard lock for the disk write before it is captured for sync. A hello
@@ -1767,16 +1504,7 @@ fn a_late_copy_does_not_make_the_cut_kill_a_non_members_create() {
     );
     // Node 1's disk dies; it comes back from its backup (a late copy of x).
     net.cut[1] = true;
-    let store = Store::open(StoreConfig::new(&copy, b"same")).unwrap();
-    store.start_capture();
-    let engine = Engine::new(&store, fast_cfg(30));
-    net.nodes.push(Node {
-        store,
-        engine,
-        _dir: parent,
-    });
-    net.cut.push(false);
-    net.cut_in.push(false);
+    net.join(open_copy(parent, &copy));
     let mut steps = 0;
     while net.nodes[0].store.tombstone(b"x").is_none() && steps < 200 {
         net.step(steps % 2 == 0);
@@ -1857,9 +1585,9 @@ fn a_lost_digest_does_not_stop_collection_for_good() {
         .unwrap();
     net.settle();
     let s2 = net.nodes[2].store.clone();
-    net.nodes[2].engine = Engine::new(&s2, fast_cfg(30));
+    net.restart_engine(2, fast_cfg(30));
     // Its first digests are lost.
-    net.drop_tag = Some(3);
+    net.drop_tag = Some(tag::DIGEST_REQUEST);
     net.step(true);
     net.step(true);
     net.drop_tag = None;
@@ -1896,11 +1624,11 @@ fn a_duplicated_digest_answer_does_not_acknowledge_the_interval() {
     let rec = net.recorded.take().unwrap();
     let answer = rec
         .iter()
-        .find(|(to, b)| *to == 1 && b.get(2) == Some(&4))
+        .find(|(to, b)| *to == 1 && tag_of(b) == Some(tag::STATE_REQUEST))
         .map(|(_, b)| b.clone())
         .expect("a state request");
     // Node 0 writes; the interval is lost; its hello tells its position.
-    net.drop_tag = Some(DELTAS_TAG);
+    net.drop_tag = Some(tag::DELTAS);
     update(&s0, b"c", Mutation::Add(b"lost"));
     net.step(true);
     // Node 1's next digest is lost; the old answer arrives again.
@@ -1922,25 +1650,6 @@ fn a_duplicated_digest_answer_does_not_acknowledge_the_interval() {
 
 // Review 5 (adversarial) findings.
 
-/// One step in which node `mute`'s delta intervals are all lost (its
-/// hellos, acks, digests and digest answers still go through).
-fn step_muting_deltas_of(net: &mut Net, hello: bool, mute: usize) {
-    net.now += 10;
-    for i in 0..net.nodes.len() {
-        let mut ev = Vec::new();
-        let n = &mut net.nodes[i];
-        let mut outs = n.engine.tick(&n.store, net.now, &mut ev);
-        if hello {
-            outs.push(n.engine.hello(&n.store, &mut ev));
-        }
-        if i == mute {
-            outs.retain(|o| o.bytes.get(2) != Some(&DELTAS_TAG));
-        }
-        net.send(i, outs);
-    }
-    net.deliver_all();
-}
-
 /// Review 5, R5-1: a digest answer lets a node collect while an interval
 /// of the peer's log is still undelivered. When the interval arrives after
 /// the collection it is not "seen" (recv_upto was not raised), so it is
@@ -1949,30 +1658,24 @@ fn step_muting_deltas_of(net: &mut Net, hello: bool, mute: usize) {
 /// and anti-entropy spreads it to every node (they collected too).
 #[test]
 fn an_interval_credited_by_a_digest_answer_does_not_resurrect_an_import() {
-    use vsmcp_crdt_core::store::import::{LegacyEntry, LegacyState};
     let mut net = Net::new(3, 0, 501);
     net.settle();
     let p = net.nodes[1].store.clone();
-    p.import_legacy(&[LegacyEntry {
-        id: b"x".to_vec(),
-        state: LegacyState::GCounter(vec![(b"old".to_vec(), 5)]),
-        created_at_ms: None,
-    }])
-    .unwrap();
+    import_legacy_counter(&p, b"x", 5);
     net.settle();
     assert_eq!(net.value(0, b"x"), Some(format!("{:?}", Value::Counter(5))));
     // Node 1's intervals stop arriving; its increment reaches the others
     // by anti-entropy only (their digests are answered).
     update(&p, b"x", Mutation::Increment(1));
     for i in 0..60 {
-        step_muting_deltas_of(&mut net, i % 2 == 0, 1);
+        net.step_muting_deltas_of(i % 2 == 0, 1);
     }
     assert_eq!(net.value(0, b"x"), Some(format!("{:?}", Value::Counter(6))));
     assert_eq!(net.value(2, b"x"), Some(format!("{:?}", Value::Counter(6))));
     // Node 2 deletes x (its interval is delivered); everyone collects.
     net.nodes[2].store.delete(b"x", Access::MayBlock).unwrap();
     for i in 0..200 {
-        step_muting_deltas_of(&mut net, i % 2 == 0, 1);
+        net.step_muting_deltas_of(i % 2 == 0, 1);
     }
     // (A node whose log a muted peer has not acknowledged keeps its
     // tombstone; the others may collect. Either way x must not come back.)
@@ -2069,56 +1772,6 @@ fn a_hello_whose_flush_failed_does_not_announce_an_unsaved_clock() {
 
 // Review 6 (adversarial) findings.
 
-/// Send `outs` of node `from`, keeping only what `keep(from, to, tag)`
-/// lets through (no random loss).
-fn send_kept(
-    net: &mut Net,
-    from: usize,
-    outs: Vec<Outbound>,
-    keep: &dyn Fn(usize, usize, u8) -> bool,
-) {
-    for o in outs {
-        let tag = o.bytes.get(2).copied().unwrap_or(0);
-        let targets: Vec<usize> = match &o.to {
-            None => (0..net.nodes.len()).filter(|&i| i != from).collect(),
-            Some(r) => (0..net.nodes.len())
-                .filter(|&i| net.nodes[i].engine.me() == r)
-                .collect(),
-        };
-        for t in targets {
-            if keep(from, t, tag) {
-                net.queue.push_back((t, o.bytes.clone()));
-            }
-        }
-    }
-}
-
-fn deliver_kept(net: &mut Net, keep: &dyn Fn(usize, usize, u8) -> bool) {
-    let mut budget = 200_000;
-    while let Some((to, bytes)) = net.queue.pop_front() {
-        let mut ev = Vec::new();
-        let n = &mut net.nodes[to];
-        let outs = n.engine.receive(&n.store, &bytes, net.now, &mut ev);
-        send_kept(net, to, outs, keep);
-        budget -= 1;
-        assert!(budget > 0, "message storm");
-    }
-}
-
-fn step_kept(net: &mut Net, hello: bool, keep: &dyn Fn(usize, usize, u8) -> bool) {
-    net.now += 10;
-    for i in 0..net.nodes.len() {
-        let mut ev = Vec::new();
-        let n = &mut net.nodes[i];
-        let mut outs = n.engine.tick(&n.store, net.now, &mut ev);
-        if hello {
-            outs.push(n.engine.hello(&n.store, &mut ev));
-        }
-        send_kept(net, i, outs, keep);
-    }
-    deliver_kept(net, keep);
-}
-
 /// Review 6, R6-1: the raise at the quiescent point acknowledges an
 /// interval credited only by a digest answer, which never carries
 /// tombstones (they are outside the digest and the state push). Node 2
@@ -2130,47 +1783,40 @@ fn step_kept(net: &mut Net, hello: bool, keep: &dyn Fn(usize, usize, u8) -> bool
 /// Before the raise, node 1 resent the delete until node 2 merged it.
 #[test]
 fn a_raise_does_not_acknowledge_a_delete_whose_tombstone_is_not_here() {
-    use vsmcp_crdt_core::store::import::{LegacyEntry, LegacyState};
-    const HELLO: u8 = 6;
     let mut net = Net::new(3, 0, 601);
     net.settle();
     // From here on node 0's hellos and intervals to node 2 are lost (its
     // acks, digest answers and states still go through).
     let mute_0_to_2 = |from: usize, to: usize, tag: u8| {
-        !(from == 0 && to == 2 && (tag == HELLO || tag == DELTAS_TAG))
+        !(from == 0 && to == 2 && (tag == tag::HELLO || tag == tag::DELTAS))
     };
     let p = net.nodes[0].store.clone();
-    p.import_legacy(&[LegacyEntry {
-        id: b"x".to_vec(),
-        state: LegacyState::GCounter(vec![(b"old".to_vec(), 5)]),
-        created_at_ms: None,
-    }])
-    .unwrap();
-    step_kept(&mut net, true, &mute_0_to_2);
+    import_legacy_counter(&p, b"x", 5);
+    net.step_kept(true, &mute_0_to_2);
     assert_eq!(net.value(1, b"x"), Some(format!("{:?}", Value::Counter(5))));
     assert_eq!(net.value(2, b"x"), None);
     // Node 1 deletes it; its interval to node 2 is lost too.
     net.nodes[1].store.delete(b"x", Access::MayBlock).unwrap();
     let mute_both = |from: usize, to: usize, tag: u8| {
-        mute_0_to_2(from, to, tag) && !(from == 1 && to == 2 && tag == DELTAS_TAG)
+        mute_0_to_2(from, to, tag) && !(from == 1 && to == 2 && tag == tag::DELTAS)
     };
     for i in 0..4 {
-        step_kept(&mut net, i % 2 == 0, &mute_both);
+        net.step_kept(i % 2 == 0, &mute_both);
     }
     assert!(net.value(0, b"x").is_none() && net.value(1, b"x").is_none());
     // A `sync` on node 2: node 1's answer credits its log (the delete).
     let s2 = net.nodes[2].store.clone();
     let mut ev = Vec::new();
     let (_, outs) = net.nodes[2].engine.round(&s2, net.now, &mut ev);
-    send_kept(&mut net, 2, outs, &mute_both);
-    deliver_kept(&mut net, &mute_both);
+    net.send_kept(2, outs, &mute_both);
+    net.deliver_kept(&mute_both);
     // Node 2 reaches its quiescent point (the raise), then node 1's
     // interval gets through: acknowledged, not merged.
     for i in 0..10 {
-        step_kept(&mut net, i % 2 == 0, &mute_both);
+        net.step_kept(i % 2 == 0, &mute_both);
     }
     for i in 0..10 {
-        step_kept(&mut net, i % 2 == 0, &mute_0_to_2);
+        net.step_kept(i % 2 == 0, &mute_0_to_2);
     }
     eprintln!(
         "node 2 tombstone {:?}; tombstones {:?}",
@@ -2190,29 +1836,6 @@ fn a_raise_does_not_acknowledge_a_delete_whose_tombstone_is_not_here() {
 // trusted the peers an engine had heard since its start and waited for
 // the whole cluster to be quiet (see the module docs of `sync::engine`).
 // ---------------------------------------------------------------------
-
-/// A new engine on `node`'s store (a restart of its sync, not of the
-/// store), with `cfg`.
-fn restart_engine(net: &mut Net, node: usize, cfg: EngineConfig) {
-    let s = net.nodes[node].store.clone();
-    net.nodes[node].engine = Engine::new(&s, cfg);
-}
-
-/// Reopen `node`'s store on its directory with `tune` applied to its
-/// configuration, and start a new engine on it.
-fn reopen_store(net: &mut Net, node: usize, tune: impl FnOnce(&mut StoreConfig)) {
-    let path = net.nodes[node]._dir.path().to_path_buf();
-    net.nodes[node]
-        .store
-        .close(std::time::Duration::from_secs(5))
-        .unwrap();
-    let mut cfg = StoreConfig::new(&path, b"same");
-    tune(&mut cfg);
-    let store = Store::open(cfg).unwrap();
-    store.start_capture();
-    net.nodes[node].engine = Engine::new(&store, fast_cfg(30));
-    net.nodes[node].store = store;
-}
 
 /// A member that is down during a rolling restart of the others' engines
 /// still holds collection back: the delete it missed is not collected
@@ -2236,8 +1859,8 @@ fn a_member_down_during_a_rolling_restart_blocks_collection() {
     }
     net.nodes[0].store.delete(b"x", Access::MayBlock).unwrap();
     net.settle();
-    restart_engine(&mut net, 0, fast_cfg(30));
-    restart_engine(&mut net, 1, fast_cfg(30));
+    net.restart_engine(0, fast_cfg(30));
+    net.restart_engine(1, fast_cfg(30));
     for _ in 0..3 {
         net.settle();
     }
@@ -2274,7 +1897,7 @@ fn a_remove_concurrent_with_a_cut_off_add_wins_after_an_engine_restart() {
     update(&s0, b"s", Mutation::Remove(b"x"));
     update(&net.nodes[2].store, b"s", Mutation::Add(b"x"));
     net.settle();
-    restart_engine(&mut net, 0, fast_cfg(30));
+    net.restart_engine(0, fast_cfg(30));
     for _ in 0..3 {
         net.settle();
     }
@@ -2303,7 +1926,7 @@ fn a_node_whose_clock_ran_ahead_stays_in_sync_and_its_future_writes_wait() {
         .unwrap();
     net.settle();
     // Node 2 (offset 5 s) takes a clock 1.5 s ahead of the others' 500 ms.
-    reopen_store(&mut net, 2, |c| c.max_clock_offset_ms = 5_000);
+    net.reopen_store(2, |c| c.max_clock_offset_ms = 5_000);
     let ahead = vsmcp_crdt_core::Timestamp::new(vsmcp_crdt_core::hlc::now_ms() + 1_500, 0);
     net.nodes[2].store.receive_clock(ahead).unwrap();
     for _ in 0..2 {
@@ -2364,7 +1987,7 @@ fn transfers_go_with_their_session_and_one_runs_at_a_time() {
     net.settle();
     // Node 1 is replaced by an empty replica that restarts its engine as
     // soon as node 0 queued a transfer for it, ten times.
-    reopen_fresh(&mut net, 1);
+    net.reopen_fresh(1);
     for _ in 0..10 {
         // Hellos both ways, a digest from node 1: node 0 queues its states.
         let mut ev = Vec::new();
@@ -2380,7 +2003,7 @@ fn transfers_go_with_their_session_and_one_runs_at_a_time() {
             let _ = n.engine.receive(&n.store, &bytes, net.now, &mut ev);
         }
         assert!(net.nodes[0].engine.queued_transfers() <= 2 * 256);
-        restart_engine(&mut net, 1, fast_cfg(30));
+        net.restart_engine(1, fast_cfg(30));
     }
     // The last session's transfer at most.
     assert!(net.nodes[0].engine.queued_transfers() <= 256 + 2);
@@ -2392,14 +2015,6 @@ fn transfers_go_with_their_session_and_one_runs_at_a_time() {
         net.value(1, b"id2999"),
         Some(format!("{:?}", Value::Counter(3000)))
     );
-}
-
-/// An empty directory in place of `node`'s (a new replica).
-fn reopen_fresh(net: &mut Net, node: usize) {
-    let fresh = open(vec![1, 2, 3, 4]);
-    net.nodes[node] = fresh;
-    let s = net.nodes[node].store.clone();
-    net.nodes[node].engine = Engine::new(&s, fast_cfg(30));
 }
 
 /// A session silent for ten times `down_after_ms` is dropped (as the docs
@@ -2416,7 +2031,7 @@ fn sessions_drop_after_ten_downs_and_members_expire_by_rule() {
         ..fast_cfg(30)
     };
     for i in 0..3 {
-        restart_engine(&mut net, i, cfg.clone());
+        net.restart_engine(i, cfg.clone());
     }
     net.step(true);
     let s0 = net.nodes[0].store.clone();
@@ -2479,8 +2094,8 @@ fn a_forgotten_replica_stays_refused_across_engine_restarts() {
         .unwrap();
     net.settle();
     net.nodes[0].store.delete(b"x", Access::MayBlock).unwrap();
-    restart_engine(&mut net, 0, fast_cfg(30));
-    restart_engine(&mut net, 1, fast_cfg(30));
+    net.restart_engine(0, fast_cfg(30));
+    net.restart_engine(1, fast_cfg(30));
     for _ in 0..3 {
         net.settle();
     }
@@ -2509,7 +2124,7 @@ fn a_forgotten_replica_whose_clock_ran_ahead_leaves_no_tombstone_behind() {
     net.settle();
     // Node 2 (offset 5 s) takes a clock 1.5 s ahead of the others' 500 ms
     // and creates y there; the others refuse the create for now.
-    reopen_store(&mut net, 2, |c| c.max_clock_offset_ms = 5_000);
+    net.reopen_store(2, |c| c.max_clock_offset_ms = 5_000);
     let ahead = vsmcp_crdt_core::Timestamp::new(vsmcp_crdt_core::hlc::now_ms() + 1_500, 0);
     net.nodes[2].store.receive_clock(ahead).unwrap();
     let s2 = net.nodes[2].store.clone();
@@ -2535,17 +2150,12 @@ fn a_forgotten_replica_whose_clock_ran_ahead_leaves_no_tombstone_behind() {
         assert!(std::time::Instant::now() < deadline);
         pause_ms(20);
     }
-    let store = Store::open(StoreConfig::new(&copy, b"same")).unwrap();
-    store.start_capture();
-    let mut engine = Engine::new(&store, fast_cfg(30));
-    engine.forget(&store, &dir2, &mut Vec::new()).unwrap();
-    net.nodes.push(Node {
-        store,
-        engine,
-        _dir: parent,
-    });
-    net.cut.push(false);
-    net.cut_in.push(false);
+    let mut restored = open_copy(parent, &copy);
+    restored
+        .engine
+        .forget(&restored.store, &dir2, &mut Vec::new())
+        .unwrap();
+    net.join(restored);
     for _ in 0..3 {
         net.settle();
     }
@@ -2670,17 +2280,17 @@ fn a_late_duplicate_hello_does_not_raise_a_frontier_past_the_log() {
     s1.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
     update(&s1, b"x", Mutation::Increment(5));
     let no_deltas_1_to_0 =
-        |from: usize, to: usize, tag: u8| !(from == 1 && to == 0 && tag == DELTAS_TAG);
-    step_kept(&mut net, true, &no_deltas_1_to_0);
+        |from: usize, to: usize, tag: u8| !(from == 1 && to == 0 && tag == tag::DELTAS);
+    net.step_kept(true, &no_deltas_1_to_0);
     // The old hello arrives again.
     net.now += 100;
     let outs = net.nodes[0]
         .engine
         .receive(&s0, &old_hello.bytes, net.now, &mut ev);
-    send_kept(&mut net, 0, outs, &no_deltas_1_to_0);
-    deliver_kept(&mut net, &no_deltas_1_to_0);
+    net.send_kept(0, outs, &no_deltas_1_to_0);
+    net.deliver_kept(&no_deltas_1_to_0);
     for i in 0..4 {
-        step_kept(&mut net, i % 2 == 1, &no_deltas_1_to_0);
+        net.step_kept(i % 2 == 1, &no_deltas_1_to_0);
     }
     // The network heals: node 1's interval reaches node 0.
     for _ in 0..3 {
@@ -2690,9 +2300,6 @@ fn a_late_duplicate_hello_does_not_raise_a_frontier_past_the_log() {
     let five = Some(format!("{:?}", Value::Counter(5)));
     assert_eq!(vals, vec![five.clone(), five], "acknowledged create lost");
 }
-
-/// The wire tag of `States` messages.
-const STATES_TAG: u8 = 5;
 
 /// Review 7, R7-2: a frontier (a state or log proof) says the member's
 /// own changes are here, not that the member has our delete; tombstones
@@ -2706,27 +2313,19 @@ const STATES_TAG: u8 = 5;
 /// both for good.
 #[test]
 fn an_imported_record_is_not_collected_before_every_member_has_its_delete() {
-    use vsmcp_crdt_core::store::import::{LegacyEntry, LegacyState};
     let mut net = Net::new(2, 0, 702);
     net.step(true);
     net.settle();
-    net.nodes[0]
-        .store
-        .import_legacy(&[LegacyEntry {
-            id: b"x".to_vec(),
-            state: LegacyState::GCounter(vec![(b"old".to_vec(), 5)]),
-            created_at_ms: None,
-        }])
-        .unwrap();
+    import_legacy_counter(&net.nodes[0].store, b"x", 5);
     net.settle();
     assert_eq!(net.value(1, b"x"), Some(format!("{:?}", Value::Counter(5))));
     // Node 0 deletes x; what it sends node 1 carrying the delete is lost.
     let no_delete_0_to_1 = |from: usize, to: usize, tag: u8| {
-        !(from == 0 && to == 1 && (tag == DELTAS_TAG || tag == STATES_TAG))
+        !(from == 0 && to == 1 && (tag == tag::DELTAS || tag == tag::STATES))
     };
     net.nodes[0].store.delete(b"x", Access::MayBlock).unwrap();
     for i in 0..40 {
-        step_kept(&mut net, i % 2 == 0, &no_delete_0_to_1);
+        net.step_kept(i % 2 == 0, &no_delete_0_to_1);
     }
     eprintln!(
         "after phase 1: tombstones {:?}, values {:?} {:?}",
@@ -2736,9 +2335,9 @@ fn an_imported_record_is_not_collected_before_every_member_has_its_delete() {
     );
     // Node 0's interval gets through (its state pushes still do not).
     let no_states_0_to_1 =
-        |from: usize, to: usize, tag: u8| !(from == 0 && to == 1 && tag == STATES_TAG);
+        |from: usize, to: usize, tag: u8| !(from == 0 && to == 1 && tag == tag::STATES);
     for i in 0..40 {
-        step_kept(&mut net, i % 2 == 0, &no_states_0_to_1);
+        net.step_kept(i % 2 == 0, &no_states_0_to_1);
     }
     eprintln!(
         "after phase 2: tombstones {:?}, values {:?} {:?}",
@@ -2772,7 +2371,7 @@ fn a_remove_is_not_stable_while_a_member_lacks_it_across_a_partial_partition() {
     update(&s0, b"s", Mutation::Add(b"x"));
     update(&s0, b"s", Mutation::Add(b"y"));
     for i in 0..40 {
-        step_kept(&mut net, i % 2 == 0, &partial);
+        net.step_kept(i % 2 == 0, &partial);
     }
     let xy = Some(format!("{:?}", vec![b"x".to_vec(), b"y".to_vec()]));
     assert_eq!(net.value(1, b"s"), xy);
@@ -2780,11 +2379,11 @@ fn a_remove_is_not_stable_while_a_member_lacks_it_across_a_partial_partition() {
     // Node 2 removes x; node 0's state pushes to node 1 are lost.
     update(&net.nodes[2].store, b"s", Mutation::Remove(b"x"));
     let no_push_0_to_1 = move |from: usize, to: usize, tag: u8| {
-        partial(from, to, tag) && !(from == 0 && to == 1 && tag == STATES_TAG)
+        partial(from, to, tag) && !(from == 0 && to == 1 && tag == tag::STATES)
     };
     let mut i = 0;
     while net.nodes[0].engine.counters().collected_elements == 0 && i < 400 {
-        step_kept(&mut net, i % 2 == 0, &no_push_0_to_1);
+        net.step_kept(i % 2 == 0, &no_push_0_to_1);
         i += 1;
     }
     eprintln!(
@@ -2795,7 +2394,7 @@ fn a_remove_is_not_stable_while_a_member_lacks_it_across_a_partial_partition() {
     // Node 1, which never saw the remove, adds x (concurrent with it).
     update(&net.nodes[1].store, b"s", Mutation::Add(b"x"));
     for i in 0..120 {
-        step_kept(&mut net, i % 2 == 0, &partial);
+        net.step_kept(i % 2 == 0, &partial);
     }
     let y = Some(format!("{:?}", vec![b"y".to_vec()]));
     let vals: Vec<_> = (0..3).map(|i| net.value(i, b"s")).collect();
@@ -2851,7 +2450,7 @@ fn a_large_stores_digest_is_built_over_several_calls() {
         s0.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
             .unwrap();
     }
-    restart_engine(&mut net, 0, fast_cfg(30));
+    net.restart_engine(0, fast_cfg(30));
     let mut ev = Vec::new();
     let _ = net.nodes[0].engine.tick(&s0, net.now, &mut ev);
     assert!(!net.nodes[0].engine.primed());
