@@ -15,8 +15,8 @@
 mod common;
 
 use common::net::{
-    fast_cfg, import_legacy_counter, never_collect, open, open_copy, pause_ms, replica24, rgen,
-    rmeta, set_entries, tag, tag_of, tombstones, update, Net, Node,
+    fast_cfg, import_legacy_counter, never_collect, open, open_copy, replica24, rgen, rmeta,
+    set_entries, tag, tag_of, tombstones, update, wait_until_wall_clock_reaches, Net, Node,
 };
 use common::Rng;
 use vsmcp_crdt_core::store::record::Gen;
@@ -1742,17 +1742,16 @@ fn concurrent_creates_deleted_at_once_converge() {
     let mut net = Net::new(3, 0, 91);
     net.step(true);
     net.step(true);
-    let pause = || std::thread::sleep(std::time::Duration::from_millis(3));
+    // One after another: each store's clock orders its own stamps, and
+    // `advance_clocks` puts each node's writes after the previous node's.
     let s = |i: usize| net.nodes[i].store.clone();
     s(0).create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
-    pause();
     s(0).delete(b"x", Access::MayBlock).unwrap();
-    pause();
+    net.advance_clocks();
     s(1).create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
     update(&s(1), b"x", Mutation::Increment(5));
-    pause();
+    net.advance_clocks();
     s(2).create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
-    pause();
     s(2).delete(b"x", Access::MayBlock).unwrap();
     for _ in 0..3 {
         net.settle();
@@ -1876,14 +1875,13 @@ fn a_higher_epoch_from_outside_the_cut_converges() {
     s0.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
     update(&s0, b"x", Mutation::Increment(100));
     net.settle();
-    pause_ms(5);
+    net.advance_clocks();
     // Node 2, alone: its own x (later stamp), deleted, created again
-    // (epoch 1, still later than node 0's create).
+    // (epoch 1, still later than node 0's create; node 2's clock orders
+    // its own stamps).
     let s2 = net.nodes[2].store.clone();
     s2.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
-    pause_ms(2);
     s2.delete(b"x", Access::MayBlock).unwrap();
-    pause_ms(2);
     s2.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
     update(&s2, b"x", Mutation::Increment(7));
     net.settle();
@@ -1916,15 +1914,16 @@ fn a_late_copy_does_not_make_the_cut_kill_a_non_members_create() {
     let parent = tempfile::tempdir().unwrap();
     let copy = parent.path().join("copy");
     net.nodes[1].store.backup(&copy).unwrap();
-    pause_ms(3);
+    net.advance_clocks();
     s0.delete(b"x", Access::MayBlock).unwrap();
-    pause_ms(3);
+    net.advance_clocks();
     // Node 2, never in touch with the cluster, creates x after the delete.
     let s2 = net.nodes[2].store.clone();
     s2.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
     update(&s2, b"x", Mutation::Increment(42));
     let l_stamp = s2.metadata(b"x", Access::MayBlock).unwrap().0.gen.stamp;
-    pause_ms(3);
+    // The cluster's clocks pass the create, so their cut will.
+    net.advance_clocks();
     net.settle();
     net.settle();
     assert_eq!(&tombstones(&net)[..2], &[0, 0], "collected");
@@ -2042,6 +2041,8 @@ fn strict_creates_in_flight_during_a_hello_are_never_cut() {
                 ok.push(id);
             }
             i += 1;
+            // Paces the writer so its creates interleave with the hellos
+            // (the race under test), not to order clocks.
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
         ok
@@ -2114,7 +2115,7 @@ fn a_late_duplicate_hello_does_not_raise_a_frontier_past_the_log() {
     s0.create(b"junk", Kind::GCounter, Access::MayBlock)
         .unwrap();
     s0.delete(b"junk", Access::MayBlock).unwrap();
-    pause_ms(2);
+    net.advance_clocks();
     // Node 1 creates x; its interval to node 0 is delayed, its hello is not.
     s1.create(b"x", Kind::GCounter, Access::MayBlock).unwrap();
     update(&s1, b"x", Mutation::Increment(5));
@@ -2367,11 +2368,8 @@ fn a_node_whose_clock_ran_ahead_stays_in_sync_and_its_future_writes_wait() {
     assert!(p2.clock_offset_ms >= 1_000, "{p2:?}");
     assert!(net.nodes[0].engine.counters().rejected[Reject::ClockAhead as usize] > 0);
     // Once the others' clocks reach its stamps, it converges.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while vsmcp_crdt_core::hlc::now_ms() < ahead.wall_ms + 50 {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // (Real time: what holds its writes back is the others' wall clock.)
+    wait_until_wall_clock_reaches(ahead.wall_ms + 50);
     for _ in 0..4 {
         net.settle();
     }
@@ -2417,11 +2415,7 @@ fn a_forgotten_replica_whose_clock_ran_ahead_leaves_no_tombstone_behind() {
     // Once the others' clocks pass y's stamp, its backup joins as a new
     // replica (the lost one forgotten there too, as the guide says), and
     // node 0 deletes whatever y it has.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while vsmcp_crdt_core::hlc::now_ms() < ahead.wall_ms + 50 {
-        assert!(std::time::Instant::now() < deadline);
-        pause_ms(20);
-    }
+    wait_until_wall_clock_reaches(ahead.wall_ms + 50);
     let mut restored = open_copy(parent, &copy);
     restored
         .engine

@@ -157,9 +157,17 @@ pub fn tombstones(net: &Net) -> Vec<usize> {
         .collect()
 }
 
-/// Sleep `ms` milliseconds.
-pub fn pause_ms(ms: u64) {
-    std::thread::sleep(std::time::Duration::from_millis(ms));
+/// Wait, in real time, until the wall clock (`hlc::now_ms`) reaches
+/// `wall_ms` (at most 10 s). For tests of a clock that ran ahead, whose
+/// writes wait by design until the others' wall clocks reach their stamps:
+/// the others' HLCs cannot be advanced instead, since they refuse a clock
+/// that far ahead, and what the engine checks is their wall clock.
+pub fn wait_until_wall_clock_reaches(wall_ms: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while vsmcp_crdt_core::hlc::now_ms() < wall_ms {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Which messages a filtered step lets through: `keep(from, to, tag)`.
@@ -379,11 +387,26 @@ impl Net {
         self.restart_engine(node, fast_cfg(30));
     }
 
+    /// Every store's clock moves past the latest timestamp any of them has
+    /// issued, as if time had passed everywhere: whatever a store stamps
+    /// next is later than everything stamped so far, on every store. (What
+    /// a pause of a few milliseconds did, without depending on the wall
+    /// clock; the stores are only brought level with the most advanced
+    /// one, never ahead of it.)
+    pub fn advance_clocks(&self) {
+        let Some(latest) = self.nodes.iter().map(|n| n.store.clock()).max() else {
+            return;
+        };
+        for n in &self.nodes {
+            n.store.receive_clock(latest).unwrap();
+        }
+    }
+
     /// Node 0 creates and deletes `junk` and the network settles until the
     /// connected nodes collect it: their collection cut moves past every
     /// stamp made before this call.
     pub fn collect_on(&mut self, junk: &[u8]) {
-        pause_ms(5);
+        self.advance_clocks();
         let s0 = self.nodes[0].store.clone();
         s0.create(junk, Kind::GCounter, Access::MayBlock).unwrap();
         self.settle();
