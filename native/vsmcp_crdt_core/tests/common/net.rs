@@ -274,17 +274,28 @@ impl Net {
         }
     }
 
+    /// 10 ms later: what each engine sends when it ticks (and says hello
+    /// when `hello`), by node.
+    fn tick_all(&mut self, hello: bool) -> Vec<Vec<Outbound>> {
+        self.now += 10;
+        let now = self.now;
+        self.nodes
+            .iter_mut()
+            .map(|n| {
+                let mut ev = Vec::new();
+                let mut outs = n.engine.tick(&n.store, now, &mut ev);
+                if hello {
+                    outs.push(n.engine.hello(&n.store, &mut ev));
+                }
+                outs
+            })
+            .collect()
+    }
+
     /// 10 ms later: every engine ticks (and says hello when `hello`), and
     /// everything is delivered.
     pub fn step(&mut self, hello: bool) {
-        self.now += 10;
-        for i in 0..self.nodes.len() {
-            let mut ev = Vec::new();
-            let n = &mut self.nodes[i];
-            let mut outs = n.engine.tick(&n.store, self.now, &mut ev);
-            if hello {
-                outs.push(n.engine.hello(&n.store, &mut ev));
-            }
+        for (i, outs) in self.tick_all(hello).into_iter().enumerate() {
             self.send(i, outs);
         }
         self.deliver_all();
@@ -301,14 +312,7 @@ impl Net {
     /// One step in which node `mute`'s delta intervals are all lost (its
     /// hellos, acks, digests and digest answers still go through).
     pub fn step_muting_deltas_of(&mut self, hello: bool, mute: usize) {
-        self.now += 10;
-        for i in 0..self.nodes.len() {
-            let mut ev = Vec::new();
-            let n = &mut self.nodes[i];
-            let mut outs = n.engine.tick(&n.store, self.now, &mut ev);
-            if hello {
-                outs.push(n.engine.hello(&n.store, &mut ev));
-            }
+        for (i, mut outs) in self.tick_all(hello).into_iter().enumerate() {
             if i == mute {
                 outs.retain(|o| tag_of(&o.bytes) != Some(tag::DELTAS));
             }
@@ -345,14 +349,7 @@ impl Net {
 
     /// [`Net::step`], every message filtered by `keep`.
     pub fn step_kept(&mut self, hello: bool, keep: Keep<'_>) {
-        self.now += 10;
-        for i in 0..self.nodes.len() {
-            let mut ev = Vec::new();
-            let n = &mut self.nodes[i];
-            let mut outs = n.engine.tick(&n.store, self.now, &mut ev);
-            if hello {
-                outs.push(n.engine.hello(&n.store, &mut ev));
-            }
+        for (i, outs) in self.tick_all(hello).into_iter().enumerate() {
             self.send_kept(i, outs, keep);
         }
         self.deliver_kept(keep);
