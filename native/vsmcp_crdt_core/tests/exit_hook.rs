@@ -1,4 +1,4 @@
-//! Issue 7 §1: at process exit the hook writes every pending relaxed write
+//! At process exit the hook writes every pending relaxed write
 //! to the WAL (so an exit loses nothing acknowledged) and then keeps
 //! RocksDB quiet. The writer runs in a child process (this test binary
 //! re-executed), which exits with writes still pending.

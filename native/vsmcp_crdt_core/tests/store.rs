@@ -322,7 +322,7 @@ fn snapshot(s: &Store, id: &[u8]) -> Option<(Crdt, u64)> {
     Some((crdt, meta.updated_at))
 }
 
-/// Issue 7 §2: a strict operation that fails leaves memory exactly as it
+/// A strict operation that fails leaves memory exactly as it
 /// was (state, `updated_at`, presence), and nothing of it shows later.
 #[test]
 fn a_failed_strict_write_changes_nothing() {
@@ -392,7 +392,7 @@ fn a_failed_strict_write_changes_nothing() {
     assert_eq!(set_len(&s, b"o"), 1);
 }
 
-/// Issue 7 §2: when the final flush fails, close retries until its
+/// When the final flush fails, close retries until its
 /// deadline and then reports the ids whose acknowledged writes are lost.
 #[test]
 fn close_reports_unflushed_writes() {
@@ -415,7 +415,7 @@ fn close_reports_unflushed_writes() {
     );
 }
 
-/// Issue 7 §2: a successor on the same path takes over the pending writes
+/// A successor on the same path takes over the pending writes
 /// of a predecessor whose disk refuses them, without waiting, and writes
 /// them once the disk accepts writes again.
 #[test]
@@ -439,7 +439,7 @@ fn hand_over_passes_pending_writes_to_the_successor() {
     assert_eq!(counter(&s, b"c"), 8);
 }
 
-/// Issue 7 §2: writes resume once the disk accepts them again, also after
+/// Writes resume once the disk accepts them again, also after
 /// a failed strict write left nothing pending to retry.
 #[test]
 fn writes_resume_after_the_disk_recovers() {
@@ -456,7 +456,7 @@ fn writes_resume_after_the_disk_recovers() {
     assert_eq!(counter(&s, b"c"), 1);
 }
 
-/// Issue 7 §5: O(n) work on a large item is refused on a normal scheduler
+/// O(n) work on a large item is refused on a normal scheduler
 /// (`WouldBlock`) before anything changes, and done on a dirty one.
 #[test]
 fn large_items_are_not_worked_on_inline() {
@@ -504,7 +504,7 @@ fn large_items_are_not_worked_on_inline() {
     assert_eq!(set_len(&s, b"big"), 20_001);
 }
 
-/// Issue 7 §5: decay demotes a large hot item without encoding it.
+/// Decay demotes a large hot item without encoding it.
 #[test]
 fn decay_sends_large_items_cold_and_keeps_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -653,7 +653,7 @@ fn ext_goes_when_an_item_leaves_the_hot_tier() {
     assert_ne!(ext, Some(true));
 }
 
-/// Issue 8, replica identity: two directories configured with the same
+/// Replica identity: two directories configured with the same
 /// node id are different replicas, so their increments add up; a restart
 /// keeps the directory's id with a new incarnation.
 #[test]

@@ -1,5 +1,6 @@
 //! Random replicated histories shared by `tests/laws.rs` and `tests/codec.rs`,
-//! and the seeded generator of the network simulations.
+//! and the seeded generator of the network simulations; [`net`] holds the
+//! simulated network of `tests/sync_engine.rs`.
 //!
 //! A history runs on 2-4 replicas: each step either mutates one replica
 //! (keeping the delta it produced in that replica's log) or delivers some of
@@ -7,6 +8,10 @@
 //! Elements come from a three-letter alphabet and LWW timestamps from a tiny
 //! range, so concurrent writes to the same element or instant are common.
 
+// Each test binary that declares `mod common` uses a part of it (and the
+// sync-engine network in `net` is used by `tests/sync_engine.rs` only), so
+// whatever one binary leaves unused is not dead code: allowed here, for this
+// module and its submodules.
 #![allow(dead_code)]
 
 use proptest::prelude::*;
@@ -16,6 +21,8 @@ use vsmcp_crdt_core::lww::LwwRegister;
 use vsmcp_crdt_core::orset::{ORSet, Policy};
 use vsmcp_crdt_core::pncounter::PNCounter;
 use vsmcp_crdt_core::{Crdt, Kind, Op, ReplicaId, Timestamp, Value};
+
+pub mod net;
 
 /// Element alphabet: canonical term bytes of three small binaries.
 pub fn elem(i: u8) -> Vec<u8> {

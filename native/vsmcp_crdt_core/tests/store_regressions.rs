@@ -1,5 +1,8 @@
-//! Regressions found by the adversarial review of the store hardening: each
-//! of these failed before its fix.
+//! Store edge cases where acknowledged writes were once lost or applied
+//! twice, or a stale value came back: a mutation crossing the inline limit
+//! and its dirty retry, a strict write racing `close`, pending writes handed
+//! to a successor that fails to open, and a cached value beside a re-created
+//! set. Each of these failed before its fix.
 
 use std::sync::Arc;
 use std::time::Duration;
