@@ -5,6 +5,8 @@
 //! * `errors` - core errors -> `{:error, reason}`
 //! * `types`  - the pure CRDT and HLC functions behind `Vsmcp.CRDT.Types.*`
 //! * `op`     - operation terms -> core `Mutation` (one parser for both)
+//! * `atoms`  - the atoms of the glue, each defined once
+//! * `set_value` - a set as a `MapSet` term
 //! * `value`  - CRDT values -> Elixir terms (sets as real `MapSet`s)
 //! * `set_cache` - a hot set's built `MapSet` kept beside it, edited per update
 //! * `store`  - the store resource behind `Vsmcp.CRDT.ContextStore`
@@ -12,6 +14,7 @@
 //! * `operations` - backup, listing by pages and `info` of a store
 //! * `import` - the replaced application's DETS entries, imported
 
+mod atoms;
 mod errors;
 mod import;
 mod op;
@@ -19,6 +22,7 @@ mod operations;
 #[cfg(feature = "fault-injection")]
 mod probe;
 mod set_cache;
+mod set_value;
 mod store;
 mod sync;
 mod term;
