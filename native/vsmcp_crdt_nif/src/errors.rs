@@ -5,7 +5,7 @@
 //! `{:ok, value} | {:error, reason}` returns `Result<T, NifError>` and
 //! rustler's encoding of `Result` builds both tuples. A NIF whose success
 //! has another shape (`:ok`, `{:ok, a, b}`, a bare term, or `:dirty`)
-//! returns a `Term` built by [`answer`].
+//! returns a `Term` built by [`answer`] (or [`answer_or_dirty`]).
 
 use crate::atoms;
 use rustler::{Atom, Encoder, Env, Term};
@@ -47,7 +47,7 @@ impl Encoder for NifError<'_> {
     }
 }
 
-pub fn reason_term<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
+fn reason_term<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
     // Reason names are a fixed, documented set: never from input.
     let reason = Atom::from_str(env, e.reason()).unwrap_or_else(|_| atoms::error());
     match e {
@@ -66,9 +66,15 @@ pub fn answer<'a>(env: Env<'a>, f: impl FnOnce() -> Result<Term<'a>, NifError<'a
     f().unwrap_or_else(|e| (atoms::error(), e).encode(env))
 }
 
-// Until the store, import, operations and sync NIFs return `NifError`.
-pub use crate::atoms::{error, ok};
-
-pub fn error_term<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
-    (atoms::error(), reason_term(env, e)).encode(env)
+/// [`answer`] for a call that may run on a normal scheduler: the core's
+/// `Error::WouldBlock` is `:dirty` (repeat the call on its `_dirty` twin).
+pub fn answer_or_dirty<'a>(
+    env: Env<'a>,
+    f: impl FnOnce() -> Result<Term<'a>, NifError<'a>>,
+) -> Term<'a> {
+    match f() {
+        Ok(t) => t,
+        Err(NifError::Core(Error::WouldBlock)) => atoms::dirty().encode(env),
+        Err(e) => (atoms::error(), e).encode(env),
+    }
 }

@@ -2,45 +2,28 @@
 //! and `info`. Each does disk work or O(n) work, so each runs on a dirty
 //! IO scheduler (never a normal one).
 
-use crate::errors::{error, error_term, ok};
-use crate::store::resolve;
+use crate::atoms::{atom_map, nil, ok};
+use crate::errors::{answer, NifError};
+use crate::handle::resolve;
 use crate::term::{self as tc, Trust};
 use crate::value::kind_atom;
 use rustler::types::map::map_new;
-use rustler::{Atom, Binary, Encoder, Env, Term};
+use rustler::{Binary, Encoder, Env, Term};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use vsmcp_crdt_core::store::info::{ByKind, Info};
 use vsmcp_crdt_core::Kind;
 
-rustler::atoms! {
-    nil,
-}
-
-/// A map with atom keys from a fixed list of names.
-fn map_of<'a>(env: Env<'a>, pairs: &[(&str, Term<'a>)]) -> Term<'a> {
-    let mut map = map_new(env);
-    for (k, v) in pairs {
-        if let Ok(key) = Atom::from_str(env, k) {
-            map = map.map_put(key, *v).unwrap_or(map);
-        }
-    }
-    map
-}
-
 /// Copy the store to the directory `path` (which must not exist): `:ok`,
 /// `{:error, :already_exists}` or `{:error, {:storage_error, msg}}`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_backup<'a>(env: Env<'a>, store: Term<'a>, path: Binary<'a>) -> Term<'a> {
-    let h = match resolve(store) {
-        Ok(h) => h,
-        Err(reason) => return (error(), reason).encode(env),
-    };
-    let dest = Path::new(std::ffi::OsStr::from_bytes(path.as_slice()));
-    match h.store.backup(dest) {
-        Ok(()) => ok().encode(env),
-        Err(e) => error_term(env, &e),
-    }
+    answer(env, || {
+        let h = resolve(store)?;
+        let dest = Path::new(std::ffi::OsStr::from_bytes(path.as_slice()));
+        h.store.backup(dest)?;
+        Ok(ok().encode(env))
+    })
 }
 
 /// One page of ids after the cursor `after` (`nil`: from the first):
@@ -54,27 +37,29 @@ fn store_ids_page<'a>(
     after: Option<Binary<'a>>,
     limit: usize,
 ) -> Term<'a> {
-    let h = match resolve(store) {
-        Ok(h) => h,
-        Err(reason) => return (error(), reason).encode(env),
-    };
-    match h
-        .store
-        .ids_page(after.as_ref().map(|b| b.as_slice()), limit)
-    {
-        Ok((ids, next)) => {
-            let out: Vec<Term<'a>> = ids
-                .iter()
-                .filter_map(|id| tc::decode(env, id, Trust::Local).ok())
-                .collect();
-            let next = match next {
-                Some(c) => tc::make_binary(env, &c),
-                None => nil().encode(env),
-            };
-            (ok(), out, next).encode(env)
-        }
-        Err(e) => error_term(env, &e),
-    }
+    answer(env, || {
+        let h = resolve(store)?;
+        let (ids, next) = h
+            .store
+            .ids_page(after.as_ref().map(|b| b.as_slice()), limit)?;
+        let out: Vec<Term<'a>> = ids
+            .iter()
+            .filter_map(|id| tc::decode(env, id, Trust::Local).ok())
+            .collect();
+        let next = match next {
+            Some(c) => tc::make_binary(env, &c),
+            None => nil().encode(env),
+        };
+        Ok((ok(), out, next).encode(env))
+    })
+}
+
+/// The store's report (see `Vsmcp.CRDT.ContextStore.info/1` for the
+/// fields): `{:ok, map}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_info<'a>(env: Env<'a>, store: Term<'a>) -> Result<Term<'a>, NifError<'a>> {
+    let info = resolve(store)?.store.info()?;
+    Ok(info_map(env, &info))
 }
 
 /// `%{g_counter: n, ...}` with every type.
@@ -88,23 +73,9 @@ fn by_kind<'a>(env: Env<'a>, counts: &ByKind) -> Term<'a> {
     map
 }
 
-/// The store's report (see `Vsmcp.CRDT.ContextStore.info/1` for the
-/// fields): `{:ok, map}`.
-#[rustler::nif(schedule = "DirtyIo")]
-fn store_info<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
-    let h = match resolve(store) {
-        Ok(h) => h,
-        Err(reason) => return (error(), reason).encode(env),
-    };
-    match h.store.info() {
-        Ok(info) => (ok(), info_map(env, &info)).encode(env),
-        Err(e) => error_term(env, &e),
-    }
-}
-
 fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
     let tier = |count: u64, kinds: &ByKind| {
-        map_of(
+        atom_map(
             env,
             &[
                 ("count", count.encode(env)),
@@ -119,7 +90,7 @@ fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
     {
         *n += w + c;
     }
-    let cold = map_of(
+    let cold = atom_map(
         env,
         &[
             ("count", i.cold.count.encode(env)),
@@ -128,7 +99,7 @@ fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
             ("sampled", i.cold.sampled.encode(env)),
         ],
     );
-    let crdts = map_of(
+    let crdts = atom_map(
         env,
         &[
             (
@@ -143,7 +114,7 @@ fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
         ],
     );
     let d = &i.disk;
-    let memory = map_of(
+    let memory = atom_map(
         env,
         &[
             ("hot_bytes", i.hot.bytes.encode(env)),
@@ -154,7 +125,7 @@ fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
             ("table_readers_bytes", d.table_readers_bytes.encode(env)),
         ],
     );
-    let disk = map_of(
+    let disk = atom_map(
         env,
         &[
             ("sst_bytes", d.total_sst_bytes.encode(env)),
@@ -165,7 +136,7 @@ fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
             ("keys_estimate", d.keys_estimate.encode(env)),
         ],
     );
-    let compaction = map_of(
+    let compaction = atom_map(
         env,
         &[
             ("running", d.running_compactions.encode(env)),
@@ -178,7 +149,7 @@ fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
         ],
     );
     let o = &i.ops;
-    let ops = map_of(
+    let ops = atom_map(
         env,
         &[
             ("reads", o.reads.encode(env)),
@@ -190,7 +161,7 @@ fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
             ("window_ms", o.window_ms.encode(env)),
         ],
     );
-    let lag = map_of(
+    let lag = atom_map(
         env,
         &[
             ("pending_writes", i.lag.ids.encode(env)),
@@ -199,7 +170,7 @@ fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
             ("flush_interval_ms", i.flush_interval_ms.encode(env)),
         ],
     );
-    let clock = map_of(
+    let clock = atom_map(
         env,
         &[
             ("hlc", (i.hlc.wall_ms, i.hlc.counter).encode(env)),
@@ -207,7 +178,7 @@ fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
             ("max_clock_offset_ms", i.max_clock_offset_ms.encode(env)),
         ],
     );
-    map_of(
+    atom_map(
         env,
         &[
             ("uptime_ms", i.uptime_ms.encode(env)),
