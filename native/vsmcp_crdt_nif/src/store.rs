@@ -17,7 +17,7 @@ use crate::options::StoreOptions;
 use crate::set_cache;
 use crate::term::{self as tc, Trust};
 use crate::value::{kind_atom, value_term};
-use rustler::{Encoder, Env, LocalPid, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use std::time::Duration;
 use vsmcp_crdt_core::crdt::{Crdt, Kind};
 use vsmcp_crdt_core::error::Error;
@@ -286,41 +286,56 @@ fn store_decay<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
     })
 }
 
+/// The reply of `store_stats` (see `Vsmcp.CRDT.ContextStore.stats/1`).
+#[derive(NifMap)]
+struct Stats<'a> {
+    hot: usize,
+    warm: usize,
+    cold_estimate: u64,
+    pending_writes: usize,
+    shards: usize,
+    incarnation: u64,
+    node_id: Term<'a>,
+    hlc: (u64, u32),
+    durability: Atom,
+    path: String,
+    closed: bool,
+    write_error: Option<String>,
+}
+
 /// A bare map (not `{:ok, map}`), or `{:error, :noproc}`.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn store_stats<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
     answer(env, || {
         let h = resolve(store)?;
         let s = h.store.stats();
-        let node = tc::decode(env, h.store.node_id(), Trust::Local)
-            .unwrap_or_else(|_| atoms::nil().encode(env));
         let clock = h.store.clock();
-        let durability = match h.store.durability() {
-            Durability::Strict => atoms::strict(),
-            Durability::Relaxed => atoms::relaxed(),
+        let stats = Stats {
+            hot: s.hot,
+            warm: s.warm,
+            cold_estimate: s.cold_estimate,
+            pending_writes: s.pending_writes,
+            shards: s.shards,
+            incarnation: s.incarnation,
+            node_id: tc::decode(env, h.store.node_id(), Trust::Local)
+                .unwrap_or_else(|_| atoms::nil().encode(env)),
+            hlc: (clock.wall_ms, clock.counter),
+            durability: match h.store.durability() {
+                Durability::Strict => atoms::strict(),
+                Durability::Relaxed => atoms::relaxed(),
+            },
+            path: h.store.path().to_string_lossy().into_owned(),
+            closed: h.store.is_closed(),
+            write_error: h.store.write_error(),
         };
-        let pairs: [(&str, Term<'a>); 12] = [
-            ("hot", s.hot.encode(env)),
-            ("warm", s.warm.encode(env)),
-            ("cold_estimate", s.cold_estimate.encode(env)),
-            ("pending_writes", s.pending_writes.encode(env)),
-            ("shards", s.shards.encode(env)),
-            ("incarnation", s.incarnation.encode(env)),
-            ("node_id", node),
-            ("hlc", (clock.wall_ms, clock.counter).encode(env)),
-            ("durability", durability.encode(env)),
-            ("path", h.store.path().to_string_lossy().encode(env)),
-            ("closed", h.store.is_closed().encode(env)),
-            ("write_error", h.store.write_error().encode(env)),
-        ];
-        Ok(atom_map(env, &pairs))
+        Ok(stats.encode(env))
     })
 }
 
 /// Test-only (built with the `fault-injection` feature under `MIX_ENV=test`).
 #[cfg(feature = "fault-injection")]
 #[rustler::nif]
-fn store_fail_writes(h: Handle, on: bool) -> rustler::Atom {
+fn store_fail_writes(h: Handle, on: bool) -> Atom {
     h.store.set_fail_writes(on);
     ok()
 }

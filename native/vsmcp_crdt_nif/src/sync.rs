@@ -15,14 +15,13 @@
 //! Remote ids are decoded with existing atoms only; an id naming an atom
 //! unknown here is left out of `:changed` events.
 
-use crate::atoms::{self, ok};
+use crate::atoms::{self, atom_map, ok};
 use crate::errors::{answer, NifError};
 use crate::handle::resolve;
 use crate::options;
 use crate::term::{self as tc, make_binary, Trust};
 use parking_lot::Mutex;
-use rustler::types::map::map_new;
-use rustler::{Atom, Binary, Encoder, Env, NifResult, Resource, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, NifMap, NifResult, Resource, ResourceArc, Term};
 use vsmcp_crdt_core::store::Store;
 use vsmcp_crdt_core::sync::{directory_of, Engine, Event, Outbound};
 use vsmcp_crdt_core::ReplicaId;
@@ -242,100 +241,142 @@ fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Result<Term<'a>, Nif
     })?
 }
 
+/// The map of `sync_info`; the keys are the fields' names.
+#[derive(NifMap)]
+struct SyncInfo<'a> {
+    replica: String,
+    peers: Vec<PeerInfo<'a>>,
+    members: Vec<MemberInfo<'a>>,
+    collectable_sets: usize,
+    queued_transfers: usize,
+    counters: Counters,
+    /// Rejections by kind (names from the core, a fixed set).
+    rejected: Term<'a>,
+    log_entries: usize,
+    log_bytes: usize,
+}
+
+#[derive(NifMap)]
+struct Counters {
+    msgs_sent: u64,
+    bytes_sent: u64,
+    msgs_received: u64,
+    bytes_received: u64,
+    deltas_recorded: u64,
+    entries_merged: u64,
+    states_sent: u64,
+    digests_sent: u64,
+    retransmits: u64,
+    collected_elements: u64,
+    collected_tombstones: u64,
+    dropped_stale: u64,
+    state_proofs: u64,
+    members_removed: u64,
+}
+
+#[derive(NifMap)]
+struct PeerInfo<'a> {
+    key: String,
+    up: bool,
+    wire_version: u8,
+    node: Term<'a>,
+    last_seen_ms: u64,
+    ack_lag: u64,
+    clock_offset_ms: i64,
+    refused_ahead_ms: u64,
+    anchored: bool,
+    msgs_sent: u64,
+    bytes_sent: u64,
+    msgs_received: u64,
+    bytes_received: u64,
+    deltas_sent: u64,
+    entries_received: u64,
+    rejected: Term<'a>,
+}
+
+#[derive(NifMap)]
+struct MemberInfo<'a> {
+    directory: Term<'a>,
+    up: bool,
+    frontier: u64,
+    stable: u64,
+}
+
 /// `{:ok, map}`: counters, peers and log size.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn sync_info<'a>(env: Env<'a>, s: Sync) -> Result<Term<'a>, NifError<'a>> {
+fn sync_info<'a>(env: Env<'a>, s: Sync) -> Result<SyncInfo<'a>, NifError<'a>> {
     with_engine(&s, |e| {
         let c = e.counters();
-        let put = |m: Term<'a>, k: &str, v: Term<'a>| match Atom::from_str(env, k) {
-            Ok(a) => m.map_put(a, v).unwrap_or(m),
-            Err(_) => m,
-        };
-        let mut counters = map_new(env);
-        for (k, v) in [
-            ("msgs_sent", c.msgs_sent),
-            ("bytes_sent", c.bytes_sent),
-            ("msgs_received", c.msgs_received),
-            ("bytes_received", c.bytes_received),
-            ("deltas_recorded", c.deltas_recorded),
-            ("entries_merged", c.entries_merged),
-            ("states_sent", c.states_sent),
-            ("digests_sent", c.digests_sent),
-            ("retransmits", c.retransmits),
-            ("collected_elements", c.collected_elements),
-            ("collected_tombstones", c.collected_tombstones),
-            ("dropped_stale", c.dropped_stale),
-            ("state_proofs", c.state_proofs),
-            ("members_removed", c.members_removed),
-        ] {
-            counters = put(counters, k, v.encode(env));
-        }
-        let mut rejected = map_new(env);
-        for (k, v) in c.rejections() {
-            rejected = put(rejected, k, v.encode(env));
-        }
+        let rejected: Vec<(&str, Term<'a>)> =
+            c.rejections().map(|(k, v)| (k, v.encode(env))).collect();
         let names: Vec<&'static str> = vsmcp_crdt_core::sync::Counters::default()
             .rejections()
             .map(|(n, _)| n)
             .collect();
-        let peers: Vec<Term<'a>> = e
+        let peers = e
             .peer_info()
             .iter()
             .map(|p| {
-                let mut rejected = map_new(env);
-                for (n, v) in names.iter().zip(p.stats.rejected.iter()) {
-                    rejected = put(rejected, n, v.encode(env));
+                let rejected: Vec<(&str, Term<'a>)> = names
+                    .iter()
+                    .zip(p.stats.rejected.iter())
+                    .map(|(n, v)| (*n, v.encode(env)))
+                    .collect();
+                PeerInfo {
+                    key: key(&p.id),
+                    up: p.up,
+                    wire_version: p.version,
+                    node: make_binary(env, &p.attrs),
+                    last_seen_ms: p.last_seen_ms,
+                    ack_lag: p.ack_lag,
+                    clock_offset_ms: p.clock_offset_ms,
+                    refused_ahead_ms: p.refused_ahead_ms,
+                    anchored: p.anchored,
+                    msgs_sent: p.stats.msgs_sent,
+                    bytes_sent: p.stats.bytes_sent,
+                    msgs_received: p.stats.msgs_received,
+                    bytes_received: p.stats.bytes_received,
+                    deltas_sent: p.stats.deltas_sent,
+                    entries_received: p.stats.entries_received,
+                    rejected: atom_map(env, &rejected),
                 }
-                let mut m = map_new(env);
-                for (k, v) in [
-                    ("key", key(&p.id).encode(env)),
-                    ("up", p.up.encode(env)),
-                    ("wire_version", p.version.encode(env)),
-                    ("node", make_binary(env, &p.attrs)),
-                    ("last_seen_ms", p.last_seen_ms.encode(env)),
-                    ("ack_lag", p.ack_lag.encode(env)),
-                    ("clock_offset_ms", p.clock_offset_ms.encode(env)),
-                    ("refused_ahead_ms", p.refused_ahead_ms.encode(env)),
-                    ("anchored", p.anchored.encode(env)),
-                    ("msgs_sent", p.stats.msgs_sent.encode(env)),
-                    ("bytes_sent", p.stats.bytes_sent.encode(env)),
-                    ("msgs_received", p.stats.msgs_received.encode(env)),
-                    ("bytes_received", p.stats.bytes_received.encode(env)),
-                    ("deltas_sent", p.stats.deltas_sent.encode(env)),
-                    ("entries_received", p.stats.entries_received.encode(env)),
-                    ("rejected", rejected),
-                ] {
-                    m = put(m, k, v);
-                }
-                m
             })
             .collect();
-        let members: Vec<Term<'a>> = e
+        let members = e
             .member_info()
             .iter()
-            .map(|mi| {
-                let mut m = map_new(env);
-                for (k, v) in [
-                    ("directory", make_binary(env, &mi.directory)),
-                    ("up", mi.up.encode(env)),
-                    ("frontier", mi.frontier.encode(env)),
-                    ("stable", mi.stable.encode(env)),
-                ] {
-                    m = put(m, k, v);
-                }
-                m
+            .map(|m| MemberInfo {
+                directory: make_binary(env, &m.directory),
+                up: m.up,
+                frontier: m.frontier,
+                stable: m.stable,
             })
             .collect();
-        let mut m = map_new(env);
-        m = put(m, "replica", key(e.me()).encode(env));
-        m = put(m, "peers", peers.encode(env));
-        m = put(m, "members", members.encode(env));
-        m = put(m, "collectable_sets", e.collectable_sets().encode(env));
-        m = put(m, "queued_transfers", e.queued_transfers().encode(env));
-        m = put(m, "counters", counters);
-        m = put(m, "rejected", rejected);
-        m = put(m, "log_entries", e.log().len().encode(env));
-        m = put(m, "log_bytes", e.log().bytes().encode(env));
-        m
+        SyncInfo {
+            replica: key(e.me()),
+            peers,
+            members,
+            collectable_sets: e.collectable_sets(),
+            queued_transfers: e.queued_transfers(),
+            counters: Counters {
+                msgs_sent: c.msgs_sent,
+                bytes_sent: c.bytes_sent,
+                msgs_received: c.msgs_received,
+                bytes_received: c.bytes_received,
+                deltas_recorded: c.deltas_recorded,
+                entries_merged: c.entries_merged,
+                states_sent: c.states_sent,
+                digests_sent: c.digests_sent,
+                retransmits: c.retransmits,
+                collected_elements: c.collected_elements,
+                collected_tombstones: c.collected_tombstones,
+                dropped_stale: c.dropped_stale,
+                state_proofs: c.state_proofs,
+                members_removed: c.members_removed,
+            },
+            rejected: atom_map(env, &rejected),
+            log_entries: e.log().len(),
+            log_bytes: e.log().bytes(),
+        }
     })
 }
