@@ -14,27 +14,18 @@
 //!
 //! Counts are integers in `0..2^64-1`.
 
-use crate::errors::{error, error_term, ok};
-use crate::store::{resolve, StoreResource};
+use crate::atoms::{
+    entry, g_counter, invalid_entry, lww_register, migrated_from, nil, ok, or_set, pn_counter,
+    remote, value,
+};
+use crate::errors::{answer, NifError};
+use crate::handle::{resolve, StoreResource};
 use crate::term as tc;
 use rustler::types::tuple::get_tuple;
 use rustler::{Atom, Binary, Encoder, Env, Term};
 use vsmcp_crdt_core::store::import::{is_imported, LegacyEntry, LegacyState, NodeCount};
 use vsmcp_crdt_core::store::record::Meta;
 use vsmcp_crdt_core::store::Store;
-
-rustler::atoms! {
-    g_counter,
-    pn_counter,
-    or_set,
-    lww_register,
-    value,
-    nil,
-    invalid_entry,
-    entry,
-    remote,
-    migrated_from,
-}
 
 /// An entry term that does not have the documented shape: `Elixir` checks
 /// entries before, so this is a caller's bug, reported, never raised.
@@ -115,46 +106,39 @@ fn legacy_entry(t: Term) -> Result<(Term, LegacyEntry), Option<Term>> {
 /// (`reason` as the store's other calls give it). The entries before a
 /// failing one are imported.
 #[rustler::nif(schedule = "DirtyIo")]
-fn store_import<'a>(env: Env<'a>, store: Term<'a>, entries: Term<'a>) -> Term<'a> {
-    let h = match resolve(store) {
-        Ok(h) => h,
-        Err(reason) => return (error(), reason).encode(env),
+fn store_import<'a>(
+    env: Env<'a>,
+    store: Term<'a>,
+    entries: Term<'a>,
+) -> Result<usize, NifError<'a>> {
+    let h = resolve(store)?;
+    let invalid = |id: Option<Term<'a>>| {
+        let id = id.unwrap_or_else(|| nil().encode(env));
+        NifError::Detail((invalid_entry(), id).encode(env))
     };
-    let Ok(list) = entries.decode::<Vec<Term>>() else {
-        return (error(), (invalid_entry(), nil())).encode(env);
-    };
+    let list = entries.decode::<Vec<Term>>().map_err(|_| invalid(None))?;
     let mut changed = 0usize;
     for t in list {
-        let (id, e) = match legacy_entry(t) {
-            Ok(x) => x,
-            Err(id) => {
-                let id = id.unwrap_or_else(|| nil().encode(env));
-                return (error(), (invalid_entry(), id)).encode(env);
-            }
-        };
+        let (id, e) = legacy_entry(t).map_err(invalid)?;
         match h.store.import_legacy(std::slice::from_ref(&e)) {
             Ok(n) => changed += n,
             Err(err) => {
-                let reason = crate::errors::reason_term(env, &err);
-                return (error(), (entry(), id, reason)).encode(env);
+                let reason = NifError::Core(err);
+                return Err(NifError::Detail((entry(), id, reason).encode(env)));
             }
         }
     }
-    (ok(), changed).encode(env)
+    Ok(changed)
 }
 
 /// Mark the import done, recording `source` (see
 /// `Store::finish_import`): `:ok` or `{:error, reason}`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_finish_import<'a>(env: Env<'a>, store: Term<'a>, source: Binary<'a>) -> Term<'a> {
-    let h = match resolve(store) {
-        Ok(h) => h,
-        Err(reason) => return (error(), reason).encode(env),
-    };
-    match h.store.finish_import(source.as_slice()) {
-        Ok(()) => ok().encode(env),
-        Err(e) => error_term(env, &e),
-    }
+    answer(env, || {
+        resolve(store)?.store.finish_import(source.as_slice())?;
+        Ok(ok().encode(env))
+    })
 }
 
 /// `metadata` (the map of `store_metadata`) with `:migrated_from` added

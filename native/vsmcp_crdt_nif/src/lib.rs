@@ -1,24 +1,40 @@
 //! Thin rustler glue over `vsmcp_crdt_core`: term conversion, resources,
 //! error mapping and scheduler flags. No CRDT semantics live here.
 //!
+//! Foundations (import nothing above them):
+//!
+//! * `atoms`  - every atom of the glue, and maps keyed by atoms
+//! * `errors` - `NifError`: core and glue errors -> `{:error, reason}`
 //! * `term`   - Erlang terms <-> canonical bytes
-//! * `errors` - core errors -> `{:error, reason}`
-//! * `types`  - the pure CRDT and HLC functions behind `Vsmcp.CRDT.Types.*`
 //! * `op`     - operation terms -> core `Mutation` (one parser for both)
-//! * `value`  - CRDT values -> Elixir terms (sets as real `MapSet`s)
+//! * `options` - the option maps of `store_open` and `sync_start`
+//! * `handle` - the store resource, the owners' registry, `resolve`
+//!
+//! Values:
+//!
+//! * `set_value` - a set as a `MapSet` term
 //! * `set_cache` - a hot set's built `MapSet` kept beside it, edited per update
-//! * `store`  - the store resource behind `Vsmcp.CRDT.ContextStore`
-//! * `sync`   - the sync engine behind `Vsmcp.CRDT.Sync.Peer`
+//! * `value`  - CRDT values -> Elixir terms (sets as real `MapSet`s)
+//!
+//! NIFs:
+//!
+//! * `store`  - `Vsmcp.CRDT.ContextStore`'s calls on a store
 //! * `operations` - backup, listing by pages and `info` of a store
 //! * `import` - the replaced application's DETS entries, imported
+//! * `sync`   - the sync engine behind `Vsmcp.CRDT.Sync.Peer`
+//! * `types`  - the pure CRDT and HLC functions behind `Vsmcp.CRDT.Types.*`
 
+mod atoms;
 mod errors;
+mod handle;
 mod import;
 mod op;
 mod operations;
+mod options;
 #[cfg(feature = "fault-injection")]
 mod probe;
 mod set_cache;
+mod set_value;
 mod store;
 mod sync;
 mod term;

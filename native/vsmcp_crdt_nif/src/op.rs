@@ -3,17 +3,10 @@
 //! mutation to a kind (and the rule for negative amounts) is the core's
 //! `Mutation::fit`.
 
+use crate::atoms::{add, decrement, increment, remove, set};
 use crate::term as tc;
 use rustler::{Atom, Term};
 use vsmcp_crdt_core::{Error, Mutation};
-
-rustler::atoms! {
-    increment,
-    decrement,
-    add,
-    remove,
-    set,
-}
 
 /// Why a term is not a mutation.
 pub enum OpError<'a> {

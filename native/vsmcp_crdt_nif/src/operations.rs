@@ -2,45 +2,28 @@
 //! and `info`. Each does disk work or O(n) work, so each runs on a dirty
 //! IO scheduler (never a normal one).
 
-use crate::errors::{error, error_term, ok};
-use crate::store::resolve;
+use crate::atoms::{nil, ok};
+use crate::errors::{answer, NifError};
+use crate::handle::resolve;
 use crate::term::{self as tc, Trust};
 use crate::value::kind_atom;
 use rustler::types::map::map_new;
-use rustler::{Atom, Binary, Encoder, Env, Term};
+use rustler::{Binary, Encoder, Env, NifMap, Term};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use vsmcp_crdt_core::store::info::{ByKind, Info};
 use vsmcp_crdt_core::Kind;
 
-rustler::atoms! {
-    nil,
-}
-
-/// A map with atom keys from a fixed list of names.
-fn map_of<'a>(env: Env<'a>, pairs: &[(&str, Term<'a>)]) -> Term<'a> {
-    let mut map = map_new(env);
-    for (k, v) in pairs {
-        if let Ok(key) = Atom::from_str(env, k) {
-            map = map.map_put(key, *v).unwrap_or(map);
-        }
-    }
-    map
-}
-
 /// Copy the store to the directory `path` (which must not exist): `:ok`,
 /// `{:error, :already_exists}` or `{:error, {:storage_error, msg}}`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_backup<'a>(env: Env<'a>, store: Term<'a>, path: Binary<'a>) -> Term<'a> {
-    let h = match resolve(store) {
-        Ok(h) => h,
-        Err(reason) => return (error(), reason).encode(env),
-    };
-    let dest = Path::new(std::ffi::OsStr::from_bytes(path.as_slice()));
-    match h.store.backup(dest) {
-        Ok(()) => ok().encode(env),
-        Err(e) => error_term(env, &e),
-    }
+    answer(env, || {
+        let h = resolve(store)?;
+        let dest = Path::new(std::ffi::OsStr::from_bytes(path.as_slice()));
+        h.store.backup(dest)?;
+        Ok(ok().encode(env))
+    })
 }
 
 /// One page of ids after the cursor `after` (`nil`: from the first):
@@ -54,27 +37,29 @@ fn store_ids_page<'a>(
     after: Option<Binary<'a>>,
     limit: usize,
 ) -> Term<'a> {
-    let h = match resolve(store) {
-        Ok(h) => h,
-        Err(reason) => return (error(), reason).encode(env),
-    };
-    match h
-        .store
-        .ids_page(after.as_ref().map(|b| b.as_slice()), limit)
-    {
-        Ok((ids, next)) => {
-            let out: Vec<Term<'a>> = ids
-                .iter()
-                .filter_map(|id| tc::decode(env, id, Trust::Local).ok())
-                .collect();
-            let next = match next {
-                Some(c) => tc::make_binary(env, &c),
-                None => nil().encode(env),
-            };
-            (ok(), out, next).encode(env)
-        }
-        Err(e) => error_term(env, &e),
-    }
+    answer(env, || {
+        let h = resolve(store)?;
+        let (ids, next) = h
+            .store
+            .ids_page(after.as_ref().map(|b| b.as_slice()), limit)?;
+        let out: Vec<Term<'a>> = ids
+            .iter()
+            .filter_map(|id| tc::decode(env, id, Trust::Local).ok())
+            .collect();
+        let next = match next {
+            Some(c) => tc::make_binary(env, &c),
+            None => nil().encode(env),
+        };
+        Ok((ok(), out, next).encode(env))
+    })
+}
+
+/// The store's report (see `Vsmcp.CRDT.ContextStore.info/1` for the
+/// fields): `{:ok, map}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_info<'a>(env: Env<'a>, store: Term<'a>) -> Result<InfoMap<'a>, NifError<'a>> {
+    let info = resolve(store)?.store.info()?;
+    Ok(InfoMap::new(env, &info))
 }
 
 /// `%{g_counter: n, ...}` with every type.
@@ -88,136 +73,176 @@ fn by_kind<'a>(env: Env<'a>, counts: &ByKind) -> Term<'a> {
     map
 }
 
-/// The store's report (see `Vsmcp.CRDT.ContextStore.info/1` for the
-/// fields): `{:ok, map}`.
-#[rustler::nif(schedule = "DirtyIo")]
-fn store_info<'a>(env: Env<'a>, store: Term<'a>) -> Term<'a> {
-    let h = match resolve(store) {
-        Ok(h) => h,
-        Err(reason) => return (error(), reason).encode(env),
-    };
-    match h.store.info() {
-        Ok(info) => (ok(), info_map(env, &info)).encode(env),
-        Err(e) => error_term(env, &e),
-    }
+/// The map of `store_info`; the keys are the fields' names.
+#[derive(NifMap)]
+struct InfoMap<'a> {
+    uptime_ms: u64,
+    crdts: Crdts<'a>,
+    memory: Memory,
+    disk: Disk,
+    compaction: Compaction,
+    ops: Ops,
+    lag: Lag,
+    clock: Clock,
 }
 
-fn info_map<'a>(env: Env<'a>, i: &Info) -> Term<'a> {
-    let tier = |count: u64, kinds: &ByKind| {
-        map_of(
-            env,
-            &[
-                ("count", count.encode(env)),
-                ("by_type", by_kind(env, kinds)),
-            ],
-        )
-    };
-    let mut all = i.hot.by_kind;
-    for (n, (w, c)) in all
-        .iter_mut()
-        .zip(i.warm.by_kind.iter().zip(&i.cold.by_kind))
-    {
-        *n += w + c;
+#[derive(NifMap)]
+struct Crdts<'a> {
+    count: u64,
+    by_type: Term<'a>,
+    hot: Tier<'a>,
+    warm: Tier<'a>,
+    cold: ColdTier<'a>,
+    tombstones: u64,
+}
+
+#[derive(NifMap)]
+struct Tier<'a> {
+    count: u64,
+    by_type: Term<'a>,
+}
+
+#[derive(NifMap)]
+struct ColdTier<'a> {
+    count: u64,
+    by_type: Term<'a>,
+    exact: bool,
+    sampled: u64,
+}
+
+#[derive(NifMap)]
+struct Memory {
+    hot_bytes: u64,
+    warm_bytes: u64,
+    pending_bytes: u64,
+    memtable_bytes: u64,
+    block_cache_bytes: u64,
+    table_readers_bytes: u64,
+}
+
+#[derive(NifMap)]
+struct Disk {
+    sst_bytes: u64,
+    live_sst_bytes: u64,
+    live_data_bytes: u64,
+    wal_bytes: u64,
+    wal_files: u64,
+    keys_estimate: u64,
+}
+
+#[derive(NifMap)]
+struct Compaction {
+    running: u64,
+    pending: bool,
+    pending_bytes: u64,
+    running_flushes: u64,
+    flush_pending: bool,
+    write_stopped: bool,
+    background_errors: u64,
+}
+
+#[derive(NifMap)]
+struct Ops {
+    reads: u64,
+    writes: u64,
+    remote_merges: u64,
+    reads_per_sec: f64,
+    writes_per_sec: f64,
+    remote_merges_per_sec: f64,
+    window_ms: u64,
+}
+
+#[derive(NifMap)]
+struct Lag {
+    pending_writes: u64,
+    pending_bytes: u64,
+    oldest_pending_ms: Option<u64>,
+    flush_interval_ms: u64,
+}
+
+#[derive(NifMap)]
+struct Clock {
+    hlc: (u64, u32),
+    max_remote_ahead_ms: Option<i64>,
+    max_clock_offset_ms: u64,
+}
+
+impl<'a> InfoMap<'a> {
+    fn new(env: Env<'a>, i: &Info) -> Self {
+        let mut all = i.hot.by_kind;
+        for (n, (w, c)) in all
+            .iter_mut()
+            .zip(i.warm.by_kind.iter().zip(&i.cold.by_kind))
+        {
+            *n += w + c;
+        }
+        let (d, o) = (&i.disk, &i.ops);
+        InfoMap {
+            uptime_ms: i.uptime_ms,
+            crdts: Crdts {
+                count: i.hot.count + i.warm.count + i.cold.count,
+                by_type: by_kind(env, &all),
+                hot: Tier {
+                    count: i.hot.count,
+                    by_type: by_kind(env, &i.hot.by_kind),
+                },
+                warm: Tier {
+                    count: i.warm.count,
+                    by_type: by_kind(env, &i.warm.by_kind),
+                },
+                cold: ColdTier {
+                    count: i.cold.count,
+                    by_type: by_kind(env, &i.cold.by_kind),
+                    exact: i.cold.exact,
+                    sampled: i.cold.sampled,
+                },
+                tombstones: i.tombstones,
+            },
+            memory: Memory {
+                hot_bytes: i.hot.bytes,
+                warm_bytes: i.warm.bytes,
+                pending_bytes: i.lag.bytes,
+                memtable_bytes: d.memtable_bytes,
+                block_cache_bytes: d.block_cache_bytes,
+                table_readers_bytes: d.table_readers_bytes,
+            },
+            disk: Disk {
+                sst_bytes: d.total_sst_bytes,
+                live_sst_bytes: d.live_sst_bytes,
+                live_data_bytes: d.live_data_bytes,
+                wal_bytes: d.wal_bytes,
+                wal_files: d.wal_files,
+                keys_estimate: d.keys_estimate,
+            },
+            compaction: Compaction {
+                running: d.running_compactions,
+                pending: d.compaction_pending,
+                pending_bytes: d.pending_compaction_bytes,
+                running_flushes: d.running_flushes,
+                flush_pending: d.flush_pending,
+                write_stopped: d.write_stopped,
+                background_errors: d.background_errors,
+            },
+            ops: Ops {
+                reads: o.reads,
+                writes: o.writes,
+                remote_merges: o.remote_merges,
+                reads_per_sec: o.reads_per_sec,
+                writes_per_sec: o.writes_per_sec,
+                remote_merges_per_sec: o.remote_merges_per_sec,
+                window_ms: o.window_ms,
+            },
+            lag: Lag {
+                pending_writes: i.lag.ids,
+                pending_bytes: i.lag.bytes,
+                oldest_pending_ms: i.lag.oldest_ms,
+                flush_interval_ms: i.flush_interval_ms,
+            },
+            clock: Clock {
+                hlc: (i.hlc.wall_ms, i.hlc.counter),
+                max_remote_ahead_ms: i.max_remote_ahead_ms,
+                max_clock_offset_ms: i.max_clock_offset_ms,
+            },
+        }
     }
-    let cold = map_of(
-        env,
-        &[
-            ("count", i.cold.count.encode(env)),
-            ("by_type", by_kind(env, &i.cold.by_kind)),
-            ("exact", i.cold.exact.encode(env)),
-            ("sampled", i.cold.sampled.encode(env)),
-        ],
-    );
-    let crdts = map_of(
-        env,
-        &[
-            (
-                "count",
-                (i.hot.count + i.warm.count + i.cold.count).encode(env),
-            ),
-            ("by_type", by_kind(env, &all)),
-            ("hot", tier(i.hot.count, &i.hot.by_kind)),
-            ("warm", tier(i.warm.count, &i.warm.by_kind)),
-            ("cold", cold),
-            ("tombstones", i.tombstones.encode(env)),
-        ],
-    );
-    let d = &i.disk;
-    let memory = map_of(
-        env,
-        &[
-            ("hot_bytes", i.hot.bytes.encode(env)),
-            ("warm_bytes", i.warm.bytes.encode(env)),
-            ("pending_bytes", i.lag.bytes.encode(env)),
-            ("memtable_bytes", d.memtable_bytes.encode(env)),
-            ("block_cache_bytes", d.block_cache_bytes.encode(env)),
-            ("table_readers_bytes", d.table_readers_bytes.encode(env)),
-        ],
-    );
-    let disk = map_of(
-        env,
-        &[
-            ("sst_bytes", d.total_sst_bytes.encode(env)),
-            ("live_sst_bytes", d.live_sst_bytes.encode(env)),
-            ("live_data_bytes", d.live_data_bytes.encode(env)),
-            ("wal_bytes", d.wal_bytes.encode(env)),
-            ("wal_files", d.wal_files.encode(env)),
-            ("keys_estimate", d.keys_estimate.encode(env)),
-        ],
-    );
-    let compaction = map_of(
-        env,
-        &[
-            ("running", d.running_compactions.encode(env)),
-            ("pending", d.compaction_pending.encode(env)),
-            ("pending_bytes", d.pending_compaction_bytes.encode(env)),
-            ("running_flushes", d.running_flushes.encode(env)),
-            ("flush_pending", d.flush_pending.encode(env)),
-            ("write_stopped", d.write_stopped.encode(env)),
-            ("background_errors", d.background_errors.encode(env)),
-        ],
-    );
-    let o = &i.ops;
-    let ops = map_of(
-        env,
-        &[
-            ("reads", o.reads.encode(env)),
-            ("writes", o.writes.encode(env)),
-            ("remote_merges", o.remote_merges.encode(env)),
-            ("reads_per_sec", o.reads_per_sec.encode(env)),
-            ("writes_per_sec", o.writes_per_sec.encode(env)),
-            ("remote_merges_per_sec", o.remote_merges_per_sec.encode(env)),
-            ("window_ms", o.window_ms.encode(env)),
-        ],
-    );
-    let lag = map_of(
-        env,
-        &[
-            ("pending_writes", i.lag.ids.encode(env)),
-            ("pending_bytes", i.lag.bytes.encode(env)),
-            ("oldest_pending_ms", i.lag.oldest_ms.encode(env)),
-            ("flush_interval_ms", i.flush_interval_ms.encode(env)),
-        ],
-    );
-    let clock = map_of(
-        env,
-        &[
-            ("hlc", (i.hlc.wall_ms, i.hlc.counter).encode(env)),
-            ("max_remote_ahead_ms", i.max_remote_ahead_ms.encode(env)),
-            ("max_clock_offset_ms", i.max_clock_offset_ms.encode(env)),
-        ],
-    );
-    map_of(
-        env,
-        &[
-            ("uptime_ms", i.uptime_ms.encode(env)),
-            ("crdts", crdts),
-            ("memory", memory),
-            ("disk", disk),
-            ("compaction", compaction),
-            ("ops", ops),
-            ("lag", lag),
-            ("clock", clock),
-        ],
-    )
 }

@@ -45,8 +45,8 @@
 //! (about 0.3 ms at the bound); a compaction or a build of more than
 //! `INLINE_BYTES` answers `Error::WouldBlock` (the dirty retry does it).
 
+use crate::set_value::{decode_elements, set_map};
 use crate::term::{self as tc, Trust};
-use crate::value::{decode_elements, set_map};
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::{Env, Term};
 use vsmcp_crdt_core::orset::ORSet;

@@ -15,27 +15,16 @@
 //! Remote ids are decoded with existing atoms only; an id naming an atom
 //! unknown here is left out of `:changed` events.
 
-use crate::errors::ok;
-use crate::store::{get, resolve};
-use crate::term::{self as tc, Trust};
+use crate::atoms::{self, atom_map, ok};
+use crate::errors::{answer, NifError};
+use crate::handle::resolve;
+use crate::options;
+use crate::term::{self as tc, make_binary, Trust};
 use parking_lot::Mutex;
-use rustler::types::map::map_new;
-use rustler::{Atom, Binary, Encoder, Env, NifResult, OwnedBinary, Resource, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, NifMap, NifResult, Resource, ResourceArc, Term};
 use vsmcp_crdt_core::store::Store;
-use vsmcp_crdt_core::sync::{directory_of, Engine, EngineConfig, Event, Outbound};
+use vsmcp_crdt_core::sync::{directory_of, Engine, Event, Outbound};
 use vsmcp_crdt_core::ReplicaId;
-
-rustler::atoms! {
-    peer_up,
-    peer_down,
-    changed,
-    local,
-    remote,
-    rejected,
-    answered,
-    invalid_replica,
-    closed,
-}
 
 pub struct SyncResource {
     store: Store,
@@ -65,12 +54,13 @@ impl Drop for SyncResource {
     }
 }
 
-/// Run `f` with the engine, or answer `{:error, :closed}` once stopped.
-fn with_engine<'a>(env: Env<'a>, s: &Sync, f: impl FnOnce(&mut Engine) -> Term<'a>) -> Term<'a> {
-    match s.engine.lock().as_mut() {
-        Some(e) => f(e),
-        None => (crate::errors::error(), closed()).encode(env),
-    }
+/// Run `f` with the engine, or `{:error, :closed}` once stopped.
+fn with_engine<'a, T>(s: &Sync, f: impl FnOnce(&mut Engine) -> T) -> Result<T, NifError<'a>> {
+    let mut guard = s.engine.lock();
+    let e = guard
+        .as_mut()
+        .ok_or_else(|| NifError::Reason(atoms::closed()))?;
+    Ok(f(e))
 }
 
 type Sync = ResourceArc<SyncResource>;
@@ -91,21 +81,15 @@ fn unkey(k: &[u8]) -> Option<ReplicaId> {
     Some(ReplicaId::new(&bytes?))
 }
 
-fn bin<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    let mut b = OwnedBinary::new(bytes.len());
-    b.as_mut_slice().copy_from_slice(bytes);
-    b.release(env).encode(env)
-}
-
 fn outs_term<'a>(env: Env<'a>, outs: &[Outbound]) -> Term<'a> {
     let v: Vec<Term<'a>> = outs
         .iter()
         .map(|o| {
             let to = match &o.to {
                 Some(r) => key(r).encode(env),
-                None => rustler::types::atom::nil().encode(env),
+                None => atoms::nil().encode(env),
             };
-            (to, bin(env, &o.bytes)).encode(env)
+            (to, make_binary(env, &o.bytes)).encode(env)
         })
         .collect();
     v.encode(env)
@@ -115,27 +99,29 @@ fn events_term<'a>(env: Env<'a>, events: &[Event], want_changes: bool) -> Term<'
     let mut v: Vec<Term<'a>> = Vec::with_capacity(events.len());
     for e in events {
         let t = match e {
-            Event::PeerUp(r, attrs) => (peer_up(), key(r), bin(env, attrs)).encode(env),
-            Event::PeerDown(r) => (peer_down(), key(r)).encode(env),
+            Event::PeerUp(r, attrs) => {
+                (atoms::peer_up(), key(r), make_binary(env, attrs)).encode(env)
+            }
+            Event::PeerDown(r) => (atoms::peer_down(), key(r)).encode(env),
             Event::Changed(id) if want_changes => match tc::decode(env, id, Trust::Remote) {
-                Ok(id) => (changed(), id, remote()).encode(env),
+                Ok(id) => (atoms::changed(), id, atoms::remote()).encode(env),
                 Err(_) => continue,
             },
             Event::LocalChanged(id) if want_changes => match tc::decode(env, id, Trust::Local) {
-                Ok(id) => (changed(), id, local()).encode(env),
+                Ok(id) => (atoms::changed(), id, atoms::local()).encode(env),
                 Err(_) => continue,
             },
             Event::Changed(_) | Event::LocalChanged(_) => continue,
             Event::Rejected(r, why, detail) => {
                 let who = match r {
                     Some(r) => key(r).encode(env),
-                    None => rustler::types::atom::nil().encode(env),
+                    None => atoms::nil().encode(env),
                 };
                 // Kind names are a fixed set, never from input.
-                let kind = Atom::from_str(env, why.name()).unwrap_or_else(|_| rejected());
-                (rejected(), who, kind, detail.as_str()).encode(env)
+                let kind = Atom::from_str(env, why.name()).unwrap_or_else(|_| atoms::rejected());
+                (atoms::rejected(), who, kind, detail.as_str()).encode(env)
             }
-            Event::Answered(r) => (answered(), key(r)).encode(env),
+            Event::Answered(r) => (atoms::answered(), key(r)).encode(env),
         };
         v.push(t);
     }
@@ -143,36 +129,17 @@ fn events_term<'a>(env: Env<'a>, events: &[Event], want_changes: bool) -> Term<'
 }
 
 /// Start syncing the store behind `store`: local changes are recorded from
-/// now on. Options (a map): `versions` (list of wire versions),
-/// `retransmit_ms`, `down_after_ms`, `max_log_bytes`, `attrs` (binary).
+/// now on. `{:ok, engine, key}`; options as `options::engine_config` (a
+/// malformed map is `badarg`).
 #[rustler::nif(schedule = "DirtyCpu")]
 fn sync_start<'a>(env: Env<'a>, store: Term<'a>, opts: Term<'a>) -> NifResult<Term<'a>> {
+    // The options are read once the store is found: an unknown store is
+    // `{:error, :noproc}` whatever `opts` holds.
     let h = match resolve(store) {
         Ok(h) => h,
-        Err(reason) => return Ok((crate::errors::error(), reason).encode(env)),
+        Err(e) => return Ok(answer(env, || Err(e))),
     };
-    let mut cfg = EngineConfig::default();
-    if let Some(v) = get::<Vec<u8>>(opts, "versions")? {
-        cfg.versions = v;
-    }
-    if let Some(v) = get::<u64>(opts, "retransmit_ms")? {
-        cfg.retransmit_ms = v;
-    }
-    if let Some(v) = get::<u64>(opts, "down_after_ms")? {
-        cfg.down_after_ms = v;
-    }
-    if let Some(v) = get::<usize>(opts, "max_log_bytes")? {
-        cfg.max_log_bytes = v;
-    }
-    if let Some(v) = get::<u64>(opts, "collect_after_ms")? {
-        cfg.collect_after_ms = v;
-    }
-    if let Some(v) = get::<u64>(opts, "member_expiry_ms")? {
-        cfg.member_expiry_ms = v;
-    }
-    if let Some(v) = get::<Binary>(opts, "attrs")? {
-        cfg.attrs = v.as_slice().to_vec();
-    }
+    let cfg = options::engine_config(opts)?;
     let store = h.store.clone();
     let capture = store.start_capture();
     let engine = Engine::new(&store, cfg);
@@ -194,31 +161,33 @@ fn sync_stop(s: Sync) -> Atom {
     ok()
 }
 
+/// `{:ok, {outs | hello, events}}` of one engine call (see the module
+/// doc), or `{:error, :closed}`.
+type EngineReply<'a> = Result<(Term<'a>, Term<'a>), NifError<'a>>;
+
 /// `{:ok, {outs, events}}`: local changes shipped, retransmissions.
 #[rustler::nif(schedule = "DirtyIo")]
-fn sync_tick<'a>(env: Env<'a>, s: Sync, now_ms: u64, want_changes: bool) -> Term<'a> {
-    with_engine(env, &s, |e| {
+fn sync_tick<'a>(env: Env<'a>, s: Sync, now_ms: u64, want_changes: bool) -> EngineReply<'a> {
+    with_engine(&s, |e| {
         let mut events = Vec::new();
         let outs = e.tick(&s.store, now_ms, &mut events);
-        let r = (
+        (
             outs_term(env, &outs),
             events_term(env, &events, want_changes),
-        );
-        (ok(), r).encode(env)
+        )
     })
 }
 
 /// `{:ok, {hello, events}}`: the heartbeat to broadcast.
 #[rustler::nif(schedule = "DirtyIo")]
-fn sync_hello<'a>(env: Env<'a>, s: Sync, want_changes: bool) -> Term<'a> {
-    with_engine(env, &s, |e| {
+fn sync_hello<'a>(env: Env<'a>, s: Sync, want_changes: bool) -> EngineReply<'a> {
+    with_engine(&s, |e| {
         let mut events = Vec::new();
         let out = e.hello(&s.store, &mut events);
-        let r = (
-            bin(env, &out.bytes),
+        (
+            make_binary(env, &out.bytes),
             events_term(env, &events, want_changes),
-        );
-        (ok(), r).encode(env)
+        )
     })
 }
 
@@ -230,157 +199,199 @@ fn sync_receive<'a>(
     bytes: Binary<'a>,
     now_ms: u64,
     want_changes: bool,
-) -> Term<'a> {
-    with_engine(env, &s, |e| {
+) -> EngineReply<'a> {
+    with_engine(&s, |e| {
         let mut events = Vec::new();
         let outs = e.receive(&s.store, bytes.as_slice(), now_ms, &mut events);
-        let r = (
+        (
             outs_term(env, &outs),
             events_term(env, &events, want_changes),
-        );
-        (ok(), r).encode(env)
+        )
     })
 }
 
 /// `{:ok, {peer_keys, outs, events}}`: an anti-entropy round started.
 #[rustler::nif(schedule = "DirtyIo")]
-fn sync_round<'a>(env: Env<'a>, s: Sync, now_ms: u64, want_changes: bool) -> Term<'a> {
-    with_engine(env, &s, |e| {
+fn sync_round<'a>(
+    env: Env<'a>,
+    s: Sync,
+    now_ms: u64,
+    want_changes: bool,
+) -> Result<(Vec<String>, Term<'a>, Term<'a>), NifError<'a>> {
+    with_engine(&s, |e| {
         let mut events = Vec::new();
         let (peers, outs) = e.round(&s.store, now_ms, &mut events);
-        let peers: Vec<String> = peers.iter().map(key).collect();
-        let r = (
-            peers,
+        (
+            peers.iter().map(key).collect(),
             outs_term(env, &outs),
             events_term(env, &events, want_changes),
-        );
-        (ok(), r).encode(env)
+        )
     })
 }
 
 /// Forget the replica named by `k` (any incarnation of its directory): a
 /// peer's key, or a member's (its directory alone, for a member whose
-/// session is gone).
+/// session is gone). `{:ok, events}`; `:invalid_replica` for a key that
+/// names no peer directory (or our own).
 #[rustler::nif(schedule = "DirtyIo")]
-fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Term<'a> {
-    let Some(r) = unkey(k.as_slice()) else {
-        return (crate::errors::error(), invalid_replica()).encode(env);
+fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Result<Term<'a>, NifError<'a>> {
+    let r = unkey(k.as_slice()).ok_or(NifError::Reason(atoms::invalid_replica()))?;
+    let dir = if r.as_bytes().len() == vsmcp_crdt_core::store::record::DIRECTORY_BYTES {
+        r.as_bytes()
+    } else {
+        directory_of(&r)
     };
-    with_engine(env, &s, |e| {
+    with_engine(&s, |e| {
         let mut events = Vec::new();
-        let dir = if r.as_bytes().len() == vsmcp_crdt_core::store::record::DIRECTORY_BYTES {
-            r.as_bytes()
-        } else {
-            directory_of(&r)
-        };
         match e.forget(&s.store, dir, &mut events) {
-            Ok(()) => (ok(), events_term(env, &events, false)).encode(env),
-            // Not a peer directory (a key of the wrong shape, our own).
+            Ok(()) => Ok(events_term(env, &events, false)),
             Err(vsmcp_crdt_core::Error::InvalidArgument(_)) => {
-                (crate::errors::error(), invalid_replica()).encode(env)
+                Err(NifError::Reason(atoms::invalid_replica()))
             }
-            Err(err) => crate::errors::error_term(env, &err),
+            Err(err) => Err(err.into()),
         }
-    })
+    })?
+}
+
+/// The map of `sync_info`; the keys are the fields' names.
+#[derive(NifMap)]
+struct SyncInfo<'a> {
+    replica: String,
+    peers: Vec<PeerInfo<'a>>,
+    members: Vec<MemberInfo<'a>>,
+    collectable_sets: usize,
+    queued_transfers: usize,
+    counters: Counters,
+    /// Rejections by kind (names from the core, a fixed set).
+    rejected: Term<'a>,
+    log_entries: usize,
+    log_bytes: usize,
+}
+
+#[derive(NifMap)]
+struct Counters {
+    msgs_sent: u64,
+    bytes_sent: u64,
+    msgs_received: u64,
+    bytes_received: u64,
+    deltas_recorded: u64,
+    entries_merged: u64,
+    states_sent: u64,
+    digests_sent: u64,
+    retransmits: u64,
+    collected_elements: u64,
+    collected_tombstones: u64,
+    dropped_stale: u64,
+    state_proofs: u64,
+    members_removed: u64,
+}
+
+#[derive(NifMap)]
+struct PeerInfo<'a> {
+    key: String,
+    up: bool,
+    wire_version: u8,
+    node: Term<'a>,
+    last_seen_ms: u64,
+    ack_lag: u64,
+    clock_offset_ms: i64,
+    refused_ahead_ms: u64,
+    anchored: bool,
+    msgs_sent: u64,
+    bytes_sent: u64,
+    msgs_received: u64,
+    bytes_received: u64,
+    deltas_sent: u64,
+    entries_received: u64,
+    rejected: Term<'a>,
+}
+
+#[derive(NifMap)]
+struct MemberInfo<'a> {
+    directory: Term<'a>,
+    /// Its directory as a key `forget_replica/2` takes.
+    key: String,
+    up: bool,
+    frontier: u64,
+    stable: u64,
 }
 
 /// `{:ok, map}`: counters, peers and log size.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn sync_info<'a>(env: Env<'a>, s: Sync) -> Term<'a> {
-    let guard = s.engine.lock();
-    let Some(e) = guard.as_ref() else {
-        return (crate::errors::error(), closed()).encode(env);
-    };
-    let c = e.counters();
-    let put = |m: Term<'a>, k: &str, v: Term<'a>| match Atom::from_str(env, k) {
-        Ok(a) => m.map_put(a, v).unwrap_or(m),
-        Err(_) => m,
-    };
-    let mut counters = map_new(env);
-    for (k, v) in [
-        ("msgs_sent", c.msgs_sent),
-        ("bytes_sent", c.bytes_sent),
-        ("msgs_received", c.msgs_received),
-        ("bytes_received", c.bytes_received),
-        ("deltas_recorded", c.deltas_recorded),
-        ("entries_merged", c.entries_merged),
-        ("states_sent", c.states_sent),
-        ("digests_sent", c.digests_sent),
-        ("retransmits", c.retransmits),
-        ("collected_elements", c.collected_elements),
-        ("collected_tombstones", c.collected_tombstones),
-        ("dropped_stale", c.dropped_stale),
-        ("state_proofs", c.state_proofs),
-        ("members_removed", c.members_removed),
-    ] {
-        counters = put(counters, k, v.encode(env));
-    }
-    let mut rejected = map_new(env);
-    for (k, v) in c.rejections() {
-        rejected = put(rejected, k, v.encode(env));
-    }
-    let names: Vec<&'static str> = vsmcp_crdt_core::sync::Counters::default()
-        .rejections()
-        .map(|(n, _)| n)
-        .collect();
-    let peers: Vec<Term<'a>> = e
-        .peer_info()
-        .iter()
-        .map(|p| {
-            let mut rejected = map_new(env);
-            for (n, v) in names.iter().zip(p.stats.rejected.iter()) {
-                rejected = put(rejected, n, v.encode(env));
-            }
-            let mut m = map_new(env);
-            for (k, v) in [
-                ("key", key(&p.id).encode(env)),
-                ("up", p.up.encode(env)),
-                ("wire_version", p.version.encode(env)),
-                ("node", bin(env, &p.attrs)),
-                ("last_seen_ms", p.last_seen_ms.encode(env)),
-                ("ack_lag", p.ack_lag.encode(env)),
-                ("clock_offset_ms", p.clock_offset_ms.encode(env)),
-                ("refused_ahead_ms", p.refused_ahead_ms.encode(env)),
-                ("anchored", p.anchored.encode(env)),
-                ("msgs_sent", p.stats.msgs_sent.encode(env)),
-                ("bytes_sent", p.stats.bytes_sent.encode(env)),
-                ("msgs_received", p.stats.msgs_received.encode(env)),
-                ("bytes_received", p.stats.bytes_received.encode(env)),
-                ("deltas_sent", p.stats.deltas_sent.encode(env)),
-                ("entries_received", p.stats.entries_received.encode(env)),
-                ("rejected", rejected),
-            ] {
-                m = put(m, k, v);
-            }
-            m
-        })
-        .collect();
-    let members: Vec<Term<'a>> = e
-        .member_info()
-        .iter()
-        .map(|mi| {
-            let mut m = map_new(env);
-            for (k, v) in [
-                ("directory", bin(env, &mi.directory)),
-                ("key", key(&ReplicaId::new(&mi.directory)).encode(env)),
-                ("up", mi.up.encode(env)),
-                ("frontier", mi.frontier.encode(env)),
-                ("stable", mi.stable.encode(env)),
-            ] {
-                m = put(m, k, v);
-            }
-            m
-        })
-        .collect();
-    let mut m = map_new(env);
-    m = put(m, "replica", key(e.me()).encode(env));
-    m = put(m, "peers", peers.encode(env));
-    m = put(m, "members", members.encode(env));
-    m = put(m, "collectable_sets", e.collectable_sets().encode(env));
-    m = put(m, "queued_transfers", e.queued_transfers().encode(env));
-    m = put(m, "counters", counters);
-    m = put(m, "rejected", rejected);
-    m = put(m, "log_entries", e.log().len().encode(env));
-    m = put(m, "log_bytes", e.log().bytes().encode(env));
-    (ok(), m).encode(env)
+fn sync_info<'a>(env: Env<'a>, s: Sync) -> Result<SyncInfo<'a>, NifError<'a>> {
+    with_engine(&s, |e| {
+        let c = e.counters();
+        let rejected: Vec<(&str, Term<'a>)> =
+            c.rejections().map(|(k, v)| (k, v.encode(env))).collect();
+        let names: Vec<&'static str> = vsmcp_crdt_core::sync::Counters::default()
+            .rejections()
+            .map(|(n, _)| n)
+            .collect();
+        let peers = e
+            .peer_info()
+            .iter()
+            .map(|p| {
+                let rejected: Vec<(&str, Term<'a>)> = names
+                    .iter()
+                    .zip(p.stats.rejected.iter())
+                    .map(|(n, v)| (*n, v.encode(env)))
+                    .collect();
+                PeerInfo {
+                    key: key(&p.id),
+                    up: p.up,
+                    wire_version: p.version,
+                    node: make_binary(env, &p.attrs),
+                    last_seen_ms: p.last_seen_ms,
+                    ack_lag: p.ack_lag,
+                    clock_offset_ms: p.clock_offset_ms,
+                    refused_ahead_ms: p.refused_ahead_ms,
+                    anchored: p.anchored,
+                    msgs_sent: p.stats.msgs_sent,
+                    bytes_sent: p.stats.bytes_sent,
+                    msgs_received: p.stats.msgs_received,
+                    bytes_received: p.stats.bytes_received,
+                    deltas_sent: p.stats.deltas_sent,
+                    entries_received: p.stats.entries_received,
+                    rejected: atom_map(env, &rejected),
+                }
+            })
+            .collect();
+        let members = e
+            .member_info()
+            .iter()
+            .map(|m| MemberInfo {
+                directory: make_binary(env, &m.directory),
+                key: key(&ReplicaId::new(&m.directory)),
+                up: m.up,
+                frontier: m.frontier,
+                stable: m.stable,
+            })
+            .collect();
+        SyncInfo {
+            replica: key(e.me()),
+            peers,
+            members,
+            collectable_sets: e.collectable_sets(),
+            queued_transfers: e.queued_transfers(),
+            counters: Counters {
+                msgs_sent: c.msgs_sent,
+                bytes_sent: c.bytes_sent,
+                msgs_received: c.msgs_received,
+                bytes_received: c.bytes_received,
+                deltas_recorded: c.deltas_recorded,
+                entries_merged: c.entries_merged,
+                states_sent: c.states_sent,
+                digests_sent: c.digests_sent,
+                retransmits: c.retransmits,
+                collected_elements: c.collected_elements,
+                collected_tombstones: c.collected_tombstones,
+                dropped_stale: c.dropped_stale,
+                state_proofs: c.state_proofs,
+                members_removed: c.members_removed,
+            },
+            rejected: atom_map(env, &rejected),
+            log_entries: e.log().len(),
+            log_bytes: e.log().bytes(),
+        }
+    })
 }

@@ -27,7 +27,8 @@
 //! atoms, at most those its sender put into it; ETF payloads are still
 //! decoded with `[:safe]`.
 
-use crate::errors::{error_term, result_term};
+use crate::atoms;
+use crate::errors::{answer, NifError};
 use crate::op::{self, OpError};
 use crate::term::{self as tc, make_binary, Trust};
 use rustler::{Binary, Encoder, Env, Term};
@@ -35,20 +36,6 @@ use std::cmp::Ordering;
 use vsmcp_crdt_core::crdt::split_header;
 use vsmcp_crdt_core::hlc::{self, Timestamp};
 use vsmcp_crdt_core::{Crdt, Error, Kind, Op, ReplicaId, Result, Value};
-
-mod atoms {
-    rustler::atoms! {
-        vv,
-        cloud,
-        timestamp,
-        counter,
-        node_id,
-        invalid_amount,
-        lt,
-        eq,
-        gt,
-    }
-}
 
 // ---- argument decoding -----------------------------------------------------
 
@@ -111,7 +98,7 @@ fn value_term<'a>(env: Env<'a>, c: &Crdt) -> Result<Term<'a>> {
             .collect::<Result<Vec<_>>>()?
             .encode(env),
         Value::Register(Some(v)) => tc::decode(env, v, Trust::Local)?,
-        Value::Register(None) => rustler::types::atom::nil().encode(env),
+        Value::Register(None) => atoms::nil().encode(env),
     })
 }
 
@@ -179,206 +166,170 @@ fn causal_context_term<'a>(env: Env<'a>, c: &Crdt) -> Result<Term<'a>> {
 
 // ---- CRDT operations -------------------------------------------------------
 
+/// What the CRDT functions answer: `{:ok, term}` or `{:error, reason}`.
+type Reply<'a> = std::result::Result<Term<'a>, NifError<'a>>;
+
+/// `{:ok, {state, delta}}`; `{:error, {:invalid_amount, n}}` for an amount
+/// out of range or a counter that would overflow.
 fn do_mutate<'a>(
     env: Env<'a>,
     kinds: Term<'a>,
     state: Term<'a>,
     node: Term<'a>,
     op: Term<'a>,
-) -> Term<'a> {
-    let r = (|| {
-        let mut crdt = state_arg(&kinds_arg(kinds)?, state)?;
-        let replica = replica_arg(node)?;
-        let mut buf = Vec::new();
-        let m = match op::parse(op, &mut buf, usize::MAX) {
-            Ok(m) => m,
-            Err(OpError::NotAnOperation) => return Err(Error::UnsupportedOperation),
-            Err(OpError::InvalidAmount(n)) => return Ok(Err(n)),
-            Err(OpError::Term(e)) => return Err(e),
-        };
-        let delta = match m.fit(crdt.kind())? {
-            // A no-op (a G-Counter increment by n <= 0): the empty delta.
-            None => Crdt::empty_delta(crdt.kind()),
-            Some(Op::Set(v, _)) => {
-                crdt.mutate(&replica, Op::Set(v, Timestamp::ZERO.tick(hlc::now_ms())))?
-            }
-            Some(o) => match crdt.mutate(&replica, o) {
-                Err(Error::Overflow) => return Ok(Err(op::amount_term(op).unwrap_or(op))),
-                other => other?,
-            },
-        };
-        Ok(Ok(
-            (binary_term(env, &crdt), binary_term(env, &delta)).encode(env)
-        ))
-    })();
-    match r {
-        Ok(Ok(t)) => (crate::errors::ok(), t).encode(env),
-        Ok(Err(n)) => (crate::errors::error(), (atoms::invalid_amount(), n)).encode(env),
-        Err(e) => error_term(env, &e),
+) -> Reply<'a> {
+    let invalid_amount = |n: Term<'a>| NifError::Detail((atoms::invalid_amount(), n).encode(env));
+    let mut crdt = state_arg(&kinds_arg(kinds)?, state)?;
+    let replica = replica_arg(node)?;
+    let mut buf = Vec::new();
+    let m = match op::parse(op, &mut buf, usize::MAX) {
+        Ok(m) => m,
+        Err(OpError::NotAnOperation) => return Err(Error::UnsupportedOperation.into()),
+        Err(OpError::InvalidAmount(n)) => return Err(invalid_amount(n)),
+        Err(OpError::Term(e)) => return Err(e.into()),
+    };
+    let delta = match m.fit(crdt.kind())? {
+        // A no-op (a G-Counter increment by n <= 0): the empty delta.
+        None => Crdt::empty_delta(crdt.kind()),
+        Some(Op::Set(v, _)) => {
+            crdt.mutate(&replica, Op::Set(v, Timestamp::ZERO.tick(hlc::now_ms())))?
+        }
+        Some(o) => match crdt.mutate(&replica, o) {
+            Err(Error::Overflow) => return Err(invalid_amount(op::amount_term(op).unwrap_or(op))),
+            other => other?,
+        },
+    };
+    Ok((binary_term(env, &crdt), binary_term(env, &delta)).encode(env))
+}
+
+fn do_merge<'a>(env: Env<'a>, kinds: Term<'a>, a: Term<'a>, b: Term<'a>) -> Reply<'a> {
+    let kinds = kinds_arg(kinds)?;
+    let mut a = state_arg(&kinds, a)?;
+    a.join(&state_arg(&kinds, b)?)?;
+    Ok(binary_term(env, &a))
+}
+
+fn do_value<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>) -> Reply<'a> {
+    Ok(value_term(env, &state_arg(&kinds_arg(kinds)?, state)?)?)
+}
+
+fn do_member<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>, elem: Term<'a>) -> Reply<'a> {
+    match state_arg(&kinds_arg(kinds)?, state)? {
+        Crdt::ORSet(s) => Ok(s.contains(&tc::encode(elem)?).encode(env)),
+        _ => Err(Error::UnsupportedOperation.into()),
     }
 }
 
-fn do_merge<'a>(env: Env<'a>, kinds: Term<'a>, a: Term<'a>, b: Term<'a>) -> Term<'a> {
-    let r = (|| {
-        let kinds = kinds_arg(kinds)?;
-        let mut a = state_arg(&kinds, a)?;
-        a.join(&state_arg(&kinds, b)?)?;
-        Ok(binary_term(env, &a))
-    })();
-    result_term(env, r)
+fn do_equal<'a>(env: Env<'a>, kinds: Term<'a>, a: Term<'a>, b: Term<'a>) -> Reply<'a> {
+    let kinds = kinds_arg(kinds)?;
+    Ok((state_arg(&kinds, a)? == state_arg(&kinds, b)?).encode(env))
 }
 
-fn do_value<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>) -> Term<'a> {
-    result_term(
+fn do_causal_context<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>) -> Reply<'a> {
+    Ok(causal_context_term(
         env,
-        (|| value_term(env, &state_arg(&kinds_arg(kinds)?, state)?))(),
-    )
+        &state_arg(&kinds_arg(kinds)?, state)?,
+    )?)
 }
 
-fn do_member<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>, elem: Term<'a>) -> Term<'a> {
-    let r = (|| match state_arg(&kinds_arg(kinds)?, state)? {
-        Crdt::ORSet(s) => Ok(s.contains(&tc::encode(elem)?).encode(env)),
-        _ => Err(Error::UnsupportedOperation),
-    })();
-    result_term(env, r)
-}
+/// Two NIFs per CRDT function: `$plain` on a normal scheduler, `$dirty`
+/// on a dirty CPU scheduler (Elixir picks it for states above 8 KiB).
+macro_rules! twin {
+    ($(#[$doc:meta])* $plain:ident, $dirty:ident, $imp:ident, ($($arg:ident),*)) => {
+        $(#[$doc])*
+        #[rustler::nif]
+        fn $plain<'a>(env: Env<'a>, $($arg: Term<'a>),*) -> Reply<'a> {
+            $imp(env, $($arg),*)
+        }
 
-fn do_equal<'a>(env: Env<'a>, kinds: Term<'a>, a: Term<'a>, b: Term<'a>) -> Term<'a> {
-    let r = (|| {
-        let kinds = kinds_arg(kinds)?;
-        Ok((state_arg(&kinds, a)? == state_arg(&kinds, b)?).encode(env))
-    })();
-    result_term(env, r)
-}
-
-fn do_causal_context<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>) -> Term<'a> {
-    result_term(
-        env,
-        (|| causal_context_term(env, &state_arg(&kinds_arg(kinds)?, state)?))(),
-    )
+        #[rustler::nif(schedule = "DirtyCpu")]
+        fn $dirty<'a>(env: Env<'a>, $($arg: Term<'a>),*) -> Reply<'a> {
+            $imp(env, $($arg),*)
+        }
+    };
 }
 
 /// `crdt_new(kind) -> {:ok, state} | {:error, :invalid_argument}`.
 #[rustler::nif]
-fn crdt_new<'a>(env: Env<'a>, kind: Term<'a>) -> Term<'a> {
-    result_term(env, kind_arg(kind).map(|k| binary_term(env, &Crdt::new(k))))
+fn crdt_new<'a>(env: Env<'a>, kind: Term<'a>) -> Reply<'a> {
+    Ok(binary_term(env, &Crdt::new(kind_arg(kind)?)))
 }
 
-/// `crdt_mutate(kinds, state, node_id, op) -> {:ok, {state, delta}} | {:error, reason}`.
-#[rustler::nif]
-fn crdt_mutate<'a>(
-    env: Env<'a>,
-    kinds: Term<'a>,
-    state: Term<'a>,
-    node: Term<'a>,
-    op: Term<'a>,
-) -> Term<'a> {
-    do_mutate(env, kinds, state, node, op)
-}
+twin!(
+    /// `crdt_mutate(kinds, state, node_id, op) -> {:ok, {state, delta}} | {:error, reason}`.
+    crdt_mutate,
+    crdt_mutate_dirty,
+    do_mutate,
+    (kinds, state, node, op)
+);
 
-#[rustler::nif(schedule = "DirtyCpu")]
-fn crdt_mutate_dirty<'a>(
-    env: Env<'a>,
-    kinds: Term<'a>,
-    state: Term<'a>,
-    node: Term<'a>,
-    op: Term<'a>,
-) -> Term<'a> {
-    do_mutate(env, kinds, state, node, op)
-}
+twin!(
+    /// `crdt_merge(kinds, a, b) -> {:ok, state} | {:error, reason}`.
+    crdt_merge,
+    crdt_merge_dirty,
+    do_merge,
+    (kinds, a, b)
+);
 
-/// `crdt_merge(kinds, a, b) -> {:ok, state} | {:error, reason}`.
-#[rustler::nif]
-fn crdt_merge<'a>(env: Env<'a>, kinds: Term<'a>, a: Term<'a>, b: Term<'a>) -> Term<'a> {
-    do_merge(env, kinds, a, b)
-}
+twin!(
+    /// `crdt_value(kinds, state) -> {:ok, integer | [term] | term | nil} | {:error, reason}`.
+    crdt_value,
+    crdt_value_dirty,
+    do_value,
+    (kinds, state)
+);
 
-#[rustler::nif(schedule = "DirtyCpu")]
-fn crdt_merge_dirty<'a>(env: Env<'a>, kinds: Term<'a>, a: Term<'a>, b: Term<'a>) -> Term<'a> {
-    do_merge(env, kinds, a, b)
-}
+twin!(
+    /// `crdt_member(kinds, state, elem) -> {:ok, boolean} | {:error, reason}`.
+    crdt_member,
+    crdt_member_dirty,
+    do_member,
+    (kinds, state, elem)
+);
 
-/// `crdt_value(kinds, state) -> {:ok, integer | [term] | term | nil} | {:error, reason}`.
-#[rustler::nif]
-fn crdt_value<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>) -> Term<'a> {
-    do_value(env, kinds, state)
-}
+twin!(
+    /// `crdt_equal(kinds, a, b) -> {:ok, boolean} | {:error, reason}`: equality
+    /// of replicated state (not of encodings).
+    crdt_equal,
+    crdt_equal_dirty,
+    do_equal,
+    (kinds, a, b)
+);
 
-#[rustler::nif(schedule = "DirtyCpu")]
-fn crdt_value_dirty<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>) -> Term<'a> {
-    do_value(env, kinds, state)
-}
-
-/// `crdt_member(kinds, state, elem) -> {:ok, boolean} | {:error, reason}`.
-#[rustler::nif]
-fn crdt_member<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>, elem: Term<'a>) -> Term<'a> {
-    do_member(env, kinds, state, elem)
-}
-
-#[rustler::nif(schedule = "DirtyCpu")]
-fn crdt_member_dirty<'a>(
-    env: Env<'a>,
-    kinds: Term<'a>,
-    state: Term<'a>,
-    elem: Term<'a>,
-) -> Term<'a> {
-    do_member(env, kinds, state, elem)
-}
-
-/// `crdt_equal(kinds, a, b) -> {:ok, boolean} | {:error, reason}`: equality
-/// of replicated state (not of encodings).
-#[rustler::nif]
-fn crdt_equal<'a>(env: Env<'a>, kinds: Term<'a>, a: Term<'a>, b: Term<'a>) -> Term<'a> {
-    do_equal(env, kinds, a, b)
-}
-
-#[rustler::nif(schedule = "DirtyCpu")]
-fn crdt_equal_dirty<'a>(env: Env<'a>, kinds: Term<'a>, a: Term<'a>, b: Term<'a>) -> Term<'a> {
-    do_equal(env, kinds, a, b)
-}
-
-/// `crdt_causal_context(kinds, state) -> {:ok, map} | {:error, reason}`.
-#[rustler::nif]
-fn crdt_causal_context<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>) -> Term<'a> {
-    do_causal_context(env, kinds, state)
-}
-
-#[rustler::nif(schedule = "DirtyCpu")]
-fn crdt_causal_context_dirty<'a>(env: Env<'a>, kinds: Term<'a>, state: Term<'a>) -> Term<'a> {
-    do_causal_context(env, kinds, state)
-}
+twin!(
+    /// `crdt_causal_context(kinds, state) -> {:ok, map} | {:error, reason}`.
+    crdt_causal_context,
+    crdt_causal_context_dirty,
+    do_causal_context,
+    (kinds, state)
+);
 
 // ---- HLC -------------------------------------------------------------------
 
 /// `hlc_tick(wall_ms, counter, now_ms) -> {wall_ms, counter} | {:error, reason}`.
 #[rustler::nif]
 fn hlc_tick<'a>(env: Env<'a>, wall_ms: Term<'a>, counter: Term<'a>, now_ms: Term<'a>) -> Term<'a> {
-    let r = (|| timestamp_arg(wall_ms, counter)?.tick_checked(u64_arg(now_ms)?))();
-    match r {
-        Ok(t) => (t.wall_ms, t.counter).encode(env),
-        Err(e) => error_term(env, &e),
-    }
+    answer(env, || {
+        let t = timestamp_arg(wall_ms, counter)?.tick_checked(u64_arg(now_ms)?)?;
+        Ok((t.wall_ms, t.counter).encode(env))
+    })
 }
 
 /// `hlc_receive(l_wall, l_counter, r_wall, r_counter, now_ms, max_offset_ms)
 /// -> {:ok, {wall_ms, counter}} | {:error, {:clock_skew, ahead_ms}} | {:error, reason}`.
 #[rustler::nif]
 fn hlc_receive<'a>(
-    env: Env<'a>,
     l_wall: Term<'a>,
     l_counter: Term<'a>,
     r_wall: Term<'a>,
     r_counter: Term<'a>,
     now_ms: Term<'a>,
     max_offset_ms: Term<'a>,
-) -> Term<'a> {
-    let r = (|| {
-        let local = timestamp_arg(l_wall, l_counter)?;
-        let remote = timestamp_arg(r_wall, r_counter)?;
-        let t = local.receive_checked(remote, u64_arg(now_ms)?, u64_arg(max_offset_ms)?)?;
-        Ok((t.wall_ms, t.counter).encode(env))
-    })();
-    result_term(env, r)
+) -> std::result::Result<(u64, u32), NifError<'a>> {
+    let local = timestamp_arg(l_wall, l_counter)?;
+    let remote = timestamp_arg(r_wall, r_counter)?;
+    let t = local.receive_checked(remote, u64_arg(now_ms)?, u64_arg(max_offset_ms)?)?;
+    Ok((t.wall_ms, t.counter))
 }
 
 /// `hlc_compare(l_wall, l_counter, l_node, r_wall, r_counter, r_node) ->
@@ -394,15 +345,14 @@ fn hlc_compare<'a>(
     r_counter: Term<'a>,
     r_node: Term<'a>,
 ) -> Term<'a> {
-    let r = (|| {
+    answer(env, || {
         let l = (timestamp_arg(l_wall, l_counter)?, tc::encode(l_node)?);
         let r = (timestamp_arg(r_wall, r_counter)?, tc::encode(r_node)?);
-        Ok(l.cmp(&r))
-    })();
-    match r {
-        Ok(Ordering::Less) => atoms::lt().encode(env),
-        Ok(Ordering::Equal) => atoms::eq().encode(env),
-        Ok(Ordering::Greater) => atoms::gt().encode(env),
-        Err(e) => error_term(env, &e),
-    }
+        let order = match l.cmp(&r) {
+            Ordering::Less => atoms::lt(),
+            Ordering::Equal => atoms::eq(),
+            Ordering::Greater => atoms::gt(),
+        };
+        Ok(order.encode(env))
+    })
 }

@@ -9,65 +9,14 @@
 //! cannot be decoded any more (e.g. an ETF payload the running VM refuses)
 //! is left out of the set rather than failing the whole read.
 
+use crate::atoms;
 use crate::set_cache;
+use crate::set_value::{decode_elements, mapset_of, set_map};
 use crate::term::{self as tc, Trust};
-use rustler::types::atom::nil;
 use rustler::{Atom, Encoder, Env, Term};
 use vsmcp_crdt_core::crdt::{Crdt, Value};
-use vsmcp_crdt_core::orset::ORSet;
 use vsmcp_crdt_core::store::{View, INLINE_BYTES};
 use vsmcp_crdt_core::Error;
-
-rustler::atoms! {
-    __struct__,
-    map,
-    version,
-    mapset_module = "Elixir.MapSet",
-}
-
-/// The inner map `%{e => []}` of a `MapSet` of `elements`, and whether it
-/// has one key per element (false when two elements decode to equal terms:
-/// then one is kept).
-pub fn set_map<'a>(env: Env<'a>, elements: &[Term<'a>]) -> (Term<'a>, bool) {
-    let empty = Term::list_new_empty(env);
-    let values = vec![empty; elements.len()];
-    match Term::map_from_term_arrays(env, elements, &values) {
-        Ok(m) => (m, true),
-        Err(_) => {
-            let m = elements
-                .iter()
-                .fold(rustler::types::map::map_new(env), |m, e| {
-                    m.map_put(*e, empty).unwrap_or(m)
-                });
-            (m, false)
-        }
-    }
-}
-
-/// `MapSet`'s private layout in Elixir 1.14+: `%MapSet{map: %{e => []},
-/// version: 2}` around the inner map `m`. Pinned by a test against the
-/// running Elixir.
-pub fn mapset_of<'a>(env: Env<'a>, m: Term<'a>) -> Term<'a> {
-    let keys = [
-        __struct__().encode(env),
-        map().encode(env),
-        version().encode(env),
-    ];
-    let vals = [mapset_module().encode(env), m, 2.encode(env)];
-    Term::map_from_term_arrays(env, &keys, &vals).unwrap_or(m)
-}
-
-/// The elements of `s` decoded into `env` (undecodable ones left out) and
-/// the number of present elements.
-pub fn decode_elements<'a>(env: Env<'a>, s: &ORSet) -> (Vec<Term<'a>>, usize) {
-    let mut present = 0;
-    let terms = s
-        .elements()
-        .inspect(|_| present += 1)
-        .filter_map(|b| tc::decode(env, b, Trust::Local).ok())
-        .collect();
-    (terms, present)
-}
 
 /// `{:ok, value}` of the state in `v`.
 ///
@@ -82,7 +31,7 @@ pub fn value_term<'a>(
     edited: Option<&[u8]>,
     inline: bool,
 ) -> Result<Term<'a>, Error> {
-    let ok = crate::errors::ok();
+    let ok = atoms::ok();
     let View { crdt, version, ext } = v;
     if let Crdt::ORSet(s) = crdt {
         let m = match ext {
@@ -103,7 +52,7 @@ pub fn value_term<'a>(
     }
     Ok(match crdt.value() {
         Value::Counter(n) => (ok, n).encode(env),
-        Value::Register(None) => (ok, nil()).encode(env),
+        Value::Register(None) => (ok, atoms::nil()).encode(env),
         Value::Register(Some(b)) => (ok, tc::decode(env, b, Trust::Local)?).encode(env),
         Value::Set(_) => return Err(Error::UnsupportedOperation),
     })
@@ -111,5 +60,5 @@ pub fn value_term<'a>(
 
 /// The Elixir name of a kind (`:g_counter`, ...): a fixed set of atoms.
 pub fn kind_atom(env: Env, kind: vsmcp_crdt_core::Kind) -> Atom {
-    Atom::from_str(env, kind.name()).unwrap_or_else(|_| nil())
+    Atom::from_str(env, kind.name()).unwrap_or_else(|_| atoms::nil())
 }
