@@ -101,7 +101,10 @@ defmodule Vsmcp.CRDT.ContextStore.Server do
         open.()
 
       file ->
-        lock = {{Vsmcp.CRDT.ContextStore, :dets_file}, Path.expand(file)}
+        # `:global` lock ids are `{resource, requester}`: the file is the
+        # resource (other files open at the same time), this process the
+        # requester (another start of the same file waits for it).
+        lock = {{Vsmcp.CRDT.ContextStore, :dets_file, Path.expand(file)}, self()}
         :global.trans(lock, open, [node()])
     end
   end
