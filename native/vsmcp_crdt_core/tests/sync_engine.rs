@@ -2406,6 +2406,51 @@ fn forgetting_keeps_a_write_relayed_while_it_is_rolled_out() {
     assert_eq!(net.value(0, b"y"), seven, "node 0 lacks y");
 }
 
+/// Forgetting waits for a member's member we never heard: in a line of
+/// four nodes (0-1, 1-2, 2-3), node 3 writes `r` that only node 2 gets,
+/// then is lost and forgotten by nodes 0 and 1. Node 1 never knew node 3,
+/// but its reports list node 2, which node 0 does not know: node 0 must not
+/// treat `r` as a late copy when node 2 passes it on through node 1.
+#[test]
+fn forgetting_waits_for_a_members_member_we_never_heard() {
+    let mut net = Net::new(4, 0, 3301);
+    let linked = |a: usize, b: usize| matches!((a.min(b), a.max(b)), (0, 1) | (1, 2) | (2, 3));
+    let line = move |f: usize, t: usize, _: u8| linked(f, t);
+    for i in 0..40 {
+        net.step_kept(i % 2 == 0, &line);
+    }
+    let dir = |n: &Node| vsmcp_crdt_core::sync::engine::directory_of(n.engine.me()).to_vec();
+    let dir3 = dir(&net.nodes[3]);
+    assert!(!net.nodes[0].store.is_member(&dir(&net.nodes[2])));
+    let split = move |f: usize, t: usize, g: u8| line(f, t, g) && !(f.min(t) == 1 && f.max(t) == 2);
+    let s3 = net.nodes[3].store.clone();
+    s3.create(b"r", Kind::GCounter, Access::MayBlock).unwrap();
+    update(&s3, b"r", Mutation::Increment(9));
+    for i in 0..20 {
+        net.step_kept(i % 2 == 0, &split);
+    }
+    let nine = Some(format!("{:?}", Value::Counter(9)));
+    assert_eq!(net.value(2, b"r"), nine);
+    assert_eq!(net.value(1, b"r"), None);
+    let gone = move |f: usize, t: usize, g: u8| split(f, t, g) && f != 3 && t != 3;
+    for i in [0, 1] {
+        let s = net.nodes[i].store.clone();
+        net.nodes[i]
+            .engine
+            .forget(&s, &dir3, &mut Vec::new())
+            .unwrap();
+    }
+    for i in 0..40 {
+        net.step_kept(i % 2 == 0, &gone);
+    }
+    let healed = move |f: usize, t: usize, g: u8| line(f, t, g) && f != 3 && t != 3;
+    for i in 0..120 {
+        net.step_kept(i % 2 == 0, &healed);
+    }
+    let vals: Vec<_> = (0..3).map(|i| net.value(i, b"r")).collect();
+    assert_eq!(vals, vec![nine.clone(), nine.clone(), nine], "r lost");
+}
+
 /// `forget` refuses what names no peer directory (a member's directory
 /// passed through `directory_of`, which leaves nothing) and our own
 /// directory: nothing is forgotten, and the error says so.

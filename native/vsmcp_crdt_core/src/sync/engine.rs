@@ -447,6 +447,8 @@ struct Member {
     /// Per directory we are forgetting (see [`Engine::forget`]): the clock
     /// of its first report that no longer lists it (it forgot it too).
     cleared: HashMap<Box<[u8]>, u64>,
+    /// The directories its latest report lists: `(at, dirs)`.
+    listed: Option<(u64, Vec<Box<[u8]>>)>,
 }
 
 impl Member {
@@ -1074,7 +1076,9 @@ impl Engine {
     /// that report, so every record of it the member holds is here. A
     /// member that has not done both (down, not heard since a restart)
     /// keeps the cut where it is, and the tombstones of the forgotten
-    /// replica's records with it.
+    /// replica's records with it. So does a member whose latest report
+    /// lists a directory we do not know (a partial partition): that one
+    /// may hold records of the forgotten replica and pass them on later.
     fn settle_forgetting(&mut self, store: &Store) {
         if self.forgetting.is_empty() {
             return;
@@ -1087,9 +1091,18 @@ impl Engine {
                 .max()
                 .unwrap_or(0)
         };
+        let mine = directory_of(&self.me);
+        let known =
+            |d: &[u8]| d == mine || self.members.contains_key(d) || self.forgotten.contains(d);
+        let closed = self.members.values().all(|m| {
+            m.listed
+                .as_ref()
+                .is_some_and(|(_, ds)| ds.iter().all(|d| known(d)))
+        });
         let settled: Vec<Vec<u8>> = self
             .forgetting
             .iter()
+            .filter(|_| closed)
             .filter(|f| {
                 self.members
                     .iter()
@@ -1424,6 +1437,10 @@ impl Engine {
                             }
                             _ => {}
                         }
+                    }
+                    if m.listed.as_ref().is_none_or(|(a, _)| *a < at) {
+                        m.listed =
+                            Some((at, frontiers.iter().map(|(d, _)| d[..].into()).collect()));
                     }
                     m.report(at, frontiers);
                 }
@@ -1903,10 +1920,17 @@ impl Engine {
             .map(|d| &d[..])
             .chain(std::iter::once(&mine[..]))
             .collect();
+        // A directory still being forgotten counts as unknown: a member
+        // may still hold an add of it concurrent with a remove here.
+        let forgotten: HashSet<Vec<u8>> = self
+            .forgotten
+            .difference(&self.forgetting)
+            .cloned()
+            .collect();
         let stable = self
             .members
             .iter()
-            .map(|(d, m)| m.stable_for(d, &ours, &self.forgotten))
+            .map(|(d, m)| m.stable_for(d, &ours, &forgotten))
             .min()
             .unwrap_or(u64::MAX);
         let due: Vec<Box<[u8]>> = self
