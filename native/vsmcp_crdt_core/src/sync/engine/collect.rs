@@ -2,7 +2,17 @@
 //! reports, forgetting, and dropping tokens and tombstones that nothing
 //! can need any more (see "Membership and stability" in the engine docs).
 
-use super::*;
+use super::{directory_of, Engine, Event, Inbound, Outbound, Reject, STABILITY_VERSION};
+use crate::causal::ReplicaId;
+use crate::error::Error;
+use crate::hash::{HashMap, HashSet};
+use crate::hlc::Timestamp;
+use crate::store::Store;
+use crate::sync::wire::Message;
+
+/// Hellos announcing a log position we do not hold before a state proof
+/// is asked for instead.
+const STALLED_HELLOS: u8 = 3;
 
 /// A frontier report: `(directory, frontier)`.
 pub(super) type Frontiers = Vec<(Vec<u8>, u64)>;
@@ -99,6 +109,86 @@ pub(super) struct Snapshot {
     pub(super) vv: Vec<(ReplicaId, u64)>,
 }
 
+/// What proves a session's changes are here (its part of [`Peer`]; see
+/// "Membership and stability").
+///
+/// [`Peer`]: super::peer::Peer
+#[derive(Debug, Clone, Default)]
+pub(super) struct Proof {
+    /// Log position and clock of its last hello.
+    pub(super) last_log_pos: u64,
+    pub(super) hello_clock: u64,
+    /// Its clock at its latest complete answer to our digest (a state
+    /// proof of this session).
+    pub(super) anchor: Option<u64>,
+    /// The latest clock of a message that skipped part of its log for us
+    /// (a `base` jump, a refused entry): a state proof older than this no
+    /// longer makes its log a proof.
+    pub(super) jump_clock: u64,
+    /// Consecutive hellos whose log position we do not hold.
+    pub(super) stalled_hellos: u8,
+    /// Its log up to here is in a state it proved (see `AnswerEnd`):
+    /// entries up to here merge tombstones only.
+    pub(super) records_in_upto: u64,
+}
+
+impl Proof {
+    /// Whether its log, received contiguously, proves its changes.
+    pub(super) fn anchored(&self) -> bool {
+        self.anchor.is_some_and(|a| a > self.jump_clock)
+    }
+
+    /// A hello stamped `h` announced log position `log_pos`. The two go
+    /// together (a log proof claims what was made before the clock is in
+    /// the log up to the position): a late copy of an older hello changes
+    /// neither.
+    pub(super) fn heard(&mut self, h: u64, log_pos: u64) {
+        if h >= self.hello_clock {
+            self.hello_clock = h;
+            self.last_log_pos = log_pos;
+        }
+    }
+
+    /// The log proof, with its log held contiguously up to `recv_upto`:
+    /// the clock of its last hello when everything made before it is here.
+    pub(super) fn by_log(&self, recv_upto: u64) -> Option<u64> {
+        // Positions up to `records_in_upto` are in a state it proved.
+        let held = recv_upto.max(self.records_in_upto);
+        (self.anchored() && held >= self.last_log_pos && self.hello_clock > 0)
+            .then_some(self.hello_clock)
+    }
+
+    /// Count a hello whose log position we do not hold (its log held up
+    /// to `recv_upto`). A log that stays short of the announced position
+    /// (part of it was given up for a digest exchange the other way, and
+    /// nothing newer comes to carry the jump) proves nothing: whether a
+    /// state proof should cover it now.
+    pub(super) fn stalled(&mut self, recv_upto: u64) -> bool {
+        if recv_upto.max(self.records_in_upto) < self.last_log_pos {
+            self.stalled_hellos = self.stalled_hellos.saturating_add(1);
+        } else {
+            self.stalled_hellos = 0;
+        }
+        self.stalled_hellos >= STALLED_HELLOS
+    }
+
+    /// A message stamped `sent_at` skipped part of its log for us: its log
+    /// proves nothing until a state proof made after it.
+    pub(super) fn skipped(&mut self, sent_at: u64) {
+        self.jump_clock = self.jump_clock.max(sent_at);
+    }
+
+    /// A state proof: everything it held at `sent_at` is here, its changes
+    /// logged up to `log_pos` among them.
+    fn proved(&mut self, sent_at: u64, log_pos: u64) {
+        self.anchor = Some(self.anchor.map_or(sent_at, |a| a.max(sent_at)));
+        // A late copy of them brings only its deletes (a record it held
+        // then is here; one it no longer held was deleted or replaced,
+        // and must not come back).
+        self.records_in_upto = self.records_in_upto.max(log_pos);
+    }
+}
+
 /// The ceiling of every frontier: our own HLC, which takes a peer's clock
 /// only within `max_clock_offset` of our wall clock.
 pub(super) fn wall_stamp(store: &Store) -> u64 {
@@ -106,6 +196,114 @@ pub(super) fn wall_stamp(store: &Store) -> u64 {
 }
 
 impl Engine {
+    /// Taking part in sync makes a member, persisted before it counts:
+    /// admit the directory `dir` of `from`, whose hello came. Whether it
+    /// may go on (refused: full, forgotten, a local error).
+    pub(super) fn admit_member(
+        &mut self,
+        store: &Store,
+        from: &ReplicaId,
+        dir: &[u8],
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        if !self.members.contains_key(dir) {
+            match store.add_member(dir, store.now_ms()) {
+                Ok(_) => {
+                    let m = Member {
+                        frontier: store.member_cut(dir).min(wall_stamp(store)),
+                        ..Member::default()
+                    };
+                    self.members.insert(dir.into(), m);
+                }
+                Err(Error::InvalidArgument("too many members")) => {
+                    self.reject(events, Some(from), Reject::TooManyPeers, "membership full");
+                    return false;
+                }
+                Err(Error::InvalidArgument("forgotten replica")) => {
+                    self.forgotten.insert(dir.to_vec());
+                    self.reject(events, Some(from), Reject::Forgotten, "forgotten replica");
+                    return false;
+                }
+                // A directory id that is not one (an old build's, a
+                // test's): synced with, never a member.
+                Err(Error::InvalidArgument(_)) => {}
+                Err(e) => {
+                    self.reject(events, Some(from), Reject::LocalError, &e.to_string());
+                    return false;
+                }
+            }
+        }
+        if let Some(m) = self.members.get_mut(dir) {
+            m.last_seen_ms = now_ms;
+        }
+        true
+    }
+
+    /// Our stability report, due after a hello, to each peer up that reads
+    /// it.
+    pub(super) fn send_report(&mut self, clock: Timestamp) -> Vec<Outbound> {
+        let Some((at, frontiers)) = self.report.take() else {
+            return Vec::new();
+        };
+        let msg = Message::Frontier {
+            from: self.me.clone(),
+            at,
+            frontiers,
+        };
+        let to: Vec<ReplicaId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.live.up && p.version >= STABILITY_VERSION)
+            .map(|(r, _)| r.clone())
+            .collect();
+        to.iter().map(|r| self.out(Some(r), &msg, clock)).collect()
+    }
+
+    /// The state proof: its answer to our digest came whole and merged,
+    /// so everything it held when it took its state (`sent_at`, its clock)
+    /// is here, and its changes logged up to `log_pos`.
+    pub(super) fn on_answer_end(
+        &mut self,
+        store: &Store,
+        ctx: &Inbound,
+        first: u64,
+        last: u64,
+        log_pos: u64,
+    ) {
+        let sent_at = ctx.sent_at();
+        let Some(p) = self.peers.get_mut(&ctx.from) else {
+            return;
+        };
+        if sent_at > 0 && p.exchange.answered(first, last) {
+            p.proof.proved(sent_at, log_pos);
+            self.counters.state_proofs += 1;
+            self.raise_frontier(store, directory_of(&ctx.from), sent_at);
+            self.advance_by_log(store, &ctx.from);
+        }
+    }
+
+    /// A member's stability report: its frontiers as of `at`, and which of
+    /// the directories we are forgetting it no longer lists.
+    pub(super) fn on_frontier(&mut self, from: &ReplicaId, at: u64, frontiers: Frontiers) {
+        let Some(m) = self.members.get_mut(directory_of(from)) else {
+            return;
+        };
+        for f in &self.forgetting {
+            let lists = frontiers.iter().any(|(d, _)| d == f);
+            match m.cleared.get(&f[..]).copied() {
+                None if !lists => {
+                    m.cleared.insert(f[..].into(), at);
+                }
+                Some(c) if lists && at > c => {
+                    m.cleared.remove(&f[..]);
+                }
+                _ => {}
+            }
+        }
+        m.report(at, frontiers);
+    }
+
     /// Remove members not heard from for `member_expiry_ms`: their
     /// frontier becomes their cut (see [`Store::remove_member`]).
     pub(super) fn expire_members(&mut self, store: &Store, now_ms: u64, events: &mut Vec<Event>) {
@@ -197,7 +395,7 @@ impl Engine {
             self.peers
                 .iter()
                 .filter(|(r, _)| directory_of(r) == dir)
-                .filter_map(|(_, p)| p.anchor)
+                .filter_map(|(_, p)| p.proof.anchor)
                 .max()
                 .unwrap_or(0)
         };
@@ -240,15 +438,14 @@ impl Engine {
     /// The log proof: a session with a state proof whose log we hold up to
     /// the position of its last hello proves everything made before it.
     pub(super) fn advance_by_log(&mut self, store: &Store, from: &ReplicaId) {
-        let Some(p) = self.peers.get(from) else {
+        let Some(h) = self
+            .peers
+            .get(from)
+            .and_then(|p| p.proof.by_log(p.link.recv_upto))
+        else {
             return;
         };
-        // Positions up to `records_in_upto` are in a state it proved.
-        let held = p.recv_upto.max(p.records_in_upto);
-        if p.anchored() && held >= p.last_log_pos && p.hello_clock > 0 {
-            let h = p.hello_clock;
-            self.raise_frontier(store, directory_of(from), h);
-        }
+        self.raise_frontier(store, directory_of(from), h);
     }
 
     /// Collection (see "Membership and stability"), at most once per

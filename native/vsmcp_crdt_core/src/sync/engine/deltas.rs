@@ -1,9 +1,213 @@
 //! The delta link: local changes taken into the log, and peers' entries
 //! merged into the store by generation.
 
-use super::*;
+use super::{Engine, Event, Inbound, Outbound, Reject, MAX_ID_BYTES};
+use crate::causal::ReplicaId;
+use crate::crdt::Crdt;
+use crate::error::Error;
+use crate::hlc::Timestamp;
+use crate::store::record::{decode_parts, encode_parts};
+use crate::store::{Merged, Store};
+use crate::sync::log::NextBatch;
+use crate::sync::wire::{check_payload, states_messages, Entry, Message};
+
+/// The delta link with one session (its part of [`Peer`]): how far our
+/// log went to it, and how far its log came to us.
+///
+/// [`Peer`]: super::peer::Peer
+#[derive(Debug, Clone)]
+pub(super) struct DeltaLink {
+    /// Highest sequence number of ours sent to it.
+    pub(super) sent_upto: u64,
+    /// Since when sent intervals wait for an acknowledgement.
+    pub(super) inflight_since: Option<u64>,
+    /// Highest sequence number of *its* log received contiguously.
+    pub(super) recv_upto: u64,
+}
+
+impl DeltaLink {
+    pub(super) fn new(sent_upto: u64) -> DeltaLink {
+        DeltaLink {
+            sent_upto,
+            inflight_since: None,
+            recv_upto: 0,
+        }
+    }
+
+    /// Go-back-N: with our log acknowledged up to `acked`, start again
+    /// from there when the interval sent waited longer than
+    /// `retransmit_ms`. Whether it did (a retransmit).
+    fn rewind(&mut self, acked: u64, now_ms: u64, retransmit_ms: u64) -> bool {
+        if self.sent_upto < acked {
+            self.sent_upto = acked;
+        }
+        if let Some(since) = self.inflight_since {
+            if self.sent_upto > acked && now_ms.saturating_sub(since) > retransmit_ms {
+                self.sent_upto = acked;
+                self.inflight_since = None;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Its interval `seq_start..=seq_end`, sent with its acknowledged
+    /// `base`, merged here. Whether part of its log never reaches us (a
+    /// `base` beyond what we hold: dropped by its bound, caught up by a
+    /// digest instead).
+    fn received(&mut self, base: u64, seq_start: u64, seq_end: u64) -> bool {
+        let skipped = base > self.recv_upto;
+        self.recv_upto = self.recv_upto.max(base);
+        if seq_start <= self.recv_upto.saturating_add(1) {
+            self.recv_upto = self.recv_upto.max(seq_end);
+        }
+        skipped
+    }
+}
+
+/// An interval of a peer's log, as a `Deltas` message carries it.
+pub(super) struct Interval {
+    /// Its log acknowledged by us up to here, as far as it knows.
+    pub(super) base: u64,
+    pub(super) seq_start: u64,
+    pub(super) seq_end: u64,
+}
 
 impl Engine {
+    /// Ship session `r` the intervals of our log after what it
+    /// acknowledged (at most 8 messages: the rest goes next tick), going
+    /// back after `retransmit_ms` without an acknowledgement; a digest when
+    /// what it lacks was dropped from the log.
+    pub(super) fn ship_deltas(
+        &mut self,
+        store: &Store,
+        r: &ReplicaId,
+        clock: Timestamp,
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let budget = crate::sync::wire::batch_budget(&self.me);
+        let acked = self.log.peer(r).map_or(0, |a| a.acked);
+        let Some(p) = self.peers.get_mut(r) else {
+            return out;
+        };
+        if p.link.rewind(acked, now_ms, self.cfg.retransmit_ms) {
+            self.counters.retransmits += 1;
+        }
+        let mut sent_upto = p.link.sent_upto;
+        for _ in 0..8 {
+            match self.log.batch_from(sent_upto + 1, budget) {
+                NextBatch::UpToDate => break,
+                NextBatch::NeedsAntiEntropy => {
+                    // Deltas it never acknowledged were dropped: a
+                    // digest exchange brings it up to date instead.
+                    sent_upto = self.log.resync(r).unwrap_or(0);
+                    if let Some(p) = self.peers.get_mut(r) {
+                        p.link.sent_upto = sent_upto;
+                        p.link.inflight_since = None;
+                    }
+                    out.push(self.digest_to(store, r, clock, now_ms));
+                    break;
+                }
+                NextBatch::Batch(b) => {
+                    let end = b.seq_end;
+                    let base = self.log.peer(r).map_or(0, |a| a.acked);
+                    let msg = b.into_message(self.me.clone(), base);
+                    out.push(self.out(Some(r), &msg, clock));
+                    sent_upto = end;
+                    if let Some(p) = self.peers.get_mut(r) {
+                        p.link.sent_upto = end;
+                        p.link.inflight_since.get_or_insert(now_ms);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// An interval of a peer's log: merge what is new, acknowledge the
+    /// contiguous prefix, answer records it missed the delete of with our
+    /// tombstones.
+    pub(super) fn on_deltas(
+        &mut self,
+        store: &Store,
+        ctx: &Inbound,
+        interval: Interval,
+        entries: Vec<Entry>,
+        events: &mut Vec<Event>,
+    ) -> Vec<Outbound> {
+        let Interval {
+            base,
+            seq_start,
+            seq_end,
+        } = interval;
+        let from = &ctx.from;
+        let Some(p) = self.peers.get(from) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        // An interval received already (a late duplicate) is only
+        // acknowledged again: merging it is idempotent, but a copy
+        // old enough may predate a collected tombstone.
+        // So is the part of an interval received already (a resend
+        // overlapping it): entry `i` has sequence `seq_start + i`.
+        let (upto, records_in) = (p.link.recv_upto, p.proof.records_in_upto);
+        let seen = seq_end <= upto;
+        let skip = upto.saturating_add(1).saturating_sub(seq_start);
+        let entries = entries
+            .into_iter()
+            .enumerate()
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+            .filter(|(i, (_, bytes))| {
+                let seq = seq_start.saturating_add(*i as u64);
+                seq > records_in || decode_parts(bytes).map_or(true, |(m, _)| m.deleted)
+            })
+            .map(|(_, e)| e)
+            .collect();
+        let merged = if seen {
+            Merge::default()
+        } else {
+            self.merge_entries(store, from, entries, events, &mut stale)
+        };
+        if !merged.all {
+            self.unclean(from);
+        }
+        out.extend(self.tombstones_for(store, from, stale, ctx.clock));
+        let Some(p) = self.peers.get_mut(from) else {
+            return out;
+        };
+        // A merge that failed here (disk full, closing) is not
+        // acknowledged: the sender sends the interval again.
+        if merged.all {
+            // Part of its log never reaches us, or an entry was refused:
+            // its log proves nothing until a state proof made after this.
+            if p.link.received(base, seq_start, seq_end) || merged.refused {
+                p.proof.skipped(ctx.sent_at());
+            }
+        }
+        let ack = Message::Ack {
+            from: self.me.clone(),
+            upto: p.link.recv_upto,
+        };
+        out.push(self.out(Some(from), &ack, ctx.clock));
+        self.advance_by_log(store, from);
+        out
+    }
+
+    /// An acknowledgement of our log up to `upto`.
+    pub(super) fn on_ack(&mut self, ctx: &Inbound, upto: u64, events: &mut Vec<Event>) {
+        let from = &ctx.from;
+        let before = self.log.peer(from).map_or(0, |a| a.acked);
+        if self.log.ack(from, upto).is_err() {
+            self.reject(events, Some(from), Reject::Malformed, "ack beyond the log");
+        } else if upto > before {
+            if let Some(p) = self.peers.get_mut(from) {
+                p.link.inflight_since = (p.link.sent_upto > upto).then_some(ctx.now_ms);
+            }
+        }
+    }
+
     /// Take the store's local changes into the log.
     pub(super) fn take_local(&mut self, store: &Store, events: &mut Vec<Event>) {
         for (id, entry) in store.take_outgoing() {

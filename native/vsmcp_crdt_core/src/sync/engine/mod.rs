@@ -70,24 +70,19 @@ mod deltas;
 mod peer;
 
 use crate::causal::ReplicaId;
-use crate::crdt::Crdt;
 use crate::error::Error;
 use crate::hash::{HashMap, HashSet};
 use crate::hlc::Timestamp;
-use crate::store::record::{decode_parts, encode_gen, encode_parts, Meta};
-use crate::store::{Merged, Store};
-use crate::sync::digest::{bucket_of, stable_hash, Digest, BUCKETS};
-use crate::sync::log::{DeltaLog, NextBatch};
-use crate::sync::wire::{
-    batch_budget, check_payload, negotiate, states_messages, Entry, Envelope, Message,
-    MAX_MESSAGE_BYTES, MIN_WIRE_VERSION,
-};
+use crate::store::Store;
+use crate::sync::digest::{stable_hash, Digest, BUCKETS};
+use crate::sync::log::DeltaLog;
+use crate::sync::wire::{Envelope, Message, MAX_MESSAGE_BYTES, MIN_WIRE_VERSION};
 
-use anti_entropy::{Transfer, TRANSFER_BYTES_PER_CALL};
+use anti_entropy::Transfer;
 pub use api::{Counters, EngineConfig, Event, MemberInfo, Outbound, PeerInfo, PeerStats, Reject};
 use collect::{wall_stamp, Frontiers, Member, Snapshot};
-use deltas::Merge;
-use peer::{Announced, Peer};
+use deltas::Interval;
+use peer::{Hello, Peer};
 
 /// Bytes at the end of a sync id that change on every start: the store's
 /// incarnation (8) and the engine's session (8). The rest is the data
@@ -101,28 +96,6 @@ const STABILITY_VERSION: u8 = 4;
 
 /// Longest sync id accepted from a peer.
 const MAX_ID_BYTES: usize = 64;
-
-/// A peer session down for this many `down_after_ms` (50 s with the
-/// default 5 s) is dropped with everything kept for it (its part of the
-/// log, its transfers); it comes back as a new session, through a digest
-/// exchange. Its directory stays a member (see `member_expiry_ms`).
-const EXPIRE_AFTER_DOWNS: u64 = 10;
-
-/// Most sessions held at once of ids that name no member directory (a
-/// member's directory has one session: a new one supersedes the old).
-const MAX_OTHER_SESSIONS: usize = 16;
-
-/// Hellos announcing a log position we do not hold before a state proof
-/// is asked for instead.
-const STALLED_HELLOS: u8 = 3;
-
-/// `States` sequence numbers remembered per peer, to check that an answer
-/// to our digest arrived whole.
-const STATES_WINDOW: usize = 4096;
-
-/// Hellos with a differing root before a digest is sent even while deltas
-/// to the peer are in flight.
-const FORCE_DIGEST_AFTER: u8 = 5;
 
 fn random_u64() -> u64 {
     use std::io::Read;
@@ -277,7 +250,7 @@ impl Engine {
     pub fn up_peers(&self) -> Vec<ReplicaId> {
         self.peers
             .iter()
-            .filter(|(_, p)| p.up)
+            .filter(|(_, p)| p.live.up)
             .map(|(r, _)| r.clone())
             .collect()
     }
@@ -289,14 +262,14 @@ impl Engine {
             .iter()
             .map(|(r, p)| PeerInfo {
                 id: r.clone(),
-                up: p.up,
+                up: p.live.up,
                 version: p.version,
                 attrs: p.attrs.clone(),
-                last_seen_ms: p.last_seen_ms,
+                last_seen_ms: p.live.last_seen_ms,
                 ack_lag: last.saturating_sub(self.log.peer(r).map_or(0, |a| a.acked)),
-                clock_offset_ms: p.clock_offset_ms,
-                refused_ahead_ms: p.refused_ahead_ms,
-                anchored: p.anchored(),
+                clock_offset_ms: p.live.clock_offset_ms,
+                refused_ahead_ms: p.live.refused_ahead_ms,
+                anchored: p.proof.anchored(),
                 stats: p.stats.clone(),
             })
             .collect()
@@ -327,8 +300,8 @@ impl Engine {
         let (version, seq) = match to.and_then(|r| self.peers.get_mut(r)) {
             Some(p) => {
                 let seq = if matches!(msg, Message::States { .. }) && p.version >= 4 {
-                    p.states_sent += 1;
-                    p.states_sent
+                    p.exchange.states_sent += 1;
+                    p.exchange.states_sent
                 } else {
                     0
                 };
@@ -352,113 +325,24 @@ impl Engine {
         }
     }
 
-    /// Take the store's local changes into the log, retransmit what waited
-    /// too long, ship new intervals, send our stability report after a
-    /// hello, drop sessions long down and expire members long silent.
+    /// Take the store's local changes into the log, go on with state
+    /// transfers, send our stability report after a hello, expire members
+    /// long silent, mark silent sessions down (and drop those long down),
+    /// and ship each session up the intervals it lacks (retransmitting
+    /// what waited too long).
     pub fn tick(&mut self, store: &Store, now_ms: u64, events: &mut Vec<Event>) -> Vec<Outbound> {
         self.take_local(store, events);
         if !self.primed() {
             self.refresh_digest(store);
         }
-        let mut out = Vec::new();
         let clock = store.tick_clock();
-        let pending: Vec<ReplicaId> = self
-            .transfers
-            .keys()
-            .filter(|r| self.peers.get(*r).is_some_and(|p| p.up))
-            .cloned()
-            .collect();
-        // One budget per tick over every peer, starting with a different
-        // one each tick: many peers catching up at once (or forged ones)
-        // cost no more per tick than one.
-        let n = pending.len();
-        let mut spent = 0usize;
-        for k in 0..n {
-            if spent >= TRANSFER_BYTES_PER_CALL {
-                break;
-            }
-            let r = &pending[(self.transfer_turn + k) % n];
-            let (o, bytes) = self.drain_transfer_bytes(store, r, clock);
-            out.extend(o);
-            spent += bytes;
-        }
-        self.transfer_turn = self.transfer_turn.wrapping_add(1);
-        if let Some((at, frontiers)) = self.report.take() {
-            let msg = Message::Frontier {
-                from: self.me.clone(),
-                at,
-                frontiers,
-            };
-            let to: Vec<ReplicaId> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| p.up && p.version >= STABILITY_VERSION)
-                .map(|(r, _)| r.clone())
-                .collect();
-            for r in to {
-                out.push(self.out(Some(&r), &msg, clock));
-            }
-        }
+        let mut out = self.drain_transfers(store, clock);
+        out.extend(self.send_report(clock));
         self.expire_members(store, now_ms, events);
-        let budget = batch_budget(&self.me);
         let ids: Vec<ReplicaId> = self.peers.keys().cloned().collect();
         for r in ids {
-            let Some(p) = self.peers.get_mut(&r) else {
-                continue;
-            };
-            if p.up && now_ms.saturating_sub(p.last_seen_ms) > self.cfg.down_after_ms {
-                p.up = false;
-                p.down_since = Some(now_ms);
-                events.push(Event::PeerDown(r.clone()));
-            }
-            if !p.up {
-                let expire = self.cfg.down_after_ms.saturating_mul(EXPIRE_AFTER_DOWNS);
-                if p.down_since
-                    .is_some_and(|t| now_ms.saturating_sub(t) > expire)
-                {
-                    self.drop_peer(&r);
-                }
-                continue;
-            }
-            let acked = self.log.peer(&r).map_or(0, |a| a.acked);
-            if p.sent_upto < acked {
-                p.sent_upto = acked;
-            }
-            if let Some(since) = p.inflight_since {
-                if p.sent_upto > acked && now_ms.saturating_sub(since) > self.cfg.retransmit_ms {
-                    p.sent_upto = acked;
-                    p.inflight_since = None;
-                    self.counters.retransmits += 1;
-                }
-            }
-            let mut sent_upto = p.sent_upto;
-            // At most 8 messages per peer and tick: the rest goes next tick.
-            for _ in 0..8 {
-                match self.log.batch_from(sent_upto + 1, budget) {
-                    NextBatch::UpToDate => break,
-                    NextBatch::NeedsAntiEntropy => {
-                        // Deltas it never acknowledged were dropped: a
-                        // digest exchange brings it up to date instead.
-                        sent_upto = self.log.resync(&r).unwrap_or(0);
-                        if let Some(p) = self.peers.get_mut(&r) {
-                            p.sent_upto = sent_upto;
-                            p.inflight_since = None;
-                        }
-                        out.push(self.digest_to(store, &r, clock, now_ms));
-                        break;
-                    }
-                    NextBatch::Batch(b) => {
-                        let end = b.seq_end;
-                        let base = self.log.peer(&r).map_or(0, |a| a.acked);
-                        let msg = b.into_message(self.me.clone(), base);
-                        out.push(self.out(Some(&r), &msg, clock));
-                        sent_upto = end;
-                        if let Some(p) = self.peers.get_mut(&r) {
-                            p.sent_upto = end;
-                            p.inflight_since.get_or_insert(now_ms);
-                        }
-                    }
-                }
+            if self.check_liveness(&r, now_ms, events) {
+                out.extend(self.ship_deltas(store, &r, clock, now_ms));
             }
         }
         out
@@ -532,7 +416,7 @@ impl Engine {
             if let Err(e) = store.receive_clock(c) {
                 let hello = matches!(msg, Message::Hello { .. });
                 if let (Error::ClockSkew { ahead_ms }, Some(p)) = (&e, self.peers.get_mut(&from)) {
-                    p.refused_ahead_ms = *ahead_ms;
+                    p.live.refused_ahead_ms = *ahead_ms;
                 }
                 if !hello {
                     let why = format!("{e}: not taken into our clock");
@@ -540,37 +424,36 @@ impl Engine {
                 }
             }
         }
-        let env_clock = clock;
-        let sent_at = clock.map_or(0, Timestamp::to_u64);
-        let clock = store.tick_clock();
+        let ctx = Inbound {
+            from,
+            now_ms,
+            clock: store.tick_clock(),
+            sent: clock,
+            seq,
+        };
         if let Message::Hello {
             versions,
             root,
             log_pos,
             attrs,
-            clock: hello_clock,
+            clock,
             ..
         } = msg
         {
-            let out = self.on_hello(
-                store,
-                from.clone(),
-                &versions,
-                Announced {
-                    root,
-                    log_pos,
-                    clock: hello_clock,
-                },
-                attrs,
-                now_ms,
-                events,
+            let hello = Hello {
+                versions,
+                root,
+                log_pos,
                 clock,
-            );
+                attrs,
+            };
+            let out = self.on_hello(store, &ctx, hello, events);
             self.maybe_collect(store, now_ms);
             return out;
         }
-        let Some(p) = self.peers.get_mut(&from) else {
-            self.reject(events, Some(&from), Reject::UnknownPeer, "no hello yet");
+        let from = &ctx.from;
+        let Some(p) = self.peers.get_mut(from) else {
+            self.reject(events, Some(from), Reject::UnknownPeer, "no hello yet");
             return Vec::new();
         };
         if version != p.version {
@@ -578,14 +461,13 @@ impl Engine {
             // clock, so it must not bypass the clock check.
             self.reject(
                 events,
-                Some(&from),
+                Some(from),
                 Reject::Version,
                 "not the negotiated version",
             );
             return Vec::new();
         }
-        p.last_seen_ms = now_ms;
-        let mut out = Vec::new();
+        p.live.last_seen_ms = now_ms;
         match msg {
             Message::Deltas {
                 base,
@@ -594,113 +476,22 @@ impl Engine {
                 entries,
                 ..
             } => {
-                let mut stale = Vec::new();
-                // An interval received already (a late duplicate) is only
-                // acknowledged again: merging it is idempotent, but a copy
-                // old enough may predate a collected tombstone.
-                // So is the part of an interval received already (a resend
-                // overlapping it): entry `i` has sequence `seq_start + i`.
-                let (upto, records_in) = (p.recv_upto, p.records_in_upto);
-                let seen = seq_end <= upto;
-                let skip = upto.saturating_add(1).saturating_sub(seq_start);
-                let entries = entries
-                    .into_iter()
-                    .enumerate()
-                    .skip(usize::try_from(skip).unwrap_or(usize::MAX))
-                    .filter(|(i, (_, bytes))| {
-                        let seq = seq_start.saturating_add(*i as u64);
-                        seq > records_in || decode_parts(bytes).map_or(true, |(m, _)| m.deleted)
-                    })
-                    .map(|(_, e)| e)
-                    .collect();
-                let merged = if seen {
-                    Merge::default()
-                } else {
-                    self.merge_entries(store, &from, entries, events, &mut stale)
+                let interval = Interval {
+                    base,
+                    seq_start,
+                    seq_end,
                 };
-                if !merged.all {
-                    self.unclean(&from);
-                }
-                out.extend(self.tombstones_for(store, &from, stale, clock));
-                let Some(p) = self.peers.get_mut(&from) else {
-                    return out;
-                };
-                // A merge that failed here (disk full, closing) is not
-                // acknowledged: the sender sends the interval again.
-                if merged.all {
-                    if base > p.recv_upto || merged.refused {
-                        // Part of its log never reaches us (dropped by
-                        // its bound, caught up by a digest instead), or an
-                        // entry was refused: its log proves nothing until
-                        // a state proof made after this.
-                        p.jump_clock = p.jump_clock.max(sent_at);
-                    }
-                    p.recv_upto = p.recv_upto.max(base);
-                    if seq_start <= p.recv_upto.saturating_add(1) {
-                        p.recv_upto = p.recv_upto.max(seq_end);
-                    }
-                }
-                let ack = Message::Ack {
-                    from: self.me.clone(),
-                    upto: p.recv_upto,
-                };
-                out.push(self.out(Some(&from), &ack, clock));
-                self.advance_by_log(store, &from);
+                self.on_deltas(store, &ctx, interval, entries, events)
             }
             Message::Ack { upto, .. } => {
-                let before = self.log.peer(&from).map_or(0, |a| a.acked);
-                if self.log.ack(&from, upto).is_err() {
-                    self.reject(events, Some(&from), Reject::Malformed, "ack beyond the log");
-                } else if upto > before {
-                    if let Some(p) = self.peers.get_mut(&from) {
-                        p.inflight_since = (p.sent_upto > upto).then_some(now_ms);
-                    }
-                }
+                self.on_ack(&ctx, upto, events);
+                Vec::new()
             }
             Message::DigestRequest { buckets, .. } => {
-                // One transfer per peer at a time: a request is answered
-                // with work bounded by what we hold, once.
-                if self.transfers.get(&from).is_some_and(|q| !q.is_empty()) {
-                    self.reject(events, Some(&from), Reject::Busy, "transfer under way");
-                    return out;
-                }
-                // Our state is taken now: writes stamped before it finish
-                // first (see `hello`), and changes made since our last tick
-                // count too (the requester's `sync` must see every write
-                // acknowledged before it).
-                let snap = store.tick_clock();
-                let flushed = store.flush().is_ok();
-                self.take_local(store, events);
-                self.refresh_digest(store);
-                let diff = self.digest.diff(&buckets);
-                let first = self.peers.get(&from).map_or(0, |p| p.states_sent + 1);
-                let version = self.peers.get(&from).map_or(0, |p| p.version);
-                self.queue_states(&from, &diff);
-                let req = Message::StateRequest {
-                    from: self.me.clone(),
-                    buckets: diff,
-                };
-                // After our states: the requester's round is over when it
-                // has them.
-                let proves = flushed && version >= STABILITY_VERSION && self.primed();
-                let log_pos = self.log.next_seq() - 1;
-                let q = self.transfers.entry(from.clone()).or_default();
-                q.push_back(Transfer::Then(req, snap));
-                if proves {
-                    q.push_back(Transfer::AnswerEnd {
-                        first,
-                        clock: snap,
-                        log_pos,
-                    });
-                }
-                out.extend(self.drain_transfer(store, &from, clock));
+                self.on_digest_request(store, &ctx, &buckets, events)
             }
             Message::StateRequest { buckets, .. } => {
-                if !buckets.is_empty() {
-                    self.queue_states(&from, &buckets);
-                    out.extend(self.drain_transfer(store, &from, clock));
-                }
-                events.push(Event::Answered(from));
+                self.on_state_request(store, &ctx, &buckets, events)
             }
             Message::AnswerEnd {
                 first,
@@ -708,72 +499,36 @@ impl Engine {
                 log_pos,
                 ..
             } => {
-                // The state proof: its answer to our digest came whole and
-                // merged, so everything it held when it took its state
-                // (`sent_at`, its clock) is here.
-                let Some(p) = self.peers.get_mut(&from) else {
-                    return out;
-                };
-                let whole = first > last
-                    || (last - first < STATES_WINDOW as u64
-                        && (first..=last).all(|s| p.states_seen.contains(&s)));
-                if p.digest_sent_ms.is_some() && p.answer_clean && whole && sent_at > 0 {
-                    p.digest_sent_ms = None;
-                    p.anchor = Some(p.anchor.map_or(sent_at, |a| a.max(sent_at)));
-                    // Its changes logged up to `log_pos` are in that state:
-                    // a late copy of them brings only its deletes (a record
-                    // it held then is here; one it no longer held was
-                    // deleted or replaced, and must not come back).
-                    p.records_in_upto = p.records_in_upto.max(log_pos);
-                    self.counters.state_proofs += 1;
-                    self.raise_frontier(store, directory_of(&from), sent_at);
-                    self.advance_by_log(store, &from);
-                }
+                self.on_answer_end(store, &ctx, first, last, log_pos);
+                Vec::new()
             }
             Message::Frontier { at, frontiers, .. } => {
-                if let Some(m) = self.members.get_mut(directory_of(&from)) {
-                    for f in &self.forgetting {
-                        let lists = frontiers.iter().any(|(d, _)| d == f);
-                        match m.cleared.get(&f[..]).copied() {
-                            None if !lists => {
-                                m.cleared.insert(f[..].into(), at);
-                            }
-                            Some(c) if lists && at > c => {
-                                m.cleared.remove(&f[..]);
-                            }
-                            _ => {}
-                        }
-                    }
-                    m.report(at, frontiers);
-                }
+                self.on_frontier(from, at, frontiers);
+                Vec::new()
             }
-            Message::States { entries, .. }
-                if env_clock.is_some() && sent_at < store.tomb_cut() =>
-            {
-                // Sent before a tombstone collection here: it may hold a
-                // record whose tombstone is gone. What it holds that we
-                // lack is pushed again by the next digest exchange.
-                self.counters.dropped_stale += entries.len() as u64;
-                self.unclean(&from);
-            }
-            Message::States { entries, .. } => {
-                // A failed state is repaired by the next digest exchange.
-                let mut stale = Vec::new();
-                let merged = self.merge_entries(store, &from, entries, events, &mut stale);
-                if !merged.all || merged.refused {
-                    self.unclean(&from);
-                } else if seq > 0 {
-                    if let Some(p) = self.peers.get_mut(&from) {
-                        p.states_seen.insert(seq);
-                        while p.states_seen.len() > STATES_WINDOW {
-                            p.states_seen.pop_first();
-                        }
-                    }
-                }
-                out.extend(self.tombstones_for(store, &from, stale, clock));
-            }
-            Message::Hello { .. } => {}
+            Message::States { entries, .. } => self.on_states(store, &ctx, entries, events),
+            Message::Hello { .. } => Vec::new(),
         }
-        out
+    }
+}
+
+/// A peer's message as received: who sent it, and when.
+struct Inbound {
+    from: ReplicaId,
+    /// The caller's clock.
+    now_ms: u64,
+    /// Our clock, ticked on receipt: what we send in answer is stamped
+    /// with it.
+    clock: Timestamp,
+    /// The sender's clock on the envelope (none before version 2).
+    sent: Option<Timestamp>,
+    /// The envelope's sequence number of a `States` message (0: none).
+    seq: u64,
+}
+
+impl Inbound {
+    /// The sender's clock, 0 when none.
+    fn sent_at(&self) -> u64 {
+        self.sent.map_or(0, Timestamp::to_u64)
     }
 }
