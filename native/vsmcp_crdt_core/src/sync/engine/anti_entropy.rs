@@ -3,11 +3,10 @@
 
 use super::{directory_of, Engine, Event, Inbound, Outbound, Reject, Snapshot, STABILITY_VERSION};
 use crate::causal::ReplicaId;
-use crate::crdt::Crdt;
 use crate::hlc::Timestamp;
-use crate::store::record::{encode_gen, encode_parts, Meta};
+use crate::store::record::encode_parts;
 use crate::store::Store;
-use crate::sync::digest::{bucket_of, stable_hash};
+use crate::sync::digest::{bucket_of, item_hash};
 use crate::sync::wire::{states_messages, Entry, Message};
 
 /// `States` sequence numbers remembered per peer, to check that an answer
@@ -97,15 +96,6 @@ pub(super) enum Transfer {
         clock: Timestamp,
         log_pos: u64,
     },
-}
-
-/// The digest hash of one live item: id, generation, kind and state in
-/// its digest form (`canonical::digest_bytes`; times are left out: they
-/// are labels, not state).
-pub(super) fn item_hash(id: &[u8], meta: &Meta, crdt: &Crdt) -> u64 {
-    let gen = encode_gen(&meta.gen);
-    let state = crate::sync::canonical::digest_bytes(crdt);
-    stable_hash(&[id, &gen, &[meta.kind.code()], &state])
 }
 
 impl Engine {
