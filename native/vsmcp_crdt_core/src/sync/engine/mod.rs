@@ -16,6 +16,15 @@
 //!   prefix of a sender's intervals, answers digests with a push of our
 //!   differing buckets plus a pull (`StateRequest`) of theirs.
 //!
+//! The code is laid out by concern, each file with its part of a peer
+//! session (`Peer`) and the handlers of its messages: `peer.rs` (sessions,
+//! hellos, liveness), `deltas.rs` (the delta link: shipping, `Deltas`,
+//! `Ack`, merging entries), `anti_entropy.rs` (the digest, `DigestRequest`,
+//! `StateRequest`, `States`, state transfers), `collect.rs` (membership,
+//! frontiers and their proofs, `AnswerEnd`, `Frontier`, forgetting,
+//! collection) and `api.rs` (the public types). This file holds the
+//! engine, its checks of every message and the dispatch to the handlers.
+//!
 //! # Membership and stability
 //!
 //! Remove tokens and delete tombstones guard against operations that have
@@ -356,14 +365,17 @@ impl Engine {
         events.push(Event::Rejected(from.cloned(), why, e.to_string()));
     }
 
-    /// Handle one message from the transport.
-    pub fn receive(
+    /// Count, decode and check a message from the transport: not our own,
+    /// from an id of a sane length, of a replica not forgotten, in a
+    /// version we speak. Its clock is taken into ours, or refused when too
+    /// far ahead. The message, its version, and what its handler needs.
+    fn accept(
         &mut self,
         store: &Store,
         bytes: &[u8],
         now_ms: u64,
         events: &mut Vec<Event>,
-    ) -> Vec<Outbound> {
+    ) -> Option<(Message, u8, Inbound)> {
         self.counters.msgs_received += 1;
         self.counters.bytes_received += bytes.len() as u64;
         let Envelope {
@@ -380,12 +392,12 @@ impl Engine {
                     _ => Reject::Malformed,
                 };
                 self.reject(events, None, why, &e.to_string());
-                return Vec::new();
+                return None;
             }
         };
         let from = msg.from().clone();
         if from == self.me {
-            return Vec::new();
+            return None;
         }
         if let Some(p) = self.peers.get_mut(&from) {
             p.stats.msgs_received += 1;
@@ -393,15 +405,15 @@ impl Engine {
         }
         if from.as_bytes().len() > MAX_ID_BYTES {
             self.reject(events, None, Reject::Malformed, "sender id too long");
-            return Vec::new();
+            return None;
         }
         if self.forgotten.contains(directory_of(&from)) {
             self.reject(events, Some(&from), Reject::Forgotten, "forgotten replica");
-            return Vec::new();
+            return None;
         }
         if !self.cfg.versions.contains(&version) {
             self.reject(events, Some(&from), Reject::Version, "version not spoken");
-            return Vec::new();
+            return None;
         }
         // A clock more than `max_clock_offset` ahead is not taken into ours
         // (the HLC receive rule refuses it), but the message is handled: a
@@ -430,6 +442,20 @@ impl Engine {
             clock: store.tick_clock(),
             sent: clock,
             seq,
+        };
+        Some((msg, version, ctx))
+    }
+
+    /// Handle one message from the transport: each kind has its handler.
+    pub fn receive(
+        &mut self,
+        store: &Store,
+        bytes: &[u8],
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Vec<Outbound> {
+        let Some((msg, version, ctx)) = self.accept(store, bytes, now_ms, events) else {
+            return Vec::new();
         };
         if let Message::Hello {
             versions,
