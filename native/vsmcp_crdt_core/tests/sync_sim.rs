@@ -11,23 +11,33 @@ mod common;
 use common::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use vsmcp_crdt_core::store::record::{decode_parts, encode_parts, Gen, Meta};
+use vsmcp_crdt_core::sync::digest::item_hash;
 use vsmcp_crdt_core::sync::{
     batch_budget, bucket_of, canonical_state_bytes, states_messages, DeltaLog, Digest, Message,
     NextBatch, MAX_MESSAGE_BYTES,
 };
 use vsmcp_crdt_core::{Crdt, Kind, Op, ReplicaId, Timestamp, Value};
 
-/// Entries travel as store records (metadata plus state).
-fn rec(c: &Crdt) -> Vec<u8> {
-    let meta = Meta {
-        kind: c.kind(),
+/// The metadata of every record of the simulation.
+fn meta(kind: Kind) -> Meta {
+    Meta {
+        kind,
         created_by: std::sync::Arc::from(&b"sim"[..]),
         created_at: 0,
         updated_at: 0,
         gen: Gen::default(),
         deleted: false,
-    };
-    encode_parts(&meta, &c.encode())
+    }
+}
+
+/// Entries travel as store records (metadata plus state).
+fn rec(c: &Crdt) -> Vec<u8> {
+    encode_parts(&meta(c.kind()), &c.encode())
+}
+
+/// The digest's item hash of `id` holding `c`: the one the engine uses.
+fn hash(id: &[u8], c: &Crdt) -> u64 {
+    item_hash(id, &meta(c.kind()), c)
 }
 
 fn unrec(b: &[u8]) -> Crdt {
@@ -87,17 +97,16 @@ impl Replica {
     }
 
     /// Run `f` on the state of `id` (created empty if absent) and update the
-    /// digest from the state's canonical bytes before and after.
+    /// digest from the state's item hash before and after.
     fn apply<R>(&mut self, id: &[u8], f: impl FnOnce(&mut Crdt, &ReplicaId) -> R) -> R {
         let existed = self.states.contains_key(id);
         let state = self
             .states
             .entry(id.to_vec())
             .or_insert_with(|| Crdt::new(kind_of(id)));
-        let old = existed.then(|| canonical_state_bytes(state));
+        let old = existed.then(|| hash(id, state));
         let r = f(state, &self.id);
-        let new = canonical_state_bytes(state);
-        self.digest.update(id, old.as_deref(), &new);
+        self.digest.replace_hash(id, old, Some(hash(id, state)));
         r
     }
 
@@ -190,7 +199,7 @@ impl Replica {
     fn check_digest(&self) {
         let mut d = Digest::new();
         for (id, s) in &self.states {
-            d.update(id, None, &canonical_state_bytes(s));
+            d.replace_hash(id, None, Some(hash(id, s)));
         }
         assert_eq!(
             d, self.digest,

@@ -2,12 +2,12 @@
 //! anti-entropy.
 //!
 //! Ids fall into [`BUCKETS`] buckets by a hash of the id; each bucket is the
-//! wrapping sum of an item hash over its ids. The sync engine's item hash
+//! wrapping sum of an item hash over its ids. The item hash ([`item_hash`],
+//! the one hash of production and of the simulation test of the core)
 //! covers the id, the record's generation, its kind and its state in digest
 //! form (`canonical::digest_bytes`: for an OR-Set its causal context plus
 //! the hash of the elements it reads as present), so any two copies that
-//! read differently differ; [`Digest::update`] hashes `(id, state bytes)`
-//! for callers without generations (the simulation test of the core).
+//! read differently differ. Tombstones stay out of the digest.
 //! A sum is order-independent and invertible, so an update costs O(1):
 //! subtract the old item hash, add the new one. Two replicas holding equal
 //! states have equal digests; the buckets where digests differ name the ids
@@ -23,6 +23,9 @@
 //!
 //! The state bytes must be canonical (equal states, equal bytes): see
 //! [`canonical_state_bytes`](super::canonical::canonical_state_bytes).
+
+use crate::crdt::Crdt;
+use crate::store::record::{encode_gen, Meta};
 
 /// Number of digest buckets. Changing it changes the wire protocol.
 pub const BUCKETS: usize = 256;
@@ -58,12 +61,16 @@ pub fn bucket_of(id: &[u8]) -> u16 {
     (stable_hash(&[id]) % BUCKETS as u64) as u16
 }
 
-/// The contribution of one id with state `state` to its bucket.
-pub fn item_hash(id: &[u8], state: &[u8]) -> u64 {
-    stable_hash(&[id, state])
+/// The contribution of one live record to its bucket: id, generation,
+/// kind and state in its digest form (`canonical::digest_bytes`; times are
+/// left out: they are labels, not state).
+pub fn item_hash(id: &[u8], meta: &Meta, crdt: &Crdt) -> u64 {
+    let gen = encode_gen(&meta.gen);
+    let state = super::canonical::digest_bytes(crdt);
+    stable_hash(&[id, &gen, &[meta.kind.code()], &state])
 }
 
-/// Bucket sums over a replica's `(id, canonical state)` pairs.
+/// Bucket sums of the item hashes of a replica's records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digest {
     buckets: [u64; BUCKETS],
@@ -83,15 +90,6 @@ impl Digest {
         }
     }
 
-    /// `id` changed from `old` (None: it was absent) to `new`.
-    pub fn update(&mut self, id: &[u8], old: Option<&[u8]>, new: &[u8]) {
-        let b = &mut self.buckets[bucket_of(id) as usize];
-        if let Some(old) = old {
-            *b = b.wrapping_sub(item_hash(id, old));
-        }
-        *b = b.wrapping_add(item_hash(id, new));
-    }
-
     /// `id`'s item hash changed from `old` to `new` (`None`: absent).
     pub fn replace_hash(&mut self, id: &[u8], old: Option<u64>, new: Option<u64>) {
         let b = &mut self.buckets[bucket_of(id) as usize];
@@ -109,12 +107,6 @@ impl Digest {
         let parts: Vec<[u8; 8]> = self.buckets.iter().map(|b| b.to_le_bytes()).collect();
         let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
         stable_hash(&refs)
-    }
-
-    /// `id`, whose state was `state`, is gone.
-    pub fn remove(&mut self, id: &[u8], state: &[u8]) {
-        let b = &mut self.buckets[bucket_of(id) as usize];
-        *b = b.wrapping_sub(item_hash(id, state));
     }
 
     /// The bucket sums, as a `DigestRequest` carries them.
@@ -138,37 +130,54 @@ impl Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::record::Gen;
+    use crate::Kind;
 
     #[test]
     fn hash_is_pinned() {
         // Peers of different builds must agree: pin a few values.
         assert_eq!(stable_hash(&[]), mix(FNV_OFFSET));
-        assert_eq!(item_hash(b"id", b"state"), item_hash(b"id", b"state"));
-        assert_ne!(item_hash(b"ab", b"c"), item_hash(b"a", b"bc"));
+        assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
         assert_eq!(
             [bucket_of(b""), bucket_of(b"a"), bucket_of(b"counter:1")],
             PINNED_BUCKETS
         );
-        assert_eq!(item_hash(b"a", b"b"), PINNED_ITEM);
+        assert_eq!(stable_hash(&[b"a", b"b"]), PINNED_PAIR);
+        let meta = Meta {
+            kind: Kind::GCounter,
+            created_by: std::sync::Arc::from(&b"r"[..]),
+            created_at: 0,
+            updated_at: 0,
+            gen: Gen::default(),
+            deleted: false,
+        };
+        let item = item_hash(b"a", &meta, &Crdt::new(Kind::GCounter));
+        assert_eq!(item, PINNED_ITEM);
     }
 
     const PINNED_BUCKETS: [u16; 3] = [19, 29, 17];
-    const PINNED_ITEM: u64 = 3_196_273_102_744_022_582;
+    const PINNED_PAIR: u64 = 3_196_273_102_744_022_582;
+    const PINNED_ITEM: u64 = 14_686_814_547_275_047_505;
+
+    /// A stand-in item hash of `(id, state)`.
+    fn h(id: &[u8], state: &[u8]) -> u64 {
+        stable_hash(&[id, state])
+    }
 
     #[test]
     fn incremental_equals_from_scratch() {
         let mut a = Digest::new();
-        a.update(b"x", None, b"1");
-        a.update(b"y", None, b"1");
-        a.update(b"x", Some(b"1"), b"2");
-        a.update(b"z", None, b"9");
-        a.remove(b"z", b"9");
+        a.replace_hash(b"x", None, Some(h(b"x", b"1")));
+        a.replace_hash(b"y", None, Some(h(b"y", b"1")));
+        a.replace_hash(b"x", Some(h(b"x", b"1")), Some(h(b"x", b"2")));
+        a.replace_hash(b"z", None, Some(h(b"z", b"9")));
+        a.replace_hash(b"z", Some(h(b"z", b"9")), None);
         let mut b = Digest::new();
-        b.update(b"y", None, b"1");
-        b.update(b"x", None, b"2");
+        b.replace_hash(b"y", None, Some(h(b"y", b"1")));
+        b.replace_hash(b"x", None, Some(h(b"x", b"2")));
         assert_eq!(a, b);
         assert!(a.diff(b.buckets()).is_empty());
-        b.update(b"y", Some(b"1"), b"3");
+        b.replace_hash(b"y", Some(h(b"y", b"1")), Some(h(b"y", b"3")));
         assert_eq!(a.diff(b.buckets()), vec![bucket_of(b"y")]);
         assert_eq!(a.diff(&[0; 3]).len(), BUCKETS);
     }

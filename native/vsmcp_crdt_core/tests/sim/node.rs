@@ -179,7 +179,9 @@ impl Node {
             pending.retain(|dir| match engine.forget(store, dir, &mut events) {
                 Ok(()) => false,
                 Err(e) => {
-                    errors.push(e.to_string());
+                    // The reason only: the message names the random store path,
+                    // and a trace must replay exactly.
+                    errors.push(e.reason().to_string());
                     true
                 }
             });

@@ -1,0 +1,485 @@
+//! Anti-entropy: the digest of our states, kept up to date, digests sent,
+//! and state transfers answering a peer's digest, spread over ticks.
+
+use super::{directory_of, Engine, Event, Inbound, Outbound, Reject, Snapshot, STABILITY_VERSION};
+use crate::causal::ReplicaId;
+use crate::hlc::Timestamp;
+use crate::store::record::encode_parts;
+use crate::store::Store;
+use crate::sync::digest::{bucket_of, item_hash};
+use crate::sync::wire::{states_messages, Entry, Message};
+
+/// `States` sequence numbers remembered per peer, to check that an answer
+/// to our digest arrived whole.
+const STATES_WINDOW: usize = 4096;
+
+/// Hellos with a differing root before a digest is sent even while deltas
+/// to the peer are in flight.
+const FORCE_DIGEST_AFTER: u8 = 5;
+
+/// Digest exchanges with one session (its part of [`Peer`]).
+///
+/// [`Peer`]: super::peer::Peer
+#[derive(Debug, Clone, Default)]
+pub(super) struct Exchange {
+    /// Consecutive hellos whose root differed from ours.
+    pub(super) root_mismatches: u8,
+    /// When we sent it our digest, while its answer is awaited.
+    pub(super) digest_sent_ms: Option<u64>,
+    /// Nothing it sent failed to merge since our last digest.
+    pub(super) answer_clean: bool,
+    /// Our `States` messages to it so far (their sequence numbers).
+    pub(super) states_sent: u64,
+    /// Sequence numbers of its `States` messages received and merged, the
+    /// latest [`STATES_WINDOW`].
+    pub(super) states_seen: std::collections::BTreeSet<u64>,
+}
+
+impl Exchange {
+    /// Its `States` message `seq` merged whole.
+    fn seen(&mut self, seq: u64) {
+        self.states_seen.insert(seq);
+        while self.states_seen.len() > STATES_WINDOW {
+            self.states_seen.pop_first();
+        }
+    }
+
+    /// Its answer to our digest ended with its `States` messages
+    /// `first..=last`: whether it answers the digest awaited, came whole
+    /// and merged (then no answer is awaited any more).
+    pub(super) fn answered(&mut self, first: u64, last: u64) -> bool {
+        let whole = first > last
+            || (last - first < STATES_WINDOW as u64
+                && (first..=last).all(|s| self.states_seen.contains(&s)));
+        let answered = self.digest_sent_ms.is_some() && self.answer_clean && whole;
+        if answered {
+            self.digest_sent_ms = None;
+        }
+        answered
+    }
+
+    /// A hello's root, equal to ours or not, with our deltas to it all
+    /// acknowledged (`settled`) or not: whether our digests should be
+    /// compared (twice different while settled, or for long).
+    fn root_compared(&mut self, equal: bool, settled: bool) -> bool {
+        if equal {
+            self.root_mismatches = 0;
+        } else {
+            self.root_mismatches = self.root_mismatches.saturating_add(1);
+        }
+        (self.root_mismatches >= 2 && settled) || self.root_mismatches >= FORCE_DIGEST_AFTER
+    }
+}
+
+/// Ids taken into the digest per engine call while it is first built: a
+/// store of a million ids is primed over many calls, each bounded, instead
+/// of one call of seconds that holds its caller (and anyone waiting on it).
+pub(super) const PRIME_PAGE: usize = 20_000;
+
+/// Bytes of states encoded per peer per call: a large state transfer (a
+/// late joiner, a long absence) is spread over ticks instead of being built
+/// in memory at once.
+pub(super) const TRANSFER_BYTES_PER_CALL: usize = 4 << 20;
+
+/// One item of a state transfer to a peer, in order.
+#[derive(Debug)]
+pub(super) enum Transfer {
+    /// Our states of every id in this digest bucket.
+    Bucket(u16),
+    /// A message to send, with the clock it was made at, once the states
+    /// before it went.
+    Then(Message, Timestamp),
+    /// The end of an answer to the peer's digest (version 4): our states
+    /// pushed since `first` went, and our state was taken at `clock`.
+    AnswerEnd {
+        first: u64,
+        clock: Timestamp,
+        log_pos: u64,
+    },
+}
+
+impl Engine {
+    /// Start the next part of every state transfer to a session up: one
+    /// budget per tick over every peer, starting with a different one each
+    /// tick, so that many peers catching up at once (or forged ones) cost
+    /// no more per tick than one.
+    pub(super) fn drain_transfers(&mut self, store: &Store, clock: Timestamp) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let pending: Vec<ReplicaId> = self
+            .transfers
+            .keys()
+            .filter(|r| self.peers.get(*r).is_some_and(|p| p.live.up))
+            .cloned()
+            .collect();
+        let n = pending.len();
+        let mut spent = 0usize;
+        for k in 0..n {
+            if spent >= TRANSFER_BYTES_PER_CALL {
+                break;
+            }
+            let r = &pending[(self.transfer_turn + k) % n];
+            let (o, bytes) = self.drain_transfer_bytes(store, r, clock);
+            out.extend(o);
+            spent += bytes;
+        }
+        self.transfer_turn = self.transfer_turn.wrapping_add(1);
+        out
+    }
+
+    /// After a hello announcing digest root `root` from a session already
+    /// up: our digest, when our roots keep differing (a repair), or when
+    /// its log proves nothing without a state proof of this session (one
+    /// asked at a time; cheap when our digests agree).
+    pub(super) fn digest_after_hello(
+        &mut self,
+        store: &Store,
+        ctx: &Inbound,
+        root: u64,
+    ) -> Option<Outbound> {
+        let from = &ctx.from;
+        let now_ms = ctx.now_ms;
+        self.refresh_digest(store);
+        let ours = self.digest.root();
+        let forget_proof = self.wants_forget_proof(
+            directory_of(from),
+            self.peers.get(from).and_then(|p| p.proof.anchor),
+        );
+        let acked = self.log.peer(from).map_or(0, |a| a.acked);
+        let settled = acked + 1 >= self.log.next_seq();
+        let retry_after = self.cfg.retransmit_ms.saturating_mul(10);
+        let p = self.peers.get_mut(from)?;
+        let awaiting = p
+            .exchange
+            .digest_sent_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) <= retry_after);
+        let stalled = p.proof.stalled(p.link.recv_upto);
+        let want_proof = (!p.proof.anchored() || stalled || forget_proof)
+            && !awaiting
+            && p.version >= STABILITY_VERSION;
+        if want_proof {
+            p.proof.stalled_hellos = 0;
+        }
+        let repair = p.exchange.root_compared(root == ours, settled);
+        if !(repair || want_proof) {
+            return None;
+        }
+        p.exchange.root_mismatches = 0;
+        Some(self.digest_to(store, from, ctx.clock, now_ms))
+    }
+
+    /// A peer's digest: queue our states of the buckets that differ, ask
+    /// for its states of them, and (version 4) end the answer with the
+    /// proof that it came whole.
+    pub(super) fn on_digest_request(
+        &mut self,
+        store: &Store,
+        ctx: &Inbound,
+        buckets: &[u64],
+        events: &mut Vec<Event>,
+    ) -> Vec<Outbound> {
+        let from = &ctx.from;
+        // One transfer per peer at a time: a request is answered
+        // with work bounded by what we hold, once.
+        if self.transfers.get(from).is_some_and(|q| !q.is_empty()) {
+            self.reject(events, Some(from), Reject::Busy, "transfer under way");
+            return Vec::new();
+        }
+        // Our state is taken now: writes stamped before it finish
+        // first (see `hello`), and changes made since our last tick
+        // count too (the requester's `sync` must see every write
+        // acknowledged before it).
+        let snap = store.tick_clock();
+        let flushed = store.flush().is_ok();
+        self.take_local(store, events);
+        self.refresh_digest(store);
+        let diff = self.digest.diff(buckets);
+        let first = self
+            .peers
+            .get(from)
+            .map_or(0, |p| p.exchange.states_sent + 1);
+        let version = self.peers.get(from).map_or(0, |p| p.version);
+        self.queue_states(from, &diff);
+        let req = Message::StateRequest {
+            from: self.me.clone(),
+            buckets: diff,
+        };
+        // After our states: the requester's round is over when it
+        // has them.
+        let proves = flushed && version >= STABILITY_VERSION && self.primed();
+        let log_pos = self.log.next_seq() - 1;
+        let q = self.transfers.entry(from.clone()).or_default();
+        q.push_back(Transfer::Then(req, snap));
+        if proves {
+            q.push_back(Transfer::AnswerEnd {
+                first,
+                clock: snap,
+                log_pos,
+            });
+        }
+        self.drain_transfer(store, from, ctx.clock)
+    }
+
+    /// A peer's answer to our digest: the buckets it wants our states of.
+    pub(super) fn on_state_request(
+        &mut self,
+        store: &Store,
+        ctx: &Inbound,
+        buckets: &[u16],
+        events: &mut Vec<Event>,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if !buckets.is_empty() {
+            self.queue_states(&ctx.from, buckets);
+            out.extend(self.drain_transfer(store, &ctx.from, ctx.clock));
+        }
+        events.push(Event::Answered(ctx.from.clone()));
+        out
+    }
+
+    /// A peer's states: merged (a failed one is repaired by the next
+    /// digest exchange), and its records we hold deleted answered with
+    /// our tombstones.
+    pub(super) fn on_states(
+        &mut self,
+        store: &Store,
+        ctx: &Inbound,
+        entries: Vec<Entry>,
+        events: &mut Vec<Event>,
+    ) -> Vec<Outbound> {
+        let from = &ctx.from;
+        if ctx.sent.is_some() && ctx.sent_at() < store.tomb_cut() {
+            // Sent before a tombstone collection here: it may hold a
+            // record whose tombstone is gone. What it holds that we
+            // lack is pushed again by the next digest exchange.
+            self.counters.dropped_stale += entries.len() as u64;
+            self.unclean(from);
+            return Vec::new();
+        }
+        let mut stale = Vec::new();
+        let merged = self.merge_entries(store, from, entries, events, &mut stale);
+        if !merged.all || merged.refused {
+            self.unclean(from);
+        } else if ctx.seq > 0 {
+            if let Some(p) = self.peers.get_mut(from) {
+                p.exchange.seen(ctx.seq);
+            }
+        }
+        self.tombstones_for(store, from, stale, ctx.clock)
+    }
+
+    /// Start an anti-entropy round with every peer that is up: flushes our
+    /// changes first (like [`Engine::tick`]), then sends each our digest.
+    /// Each peer's answer comes back as [`Event::Answered`].
+    pub fn round(
+        &mut self,
+        store: &Store,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> (Vec<ReplicaId>, Vec<Outbound>) {
+        let mut out = self.tick(store, now_ms, events);
+        let clock = store.tick_clock();
+        let peers = self.up_peers();
+        for r in &peers {
+            out.push(self.digest_to(store, r, clock, now_ms));
+        }
+        (peers, out)
+    }
+
+    pub(super) fn digest_to(
+        &mut self,
+        store: &Store,
+        to: &ReplicaId,
+        clock: Timestamp,
+        now_ms: u64,
+    ) -> Outbound {
+        self.refresh_digest(store);
+        self.counters.digests_sent += 1;
+        if let Some(p) = self.peers.get_mut(to) {
+            p.exchange.digest_sent_ms = Some(now_ms);
+            p.exchange.answer_clean = true;
+        }
+        let msg = Message::DigestRequest {
+            from: self.me.clone(),
+            buckets: self.digest.buckets().to_vec(),
+        };
+        self.out(Some(to), &msg, clock)
+    }
+
+    /// Something `from` sent failed to merge or was dropped: its answer to
+    /// our digest no longer proves its state is here.
+    pub(super) fn unclean(&mut self, from: &ReplicaId) {
+        if let Some(p) = self.peers.get_mut(from) {
+            p.exchange.answer_clean = false;
+        }
+    }
+
+    /// Queue our states of every id in `buckets` for `to`: one item per
+    /// bucket, its ids read when it is sent (memory O(buckets), not
+    /// O(ids), per request).
+    pub(super) fn queue_states(&mut self, to: &ReplicaId, buckets: &[u16]) {
+        if buckets.is_empty() {
+            return;
+        }
+        let queued = self.queued.entry(to.clone()).or_default();
+        let fresh: Vec<u16> = buckets
+            .iter()
+            .copied()
+            .filter(|b| queued.insert(*b))
+            .collect();
+        let q = self.transfers.entry(to.clone()).or_default();
+        q.extend(fresh.into_iter().map(Transfer::Bucket));
+    }
+
+    /// Send the next part of the state transfer to `to`: whole buckets of
+    /// states until [`TRANSFER_BYTES_PER_CALL`] is passed, in `States`
+    /// messages of at most 1 MiB, and the messages queued behind them.
+    fn drain_transfer(&mut self, store: &Store, to: &ReplicaId, clock: Timestamp) -> Vec<Outbound> {
+        self.drain_transfer_bytes(store, to, clock).0
+    }
+
+    /// [`Engine::drain_transfer`], with the bytes of states it encoded.
+    pub(super) fn drain_transfer_bytes(
+        &mut self,
+        store: &Store,
+        to: &ReplicaId,
+        clock: Timestamp,
+    ) -> (Vec<Outbound>, usize) {
+        let Some(mut q) = self.transfers.remove(to) else {
+            return (Vec::new(), 0);
+        };
+        let mut out = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut bytes = 0usize;
+        let flush = |this: &mut Self, entries: &mut Vec<Entry>, out: &mut Vec<Outbound>| {
+            if entries.is_empty() {
+                return;
+            }
+            this.counters.states_sent += entries.len() as u64;
+            for m in states_messages(&this.me, std::mem::take(entries)) {
+                out.push(this.out(Some(to), &m, clock));
+            }
+        };
+        while bytes < TRANSFER_BYTES_PER_CALL {
+            match q.pop_front() {
+                None => break,
+                Some(Transfer::Bucket(b)) => {
+                    if let Some(queued) = self.queued.get_mut(to) {
+                        queued.remove(&b);
+                    }
+                    let mut ids: Vec<Box<[u8]>> = self.hashes[b as usize].keys().cloned().collect();
+                    ids.sort_unstable();
+                    for id in ids {
+                        let enc = store.with_sync_state(&id, |meta, crdt, _| {
+                            encode_parts(meta, &crdt.encode())
+                        });
+                        if let Ok(Some(b)) = enc {
+                            bytes += b.len() + id.len();
+                            entries.push((id.to_vec(), b));
+                        }
+                    }
+                }
+                Some(Transfer::Then(m, at)) => {
+                    flush(self, &mut entries, &mut out);
+                    out.push(self.out(Some(to), &m, at));
+                }
+                Some(Transfer::AnswerEnd {
+                    first,
+                    clock: at,
+                    log_pos,
+                }) => {
+                    flush(self, &mut entries, &mut out);
+                    let last = self.peers.get(to).map_or(0, |p| p.exchange.states_sent);
+                    let m = Message::AnswerEnd {
+                        from: self.me.clone(),
+                        first,
+                        last,
+                        log_pos,
+                    };
+                    out.push(self.out(Some(to), &m, at));
+                }
+            }
+        }
+        flush(self, &mut entries, &mut out);
+        // Paused while the peer is down; dropped with it.
+        if !q.is_empty() && self.peers.contains_key(to) {
+            self.transfers.insert(to.clone(), q);
+        } else {
+            self.queued.remove(to);
+        }
+        (out, bytes)
+    }
+
+    /// Take the next page of the store's ids into the digest, until every
+    /// id is in (see [`PRIME_PAGE`]). Ids written meanwhile are marked by
+    /// their changes anyway.
+    pub(super) fn prime_step(&mut self, store: &Store) {
+        let Some(cursor) = self.prime_cursor.take() else {
+            return;
+        };
+        match store.ids_page(cursor.as_deref(), PRIME_PAGE) {
+            Ok((ids, next)) => {
+                self.dirty.extend(ids);
+                // `None` from the store: the listing is complete.
+                self.prime_cursor = next.map(Some);
+            }
+            // Unreadable now: the same page next time.
+            Err(_) => self.prime_cursor = Some(cursor),
+        }
+    }
+
+    /// Bring the digest up to date with every changed id, and take a
+    /// stability snapshot of each remove-wins set holding tokens.
+    pub(super) fn refresh_digest(&mut self, store: &Store) {
+        self.prime_step(store);
+        if self.dirty.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.dirty) {
+            let read = store.with_sync_state(&id, |m, c, _| {
+                // Tombstones stay out of the digest: a peer that still
+                // holds the deleted record learns of the delete when it
+                // pushes the record and we answer with the tombstone.
+                if m.deleted {
+                    return None;
+                }
+                Some((item_hash(&id, m, c), c.stability_snapshot(), m.gen.clone()))
+            });
+            let new = match read {
+                Ok(Some(Some((h, snapshot, gen)))) => {
+                    match snapshot {
+                        Some(vv) => {
+                            // Every token read arrived before our clock now.
+                            let at = store.clock().to_u64();
+                            let keep = self.collectable.get(&id).is_some_and(|s| s.gen == gen);
+                            if !keep {
+                                self.collectable
+                                    .insert(id.clone(), Snapshot { at, gen, vv });
+                            }
+                        }
+                        None => {
+                            self.collectable.remove(&id);
+                        }
+                    }
+                    Some(h)
+                }
+                Ok(_) => {
+                    self.collectable.remove(&id);
+                    None
+                }
+                // Unreadable now: try again at the next refresh.
+                Err(_) => {
+                    self.dirty.insert(id);
+                    continue;
+                }
+            };
+            let bucket = &mut self.hashes[bucket_of(&id) as usize];
+            let old = match new {
+                Some(h) => bucket.insert(id.clone(), h),
+                None => bucket.remove(&id),
+            };
+            if old != new {
+                self.digest.replace_hash(&id, old, new);
+            }
+        }
+    }
+}

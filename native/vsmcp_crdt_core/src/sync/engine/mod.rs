@@ -1,0 +1,560 @@
+//! The sync engine of one store: the protocol state machine that turns the
+//! store's local changes into messages, and peers' messages into merges.
+//! No I/O and no timers: the caller (the NIF, driven by the Elixir peer
+//! process) passes the time, moves the bytes and decides when to tick.
+//!
+//! * [`Engine::tick`] takes the store's local changes into the
+//!   [`DeltaLog`], retransmits unacknowledged intervals after
+//!   `retransmit_ms` (go-back-N), ships new intervals to every peer that is
+//!   up, and marks silent peers down.
+//! * [`Engine::hello`] is the heartbeat broadcast: replica id, the wire
+//!   versions spoken and the digest root. A peer whose root differs twice
+//!   in a row while our deltas to it are all acknowledged gets a digest
+//!   (anti-entropy); so does a peer seen for the first time or again.
+//! * [`Engine::receive`] handles one message: merges entries into the
+//!   store by generation (`store::record`), acknowledges the contiguous
+//!   prefix of a sender's intervals, answers digests with a push of our
+//!   differing buckets plus a pull (`StateRequest`) of theirs.
+//!
+//! The code is laid out by concern, each file with its part of a peer
+//! session (`Peer`) and the handlers of its messages: `peer.rs` (sessions,
+//! hellos, liveness), `deltas.rs` (the delta link: shipping, `Deltas`,
+//! `Ack`, merging entries), `anti_entropy.rs` (the digest, `DigestRequest`,
+//! `StateRequest`, `States`, state transfers), `collect.rs` (membership,
+//! frontiers and their proofs, `AnswerEnd`, `Frontier`, forgetting,
+//! collection) and `api.rs` (the public types). This file holds the
+//! engine, its checks of every message and the dispatch to the handlers.
+//!
+//! # Membership and stability
+//!
+//! Remove tokens and delete tombstones guard against operations that have
+//! not arrived yet; they may be dropped once nothing they guard against
+//! can arrive any more. That is judged per *member*, not by who happens to
+//! be up:
+//!
+//! * **Membership is persisted** (`store::membership`). A replica
+//!   directory whose hello was accepted is a member until it is removed:
+//!   by `forget` (`forget_replica`), or after `member_expiry_ms` without a
+//!   hello heard by a running engine. A member that is down, refused, or
+//!   not heard since a restart holds collection back.
+//! * **A frontier per member**, `F[d]`, an HLC stamp of `d`'s clock:
+//!   every change `d` made before its clock read `F[d]` is here (or was
+//!   deleted or replaced here). It rises by two proofs. *State*: `d`
+//!   answered our digest completely (`AnswerEnd`, with every `States`
+//!   message of the answer received and merged): everything `d` held when
+//!   it took its state is here. *Log*: after a state proof in the same
+//!   session, `d` announced log position `p` in a hello stamped `h` and we
+//!   hold its log up to `p` contiguously: everything it made before `h` is
+//!   here. A skipped part of its log (a jump of `base`, an entry refused)
+//!   voids the state proof until the next one. Frontiers never pass our
+//!   own wall clock, and the frontier a collection used is persisted as
+//!   the directory's cut.
+//! * **Tombstones** whose delete came before every member's frontier are
+//!   collected, each directory's frontier becoming its cut: a late copy of
+//!   a record a member created before its cut, not held here, was deleted
+//!   here and is deleted again with a tombstone (`Store::merge_remote`),
+//!   whoever sends it and whenever.
+//! * **Remove tokens** are collected when *stable*: every member has
+//!   delivered them, and everything each member made before delivering
+//!   them is here (Baquero, Almeida, Shoker, *Making Operation-based CRDTs
+//!   Operation-based*; Antidote's stable vector). Each member reports its
+//!   own global frontier (the least of its frontiers) in a `Frontier`
+//!   message with each hello; a report counts once our frontier of that
+//!   member passes the hello it came with. A set's tokens are snapshotted
+//!   (its version vector) at a clock `t`; once every member's usable
+//!   report passes `t`, the tokens the snapshot covers are dropped. No
+//!   quiet moment is needed: collection keeps up with writes that never
+//!   pause.
+//!
+//! Every message from a peer is untrusted: it is decoded and validated in
+//! full, a clock too far ahead rejects it whole, and each rejection is
+//! counted and reported as an [`Event::Rejected`] (the caller rate-limits
+//! its logs). Entries stay encoded bytes throughout: nothing here creates
+//! atoms or decodes terms.
+
+mod anti_entropy;
+mod api;
+mod collect;
+mod deltas;
+mod peer;
+
+use crate::causal::ReplicaId;
+use crate::error::Error;
+use crate::hash::{HashMap, HashSet};
+use crate::hlc::Timestamp;
+use crate::store::Store;
+use crate::sync::digest::{stable_hash, Digest, BUCKETS};
+use crate::sync::log::DeltaLog;
+use crate::sync::wire::{Envelope, Message, MAX_MESSAGE_BYTES, MIN_WIRE_VERSION};
+
+use anti_entropy::Transfer;
+pub use api::{Counters, EngineConfig, Event, MemberInfo, Outbound, PeerInfo, PeerStats, Reject};
+use collect::{wall_stamp, Frontiers, Member, Snapshot};
+use deltas::Interval;
+use peer::{Hello, Peer};
+
+/// Bytes at the end of a sync id that change on every start: the store's
+/// incarnation (8) and the engine's session (8). The rest is the data
+/// directory's id, which a restart keeps.
+const VOLATILE_BYTES: usize = 16;
+
+/// The first wire version whose speakers prove frontiers and report
+/// stability (see "Membership and stability"); an older peer never does,
+/// so while it is a member nothing is collected.
+const STABILITY_VERSION: u8 = 4;
+
+/// Longest sync id accepted from a peer.
+const MAX_ID_BYTES: usize = 64;
+
+fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_le_bytes(b);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    stable_hash(&[&t.to_le_bytes(), &std::process::id().to_le_bytes()])
+}
+
+/// The sync state of one store. See the module docs.
+pub struct Engine {
+    me: ReplicaId,
+    cfg: EngineConfig,
+    log: DeltaLog,
+    /// Sessions, by sync id (ordered: iteration is the same on every run).
+    peers: std::collections::BTreeMap<ReplicaId, Peer>,
+    /// Member directories (see `store::membership`).
+    members: std::collections::BTreeMap<Box<[u8]>, Member>,
+    /// Directory ids of forgotten replicas.
+    forgotten: HashSet<Vec<u8>>,
+    /// Those of `forgotten` whose cut is not raised yet (see
+    /// [`Engine::forget`]).
+    forgetting: HashSet<Vec<u8>>,
+    digest: Digest,
+    /// Item hashes, by digest bucket.
+    hashes: Vec<HashMap<Box<[u8]>, u64>>,
+    /// Stability snapshots of remove-wins sets holding remove tokens.
+    collectable: HashMap<Box<[u8]>, Snapshot>,
+    /// When collection last ran.
+    collected_ms: Option<u64>,
+    /// Which peer's transfer goes first at the next tick.
+    transfer_turn: usize,
+    /// The caller's clock at our first tick.
+    started_ms: Option<u64>,
+    /// Our frontier report, due to be sent with the next tick: `(at,
+    /// frontiers)`.
+    report: Option<(u64, Frontiers)>,
+    /// State transfers in progress, per peer.
+    transfers: std::collections::BTreeMap<ReplicaId, std::collections::VecDeque<Transfer>>,
+    /// Buckets whose states are queued for a peer (not queued twice).
+    queued: std::collections::BTreeMap<ReplicaId, HashSet<u16>>,
+    dirty: HashSet<Box<[u8]>>,
+    /// While the digest is being built from the store's ids, page by page:
+    /// the cursor of the next page (`Some(None)`: the first).
+    prime_cursor: Option<Option<Box<[u8]>>>,
+    counters: Counters,
+}
+
+/// The directory part of a sync id (a replica id plus a session).
+pub fn directory_of(r: &ReplicaId) -> &[u8] {
+    let b = r.as_bytes();
+    &b[..b.len().saturating_sub(VOLATILE_BYTES)]
+}
+
+impl Engine {
+    /// An engine for `store`. Its sync id is the store's replica id plus a
+    /// random session, so peers tell a restarted engine (same store) from
+    /// the old one and never hold acknowledgements from a previous session.
+    /// The store's members are loaded with their persisted cuts as
+    /// frontiers: a member not heard since holds collection back.
+    pub fn new(store: &Store, cfg: EngineConfig) -> Engine {
+        let mut me = store.replica_id().as_bytes().to_vec();
+        #[cfg(feature = "fault-injection")]
+        let session = cfg.session.unwrap_or_else(random_u64);
+        #[cfg(not(feature = "fault-injection"))]
+        let session = random_u64();
+        me.extend_from_slice(&session.to_be_bytes());
+        let members = store
+            .members()
+            .into_iter()
+            .map(|(dir, _)| {
+                let m = Member {
+                    frontier: store.member_cut(&dir).min(wall_stamp(store)),
+                    ..Member::default()
+                };
+                (dir, m)
+            })
+            .collect();
+        // A read error here would let a forgotten replica back in: the
+        // store refuses its membership too (`Store::add_member`).
+        let forgotten: Vec<Vec<u8>> = store
+            .forgotten()
+            .unwrap_or_default()
+            .into_iter()
+            .map(Vec::from)
+            .collect();
+        Engine {
+            me: ReplicaId::new(&me),
+            log: DeltaLog::new(cfg.max_log_bytes),
+            cfg,
+            peers: Default::default(),
+            members,
+            forgotten: forgotten.iter().cloned().collect(),
+            forgetting: forgotten
+                .into_iter()
+                .filter(|d| store.member_cut(d) != u64::MAX)
+                .collect(),
+            digest: Digest::new(),
+            hashes: (0..BUCKETS).map(|_| HashMap::default()).collect(),
+            collectable: HashMap::default(),
+            collected_ms: None,
+            transfer_turn: 0,
+            started_ms: None,
+            report: None,
+            transfers: Default::default(),
+            queued: Default::default(),
+            dirty: HashSet::default(),
+            prime_cursor: Some(None),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Our replica id.
+    pub fn me(&self) -> &ReplicaId {
+        &self.me
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The outgoing log (for inspection).
+    pub fn log(&self) -> &DeltaLog {
+        &self.log
+    }
+
+    /// The root of the digest as last refreshed (by a hello, a digest or a
+    /// collection), for inspection.
+    pub fn digest_root(&self) -> u64 {
+        self.digest.root()
+    }
+
+    /// State transfer items queued, over every peer (for inspection).
+    pub fn queued_transfers(&self) -> usize {
+        self.transfers.values().map(|q| q.len()).sum()
+    }
+
+    /// Remove-wins sets waiting for their tokens to be stable.
+    pub fn collectable_sets(&self) -> usize {
+        self.collectable.len()
+    }
+
+    /// Peers that are up.
+    pub fn up_peers(&self) -> Vec<ReplicaId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.live.up)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// Every known peer session, for `info`.
+    pub fn peer_info(&self) -> Vec<PeerInfo> {
+        let last = self.log.next_seq() - 1;
+        self.peers
+            .iter()
+            .map(|(r, p)| PeerInfo {
+                id: r.clone(),
+                up: p.live.up,
+                version: p.version,
+                attrs: p.attrs.clone(),
+                last_seen_ms: p.live.last_seen_ms,
+                ack_lag: last.saturating_sub(self.log.peer(r).map_or(0, |a| a.acked)),
+                clock_offset_ms: p.live.clock_offset_ms,
+                refused_ahead_ms: p.live.refused_ahead_ms,
+                anchored: p.proof.anchored(),
+                stats: p.stats.clone(),
+            })
+            .collect()
+    }
+
+    /// Every member directory, for `info`.
+    pub fn member_info(&self) -> Vec<MemberInfo> {
+        self.members
+            .iter()
+            .map(|(dir, m)| MemberInfo {
+                directory: dir.to_vec(),
+                up: self.directory_up(dir),
+                frontier: m.frontier,
+                stable: m.stable_for(dir, &[], &HashSet::default()),
+                last_seen_ms: m.last_seen_ms,
+            })
+            .collect()
+    }
+
+    /// Whether every id of the store is in the digest. Until then the
+    /// digest is partial: an answer to a peer's digest proves nothing
+    /// (no `AnswerEnd`), as it may miss what we hold.
+    pub fn primed(&self) -> bool {
+        self.prime_cursor.is_none()
+    }
+
+    fn out(&mut self, to: Option<&ReplicaId>, msg: &Message, clock: Timestamp) -> Outbound {
+        let (version, seq) = match to.and_then(|r| self.peers.get_mut(r)) {
+            Some(p) => {
+                let seq = if matches!(msg, Message::States { .. }) && p.version >= 4 {
+                    p.exchange.states_sent += 1;
+                    p.exchange.states_sent
+                } else {
+                    0
+                };
+                (p.version, seq)
+            }
+            None => (MIN_WIRE_VERSION, 0),
+        };
+        let bytes = msg.encode_seq(version, clock, seq);
+        self.counters.msgs_sent += 1;
+        self.counters.bytes_sent += bytes.len() as u64;
+        if let Some(p) = to.and_then(|r| self.peers.get_mut(r)) {
+            p.stats.msgs_sent += 1;
+            p.stats.bytes_sent += bytes.len() as u64;
+            if let Message::Deltas { entries, .. } = msg {
+                p.stats.deltas_sent += entries.len() as u64;
+            }
+        }
+        Outbound {
+            to: to.cloned(),
+            bytes,
+        }
+    }
+
+    /// Take the store's local changes into the log, go on with state
+    /// transfers, send our stability report after a hello, expire members
+    /// long silent, mark silent sessions down (and drop those long down),
+    /// and ship each session up the intervals it lacks (retransmitting
+    /// what waited too long).
+    pub fn tick(&mut self, store: &Store, now_ms: u64, events: &mut Vec<Event>) -> Vec<Outbound> {
+        self.take_local(store, events);
+        if !self.primed() {
+            self.refresh_digest(store);
+        }
+        let clock = store.tick_clock();
+        let mut out = self.drain_transfers(store, clock);
+        out.extend(self.send_report(clock));
+        self.expire_members(store, now_ms, events);
+        let ids: Vec<ReplicaId> = self.peers.keys().cloned().collect();
+        for r in ids {
+            if self.check_liveness(&r, now_ms, events) {
+                out.extend(self.ship_deltas(store, &r, clock, now_ms));
+            }
+        }
+        out
+    }
+
+    fn reject(&mut self, events: &mut Vec<Event>, from: Option<&ReplicaId>, why: Reject, e: &str) {
+        self.counters.rejected[why as usize] += 1;
+        if let Some(p) = from.and_then(|r| self.peers.get_mut(r)) {
+            p.stats.rejected[why as usize] += 1;
+        }
+        events.push(Event::Rejected(from.cloned(), why, e.to_string()));
+    }
+
+    /// Count, decode and check a message from the transport: not our own,
+    /// from an id of a sane length, of a replica not forgotten, in a
+    /// version we speak. Its clock is taken into ours, or refused when too
+    /// far ahead. The message, its version, and what its handler needs.
+    fn accept(
+        &mut self,
+        store: &Store,
+        bytes: &[u8],
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Option<(Message, u8, Inbound)> {
+        self.counters.msgs_received += 1;
+        self.counters.bytes_received += bytes.len() as u64;
+        let Envelope {
+            version,
+            clock,
+            seq,
+            msg,
+        } = match Message::decode_envelope(bytes) {
+            Ok(env) => env,
+            Err(e) => {
+                let why = match e {
+                    Error::UnsupportedVersion(_) => Reject::Version,
+                    _ if bytes.len() > MAX_MESSAGE_BYTES => Reject::Oversized,
+                    _ => Reject::Malformed,
+                };
+                self.reject(events, None, why, &e.to_string());
+                return None;
+            }
+        };
+        let from = msg.from().clone();
+        if from == self.me {
+            return None;
+        }
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.stats.msgs_received += 1;
+            p.stats.bytes_received += bytes.len() as u64;
+        }
+        if from.as_bytes().len() > MAX_ID_BYTES {
+            self.reject(events, None, Reject::Malformed, "sender id too long");
+            return None;
+        }
+        if self.forgotten.contains(directory_of(&from)) {
+            self.reject(events, Some(&from), Reject::Forgotten, "forgotten replica");
+            return None;
+        }
+        if !self.cfg.versions.contains(&version) {
+            self.reject(events, Some(&from), Reject::Version, "version not spoken");
+            return None;
+        }
+        // A clock more than `max_clock_offset` ahead is not taken into ours
+        // (the HLC receive rule refuses it), but the message is handled: a
+        // node whose clock ran ahead, or whose persisted clock is ahead
+        // after its clock was fixed, stays known, acknowledged and a
+        // member, and receives everything. What it sends that is stamped
+        // beyond the offset (creates, register values, deletes) is refused
+        // entry by entry (`merge_entries`) until our clock reaches it;
+        // such a refusal voids its log as a proof, so collection that
+        // depends on it waits. A hello is checked in `on_hello`.
+        if let Some(c) = clock {
+            if let Err(e) = store.receive_clock(c) {
+                let hello = matches!(msg, Message::Hello { .. });
+                if let (Error::ClockSkew { ahead_ms }, Some(p)) = (&e, self.peers.get_mut(&from)) {
+                    p.live.refused_ahead_ms = *ahead_ms;
+                }
+                if !hello {
+                    let why = format!("{e}: not taken into our clock");
+                    self.reject(events, Some(&from), Reject::ClockAhead, &why);
+                }
+            }
+        }
+        let ctx = Inbound {
+            from,
+            now_ms,
+            clock: store.tick_clock(),
+            sent: clock,
+            seq,
+        };
+        Some((msg, version, ctx))
+    }
+
+    /// Handle one message from the transport: each kind has its handler.
+    pub fn receive(
+        &mut self,
+        store: &Store,
+        bytes: &[u8],
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Vec<Outbound> {
+        let Some((msg, version, ctx)) = self.accept(store, bytes, now_ms, events) else {
+            return Vec::new();
+        };
+        if let Message::Hello {
+            versions,
+            root,
+            log_pos,
+            attrs,
+            clock,
+            ..
+        } = msg
+        {
+            let hello = Hello {
+                versions,
+                root,
+                log_pos,
+                clock,
+                attrs,
+            };
+            let out = self.on_hello(store, &ctx, hello, events);
+            self.maybe_collect(store, now_ms);
+            return out;
+        }
+        let from = &ctx.from;
+        let Some(p) = self.peers.get_mut(from) else {
+            self.reject(events, Some(from), Reject::UnknownPeer, "no hello yet");
+            return Vec::new();
+        };
+        if version != p.version {
+            // Only the negotiated version: a version 1 message carries no
+            // clock, so it must not bypass the clock check.
+            self.reject(
+                events,
+                Some(from),
+                Reject::Version,
+                "not the negotiated version",
+            );
+            return Vec::new();
+        }
+        p.live.last_seen_ms = now_ms;
+        match msg {
+            Message::Deltas {
+                base,
+                seq_start,
+                seq_end,
+                entries,
+                ..
+            } => {
+                let interval = Interval {
+                    base,
+                    seq_start,
+                    seq_end,
+                };
+                self.on_deltas(store, &ctx, interval, entries, events)
+            }
+            Message::Ack { upto, .. } => {
+                self.on_ack(&ctx, upto, events);
+                Vec::new()
+            }
+            Message::DigestRequest { buckets, .. } => {
+                self.on_digest_request(store, &ctx, &buckets, events)
+            }
+            Message::StateRequest { buckets, .. } => {
+                self.on_state_request(store, &ctx, &buckets, events)
+            }
+            Message::AnswerEnd {
+                first,
+                last,
+                log_pos,
+                ..
+            } => {
+                self.on_answer_end(store, &ctx, first, last, log_pos);
+                Vec::new()
+            }
+            Message::Frontier { at, frontiers, .. } => {
+                self.on_frontier(from, at, frontiers);
+                Vec::new()
+            }
+            Message::States { entries, .. } => self.on_states(store, &ctx, entries, events),
+            Message::Hello { .. } => Vec::new(),
+        }
+    }
+}
+
+/// A peer's message as received: who sent it, and when.
+struct Inbound {
+    from: ReplicaId,
+    /// The caller's clock.
+    now_ms: u64,
+    /// Our clock, ticked on receipt: what we send in answer is stamped
+    /// with it.
+    clock: Timestamp,
+    /// The sender's clock on the envelope (none before version 2).
+    sent: Option<Timestamp>,
+    /// The envelope's sequence number of a `States` message (0: none).
+    seq: u64,
+}
+
+impl Inbound {
+    /// The sender's clock, 0 when none.
+    fn sent_at(&self) -> u64 {
+        self.sent.map_or(0, Timestamp::to_u64)
+    }
+}
