@@ -11,9 +11,9 @@
 pub mod admin;
 
 use super::halt::{self, Gate};
-use super::record::merge_records;
 use super::write_behind::Pending;
 use crate::error::{Error, Result};
+use crate::record::merge_records;
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, MergeOperands,

@@ -38,7 +38,6 @@
 //! its sync engine starts ships them by anti-entropy: the engine's first
 //! digest covers every stored id.
 
-use super::record::{Gen, Meta};
 use super::{note_out, Merged, Store};
 use crate::causal::ReplicaId;
 use crate::crdt::{Crdt, Kind};
@@ -48,6 +47,7 @@ use crate::hlc::{now_ms, Timestamp};
 use crate::lww::{LwwEntry, LwwRegister};
 use crate::orset::{ORSet, Policy};
 use crate::pncounter::PNCounter;
+use crate::record::{Gen, Meta};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 

@@ -319,7 +319,7 @@ impl Store {
         // a RocksDB iterator is open (lock order: state, then RocksDB).
         let mut records: Vec<(Box<[u8]>, Option<Kind>)> = Vec::new();
         let entry = |id: &[u8], record: &[u8]| {
-            let kind = super::record::decode_parts(record)
+            let kind = crate::record::decode_parts(record)
                 .ok()
                 .map(|(m, _)| m.kind);
             (Box::from(id), kind)

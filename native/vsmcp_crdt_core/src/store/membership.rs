@@ -12,9 +12,9 @@
 //! (value: the wall-clock ms it joined, u64 big end).
 
 use super::cold::{BatchOp, CUT_PREFIX};
-use super::record::DIRECTORY_BYTES;
 use super::Store;
 use crate::error::{Error, Result};
+use crate::record::DIRECTORY_BYTES;
 
 /// Prefix of the membership keys.
 pub const MEMBER_PREFIX: &[u8] = b"member/";

@@ -4,7 +4,7 @@
 //! * `tiers`: hot/warm CLOCK queues of one shard; promotion and demotion.
 //! * `write_behind`: pending delta groups and group commit.
 //! * [`cold`]: RocksDB, shared by the stores of one OS process per path.
-//! * [`record`]: what is stored per id, and the merge operator.
+//! * [`record`]: re-export of [`crate::record`], what is stored per id.
 //! * [`halt`]: process exit without a crash and without losing writes.
 //! * `backup`, `listing`, [`info`]: operations on a running store (online
 //!   backup, ids by pages, the `info` report).
@@ -39,7 +39,9 @@ pub mod import;
 pub mod info;
 mod listing;
 pub mod membership;
-pub mod record;
+/// The record format moved to [`crate::record`] (sync reads it too); this
+/// re-export keeps `store::record` paths working until their users move.
+pub use crate::record;
 mod tiers;
 mod write_behind;
 
@@ -56,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::hash::HashMap;
 use crate::hlc::{Clock, Timestamp};
 use crate::lww::{LwwEntry, LwwRegister};
+use crate::record::{decode_parts, encode_parts, encode_tombs, Gen, Meta, Record, Tomb, Tombs};
 use cold::{
     BatchOp, Cached, ColdTier, Owner, CUT_PREFIX, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY,
     SYNCED_KEY, TOMB_CUT_KEY, TOMB_PREFIX,
@@ -63,7 +66,6 @@ use cold::{
 use config::{regrows_large, REGROW_INLINE_MAX};
 use info::Counted;
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use record::{decode_parts, encode_parts, encode_tombs, Gen, Meta, Record, Tomb, Tombs};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

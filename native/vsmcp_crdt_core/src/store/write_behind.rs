@@ -13,8 +13,8 @@
 use super::cold::{BatchOp, TOMB_PREFIX};
 use super::config::regrows_large;
 use super::config::INLINE_BYTES;
-use super::record::{encode_parts, encode_tombs, Meta, Tombs};
 use crate::crdt::Crdt;
+use crate::record::{encode_parts, encode_tombs, Meta, Tombs};
 use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
