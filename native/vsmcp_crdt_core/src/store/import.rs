@@ -55,9 +55,7 @@ use std::sync::Arc;
 /// are 24 bytes: a directory's 16 random bytes and an incarnation).
 pub const IMPORT_REPLICA: &[u8] = b"vsmcp_crdt/import";
 
-/// Metadata key of the source a store imported (see
-/// [`Store::finish_import`]); its presence also marks a finished import.
-pub const MIGRATED_FROM_KEY: &[u8] = b"migrated_from";
+pub use super::keys::MIGRATED_FROM_KEY;
 
 /// The generation of every imported record (see the module docs).
 pub fn import_gen() -> Gen {

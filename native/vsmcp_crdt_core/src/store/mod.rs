@@ -37,6 +37,7 @@ mod crash;
 pub mod halt;
 pub mod import;
 pub mod info;
+pub mod keys;
 mod listing;
 pub mod membership;
 /// The record format moved to [`crate::record`] (sync reads it too); this
@@ -59,12 +60,13 @@ use crate::hash::HashMap;
 use crate::hlc::{Clock, Timestamp};
 use crate::lww::{LwwEntry, LwwRegister};
 use crate::record::{decode_parts, encode_parts, encode_tombs, Gen, Meta, Record, Tomb, Tombs};
-use cold::{
-    BatchOp, Cached, ColdTier, Owner, CUT_PREFIX, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY,
-    SYNCED_KEY, TOMB_CUT_KEY, TOMB_PREFIX,
-};
+use cold::{Cached, ColdTier, Owner};
 use config::{regrows_large, REGROW_INLINE_MAX};
 use info::Counted;
+use keys::{
+    tomb_key, BatchOp, CUT_PREFIX, HLC_KEY, INCARNATION_KEY, NODE_KEY, REPLICA_KEY, SYNCED_KEY,
+    TOMB_CUT_KEY, TOMB_PREFIX,
+};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +74,7 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tiers::{decode_stored, Body, Limits, Tiers};
-use write_behind::{tomb_key, write_group, PendingWrites};
+use write_behind::{write_group, PendingWrites};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {

@@ -10,9 +10,9 @@
 //! shard, so a reader that read the disk without the shard lock can tell
 //! whether a flush moved something out of the overlay meanwhile.
 
-use super::cold::{BatchOp, TOMB_PREFIX};
 use super::config::regrows_large;
 use super::config::INLINE_BYTES;
+use super::keys::{tomb_key, BatchOp};
 use crate::crdt::Crdt;
 use crate::record::{encode_parts, encode_tombs, Meta, Tombs};
 use hashbrown::HashMap;
@@ -95,11 +95,6 @@ impl Pending {
             ops.push(BatchOp::PutMetaKey(tomb_key(key), encode_tombs(t)));
         }
     }
-}
-
-/// The metadata key of `id`'s tombstone.
-pub(super) fn tomb_key(id: &[u8]) -> Box<[u8]> {
-    [TOMB_PREFIX, id].concat().into()
 }
 
 type Group = HashMap<Box<[u8]>, Pending>;

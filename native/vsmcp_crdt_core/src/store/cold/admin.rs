@@ -10,10 +10,7 @@ use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{ReadOptions, WriteOptions};
 use std::path::Path;
 
-/// Metadata key a backup leaves in its copy: the directory id of the store
-/// it was taken from, then the time it was taken (ms since the epoch, 8
-/// bytes big-endian). Diagnostics only; nothing reads it.
-pub const BACKUP_OF_KEY: &[u8] = b"backup_of";
+pub use crate::store::keys::BACKUP_OF_KEY;
 
 /// The first and last record keys.
 pub type KeyRange = (Box<[u8]>, Box<[u8]>);
