@@ -38,7 +38,8 @@
 //! its sync engine starts ships them by anti-entropy: the engine's first
 //! digest covers every stored id.
 
-use super::{note_out, Merged, Store};
+use super::handle::Store;
+use super::replication::{note_out, Merged};
 use crate::causal::ReplicaId;
 use crate::crdt::{Crdt, Kind};
 use crate::error::Result;

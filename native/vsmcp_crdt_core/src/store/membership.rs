@@ -11,8 +11,8 @@
 //! Persisted under `MEMBER_PREFIX ++ directory` in the meta column family
 //! (value: the wall-clock ms it joined, u64 big end).
 
+use super::handle::Store;
 use super::keys::{BatchOp, CUT_PREFIX};
-use super::Store;
 use crate::error::{Error, Result};
 use crate::record::DIRECTORY_BYTES;
 
