@@ -7,6 +7,7 @@ use super::handle::{Inner, Outgoing, Store};
 use super::keys::SYNCED_KEY;
 use super::telemetry::Counted;
 use super::tiers::{drop_in_background, Body};
+use super::write_behind::join_by_generation;
 use crate::crdt::{Crdt, Kind};
 use crate::error::{Error, Result};
 use crate::hash::HashMap;
@@ -22,29 +23,15 @@ pub(super) fn note_out(
     meta: &Meta,
     delta: &Crdt,
 ) {
-    let fresh = || Outgoing {
-        meta: meta.clone(),
-        delta: Some(Arc::new(delta.clone())),
-    };
     match out.get_mut(id) {
         None => {
-            out.insert(id.into(), fresh());
+            let o = Outgoing {
+                meta: meta.clone(),
+                delta: Some(Arc::new(delta.clone())),
+            };
+            out.insert(id.into(), o);
         }
-        Some(o) => match meta.wins_over(&o.meta) {
-            std::cmp::Ordering::Less => {}
-            std::cmp::Ordering::Greater => *o = fresh(),
-            std::cmp::Ordering::Equal => {
-                o.meta.join(meta);
-                match &mut o.delta {
-                    Some(d) => {
-                        if Arc::make_mut(d).join(delta).is_err() {
-                            *d = Arc::new(delta.clone());
-                        }
-                    }
-                    None => o.delta = Some(Arc::new(delta.clone())),
-                }
-            }
-        },
+        Some(o) => join_by_generation(&mut o.meta, &mut o.delta, meta, delta),
     }
 }
 
