@@ -188,7 +188,7 @@ impl Inner {
     /// Nothing to write: a write error recorded earlier (e.g. a strict
     /// write or a flush on a full disk) is cleared once a probe succeeds,
     /// so writes resume when space is freed.
-    pub(super) fn check_writable_after_idle(&self) -> Result<()> {
+    fn check_writable_after_idle(&self) -> Result<()> {
         if !self.has_write_error.load(Ordering::Acquire) {
             return Ok(());
         }

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Estimated bytes of the pending deltas among `overlays`.
-pub(super) fn deltas_size<'p>(overlays: impl IntoIterator<Item = &'p Pending>) -> usize {
+fn deltas_size<'p>(overlays: impl IntoIterator<Item = &'p Pending>) -> usize {
     overlays
         .into_iter()
         .filter_map(|p| p.delta.as_deref())
@@ -140,7 +140,7 @@ impl Inner {
     /// RocksDB record `base`: metadata and encoded state, or `None` when
     /// absent. Decoding and re-encoding a large record is refused on a
     /// normal scheduler.
-    pub(super) fn assemble_from<'p>(
+    fn assemble_from<'p>(
         &self,
         access: Access,
         base: Option<Vec<u8>>,
@@ -244,7 +244,7 @@ impl Inner {
 
     /// Keep the NIF's `ext` (taken out of the slot for work without the
     /// lock) if the slot still holds the state it was built from.
-    pub(super) fn restore_ext(&self, id: &[u8], version: u64, state: &Arc<Crdt>, ext: tiers::Ext) {
+    fn restore_ext(&self, id: &[u8], version: u64, state: &Arc<Crdt>, ext: tiers::Ext) {
         if ext.is_none() {
             return;
         }

@@ -23,7 +23,7 @@ impl Store {
         self.0.telemetry.note(Counted::Write, r)
     }
 
-    pub(super) fn create_uncounted(&self, id: &[u8], kind: Kind, access: Access) -> Result<()> {
+    fn create_uncounted(&self, id: &[u8], kind: Kind, access: Access) -> Result<()> {
         let inner = &self.0;
         inner.check_size(id.len())?;
         let _disk = inner.lock_disk_for_write(id, access)?;
@@ -170,7 +170,7 @@ impl Store {
         self.0.telemetry.note(Counted::Write, r)
     }
 
-    pub(super) fn update_uncounted<R>(
+    fn update_uncounted<R>(
         &self,
         id: &[u8],
         m: Mutation<'_>,
@@ -278,13 +278,7 @@ impl Store {
         self.0.telemetry.note(Counted::Write, r)
     }
 
-    pub(super) fn merge_uncounted(
-        &self,
-        id: &[u8],
-        meta: &Meta,
-        other: &Crdt,
-        access: Access,
-    ) -> Result<()> {
+    fn merge_uncounted(&self, id: &[u8], meta: &Meta, other: &Crdt, access: Access) -> Result<()> {
         let inner = &self.0;
         if meta.kind != other.kind() {
             return Err(Error::TypeMismatch);
@@ -354,7 +348,7 @@ impl Store {
         self.0.telemetry.note(Counted::Write, r)
     }
 
-    pub(super) fn delete_uncounted(&self, id: &[u8], access: Access) -> Result<()> {
+    fn delete_uncounted(&self, id: &[u8], access: Access) -> Result<()> {
         let inner = &self.0;
         let _disk = inner.lock_disk_for_write(id, access)?;
         let (sh, present) = inner.locate(id, access)?;
@@ -391,7 +385,7 @@ impl Store {
 impl Inner {
     /// Apply `op` to `id` (present, in memory) with the store's durability.
     /// Strict: the delta is in the WAL before memory changes.
-    pub(super) fn mutate<'a>(
+    fn mutate<'a>(
         &'a self,
         mut sh: StateGuard<'a>,
         id: &[u8],
@@ -468,7 +462,7 @@ impl Inner {
 
     /// Relaxed: apply `op` in memory and join its delta into the pending
     /// delta group. Nothing can fail after the state changed.
-    pub(super) fn apply_relaxed(
+    fn apply_relaxed(
         &self,
         sh: &mut Shard,
         id: &[u8],
@@ -543,7 +537,7 @@ impl Inner {
     /// the join of both is the new state). The replaced values are freed in
     /// the background. Falls back to [`Inner::apply_relaxed`] when `id`
     /// changed meanwhile.
-    pub(super) fn set_large<'a>(
+    fn set_large<'a>(
         &'a self,
         sh: StateGuard<'a>,
         id: &[u8],

@@ -22,7 +22,7 @@ use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
-pub(super) fn shard_count(hot_limit: usize) -> usize {
+fn shard_count(hot_limit: usize) -> usize {
     (hot_limit / 256).clamp(1, 32).next_power_of_two().min(32)
 }
 
@@ -47,7 +47,7 @@ pub(super) fn directory_id(cold: &ColdTier, _cfg: &StoreConfig) -> Result<Vec<u8
     Ok(id)
 }
 
-pub(super) fn decode_u64(b: &[u8]) -> Option<u64> {
+fn decode_u64(b: &[u8]) -> Option<u64> {
     b.try_into().ok().map(u64::from_be_bytes)
 }
 

@@ -129,12 +129,7 @@ impl Store {
         self.0.telemetry.note(Counted::RemoteMerge, r)
     }
 
-    pub(super) fn merge_remote_uncounted(
-        &self,
-        id: &[u8],
-        meta: &Meta,
-        crdt: &Crdt,
-    ) -> Result<Merged> {
+    fn merge_remote_uncounted(&self, id: &[u8], meta: &Meta, crdt: &Crdt) -> Result<Merged> {
         let inner = &self.0;
         let access = Access::MayBlock;
         if meta.kind != crdt.kind() {
@@ -271,7 +266,7 @@ impl Store {
 impl Inner {
     /// The latest collection cut the creating replica of a generation was
     /// part of (0: none; also for replica ids that name no directory).
-    pub(super) fn cut_of(&self, replica: &[u8]) -> u64 {
+    fn cut_of(&self, replica: &[u8]) -> u64 {
         if replica.len() != record::REPLICA_BYTES {
             return 0;
         }

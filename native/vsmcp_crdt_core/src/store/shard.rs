@@ -13,11 +13,11 @@ pub(super) type StateGuard<'a> = MutexGuard<'a, Shard>;
 
 /// How long a normal-scheduler call spins for a busy shard before it
 /// hands the call to a dirty scheduler.
-pub(super) const INLINE_LOCK_WAIT: Duration = Duration::from_micros(20);
+const INLINE_LOCK_WAIT: Duration = Duration::from_micros(20);
 
 /// Take `lock` by spinning (never parking the scheduler thread: a parked
 /// thread wakes only when the OS runs it again), or `Error::WouldBlock`.
-pub(super) fn spin_lock(lock: &Mutex<Shard>) -> Result<StateGuard<'_>> {
+fn spin_lock(lock: &Mutex<Shard>) -> Result<StateGuard<'_>> {
     if let Some(g) = lock.try_lock() {
         return Ok(g);
     }

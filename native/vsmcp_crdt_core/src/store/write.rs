@@ -52,7 +52,7 @@ impl Inner {
         Ok(())
     }
 
-    pub(super) fn check_writable(&self) -> Result<()> {
+    fn check_writable(&self) -> Result<()> {
         self.injected_fault()?;
         if !self.has_write_error.load(Ordering::Acquire) {
             return Ok(());
