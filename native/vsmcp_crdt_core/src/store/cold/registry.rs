@@ -4,16 +4,52 @@
 //! kept here per path; a store that starts on a path whose previous store
 //! is still shutting down takes the handle over (with its unwritten
 //! writes) instead of failing; and at process exit [`halt`] calls
-//! [`write_all_pending_at_exit`] to write what every store has pending.
+//! `write_all_pending_at_exit` to write what every store has pending.
 
-use super::{storage_err, BatchOp, ColdTier, HandedOver, Owner};
+use super::rocks::{storage_err, RocksDir};
 use crate::error::{Error, Result};
 use crate::store::halt::{self, Gate};
+use crate::store::keys::BatchOp;
+use crate::store::write_behind::Pending;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+/// An open directory, shared by the stores of this OS process that use it
+/// (normally one; two only during a hand-over): its [`RocksDir`] (reached
+/// through `Deref`) and the stores' hand-over state.
+pub struct ColdTier {
+    rocks: RocksDir,
+    /// Pending writes handed over by a closed store and not yet taken by
+    /// a successor (oldest first).
+    orphans: Mutex<HandedOver>,
+    /// Stores that used this handle; a newcomer closes them (flushing their
+    /// pending writes) before it proceeds.
+    owners: Mutex<Vec<Weak<dyn Owner>>>,
+}
+
+impl std::ops::Deref for ColdTier {
+    type Target = RocksDir;
+    fn deref(&self) -> &RocksDir {
+        &self.rocks
+    }
+}
+
+/// Pending writes a predecessor handed over, oldest first.
+pub type HandedOver = Vec<(Box<[u8]>, Pending)>;
+
+/// Something that holds unflushed writes for a [`ColdTier`].
+pub trait Owner: Send + Sync {
+    /// Refuse further operations and give up the pending writes (oldest
+    /// first) to the successor, without writing them: a successor is never
+    /// blocked by its predecessor's disk.
+    fn hand_over(&self) -> HandedOver;
+    /// At process exit: the batch operations of every pending write; false
+    /// if some could not be collected (a shard stayed locked).
+    fn pending_ops_at_exit(&self, ops: &mut Vec<BatchOp>) -> bool;
+}
 
 /// How long [`ColdTier::open`] waits for a closing handle of this process.
 const LOCK_RETRY_FOR: Duration = Duration::from_secs(10);
@@ -59,12 +95,16 @@ impl ColdTier {
             }
             let opened = {
                 let _gate = Gate::enter()?;
-                Self::open_fresh(&canon, ephemeral, cache_bytes)
+                RocksDir::open_fresh(&canon, ephemeral, cache_bytes)
             };
             match opened {
-                Ok(tier) => {
+                Ok(rocks) => {
                     halt::register_exit_hook(write_all_pending_at_exit);
-                    let tier = Arc::new(tier);
+                    let tier = Arc::new(ColdTier {
+                        rocks,
+                        orphans: Mutex::new(Vec::new()),
+                        owners: Mutex::new(Vec::new()),
+                    });
                     reg.retain(|_, w| w.strong_count() > 0);
                     reg.insert(canon, Arc::downgrade(&tier));
                     return Ok(tier);

@@ -1,31 +1,19 @@
-//! The cold tier: the RocksDB wrapper (the successor of the replaced DETS
-//! tier). Reads, batch writes, metadata, recovery after a failed write.
-//!
-//! Column families (named in `keys`): `crdt` (id bytes -> record, with the
-//! record-join merge operator) and `meta` (format marker, node id,
-//! incarnation, HLC high-water mark, tombstones, cuts, members). One
-//! [`ColdTier`] per directory per OS process: `registry` keeps the open
-//! handles, hands a closing store's writes to its successor and writes
-//! what is pending at exit; `admin` holds backups, listing and properties.
+//! The RocksDB wrapper: one open directory ([`RocksDir`]) and what a store
+//! asks of it: point reads (cache-only on a normal scheduler), batch
+//! writes to the WAL, metadata, iteration, memtable flushes, and the reopen
+//! after a failed write. Every call passes the exit gate ([`Gate`]). Which
+//! stores share a directory is the registry's business, not this one's.
 
-pub mod admin;
-mod registry;
-
-use super::halt::Gate;
-pub use super::keys::{
-    BatchOp, KeyValue, CF_CRDT, CF_META, CUT_PREFIX, FORMAT_KEY, FORMAT_VALUE, HLC_KEY,
-    INCARNATION_KEY, NODE_KEY, REPLICA_KEY, SYNCED_KEY, TOMB_CUT_KEY, TOMB_PREFIX,
-};
-use super::write_behind::Pending;
 use crate::error::{Error, Result};
 use crate::record::merge_records;
+use crate::store::halt::Gate;
+use crate::store::keys::{BatchOp, KeyValue, CF_CRDT, CF_META, FORMAT_KEY, FORMAT_VALUE};
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, MergeOperands,
     Options, ReadOptions, ReadTier, WriteBatch, WriteOptions, DB,
 };
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 thread_local! {
@@ -39,7 +27,7 @@ fn full_merge(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Opti
     let (inline, _) = INLINE_READ.with(|c| c.get());
     if inline {
         let size = existing.map_or(0, <[u8]>::len) + ops.iter().map(<[u8]>::len).sum::<usize>();
-        if size > super::config::INLINE_BYTES {
+        if size > crate::store::config::INLINE_BYTES {
             INLINE_READ.with(|c| c.set((true, true)));
             return None;
         }
@@ -58,38 +46,17 @@ pub enum Cached {
     Missing,
 }
 
-/// An open RocksDB directory, shared by the stores of this OS process that
-/// use it (normally one; two only during a hand-over).
-pub struct ColdTier {
+/// An open RocksDB directory (shared through [`super::ColdTier`]).
+pub struct RocksDir {
     /// `None` once released by the last store using it.
-    db: RwLock<Option<DB>>,
+    pub(super) db: RwLock<Option<DB>>,
     cache_bytes: usize,
     last_recovery: Mutex<Option<Instant>>,
-    /// Pending writes handed over by a closed store and not yet taken by
-    /// a successor (oldest first).
-    orphans: Mutex<HandedOver>,
-    path: PathBuf,
-    /// Stores that used this handle; a newcomer closes them (flushing their
-    /// pending writes) before it proceeds.
-    owners: Mutex<Vec<Weak<dyn Owner>>>,
-    _cleanup: DirCleanup,
+    pub(super) path: PathBuf,
+    pub(super) _cleanup: DirCleanup,
 }
 
-/// Pending writes a predecessor handed over, oldest first.
-pub type HandedOver = Vec<(Box<[u8]>, Pending)>;
-
-/// Something that holds unflushed writes for a [`ColdTier`].
-pub trait Owner: Send + Sync {
-    /// Refuse further operations and give up the pending writes (oldest
-    /// first) to the successor, without writing them: a successor is never
-    /// blocked by its predecessor's disk.
-    fn hand_over(&self) -> HandedOver;
-    /// At process exit: the batch operations of every pending write; false
-    /// if some could not be collected (a shard stayed locked).
-    fn pending_ops_at_exit(&self, ops: &mut Vec<BatchOp>) -> bool;
-}
-
-struct DirCleanup(Option<PathBuf>);
+pub(super) struct DirCleanup(pub(super) Option<PathBuf>);
 
 impl Drop for DirCleanup {
     fn drop(&mut self) {
@@ -115,12 +82,12 @@ fn free_bytes(path: &Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-fn storage_err(path: &Path, e: impl std::fmt::Display) -> Error {
+pub(super) fn storage_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("{}: {e}", path.display()))
 }
 
-impl ColdTier {
-    fn open_fresh(path: &Path, ephemeral: bool, cache_bytes: usize) -> Result<ColdTier> {
+impl RocksDir {
+    pub(super) fn open_fresh(path: &Path, ephemeral: bool, cache_bytes: usize) -> Result<RocksDir> {
         let has_current = path.join("CURRENT").exists();
         if !has_current {
             let foreign = std::fs::read_dir(path)
@@ -135,13 +102,11 @@ impl ColdTier {
             }
         }
         let db = Self::open_db(path, cache_bytes)?;
-        let tier = ColdTier {
+        let tier = RocksDir {
             db: RwLock::new(Some(db)),
             cache_bytes,
             last_recovery: Mutex::new(None),
-            orphans: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
-            owners: Mutex::new(Vec::new()),
             _cleanup: DirCleanup(ephemeral.then(|| path.to_path_buf())),
         };
         match tier.get_meta(FORMAT_KEY)? {
@@ -158,7 +123,7 @@ impl ColdTier {
         Ok(tier)
     }
 
-    fn open_db(path: &Path, cache_bytes: usize) -> Result<DB> {
+    pub(super) fn open_db(path: &Path, cache_bytes: usize) -> Result<DB> {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
@@ -198,7 +163,7 @@ impl ColdTier {
     }
 
     /// Reopen RocksDB now if the filesystem has room (see
-    /// [`ColdTier::recover_after_write_error`]).
+    /// [`RocksDir::recover_after_write_error`]).
     pub fn reopen_if_room(&self) -> bool {
         if free_bytes(&self.path).is_none_or(|b| b < RECOVERY_MIN_FREE) {
             return false;
@@ -229,25 +194,25 @@ impl ColdTier {
         &self.path
     }
 
-    /// The open database, or `Error::Closed` once [`ColdTier::release`] ran
+    /// The open database, or `Error::Closed` once [`RocksDir::release`] ran
     /// or the process is exiting. Hold the returned guard for the whole call.
-    fn db(&self) -> Result<(Gate, MappedRwLockReadGuard<'_, DB>)> {
+    pub(super) fn db(&self) -> Result<(Gate, MappedRwLockReadGuard<'_, DB>)> {
         let gate = Gate::enter()?;
         let db =
             RwLockReadGuard::try_map(self.db.read(), Option::as_ref).map_err(|_| Error::Closed)?;
         Ok((gate, db))
     }
 
-    /// [`ColdTier::db`] for a caller on a normal scheduler: while the
+    /// [`RocksDir::db`] for a caller on a normal scheduler: while the
     /// database is being reopened or closed, `Error::WouldBlock`.
-    fn db_now(&self) -> Result<(Gate, MappedRwLockReadGuard<'_, DB>)> {
+    pub(super) fn db_now(&self) -> Result<(Gate, MappedRwLockReadGuard<'_, DB>)> {
         let gate = Gate::enter()?;
         let guard = self.db.try_read().ok_or(Error::WouldBlock)?;
         let db = RwLockReadGuard::try_map(guard, Option::as_ref).map_err(|_| Error::Closed)?;
         Ok((gate, db))
     }
 
-    fn cf<'a>(&self, db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
+    pub(super) fn cf<'a>(&self, db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
         db.cf_handle(name)
             .ok_or_else(|| storage_err(&self.path, format!("missing column family {name}")))
     }
@@ -298,7 +263,7 @@ impl ColdTier {
         let (_, refused_large) = INLINE_READ.with(|c| c.replace((false, false)));
         match res {
             // Copying a large value is O(size) too.
-            Ok(Some(v)) if cache_only && v.len() > super::config::INLINE_BYTES => {
+            Ok(Some(v)) if cache_only && v.len() > crate::store::config::INLINE_BYTES => {
                 Err(Error::WouldBlock)
             }
             Ok(Some(v)) => Ok(Cached::Found(v.to_vec())),
@@ -322,7 +287,7 @@ impl ColdTier {
         self.write_to(&db, ops)
     }
 
-    fn write_to(&self, db: &DB, ops: &[BatchOp]) -> Result<()> {
+    pub(super) fn write_to(&self, db: &DB, ops: &[BatchOp]) -> Result<()> {
         let (crdt, meta) = (self.cf(db, CF_CRDT)?, self.cf(db, CF_META)?);
         let mut batch = WriteBatch::default();
         for op in ops {
@@ -393,7 +358,7 @@ impl ColdTier {
     /// Close RocksDB inside the gate; once the process is exiting, leave it
     /// open (the exit hook has quiesced it; closing would touch destroyed
     /// statics).
-    fn close_db(&self) {
+    pub(super) fn close_db(&self) {
         let Some(db) = self.db.write().take() else {
             return;
         };
@@ -405,5 +370,11 @@ impl ColdTier {
             }
             Err(_) => std::mem::forget(db),
         }
+    }
+}
+
+impl Drop for RocksDir {
+    fn drop(&mut self) {
+        self.close_db();
     }
 }
