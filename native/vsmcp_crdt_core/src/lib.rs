@@ -15,6 +15,7 @@ pub mod hlc;
 pub mod lww;
 pub mod orset;
 pub mod pncounter;
+pub mod record;
 pub mod term;
 
 pub use causal::ReplicaId;

@@ -16,7 +16,7 @@
 //! its data"; its peers wait for the lost one until it is forgotten
 //! (`forget_replica`).
 
-use super::Store;
+use super::handle::Store;
 use crate::error::{Error, Result};
 use std::path::Path;
 

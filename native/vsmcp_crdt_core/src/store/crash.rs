@@ -10,7 +10,7 @@
 //! handle then answers `Error::Closed`, and a store can open the same
 //! directory at once: it is a new incarnation, as after a real kill.
 
-use super::Store;
+use super::handle::Store;
 use std::sync::atomic::Ordering;
 
 /// The 16-byte directory id a store derives from `seed` (splitmix64).

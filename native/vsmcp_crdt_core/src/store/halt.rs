@@ -1,4 +1,7 @@
-//! Process exit without a crash.
+//! Process exit without a crash: the gate every RocksDB call passes, and
+//! the exit hook that closes it. Imports nothing of the store, so every
+//! store module may use it; the sweep that writes pending data at exit is
+//! handed in by the process registry (`cold::registry`).
 //!
 //! The BEAM halts by calling `exit()` from one thread while its other
 //! threads (schedulers, dirty schedulers, our flush threads) keep running.
@@ -18,11 +21,14 @@
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 static HALTING: AtomicBool = AtomicBool::new(false);
 static INSIDE: AtomicUsize = AtomicUsize::new(0);
 static REGISTRATIONS: AtomicUsize = AtomicUsize::new(0);
+/// What the exit hook runs once the gate is drained (the registry's sweep).
+static SWEEP: OnceLock<fn()> = OnceLock::new();
 
 /// Longest wait at exit for RocksDB calls already running.
 const DRAIN_FOR: Duration = Duration::from_secs(10);
@@ -60,8 +66,10 @@ extern "C" fn at_exit() {
     quiesce_for_exit();
 }
 
-/// (Re-)register the exit hook, after RocksDB's lazily built statics.
-pub(crate) fn register_exit_hook() {
+/// (Re-)register the exit hook, after RocksDB's lazily built statics;
+/// `sweep` writes every store's pending writes once the gate is drained.
+pub(crate) fn register_exit_hook(sweep: fn()) {
+    SWEEP.get_or_init(|| sweep);
     // Bounded: the statics are built by the first opens.
     if REGISTRATIONS.fetch_add(1, Ordering::Relaxed) < 256 {
         // SAFETY: `at_exit` is a plain function of this library, which the
@@ -83,5 +91,7 @@ pub fn quiesce_for_exit() {
     while INSIDE.load(Ordering::SeqCst) != 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_micros(200));
     }
-    super::cold::write_all_pending_at_exit();
+    if let Some(sweep) = SWEEP.get() {
+        sweep();
+    }
 }

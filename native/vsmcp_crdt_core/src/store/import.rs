@@ -38,8 +38,8 @@
 //! its sync engine starts ships them by anti-entropy: the engine's first
 //! digest covers every stored id.
 
-use super::record::{Gen, Meta};
-use super::{note_out, Merged, Store};
+use super::handle::Store;
+use super::replication::{note_out, Merged};
 use crate::causal::ReplicaId;
 use crate::crdt::{Crdt, Kind};
 use crate::error::Result;
@@ -48,6 +48,7 @@ use crate::hlc::{now_ms, Timestamp};
 use crate::lww::{LwwEntry, LwwRegister};
 use crate::orset::{ORSet, Policy};
 use crate::pncounter::PNCounter;
+use crate::record::{Gen, Meta};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -55,9 +56,7 @@ use std::sync::Arc;
 /// are 24 bytes: a directory's 16 random bytes and an incarnation).
 pub const IMPORT_REPLICA: &[u8] = b"vsmcp_crdt/import";
 
-/// Metadata key of the source a store imported (see
-/// [`Store::finish_import`]); its presence also marks a finished import.
-pub const MIGRATED_FROM_KEY: &[u8] = b"migrated_from";
+pub use super::keys::MIGRATED_FROM_KEY;
 
 /// The generation of every imported record (see the module docs).
 pub fn import_gen() -> Gen {

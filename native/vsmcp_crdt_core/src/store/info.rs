@@ -18,16 +18,17 @@
 //! counts unmerged updates too, so it over-counts until compaction).
 //! `ColdCensus::exact` says which.
 
+use super::handle::Store;
 use super::tiers::Body;
-use super::Store;
 use crate::crdt::{Crdt, Kind};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::hlc::{now_ms, Timestamp};
-use parking_lot::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
 pub use super::cold::admin::DiskProperties;
+pub use super::telemetry::Ops;
 
 /// The cold tier is counted record by record up to this many records.
 const COLD_EXACT_MAX: u64 = 10_000;
@@ -38,8 +39,6 @@ const COLD_SAMPLE_RUNS: usize = 16;
 /// An OR-Set above this estimated size has its heap bytes (O(elements))
 /// counted with the shard lock taken for it alone.
 const HEAP_BYTES_INLINE: usize = 4 << 10;
-/// Rates are computed over windows at least this long.
-const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// Counts per CRDT type, in the order of [`Kind::ALL`].
 pub type ByKind = [u64; 5];
@@ -80,24 +79,6 @@ pub struct Lag {
     pub oldest_ms: Option<u64>,
 }
 
-/// Operations since the store opened, and their recent rates.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Ops {
-    /// Value reads (`Store::read`: get, member?).
-    pub reads: u64,
-    /// Local writes: create, update, delete, merge.
-    pub writes: u64,
-    /// Entries merged from peers (`Store::merge_remote`).
-    pub remote_merges: u64,
-    /// Per second, over the window below.
-    pub reads_per_sec: f64,
-    pub writes_per_sec: f64,
-    pub remote_merges_per_sec: f64,
-    /// The window the rates cover: the latest one of at least a second
-    /// between two `info` calls (the first starts when the store opened).
-    pub window_ms: u64,
-}
-
 /// Everything [`Store::info`] reports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Info {
@@ -117,144 +98,6 @@ pub struct Info {
     pub flush_interval_ms: u64,
     /// Delete tombstones held (see `record::Tomb`).
     pub tombstones: u64,
-}
-
-/// Operation counters of a store and the clock offsets it observed.
-pub(super) struct Telemetry {
-    opened: Instant,
-    reads: Striped,
-    writes: Striped,
-    remote_merges: Striped,
-    max_remote_ahead_ms: AtomicI64,
-    window: Mutex<RateWindow>,
-}
-
-struct RateWindow {
-    start: Instant,
-    totals: [u64; 3],
-    /// The rates of the last complete window and its length.
-    last: Option<([f64; 3], Duration)>,
-}
-
-impl Default for Telemetry {
-    fn default() -> Self {
-        let now = Instant::now();
-        Telemetry {
-            opened: now,
-            reads: Striped::default(),
-            writes: Striped::default(),
-            remote_merges: Striped::default(),
-            max_remote_ahead_ms: AtomicI64::new(i64::MIN),
-            window: Mutex::new(RateWindow {
-                start: now,
-                totals: [0; 3],
-                last: None,
-            }),
-        }
-    }
-}
-
-/// What a counted call did.
-#[derive(Clone, Copy)]
-pub(super) enum Counted {
-    Read,
-    Write,
-    RemoteMerge,
-}
-
-impl Telemetry {
-    /// Count a call that completed: `Error::WouldBlock` is not an
-    /// operation (its dirty retry is).
-    pub(super) fn note<T>(&self, what: Counted, r: Result<T>) -> Result<T> {
-        if !matches!(r, Err(Error::WouldBlock)) {
-            match what {
-                Counted::Read => &self.reads,
-                Counted::Write => &self.writes,
-                Counted::RemoteMerge => &self.remote_merges,
-            }
-            .add();
-        }
-        r
-    }
-
-    /// A peer's clock reading `remote_wall_ms` arrived at local time
-    /// `now_ms`.
-    pub(super) fn observe_remote_clock(&self, remote_wall_ms: u64, now_ms: u64) {
-        let ahead = (remote_wall_ms as i128 - now_ms as i128)
-            .clamp(i64::MIN as i128 + 1, i64::MAX as i128) as i64;
-        self.max_remote_ahead_ms.fetch_max(ahead, Ordering::Relaxed);
-    }
-
-    fn ops(&self) -> Ops {
-        let totals = [
-            self.reads.sum(),
-            self.writes.sum(),
-            self.remote_merges.sum(),
-        ];
-        let now = Instant::now();
-        let mut w = self.window.lock();
-        let elapsed = now.saturating_duration_since(w.start);
-        let per_sec = |since: &[u64; 3], over: Duration| {
-            let secs = over.as_secs_f64();
-            let mut r = [0.0; 3];
-            if secs > 0.0 {
-                for i in 0..3 {
-                    r[i] = totals[i].saturating_sub(since[i]) as f64 / secs;
-                }
-            }
-            r
-        };
-        let (rates, window) = if elapsed >= RATE_WINDOW {
-            let rates = per_sec(&w.totals, elapsed);
-            w.start = now;
-            w.totals = totals;
-            w.last = Some((rates, elapsed));
-            (rates, elapsed)
-        } else {
-            match w.last {
-                Some(last) => last,
-                None => (per_sec(&w.totals, elapsed), elapsed),
-            }
-        };
-        Ops {
-            reads: totals[0],
-            writes: totals[1],
-            remote_merges: totals[2],
-            reads_per_sec: rates[0],
-            writes_per_sec: rates[1],
-            remote_merges_per_sec: rates[2],
-            window_ms: window.as_millis() as u64,
-        }
-    }
-}
-
-/// A counter split over cache lines, one per thread (modulo `STRIPES`).
-#[derive(Default)]
-struct Striped([Padded; STRIPES]);
-
-const STRIPES: usize = 16;
-
-#[derive(Default)]
-#[repr(align(64))]
-struct Padded(AtomicU64);
-
-impl Striped {
-    fn add(&self) {
-        self.0[stripe()].0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn sum(&self) -> u64 {
-        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
-    }
-}
-
-/// This thread's stripe: threads take them in turn.
-fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-    }
-    STRIPE.with(|s| *s)
 }
 
 impl Store {
@@ -319,7 +162,7 @@ impl Store {
         // a RocksDB iterator is open (lock order: state, then RocksDB).
         let mut records: Vec<(Box<[u8]>, Option<Kind>)> = Vec::new();
         let entry = |id: &[u8], record: &[u8]| {
-            let kind = super::record::decode_parts(record)
+            let kind = crate::record::decode_parts(record)
                 .ok()
                 .map(|(m, _)| m.kind);
             (Box::from(id), kind)
@@ -450,4 +293,33 @@ fn random_key_between(first: &[u8], last: &[u8], rng: &mut u64) -> Vec<u8> {
         key.push(next(rng) as u8);
     }
     key
+}
+
+impl Store {
+    /// Approximate heap bytes of `id`'s state in memory (0 when on disk).
+    pub fn heap_bytes(&self, id: &[u8]) -> usize {
+        let sh = self.0.lock_state_unchecked(id);
+        match sh.tiers.get(id).map(|s| &s.body) {
+            Some(Body::Hot(c)) => c.heap_bytes(),
+            Some(Body::Warm(b)) => b.len(),
+            None => 0,
+        }
+    }
+
+    /// Elements of `id` holding a remove token (diagnostics: what causal
+    /// stability has yet to collect; 0 for other types and ids not in
+    /// memory). O(elements).
+    pub fn remove_tokens(&self, id: &[u8]) -> usize {
+        let body = {
+            let sh = self.0.lock_state_unchecked(id);
+            match sh.tiers.get(id).map(|s| &s.body) {
+                Some(Body::Hot(c)) => Arc::clone(c),
+                _ => return 0,
+            }
+        };
+        match &*body {
+            Crdt::ORSet(s) => s.remove_token_count(),
+            _ => 0,
+        }
+    }
 }

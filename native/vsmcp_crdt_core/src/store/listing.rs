@@ -15,7 +15,7 @@
 //! (values are not copied, the block cache is not filled). Dirty
 //! schedulers only.
 
-use super::Store;
+use super::handle::Store;
 use crate::error::Result;
 use std::collections::BTreeMap;
 
@@ -65,5 +65,28 @@ impl Store {
         ids.truncate(limit);
         let next = (ids.len() == limit).then(|| ids[limit - 1].clone());
         Ok((ids, next))
+    }
+}
+
+impl Store {
+    /// Every id: the ids on disk with the writes still pending laid over
+    /// them. Tries to flush first, but answers even when the disk refuses
+    /// writes (reads keep working on a full disk).
+    pub fn ids(&self) -> Result<Vec<Box<[u8]>>> {
+        let _ = self.flush();
+        let mut ids: std::collections::BTreeSet<Box<[u8]>> =
+            self.0.cold.keys()?.into_iter().collect();
+        for shard in self.0.shards.iter() {
+            let sh = shard.state.lock();
+            let p = &sh.pending;
+            for (k, p) in p.inflight.iter().chain(p.dirty.iter()) {
+                if p.delta.is_some() {
+                    ids.insert(k.clone());
+                } else if p.reset {
+                    ids.remove(k);
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
     }
 }

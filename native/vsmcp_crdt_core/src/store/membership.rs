@@ -11,17 +11,12 @@
 //! Persisted under `MEMBER_PREFIX ++ directory` in the meta column family
 //! (value: the wall-clock ms it joined, u64 big end).
 
-use super::cold::{BatchOp, CUT_PREFIX};
-use super::record::DIRECTORY_BYTES;
-use super::Store;
+use super::handle::Store;
+use super::keys::{BatchOp, CUT_PREFIX};
 use crate::error::{Error, Result};
+use crate::record::DIRECTORY_BYTES;
 
-/// Prefix of the membership keys.
-pub const MEMBER_PREFIX: &[u8] = b"member/";
-
-/// Prefix of the directories removed by `forget_replica` (their sessions
-/// are refused for good).
-pub const FORGOTTEN_PREFIX: &[u8] = b"forgotten/";
+pub use super::keys::{FORGOTTEN_PREFIX, MEMBER_PREFIX};
 
 /// Most members a store keeps: a hello from yet another directory is
 /// refused (a bound on what forged hellos can make it hold).

@@ -24,9 +24,9 @@
 //! for the snapshot's owner (both hold the shard's disk lock).
 
 use super::config::{regrows_large, INLINE_BYTES};
-use super::record::Meta;
 use crate::crdt::Crdt;
 use crate::error::{Error, Result};
+use crate::record::Meta;
 use hashbrown::HashMap;
 use std::any::Any;
 use std::collections::VecDeque;

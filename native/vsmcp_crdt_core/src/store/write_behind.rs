@@ -10,14 +10,51 @@
 //! shard, so a reader that read the disk without the shard lock can tell
 //! whether a flush moved something out of the overlay meanwhile.
 
-use super::cold::{BatchOp, TOMB_PREFIX};
 use super::config::regrows_large;
 use super::config::INLINE_BYTES;
-use super::record::{encode_parts, encode_tombs, Meta, Tombs};
+use super::keys::{tomb_key, BatchOp};
 use crate::crdt::Crdt;
+use crate::record::{encode_parts, encode_tombs, Meta, Tombs};
 use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Join a change `(meta, delta)` of one id into a held delta group
+/// `(held, group)` by generation (see `record`): a delta of a newer
+/// generation replaces the group, one of an older is ignored, one of the
+/// same generation is joined in. The write-behind groups ([`Pending`]) and
+/// the changes captured for sync (`replication::note_out`) both join so.
+pub(super) fn join_by_generation(
+    held: &mut Meta,
+    group: &mut Option<Arc<Crdt>>,
+    meta: &Meta,
+    delta: &Crdt,
+) {
+    match meta.wins_over(held) {
+        std::cmp::Ordering::Less => {}
+        std::cmp::Ordering::Greater => {
+            *held = meta.clone();
+            *group = Some(Arc::new(delta.clone()));
+        }
+        std::cmp::Ordering::Equal => {
+            held.join(meta);
+            join_delta(group, delta);
+        }
+    }
+}
+
+/// Join `delta` into `group` (copied on write); a delta that does not
+/// join (another type) replaces it.
+fn join_delta(group: &mut Option<Arc<Crdt>>, delta: &Crdt) {
+    match group {
+        Some(d) => {
+            if Arc::make_mut(d).join(delta).is_err() {
+                *d = Arc::new(delta.clone());
+            }
+        }
+        None => *group = Some(Arc::new(delta.clone())),
+    }
+}
 
 /// Writes of one id not yet in RocksDB: an optional delete, then a delta.
 /// The delta is shared (copied on write), so that a dirty-scheduler load of
@@ -45,24 +82,11 @@ impl Pending {
     /// newer generation replaces the group, one of an older is ignored.
     pub(super) fn add(&mut self, meta: &Meta, delta: &Crdt) {
         match &mut self.meta {
-            Some(m) => match meta.wins_over(m) {
-                std::cmp::Ordering::Less => return,
-                std::cmp::Ordering::Greater => {
-                    self.meta = Some(meta.clone());
-                    self.delta = Some(Arc::new(delta.clone()));
-                    return;
-                }
-                std::cmp::Ordering::Equal => m.join(meta),
-            },
-            None => self.meta = Some(meta.clone()),
-        }
-        match &mut self.delta {
-            Some(d) => {
-                if Arc::make_mut(d).join(delta).is_err() {
-                    *d = Arc::new(delta.clone());
-                }
+            Some(m) => join_by_generation(m, &mut self.delta, meta, delta),
+            None => {
+                self.meta = Some(meta.clone());
+                join_delta(&mut self.delta, delta);
             }
-            None => self.delta = Some(Arc::new(delta.clone())),
         }
     }
 
@@ -95,11 +119,6 @@ impl Pending {
             ops.push(BatchOp::PutMetaKey(tomb_key(key), encode_tombs(t)));
         }
     }
-}
-
-/// The metadata key of `id`'s tombstone.
-pub(super) fn tomb_key(id: &[u8]) -> Box<[u8]> {
-    [TOMB_PREFIX, id].concat().into()
 }
 
 type Group = HashMap<Box<[u8]>, Pending>;

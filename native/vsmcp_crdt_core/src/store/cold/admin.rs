@@ -1,19 +1,18 @@
-//! Operational access to the RocksDB of a [`ColdTier`]: checkpoints
+//! Operational access to the RocksDB of a [`RocksDir`]: checkpoints
 //! (backups), pages of record keys (listing), record samples and RocksDB's
 //! properties (`Store::info`). Everything here may read or write the disk:
 //! dirty schedulers only.
 
-use super::{storage_err, ColdTier, CF_CRDT, CF_META, REPLICA_KEY};
+use super::rocks::{storage_err, RocksDir};
 use crate::error::Result;
 use crate::hlc::now_ms;
+use crate::store::halt::Gate;
+use crate::store::keys::{CF_CRDT, CF_META, REPLICA_KEY};
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{ReadOptions, WriteOptions};
 use std::path::Path;
 
-/// Metadata key a backup leaves in its copy: the directory id of the store
-/// it was taken from, then the time it was taken (ms since the epoch, 8
-/// bytes big-endian). Diagnostics only; nothing reads it.
-pub const BACKUP_OF_KEY: &[u8] = b"backup_of";
+pub use crate::store::keys::BACKUP_OF_KEY;
 
 /// The first and last record keys.
 pub type KeyRange = (Box<[u8]>, Box<[u8]>);
@@ -62,7 +61,7 @@ pub struct DiskProperties {
     pub wal_files: u64,
 }
 
-impl ColdTier {
+impl RocksDir {
     /// A consistent copy of the database at `dest` (which must not exist):
     /// a RocksDB checkpoint, hard links to the SST files (copies across
     /// filesystems) plus the memtables flushed first. Writes go on
@@ -92,7 +91,7 @@ impl ColdTier {
     /// origin, with a short-lived handle of its own (nothing else has the
     /// fresh directory open).
     fn detach_identity(dest: &Path, origin: &[u8]) -> Result<()> {
-        let _gate = super::Gate::enter()?;
+        let _gate = Gate::enter()?;
         let db = Self::open_db(dest, EDIT_CACHE_BYTES)?;
         let res = (|| {
             let meta = db
