@@ -38,7 +38,7 @@ impl Timestamp {
 
     /// A `u64` ordered as the timestamps are while `wall_ms < 2^44` (year
     /// 2527) and the counter below 2^20 (saturated above): the stamp of a
-    /// create (see `store::record::Gen`).
+    /// create (see `record::Gen`).
     pub fn to_u64(self) -> u64 {
         (self.wall_ms.min((1 << 44) - 1) << 20) | u64::from(self.counter.min((1 << 20) - 1))
     }

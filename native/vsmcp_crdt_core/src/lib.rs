@@ -16,6 +16,7 @@ pub mod lww;
 pub mod orset;
 pub mod pncounter;
 pub mod record;
+pub mod stable_hash;
 pub mod term;
 
 pub use causal::ReplicaId;

@@ -640,7 +640,7 @@ impl ORSet {
                 Policy::AddWins => !e.dots.is_empty(),
             };
             if present {
-                sum = sum.wrapping_add(crate::sync::digest::stable_hash(&[&e.elem]));
+                sum = sum.wrapping_add(crate::stable_hash::stable_hash(&[&e.elem]));
             }
         }
         sum

@@ -13,8 +13,8 @@
 //! states have equal digests; the buckets where digests differ name the ids
 //! worth exchanging.
 //!
-//! The hash is FNV-1a 64 with a SplitMix64 finalizer, implemented here with
-//! fixed constants: peers must agree on it, so it can be neither a randomly
+//! The hash is [`stable_hash`] (FNV-1a 64 with a SplitMix64 finalizer, fixed
+//! constants): peers must agree on it, so it can be neither a randomly
 //! seeded `HashMap` hasher nor anything that changes between builds. It is
 //! not collision resistant against an adversary: a peer that forges a
 //! collision can only make anti-entropy skip an exchange with it (what it
@@ -25,36 +25,11 @@
 //! [`canonical_state_bytes`](super::canonical::canonical_state_bytes).
 
 use crate::crdt::Crdt;
-use crate::store::record::{encode_gen, Meta};
+use crate::record::{encode_gen, Meta};
+pub use crate::stable_hash::stable_hash;
 
 /// Number of digest buckets. Changing it changes the wire protocol.
 pub const BUCKETS: usize = 256;
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// A stable 64-bit hash: FNV-1a over the parts, each prefixed by its length
-/// (so `("ab", "c")` and `("a", "bc")` differ), then a SplitMix64 finalizer.
-pub fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut h = FNV_OFFSET;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(FNV_PRIME);
-        }
-    };
-    for p in parts {
-        feed(&(p.len() as u64).to_le_bytes());
-        feed(p);
-    }
-    mix(h)
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// The bucket of `id`.
 pub fn bucket_of(id: &[u8]) -> u16 {
@@ -130,7 +105,8 @@ impl Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::Gen;
+    use crate::record::Gen;
+    use crate::stable_hash::{mix, FNV_OFFSET};
     use crate::Kind;
 
     #[test]

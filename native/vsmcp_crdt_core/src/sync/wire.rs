@@ -23,7 +23,7 @@
 //! a clock too far ahead. `Hello` is always sent with version byte 1 and
 //! lists every version its sender speaks: peers then use the highest
 //! version both know ([`negotiate`]), so a node one version behind keeps
-//! syncing. An entry is a store record (`store::record`): metadata with the
+//! syncing. An entry is a store record (`record`): metadata with the
 //! generation, and a delta or state, or a tombstone.
 //!
 //! Version 4 adds what causal-stability collection needs (see
@@ -49,7 +49,7 @@
 //! Version 3 has version 2's bytes. It announces that the sender's
 //! tombstone entries carry the delete's HLC stamp in `updated_at`, that a
 //! tombstone kills only what was created before the delete
-//! (`store::record::Tomb`), and that it collects tombstones: a replica
+//! (`record::Tomb`), and that it collects tombstones: a replica
 //! collects them only while every peer speaks version 3.
 //!
 //! [`Message::decode`] validates everything (header, shape, sequence range
@@ -66,7 +66,7 @@ use crate::causal::ReplicaId;
 use crate::crdt::split_header;
 use crate::error::{Error, Result};
 use crate::hlc::Timestamp;
-use crate::store::record::decode_parts;
+use crate::record::decode_parts;
 use hashbrown::HashSet;
 use serde::Deserialize;
 use serde_bytes::{ByteBuf, Bytes};
@@ -693,7 +693,7 @@ mod tests {
     fn delta() -> Vec<u8> {
         let mut c = Crdt::new(Kind::GCounter);
         let d = c.mutate(&ReplicaId::from("a"), Op::Increment(2)).unwrap();
-        let meta = crate::store::record::Meta {
+        let meta = crate::record::Meta {
             kind: Kind::GCounter,
             created_by: std::sync::Arc::from(&b"n"[..]),
             created_at: 1,
@@ -701,13 +701,13 @@ mod tests {
             gen: Default::default(),
             deleted: false,
         };
-        crate::store::record::encode_parts(&meta, &d.encode())
+        crate::record::encode_parts(&meta, &d.encode())
     }
 
     /// Raw CRDT bytes as an entry (a record of the kind in their header).
     fn rec_of(crdt: &[u8]) -> Vec<u8> {
         let (kind, _) = split_header(crdt).unwrap();
-        let meta = crate::store::record::Meta {
+        let meta = crate::record::Meta {
             kind,
             created_by: std::sync::Arc::from(&b""[..]),
             created_at: 0,
@@ -715,7 +715,7 @@ mod tests {
             gen: Default::default(),
             deleted: false,
         };
-        crate::store::record::encode_parts(&meta, crdt)
+        crate::record::encode_parts(&meta, crdt)
     }
 
     fn samples() -> Vec<Message> {

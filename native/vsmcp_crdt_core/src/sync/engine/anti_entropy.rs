@@ -4,7 +4,7 @@
 use super::{directory_of, Engine, Event, Inbound, Outbound, Reject, Snapshot, STABILITY_VERSION};
 use crate::causal::ReplicaId;
 use crate::hlc::Timestamp;
-use crate::store::record::encode_parts;
+use crate::record::encode_parts;
 use crate::store::Store;
 use crate::sync::digest::{bucket_of, item_hash};
 use crate::sync::wire::{states_messages, Entry, Message};

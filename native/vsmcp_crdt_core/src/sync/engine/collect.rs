@@ -107,7 +107,7 @@ impl Member {
 #[derive(Debug, Clone)]
 pub(super) struct Snapshot {
     pub(super) at: u64,
-    pub(super) gen: crate::store::record::Gen,
+    pub(super) gen: crate::record::Gen,
     pub(super) vv: Vec<(ReplicaId, u64)>,
 }
 
@@ -365,8 +365,7 @@ impl Engine {
         directory: &[u8],
         events: &mut Vec<Event>,
     ) -> crate::Result<()> {
-        if directory.len() != crate::store::record::DIRECTORY_BYTES
-            || directory == directory_of(&self.me)
+        if directory.len() != crate::record::DIRECTORY_BYTES || directory == directory_of(&self.me)
         {
             return Err(Error::InvalidArgument("not a peer directory id"));
         }

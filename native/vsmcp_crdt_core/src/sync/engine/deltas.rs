@@ -6,7 +6,7 @@ use crate::causal::ReplicaId;
 use crate::crdt::Crdt;
 use crate::error::Error;
 use crate::hlc::Timestamp;
-use crate::store::record::{decode_parts, encode_parts};
+use crate::record::{decode_parts, encode_parts};
 use crate::store::{Merged, Store};
 use crate::sync::log::NextBatch;
 use crate::sync::wire::{check_payload, states_messages, Entry, Message};

@@ -12,7 +12,7 @@
 //!   in a row while our deltas to it are all acknowledged gets a digest
 //!   (anti-entropy); so does a peer seen for the first time or again.
 //! * [`Engine::receive`] handles one message: merges entries into the
-//!   store by generation (`store::record`), acknowledges the contiguous
+//!   store by generation (`record`), acknowledges the contiguous
 //!   prefix of a sender's intervals, answers digests with a push of our
 //!   differing buckets plus a pull (`StateRequest`) of theirs.
 //!
