@@ -750,7 +750,7 @@ defmodule SyncBench do
 
   # Create `id` on the first node and wait until every node has it: a
   # concurrent create on several nodes would make one create win whole
-  # (generations, see store/record.rs), dropping the others' writes.
+  # (generations, see native/vsmcp_crdt_core/src/record.rs), dropping the others' writes.
   def create_everywhere([a | _] = nodes, id, type, empty) do
     :ok = store(a, :create, [id, type])
 
