@@ -177,7 +177,11 @@ defmodule Vsmcp.CRDT.ContextStore.Server do
 
   # The peer process crashed: the store goes on, with a new one.
   def handle_info({:EXIT, peer, reason}, %{peer: peer} = state) when reason != :normal do
-    Logger.error("Vsmcp.CRDT.ContextStore: sync peer exited (#{inspect(reason)}), restarting it")
+    Logger.error(
+      "Vsmcp.CRDT.ContextStore: sync peer exited (#{inspect(reason)}), restarting it",
+      domain: [:vsmcp_crdt, :sync],
+      crdt_store: self()
+    )
 
     case start_peer(state) do
       {:ok, peer} -> {:noreply, %{state | peer: peer}}
@@ -243,6 +247,7 @@ defmodule Vsmcp.CRDT.ContextStore.Server do
         Logger.error(
           "Vsmcp.CRDT.ContextStore: acknowledged writes of #{ids} ids were lost " <>
             "at close: #{reason}",
+          domain: [:vsmcp_crdt, :store],
           crdt_store: self()
         )
 

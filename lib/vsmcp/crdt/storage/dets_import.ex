@@ -206,7 +206,9 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
             "Vsmcp.CRDT: skipped #{length(ids)} #{entries(length(ids))} of the DETS file " <>
               "#{file} whose id, set element or register value is larger than " <>
               "max_value_bytes (#{max} bytes); #{first_ids(ids)}. Their data stays in " <>
-              "#{report.backup}."
+              "#{report.backup}.",
+            domain: [:vsmcp_crdt, :import],
+            crdt_dets_file: file
           )
 
           "; skipped #{length(ids)} #{entries(length(ids))} larger than max_value_bytes"
@@ -214,7 +216,9 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
 
     Logger.info(
       "Vsmcp.CRDT: imported #{report.imported} entries (#{counts}) from the DETS file " <>
-        "#{file} in #{ms} ms into #{dir}#{skipped}; the DETS file is kept as #{report.backup}"
+        "#{file} in #{ms} ms into #{dir}#{skipped}; the DETS file is kept as #{report.backup}",
+      domain: [:vsmcp_crdt, :import],
+      crdt_dets_file: file
     )
   end
 
@@ -314,7 +318,9 @@ defmodule Vsmcp.CRDT.Storage.DetsImport do
         else
           Logger.warning(
             "Vsmcp.CRDT: the DETS file #{file} was not closed properly; " <>
-              "importing a repaired copy (the file itself is not changed)"
+              "importing a repaired copy (the file itself is not changed)",
+            domain: [:vsmcp_crdt, :import],
+            crdt_dets_file: file
           )
 
           :dets.open_file(name, file: path, access: :read_write, repair: true)

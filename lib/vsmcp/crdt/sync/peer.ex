@@ -243,7 +243,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
         Logger.info(
           "Vsmcp.CRDT sync: store #{inspect(store)} on topic #{inspect(state.topic)} " <>
-            "over #{inspect(mod)}"
+            "over #{inspect(mod)}",
+          log_meta(state)
         )
 
         state = %{state | transport: {mod, tstate}}
@@ -501,7 +502,10 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   end
 
   defp event({:peer_up, key, label}, state) do
-    Logger.debug("Vsmcp.CRDT sync: peer #{label} (#{key}) up on #{state.topic}")
+    Logger.debug(
+      "Vsmcp.CRDT sync: peer #{label} (#{key}) up on #{state.topic}",
+      log_meta(state, crdt_peer: key)
+    )
 
     Telemetry.emit([:vsmcp_crdt, :sync, :peer_up], %{count: 1}, %{
       store: state.store,
@@ -514,7 +518,10 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   end
 
   defp event({:peer_down, key}, state) do
-    Logger.debug("Vsmcp.CRDT sync: peer #{key} down on #{state.topic}")
+    Logger.debug(
+      "Vsmcp.CRDT sync: peer #{key} down on #{state.topic}",
+      log_meta(state, crdt_peer: key)
+    )
 
     Telemetry.emit([:vsmcp_crdt, :sync, :peer_down], %{count: 1}, %{
       store: state.store,
@@ -528,6 +535,13 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   end
 
   defp event({:answered, key}, state), do: answered(state, key)
+
+  # Logger metadata of this peer's lines: the `:domain` lets a handler
+  # filter every sync line (`[:vsmcp_crdt, :sync]`), the rest says which
+  # store, topic and peer a line is about.
+  defp log_meta(state, more \\ []) do
+    [domain: [:vsmcp_crdt, :sync], crdt_store: state.store, crdt_topic: state.topic] ++ more
+  end
 
   defp event({:rejected, who, kind, detail}, state) do
     k = {who, kind}
@@ -553,9 +567,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
         Logger.warning(
           "Vsmcp.CRDT sync: refused #{kind} from #{label} on #{state.topic}: #{detail} " <>
             "(further ones counted, logged at most once a minute)",
-          crdt_store: state.store,
-          crdt_peer: who,
-          crdt_reject: kind
+          log_meta(state, crdt_peer: who, crdt_reject: kind)
         )
 
         %{state | logged: Map.put(state.logged, k, t)}

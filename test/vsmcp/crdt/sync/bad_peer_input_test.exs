@@ -69,6 +69,30 @@ defmodule Vsmcp.CRDT.Sync.BadPeerInputTest do
     assert Process.alive?(ctx.peer)
   end
 
+  # A :logger handler that sends a test process the events of one store
+  # (other tests' stores log at the same time).
+  defmodule LogSink do
+    @moduledoc false
+    def log(%{meta: meta} = event, %{config: %{pid: pid, store: store}}) do
+      if Map.get(meta, :crdt_store) == store, do: send(pid, {:log, event})
+    end
+  end
+
+  test "a refusal's log line carries the domain, store, topic and reason as metadata", ctx do
+    id = :"vsmcp_crdt_test_sink_#{System.unique_integer([:positive])}"
+    config = %{config: %{pid: self(), store: ctx.store}, level: :all}
+    :ok = :logger.add_handler(id, LogSink, config)
+    on_exit(fn -> :logger.remove_handler(id) end)
+
+    capture_log(fn -> deliver(ctx, <<0xC9, 7, 1, 0x90>>) end)
+
+    assert_receive {:log, %{level: :warning, meta: meta}}, 1_000
+    assert [:elixir, :vsmcp_crdt, :sync] = meta.domain
+    assert meta.crdt_store == ctx.store
+    assert meta.crdt_topic == ctx.topic
+    assert meta.crdt_reject == :unsupported_version
+  end
+
   test "forged hellos from many fake peers: membership and peer labels stay bounded" do
     dir = Vsmcp.CRDT.TestHelpers.tmp_dir!("forged_hellos")
     topic = "forged-#{System.unique_integer([:positive])}"
