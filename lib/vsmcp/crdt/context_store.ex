@@ -922,9 +922,11 @@ defmodule Vsmcp.CRDT.ContextStore do
     `get`, `member?`), `:writes` (local `create`, `update` and its
     shorthands, `delete`), `:remote_merges` (entries merged from peers),
     and `:reads_per_sec`, `:writes_per_sec`, `:remote_merges_per_sec` over
-    the last window of `:window_ms`: windows are at least a second long and
-    are closed by `info/1` calls, so the rates cover the time since an
-    earlier call (the first window starts when the store opened).
+    the last window of `:window_ms`: the store's flush thread closes a
+    window about every second, so every caller of `info/1` reads the same
+    rates (the first window starts when the store opened; with a
+    `flush_interval` over a second, a call finding the window open for two
+    seconds closes it).
   * `:lag` - durability lag: `:pending_writes` (ids with acknowledged
     writes not yet in RocksDB's log), `:pending_bytes`,
     `:oldest_pending_ms` (age of the oldest such write; `nil` when none:

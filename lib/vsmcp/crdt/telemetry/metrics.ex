@@ -83,9 +83,9 @@ if Code.ensure_loaded?(Telemetry.Metrics) do
     grow: let the reporter compute rates). Metadata: `%{store: store}` as
     given. Does nothing when the store is not running.
 
-    It calls `Vsmcp.CRDT.ContextStore.info/1`, which closes the window of
-    that store's `*_per_sec` rates: with a poller running, read rates from
-    the counters, not from `info/1`.
+    It calls `Vsmcp.CRDT.ContextStore.info/1`, which only reads: several
+    pollers (or a poller and other callers of `info/1`) do not disturb
+    each other's figures.
     """
     @spec measure_store(Vsmcp.CRDT.ContextStore.store()) :: :ok
     def measure_store(store) do

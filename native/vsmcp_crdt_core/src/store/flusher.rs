@@ -67,6 +67,7 @@ pub(super) fn spawn_flusher(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
             }
             let Some(inner) = weak.upgrade() else { break };
             let _ = inner.flush();
+            inner.telemetry.sample();
         })
         .map_err(|e| Error::Storage(format!("cannot spawn the flush thread: {e}")))
 }

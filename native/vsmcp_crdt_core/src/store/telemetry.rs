@@ -24,8 +24,9 @@ pub struct Ops {
     pub reads_per_sec: f64,
     pub writes_per_sec: f64,
     pub remote_merges_per_sec: f64,
-    /// The window the rates cover: the latest one of at least a second
-    /// between two `info` calls (the first starts when the store opened).
+    /// The window the rates cover: the last one closed by the store's
+    /// flush thread, about a second long (the first starts when the store
+    /// opened; see `Telemetry::sample`).
     pub window_ms: u64,
 }
 
@@ -95,35 +96,51 @@ impl Telemetry {
         self.max_remote_ahead_ms.fetch_max(ahead, Ordering::Relaxed);
     }
 
-    pub(super) fn ops(&self) -> Ops {
-        let totals = [
+    fn totals(&self) -> [u64; 3] {
+        [
             self.reads.sum(),
             self.writes.sum(),
             self.remote_merges.sum(),
-        ];
-        let now = Instant::now();
+        ]
+    }
+
+    /// Close the rate window if it is at least [`RATE_WINDOW`] old. The
+    /// store's flush thread calls this every flush interval, so windows
+    /// follow the clock, not the callers of `info`: two pollers read the
+    /// same rates instead of cutting each other's windows short.
+    pub(super) fn sample(&self) {
+        self.sample_at(Instant::now(), self.totals());
+    }
+
+    fn sample_at(&self, now: Instant, totals: [u64; 3]) {
         let mut w = self.window.lock();
         let elapsed = now.saturating_duration_since(w.start);
-        let per_sec = |since: &[u64; 3], over: Duration| {
-            let secs = over.as_secs_f64();
-            let mut r = [0.0; 3];
-            if secs > 0.0 {
-                for i in 0..3 {
-                    r[i] = totals[i].saturating_sub(since[i]) as f64 / secs;
-                }
-            }
-            r
-        };
-        let (rates, window) = if elapsed >= RATE_WINDOW {
-            let rates = per_sec(&w.totals, elapsed);
+        if elapsed >= RATE_WINDOW {
+            let rates = per_sec(&totals, &w.totals, elapsed);
             w.start = now;
             w.totals = totals;
             w.last = Some((rates, elapsed));
-            (rates, elapsed)
-        } else {
-            match w.last {
-                Some(last) => last,
-                None => (per_sec(&w.totals, elapsed), elapsed),
+        }
+    }
+
+    pub(super) fn ops(&self) -> Ops {
+        self.ops_at(Instant::now(), self.totals())
+    }
+
+    /// The counters, and the rates of the last closed window. A window
+    /// left open for two of its lengths (a store whose flush thread rarely
+    /// runs: a long `flush_interval_ms`) is closed here instead.
+    fn ops_at(&self, now: Instant, totals: [u64; 3]) -> Ops {
+        let stale = now.saturating_duration_since(self.window.lock().start) >= 2 * RATE_WINDOW;
+        if stale {
+            self.sample_at(now, totals);
+        }
+        let w = self.window.lock();
+        let (rates, window) = match w.last {
+            Some(last) => last,
+            None => {
+                let elapsed = now.saturating_duration_since(w.start);
+                (per_sec(&totals, &w.totals, elapsed), elapsed)
             }
         };
         Ops {
@@ -135,6 +152,45 @@ impl Telemetry {
             remote_merges_per_sec: rates[2],
             window_ms: window.as_millis() as u64,
         }
+    }
+}
+
+/// Per second from `since` to `totals` over `over`.
+fn per_sec(totals: &[u64; 3], since: &[u64; 3], over: Duration) -> [f64; 3] {
+    let secs = over.as_secs_f64();
+    let mut r = [0.0; 3];
+    if secs > 0.0 {
+        for i in 0..3 {
+            r[i] = totals[i].saturating_sub(since[i]) as f64 / secs;
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_follow_the_sampler_not_the_readers() {
+        let t = Telemetry::default();
+        let t0 = t.opened;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // The sampler closes a window at 1 s: 100 writes in it.
+        t.sample_at(at(1_000), [0, 100, 0]);
+        // Readers at 1.2 s and 1.7 s, with more writes meanwhile, both see
+        // that window, and reading does not close the next one.
+        let a = t.ops_at(at(1_200), [0, 150, 0]);
+        let b = t.ops_at(at(1_700), [0, 180, 0]);
+        assert_eq!((a.writes_per_sec, a.window_ms), (100.0, 1_000));
+        assert_eq!((b.writes_per_sec, b.window_ms), (100.0, 1_000));
+        assert_eq!((a.writes, b.writes), (150, 180));
+        // The next sample closes 1 s .. 2 s: 100 more writes.
+        t.sample_at(at(2_000), [0, 200, 0]);
+        assert_eq!(t.ops_at(at(2_100), [0, 200, 0]).writes_per_sec, 100.0);
+        // Without a sampler for two windows, a reader closes the window.
+        let c = t.ops_at(at(4_500), [0, 450, 0]);
+        assert_eq!((c.writes_per_sec, c.window_ms), (100.0, 2_500));
     }
 }
 
