@@ -51,6 +51,10 @@ defmodule Vsmcp.CRDT.Telemetry do
       | nil, reason: atom}` with `reason` one of `:malformed`,
       `:unsupported_version`, `:oversized`, `:clock_ahead`, `:type_clash`,
       `:forgotten_replica`, `:unknown_peer`, `:local_error`.
+    * `[:vsmcp_crdt, :sync, :collected]` - a collection dropped delete
+      tombstones or remove-wins set elements (with their remove tokens)
+      once every member had them. Measurements: `%{tombstones: integer,
+      elements: integer}`. Metadata: `%{store:, topic:}`.
     * `[:vsmcp_crdt, :sync, :round]` - an anti-entropy round started by
       `Vsmcp.CRDT.ContextStore.sync/2` ended. Measurements: `%{duration:
       native time units, peers: integer}`. Metadata: `%{store:, topic:,

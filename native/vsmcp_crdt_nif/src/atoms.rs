@@ -51,6 +51,7 @@ rustler::atoms! {
     local,
     rejected,
     answered,
+    collected,
     invalid_replica,
     closed,
     // Causal contexts and clock order (`types.rs`).

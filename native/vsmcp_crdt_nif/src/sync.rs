@@ -122,6 +122,10 @@ fn events_term<'a>(env: Env<'a>, events: &[Event], want_changes: bool) -> Term<'
                 (atoms::rejected(), who, kind, detail.as_str()).encode(env)
             }
             Event::Answered(r) => (atoms::answered(), key(r)).encode(env),
+            Event::Collected {
+                tombstones,
+                elements,
+            } => (atoms::collected(), *tombstones, *elements).encode(env),
         };
         v.push(t);
     }

@@ -45,6 +45,36 @@ defmodule Vsmcp.CRDT.TelemetryTest do
     :ok = ContextStore.stop(store)
   end
 
+  test "a collection is an event: tombstones of deletes every member has are dropped",
+       %{dir: dir} do
+    parent = self()
+    id = "collected-#{System.unique_integer([:positive])}"
+    handler = fn e, m, md, _ -> send(parent, {e, m, md}) end
+    :ok = :telemetry.attach(id, [:vsmcp_crdt, :sync, :collected], handler, nil)
+    on_exit(fn -> :telemetry.detach(id) end)
+    topic = "telemetry-collect-#{System.unique_integer([:positive])}"
+    sync = [topic: topic, heartbeat_interval: 50, collect_after: 50]
+
+    stores =
+      for n <- [:a, :b] do
+        storage = [data_dir: Path.join(dir, "#{n}")]
+        {:ok, s} = ContextStore.start_link(storage_opts: storage, sync_opts: sync)
+        s
+      end
+
+    [a, b] = stores
+    :ok = ContextStore.create(a, :gone, :g_counter)
+    TestHelpers.eventually(fn -> match?({:ok, _}, ContextStore.get(b, :gone)) end)
+    :ok = ContextStore.delete(a, :gone)
+
+    assert_receive {[:vsmcp_crdt, :sync, :collected], %{tombstones: t, elements: 0},
+                    %{store: store, topic: ^topic}},
+                   10_000
+
+    assert t >= 1 and store in stores
+    Enum.each(stores, &ContextStore.stop/1)
+  end
+
   test "operation spans are opt-in and carry the real operation and the store", %{dir: dir} do
     parent = self()
     id = "ops-#{System.unique_integer([:positive])}"
@@ -145,6 +175,7 @@ defmodule Vsmcp.CRDT.TelemetryTest do
       [:vsmcp_crdt, :sync, :peer_down] => [:count],
       [:vsmcp_crdt, :sync, :rejected] => [:count],
       [:vsmcp_crdt, :sync, :round] => [:duration, :peers],
+      [:vsmcp_crdt, :sync, :collected] => [:tombstones, :elements],
       [:vsmcp_crdt, :store, :decay] => [:duration, :hot, :warm, :hot_before, :warm_before],
       [:vsmcp_crdt, :store, :storage_error] => [:count],
       [:vsmcp_crdt, :store, :open, :stop] => [:duration],

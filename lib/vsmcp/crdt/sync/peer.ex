@@ -536,6 +536,16 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   defp event({:answered, key}, state), do: answered(state, key)
 
+  defp event({:collected, tombstones, elements}, state) do
+    Telemetry.emit(
+      [:vsmcp_crdt, :sync, :collected],
+      %{tombstones: tombstones, elements: elements},
+      %{store: state.store, topic: state.topic}
+    )
+
+    state
+  end
+
   # Logger metadata of this peer's lines: the `:domain` lets a handler
   # filter every sync line (`[:vsmcp_crdt, :sync]`), the rest says which
   # store, topic and peer a line is about.

@@ -520,7 +520,8 @@ impl World {
                     let j = self.node_of_sync_id(r.as_bytes());
                     ev!(self, "n{i} peer down {j}");
                 }
-                Event::LocalChanged(_) | Event::Answered(_) => {}
+                // Collections are traced from the engine's counters.
+                Event::LocalChanged(_) | Event::Answered(_) | Event::Collected { .. } => {}
             }
         }
     }

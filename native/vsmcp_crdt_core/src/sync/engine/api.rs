@@ -128,6 +128,9 @@ pub enum Event {
     Rejected(Option<ReplicaId>, Reject, String),
     /// A peer answered our digest (a round with it is complete).
     Answered(ReplicaId),
+    /// A collection dropped this many delete tombstones and remove-wins
+    /// set elements (with their remove tokens); only when it dropped any.
+    Collected { tombstones: u64, elements: u64 },
 }
 
 /// Counters, for `info` and telemetry.

@@ -467,7 +467,7 @@ impl Engine {
     /// `collect_after_ms`: remove tokens that every member's report shows
     /// stable, and tombstones whose delete came before every member's
     /// frontier.
-    pub(super) fn maybe_collect(&mut self, store: &Store, now_ms: u64) {
+    pub(super) fn maybe_collect(&mut self, store: &Store, now_ms: u64, events: &mut Vec<Event>) {
         if self
             .collected_ms
             .is_some_and(|t| now_ms.saturating_sub(t) < self.cfg.collect_after_ms)
@@ -475,6 +475,23 @@ impl Engine {
             return;
         }
         self.collected_ms = Some(now_ms);
+        let before = (
+            self.counters.collected_tombstones,
+            self.counters.collected_elements,
+        );
+        self.collect_round(store);
+        let tombstones = self.counters.collected_tombstones - before.0;
+        let elements = self.counters.collected_elements - before.1;
+        if tombstones > 0 || elements > 0 {
+            events.push(Event::Collected {
+                tombstones,
+                elements,
+            });
+        }
+    }
+
+    /// One collection round of [`Engine::maybe_collect`].
+    fn collect_round(&mut self, store: &Store) {
         self.settle_forgetting(store);
         self.refresh_digest(store);
         // Tokens: stable below the least usable report (no member: nothing

@@ -474,7 +474,7 @@ impl Engine {
                 attrs,
             };
             let out = self.on_hello(store, &ctx, hello, events);
-            self.maybe_collect(store, now_ms);
+            self.maybe_collect(store, now_ms, events);
             return out;
         }
         let from = &ctx.from;
