@@ -677,6 +677,8 @@ defmodule Vsmcp.CRDT.ContextStore do
       :ok
       iex> ContextStore.sync_info(a).peers
       []
+      iex> ContextStore.sync_info(a).forgetting
+      []
       iex> ContextStore.forget_replica(a, "not a replica key")
       {:error, :invalid_replica}
       iex> ContextStore.stop(a)
@@ -690,6 +692,9 @@ defmodule Vsmcp.CRDT.ContextStore do
   @doc """
   Sync state: `:enabled`, `:topic`, `:transport`, `:replica` (this
   store's key), `:peers` (`%{key:, node:, up:, wire_version:}`),
+  `:members` (`%{key:, directory:, up:, frontier:, stable:}`),
+  `:forgetting` (forgotten replicas whose forgetting is not settled yet:
+  `%{key:, held_by: [member key]}`, see the sync guide),
   `:counters` (messages, bytes, merges, retransmits), `:rejected` (refused
   peer input by kind) and the outgoing log's `:log_entries` and
   `:log_bytes`.

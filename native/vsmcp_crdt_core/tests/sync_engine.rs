@@ -2329,11 +2329,20 @@ fn forget_during_a_storage_failure_fails_cleanly_and_a_retry_succeeds() {
         0,
         "node 1 still knows it"
     );
+    // The pending forgetting shows, with the member holding it back.
+    let dir1 = vsmcp_crdt_core::sync::engine::directory_of(net.nodes[1].engine.me()).to_vec();
+    let pending = net.nodes[0].engine.forgetting_info();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (&pending[0].directory, &pending[0].held_by),
+        (&dir2, &vec![dir1])
+    );
     let s1 = net.nodes[1].store.clone();
     net.nodes[1].engine.forget(&s1, &dir2, &mut ev).unwrap();
     for _ in 0..4 {
         net.settle();
     }
+    assert!(net.nodes[0].engine.forgetting_info().is_empty());
     assert_eq!(net.nodes[0].store.member_cut(&dir2), u64::MAX);
     assert_eq!(net.nodes[1].store.member_cut(&dir2), u64::MAX);
 }

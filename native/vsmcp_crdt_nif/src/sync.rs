@@ -263,6 +263,7 @@ struct SyncInfo<'a> {
     replica: String,
     peers: Vec<PeerInfo<'a>>,
     members: Vec<MemberInfo<'a>>,
+    forgetting: Vec<Forgetting>,
     collectable_sets: usize,
     queued_transfers: usize,
     counters: Counters,
@@ -308,6 +309,14 @@ struct PeerInfo<'a> {
     deltas_sent: u64,
     entries_received: u64,
     rejected: Term<'a>,
+}
+
+/// A forgetting not settled yet: the forgotten replica's key and the keys
+/// of the members holding it back.
+#[derive(NifMap)]
+struct Forgetting {
+    key: String,
+    held_by: Vec<String>,
 }
 
 #[derive(NifMap)]
@@ -371,10 +380,19 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Result<SyncInfo<'a>, NifError<'a>> {
                 stable: m.stable,
             })
             .collect();
+        let forgetting = e
+            .forgetting_info()
+            .iter()
+            .map(|f| Forgetting {
+                key: key(&ReplicaId::new(&f.directory)),
+                held_by: f.held_by.iter().map(|d| key(&ReplicaId::new(d))).collect(),
+            })
+            .collect();
         SyncInfo {
             replica: key(e.me()),
             peers,
             members,
+            forgetting,
             collectable_sets: e.collectable_sets(),
             queued_transfers: e.queued_transfers(),
             counters: Counters {

@@ -48,8 +48,8 @@ pub mod wire;
 pub use canonical::canonical_state_bytes;
 pub use digest::{bucket_of, Digest, BUCKETS};
 pub use engine::{
-    directory_of, Counters, Engine, EngineConfig, Event, MemberInfo, Outbound, PeerInfo, PeerStats,
-    Reject,
+    directory_of, Counters, Engine, EngineConfig, Event, ForgettingInfo, MemberInfo, Outbound,
+    PeerInfo, PeerStats, Reject,
 };
 pub use log::{Batch, DeltaLog, NextBatch, PeerAck};
 pub use wire::{

@@ -147,6 +147,9 @@ defmodule Vsmcp.CRDT.Sync.FaultsTest do
     :ok = on(a, :forget_replica, [c_key])
     :ok = on(b, :forget_replica, [c_key])
     refute Enum.any?(on(a, :sync_info, []).peers, &(&1.key == c_key))
+    # Once both have forgotten it and proved their states to each other,
+    # the forgetting settles on both (nothing holds it back).
+    for p <- [a, b], do: eventually(fn -> on(p, :sync_info, []).forgetting == [] end)
 
     # Back on its old directory: refused and counted.
     c = Cluster.restart(c, connect_to: [a, b])

@@ -209,6 +209,14 @@ pub struct PeerInfo {
     pub stats: PeerStats,
 }
 
+/// A forgotten directory whose cut is not raised yet (see
+/// [`Engine::forget`]), and the member directories holding it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForgettingInfo {
+    pub directory: Vec<u8>,
+    pub held_by: Vec<Vec<u8>>,
+}
+
 /// What [`Engine::member_info`] tells of one member directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberInfo {

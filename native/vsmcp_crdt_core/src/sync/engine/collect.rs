@@ -397,6 +397,27 @@ impl Engine {
         if self.forgetting.is_empty() {
             return;
         }
+        let settled: Vec<Vec<u8>> = self
+            .forgetting
+            .iter()
+            .filter(|f| self.forgetting_held_by(f).is_empty())
+            .cloned()
+            .collect();
+        for f in settled {
+            if store.flush().is_ok() && store.forget_member(&f, u64::MAX).is_ok() {
+                self.forgetting.remove(&f);
+                for m in self.members.values_mut() {
+                    m.cleared.remove(&f[..]);
+                }
+            }
+        }
+    }
+
+    /// The members that hold back the forgetting of `f` (see
+    /// [`Engine::settle_forgetting`]): one whose latest report lists a
+    /// directory we do not know (or that sent none), or that has not both
+    /// dropped `f` from its reports and proved a state taken since.
+    pub(super) fn forgetting_held_by(&self, f: &[u8]) -> Vec<Box<[u8]>> {
         let proved = |dir: &[u8]| {
             self.peers
                 .iter()
@@ -408,30 +429,18 @@ impl Engine {
         let mine = directory_of(&self.me);
         let known =
             |d: &[u8]| d == mine || self.members.contains_key(d) || self.forgotten.contains(d);
-        let closed = self.members.values().all(|m| {
-            m.listed
-                .as_ref()
-                .is_some_and(|(_, ds)| ds.iter().all(|d| known(d)))
-        });
-        let settled: Vec<Vec<u8>> = self
-            .forgetting
+        self.members
             .iter()
-            .filter(|_| closed)
-            .filter(|f| {
-                self.members
-                    .iter()
-                    .all(|(d, m)| m.cleared.get(&f[..]).is_some_and(|at| proved(d) >= *at))
+            .filter(|(d, m)| {
+                let open = m
+                    .listed
+                    .as_ref()
+                    .is_none_or(|(_, ds)| ds.iter().any(|x| !known(x)));
+                let cleared = m.cleared.get(f).is_some_and(|at| proved(d) >= *at);
+                open || !cleared
             })
-            .cloned()
-            .collect();
-        for f in settled {
-            if store.flush().is_ok() && store.forget_member(&f, u64::MAX).is_ok() {
-                self.forgetting.remove(&f);
-                for m in self.members.values_mut() {
-                    m.cleared.remove(&f[..]);
-                }
-            }
-        }
+            .map(|(d, _)| d.clone())
+            .collect()
     }
 
     /// A member `dir` whose reports show it forgot a directory we are

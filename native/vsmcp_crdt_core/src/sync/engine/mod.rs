@@ -88,7 +88,10 @@ use crate::sync::log::DeltaLog;
 use crate::sync::wire::{Envelope, Message, MAX_MESSAGE_BYTES, MIN_WIRE_VERSION};
 
 use anti_entropy::Transfer;
-pub use api::{Counters, EngineConfig, Event, MemberInfo, Outbound, PeerInfo, PeerStats, Reject};
+pub use api::{
+    Counters, EngineConfig, Event, ForgettingInfo, MemberInfo, Outbound, PeerInfo, PeerStats,
+    Reject,
+};
 use collect::{wall_stamp, Frontiers, Member, Snapshot};
 use deltas::Interval;
 use peer::{Hello, Peer};
@@ -280,6 +283,21 @@ impl Engine {
                 refused_ahead_ms: p.live.refused_ahead_ms,
                 anchored: p.proof.anchored(),
                 stats: p.stats.clone(),
+            })
+            .collect()
+    }
+
+    /// Every forgetting still pending, for `info`.
+    pub fn forgetting_info(&self) -> Vec<ForgettingInfo> {
+        self.forgetting
+            .iter()
+            .map(|f| ForgettingInfo {
+                directory: f.clone(),
+                held_by: self
+                    .forgetting_held_by(f)
+                    .into_iter()
+                    .map(Vec::from)
+                    .collect(),
             })
             .collect()
     }
