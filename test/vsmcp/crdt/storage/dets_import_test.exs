@@ -192,6 +192,30 @@ defmodule Vsmcp.CRDT.Storage.DetsImportTest do
       assert length(File.ls!(Path.dirname(path))) == 3
     end
 
+    test "two starts of one DETS file at once import it once" do
+      path = dets_path()
+      LegacyDets.write!(path, [{:g, {:g_counter, LegacyDets.g_counter(%{n1: 5})}}])
+
+      log =
+        capture_log([level: :info], fn ->
+          starts =
+            for _ <- 1..2 do
+              Task.async(fn -> ContextStore.start(storage_opts: [dets_file: path]) end)
+            end
+
+          stores = for {:ok, store} <- Task.await_many(starts, 30_000), do: store
+          # The later open of the directory takes it over (the earlier
+          # store answers :closed); the import's data is there.
+          reads = Enum.map(stores, &ContextStore.get(&1, :g))
+          assert {:ok, 5} in reads
+          assert Enum.all?(reads, &(&1 in [{:ok, 5}, {:error, :closed}]))
+          Enum.each(stores, &ContextStore.stop/1)
+        end)
+
+      assert length(Regex.scan(~r/imported 1 entries/, log)) == 1
+      assert length(File.ls!(Path.dirname(path))) == 3
+    end
+
     test "what an interrupted import left is removed, and the next start imports once" do
       path = dets_path()
       dir = Path.dirname(path)
