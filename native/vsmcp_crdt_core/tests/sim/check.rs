@@ -260,14 +260,7 @@ pub fn check(w: &World, live_ok: bool, checked: &mut Checked) -> Vec<Failure> {
     }
     if !missing.is_empty() {
         // The replicas did not converge: their values say nothing more.
-        let since: Vec<String> = w
-            .stats
-            .rejected
-            .iter()
-            .map(|(k, v)| (k, v - w.rejected_before_probes.get(k).copied().unwrap_or(0)))
-            .filter(|(_, v)| *v > 0)
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
+        let since = rejections_since_probes(w);
         out.push(Failure::new(
             "stuck",
             format!(
@@ -360,6 +353,7 @@ pub fn check(w: &World, live_ok: bool, checked: &mut Checked) -> Vec<Failure> {
 
 /// Nothing collection should have dropped is left.
 fn bounds(w: &World, live: &[usize], tokens_at: &[(usize, String)], out: &mut Vec<Failure>) {
+    let since = rejections_since_probes(w);
     for &i in live {
         let r = w.nodes[i].running().expect("running");
         let e = r.engine.as_ref().expect("engine");
@@ -420,14 +414,6 @@ fn bounds(w: &World, live: &[usize], tokens_at: &[(usize, String)], out: &mut Ve
                     )
                 })
                 .collect();
-            let since: Vec<String> = w
-                .stats
-                .rejected
-                .iter()
-                .map(|(k, v)| (k, v - w.rejected_before_probes.get(k).copied().unwrap_or(0)))
-                .filter(|(_, v)| *v > 0)
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
             out.push(Failure::new(
                 "unbounded",
                 format!(
@@ -450,6 +436,18 @@ fn bounds(w: &World, live: &[usize], tokens_at: &[(usize, String)], out: &mut Ve
             ));
         }
     }
+}
+
+/// The refusals counted since the probes were written (after the heal),
+/// by kind: `"clock_ahead 3"`.
+fn rejections_since_probes(w: &World) -> Vec<String> {
+    w.stats
+        .rejected
+        .iter()
+        .map(|(k, v)| (k, v - w.rejected_before_probes.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect()
 }
 
 /// The generation the creates and deletes of `k` give, for each choice of
