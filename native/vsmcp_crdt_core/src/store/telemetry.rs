@@ -113,14 +113,7 @@ impl Telemetry {
     }
 
     fn sample_at(&self, now: Instant, totals: [u64; 3]) {
-        let mut w = self.window.lock();
-        let elapsed = now.saturating_duration_since(w.start);
-        if elapsed >= RATE_WINDOW {
-            let rates = per_sec(&totals, &w.totals, elapsed);
-            w.start = now;
-            w.totals = totals;
-            w.last = Some((rates, elapsed));
-        }
+        self.window.lock().close_after(RATE_WINDOW, now, totals);
     }
 
     pub(super) fn ops(&self) -> Ops {
@@ -131,11 +124,8 @@ impl Telemetry {
     /// left open for two of its lengths (a store whose flush thread rarely
     /// runs: a long `flush_interval_ms`) is closed here instead.
     fn ops_at(&self, now: Instant, totals: [u64; 3]) -> Ops {
-        let stale = now.saturating_duration_since(self.window.lock().start) >= 2 * RATE_WINDOW;
-        if stale {
-            self.sample_at(now, totals);
-        }
-        let w = self.window.lock();
+        let mut w = self.window.lock();
+        w.close_after(2 * RATE_WINDOW, now, totals);
         let (rates, window) = match w.last {
             Some(last) => last,
             None => {
@@ -151,6 +141,19 @@ impl Telemetry {
             writes_per_sec: rates[1],
             remote_merges_per_sec: rates[2],
             window_ms: window.as_millis() as u64,
+        }
+    }
+}
+
+impl RateWindow {
+    /// Close the window at `now` if it is at least `age` old.
+    fn close_after(&mut self, age: Duration, now: Instant, totals: [u64; 3]) {
+        let elapsed = now.saturating_duration_since(self.start);
+        if elapsed >= age {
+            let rates = per_sec(&totals, &self.totals, elapsed);
+            self.start = now;
+            self.totals = totals;
+            self.last = Some((rates, elapsed));
         }
     }
 }
