@@ -45,17 +45,8 @@ fn a_mutation_crossing_the_inline_limit_applies_once() {
     s.merge(b"g", &meta(Kind::GCounter), &st, Access::MayBlock)
         .unwrap();
     let before = counter(&s, b"g");
-    // As the NIF does: build the reply inline, or retry on a dirty
-    // scheduler when the core says WouldBlock.
-    let call = |a: Access| s.update_with(b"g", Mutation::Increment(1), a, true, |v| v.size_hint());
-    match call(Access::MemoryOnly) {
-        Err(Error::WouldBlock) => {
-            call(Access::MayBlock).unwrap();
-        }
-        other => {
-            other.unwrap();
-        }
-    }
+    // Build the reply inline, or retry on a dirty scheduler.
+    as_the_nif_does(|a| s.update_with(b"g", Mutation::Increment(1), a, true, |v| v.size_hint()));
     assert_eq!(counter(&s, b"g"), before + 1, "increment applied twice");
 }
 
@@ -115,6 +106,16 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A call as the NIF makes it: on a normal scheduler first, retried as a
+/// dirty call when the core says it would block (a shard lock held by the
+/// flush thread, a large item).
+fn as_the_nif_does<T>(call: impl Fn(Access) -> Result<T, Error>) -> T {
+    match call(Access::MemoryOnly) {
+        Err(Error::WouldBlock) => call(Access::MayBlock).unwrap(),
+        other => other.unwrap(),
+    }
+}
+
 /// Full disk: the pending writes a store hands over to a successor whose
 /// open then fails are not lost: they wait in the directory's handle for
 /// the next successor.
@@ -140,13 +141,11 @@ fn writes_handed_to_a_successor_that_fails_to_open_are_kept() {
         while f.write_all(&buf).is_ok() {}
     }
     for _ in 0..50 {
-        s1.update(b"c", Mutation::Increment(100), Access::MemoryOnly, |_| ())
-            .unwrap();
+        as_the_nif_does(|a| s1.update(b"c", Mutation::Increment(100), a, |_| ()));
     }
     for i in 0..20u8 {
         let big = vec![i; 10_000];
-        s1.update(b"s", Mutation::Add(&big), Access::MemoryOnly, |_| ())
-            .unwrap();
+        as_the_nif_does(|a| s1.update(b"s", Mutation::Add(&big), a, |_| ()));
     }
     for _ in 0..100 {
         if s1.write_error().is_some() {
