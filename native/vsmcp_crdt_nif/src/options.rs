@@ -12,7 +12,7 @@ use crate::term as tc;
 use rustler::{Atom, Binary, Decoder, NifResult, Term};
 use std::path::PathBuf;
 use vsmcp_crdt_core::store::{Durability, StoreConfig};
-use vsmcp_crdt_core::sync::EngineConfig;
+use vsmcp_crdt_core::sync::{EngineConfig, Keyring};
 
 /// The value under the atom `key` of `map`, if there is one.
 fn get<'a, T: Decoder<'a>>(map: Term<'a>, key: &str) -> NifResult<Option<T>> {
@@ -98,6 +98,19 @@ pub fn engine_config(opts: Term) -> NifResult<EngineConfig> {
     }
     if let Some(v) = get::<Binary>(opts, "attrs")? {
         cfg.attrs = v.as_slice().to_vec();
+    }
+    if let Some(v) = get::<u64>(opts, "replay_window_ms")? {
+        cfg.replay_window_ms = v;
+    }
+    if let Some(secrets) = get::<Vec<Binary>>(opts, "secrets")? {
+        // The topic: a MAC made for one topic does not pass on another.
+        let context = get::<Binary>(opts, "auth_context")?;
+        let context = context.as_ref().map_or(&[][..], |b| b.as_slice());
+        let secrets: Vec<&[u8]> = secrets.iter().map(|b| b.as_slice()).collect();
+        // The Elixir side checked the secrets (`Options`); this is a
+        // programmer error.
+        let ring = Keyring::new(&secrets, context).map_err(|_| rustler::Error::BadArg)?;
+        cfg.auth = Some(ring);
     }
     Ok(cfg)
 }

@@ -49,6 +49,8 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   alias Vsmcp.CRDT.ContextStore.Options.Schemas
   alias Vsmcp.CRDT.Storage.Location
 
+  @secret_expected "expected a binary of 16 to 4096 bytes, or a list of 1 to 4 of them"
+
   @default_decay_interval 60_000
 
   # The integer options passed to the NIF.
@@ -194,9 +196,20 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
         end
 
       enabled = sync[:enabled] != false and topic != nil
+
+      sync =
+        case Keyword.fetch(sync, :secret) do
+          {:ok, secret} -> Keyword.put(sync, :secret, wrap_secrets(List.wrap(secret)))
+          :error -> sync
+        end
+
       {:ok, sync |> Keyword.put(:enabled, enabled) |> Keyword.put(:topic, topic)}
     end
   end
+
+  # Secrets are kept in a closure from here on: state dumps and crash
+  # reports of the store and its sync process print a function, not them.
+  defp wrap_secrets(secrets), do: fn -> secrets end
 
   @doc """
   The sync topic derived from a store's name.
@@ -262,10 +275,13 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
       end
 
     case group do
-      :sync_opts -> {:invalid_option, {:sync_opts, key}, value}
+      :sync_opts -> {:invalid_option, {:sync_opts, key}, redact(key, value)}
       _ -> {:invalid_option, key, value}
     end
   end
+
+  defp redact(:secret, _value), do: :redacted
+  defp redact(_key, value), do: value
 
   defp value_at(opts, path) do
     Enum.reduce(path, opts, fn key, acc -> if is_list(acc), do: Keyword.get(acc, key) end)
@@ -287,6 +303,17 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   @doc false
   def validate_module(mod) when is_atom(mod) and mod != nil, do: {:ok, mod}
   def validate_module(mod), do: {:error, "expected a module or name, got: #{inspect(mod)}"}
+
+  @doc false
+  def validate_secret(secret) when is_binary(secret), do: validate_secret([secret])
+
+  def validate_secret(secrets) when is_list(secrets) and length(secrets) in 1..4 do
+    if Enum.all?(secrets, &(is_binary(&1) and byte_size(&1) in 16..4096)),
+      do: {:ok, secrets},
+      else: {:error, @secret_expected}
+  end
+
+  def validate_secret(_), do: {:error, @secret_expected}
 
   @doc false
   def validate_versions([_ | _] = versions) do

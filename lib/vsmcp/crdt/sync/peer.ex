@@ -269,6 +269,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       |> put_opt(:max_log_bytes, state.opts[:max_log_bytes])
       |> put_opt(:collect_after_ms, state.opts[:collect_after])
       |> put_opt(:member_expiry_ms, state.opts[:member_expiry])
+      |> put_opt(:replay_window_ms, state.opts[:replay_window])
+      |> put_auth(state.opts[:secret], state.topic)
 
     case Native.sync_start(state.store, opts) do
       {:ok, engine, key} -> {:ok, %{state | engine: engine, key: key}}
@@ -280,6 +282,13 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   defp put_opt(map, _k, nil), do: map
   defp put_opt(map, k, v), do: Map.put(map, k, v)
+
+  # The secrets travel wrapped in a function (`Options.sync_opts/1`), so a
+  # crash report of this process shows no secret.
+  defp put_auth(map, nil, _topic), do: map
+
+  defp put_auth(map, secrets, topic) when is_function(secrets, 0),
+    do: Map.merge(map, %{secrets: secrets.(), auth_context: topic})
 
   @impl true
   def handle_info(:tick, state) do

@@ -39,17 +39,19 @@
 //!   [`MAX_MESSAGE_BYTES`];
 //! * equal states have equal digests ([`canonical_state_bytes`]).
 
+pub mod auth;
 pub mod canonical;
 pub mod digest;
 pub mod engine;
 pub mod log;
 pub mod wire;
 
+pub use auth::{AuthError, Keyring};
 pub use canonical::canonical_state_bytes;
 pub use digest::{bucket_of, Digest, BUCKETS};
 pub use engine::{
     directory_of, Counters, Engine, EngineConfig, Event, ForgettingInfo, MemberInfo, Outbound,
-    PeerInfo, PeerStats, Reject,
+    PeerInfo, PeerStats, Reject, DEFAULT_REPLAY_WINDOW_MS,
 };
 pub use log::{Batch, DeltaLog, NextBatch, PeerAck};
 pub use wire::{

@@ -154,6 +154,20 @@ defmodule Vsmcp.CRDT.ContextStore.Options.Schemas do
       type: {:in, 0..@max_size},
       doc: "Bound of the outgoing delta log, in bytes (default 64 MiB). Accepted: `0..2^48`."
     ],
+    secret: [
+      type: {:custom, Vsmcp.CRDT.ContextStore.Options, :validate_secret, []},
+      doc:
+        "Authenticate every sync message with a keyed BLAKE3 MAC (see the distributed sync " <>
+          "guide): a binary of 16 to 4096 bytes, or a list of 1 to 4 of them during a key " <>
+          "rotation (the first signs, all are accepted). Every store of the topic needs it. " <>
+          "An invalid one is reported as `:redacted`."
+    ],
+    replay_window: [
+      type: {:in, 1..@max_ms},
+      doc:
+        "With `:secret`: milliseconds after which an authenticated message counts as a " <>
+          "replay and is refused (default 60_000). Accepted: `1..2^32-1`."
+    ],
     wire_versions: [
       type: {:custom, Vsmcp.CRDT.ContextStore.Options, :validate_versions, []},
       doc: "The wire versions this store speaks (tests of rolling upgrades)."

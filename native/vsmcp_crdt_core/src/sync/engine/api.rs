@@ -3,7 +3,11 @@
 //! tells of it, its peers and its members.
 
 use crate::causal::ReplicaId;
+use crate::sync::auth::Keyring;
 use crate::sync::wire::{MIN_WIRE_VERSION, WIRE_VERSION};
+
+/// Default of [`EngineConfig::replay_window_ms`]: one minute.
+pub const DEFAULT_REPLAY_WINDOW_MS: u64 = 60_000;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -24,6 +28,13 @@ pub struct EngineConfig {
     /// for this long is removed from the membership (see
     /// [`Store::remove_member`]); 0: never.
     pub member_expiry_ms: u64,
+    /// Message authentication (`sync::auth`): every message sent is
+    /// sealed with the keyring's first secret, and one received is refused
+    /// unless it carries a valid MAC of one of its secrets. `None`: none.
+    pub auth: Option<Keyring>,
+    /// With `auth`: an authenticated message stamped (HLC wall time) more
+    /// than this many ms before our wall clock is refused as a replay.
+    pub replay_window_ms: u64,
     /// Tests only: the session part of the sync id (random when `None`),
     /// so that a seeded simulation replays exactly.
     #[cfg(feature = "fault-injection")]
@@ -40,6 +51,8 @@ impl Default for EngineConfig {
             attrs: Vec::new(),
             collect_after_ms: 2_000,
             member_expiry_ms: 24 * 3_600_000,
+            auth: None,
+            replay_window_ms: DEFAULT_REPLAY_WINDOW_MS,
             #[cfg(feature = "fault-injection")]
             session: None,
         }
@@ -54,6 +67,9 @@ pub struct Outbound {
     /// The encoded message.
     pub bytes: Vec<u8>,
 }
+
+/// How many kinds of [`Reject`] there are.
+pub const REJECT_KINDS: usize = 12;
 
 /// Why a message (or entry) from a peer was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,6 +95,11 @@ pub enum Reject {
     Busy,
     /// A hello from a new directory beyond the membership bound.
     TooManyPeers,
+    /// With authentication on: no valid MAC of an accepted secret.
+    Unauthenticated,
+    /// With authentication on: stamped before the replay window (or
+    /// carrying no stamp).
+    Stale,
 }
 
 impl Reject {
@@ -95,10 +116,12 @@ impl Reject {
             Reject::LocalError => "local_error",
             Reject::Busy => "busy",
             Reject::TooManyPeers => "too_many_peers",
+            Reject::Unauthenticated => "unauthenticated",
+            Reject::Stale => "stale",
         }
     }
 
-    const ALL: [Reject; 10] = [
+    const ALL: [Reject; REJECT_KINDS] = [
         Reject::Malformed,
         Reject::Version,
         Reject::Oversized,
@@ -109,6 +132,8 @@ impl Reject {
         Reject::LocalError,
         Reject::Busy,
         Reject::TooManyPeers,
+        Reject::Unauthenticated,
+        Reject::Stale,
     ];
 }
 
@@ -159,7 +184,7 @@ pub struct Counters {
     /// Member directories removed (expired or forgotten).
     pub members_removed: u64,
     /// Rejections, by [`Reject`] (in `Reject::ALL` order).
-    pub rejected: [u64; 10],
+    pub rejected: [u64; REJECT_KINDS],
 }
 
 impl Counters {
@@ -184,7 +209,7 @@ pub struct PeerStats {
     /// Entries merged from it (deltas and states).
     pub entries_received: u64,
     /// Refused input from it, by [`Reject`] (in `Reject::ALL` order).
-    pub rejected: [u64; 10],
+    pub rejected: [u64; REJECT_KINDS],
 }
 
 /// What [`Engine::peer_info`] tells of one peer.

@@ -90,7 +90,7 @@ use crate::sync::wire::{Envelope, Message, MAX_MESSAGE_BYTES, MIN_WIRE_VERSION};
 use anti_entropy::Transfer;
 pub use api::{
     Counters, EngineConfig, Event, ForgettingInfo, MemberInfo, Outbound, PeerInfo, PeerStats,
-    Reject,
+    Reject, DEFAULT_REPLAY_WINDOW_MS, REJECT_KINDS,
 };
 use collect::{wall_stamp, Frontiers, Member, Snapshot};
 use deltas::Interval;
@@ -337,6 +337,10 @@ impl Engine {
             None => (MIN_WIRE_VERSION, 0),
         };
         let bytes = msg.encode_seq(version, clock, seq);
+        let bytes = match &self.cfg.auth {
+            Some(ring) => ring.seal(&bytes),
+            None => bytes,
+        };
         self.counters.msgs_sent += 1;
         self.counters.bytes_sent += bytes.len() as u64;
         if let Some(p) = to.and_then(|r| self.peers.get_mut(r)) {
@@ -396,6 +400,17 @@ impl Engine {
     ) -> Option<(Message, u8, Inbound)> {
         self.counters.msgs_received += 1;
         self.counters.bytes_received += bytes.len() as u64;
+        let outer_len = bytes.len();
+        let bytes = match &self.cfg.auth {
+            Some(ring) => match ring.open(bytes) {
+                Ok(inner) => inner,
+                Err(e) => {
+                    self.reject(events, None, Reject::Unauthenticated, e.describe());
+                    return None;
+                }
+            },
+            None => bytes,
+        };
         let Envelope {
             version,
             clock,
@@ -419,7 +434,7 @@ impl Engine {
         }
         if let Some(p) = self.peers.get_mut(&from) {
             p.stats.msgs_received += 1;
-            p.stats.bytes_received += bytes.len() as u64;
+            p.stats.bytes_received += outer_len as u64;
         }
         if from.as_bytes().len() > MAX_ID_BYTES {
             self.reject(events, None, Reject::Malformed, "sender id too long");
@@ -431,6 +446,15 @@ impl Engine {
         }
         if !self.cfg.versions.contains(&version) {
             self.reject(events, Some(&from), Reject::Version, "version not spoken");
+            return None;
+        }
+        if self.cfg.auth.is_some() && self.stale(store, clock, &msg) {
+            self.reject(
+                events,
+                Some(&from),
+                Reject::Stale,
+                "stamped before the replay window",
+            );
             return None;
         }
         // A clock more than `max_clock_offset` ahead is not taken into ours
@@ -462,6 +486,19 @@ impl Engine {
             seq,
         };
         Some((msg, version, ctx))
+    }
+
+    /// Whether an authenticated message is a replay: stamped (its
+    /// envelope's clock, or a hello's) before the replay window, or not
+    /// stamped at all (version 1 bodies other than a hello).
+    fn stale(&self, store: &Store, clock: Option<Timestamp>, msg: &Message) -> bool {
+        let stamp = match (clock, msg) {
+            (Some(c), _) => Some(c),
+            (None, Message::Hello { clock, .. }) => Some(*clock),
+            (None, _) => None,
+        };
+        let oldest = store.now_ms().saturating_sub(self.cfg.replay_window_ms);
+        stamp.is_none_or(|c| c.wall_ms < oldest)
     }
 
     /// Handle one message from the transport: each kind has its handler.
