@@ -34,6 +34,9 @@ rustler::atoms! {
     map,
     version,
     mapset_module = "Elixir.MapSet",
+    // `%Vsmcp.CRDT.UnsafeTerm{bytes: _}` (`term.rs`).
+    unsafe_term_module = "Elixir.Vsmcp.CRDT.UnsafeTerm",
+    bytes,
     // Legacy entries (`import.rs`).
     g_counter,
     pn_counter,

@@ -22,6 +22,7 @@
 
 use crate::atoms;
 use crate::errors::NifError;
+use crate::term::Trust;
 use parking_lot::RwLock;
 use rustler::{Env, LocalPid, Monitor, Resource, ResourceArc, Term};
 use std::collections::HashMap;
@@ -31,6 +32,9 @@ use vsmcp_crdt_core::store::Store;
 
 pub struct StoreResource {
     pub(crate) store: Store,
+    /// How terms read back from the store are decoded (`sync_opts:
+    /// [decode: :safe]` makes it `Remote`).
+    pub(crate) trust: Trust,
 }
 
 impl Drop for StoreResource {

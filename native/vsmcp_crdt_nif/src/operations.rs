@@ -5,7 +5,7 @@
 use crate::atoms::{nil, ok};
 use crate::errors::{answer, NifError};
 use crate::handle::resolve;
-use crate::term::{self as tc, Trust};
+use crate::term as tc;
 use crate::value::kind_atom;
 use rustler::types::map::map_new;
 use rustler::{Binary, Encoder, Env, NifMap, Term};
@@ -44,7 +44,7 @@ fn store_ids_page<'a>(
             .ids_page(after.as_ref().map(|b| b.as_slice()), limit)?;
         let out: Vec<Term<'a>> = ids
             .iter()
-            .filter_map(|id| tc::decode(env, id, Trust::Local).ok())
+            .filter_map(|id| tc::decode_shown(env, id, h.trust).ok())
             .collect();
         let next = match next {
             Some(c) => tc::make_binary(env, &c),

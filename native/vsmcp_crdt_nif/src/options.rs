@@ -8,7 +8,7 @@
 //! key and raises a message instead of `badarg`.
 
 use crate::atoms;
-use crate::term as tc;
+use crate::term::{self as tc, Trust};
 use rustler::{Atom, Binary, Decoder, NifResult, Term};
 use std::path::PathBuf;
 use vsmcp_crdt_core::store::{Durability, StoreConfig};
@@ -25,7 +25,7 @@ fn get<'a, T: Decoder<'a>>(map: Term<'a>, key: &str) -> NifResult<Option<T>> {
 
 /// `store_open/1`'s argument: the map `ContextStore.Options.to_native/1`
 /// builds.
-pub struct StoreOptions(pub StoreConfig);
+pub struct StoreOptions(pub StoreConfig, pub Trust);
 
 impl<'a> Decoder<'a> for StoreOptions {
     fn decode(map: Term<'a>) -> NifResult<Self> {
@@ -67,7 +67,13 @@ impl<'a> Decoder<'a> for StoreOptions {
                 return Err(rustler::Error::BadArg);
             };
         }
-        Ok(StoreOptions(cfg))
+        // `sync_opts: [decode: :safe]`: every term read back is decoded as
+        // if it came from a peer (see `term::Trust`).
+        let trust = match get::<bool>(map, "safe_decode")? {
+            Some(true) => Trust::Remote,
+            _ => Trust::Local,
+        };
+        Ok(StoreOptions(cfg, trust))
     }
 }
 

@@ -87,7 +87,7 @@ pub struct SetCache {
 
 impl SetCache {
     /// Apply `pending`; false if the map no longer matches `s` exactly.
-    fn sync(&mut self, s: &ORSet) -> bool {
+    fn sync(&mut self, s: &ORSet, trust: Trust) -> bool {
         if self.pending.is_empty() {
             return true;
         }
@@ -105,7 +105,7 @@ impl SetCache {
             for e in pending.drain(..) {
                 // An element that no longer decodes is left out, as in a
                 // build; the count below then refuses the map.
-                let Ok(k) = tc::decode(oe, &e, Trust::Local) else {
+                let Ok(k) = tc::decode_shown(oe, &e, trust) else {
                     continue;
                 };
                 let edited = if s.contains(&e) {
@@ -205,6 +205,7 @@ pub fn value<'a>(
     ext: &mut Ext,
     edited: Option<&[u8]>,
     inline: bool,
+    trust: Trust,
 ) -> Result<Term<'a>, Error> {
     let size = 16 + s.size_hint();
     if let Some(c) = cache_mut(ext) {
@@ -223,7 +224,7 @@ pub fn value<'a>(
         {
             return Err(Error::WouldBlock);
         }
-        if c.sync(s) {
+        if c.sync(s, trust) {
             c.compact();
             return Ok(c.copy_to(env));
         }
@@ -233,13 +234,13 @@ pub fn value<'a>(
         return Err(Error::WouldBlock);
     }
     if s.entry_count() < MIN_LEN {
-        let (terms, _) = decode_elements(env, s);
+        let (terms, _) = decode_elements(env, s, trust);
         return Ok(set_map(env, &terms).0);
     }
     // Built in the cache's environment, then copied out.
     let oenv = OwnedEnv::new();
     let (map, exact, len) = oenv.run(|oe| {
-        let (terms, present) = decode_elements(oe, s);
+        let (terms, present) = decode_elements(oe, s, trust);
         let (m, distinct) = set_map(oe, &terms);
         let exact = distinct && terms.len() == present;
         (oenv.save(m), exact, present)

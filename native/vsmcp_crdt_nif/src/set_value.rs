@@ -42,12 +42,12 @@ pub fn mapset_of<'a>(env: Env<'a>, m: Term<'a>) -> Term<'a> {
 
 /// The elements of `s` decoded into `env` (undecodable ones left out) and
 /// the number of present elements.
-pub fn decode_elements<'a>(env: Env<'a>, s: &ORSet) -> (Vec<Term<'a>>, usize) {
+pub fn decode_elements<'a>(env: Env<'a>, s: &ORSet, trust: Trust) -> (Vec<Term<'a>>, usize) {
     let mut present = 0;
     let terms = s
         .elements()
         .inspect(|_| present += 1)
-        .filter_map(|b| tc::decode(env, b, Trust::Local).ok())
+        .filter_map(|b| tc::decode_shown(env, b, trust).ok())
         .collect();
     (terms, present)
 }

@@ -55,8 +55,9 @@ macro_rules! twin {
 /// `badarg` (see `options`).
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_open<'a>(env: Env<'a>, opts: StoreOptions) -> Result<Term<'a>, NifError<'a>> {
-    let store = Store::open(opts.0)?;
-    Ok(ResourceArc::new(StoreResource { store }).encode(env))
+    let StoreOptions(cfg, trust) = opts;
+    let store = Store::open(cfg)?;
+    Ok(ResourceArc::new(StoreResource { store, trust }).encode(env))
 }
 
 /// Register `h` under its owner `pid` and close it when `pid` exits,
@@ -123,7 +124,7 @@ fn get_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Reply<'a> 
     let r = tc::with_scratch(|id_buf, _| {
         tc::encode_append(id, id_buf, limit(a))?;
         h.store
-            .read(id_buf, a, |v| value_term(env, v, None, inline))
+            .read(id_buf, a, |v| value_term(env, v, None, inline, h.trust))
     });
     Ok(r??)
 }
@@ -196,7 +197,7 @@ fn update_in<'a>(
     // whatever it costs (answering `:dirty` now would repeat the mutation).
     let r = h.store.update_with(id, m, a, want_value, |v| {
         if want_value {
-            value_term(env, v, edited, false)
+            value_term(env, v, edited, false, h.trust)
         } else {
             if let (Crdt::ORSet(_), Some(ext)) = (v.crdt, v.ext) {
                 set_cache::note_update(v.version, ext, edited);
@@ -222,7 +223,7 @@ twin!(
 
 fn metadata_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Reply<'a> {
     let (meta, tier) = h.store.metadata(&id_bytes(id, a)?, a)?;
-    let created_by = tc::decode(env, &meta.created_by, Trust::Local)?;
+    let created_by = tc::decode_shown(env, &meta.created_by, h.trust)?;
     let tier = match tier {
         Tier::Hot => atoms::hot(),
         Tier::Warm => atoms::warm(),
@@ -249,10 +250,11 @@ twin!(store_delete, store_delete_dirty, delete_impl, (id));
 /// All ids. An id that no longer decodes is left out (and the rest listed).
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_ids<'a>(env: Env<'a>, store: Term<'a>) -> Result<Vec<Term<'a>>, NifError<'a>> {
-    let ids = resolve(store)?.store.ids()?;
+    let h = resolve(store)?;
+    let ids = h.store.ids()?;
     Ok(ids
         .iter()
-        .filter_map(|id| tc::decode(env, id, Trust::Local).ok())
+        .filter_map(|id| tc::decode_shown(env, id, h.trust).ok())
         .collect())
 }
 

@@ -13,7 +13,7 @@
 //! `{:changed, id, :local | :remote}` (only when asked for),
 //! `{:rejected, key | nil, kind, detail}` and `{:answered, key}`.
 //! Remote ids are decoded with existing atoms only; an id naming an atom
-//! unknown here is left out of `:changed` events.
+//! unknown here reads as `%Vsmcp.CRDT.UnsafeTerm{}` (see `term`).
 
 use crate::atoms::{self, atom_map, ok};
 use crate::errors::{answer, NifError};
@@ -103,7 +103,7 @@ fn events_term<'a>(env: Env<'a>, events: &[Event], want_changes: bool) -> Term<'
                 (atoms::peer_up(), key(r), make_binary(env, attrs)).encode(env)
             }
             Event::PeerDown(r) => (atoms::peer_down(), key(r)).encode(env),
-            Event::Changed(id) if want_changes => match tc::decode(env, id, Trust::Remote) {
+            Event::Changed(id) if want_changes => match tc::decode_shown(env, id, Trust::Remote) {
                 Ok(id) => (atoms::changed(), id, atoms::remote()).encode(env),
                 Err(_) => continue,
             },

@@ -6,7 +6,15 @@
 //! created only for `Trust::Local` data (this node's own store), while
 //! `Trust::Remote` bytes may only name atoms that already exist and their
 //! ETF payloads are decoded with `binary_to_term(_, [:safe])` rules.
+//!
+//! [`decode_shown`] is what callers see: a `Trust::Remote` term that cannot
+//! be built that way (an atom unknown here, a function or a pid of an
+//! unknown node) reads as `%Vsmcp.CRDT.UnsafeTerm{bytes: canonical}`, and
+//! encoding that struct gives back exactly `canonical` (checked to be a
+//! well-formed encoding), so such an element or id can be read, removed
+//! and deleted without creating anything.
 
+use crate::atoms;
 use rustler::types::map::MapIterator;
 use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term, TermType};
@@ -14,11 +22,11 @@ use vsmcp_crdt_core::term::{self as ct, TermBuilder};
 use vsmcp_crdt_core::{Error, Result};
 
 /// Whether decoded bytes may create atoms.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Trust {
     Local,
-    /// Bytes from a peer: the distributed sync layer decodes with this.
-    #[allow(dead_code)]
+    /// Bytes that may come from a peer: ids of remote changes, and every
+    /// read of a store with `sync_opts: [decode: :safe]`.
     Remote,
 }
 
@@ -120,6 +128,11 @@ fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize, budget: &mut usize) 
             }
         }
         TermType::Map => {
+            if let Some(bytes) = unsafe_term_bytes(term)? {
+                spend(budget, bytes.len())?;
+                out.extend_from_slice(bytes);
+                return Ok(());
+            }
             let iter = MapIterator::new(term).ok_or(Error::InvalidArgument("map"))?;
             let mut pairs = Vec::new();
             for (k, v) in iter {
@@ -210,6 +223,75 @@ impl<'a> TermBuilder for Maker<'a> {
             _ => Err(Error::Decode("invalid or unsafe external term".into())),
         }
     }
+}
+
+/// The canonical bytes inside a `%Vsmcp.CRDT.UnsafeTerm{bytes: _}`, `None`
+/// for any other map; `InvalidArgument` when they are not one
+/// well-formed encoding.
+fn unsafe_term_bytes<'a>(term: Term<'a>) -> Result<Option<&'a [u8]>> {
+    let env = term.get_env();
+    match term.map_get(atoms::__struct__().encode(env)) {
+        Ok(m) if m == atoms::unsafe_term_module().encode(env) => {}
+        _ => return Ok(None),
+    }
+    let bytes = term
+        .map_get(atoms::bytes().encode(env))
+        .and_then(|b| b.decode::<Binary<'a>>())
+        .map_err(|_| Error::InvalidArgument("UnsafeTerm without bytes"))?;
+    ct::decode(bytes.as_slice(), &mut Validate)
+        .map_err(|_| Error::InvalidArgument("UnsafeTerm bytes are not a term"))?;
+    Ok(Some(bytes.as_slice()))
+}
+
+/// A builder that builds nothing: it checks an encoding's shape.
+struct Validate;
+
+impl TermBuilder for Validate {
+    type Term = ();
+    fn atom(&mut self, _: &str) -> Result<()> {
+        Ok(())
+    }
+    fn int(&mut self, _: i64) -> Result<()> {
+        Ok(())
+    }
+    fn float(&mut self, _: f64) -> Result<()> {
+        Ok(())
+    }
+    fn binary(&mut self, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn list(&mut self, _: Vec<()>) -> Result<()> {
+        Ok(())
+    }
+    fn tuple(&mut self, _: Vec<()>) -> Result<()> {
+        Ok(())
+    }
+    fn map(&mut self, _: Vec<((), ())>) -> Result<()> {
+        Ok(())
+    }
+    fn etf(&mut self, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// [`decode`] for what a caller reads: with `Trust::Remote`, bytes that do
+/// not decode that way read as `%Vsmcp.CRDT.UnsafeTerm{bytes: bytes}`
+/// (see the module docs); with `Trust::Local`, as [`decode`].
+pub fn decode_shown<'a>(env: Env<'a>, bytes: &[u8], trust: Trust) -> Result<Term<'a>> {
+    match (decode(env, bytes, trust), trust) {
+        (Ok(t), _) => Ok(t),
+        (Err(_), Trust::Remote) => Ok(unsafe_term(env, bytes)),
+        (Err(e), Trust::Local) => Err(e),
+    }
+}
+
+fn unsafe_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let keys = [atoms::__struct__().encode(env), atoms::bytes().encode(env)];
+    let vals = [
+        atoms::unsafe_term_module().encode(env),
+        make_binary(env, bytes),
+    ];
+    Term::map_from_term_arrays(env, &keys, &vals).unwrap_or_else(|_| make_binary(env, bytes))
 }
 
 /// Decode canonical bytes into a term of `env`.

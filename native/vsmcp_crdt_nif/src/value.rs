@@ -30,18 +30,19 @@ pub fn value_term<'a>(
     v: View<'_>,
     edited: Option<&[u8]>,
     inline: bool,
+    trust: Trust,
 ) -> Result<Term<'a>, Error> {
     let ok = atoms::ok();
     let View { crdt, version, ext } = v;
     if let Crdt::ORSet(s) = crdt {
         let m = match ext {
-            Some(ext) => set_cache::value(env, s, version, ext, edited, inline)?,
+            Some(ext) => set_cache::value(env, s, version, ext, edited, inline, trust)?,
             // Not hot (a warm item, decoded for this call): built, not kept.
             None => {
                 if inline && crdt.size_hint() > INLINE_BYTES {
                     return Err(Error::WouldBlock);
                 }
-                let (terms, _) = decode_elements(env, s);
+                let (terms, _) = decode_elements(env, s, trust);
                 set_map(env, &terms).0
             }
         };
@@ -53,7 +54,7 @@ pub fn value_term<'a>(
     Ok(match crdt.value() {
         Value::Counter(n) => (ok, n).encode(env),
         Value::Register(None) => (ok, atoms::nil()).encode(env),
-        Value::Register(Some(b)) => (ok, tc::decode(env, b, Trust::Local)?).encode(env),
+        Value::Register(Some(b)) => (ok, tc::decode_shown(env, b, trust)?).encode(env),
         Value::Set(_) => return Err(Error::UnsupportedOperation),
     })
 }

@@ -28,6 +28,7 @@ defmodule Vsmcp.CRDT.DoctestTest do
   doctest Vsmcp.CRDT.HLC
   doctest Vsmcp.CRDT.Native
   doctest Vsmcp.CRDT.ContextStore
+  doctest Vsmcp.CRDT.UnsafeTerm
   doctest Vsmcp.CRDT.Error
   doctest Vsmcp.CRDT.Telemetry.Metrics
   doctest Vsmcp.CRDT.ContextStore.Options

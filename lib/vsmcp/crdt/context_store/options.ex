@@ -127,7 +127,16 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
          node_id: Keyword.get(opts, :node_id, node()),
          durability: durability
        })
-       |> Map.merge(Map.take(loc, [:dets_import]))}
+       |> Map.merge(Map.take(loc, [:dets_import]))
+       |> put_safe_decode(opts)}
+    end
+  end
+
+  # `sync_opts: [decode: :safe]` reaches the NIF as `safe_decode: true`.
+  defp put_safe_decode(native, opts) do
+    case Keyword.get(opts, :sync_opts, []) |> Keyword.get(:decode) do
+      :safe -> Map.put(native, :safe_decode, true)
+      _ -> native
     end
   end
 

@@ -209,13 +209,62 @@ defmodule Vsmcp.CRDT.Sync.FeaturesTest do
     end)
 
     assert on(b, :sync, []) == :ok
-    # Merged on b, notified (the set's id names existing atoms only), and
-    # still no atom: the id naming the new atom was left out of the events.
+    # Merged on b, notified, and still no atom: the id naming the new atom
+    # is notified as a `Vsmcp.CRDT.UnsafeTerm`.
     assert {:probe_set, :remote} in Cluster.call(b, SyncNode, :collected, [sub])
     refute Cluster.call(b, SyncNode, :atom_exists?, [name])
     # A local read decodes the element as stored, as distribution would.
     {:ok, set} = get(b, :probe_set)
     assert MapSet.size(set) == 1
     assert Cluster.call(b, SyncNode, :atom_exists?, [name])
+  end
+
+  @tag :tmp_dir
+  test "decode: :safe reads what names unknown atoms as UnsafeTerm, which still names it",
+       %{tmp_dir: tmp_dir} do
+    [a, b] = peers = Cluster.start(2, tmp_dir: tmp_dir)
+    start_store(a, [])
+    start_store(b, decode: :safe)
+    name = "vsmcp_safe_probe_#{System.unique_integer([:positive])}"
+    :ok = on(a, :create, [:tags, :or_set])
+    :ok = on(a, :create, [:reg, :lww_register])
+    everywhere(peers, :reg, {:ok, nil})
+    # On a: an element, a register value and an id that name a new atom.
+    unknown = String.to_atom(name)
+    known = %{tag: "known", at: {2026, 12, 7}}
+    {:ok, _} = Cluster.call(a, ContextStore, :add, [:s, :tags, {unknown, 1}])
+    {:ok, _} = Cluster.call(a, ContextStore, :add, [:s, :tags, known])
+    {:ok, _} = Cluster.call(a, ContextStore, :set, [:s, :reg, %{state: unknown}])
+    :ok = Cluster.call(a, ContextStore, :create, [:s, {:id, unknown}, :g_counter])
+    {:ok, _} = Cluster.call(a, ContextStore, :increment, [:s, {:id, unknown}, 3])
+
+    eventually(fn -> match?({:ok, %{}}, get(b, :reg)) and get(b, :reg) != {:ok, nil} end)
+    eventually(fn -> match?({:ok, s} when map_size(s.map) == 2, get(b, :tags)) end)
+    eventually(fn -> length(on(b, :list_crdts, [])) == 3 end)
+
+    # Every read on b: what is known decodes, the rest is an UnsafeTerm,
+    # and no atom was made.
+    {:ok, tags} = get(b, :tags)
+    assert known in tags
+    assert [%Vsmcp.CRDT.UnsafeTerm{bytes: element}] = Enum.to_list(MapSet.delete(tags, known))
+    assert {:ok, %Vsmcp.CRDT.UnsafeTerm{}} = get(b, :reg)
+    ids = on(b, :list_crdts, [])
+    assert [%Vsmcp.CRDT.UnsafeTerm{} = id] = ids -- [:tags, :reg]
+    refute Cluster.call(b, SyncNode, :atom_exists?, [name])
+
+    # The struct names the original term: b reads the counter, removes
+    # the element and deletes the id, and a sees it all.
+    assert get(b, id) == {:ok, 3}
+    assert {:ok, true} = on(b, :member?, [:tags, %Vsmcp.CRDT.UnsafeTerm{bytes: element}])
+    {:ok, _} = on(b, :remove, [:tags, %Vsmcp.CRDT.UnsafeTerm{bytes: element}])
+    :ok = on(b, :delete, [id])
+    everywhere(peers, :tags, {:ok, MapSet.new([known])})
+    eventually(fn -> get(a, {:id, unknown}) == {:error, :not_found} end)
+    refute Cluster.call(b, SyncNode, :atom_exists?, [name])
+
+    # Bytes that are not a term are refused, not stored.
+    bad = %Vsmcp.CRDT.UnsafeTerm{bytes: <<255, 0>>}
+    assert {:error, _} = on(b, :add, [:tags, bad])
+    assert {:error, _} = on(b, :create, [bad, :g_counter])
   end
 end

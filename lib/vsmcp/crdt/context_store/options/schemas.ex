@@ -154,6 +154,14 @@ defmodule Vsmcp.CRDT.ContextStore.Options.Schemas do
       type: {:in, 0..@max_size},
       doc: "Bound of the outgoing delta log, in bytes (default 64 MiB). Accepted: `0..2^48`."
     ],
+    decode: [
+      type: {:in, [:trusted, :safe]},
+      doc:
+        "`:safe` for peers across a trust boundary: every id, element and value read back " <>
+          "is decoded with existing atoms only and `binary_to_term(_, [:safe])` rules; one " <>
+          "that cannot be reads as a `Vsmcp.CRDT.UnsafeTerm` (default `:trusted`: as DETS, " <>
+          "stored terms are read back with their atoms)."
+    ],
     secret: [
       type: {:custom, Vsmcp.CRDT.ContextStore.Options, :validate_secret, []},
       doc:
