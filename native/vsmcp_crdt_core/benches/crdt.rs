@@ -353,6 +353,26 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
+/// Sealing and opening a sync message with a MAC (`sync::auth`): a small
+/// message (an increment's delta) and the largest multi-entry one.
+fn auth(c: &mut Criterion) {
+    let mut g = c.benchmark_group("auth");
+    let ring = vsmcp_crdt_core::sync::Keyring::new(&[b"a cluster secret of 32 bytes!!!!"], b"t")
+        .unwrap();
+    for size in [64usize, 1 << 20] {
+        let msg = vec![0xC9u8; size];
+        let sealed = ring.seal(&msg);
+        g.throughput(criterion::Throughput::Bytes(size as u64));
+        g.bench_function(BenchmarkId::new("seal", size), |b| {
+            b.iter(|| ring.seal(black_box(&msg)))
+        });
+        g.bench_function(BenchmarkId::new("open", size), |b| {
+            b.iter(|| ring.open(black_box(&sealed)).unwrap().len())
+        });
+    }
+    g.finish();
+}
+
 // ---- memory --------------------------------------------------------------------
 
 /// Live bytes an OR-Set of 1M 8-byte elements holds beyond the elements'
@@ -386,6 +406,7 @@ criterion_group!(
     or_sets,
     merges,
     register_and_clock,
-    codec
+    codec,
+    auth
 );
 criterion_main!(benches);
