@@ -108,6 +108,7 @@ defmodule VsmcpCrdt.MixProject do
         "guides/upgrading-from-dets.md",
         "guides/operations.md",
         "guides/telemetry.md",
+        "guides/security.md",
         "guides/design-decisions.md",
         "CHANGELOG.md",
         "LICENSE"
@@ -120,6 +121,7 @@ defmodule VsmcpCrdt.MixProject do
           Vsmcp.CRDT.ContextStore,
           Vsmcp.CRDT.Supervisor,
           Vsmcp.CRDT.Error,
+          Vsmcp.CRDT.UnsafeTerm,
           Vsmcp.CRDT.Telemetry,
           Vsmcp.CRDT.Telemetry.Metrics
         ],
