@@ -50,7 +50,13 @@ defmodule Vsmcp.CRDT.Telemetry do
       Measurements: `%{count: 1}`. Metadata: `%{store:, topic:, peer: key
       | nil, reason: atom}` with `reason` one of `:malformed`,
       `:unsupported_version`, `:oversized`, `:clock_ahead`, `:type_clash`,
-      `:forgotten_replica`, `:unknown_peer`, `:local_error`.
+      `:forgotten_replica`, `:unknown_peer`, `:local_error`, `:busy`,
+      `:too_many_peers`, `:unauthenticated`, `:stale` (the last two with
+      `secret:`, see the security guide).
+    * `[:vsmcp_crdt, :sync, :merged]` - a message from a peer merged
+      entries (deltas or states) into the store. Measurements: `%{entries:
+      integer, bytes: integer}` (the message's size). Metadata: `%{store:,
+      topic:}`. One event per message, not per entry.
     * `[:vsmcp_crdt, :sync, :collected]` - a collection dropped delete
       tombstones or remove-wins set elements (with their remove tokens)
       once every member had them. Measurements: `%{tombstones: integer,
@@ -69,8 +75,8 @@ defmodule Vsmcp.CRDT.Telemetry do
       Measurements: `%{count: 1}`. Metadata: `%{store:, reason:
       String.t()}`.
 
-  No event is emitted per merge of a peer's data or per tier move of one
-  id: `Vsmcp.CRDT.ContextStore.info/1` counts them (`:ops`, `:crdts`).
+  No event is emitted per merged entry or per tier move of one id:
+  `Vsmcp.CRDT.ContextStore.info/1` counts them (`:ops`, `:crdts`).
   """
 
   @doc """

@@ -53,6 +53,7 @@ rustler::atoms! {
     changed,
     local,
     rejected,
+    merged,
     answered,
     collected,
     invalid_replica,

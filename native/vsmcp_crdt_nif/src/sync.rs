@@ -11,7 +11,9 @@
 //! (`nil`: broadcast) and `events` a list of
 //! `{:peer_up, key, attrs}`, `{:peer_down, key}`,
 //! `{:changed, id, :local | :remote}` (only when asked for),
-//! `{:rejected, key | nil, kind, detail}` and `{:answered, key}`.
+//! `{:rejected, key | nil, kind, detail}`, `{:answered, key}`,
+//! `{:collected, tombstones, elements}` and, from `sync_receive`,
+//! `{:merged, entries, bytes}` (a message that merged entries).
 //! Remote ids are decoded with existing atoms only; an id naming an atom
 //! unknown here reads as `%Vsmcp.CRDT.UnsafeTerm{}` (see `term`).
 
@@ -206,11 +208,15 @@ fn sync_receive<'a>(
 ) -> EngineReply<'a> {
     with_engine(&s, |e| {
         let mut events = Vec::new();
+        let before = e.counters().entries_merged;
         let outs = e.receive(&s.store, bytes.as_slice(), now_ms, &mut events);
-        (
-            outs_term(env, &outs),
-            events_term(env, &events, want_changes),
-        )
+        let merged = e.counters().entries_merged - before;
+        let mut events = events_term(env, &events, want_changes);
+        if merged > 0 {
+            let m = (atoms::merged(), merged, bytes.len()).encode(env);
+            events = events.list_prepend(m);
+        }
+        (outs_term(env, &outs), events)
     })
 }
 

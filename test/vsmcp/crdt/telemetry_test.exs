@@ -50,7 +50,15 @@ defmodule Vsmcp.CRDT.TelemetryTest do
     parent = self()
     id = "collected-#{System.unique_integer([:positive])}"
     handler = fn e, m, md, _ -> send(parent, {e, m, md}) end
-    :ok = :telemetry.attach(id, [:vsmcp_crdt, :sync, :collected], handler, nil)
+
+    :ok =
+      :telemetry.attach_many(
+        id,
+        [[:vsmcp_crdt, :sync, :collected], [:vsmcp_crdt, :sync, :merged]],
+        handler,
+        nil
+      )
+
     on_exit(fn -> :telemetry.detach(id) end)
     topic = "telemetry-collect-#{System.unique_integer([:positive])}"
     sync = [topic: topic, heartbeat_interval: 50, collect_after: 50]
@@ -72,6 +80,11 @@ defmodule Vsmcp.CRDT.TelemetryTest do
                    10_000
 
     assert t >= 1 and store in stores
+    # b merged a's create, one message at a time.
+    assert_received {[:vsmcp_crdt, :sync, :merged], %{entries: n, bytes: bytes},
+                     %{store: ^b, topic: ^topic}}
+
+    assert n >= 1 and bytes > 0
     Enum.each(stores, &ContextStore.stop/1)
   end
 
@@ -176,6 +189,7 @@ defmodule Vsmcp.CRDT.TelemetryTest do
       [:vsmcp_crdt, :sync, :rejected] => [:count],
       [:vsmcp_crdt, :sync, :round] => [:duration, :peers],
       [:vsmcp_crdt, :sync, :collected] => [:tombstones, :elements],
+      [:vsmcp_crdt, :sync, :merged] => [:entries, :bytes],
       [:vsmcp_crdt, :store, :decay] => [:duration, :hot, :warm, :hot_before, :warm_before],
       [:vsmcp_crdt, :store, :storage_error] => [:count],
       [:vsmcp_crdt, :store, :open, :stop] => [:duration],

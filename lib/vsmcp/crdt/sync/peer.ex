@@ -545,6 +545,16 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   defp event({:answered, key}, state), do: answered(state, key)
 
+  defp event({:merged, entries, bytes}, state) do
+    Telemetry.emit(
+      [:vsmcp_crdt, :sync, :merged],
+      %{entries: entries, bytes: bytes},
+      %{store: state.store, topic: state.topic}
+    )
+
+    state
+  end
+
   defp event({:collected, tombstones, elements}, state) do
     Telemetry.emit(
       [:vsmcp_crdt, :sync, :collected],

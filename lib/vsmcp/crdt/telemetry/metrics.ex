@@ -42,6 +42,8 @@ if Code.ensure_loaded?(Telemetry.Metrics) do
         counter("vsmcp_crdt.sync.peer_up.count", tags: [:topic]),
         counter("vsmcp_crdt.sync.peer_down.count", tags: [:topic]),
         counter("vsmcp_crdt.sync.rejected.count", tags: [:topic, :reason]),
+        sum("vsmcp_crdt.sync.merged.entries", tags: [:topic]),
+        sum("vsmcp_crdt.sync.merged.bytes", tags: [:topic]),
         sum("vsmcp_crdt.sync.collected.tombstones", tags: [:topic]),
         sum("vsmcp_crdt.sync.collected.elements", tags: [:topic]),
         summary("vsmcp_crdt.sync.round.duration", duration ++ [tags: [:topic, :result]]),
