@@ -85,7 +85,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       :ok
   """
   @spec subscribe(GenServer.server(), pid(), [term()] | :all) :: :ok | {:error, term()}
-  def subscribe(peer, pid, ids), do: GenServer.call(peer, {:subscribe, pid, ids})
+  def subscribe(peer, pid, ids) when is_pid(pid) and (ids == :all or is_list(ids)),
+    do: GenServer.call(peer, {:subscribe, pid, ids})
 
   @doc """
   Undo `subscribe/3` for `pid`: once this returns, nothing more is sent
@@ -232,7 +233,10 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       waiters: [],
       labels: %{},
       logged: %{},
-      ticking: false
+      # The refs of the pending `:tick` and `:heartbeat` timers: only those
+      # messages run (and re-arm) them, so forged ones add no timer.
+      tick_ref: nil,
+      heartbeat_ref: nil
     }
 
     if Keyword.get(opts, :enabled, false) and is_binary(state.topic) do
@@ -248,8 +252,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
         )
 
         state = %{state | transport: {mod, tstate}}
-        send(self(), :heartbeat)
-        {:ok, schedule_tick(state)}
+        {:ok, state |> schedule_heartbeat(0) |> schedule_tick()}
       else
         {:error, reason} -> {:stop, {:sync_start_failed, reason}}
       end
@@ -282,8 +285,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   defp put_opt(map, k, v), do: Map.put(map, k, v)
 
   @impl true
-  def handle_info(:tick, state) do
-    state = %{state | ticking: false}
+  def handle_info({:tick, ref}, %{tick_ref: ref} = state) when is_reference(ref) do
+    state = %{state | tick_ref: nil}
 
     case state.engine && Native.sync_tick(state.engine, now(), want_changes?(state)) do
       {:ok, {outs, events}} ->
@@ -295,8 +298,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     end
   end
 
-  def handle_info(:heartbeat, %{transport: {mod, t}} = state) do
-    Process.send_after(self(), :heartbeat, state.heartbeat)
+  def handle_info({:heartbeat, ref}, %{heartbeat_ref: ref, transport: {mod, t}} = state) do
+    state = schedule_heartbeat(state, state.heartbeat)
 
     case Native.sync_hello(state.engine, want_changes?(state)) do
       {:ok, {hello, events}} ->
@@ -335,7 +338,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   def handle_info(_msg, state), do: {:noreply, state}
 
   @impl true
-  def handle_call({:subscribe, pid, ids}, _from, state) do
+  def handle_call({:subscribe, pid, ids}, _from, state)
+      when is_pid(pid) and (ids == :all or (is_list(ids) and length(ids) >= 0)) do
     with {:ok, state} <- start_engine(state) do
       unless Map.has_key?(state.subs, pid), do: Process.monitor(pid)
       filter = if ids == :all, do: :all, else: MapSet.new(List.wrap(ids))
@@ -349,7 +353,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     {:reply, :ok, %{state | subs: Map.delete(state.subs, pid)} |> maybe_stop_local()}
   end
 
-  def handle_call({:sync, timeout}, from, %{transport: {_, _}} = state) do
+  def handle_call({:sync, timeout}, from, %{transport: {_, _}} = state)
+      when timeout == :infinity or (is_integer(timeout) and timeout in 0..4_294_967_295) do
     _ = Native.store_flush(state.store)
 
     case Native.sync_round(state.engine, now(), want_changes?(state)) do
@@ -376,7 +381,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     end
   end
 
-  def handle_call({:sync, _timeout}, _from, state) do
+  def handle_call({:sync, _timeout}, _from, %{transport: nil} = state) do
     {:reply, Native.store_flush(state.store), state}
   end
 
@@ -423,6 +428,14 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     {:reply, info, state}
   end
 
+  # Anything else (a junk call, or a known one with arguments of the
+  # wrong shape) is refused; the peer goes on.
+  def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
+
+  @impl true
+  # Nothing is cast to a peer; a junk cast is dropped.
+  def handle_cast(_request, state), do: {:noreply, state}
+
   @impl true
   def terminate(_reason, state) do
     if state.engine, do: Native.sync_stop(state.engine)
@@ -454,15 +467,22 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   defp want_changes?(state), do: state.subs != %{}
 
-  defp schedule_tick(%{ticking: true} = state), do: state
+  defp schedule_tick(%{tick_ref: ref} = state) when ref != nil, do: state
 
   defp schedule_tick(state) do
     if state.transport != nil or state.subs != %{} do
-      Process.send_after(self(), :tick, state.tick)
-      %{state | ticking: true}
+      ref = make_ref()
+      Process.send_after(self(), {:tick, ref}, state.tick)
+      %{state | tick_ref: ref}
     else
       state
     end
+  end
+
+  defp schedule_heartbeat(state, after_ms) do
+    ref = make_ref()
+    Process.send_after(self(), {:heartbeat, ref}, after_ms)
+    %{state | heartbeat_ref: ref}
   end
 
   # A local store with no subscriber left stops recording changes.
