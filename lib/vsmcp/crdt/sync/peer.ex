@@ -566,13 +566,6 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     state
   end
 
-  # Logger metadata of this peer's lines: the `:domain` lets a handler
-  # filter every sync line (`[:vsmcp_crdt, :sync]`), the rest says which
-  # store, topic and peer a line is about.
-  defp log_meta(state, more \\ []) do
-    [domain: [:vsmcp_crdt, :sync], crdt_store: state.store, crdt_topic: state.topic] ++ more
-  end
-
   defp event({:rejected, who, kind, detail}, state) do
     k = {who, kind}
     t = now()
@@ -605,6 +598,13 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   end
 
   defp event(_other, state), do: state
+
+  # Logger metadata of this peer's lines: the `:domain` lets a handler
+  # filter every sync line (`[:vsmcp_crdt, :sync]`), the rest says which
+  # store, topic and peer a line is about.
+  defp log_meta(state, more \\ []) do
+    [domain: [:vsmcp_crdt, :sync], crdt_store: state.store, crdt_topic: state.topic] ++ more
+  end
 
   # A peer answered: waiters need no answer from it any more.
   defp answered(state, key) do
