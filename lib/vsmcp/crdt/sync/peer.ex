@@ -10,7 +10,9 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       under the store's replica key;
     * every `:tick_interval` ms (5) hands the store's local changes to the
       engine and sends what it returns (delta-intervals, retransmissions);
-    * every `:heartbeat_interval` ms (1000) broadcasts a hello: discovery,
+    * every `:heartbeat_interval` ms (1000) joins the topic again (a no-op
+      while joined; a transport that lost its members, such as a restarted
+      `:pg` scope, gets them back) and broadcasts a hello: discovery,
       liveness, wire versions and the digest root (anti-entropy starts when
       roots differ);
     * hands every message received to the engine, which merges it into the
@@ -61,6 +63,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   @heartbeat 1_000
   @sync_timeout 5_000
   @log_every_ms 60_000
+  # Senders whose last refusal was logged within the minute, at most.
+  @max_logged 1_024
 
   @doc false
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
@@ -300,6 +304,9 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   def handle_info({:heartbeat, ref}, %{heartbeat_ref: ref, transport: {mod, t}} = state) do
     state = schedule_heartbeat(state, state.heartbeat)
+    # Join again (a no-op while joined): a `:pg` scope that crashed and was
+    # restarted (junk sent to it makes OTP's `:pg` crash) has forgotten us.
+    :ok = mod.join(t, state.topic, state.key)
 
     case Native.sync_hello(state.engine, want_changes?(state)) do
       {:ok, {hello, events}} ->
@@ -581,23 +588,32 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       %{^k => last} when t - last < @log_every_ms ->
         state
 
-      _ ->
-        label = if who, do: Map.get(state.labels, who, who), else: "unknown sender"
+      logged ->
         # Forget old entries, so forged senders cannot grow the map for ever.
-        logged = Map.reject(state.logged, fn {_, at} -> t - at >= @log_every_ms end)
-        state = %{state | logged: logged}
-
-        Logger.warning(
-          "Vsmcp.CRDT sync: refused #{kind} from #{label} on #{state.topic}: #{detail} " <>
-            "(further ones counted, logged at most once a minute)",
-          log_meta(state, crdt_peer: who, crdt_reject: kind)
-        )
-
-        %{state | logged: Map.put(state.logged, k, t)}
+        logged = Map.reject(logged, fn {_, at} -> t - at >= @log_every_ms end)
+        log_refusal(%{state | logged: logged}, k, t, detail)
     end
   end
 
   defp event(_other, state), do: state
+
+  # Beyond `@max_logged` senders within a minute (forged ones), refusals
+  # are counted but not logged.
+  defp log_refusal(%{logged: logged} = state, _k, _t, _detail)
+       when map_size(logged) >= @max_logged,
+       do: state
+
+  defp log_refusal(state, {who, kind} = k, t, detail) do
+    label = if who, do: Map.get(state.labels, who, who), else: "unknown sender"
+
+    Logger.warning(
+      "Vsmcp.CRDT sync: refused #{kind} from #{label} on #{state.topic}: #{detail} " <>
+        "(further ones counted, logged at most once a minute)",
+      log_meta(state, crdt_peer: who, crdt_reject: kind)
+    )
+
+    %{state | logged: Map.put(state.logged, k, t)}
+  end
 
   # Logger metadata of this peer's lines: the `:domain` lets a handler
   # filter every sync line (`[:vsmcp_crdt, :sync]`), the rest says which
