@@ -140,6 +140,7 @@ defmodule Vsmcp.CRDT.ContextStore.Server do
     # whenever this process dies, even by `Process.exit(pid, :kill)`.
     Native.store_register(handle, self())
     interval = Options.decay_interval(opts)
+
     state = %{
       handle: handle,
       decay_interval: interval,
