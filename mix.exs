@@ -50,6 +50,8 @@ defmodule VsmcpCrdt.MixProject do
       dep(:phoenix_pubsub, "~> 2.1", optional: true),
       dep(:telemetry, "~> 1.2", optional: true),
       dep(:telemetry_metrics, "~> 1.0", optional: true),
+      # Property tests of the Elixir API (random terms that shrink).
+      dep(:stream_data, "~> 1.1", only: :test),
       # `mix docs`; MIX_ENV=docs builds them without compiling the NIF.
       dep(:ex_doc, "~> 0.34", only: [:dev, :docs], runtime: false)
     ]

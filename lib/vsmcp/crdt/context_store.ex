@@ -171,7 +171,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   """
   @spec stop(store(), term(), non_neg_integer()) ::
           :ok | {:error, {:unflushed, non_neg_integer(), String.t()}}
-  def stop(store, reason \\ :normal, timeout \\ @close_deadline) do
+  def stop(store, reason \\ :normal, timeout \\ @close_deadline)
+      when is_integer(timeout) and timeout >= 0 do
     result = GenServer.call(store, {:close, timeout}, :infinity)
     GenServer.stop(store, reason)
     result
@@ -612,7 +613,8 @@ defmodule Vsmcp.CRDT.ContextStore do
       :ok
   """
   @spec subscribe(store(), [crdt_id()] | :all, pid()) :: :ok | {:error, term()}
-  def subscribe(store \\ __MODULE__, ids \\ :all, pid \\ self()) do
+  def subscribe(store \\ __MODULE__, ids \\ :all, pid \\ self())
+      when is_pid(pid) and (ids == :all or (is_list(ids) and length(ids) >= 0)) do
     with {:ok, peer} <- peer(store), do: Peer.subscribe(peer, pid, ids)
   end
 

@@ -154,9 +154,12 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
       0
   """
   @spec decay_interval(keyword()) :: non_neg_integer()
-  def decay_interval(opts) do
-    get_in(opts, [:storage_opts, :decay_interval]) || @default_decay_interval
+  def decay_interval(opts) when is_list(opts) do
+    opts |> Keyword.get(:storage_opts, []) |> storage_decay_interval()
   end
+
+  defp storage_decay_interval(storage) when is_list(storage),
+    do: Keyword.get(storage, :decay_interval) || @default_decay_interval
 
   @doc """
   The sync options of a store (`:sync_opts` of `start_link/1`), checked,

@@ -46,6 +46,8 @@ defmodule Vsmcp.CRDT.ContextStore.Server do
 
   # How long a closing store retries writes the disk refused.
   @close_deadline 5_000
+  # The longest `{:close, timeout}` taken (the NIF's u64 of ms).
+  @max_close_ms 0xFFFF_FFFF_FFFF_FFFF
 
   @doc false
   # The default `timeout` of `Vsmcp.CRDT.ContextStore.stop/3`.
@@ -138,13 +140,19 @@ defmodule Vsmcp.CRDT.ContextStore.Server do
     # whenever this process dies, even by `Process.exit(pid, :kill)`.
     Native.store_register(handle, self())
     interval = Options.decay_interval(opts)
-    state = %{handle: handle, decay_interval: interval, closed: nil, sync_opts: opts[:sync_opts]}
+
+    state = %{
+      handle: handle,
+      decay_interval: interval,
+      decay_ref: nil,
+      closed: nil,
+      sync_opts: opts[:sync_opts]
+    }
 
     case start_peer(state) do
       {:ok, peer} ->
         state = Map.put(state, :peer, peer)
-        schedule_decay(state)
-        {:ok, state}
+        {:ok, schedule_decay(state)}
 
       {:error, reason} ->
         Native.store_close(handle, @close_deadline)
@@ -159,24 +167,47 @@ defmodule Vsmcp.CRDT.ContextStore.Server do
   # `Vsmcp.CRDT.ContextStore`, and the examples and tests of that module.
   def handle_call(:peer, _from, state), do: {:reply, {:ok, state.peer}, state}
 
-  def handle_call({:close, timeout}, _from, state) do
+  def handle_call({:close, timeout}, _from, state)
+      when is_integer(timeout) and timeout in 0..@max_close_ms do
     stop_peer(state)
     result = close(state, timeout)
     {:reply, result, %{state | closed: result}}
   end
 
+  # Anything else (a junk call, a close with a timeout that is not a
+  # number of ms) is refused; the store goes on.
+  def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
+
   @impl true
-  def handle_info(:decay, state) do
+  # Nothing is cast to a store; a junk cast is dropped.
+  def handle_cast(_request, state), do: {:noreply, state}
+
+  @impl true
+  # Only the pass of the current timer runs (and re-arms it): a forged
+  # `:decay` message must not add a second timer.
+  def handle_info({:decay, ref}, %{decay_ref: ref} = state) do
     before = Native.store_stats(state.handle)
     started = System.monotonic_time()
     Native.store_decay(state.handle)
     decay_telemetry(before, Native.store_stats(state.handle), started)
-    schedule_decay(state)
-    {:noreply, state}
+    {:noreply, schedule_decay(state)}
   end
 
-  # The peer process crashed: the store goes on, with a new one.
+  # The peer process crashed: the store goes on, with a new one. An exit
+  # message naming a peer that is still alive is forged (a real one comes
+  # once the peer is dead), and ignored: a second peer must not start.
   def handle_info({:EXIT, peer, reason}, %{peer: peer} = state) when reason != :normal do
+    if Process.alive?(peer), do: {:noreply, state}, else: restart_peer(state, reason)
+  end
+
+  # Exit signals come from pids and ports; anything else shaped like one is
+  # a forged message.
+  def handle_info({:EXIT, from, reason}, state) when is_pid(from) or is_port(from),
+    do: {:stop, reason, state}
+
+  def handle_info(_msg, state), do: {:noreply, state}
+
+  defp restart_peer(state, reason) do
     Logger.error(
       "Vsmcp.CRDT.ContextStore: sync peer exited (#{inspect(reason)}), restarting it",
       domain: [:vsmcp_crdt, :sync],
@@ -188,9 +219,6 @@ defmodule Vsmcp.CRDT.ContextStore.Server do
       {:error, reason} -> {:stop, reason, state}
     end
   end
-
-  def handle_info({:EXIT, _from, reason}, state), do: {:stop, reason, state}
-  def handle_info(_msg, state), do: {:noreply, state}
 
   @impl true
   def terminate(_reason, state) do
@@ -261,10 +289,13 @@ defmodule Vsmcp.CRDT.ContextStore.Server do
   # ---------------------------------------------------------------------------
   # Decay: demotion passes on a timer
 
-  defp schedule_decay(%{decay_interval: i}) when is_integer(i) and i > 0,
-    do: Process.send_after(self(), :decay, i)
+  defp schedule_decay(%{decay_interval: i} = state) when is_integer(i) and i > 0 do
+    ref = make_ref()
+    Process.send_after(self(), {:decay, ref}, i)
+    %{state | decay_ref: ref}
+  end
 
-  defp schedule_decay(_), do: :ok
+  defp schedule_decay(state), do: state
 
   defp decay_telemetry(%{} = before, %{} = stats, started) do
     Telemetry.emit(

@@ -94,7 +94,7 @@ defmodule Vsmcp.CRDT.Storage.Location do
       :ok
   """
   @spec resolve(keyword()) :: {:ok, t} | {:error, term()}
-  def resolve(storage_opts) do
+  def resolve(storage_opts) when is_list(storage_opts) do
     cond do
       dir = storage_opts[:data_dir] -> data_dir(dir)
       file = storage_opts[:dets_file] -> marker(file)

@@ -10,7 +10,9 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       under the store's replica key;
     * every `:tick_interval` ms (5) hands the store's local changes to the
       engine and sends what it returns (delta-intervals, retransmissions);
-    * every `:heartbeat_interval` ms (1000) broadcasts a hello: discovery,
+    * every `:heartbeat_interval` ms (1000) joins the topic again (a no-op
+      while joined; a transport that lost its members, such as a restarted
+      `:pg` scope, gets them back) and broadcasts a hello: discovery,
       liveness, wire versions and the digest root (anti-entropy starts when
       roots differ);
     * hands every message received to the engine, which merges it into the
@@ -61,6 +63,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   @heartbeat 1_000
   @sync_timeout 5_000
   @log_every_ms 60_000
+  # Senders whose last refusal was logged within the minute, at most.
+  @max_logged 1_024
 
   @doc false
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
@@ -85,7 +89,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       :ok
   """
   @spec subscribe(GenServer.server(), pid(), [term()] | :all) :: :ok | {:error, term()}
-  def subscribe(peer, pid, ids), do: GenServer.call(peer, {:subscribe, pid, ids})
+  def subscribe(peer, pid, ids) when is_pid(pid) and (ids == :all or is_list(ids)),
+    do: GenServer.call(peer, {:subscribe, pid, ids})
 
   @doc """
   Undo `subscribe/3` for `pid`: once this returns, nothing more is sent
@@ -232,7 +237,10 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       waiters: [],
       labels: %{},
       logged: %{},
-      ticking: false
+      # The refs of the pending `:tick` and `:heartbeat` timers: only those
+      # messages run (and re-arm) them, so forged ones add no timer.
+      tick_ref: nil,
+      heartbeat_ref: nil
     }
 
     if Keyword.get(opts, :enabled, false) and is_binary(state.topic) do
@@ -248,8 +256,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
         )
 
         state = %{state | transport: {mod, tstate}}
-        send(self(), :heartbeat)
-        {:ok, schedule_tick(state)}
+        {:ok, state |> schedule_heartbeat(0) |> schedule_tick()}
       else
         {:error, reason} -> {:stop, {:sync_start_failed, reason}}
       end
@@ -291,8 +298,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     do: Map.merge(map, %{secrets: secrets.(), auth_context: topic})
 
   @impl true
-  def handle_info(:tick, state) do
-    state = %{state | ticking: false}
+  def handle_info({:tick, ref}, %{tick_ref: ref} = state) when is_reference(ref) do
+    state = %{state | tick_ref: nil}
 
     case state.engine && Native.sync_tick(state.engine, now(), want_changes?(state)) do
       {:ok, {outs, events}} ->
@@ -304,8 +311,11 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     end
   end
 
-  def handle_info(:heartbeat, %{transport: {mod, t}} = state) do
-    Process.send_after(self(), :heartbeat, state.heartbeat)
+  def handle_info({:heartbeat, ref}, %{heartbeat_ref: ref, transport: {mod, t}} = state) do
+    state = schedule_heartbeat(state, state.heartbeat)
+    # Join again (a no-op while joined): a `:pg` scope that crashed and was
+    # restarted (junk sent to it makes OTP's `:pg` crash) has forgotten us.
+    :ok = mod.join(t, state.topic, state.key)
 
     case Native.sync_hello(state.engine, want_changes?(state)) do
       {:ok, {hello, events}} ->
@@ -344,7 +354,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   def handle_info(_msg, state), do: {:noreply, state}
 
   @impl true
-  def handle_call({:subscribe, pid, ids}, _from, state) do
+  def handle_call({:subscribe, pid, ids}, _from, state)
+      when is_pid(pid) and (ids == :all or (is_list(ids) and length(ids) >= 0)) do
     with {:ok, state} <- start_engine(state) do
       unless Map.has_key?(state.subs, pid), do: Process.monitor(pid)
       filter = if ids == :all, do: :all, else: MapSet.new(List.wrap(ids))
@@ -358,7 +369,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     {:reply, :ok, %{state | subs: Map.delete(state.subs, pid)} |> maybe_stop_local()}
   end
 
-  def handle_call({:sync, timeout}, from, %{transport: {_, _}} = state) do
+  def handle_call({:sync, timeout}, from, %{transport: {_, _}} = state)
+      when timeout == :infinity or (is_integer(timeout) and timeout in 0..4_294_967_295) do
     _ = Native.store_flush(state.store)
 
     case Native.sync_round(state.engine, now(), want_changes?(state)) do
@@ -385,7 +397,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     end
   end
 
-  def handle_call({:sync, _timeout}, _from, state) do
+  def handle_call({:sync, _timeout}, _from, %{transport: nil} = state) do
     {:reply, Native.store_flush(state.store), state}
   end
 
@@ -432,6 +444,14 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     {:reply, info, state}
   end
 
+  # Anything else (a junk call, or a known one with arguments of the
+  # wrong shape) is refused; the peer goes on.
+  def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
+
+  @impl true
+  # Nothing is cast to a peer; a junk cast is dropped.
+  def handle_cast(_request, state), do: {:noreply, state}
+
   @impl true
   def terminate(_reason, state) do
     if state.engine, do: Native.sync_stop(state.engine)
@@ -463,15 +483,22 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   defp want_changes?(state), do: state.subs != %{}
 
-  defp schedule_tick(%{ticking: true} = state), do: state
+  defp schedule_tick(%{tick_ref: ref} = state) when ref != nil, do: state
 
   defp schedule_tick(state) do
     if state.transport != nil or state.subs != %{} do
-      Process.send_after(self(), :tick, state.tick)
-      %{state | ticking: true}
+      ref = make_ref()
+      Process.send_after(self(), {:tick, ref}, state.tick)
+      %{state | tick_ref: ref}
     else
       state
     end
+  end
+
+  defp schedule_heartbeat(state, after_ms) do
+    ref = make_ref()
+    Process.send_after(self(), {:heartbeat, ref}, after_ms)
+    %{state | heartbeat_ref: ref}
   end
 
   # A local store with no subscriber left stops recording changes.
@@ -565,13 +592,6 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     state
   end
 
-  # Logger metadata of this peer's lines: the `:domain` lets a handler
-  # filter every sync line (`[:vsmcp_crdt, :sync]`), the rest says which
-  # store, topic and peer a line is about.
-  defp log_meta(state, more \\ []) do
-    [domain: [:vsmcp_crdt, :sync], crdt_store: state.store, crdt_topic: state.topic] ++ more
-  end
-
   defp event({:rejected, who, kind, detail}, state) do
     k = {who, kind}
     t = now()
@@ -587,23 +607,39 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       %{^k => last} when t - last < @log_every_ms ->
         state
 
-      _ ->
-        label = if who, do: Map.get(state.labels, who, who), else: "unknown sender"
+      logged ->
         # Forget old entries, so forged senders cannot grow the map for ever.
-        logged = Map.reject(state.logged, fn {_, at} -> t - at >= @log_every_ms end)
-        state = %{state | logged: logged}
-
-        Logger.warning(
-          "Vsmcp.CRDT sync: refused #{kind} from #{label} on #{state.topic}: #{detail} " <>
-            "(further ones counted, logged at most once a minute)",
-          log_meta(state, crdt_peer: who, crdt_reject: kind)
-        )
-
-        %{state | logged: Map.put(state.logged, k, t)}
+        logged = Map.reject(logged, fn {_, at} -> t - at >= @log_every_ms end)
+        log_refusal(%{state | logged: logged}, k, t, detail)
     end
   end
 
   defp event(_other, state), do: state
+
+  # Beyond `@max_logged` senders within a minute (forged ones), refusals
+  # are counted but not logged.
+  defp log_refusal(%{logged: logged} = state, _k, _t, _detail)
+       when map_size(logged) >= @max_logged,
+       do: state
+
+  defp log_refusal(state, {who, kind} = k, t, detail) do
+    label = if who, do: Map.get(state.labels, who, who), else: "unknown sender"
+
+    Logger.warning(
+      "Vsmcp.CRDT sync: refused #{kind} from #{label} on #{state.topic}: #{detail} " <>
+        "(further ones counted, logged at most once a minute)",
+      log_meta(state, crdt_peer: who, crdt_reject: kind)
+    )
+
+    %{state | logged: Map.put(state.logged, k, t)}
+  end
+
+  # Logger metadata of this peer's lines: the `:domain` lets a handler
+  # filter every sync line (`[:vsmcp_crdt, :sync]`), the rest says which
+  # store, topic and peer a line is about.
+  defp log_meta(state, more \\ []) do
+    [domain: [:vsmcp_crdt, :sync], crdt_store: state.store, crdt_topic: state.topic] ++ more
+  end
 
   # A peer answered: waiters need no answer from it any more.
   defp answered(state, key) do

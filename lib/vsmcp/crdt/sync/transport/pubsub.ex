@@ -53,10 +53,13 @@ if Code.ensure_loaded?(Phoenix.PubSub) do
 
     @impl true
     def join(%{pubsub: pubsub}, topic, key) when is_binary(topic) and is_binary(key) do
-      for channel <- [topic_channel(topic), direct_channel(topic, key)] do
-        # Unsubscribing first makes join idempotent: the Registry would
-        # otherwise deliver once per subscription.
-        :ok = PubSub.unsubscribe(pubsub, channel)
+      # Idempotent: the Registry would deliver once per subscription, so a
+      # channel this process is subscribed to already is left alone (the
+      # peer joins again at every heartbeat).
+      subscribed = Registry.keys(pubsub, self())
+
+      for channel <- [topic_channel(topic), direct_channel(topic, key)],
+          channel not in subscribed do
         :ok = PubSub.subscribe(pubsub, channel)
       end
 
