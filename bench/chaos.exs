@@ -51,7 +51,10 @@ seeds =
 tmp = Keyword.get(opts, :tmp, Path.join(System.tmp_dir!(), "vsmcp_chaos"))
 out = Keyword.get(opts, :out, Path.expand("RESULTS-chaos.md", __DIR__))
 steps = Keyword.get(opts, :steps, 16)
-deadline = System.monotonic_time(:millisecond) + round(Keyword.get(opts, :minutes, 1.0e6) * 60_000)
+
+deadline =
+  System.monotonic_time(:millisecond) + round(Keyword.get(opts, :minutes, 1.0e6) * 60_000)
+
 System.cmd("epmd", ["-daemon"])
 Logger.configure(level: :error)
 command = "MIX_ENV=test mix run bench/chaos.exs " <> Enum.join(System.argv(), " ")
@@ -66,12 +69,14 @@ write = fn reports, started ->
   failed = Enum.reject(reports, &(&1.failures == []))
   faults = Enum.reduce(reports, %{}, &Map.merge(&2, &1.faults, fn _, a, b -> a + b end))
 
-  transport =
-    Enum.reduce(reports, %{}, &Map.merge(&2, &1.transport, fn _, a, b -> a + b end))
+  transport = Enum.reduce(reports, %{}, &Map.merge(&2, &1.transport, fn _, a, b -> a + b end))
 
   kills = Enum.flat_map(reports, &Map.get(&1.losses, :relaxed_kills, []))
   lossy = Enum.filter(kills, &(&1.lost_increments > 0))
-  shared = reports |> Enum.map(&Map.get(&1.losses, :shared_g_counter_lost)) |> Enum.filter(&is_integer/1)
+
+  shared =
+    reports |> Enum.map(&Map.get(&1.losses, :shared_g_counter_lost)) |> Enum.filter(&is_integer/1)
+
   durations = Enum.map(reports, & &1.duration_ms)
   nodes = reports |> Enum.frequencies_by(& &1.nodes) |> Enum.sort()
 

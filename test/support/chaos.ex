@@ -171,6 +171,7 @@ defmodule Vsmcp.Test.Chaos do
         {u, r} = :rand.uniform_s(r)
         {{u, x}, r}
       end)
+
     {keyed |> Enum.sort() |> Enum.map(&elem(&1, 1)), r}
   end
 
@@ -180,8 +181,7 @@ defmodule Vsmcp.Test.Chaos do
     up = MapSet.to_list(st.up)
     members = members(st)
 
-    pairs =
-      for a <- members, b <- members, a < b, not MapSet.member?(st.cuts, {a, b}), do: {a, b}
+    pairs = for a <- members, b <- members, a < b, not MapSet.member?(st.cuts, {a, b}), do: {a, b}
 
     List.flatten([
       for(i <- up, length(up) >= 2, not MapSet.member?(st.failing, i), do: {3, {:kill, i}}),
@@ -190,17 +190,21 @@ defmodule Vsmcp.Test.Chaos do
         do: [{2, {:partition, members}}],
         else: []
       ),
-      if(length(members) >= 3, do: Enum.map(pairs, &{1, {:partial, elem(&1, 0), elem(&1, 1)}}), else: []),
+      if(length(members) >= 3,
+        do: Enum.map(pairs, &{1, {:partial, elem(&1, 0), elem(&1, 1)}}),
+        else: []
+      ),
       if(MapSet.size(st.cuts) > 0, do: [{3, :heal}], else: []),
       if(MapSet.size(st.skewed) == 0, do: Enum.map(up, &{1, {:skew, &1}}), else: []),
       Enum.map(st.skewed, &{3, {:unskew, &1}}),
       if(MapSet.size(st.failing) == 0, do: Enum.map(up, &{1, {:fail_writes, &1}}), else: []),
       Enum.map(st.failing, &{3, {:recover_writes, &1}}),
       # A node leaves only when another one can take its data over.
-      if(st.left == nil and st.n >= 3 and st.step >= 3 and MapSet.member?(st.up, st.n - 1) and
-           MapSet.size(st.failing) == 0 and MapSet.size(st.up) >= 2,
-         do: [{2, {:leave, st.n - 1}}],
-         else: []
+      if(
+        st.left == nil and st.n >= 3 and st.step >= 3 and MapSet.member?(st.up, st.n - 1) and
+          MapSet.size(st.failing) == 0 and MapSet.size(st.up) >= 2,
+        do: [{2, {:leave, st.n - 1}}],
+        else: []
       ),
       if(st.backup == nil and MapSet.member?(st.up, 0) and not MapSet.member?(st.failing, 0),
         do: [{2, {:backup, 0}}],
@@ -320,7 +324,10 @@ defmodule Vsmcp.Test.Chaos do
         |> check()
       rescue
         e ->
-          fail(st_from_process(st), "harness error: " <> Exception.format(:error, e, __STACKTRACE__))
+          fail(
+            st_from_process(st),
+            "harness error: " <> Exception.format(:error, e, __STACKTRACE__)
+          )
       catch
         kind, reason ->
           fail(st_from_process(st), "harness #{kind}: #{inspect(reason)}")
@@ -341,6 +348,7 @@ defmodule Vsmcp.Test.Chaos do
   # The latest state, kept in the process dictionary by each stage so that
   # a failure half-way still reports (and stops) what it had.
   defp st_from_process(st), do: Process.get(:chaos_state, st)
+
   defp keep(st) do
     Process.put(:chaos_state, st)
     st
@@ -358,7 +366,9 @@ defmodule Vsmcp.Test.Chaos do
         prefix: "chaos",
         pubsub: Vsmcp.PubSub,
         load: Keyword.get(st.ctx.opts, :load, []),
-        app_env: fn p -> app_env(p.dir, Enum.at(sched.durability, p.index), Enum.at(sched.transport, p.index)) end
+        app_env: fn p ->
+          app_env(p.dir, Enum.at(sched.durability, p.index), Enum.at(sched.transport, p.index))
+        end
       )
 
     st = %{st | cookie: cookie}
@@ -561,7 +571,10 @@ defmodule Vsmcp.Test.Chaos do
         end
       )
 
-    for {k, other} <- st.peers, not MapSet.member?(st.cuts, pair(k, :r)), do: Cluster.connect(h, other)
+    for {k, other} <- st.peers,
+        not MapSet.member?(st.cuts, pair(k, :r)),
+        do: Cluster.connect(h, other)
+
     :ok = Cluster.call(h, __MODULE__, :start_host, [])
     forget(%{st | peers: Map.put(st.peers, :r, h)}, :r)
   end
@@ -612,7 +625,11 @@ defmodule Vsmcp.Test.Chaos do
   defp collect_transport(st, h) do
     case safe_call(h, ContextStore, :sync_info, [@store]) do
       %{transport_stats: %{} = s} ->
-        %{st | transport: Map.merge(st.transport, Map.take(s, Map.keys(st.transport)), fn _, a, b -> a + b end)}
+        %{
+          st
+          | transport:
+              Map.merge(st.transport, Map.take(s, Map.keys(st.transport)), fn _, a, b -> a + b end)
+        }
 
       _ ->
         st
@@ -721,7 +738,8 @@ defmodule Vsmcp.Test.Chaos do
       x <= 25 ->
         if rem(y, 2) == 0,
           do: {{{:shared, :g_counter}, :increment, [rem(y, 5) + 1]}, ws},
-          else: {{{:shared, :pn_counter}, pick_of([:increment, :decrement], y), [rem(y, 7) + 1]}, ws}
+          else:
+            {{{:shared, :pn_counter}, pick_of([:increment, :decrement], y), [rem(y, 7) + 1]}, ws}
 
       x <= 45 ->
         set = pick_of([{:shared, :or_set}, {:shared, :aw_set}], y)
@@ -760,18 +778,18 @@ defmodule Vsmcp.Test.Chaos do
 
   defp owned_op(type, elems, y, ws) do
     case type do
-        :g_counter ->
-          {:increment, [rem(y, 3) + 1]}
+      :g_counter ->
+        {:increment, [rem(y, 3) + 1]}
 
-        :pn_counter ->
-          {pick_of([:increment, :decrement], y), [rem(y, 4) + 1]}
+      :pn_counter ->
+        {pick_of([:increment, :decrement], y), [rem(y, 4) + 1]}
 
-        set when set in [:or_set, :aw_set] ->
-          e = "tag-#{rem(div(y, 2), 4)}"
-          {if(MapSet.member?(elems, e), do: :remove, else: :add), [e]}
+      set when set in [:or_set, :aw_set] ->
+        e = "tag-#{rem(div(y, 2), 4)}"
+        {if(MapSet.member?(elems, e), do: :remove, else: :add), [e]}
 
-        :lww_register ->
-          {:set, [value(ws, y)]}
+      :lww_register ->
+        {:set, [value(ws, y)]}
     end
   end
 
@@ -867,7 +885,8 @@ defmodule Vsmcp.Test.Chaos do
     Enum.map_join(rest, "; ", fn {n, d} ->
       if is_map(d0) and is_map(d) do
         diff =
-          for id <- Enum.uniq(Map.keys(d0) ++ Map.keys(d)), Map.get(d0, id) != Map.get(d, id),
+          for id <- Enum.uniq(Map.keys(d0) ++ Map.keys(d)),
+              Map.get(d0, id) != Map.get(d, id),
               do: {id, Map.get(d0, id, :absent), Map.get(d, id, :absent)}
 
         "#{n0} vs #{n}: #{length(diff)} ids differ, e.g. #{inspect(Enum.take(diff, 3), limit: 20)}"
@@ -886,7 +905,12 @@ defmodule Vsmcp.Test.Chaos do
       |> :ets.tab2list()
       |> Enum.sort()
       |> Enum.map(fn {{node, w, seq}, op} ->
-        Map.merge(op, %{node: node, w: w, seq: seq, certain: certain?(op, node, relaxed_kills, window)})
+        Map.merge(op, %{
+          node: node,
+          w: w,
+          seq: seq,
+          certain: certain?(op, node, relaxed_kills, window)
+        })
       end)
 
     by_id = Enum.group_by(ops, & &1.id)
@@ -894,7 +918,9 @@ defmodule Vsmcp.Test.Chaos do
     failures =
       Enum.flat_map(ops, fn
         %{res: {:error, reason}} = op ->
-          ["anomaly: #{inspect(op.f)} #{inspect(op.id)} #{inspect(op.args)} on node #{op.node} answered #{inspect(reason)}"]
+          [
+            "anomaly: #{inspect(op.f)} #{inspect(op.id)} #{inspect(op.args)} on node #{op.node} answered #{inspect(reason)}"
+          ]
 
         _ ->
           []
@@ -924,9 +950,14 @@ defmodule Vsmcp.Test.Chaos do
   defp amount(%{f: :decrement, args: [n]}), do: -n
 
   defp check_counters(by_id, dump) do
-    for t <- [:g_counter, :pn_counter], id = {:shared, t}, ops = Map.get(by_id, id, []), reduce: [] do
+    for t <- [:g_counter, :pn_counter],
+        id = {:shared, t},
+        ops = Map.get(by_id, id, []),
+        reduce: [] do
       acc ->
-        {sure, unsure} = Enum.split_with(Enum.filter(ops, &(&1.res in [:ok, :unknown])), & &1.certain)
+        {sure, unsure} =
+          Enum.split_with(Enum.filter(ops, &(&1.res in [:ok, :unknown])), & &1.certain)
+
         base = sure |> Enum.map(&amount/1) |> Enum.sum()
         up = unsure |> Enum.map(&amount/1) |> Enum.filter(&(&1 > 0)) |> Enum.sum()
         down = unsure |> Enum.map(&amount/1) |> Enum.filter(&(&1 < 0)) |> Enum.sum()
@@ -934,7 +965,11 @@ defmodule Vsmcp.Test.Chaos do
 
         if is_integer(v) and v >= base + down and v <= base + up,
           do: acc,
-          else: acc ++ ["#{inspect(id)} is #{inspect(v)}, expected #{base + down}..#{base + up} (certain sum #{base})"]
+          else:
+            acc ++
+              [
+                "#{inspect(id)} is #{inspect(v)}, expected #{base + down}..#{base + up} (certain sum #{base})"
+              ]
     end
   end
 
@@ -946,12 +981,16 @@ defmodule Vsmcp.Test.Chaos do
         added = for op <- ops, op.f == :add, into: MapSet.new(), do: hd(op.args)
 
         stray =
-          if match?(%MapSet{}, set), do: MapSet.difference(set, added), else: MapSet.new([:not_a_set])
+          if match?(%MapSet{}, set),
+            do: MapSet.difference(set, added),
+            else: MapSet.new([:not_a_set])
 
         acc =
           if MapSet.size(stray) == 0,
             do: acc,
-            else: acc ++ ["#{inspect(id)} holds elements never added: #{inspect(Enum.take(stray, 5))}"]
+            else:
+              acc ++
+                ["#{inspect(id)} holds elements never added: #{inspect(Enum.take(stray, 5))}"]
 
         ops
         |> Enum.reject(&is_binary(hd(&1.args)))
@@ -966,7 +1005,9 @@ defmodule Vsmcp.Test.Chaos do
               do: acc,
               else:
                 acc ++
-                  ["#{inspect(id)}: element #{inspect(e)} present=#{present}, expected #{expected} (last op #{inspect(last && {last.f, last.node, last.seq})})"]
+                  [
+                    "#{inspect(id)}: element #{inspect(e)} present=#{present}, expected #{expected} (last op #{inspect(last && {last.f, last.node, last.seq})})"
+                  ]
           else
             acc
           end
@@ -993,11 +1034,16 @@ defmodule Vsmcp.Test.Chaos do
 
     if v in allowed,
       do: [],
-      else: ["#{inspect(id)} is #{inspect(v)}, not the last value of any writer (#{length(allowed)} allowed)"]
+      else: [
+        "#{inspect(id)} is #{inspect(v)}, not the last value of any writer (#{length(allowed)} allowed)"
+      ]
   end
 
   defp check_owned(by_id, dump) do
-    for {id, ops} <- by_id, not match?({:shared, _}, id), Enum.all?(ops, & &1.certain), reduce: [] do
+    for {id, ops} <- by_id,
+        not match?({:shared, _}, id),
+        Enum.all?(ops, & &1.certain),
+        reduce: [] do
       acc ->
         expected =
           ops
@@ -1021,18 +1067,27 @@ defmodule Vsmcp.Test.Chaos do
             acc
 
           {{:present, v}, other} ->
-            acc ++ ["#{inspect(id)}: expected #{inspect(v)}, got #{inspect(other)} (#{trail(ops)})"]
+            acc ++
+              ["#{inspect(id)}: expected #{inspect(v)}, got #{inspect(other)} (#{trail(ops)})"]
         end
     end
   end
 
-  defp trail(ops), do: ops |> Enum.take(-6) |> Enum.map_join(", ", &"#{&1.f}#{inspect(&1.args)}@#{&1.node}")
+  defp trail(ops),
+    do: ops |> Enum.take(-6) |> Enum.map_join(", ", &"#{&1.f}#{inspect(&1.args)}@#{&1.node}")
 
-  defp apply_op(_, %{f: :create, args: [t]}) when t in [:g_counter, :pn_counter], do: {:present, 0}
-  defp apply_op(_, %{f: :create, args: [t]}) when t in [:or_set, :aw_set], do: {:present, MapSet.new()}
+  defp apply_op(_, %{f: :create, args: [t]}) when t in [:g_counter, :pn_counter],
+    do: {:present, 0}
+
+  defp apply_op(_, %{f: :create, args: [t]}) when t in [:or_set, :aw_set],
+    do: {:present, MapSet.new()}
+
   defp apply_op(_, %{f: :create, args: [:lww_register]}), do: {:present, nil}
   defp apply_op(_, %{f: :delete}), do: :absent
-  defp apply_op({:present, v}, %{f: f} = op) when f in [:increment, :decrement], do: {:present, v + amount(op)}
+
+  defp apply_op({:present, v}, %{f: f} = op) when f in [:increment, :decrement],
+    do: {:present, v + amount(op)}
+
   defp apply_op({:present, s}, %{f: :add, args: [e]}), do: {:present, MapSet.put(s, e)}
   defp apply_op({:present, s}, %{f: :remove, args: [e]}), do: {:present, MapSet.delete(s, e)}
   defp apply_op({:present, _}, %{f: :set, args: [v]}), do: {:present, v}
@@ -1072,7 +1127,9 @@ defmodule Vsmcp.Test.Chaos do
               incs
               |> Enum.reverse()
               |> Enum.reduce_while({[], total - v}, fn op, {acc, left} ->
-                if left > 0, do: {:cont, {[op | acc], left - amount(op)}}, else: {:halt, {acc, left}}
+                if left > 0,
+                  do: {:cont, {[op | acc], left - amount(op)}},
+                  else: {:halt, {acc, left}}
               end)
 
             {total - v, k.t - hd(lost_ops).t1}
