@@ -874,7 +874,7 @@ defmodule Vsmcp.Test.Chaos do
     case converged do
       {:ok, dump} ->
         st = keep(trace(st, :converged, "#{map_size(dump)} ids"))
-        check_semantics(st, dump)
+        st |> check_semantics(dump) |> check_forgetting(live)
 
       {:diverged, dumps} ->
         fail(st, "not converged after #{converge_ms} ms: " <> divergence(dumps))
@@ -936,6 +936,29 @@ defmodule Vsmcp.Test.Chaos do
     st = %{st | failures: st.failures ++ failures}
     losses = measure_losses(st, by_id, dump, window)
     keep(Map.put(st, :losses, losses) |> Map.put(:ops_count, length(ops)))
+  end
+
+  # Once every live node has forgotten the node that left and all are
+  # connected, the forgetting settles everywhere (sync guide, "A forgotten
+  # member").
+  defp check_forgetting(%{left_key: nil} = st, _live), do: st
+
+  defp check_forgetting(st, live) do
+    Enum.reduce(live, st, fn h, st ->
+      try do
+        Cluster.eventually(
+          fn -> Cluster.call(h, ContextStore, :sync_info, [@store]).forgetting == [] end,
+          30_000
+        )
+
+        st
+      rescue
+        _ ->
+          held = safe_call(h, ContextStore, :sync_info, [@store])
+          held = if is_map(held), do: held.forgetting, else: held
+          fail(st, "forgetting not settled on #{h.node} after 30 s: #{inspect(held)}")
+      end
+    end)
   end
 
   defp certain?(%{res: :unknown}, _node, _kills, _window), do: false

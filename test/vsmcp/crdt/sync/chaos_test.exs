@@ -5,7 +5,8 @@ defmodule Vsmcp.CRDT.Sync.ChaosTest do
   # backup. The long campaign: `MIX_ENV=test mix run bench/chaos.exs`.
   use ExUnit.Case, async: false
 
-  alias Vsmcp.Test.Chaos
+  alias Vsmcp.CRDT.ContextStore
+  alias Vsmcp.Test.{Chaos, Cluster, SyncNode}
 
   @moduletag :cluster
   @moduletag timeout: 300_000
@@ -25,5 +26,37 @@ defmodule Vsmcp.CRDT.Sync.ChaosTest do
       assert report.failures == [], Chaos.format(report)
       assert report.ops > 0
     end
+  end
+
+  # The clock-skew hook the campaign uses: a node whose store clock runs
+  # 2 s ahead is seen ahead by its peers, and its writes stamped beyond
+  # their max_clock_offset wait until it is fixed and their clocks pass.
+  @tag :tmp_dir
+  test "a node's store clock skewed ahead by inject_clock_skew/1 is seen ahead, then fixed",
+       %{tmp_dir: tmp_dir} do
+    [a, b] = Cluster.start(2, tmp_dir: tmp_dir, app_env: [{:logger, :level, :error}])
+    sync = [topic: "chaos_skew", heartbeat_interval: 100]
+
+    for p <- [a, b] do
+      opts = [name: :s, storage_opts: [data_dir: Path.join(p.dir, "crdt")], sync_opts: sync]
+      {:ok, _} = Cluster.call(p, SyncNode, :start_store, [opts])
+    end
+
+    :ok = Cluster.call(a, ContextStore, :inject_clock_skew, [2_000])
+    :ok = Cluster.call(a, ContextStore, :create, [:s, :r, :lww_register])
+    {:ok, _} = Cluster.call(a, ContextStore, :set, [:s, :r, "ahead"])
+
+    Cluster.eventually(fn ->
+      Cluster.call(b, ContextStore, :info, [:s]).clock.max_remote_ahead_ms >= 1_500
+    end)
+
+    # Its register value, stamped 2 s ahead, is refused (and counted)
+    # while beyond b's offset.
+    Cluster.eventually(fn ->
+      Cluster.call(b, ContextStore, :sync_info, [:s]).rejected.clock_ahead > 0
+    end)
+
+    :ok = Cluster.call(a, ContextStore, :inject_clock_skew, [0])
+    Cluster.eventually(fn -> Cluster.call(b, ContextStore, :get, [:s, :r]) == {:ok, "ahead"} end)
   end
 end
