@@ -91,7 +91,7 @@ write = fn reports, started ->
   | | |
   |---|---|
   | seeds run | #{length(reports)} of #{length(seeds)} (#{inspect(List.first(seeds))}..#{inspect(List.last(seeds))}) |
-  | seeds failed | #{length(failed)} #{inspect(Enum.map(failed, & &1.seed))} |
+  | seeds failed | #{length(failed)} #{inspect(Enum.map(failed, & &1.seed), charlists: :as_lists)} |
   | nodes per seed | #{Enum.map_join(nodes, ", ", fn {n, c} -> "#{n}: #{c} seeds" end)} |
   | operations acknowledged or attempted | #{Enum.sum(Enum.map(reports, & &1.ops))} |
   | duration | #{elapsed} s in all; per seed mean #{div(Enum.sum(durations), max(length(durations), 1))} ms, max #{Enum.max(durations, fn -> 0 end)} ms |
