@@ -984,6 +984,12 @@ defmodule Vsmcp.CRDT.ContextStore do
          do: Native.store_fail_writes(handle, on?)
   end
 
+  @doc false
+  # Fault injection for tests: skew the wall clock of every store of this
+  # OS process (this node) by `ms` (negative: behind; 0: fixed). Only the
+  # test build (cargo feature `fault-injection`) has it.
+  def inject_clock_skew(ms) when is_integer(ms), do: Native.store_skew_clock(ms)
+
   defp call_or_noproc(pid, msg) do
     GenServer.call(pid, msg)
   catch

@@ -208,6 +208,8 @@ defmodule Vsmcp.CRDT.Native do
   @doc false
   def store_fail_writes(_h, _on), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
+  def store_skew_clock(_ms), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
   def store_probe_take, do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_heap_bytes(_h, _id), do: :erlang.nif_error(:nif_not_loaded)

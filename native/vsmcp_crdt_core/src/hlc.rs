@@ -216,10 +216,34 @@ impl WallClock {
     /// Milliseconds since the Unix epoch by this source.
     pub fn now_ms(&self) -> u64 {
         match self {
-            WallClock::System => now_ms(),
+            WallClock::System => system_skewed(now_ms()),
             WallClock::Manual(t) => t.load(std::sync::atomic::Ordering::Acquire),
         }
     }
+}
+
+/// Test builds only (`fault-injection`): milliseconds added to the system
+/// clock as the stores of this OS process read it (`WallClock::System`), so
+/// a multi-node test can run one node with a skewed clock (set through the
+/// NIF `store_skew_clock/1`). 0 unless a test sets it.
+#[cfg(feature = "fault-injection")]
+static SYSTEM_SKEW_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Test builds only: skew `WallClock::System` by `ms` (negative: behind)
+/// for every store of this OS process; 0 restores the system clock.
+#[cfg(feature = "fault-injection")]
+pub fn set_system_skew_ms(ms: i64) {
+    SYSTEM_SKEW_MS.store(ms, std::sync::atomic::Ordering::Release);
+}
+
+#[cfg(feature = "fault-injection")]
+fn system_skewed(now: u64) -> u64 {
+    now.saturating_add_signed(SYSTEM_SKEW_MS.load(std::sync::atomic::Ordering::Acquire))
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn system_skewed(now: u64) -> u64 {
+    now
 }
 
 #[cfg(test)]

@@ -342,6 +342,16 @@ fn store_fail_writes(h: Handle, on: bool) -> Atom {
     ok()
 }
 
+/// Test-only: skew the wall clock every store of this OS process reads by
+/// `ms` (negative: behind; 0: the system clock again), to run a node of a
+/// multi-node test with a bad clock (see `hlc::set_system_skew_ms`).
+#[cfg(feature = "fault-injection")]
+#[rustler::nif]
+fn store_skew_clock(ms: i64) -> Atom {
+    vsmcp_crdt_core::hlc::set_system_skew_ms(ms);
+    ok()
+}
+
 /// Test-only: the worst normal-scheduler store NIF calls since the last
 /// call (see `probe`), as a map of `{microseconds, nif}` pairs.
 #[cfg(feature = "fault-injection")]
