@@ -27,50 +27,31 @@
 //!
 //! # Membership and stability
 //!
-//! Remove tokens and delete tombstones guard against operations that have
-//! not arrived yet; they may be dropped once nothing they guard against
-//! can arrive any more. That is judged per *member*, not by who happens to
-//! be up:
+//! What membership, frontiers, cuts, collection and forgetting mean, and
+//! the guarantees they give, is described once, for users and for this
+//! code, in `guides/distributed-sync.md` ("Membership, stability and
+//! collection"). The invariants the code keeps for it:
 //!
-//! * **Membership is persisted** (`store::membership`). A replica
-//!   directory whose hello was accepted is a member until it is removed:
-//!   by `forget` (`forget_replica`), or after `member_expiry_ms` without a
-//!   hello heard by a running engine. A member that is down, refused, or
-//!   not heard since a restart holds collection back.
-//! * **A frontier per member**, `F[d]`, an HLC stamp of `d`'s clock:
-//!   every change `d` made before its clock read `F[d]` is here (or was
-//!   deleted or replaced here). It rises by two proofs. *State*: `d`
-//!   answered our digest completely (`AnswerEnd`, with every `States`
-//!   message of the answer received and merged): everything `d` held when
-//!   it took its state is here. *Log*: after a state proof in the same
-//!   session, `d` announced log position `p` in a hello stamped `h` and we
-//!   hold its log up to `p` contiguously: everything it made before `h` is
-//!   here. A skipped part of its log (a jump of `base`, an entry refused)
-//!   voids the state proof until the next one. Frontiers never pass our
-//!   own wall clock, and the frontier a collection used is persisted as
-//!   the directory's cut.
-//! * **Tombstones** whose delete came before every member's frontier are
-//!   collected, each directory's frontier becoming its cut: a late copy of
-//!   a record a member created before its cut, not held here, was deleted
-//!   here and is deleted again with a tombstone (`Store::merge_remote`),
-//!   whoever sends it and whenever.
-//! * **Remove tokens** are collected when *stable*: every member has
-//!   delivered them, and everything each member made before delivering
-//!   them is here (Baquero, Almeida, Shoker, *Making Operation-based CRDTs
-//!   Operation-based*; Antidote's stable vector). Each member reports its
-//!   own global frontier (the least of its frontiers) in a `Frontier`
-//!   message with each hello; a report counts once our frontier of that
-//!   member passes the hello it came with. A set's tokens are snapshotted
-//!   (its version vector) at a clock `t`; once every member's usable
-//!   report passes `t`, the tokens the snapshot covers are dropped. No
-//!   quiet moment is needed: collection keeps up with writes that never
-//!   pause.
+//! * membership is persisted (`store::membership`) and only `forget` or
+//!   expiry removes a member; a member that is down still holds
+//!   collection back;
+//! * a member's frontier `F[d]` rises only by a *state* proof (a complete
+//!   answer to our digest: every `States` message up to `AnswerEnd`
+//!   merged) or, after one in the same session, a *log* proof (its log
+//!   held contiguously up to the position a hello announced); a skipped
+//!   part of its log voids the state proof; a frontier never passes our
+//!   own wall clock; the frontier a collection used is persisted first as
+//!   the directory's cut (`collect.rs`);
+//! * remove tokens are dropped only when a set's snapshot, taken at `t`,
+//!   is passed by every member's usable `Frontier` report (one that came
+//!   with a hello our frontier of that member has passed).
 //!
-//! Every message from a peer is untrusted: it is decoded and validated in
-//! full, a clock too far ahead rejects it whole, and each rejection is
-//! counted and reported as an [`Event::Rejected`] (the caller rate-limits
-//! its logs). Entries stay encoded bytes throughout: nothing here creates
-//! atoms or decodes terms.
+//! Every message from a peer is untrusted (see `guides/security.md`): it
+//! is authenticated when a keyring is set (`sync::auth`), decoded and
+//! validated in full, a clock too far ahead rejects it, and each rejection
+//! is counted and reported as an [`Event::Rejected`] (the caller
+//! rate-limits its logs). Entries stay encoded bytes throughout: nothing
+//! here creates atoms or decodes terms.
 
 mod anti_entropy;
 mod api;
