@@ -195,7 +195,19 @@ fn update_in<'a>(
     // The core refuses (`:dirty`) a value reply too large for this
     // scheduler before mutating; once mutated, the reply is built here
     // whatever it costs (answering `:dirty` now would repeat the mutation).
+    // A register's new value is the caller's own term when the set took
+    // effect (its bytes are the register's now): answered as is, without
+    // decoding what was stored.
+    let set = match m {
+        Mutation::Set(enc) => op.decode::<(Atom, Term)>().ok().map(|(_, t)| (enc, t)),
+        _ => None,
+    };
     let r = h.store.update_with(id, m, a, want_value, |v| {
+        if let (true, Some((enc, term)), Crdt::LwwRegister(r)) = (want_value, set, v.crdt) {
+            if r.value() == Some(enc) {
+                return Ok((ok(), term).encode(env));
+            }
+        }
         if want_value {
             value_term(env, v, edited, false, h.trust)
         } else {
