@@ -37,6 +37,11 @@ defmodule Vsmcp.CRDT.Telemetry do
     * `[:vsmcp_crdt, :store, :dets_import]` - the import of a replaced
       store's DETS file at a first start. Metadata: `%{file: String.t(),
       path: String.t()}`.
+    * `[:vsmcp_crdt, :sync, :round]` - an anti-entropy round of
+      `Vsmcp.CRDT.ContextStore.sync/2`, from its start until every peer
+      answered or the timeout (`:start` and `:stop` only; both carry
+      `peers: integer` too). Metadata: `%{store:, topic:}`, and `result:
+      :ok | :timeout` on `:stop`.
 
   ## Events
 
@@ -61,10 +66,6 @@ defmodule Vsmcp.CRDT.Telemetry do
       tombstones or remove-wins set elements (with their remove tokens)
       once every member had them. Measurements: `%{tombstones: integer,
       elements: integer}`. Metadata: `%{store:, topic:}`.
-    * `[:vsmcp_crdt, :sync, :round]` - an anti-entropy round started by
-      `Vsmcp.CRDT.ContextStore.sync/2` ended. Measurements: `%{duration:
-      native time units, peers: integer}`. Metadata: `%{store:, topic:,
-      result: :ok | :timeout}`.
     * `[:vsmcp_crdt, :store, :decay]` - a demotion pass ran. Measurements:
       `%{duration:, hot: integer, warm: integer, hot_before: integer,
       warm_before: integer}` (items per tier after and before). Metadata:

@@ -14,7 +14,9 @@ defmodule Vsmcp.CRDT.TelemetryTest do
 
     events = [
       [:vsmcp_crdt, :store, :decay],
-      [:vsmcp_crdt, :sync, :rejected]
+      [:vsmcp_crdt, :sync, :rejected],
+      [:vsmcp_crdt, :sync, :round, :start],
+      [:vsmcp_crdt, :sync, :round, :stop]
     ]
 
     :telemetry.attach_many(id, events, fn e, m, md, _ -> send(parent, {e, m, md}) end, nil)
@@ -42,6 +44,16 @@ defmodule Vsmcp.CRDT.TelemetryTest do
     send(peer, {:vsmcp_crdt_sync, topic, "junk"})
     assert_receive {[:vsmcp_crdt, :sync, :rejected], %{count: 1}, %{reason: :malformed}}, 2_000
 
+    # A sync round is a span (here with no peer to wait for).
+    :ok = ContextStore.sync(store)
+
+    assert_received {[:vsmcp_crdt, :sync, :round, :start], %{monotonic_time: _, peers: 0},
+                     %{store: ^store, topic: ^topic, telemetry_span_context: ref}}
+
+    assert_received {[:vsmcp_crdt, :sync, :round, :stop], %{duration: d, peers: 0},
+                     %{result: :ok, telemetry_span_context: ^ref}}
+
+    assert d >= 0
     :ok = ContextStore.stop(store)
   end
 
@@ -187,7 +199,7 @@ defmodule Vsmcp.CRDT.TelemetryTest do
       [:vsmcp_crdt, :sync, :peer_up] => [:count],
       [:vsmcp_crdt, :sync, :peer_down] => [:count],
       [:vsmcp_crdt, :sync, :rejected] => [:count],
-      [:vsmcp_crdt, :sync, :round] => [:duration, :peers],
+      [:vsmcp_crdt, :sync, :round, :stop] => [:duration, :peers],
       [:vsmcp_crdt, :sync, :collected] => [:tombstones, :elements],
       [:vsmcp_crdt, :sync, :merged] => [:entries, :bytes],
       [:vsmcp_crdt, :store, :decay] => [:duration, :hot, :warm, :hot_before, :warm_before],

@@ -375,21 +375,12 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
     case Native.sync_round(state.engine, now(), want_changes?(state)) do
       {:ok, {[], outs, events}} ->
+        round_done(state, round_start(state, from, [], timeout), :ok)
         {:reply, :ok, state |> send_outs(outs) |> handle_events(events)}
 
       {:ok, {peers, outs, events}} ->
         state = state |> send_outs(outs) |> handle_events(events)
-        ref = make_ref()
-        if timeout != :infinity, do: Process.send_after(self(), {:sync_timeout, ref}, timeout)
-
-        w = %{
-          from: from,
-          ref: ref,
-          pending: MapSet.new(peers),
-          peers: length(peers),
-          started: System.monotonic_time()
-        }
-
+        w = round_start(state, from, peers, timeout)
         {:noreply, %{state | waiters: [w | state.waiters]}}
 
       {:error, _} = error ->
@@ -656,11 +647,33 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     %{state | waiters: waiting}
   end
 
-  defp round_done(state, w, result) do
+  # A round of `sync/2` is a span, `[:vsmcp_crdt, :sync, :round, :start |
+  # :stop]`, in `:telemetry.span/3`'s shape; it ends when every peer
+  # answered or at the timeout.
+  defp round_start(state, from, peers, timeout) do
+    ref = make_ref()
+
+    if timeout != :infinity and peers != [],
+      do: Process.send_after(self(), {:sync_timeout, ref}, timeout)
+
+    started = System.monotonic_time()
+
     Telemetry.emit(
-      [:vsmcp_crdt, :sync, :round],
-      %{duration: System.monotonic_time() - w.started, peers: w.peers},
-      %{store: state.store, topic: state.topic, result: result}
+      [:vsmcp_crdt, :sync, :round, :start],
+      %{system_time: System.system_time(), monotonic_time: started, peers: length(peers)},
+      %{store: state.store, topic: state.topic, telemetry_span_context: ref}
+    )
+
+    %{from: from, ref: ref, pending: MapSet.new(peers), peers: length(peers), started: started}
+  end
+
+  defp round_done(state, w, result) do
+    stopped = System.monotonic_time()
+
+    Telemetry.emit(
+      [:vsmcp_crdt, :sync, :round, :stop],
+      %{duration: stopped - w.started, monotonic_time: stopped, peers: w.peers},
+      %{store: state.store, topic: state.topic, result: result, telemetry_span_context: w.ref}
     )
   end
 end
