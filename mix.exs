@@ -60,8 +60,7 @@ defmodule VsmcpCrdt.MixProject do
   # Users get every package from Hex. This project's own build machines
   # cannot reach Hex, so there each one resolves to the vendored copy in
   # ../shared/vendor/<name> when that folder exists, still checked against the
-  # same version requirement (see ../shared/STYLE.md, "Dependencies from
-  # Hex", and the README's dependency table).
+  # same version requirement (see the README's dependency table).
   defp dep(name, requirement, opts \\ []) do
     vendored = Path.expand("../shared/vendor/#{name}", __DIR__)
 
