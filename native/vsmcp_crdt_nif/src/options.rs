@@ -105,9 +105,6 @@ pub fn engine_config(opts: Term) -> NifResult<EngineConfig> {
     if let Some(v) = get::<Binary>(opts, "attrs")? {
         cfg.attrs = v.as_slice().to_vec();
     }
-    if let Some(v) = get::<u64>(opts, "replay_window_ms")? {
-        cfg.replay_window_ms = v;
-    }
     if let Some(secrets) = get::<Vec<Binary>>(opts, "secrets")? {
         // The topic: a MAC made for one topic does not pass on another.
         let context = get::<Binary>(opts, "auth_context")?;

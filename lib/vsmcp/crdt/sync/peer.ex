@@ -276,7 +276,6 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       |> put_opt(:max_log_bytes, state.opts[:max_log_bytes])
       |> put_opt(:collect_after_ms, state.opts[:collect_after])
       |> put_opt(:member_expiry_ms, state.opts[:member_expiry])
-      |> put_opt(:replay_window_ms, state.opts[:replay_window])
       |> put_auth(state.opts[:secret], state.topic)
 
     case Native.sync_start(state.store, opts) do

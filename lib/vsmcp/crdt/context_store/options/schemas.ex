@@ -170,12 +170,6 @@ defmodule Vsmcp.CRDT.ContextStore.Options.Schemas do
           "rotation (the first signs, all are accepted). Every store of the topic needs it. " <>
           "An invalid one is reported as `:redacted`."
     ],
-    replay_window: [
-      type: {:in, 1..@max_ms},
-      doc:
-        "With `:secret`: milliseconds after which an authenticated message counts as a " <>
-          "replay and is refused (default 60_000). Accepted: `1..2^32-1`."
-    ],
     wire_versions: [
       type: {:custom, Vsmcp.CRDT.ContextStore.Options, :validate_versions, []},
       doc: "The wire versions this store speaks (tests of rolling upgrades)."

@@ -6,9 +6,6 @@ use crate::causal::ReplicaId;
 use crate::sync::auth::Keyring;
 use crate::sync::wire::{MIN_WIRE_VERSION, WIRE_VERSION};
 
-/// Default of [`EngineConfig::replay_window_ms`]: one minute.
-pub const DEFAULT_REPLAY_WINDOW_MS: u64 = 60_000;
-
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -29,12 +26,10 @@ pub struct EngineConfig {
     /// [`Store::remove_member`]); 0: never.
     pub member_expiry_ms: u64,
     /// Message authentication (`sync::auth`): every message sent is
-    /// sealed with the keyring's first secret, and one received is refused
-    /// unless it carries a valid MAC of one of its secrets. `None`: none.
+    /// sealed with the keyring's first secret for its recipient, and one
+    /// received is refused unless it carries a valid MAC of one of its
+    /// secrets for us, and is not a replay. `None`: none.
     pub auth: Option<Keyring>,
-    /// With `auth`: an authenticated message stamped (HLC wall time) more
-    /// than this many ms before our wall clock is refused as a replay.
-    pub replay_window_ms: u64,
     /// Tests only: the session part of the sync id (random when `None`),
     /// so that a seeded simulation replays exactly.
     #[cfg(feature = "fault-injection")]
@@ -52,7 +47,6 @@ impl Default for EngineConfig {
             collect_after_ms: 2_000,
             member_expiry_ms: 24 * 3_600_000,
             auth: None,
-            replay_window_ms: DEFAULT_REPLAY_WINDOW_MS,
             #[cfg(feature = "fault-injection")]
             session: None,
         }
@@ -97,8 +91,9 @@ pub enum Reject {
     TooManyPeers,
     /// With authentication on: no valid MAC of an accepted secret.
     Unauthenticated,
-    /// With authentication on: stamped before the replay window (or
-    /// carrying no stamp).
+    /// With authentication on: a replay (a sequence number taken
+    /// before or too old, a hello older than one taken), or a message
+    /// only a recipient may get sealed as a broadcast.
     Stale,
 }
 

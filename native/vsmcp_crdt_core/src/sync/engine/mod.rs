@@ -66,12 +66,15 @@ use crate::hlc::Timestamp;
 use crate::store::Store;
 use crate::sync::digest::{stable_hash, Digest, BUCKETS};
 use crate::sync::log::DeltaLog;
-use crate::sync::wire::{Envelope, Message, MAX_MESSAGE_BYTES, MIN_WIRE_VERSION};
+use crate::sync::auth::FRAME_BYTES;
+use crate::sync::wire::{
+    Envelope, Message, MAX_MESSAGE_BYTES, MAX_SINGLE_ENTRY_MESSAGE_BYTES, MIN_WIRE_VERSION,
+};
 
 use anti_entropy::Transfer;
 pub use api::{
     Counters, EngineConfig, Event, ForgettingInfo, MemberInfo, Outbound, PeerInfo, PeerStats,
-    Reject, DEFAULT_REPLAY_WINDOW_MS, REJECT_KINDS,
+    Reject, REJECT_KINDS,
 };
 use collect::{wall_stamp, Frontiers, Member, Snapshot};
 use deltas::Interval;
@@ -142,6 +145,8 @@ pub struct Engine {
     /// the cursor of the next page (`Some(None)`: the first).
     prime_cursor: Option<Option<Box<[u8]>>>,
     counters: Counters,
+    /// With authentication: the sequence number of our last message.
+    sent_seq: u64,
 }
 
 /// The directory part of a sync id (a replica id plus a session).
@@ -205,6 +210,7 @@ impl Engine {
             dirty: HashSet::default(),
             prime_cursor: Some(None),
             counters: Counters::default(),
+            sent_seq: 0,
         }
     }
 
@@ -319,7 +325,10 @@ impl Engine {
         };
         let bytes = msg.encode_seq(version, clock, seq);
         let bytes = match &self.cfg.auth {
-            Some(ring) => ring.seal(&bytes),
+            Some(ring) => {
+                self.sent_seq += 1;
+                ring.seal(&bytes, self.sent_seq, to.map(ReplicaId::as_bytes))
+            }
             None => bytes,
         };
         self.counters.msgs_sent += 1;
@@ -382,15 +391,21 @@ impl Engine {
         self.counters.msgs_received += 1;
         self.counters.bytes_received += bytes.len() as u64;
         let outer_len = bytes.len();
-        let bytes = match &self.cfg.auth {
-            Some(ring) => match ring.open(bytes) {
-                Ok(inner) => inner,
+        let (bytes, sealed) = match &self.cfg.auth {
+            // Sizes first: a MAC is not computed over more than a message
+            // may hold.
+            Some(_) if bytes.len() > MAX_SINGLE_ENTRY_MESSAGE_BYTES + FRAME_BYTES => {
+                self.reject(events, None, Reject::Oversized, "larger than any message");
+                return None;
+            }
+            Some(ring) => match ring.open(bytes, self.me.as_bytes()) {
+                Ok(o) => (o.msg, Some(o)),
                 Err(e) => {
                     self.reject(events, None, Reject::Unauthenticated, e.describe());
                     return None;
                 }
             },
-            None => bytes,
+            None => (bytes, None),
         };
         let Envelope {
             version,
@@ -429,13 +444,9 @@ impl Engine {
             self.reject(events, Some(&from), Reject::Version, "version not spoken");
             return None;
         }
-        if self.cfg.auth.is_some() && self.stale(store, clock, &msg) {
-            self.reject(
-                events,
-                Some(&from),
-                Reject::Stale,
-                "stamped before the replay window",
-            );
+        if sealed.is_some_and(|o| o.broadcast) && !matches!(msg, Message::Hello { .. }) {
+            // Sealed for everyone, while only its recipient may take it.
+            self.reject(events, Some(&from), Reject::Stale, "sealed as a broadcast");
             return None;
         }
         // A clock more than `max_clock_offset` ahead is not taken into ours
@@ -465,21 +476,9 @@ impl Engine {
             clock: store.tick_clock(),
             sent: clock,
             seq,
+            auth_seq: sealed.map(|o| o.seq),
         };
         Some((msg, version, ctx))
-    }
-
-    /// Whether an authenticated message is a replay: stamped (its
-    /// envelope's clock, or a hello's) before the replay window, or not
-    /// stamped at all (version 1 bodies other than a hello).
-    fn stale(&self, store: &Store, clock: Option<Timestamp>, msg: &Message) -> bool {
-        let stamp = match (clock, msg) {
-            (Some(c), _) => Some(c),
-            (None, Message::Hello { clock, .. }) => Some(*clock),
-            (None, _) => None,
-        };
-        let oldest = store.now_ms().saturating_sub(self.cfg.replay_window_ms);
-        stamp.is_none_or(|c| c.wall_ms < oldest)
     }
 
     /// Handle one message from the transport: each kind has its handler.
@@ -516,6 +515,15 @@ impl Engine {
         let from = &ctx.from;
         let Some(p) = self.peers.get_mut(from) else {
             self.reject(events, Some(from), Reject::UnknownPeer, "no hello yet");
+            return Vec::new();
+        };
+        if let Some(n) = ctx.auth_seq {
+            if !p.replay.take(n) {
+                self.reject(events, Some(from), Reject::Stale, "a replayed message");
+                return Vec::new();
+            }
+        }
+        let Some(p) = self.peers.get_mut(from) else {
             return Vec::new();
         };
         if version != p.version {
@@ -586,6 +594,8 @@ struct Inbound {
     sent: Option<Timestamp>,
     /// The envelope's sequence number of a `States` message (0: none).
     seq: u64,
+    /// With authentication: the frame's sequence number.
+    auth_seq: Option<u64>,
 }
 
 impl Inbound {
