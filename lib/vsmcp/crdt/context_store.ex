@@ -99,6 +99,7 @@ defmodule Vsmcp.CRDT.ContextStore do
   never its value.
   """
 
+  alias Vsmcp.CRDT.ContextStore.Options
   alias Vsmcp.CRDT.ContextStore.Server
   alias Vsmcp.CRDT.Native
   alias Vsmcp.CRDT.Sync.Peer
@@ -151,7 +152,7 @@ defmodule Vsmcp.CRDT.ContextStore do
   def child_spec(opts) do
     %{
       id: Keyword.get(opts, :name, __MODULE__),
-      start: {__MODULE__, :start_link, [opts]},
+      start: {__MODULE__, :start_link, [Options.hide_secret(opts)]},
       type: :worker,
       shutdown: 10_000
     }

@@ -35,6 +35,7 @@ defmodule Vsmcp.CRDT.Supervisor do
   use Supervisor
 
   alias Vsmcp.CRDT.ContextStore
+  alias Vsmcp.CRDT.ContextStore.Options
 
   @default_storage [dets_file: "data/crdt_storage.dets"]
 
@@ -60,12 +61,15 @@ defmodule Vsmcp.CRDT.Supervisor do
   """
   @spec start_link(keyword()) :: Supervisor.on_start()
   def start_link(opts \\ []) do
-    Supervisor.start_link(__MODULE__, opts, name: Keyword.get(opts, :supervisor_name, __MODULE__))
+    Supervisor.start_link(__MODULE__, Options.hide_secret(opts),
+      name: Keyword.get(opts, :supervisor_name, __MODULE__)
+    )
   end
 
   @impl true
   def init(opts) do
-    Supervisor.init([{ContextStore, store_options(opts)}], strategy: :one_for_one)
+    opts = opts |> store_options() |> Options.hide_secret()
+    Supervisor.init([{ContextStore, opts}], strategy: :one_for_one)
   end
 
   @doc """

@@ -189,7 +189,10 @@ fn a_replayed_message_is_refused_and_changes_nothing() {
             let outs = n.engine.receive(&n.store, b, net.now, &mut Vec::new());
             assert!(outs.is_empty());
         }
-        assert_eq!(rejected(&net, 1, Reject::Stale) - before, old_add.len() as u64);
+        assert_eq!(
+            rejected(&net, 1, Reject::Stale) - before,
+            old_add.len() as u64
+        );
         assert_eq!(net.value(1, b"shared"), Some("[]".into()));
         net.settle();
     }
@@ -219,7 +222,10 @@ fn a_message_for_one_recipient_is_refused_by_another() {
     net.recorded = Some(Vec::new());
     let s0 = net.nodes[0].store.clone();
     update(&s0, b"shared", Mutation::Add(b"for everyone"));
-    net.nodes[0].store.create(b"c", Kind::GCounter, Access::MayBlock).unwrap();
+    net.nodes[0]
+        .store
+        .create(b"c", Kind::GCounter, Access::MayBlock)
+        .unwrap();
     net.step(false);
     let rounds = net.nodes[0].engine.round(&s0, net.now, &mut Vec::new()).1;
     net.send(0, rounds);
@@ -236,9 +242,15 @@ fn a_message_for_one_recipient_is_refused_by_another() {
     let before = rejected(&net, 1, Reject::Unauthenticated);
     for b in &for_2 {
         let n = &mut net.nodes[1];
-        assert!(n.engine.receive(&n.store, b, net.now, &mut Vec::new()).is_empty());
+        assert!(n
+            .engine
+            .receive(&n.store, b, net.now, &mut Vec::new())
+            .is_empty());
     }
-    assert_eq!(rejected(&net, 1, Reject::Unauthenticated) - before, for_2.len() as u64);
+    assert_eq!(
+        rejected(&net, 1, Reject::Unauthenticated) - before,
+        for_2.len() as u64
+    );
     assert!(!sent(&net, &recorded, 2, tag::DELTAS).is_empty());
 }
 
@@ -256,11 +268,18 @@ fn an_answer_end_replayed_to_another_recipient_takes_no_proof_and_loses_no_write
         net.step(i % 2 == 0);
     }
     let sa = net.nodes[a].store.clone();
-    sa.create(b"victim", Kind::PNCounter, Access::MayBlock).unwrap();
+    sa.create(b"victim", Kind::PNCounter, Access::MayBlock)
+        .unwrap();
     update(&sa, b"victim", Mutation::Increment(42));
-    let victim_stamp = sa.metadata(b"victim", Access::MayBlock).unwrap().0.gen.stamp;
+    let victim_stamp = sa
+        .metadata(b"victim", Access::MayBlock)
+        .unwrap()
+        .0
+        .gen
+        .stamp;
     let sb = net.nodes[b].store.clone();
-    sb.create(b"junk", Kind::GCounter, Access::MayBlock).unwrap();
+    sb.create(b"junk", Kind::GCounter, Access::MayBlock)
+        .unwrap();
     sb.delete(b"junk", Access::MayBlock).unwrap();
     // Node 1 hears nothing for a while.
     net.cut_in[b] = true;
@@ -284,7 +303,10 @@ fn an_answer_end_replayed_to_another_recipient_takes_no_proof_and_loses_no_write
     let dir_a = directory_of(net.nodes[a].engine.me()).to_vec();
     let frontier_of_a = |net: &Net| {
         let info = net.nodes[b].engine.member_info();
-        info.into_iter().find(|m| m.directory == dir_a).unwrap().frontier
+        info.into_iter()
+            .find(|m| m.directory == dir_a)
+            .unwrap()
+            .frontier
     };
     let before = frontier_of_a(&net);
     assert!(before < victim_stamp);
@@ -292,14 +314,22 @@ fn an_answer_end_replayed_to_another_recipient_takes_no_proof_and_loses_no_write
         let n = &mut net.nodes[b];
         n.engine.receive(&n.store, m, net.now, &mut Vec::new());
     }
-    assert_eq!(frontier_of_a(&net), before, "a proof taken from a message for node 2");
+    assert_eq!(
+        frontier_of_a(&net),
+        before,
+        "a proof taken from a message for node 2"
+    );
     for i in 0..10 {
         net.step(i % 2 == 0);
     }
     net.cut_in[b] = false;
     net.settle();
     for i in 0..3 {
-        assert_eq!(net.value(i, b"victim"), Some("Counter(42)".into()), "node {i}");
+        assert_eq!(
+            net.value(i, b"victim"),
+            Some("Counter(42)".into()),
+            "node {i}"
+        );
     }
 }
 
@@ -331,7 +361,9 @@ fn gets_write_across_skew(skew_ms: i64, cfg: EngineConfig, from: usize, to: usiz
     net.join(skewed_node(skew_ms, cfg));
     for (i, n) in net.nodes.iter().enumerate() {
         let id = format!("w-{i}");
-        n.store.create(id.as_bytes(), Kind::PNCounter, Access::MayBlock).unwrap();
+        n.store
+            .create(id.as_bytes(), Kind::PNCounter, Access::MayBlock)
+            .unwrap();
         update(&n.store, id.as_bytes(), Mutation::Increment(1));
     }
     net.settle();
@@ -348,7 +380,10 @@ fn a_node_whose_clock_is_minutes_off_still_syncs_with_a_secret() {
     // without a secret.)
     for cfg in [fast_cfg(30), with_secrets(&[OLD])] {
         let auth = cfg.auth.is_some();
-        assert!(gets_write_across_skew(-120_000, cfg.clone(), 1, 0), "behind, {auth}");
+        assert!(
+            gets_write_across_skew(-120_000, cfg.clone(), 1, 0),
+            "behind, {auth}"
+        );
         assert!(gets_write_across_skew(120_000, cfg, 0, 1), "ahead, {auth}");
     }
 }
@@ -374,10 +409,20 @@ fn a_hello_of_a_superseded_session_replayed_is_refused() {
     let before = rejected(&net, 1, Reject::Stale);
     for h in &old_hellos {
         let n = &mut net.nodes[1];
-        assert!(n.engine.receive(&n.store, h, net.now, &mut Vec::new()).is_empty());
+        assert!(n
+            .engine
+            .receive(&n.store, h, net.now, &mut Vec::new())
+            .is_empty());
     }
-    assert_eq!(rejected(&net, 1, Reject::Stale) - before, old_hellos.len() as u64);
-    assert_eq!(net.nodes[1].engine.up_peers(), live, "the live session stays");
+    assert_eq!(
+        rejected(&net, 1, Reject::Stale) - before,
+        old_hellos.len() as u64
+    );
+    assert_eq!(
+        net.nodes[1].engine.up_peers(),
+        live,
+        "the live session stays"
+    );
     // The same latest hello again is a no-op, not a refusal.
     net.recorded = Some(Vec::new());
     net.step(true);
@@ -385,7 +430,10 @@ fn a_hello_of_a_superseded_session_replayed_is_refused() {
     let before = rejected(&net, 1, Reject::Stale);
     for h in &latest {
         let n = &mut net.nodes[1];
-        assert!(n.engine.receive(&n.store, h, net.now, &mut Vec::new()).is_empty());
+        assert!(n
+            .engine
+            .receive(&n.store, h, net.now, &mut Vec::new())
+            .is_empty());
     }
     assert_eq!(rejected(&net, 1, Reject::Stale), before);
 }

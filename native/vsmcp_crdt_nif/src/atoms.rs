@@ -37,6 +37,7 @@ rustler::atoms! {
     // `%Vsmcp.CRDT.UnsafeTerm{bytes: _}` (`term.rs`).
     unsafe_term_module = "Elixir.Vsmcp.CRDT.UnsafeTerm",
     bytes,
+    tag,
     // Legacy entries (`import.rs`).
     g_counter,
     pn_counter,

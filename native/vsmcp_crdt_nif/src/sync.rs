@@ -34,6 +34,8 @@ pub struct SyncResource {
     engine: Mutex<Option<Engine>>,
     /// The store's capture token of this engine.
     capture: u64,
+    /// How the store's ids are decoded (`decode: :safe`: `Remote`).
+    trust: Trust,
 }
 
 #[rustler::resource_impl]
@@ -97,7 +99,7 @@ fn outs_term<'a>(env: Env<'a>, outs: &[Outbound]) -> Term<'a> {
     v.encode(env)
 }
 
-fn events_term<'a>(env: Env<'a>, events: &[Event], want_changes: bool) -> Term<'a> {
+fn events_term<'a>(env: Env<'a>, events: &[Event], want_changes: bool, trust: Trust) -> Term<'a> {
     let mut v: Vec<Term<'a>> = Vec::with_capacity(events.len());
     for e in events {
         let t = match e {
@@ -109,7 +111,7 @@ fn events_term<'a>(env: Env<'a>, events: &[Event], want_changes: bool) -> Term<'
                 Ok(id) => (atoms::changed(), id, atoms::remote()).encode(env),
                 Err(_) => continue,
             },
-            Event::LocalChanged(id) if want_changes => match tc::decode(env, id, Trust::Local) {
+            Event::LocalChanged(id) if want_changes => match tc::decode_shown(env, id, trust) {
                 Ok(id) => (atoms::changed(), id, atoms::local()).encode(env),
                 Err(_) => continue,
             },
@@ -154,6 +156,7 @@ fn sync_start<'a>(env: Env<'a>, store: Term<'a>, opts: Term<'a>) -> NifResult<Te
         store,
         engine: Mutex::new(Some(engine)),
         capture,
+        trust: h.trust,
     });
     Ok((ok(), res, me).encode(env))
 }
@@ -179,7 +182,7 @@ fn sync_tick<'a>(env: Env<'a>, s: Sync, now_ms: u64, want_changes: bool) -> Engi
         let outs = e.tick(&s.store, now_ms, &mut events);
         (
             outs_term(env, &outs),
-            events_term(env, &events, want_changes),
+            events_term(env, &events, want_changes, s.trust),
         )
     })
 }
@@ -192,7 +195,7 @@ fn sync_hello<'a>(env: Env<'a>, s: Sync, want_changes: bool) -> EngineReply<'a> 
         let out = e.hello(&s.store, &mut events);
         (
             make_binary(env, &out.bytes),
-            events_term(env, &events, want_changes),
+            events_term(env, &events, want_changes, s.trust),
         )
     })
 }
@@ -211,7 +214,7 @@ fn sync_receive<'a>(
         let before = e.counters().entries_merged;
         let outs = e.receive(&s.store, bytes.as_slice(), now_ms, &mut events);
         let merged = e.counters().entries_merged - before;
-        let mut events = events_term(env, &events, want_changes);
+        let mut events = events_term(env, &events, want_changes, s.trust);
         if merged > 0 {
             let m = (atoms::merged(), merged, bytes.len()).encode(env);
             events = events.list_prepend(m);
@@ -234,7 +237,7 @@ fn sync_round<'a>(
         (
             peers.iter().map(key).collect(),
             outs_term(env, &outs),
-            events_term(env, &events, want_changes),
+            events_term(env, &events, want_changes, s.trust),
         )
     })
 }
@@ -254,7 +257,7 @@ fn sync_forget<'a>(env: Env<'a>, s: Sync, k: Binary<'a>) -> Result<Term<'a>, Nif
     with_engine(&s, |e| {
         let mut events = Vec::new();
         match e.forget(&s.store, dir, &mut events) {
-            Ok(()) => Ok(events_term(env, &events, false)),
+            Ok(()) => Ok(events_term(env, &events, false, s.trust)),
             Err(vsmcp_crdt_core::Error::InvalidArgument(_)) => {
                 Err(NifError::Reason(atoms::invalid_replica()))
             }

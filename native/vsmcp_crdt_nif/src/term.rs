@@ -9,10 +9,12 @@
 //!
 //! [`decode_shown`] is what callers see: a `Trust::Remote` term that cannot
 //! be built that way (an atom unknown here, a function or a pid of an
-//! unknown node) reads as `%Vsmcp.CRDT.UnsafeTerm{bytes: canonical}`, and
-//! encoding that struct gives back exactly `canonical` (checked to be a
-//! well-formed encoding), so such an element or id can be read, removed
-//! and deleted without creating anything.
+//! unknown node) reads as `%Vsmcp.CRDT.UnsafeTerm{bytes: stored, tag:
+//! _}`, and encoding that struct gives back exactly `stored`, so such an
+//! element or id can be read, removed and deleted without creating
+//! anything. The tag (a keyed hash under a key of this VM) proves the
+//! struct was read here; any other map of that shape encodes as the map
+//! it is.
 
 use crate::atoms;
 use rustler::types::map::MapIterator;
@@ -225,53 +227,50 @@ impl<'a> TermBuilder for Maker<'a> {
     }
 }
 
-/// The canonical bytes inside a `%Vsmcp.CRDT.UnsafeTerm{bytes: _}`, `None`
-/// for any other map; `InvalidArgument` when they are not one
-/// well-formed encoding.
+/// The canonical bytes inside a `%Vsmcp.CRDT.UnsafeTerm{bytes: _, tag: _}`
+/// this VM made (its `tag` checks out), `None` for any other map: a struct
+/// made by hand, sent by a peer or read in another VM is an ordinary map.
 fn unsafe_term_bytes<'a>(term: Term<'a>) -> Result<Option<&'a [u8]>> {
     let env = term.get_env();
     match term.map_get(atoms::__struct__().encode(env)) {
         Ok(m) if m == atoms::unsafe_term_module().encode(env) => {}
         _ => return Ok(None),
     }
-    let bytes = term
-        .map_get(atoms::bytes().encode(env))
-        .and_then(|b| b.decode::<Binary<'a>>())
-        .map_err(|_| Error::InvalidArgument("UnsafeTerm without bytes"))?;
-    ct::decode(bytes.as_slice(), &mut Validate)
-        .map_err(|_| Error::InvalidArgument("UnsafeTerm bytes are not a term"))?;
-    Ok(Some(bytes.as_slice()))
+    let field = |name: Atom| {
+        term.map_get(name.encode(env))
+            .and_then(|b| b.decode::<Binary<'a>>())
+            .ok()
+    };
+    match (field(atoms::bytes()), field(atoms::tag())) {
+        (Some(bytes), Some(tag)) if tag.as_slice() == unsafe_tag(bytes.as_slice()) => {
+            Ok(Some(bytes.as_slice()))
+        }
+        _ => Ok(None),
+    }
 }
 
-/// A builder that builds nothing: it checks an encoding's shape.
-struct Validate;
-
-impl TermBuilder for Validate {
-    type Term = ();
-    fn atom(&mut self, _: &str) -> Result<()> {
-        Ok(())
-    }
-    fn int(&mut self, _: i64) -> Result<()> {
-        Ok(())
-    }
-    fn float(&mut self, _: f64) -> Result<()> {
-        Ok(())
-    }
-    fn binary(&mut self, _: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn list(&mut self, _: Vec<()>) -> Result<()> {
-        Ok(())
-    }
-    fn tuple(&mut self, _: Vec<()>) -> Result<()> {
-        Ok(())
-    }
-    fn map(&mut self, _: Vec<((), ())>) -> Result<()> {
-        Ok(())
-    }
-    fn etf(&mut self, _: &[u8]) -> Result<()> {
-        Ok(())
-    }
+/// The tag of an `UnsafeTerm` of `bytes`: a keyed hash under a key drawn
+/// at random when the library loads, so only this VM's decoder makes
+/// structs whose bytes are spliced back verbatim.
+fn unsafe_tag(bytes: &[u8]) -> [u8; 16] {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut k = [0u8; 32];
+        let read = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut k));
+        if read.is_err() {
+            // No /dev/urandom: a hash of what differs between VMs.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let seed = format!("{t} {} {:p}", std::process::id(), &k);
+            k = *blake3::hash(seed.as_bytes()).as_bytes();
+        }
+        k
+    });
+    let mut tag = [0u8; 16];
+    tag.copy_from_slice(&blake3::keyed_hash(key, bytes).as_bytes()[..16]);
+    tag
 }
 
 /// [`decode`] for what a caller reads: with `Trust::Remote`, bytes that do
@@ -286,10 +285,15 @@ pub fn decode_shown<'a>(env: Env<'a>, bytes: &[u8], trust: Trust) -> Result<Term
 }
 
 fn unsafe_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    let keys = [atoms::__struct__().encode(env), atoms::bytes().encode(env)];
+    let keys = [
+        atoms::__struct__().encode(env),
+        atoms::bytes().encode(env),
+        atoms::tag().encode(env),
+    ];
     let vals = [
         atoms::unsafe_term_module().encode(env),
         make_binary(env, bytes),
+        make_binary(env, &unsafe_tag(bytes)),
     ];
     Term::map_from_term_arrays(env, &keys, &vals).unwrap_or_else(|_| make_binary(env, bytes))
 }

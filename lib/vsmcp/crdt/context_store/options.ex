@@ -211,7 +211,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
 
       sync =
         case Keyword.fetch(sync, :secret) do
-          {:ok, secret} -> Keyword.put(sync, :secret, wrap_secrets(List.wrap(secret)))
+          {:ok, secret} -> Keyword.put(sync, :secret, wrap_secrets(secret))
           :error -> sync
         end
 
@@ -221,7 +221,24 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
 
   # Secrets are kept in a closure from here on: state dumps and crash
   # reports of the store and its sync process print a function, not them.
-  defp wrap_secrets(secrets), do: fn -> secrets end
+  defp wrap_secrets(f) when is_function(f, 0), do: fn -> List.wrap(f.()) end
+  defp wrap_secrets(secrets), do: fn -> List.wrap(secrets) end
+
+  @doc false
+  # `opts` with a `sync_opts: [secret: s]` turned into a function returning
+  # `s`, so the supervisors and processes that keep the options (a child
+  # spec, a supervisor's arguments) never hold the secret itself.
+  @spec hide_secret(term()) :: term()
+  def hide_secret(opts) do
+    with true <- is_list(opts) and Keyword.keyword?(opts),
+         sync when is_list(sync) <- Keyword.get(opts, :sync_opts),
+         true <- Keyword.keyword?(sync),
+         {:ok, secret} when not is_function(secret) <- Keyword.fetch(sync, :secret) do
+      Keyword.put(opts, :sync_opts, Keyword.put(sync, :secret, fn -> secret end))
+    else
+      _ -> opts
+    end
+  end
 
   @doc """
   The sync topic derived from a store's name.
@@ -258,7 +275,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
         {:error, error} -> {:error, invalid_option(error, compatible)}
       end
     else
-      {:error, {:invalid_option, :options, opts}}
+      {:error, {:invalid_option, :options, scrub(opts, 4)}}
     end
   end
 
@@ -288,12 +305,35 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
 
     case group do
       :sync_opts -> {:invalid_option, {:sync_opts, key}, redact(key, value)}
-      _ -> {:invalid_option, key, value}
+      _ -> {:invalid_option, key, redact(key, value)}
     end
   end
 
-  defp redact(:secret, _value), do: :redacted
-  defp redact(_key, value), do: value
+  # A value under a key whose name says "secret" (`:secret`, a misspelt
+  # `:secrets`, ...) is never echoed back in an error.
+  defp redact(key, value) do
+    if secret_key?(key), do: :redacted, else: scrub(value, 4)
+  end
+
+  defp secret_key?(key) when is_atom(key) or is_binary(key),
+    do: String.contains?(String.downcase(to_string(key)), "secret")
+
+  defp secret_key?(_), do: false
+
+  # `term` with the values under secret-named keys replaced, `depth` deep.
+  defp scrub(term, 0), do: term
+
+  defp scrub(list, depth) when is_list(list) do
+    Enum.map(list, fn
+      {k, v} -> if secret_key?(k), do: {k, :redacted}, else: {k, scrub(v, depth - 1)}
+      other -> scrub(other, depth - 1)
+    end)
+  rescue
+    # An improper list.
+    ArgumentError -> list
+  end
+
+  defp scrub(term, _depth), do: term
 
   defp value_at(opts, path) do
     Enum.reduce(path, opts, fn key, acc -> if is_list(acc), do: Keyword.get(acc, key) end)
@@ -318,6 +358,13 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
 
   @doc false
   def validate_secret(secret) when is_binary(secret), do: validate_secret([secret])
+
+  def validate_secret(f) when is_function(f, 0) do
+    case validate_secret(f.()) do
+      {:ok, _} -> {:ok, f}
+      error -> error
+    end
+  end
 
   def validate_secret(secrets) when is_list(secrets) and length(secrets) in 1..4 do
     if Enum.all?(secrets, &(is_binary(&1) and byte_size(&1) in 16..4096)),

@@ -145,7 +145,11 @@ impl Keyring {
     /// The message inside an authenticated frame, once its MAC checks
     /// out with one of our secrets (compared in constant time) for a
     /// broadcast or for `me` (our sync id).
-    pub fn open<'a>(&self, bytes: &'a [u8], me: &[u8]) -> std::result::Result<Opened<'a>, AuthError> {
+    pub fn open<'a>(
+        &self,
+        bytes: &'a [u8],
+        me: &[u8],
+    ) -> std::result::Result<Opened<'a>, AuthError> {
         if bytes.len() < FRAME_BYTES || bytes[0] != AUTH_MAGIC {
             return Err(AuthError::Missing);
         }
@@ -300,7 +304,10 @@ mod tests {
         let sealed = ring.seal(b"\xC9hello", 7, Some(ME));
         assert_eq!(sealed.len(), FRAME_BYTES + 6);
         let opened = ring.open(&sealed, ME).unwrap();
-        assert_eq!((opened.msg, opened.seq, opened.broadcast), (&b"\xC9hello"[..], 7, false));
+        assert_eq!(
+            (opened.msg, opened.seq, opened.broadcast),
+            (&b"\xC9hello"[..], 7, false)
+        );
         assert_eq!(ring.open(&sealed, b"someone else"), Err(AuthError::BadMac));
         let other_topic = Keyring::new(&[A], b"topic2").unwrap();
         assert_eq!(other_topic.open(&sealed, ME), Err(AuthError::UnknownKey));
@@ -319,9 +326,15 @@ mod tests {
             for i in 0..sealed.len() {
                 let mut bad = sealed.clone();
                 bad[i] ^= 0x01;
-                assert!(ring.open(&bad, ME).is_err(), "byte {i} altered was accepted");
+                assert!(
+                    ring.open(&bad, ME).is_err(),
+                    "byte {i} altered was accepted"
+                );
             }
-            assert_eq!(ring.open(&sealed[..FRAME_BYTES - 1], ME), Err(AuthError::Missing));
+            assert_eq!(
+                ring.open(&sealed[..FRAME_BYTES - 1], ME),
+                Err(AuthError::Missing)
+            );
         }
         assert_eq!(ring.open(b"\xC9\x04\x01", ME), Err(AuthError::Missing));
     }
@@ -344,7 +357,10 @@ mod tests {
         assert!(rotating.open(&old.seal(b"x", 1, None), ME).is_ok());
         assert!(rotating.open(&new.seal(b"x", 1, None), ME).is_ok());
         assert!(new.open(&rotating.seal(b"x", 1, None), ME).is_ok());
-        assert_eq!(old.open(&rotating.seal(b"x", 1, None), ME), Err(AuthError::UnknownKey));
+        assert_eq!(
+            old.open(&rotating.seal(b"x", 1, None), ME),
+            Err(AuthError::UnknownKey)
+        );
         assert_eq!(rotating.signing_key_id(), new.signing_key_id());
     }
 

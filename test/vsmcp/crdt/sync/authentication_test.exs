@@ -8,7 +8,7 @@ defmodule Vsmcp.CRDT.Sync.AuthenticationTest do
   alias Vsmcp.CRDT.ContextStore
   alias Vsmcp.Test.{Cluster, SyncNode}
 
-  import Cluster, only: [eventually: 1]
+  import Cluster, only: [eventually: 1, eventually: 2]
 
   @moduletag :cluster
   @moduletag timeout: 180_000
@@ -50,7 +50,12 @@ defmodule Vsmcp.CRDT.Sync.AuthenticationTest do
     :ok = on(forger, :create, [:planted, :g_counter])
 
     expected = {:ok, MapSet.new([%{from: :a, at: {2026, 12, 7}}, "from b"])}
-    eventually(fn -> on(a, :get, [:tags]) == expected and on(b, :get, [:tags]) == expected end)
+
+    eventually(
+      fn -> on(a, :get, [:tags]) == expected and on(b, :get, [:tags]) == expected end,
+      30_000
+    )
+
     eventually(fn -> unauthenticated(a) > 5 and unauthenticated(b) > 5 end)
     for p <- [a, b], do: :ok = on(p, :sync, [])
 
@@ -112,5 +117,41 @@ defmodule Vsmcp.CRDT.Sync.AuthenticationTest do
       assert ContextStore.start_link(storage_opts: [data_dir: dir], sync_opts: [secret: bad]) ==
                {:error, {:invalid_option, {:sync_opts, :secret}, :redacted}}
     end
+
+    # Misplaced or misspelt, or in options that are not a keyword list.
+    for opts <- [
+          [sync_opts: [secrets: @new]],
+          [secret: @new],
+          [sync_opts: [{:secret, @new}, :junk]],
+          [:junk, sync_opts: [secret: @new]]
+        ] do
+      assert {:error, reason} = ContextStore.start_link([storage_opts: [data_dir: dir]] ++ opts)
+      refute inspect(reason, limit: :infinity) =~ @new
+    end
+
+    # The default store's supervisor keeps its options (a child spec, its
+    # own arguments): a function stands for the secret there too, whether
+    # it came from the application environment or the arguments.
+    [b] = Cluster.start(1, tmp_dir: Path.join(tmp_dir, "sup"))
+
+    :ok =
+      Cluster.call(b, Application, :put_env, [:vsmcp, ContextStore, [sync_opts: [secret: @old]]])
+
+    data = Path.join(b.dir, "default")
+
+    {:ok, sup} =
+      Cluster.call(b, SyncNode, :start_default, [
+        [storage_opts: [data_dir: data], sync_opts: [secret: [@new, @old]]]
+      ])
+
+    children = Cluster.call(b, Supervisor, :which_children, [sup])
+
+    for pid <- [sup | Enum.map(children, &elem(&1, 1))] do
+      dump = inspect(Cluster.call(b, :sys, :get_state, [pid]), limit: :infinity)
+      refute dump =~ @new
+      refute dump =~ @old
+    end
+
+    assert %{enabled: true} = Cluster.call(b, ContextStore, :sync_info, [])
   end
 end

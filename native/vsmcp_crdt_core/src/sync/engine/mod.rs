@@ -64,9 +64,9 @@ use crate::error::Error;
 use crate::hash::{HashMap, HashSet};
 use crate::hlc::Timestamp;
 use crate::store::Store;
+use crate::sync::auth::FRAME_BYTES;
 use crate::sync::digest::{stable_hash, Digest, BUCKETS};
 use crate::sync::log::DeltaLog;
-use crate::sync::auth::FRAME_BYTES;
 use crate::sync::wire::{
     Envelope, Message, MAX_MESSAGE_BYTES, MAX_SINGLE_ENTRY_MESSAGE_BYTES, MIN_WIRE_VERSION,
 };

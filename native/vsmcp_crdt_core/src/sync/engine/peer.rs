@@ -5,9 +5,9 @@ use super::anti_entropy::Exchange;
 use super::collect::Proof;
 use super::deltas::DeltaLink;
 use super::{directory_of, Engine, Event, Inbound, Outbound, PeerStats, Reject};
-use crate::sync::auth::ReplayWindow;
 use crate::hlc::Timestamp;
 use crate::store::Store;
+use crate::sync::auth::ReplayWindow;
 use crate::sync::wire::{negotiate, Message};
 
 /// A peer session down for this many `down_after_ms` (50 s with the
