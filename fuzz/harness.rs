@@ -13,12 +13,16 @@
 
 #![allow(dead_code)]
 
+use std::cell::RefCell;
+use std::path::PathBuf;
 use std::sync::Arc;
 use vsmcp_crdt_core::causal::ReplicaId;
 use vsmcp_crdt_core::crdt::Crdt;
 use vsmcp_crdt_core::hlc::Timestamp;
 use vsmcp_crdt_core::record::{self, Meta, Record, Tombs};
 use vsmcp_crdt_core::store::import::{import_gen, LegacyEntry, LegacyState};
+use vsmcp_crdt_core::store::{Store, StoreConfig};
+use vsmcp_crdt_core::sync::{Engine, EngineConfig};
 use vsmcp_crdt_core::sync::canonical::{canonical_state_bytes, digest_bytes};
 use vsmcp_crdt_core::sync::digest::{item_hash, Digest};
 use vsmcp_crdt_core::sync::wire::{check_payload, Message, MAX_MESSAGE_BYTES};
@@ -26,13 +30,14 @@ use vsmcp_crdt_core::term::{self, ValueBuilder};
 
 /// The targets, by name (the fuzz binaries and the directories of
 /// `seeds/` and `regressions/` have these names).
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, fn(&[u8])); 7] = [
     ("wire", wire),
     ("record", record),
     ("crdt", crdt),
     ("digest", digest),
     ("import", import),
     ("term", term),
+    ("engine", engine),
 ];
 
 /// Two inputs from one: a 2-byte length of the first, then both.
@@ -192,7 +197,12 @@ fn crdt_accepted(c: &Crdt) {
     assert_eq!(&again, c);
     assert_eq!(canonical_state_bytes(&again), canonical_state_bytes(c));
     assert_eq!(digest_bytes(&again), digest_bytes(c));
-    let _ = (c.value(), c.heap_bytes(), c.size_hint(), c.next_insert_reallocates());
+    let _ = (
+        c.value(),
+        c.heap_bytes(),
+        c.size_hint(),
+        c.next_insert_reallocates(),
+    );
     let mut twice = c.clone();
     if twice.join(c).is_ok() {
         assert_eq!(&twice, c);
@@ -338,4 +348,88 @@ pub fn term(data: &[u8]) {
     let mut twice = Vec::new();
     term::encode_value(&again, &mut twice);
     assert_eq!(once, twice);
+}
+
+/// A store and its sync engine, in a directory of their own.
+struct Node {
+    store: Store,
+    engine: Engine,
+    dir: PathBuf,
+    inputs: u64,
+    now_ms: u64,
+}
+
+/// Inputs a [`Node`] takes before it is replaced by a fresh one (what the
+/// inputs merge into it would otherwise grow without end).
+const NODE_INPUTS: u64 = 2_000;
+
+impl Node {
+    fn open() -> Node {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "vsmcp_crdt-fuzz-engine-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = StoreConfig::new(&dir, b"fuzz");
+        cfg.ephemeral = true;
+        cfg.cache_bytes = 1 << 20;
+        let store = Store::open(cfg).expect("a store opens in a fresh directory");
+        let engine = Engine::new(&store, EngineConfig::default());
+        Node {
+            store,
+            engine,
+            dir,
+            inputs: 0,
+            now_ms: 1_700_000_000_000,
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.store.close(std::time::Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+thread_local! {
+    static NODE: RefCell<Option<Node>> = const { RefCell::new(None) };
+}
+
+/// Sync messages handled end to end (`Engine::receive`: decode, checks,
+/// the handler of each tag, entries merged into the store) and DETS import
+/// entries imported into the store (`Store::import_legacy`). The input is
+/// a sequence of chunks, each a 2-byte length then its bytes: a chunk
+/// starting with the wire magic is a message, any other an import entry
+/// (see [`legacy_entry`]); the engine ticks after each. State carries over
+/// between inputs of one process (a peer's earlier messages), for
+/// [`NODE_INPUTS`] inputs.
+pub fn engine(data: &[u8]) {
+    NODE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|n| n.inputs >= NODE_INPUTS) {
+            *cell = None;
+            *cell = Some(Node::open());
+        }
+        let Some(node) = cell.as_mut() else {
+            return;
+        };
+        node.inputs += 1;
+        let mut rest = data;
+        let mut events = Vec::new();
+        while !rest.is_empty() {
+            let (chunk, more) = split2(rest);
+            rest = more;
+            node.now_ms += 7;
+            if chunk.first() == Some(&0xC9) {
+                let _ = node.engine.receive(&node.store, chunk, node.now_ms, &mut events);
+            } else {
+                let _ = node.store.import_legacy(&[legacy_entry(chunk)]);
+            }
+            let _ = node.engine.tick(&node.store, node.now_ms, &mut events);
+            events.clear();
+        }
+    });
 }

@@ -166,7 +166,11 @@ fn liars() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> bool)> {
         ),
         (
             "state entry of a 4 GiB payload",
-            msg(1, 5, &cat(&[&[0x93], &from, &[0x91, 0x92, 0xc4, 1, b'x'], &bin32(huge)])),
+            msg(
+                1,
+                5,
+                &cat(&[&[0x93], &from, &[0x91, 0x92, 0xc4, 1, b'x'], &bin32(huge)]),
+            ),
             wire_ok,
         ),
         (
@@ -226,7 +230,9 @@ fn liars() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> bool)> {
         (
             "or-set element of 2^32 dots",
             cat(&[
-                &[0xC7, 1, 3, 0x96, 0, 0xc2, 0x91, 0xc4, 1, b'r', 0x91, 0x92, 0xc4, 1, b'e'],
+                &[
+                    0xC7, 1, 3, 0x96, 0, 0xc2, 0x91, 0xc4, 1, b'r', 0x91, 0x92, 0xc4, 1, b'e',
+                ],
                 &array32(huge),
             ]),
             crdt_ok,
@@ -311,7 +317,12 @@ fn sample_crdts() -> Vec<Crdt> {
             Kind::GCounter => vec![Op::Increment(3), Op::Increment(u64::MAX / 4)],
             Kind::PNCounter => vec![Op::Increment(5), Op::Decrement(7)],
             Kind::ORSet | Kind::AWSet => {
-                vec![Op::Add(b"e1"), Op::Add(b"e2"), Op::Remove(b"e1"), Op::Add(b"")]
+                vec![
+                    Op::Add(b"e1"),
+                    Op::Add(b"e2"),
+                    Op::Remove(b"e1"),
+                    Op::Add(b""),
+                ]
             }
             Kind::LwwRegister => vec![
                 Op::Set(b"v1", Timestamp::new(10, 0)),
@@ -365,12 +376,19 @@ fn sample_records() -> Vec<Vec<u8>> {
             .encode()
         })
         .collect();
-    out.push(record::encode_parts(&meta(Kind::GCounter, true), &Crdt::new(Kind::GCounter).encode()));
+    out.push(record::encode_parts(
+        &meta(Kind::GCounter, true),
+        &Crdt::new(Kind::GCounter).encode(),
+    ));
     // Version 1 (no generation).
     let mut v1 = vec![record::RECORD_MAGIC, 1];
-    v1.extend(
-        rmp_serde_like_v1(Kind::PNCounter.code(), b"n", 1, 2, &Crdt::new(Kind::PNCounter).encode()),
-    );
+    v1.extend(rmp_serde_like_v1(
+        Kind::PNCounter.code(),
+        b"n",
+        1,
+        2,
+        &Crdt::new(Kind::PNCounter).encode(),
+    ));
     out.push(v1);
     out
 }
@@ -401,7 +419,11 @@ fn sample_tombs() -> Vec<Vec<u8>> {
     };
     let one = Tombs::one(t(0, 5, b"r1", 9));
     let many = (0..10).fold(one.clone(), |acc, i| {
-        Tombs::join(Some(acc), Some(Tombs::one(t(i, 100 - i as u64, b"r2", 200 - i as u64)))).unwrap()
+        Tombs::join(
+            Some(acc),
+            Some(Tombs::one(t(i, 100 - i as u64, b"r2", 200 - i as u64))),
+        )
+        .unwrap()
     });
     vec![
         record::encode_tombs(&one),
@@ -411,8 +433,8 @@ fn sample_tombs() -> Vec<Vec<u8>> {
     ]
 }
 
-fn sample_messages() -> Vec<Vec<u8>> {
-    let a = r("a");
+/// Messages of every tag from `a`, as `(message, versions it is sent in)`.
+fn message_samples(a: ReplicaId) -> Vec<(Message, &'static [u8])> {
     let recs = sample_records();
     let entries = |n: usize, skip: usize| -> Vec<(Vec<u8>, Vec<u8>)> {
         recs.iter()
@@ -481,16 +503,59 @@ fn sample_messages() -> Vec<Vec<u8>> {
             log_pos: 10,
         },
     ];
+    msgs.into_iter()
+        .map(|m| {
+            let versions: &[u8] = match m {
+                Message::Frontier { .. } | Message::AnswerEnd { .. } => &[4],
+                Message::Hello { .. } => &[1],
+                _ => &[1, 2, 3, 4],
+            };
+            (m, versions)
+        })
+        .collect()
+}
+
+const SEED_CLOCK: Timestamp = Timestamp {
+    wall_ms: 1_700_000_000_000,
+    counter: 2,
+};
+
+fn sample_messages() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for m in &msgs {
-        let versions: &[u8] = match m {
-            Message::Frontier { .. } | Message::AnswerEnd { .. } => &[4],
-            Message::Hello { .. } => &[1],
-            _ => &[1, 2, 3, 4],
-        };
+    for (m, versions) in message_samples(r("a")) {
         for &v in versions {
-            out.push(m.encode_seq(v, Timestamp::new(1_700_000_000_000, 2), 5));
+            out.push(m.encode_seq(v, SEED_CLOCK, 5));
         }
+    }
+    out
+}
+
+/// Chunks as `harness::engine` reads them: each behind its 2-byte length.
+fn chunks(parts: &[&[u8]]) -> Vec<u8> {
+    parts.iter().flat_map(|p| harness::join2(p, &[])).collect()
+}
+
+/// Conversations with a store's engine: a peer's hello, then each of its
+/// messages in version 4, or an import entry.
+fn sample_conversations() -> Vec<Vec<u8>> {
+    // A sync replica id: directory (16), incarnation (8), session (8).
+    let peer = ReplicaId::new(b"0123456789abcdef\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x07");
+    let msgs = message_samples(peer);
+    let hello = msgs
+        .iter()
+        .find(|(m, _)| matches!(m, Message::Hello { .. }))
+        .map(|(m, _)| m.encode())
+        .unwrap();
+    let mut out: Vec<Vec<u8>> = msgs
+        .iter()
+        .filter(|(m, _)| !matches!(m, Message::Hello { .. }))
+        .map(|(m, _)| chunks(&[&hello, &m.encode_seq(4, SEED_CLOCK, 1)]))
+        .collect();
+    let all: Vec<Vec<u8>> = msgs.iter().map(|(m, _)| m.encode_seq(4, SEED_CLOCK, 1)).collect();
+    let all: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+    out.push(chunks(&all));
+    for entry in sample_imports().iter().take(5) {
+        out.push(chunks(&[&hello, entry]));
     }
     out
 }
@@ -525,8 +590,13 @@ fn sample_terms() -> Vec<Vec<u8>> {
 fn sample_imports() -> Vec<Vec<u8>> {
     // See `harness::legacy_entry`: id, kind selector, then the state.
     let mut out = vec![
-        vec![2, b'i', b'd', 0, 2, 2, b'n', b'1', 5, 0, 0, 0, 0, 0, 0, 0, 2, b'n', b'2', 9, 0, 0, 0, 0, 0, 0, 0, 1, 7, 0, 0, 0, 0, 0, 0, 0],
-        vec![1, b'p', 1, 1, 1, b'n', 3, 0, 0, 0, 0, 0, 0, 0, 1, 1, b'n', 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        vec![
+            2, b'i', b'd', 0, 2, 2, b'n', b'1', 5, 0, 0, 0, 0, 0, 0, 0, 2, b'n', b'2', 9, 0, 0, 0,
+            0, 0, 0, 0, 1, 7, 0, 0, 0, 0, 0, 0, 0,
+        ],
+        vec![
+            1, b'p', 1, 1, 1, b'n', 3, 0, 0, 0, 0, 0, 0, 0, 1, 1, b'n', 1, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
         vec![1, b's', 2, 3, 1, b'x', 1, b'y', 0],
         vec![1, b'r', 3, 1, 3, b'v', b'a', b'l'],
         vec![1, b'r', 3, 0],
@@ -569,6 +639,7 @@ fn write_fuzz_seeds() {
         ("digest", digest_seeds),
         ("import", sample_imports()),
         ("term", sample_terms()),
+        ("engine", sample_conversations()),
     ];
     for (name, seeds) in sets {
         let dir = fuzz_dir().join("seeds").join(name);
@@ -579,4 +650,3 @@ fn write_fuzz_seeds() {
         }
     }
 }
-
