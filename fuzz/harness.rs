@@ -22,15 +22,18 @@ use vsmcp_crdt_core::hlc::Timestamp;
 use vsmcp_crdt_core::record::{self, Meta, Record, Tombs};
 use vsmcp_crdt_core::store::import::{import_gen, LegacyEntry, LegacyState};
 use vsmcp_crdt_core::store::{Store, StoreConfig};
-use vsmcp_crdt_core::sync::{Engine, EngineConfig};
 use vsmcp_crdt_core::sync::canonical::{canonical_state_bytes, digest_bytes};
 use vsmcp_crdt_core::sync::digest::{item_hash, Digest};
 use vsmcp_crdt_core::sync::wire::{check_payload, Message, MAX_MESSAGE_BYTES};
+use vsmcp_crdt_core::sync::{Engine, EngineConfig};
 use vsmcp_crdt_core::term::{self, ValueBuilder};
+
+/// A target: what it does with one input.
+pub type Target = fn(&[u8]);
 
 /// The targets, by name (the fuzz binaries and the directories of
 /// `seeds/` and `regressions/` have these names).
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("wire", wire),
     ("record", record),
     ("crdt", crdt),
@@ -367,10 +370,8 @@ impl Node {
     fn open() -> Node {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "vsmcp_crdt-fuzz-engine-{}-{n}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("vsmcp_crdt-fuzz-engine-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = StoreConfig::new(&dir, b"fuzz");
         cfg.ephemeral = true;
@@ -424,7 +425,9 @@ pub fn engine(data: &[u8]) {
             rest = more;
             node.now_ms += 7;
             if chunk.first() == Some(&0xC9) {
-                let _ = node.engine.receive(&node.store, chunk, node.now_ms, &mut events);
+                let _ = node
+                    .engine
+                    .receive(&node.store, chunk, node.now_ms, &mut events);
             } else {
                 let _ = node.store.import_legacy(&[legacy_entry(chunk)]);
             }

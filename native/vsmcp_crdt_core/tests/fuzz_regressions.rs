@@ -142,9 +142,12 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
 
+/// Whether a decoder accepts the bytes.
+type Accepts = fn(&[u8]) -> bool;
+
 /// Inputs that declare far more than they hold, each with the decoder that
 /// must refuse it.
-fn liars() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> bool)> {
+fn liars() -> Vec<(&'static str, Vec<u8>, Accepts)> {
     let huge = u32::MAX;
     let msg = |version: u8, tag: u8, body: &[u8]| cat(&[&[0xC9, version, tag], body]);
     let from = [0xc4, 1, b'a'];
@@ -551,7 +554,10 @@ fn sample_conversations() -> Vec<Vec<u8>> {
         .filter(|(m, _)| !matches!(m, Message::Hello { .. }))
         .map(|(m, _)| chunks(&[&hello, &m.encode_seq(4, SEED_CLOCK, 1)]))
         .collect();
-    let all: Vec<Vec<u8>> = msgs.iter().map(|(m, _)| m.encode_seq(4, SEED_CLOCK, 1)).collect();
+    let all: Vec<Vec<u8>> = msgs
+        .iter()
+        .map(|(m, _)| m.encode_seq(4, SEED_CLOCK, 1))
+        .collect();
     let all: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
     out.push(chunks(&all));
     for entry in sample_imports().iter().take(5) {
@@ -561,7 +567,7 @@ fn sample_conversations() -> Vec<Vec<u8>> {
 }
 
 fn sample_terms() -> Vec<Vec<u8>> {
-    let values = vec![
+    let values = [
         Value::Atom("ok".into()),
         Value::Int(-1),
         Value::Int(i64::MAX),
