@@ -357,8 +357,8 @@ fn codec(c: &mut Criterion) {
 /// message (an increment's delta) and the largest multi-entry one.
 fn auth(c: &mut Criterion) {
     let mut g = c.benchmark_group("auth");
-    let ring = vsmcp_crdt_core::sync::Keyring::new(&[b"a cluster secret of 32 bytes!!!!"], b"t")
-        .unwrap();
+    let ring =
+        vsmcp_crdt_core::sync::Keyring::new(&[b"a cluster secret of 32 bytes!!!!"], b"t").unwrap();
     for size in [64usize, 1 << 20] {
         let msg = vec![0xC9u8; size];
         let sealed = ring.seal(&msg);
