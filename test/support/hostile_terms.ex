@@ -9,6 +9,8 @@ defmodule Vsmcp.CRDT.HostileTerms do
     `StreamData.term/0` it never makes a new atom: atoms come from
     `atoms/0`, so running the tests does not fill the atom table (and
     code that must not create atoms can be checked).
+  * `data/0` - `term/0` without funs: the terms the store's codec keeps
+    (elements, register values, ids and node ids).
   * `nasty/0` - one of `nasty_terms/0`: oversized binaries, terms nested
     100_000 levels deep, improper lists, funs, extreme floats and integers,
     forged structs, option lists at and past their bounds.
@@ -51,8 +53,13 @@ defmodule Vsmcp.CRDT.HostileTerms do
   def hostile, do: frequency([{4, term()}, {1, nasty()}])
 
   @doc "Any term (see the moduledoc), no new atoms."
-  def term do
-    tree(leaf(), fn child ->
+  def term, do: tree_of(leaf([:self, :dead_pid, :ref, :fun, :capture]))
+
+  @doc "`term/0` without funs: terms the store's codec keeps."
+  def data, do: tree_of(leaf([:self, :dead_pid, :ref]))
+
+  defp tree_of(leaf) do
+    tree(leaf, fn child ->
       one_of([
         list_of(child, max_length: 4),
         list_of(child, max_length: 3) |> map(&List.to_tuple/1),
@@ -63,7 +70,7 @@ defmodule Vsmcp.CRDT.HostileTerms do
     |> resize(12)
   end
 
-  defp leaf do
+  defp leaf(runtime) do
     one_of([
       member_of(@atoms),
       integer(),
@@ -74,7 +81,7 @@ defmodule Vsmcp.CRDT.HostileTerms do
       string(:printable, max_length: 12),
       member_of([0, -1, 1 <<< 64, -(1 <<< 63) - 1, 1 <<< 1000]),
       member_of([-0.0, 1.0e308, -1.0e308, 5.0e-324, 0.5]),
-      member_of([:self, :dead_pid, :ref, :fun, :capture]) |> map(&runtime_leaf/1)
+      member_of(runtime) |> map(&runtime_leaf/1)
     ])
   end
 

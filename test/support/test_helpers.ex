@@ -8,8 +8,9 @@ defmodule Vsmcp.CRDT.TestHelpers do
     the test ends.
   * `start_store!/1` - a `Vsmcp.CRDT.ContextStore` under the test supervisor
     (stopped before the test's `on_exit` callbacks run), never restarted.
-  * `wal_bytes/1`, `nested/2`, `random_term/2` - measurements and term
-    generators.
+  * `wal_bytes/1`, `nested/2` - measurements and term generators (random
+    terms come from the StreamData generators of
+    `Vsmcp.CRDT.HostileTerms`, so failures shrink).
   """
 
   import Bitwise
@@ -183,59 +184,6 @@ defmodule Vsmcp.CRDT.TestHelpers do
       end
     end)
   end
-
-  @doc """
-  A random term of at most `depth` levels drawn with `:rand` (seed it for
-  determinism). Only atoms that already exist are used.
-  """
-  def random_term(depth \\ 4) do
-    kinds = if depth <= 0, do: 8, else: 13
-
-    case :rand.uniform(kinds) do
-      1 ->
-        Enum.random([:a, :b, nil, true, false, :increment, :add, :set, :g_counter, :or_set])
-
-      2 ->
-        :rand.uniform(1_000) - 500
-
-      3 ->
-        (:rand.uniform(1 <<< 20) - (1 <<< 19)) * (1 <<< :rand.uniform(200))
-
-      4 ->
-        :rand.uniform() * 1.0e6 - 5.0e5
-
-      5 ->
-        :crypto.strong_rand_bytes(:rand.uniform(40) - 1)
-
-      6 ->
-        String.duplicate("é", :rand.uniform(5))
-
-      7 ->
-        self()
-
-      8 ->
-        bits(:rand.uniform(7))
-
-      9 ->
-        for _ <- 1..:rand.uniform(4)//1, do: random_term(depth - 1)
-
-      10 ->
-        List.to_tuple(for _ <- 1..(:rand.uniform(4) - 1)//1, do: random_term(depth - 1))
-
-      11 ->
-        Map.new(
-          for _ <- 1..:rand.uniform(4)//1, do: {random_term(depth - 1), random_term(depth - 1)}
-        )
-
-      12 ->
-        [random_term(depth - 1) | random_term(0)]
-
-      13 ->
-        {Enum.random([:increment, :decrement, :add, :remove, :set, :foo]), random_term(depth - 1)}
-    end
-  end
-
-  defp bits(n), do: <<:rand.uniform(255)::size(n)>>
 
   @doc "The canonical (symlink-free) form of an existing path."
   def real_path(path) do

@@ -7,11 +7,13 @@ defmodule Vsmcp.CRDT.ContextStoreBadInputTest do
   caller or the store.
   """
   use ExUnit.Case, async: true
+  use ExUnitProperties
 
   import Bitwise
   import Vsmcp.CRDT.TestHelpers
 
   alias Vsmcp.CRDT.ContextStore
+  alias Vsmcp.CRDT.HostileTerms
 
   # `reason` names `path` (as given, expanded, or with symlinks resolved).
   defp assert_names_path(reason, path) do
@@ -358,26 +360,41 @@ defmodule Vsmcp.CRDT.ContextStoreBadInputTest do
     end
 
     test "random ids, types, operations and elements never crash the store", %{store: store} do
-      :rand.seed(:exsss, {7, 11, 13})
       types = [:g_counter, :pn_counter, :or_set, :aw_set, :lww_register]
       known = for t <- types, do: {:known, t}
       for {:known, t} = id <- known, do: :ok = ContextStore.create(store, id, t)
+      # Operations as the API spells them, around random arguments, so that
+      # updates reach the CRDTs as well as the argument checks.
+      arg =
+        one_of([
+          HostileTerms.term(),
+          tuple(
+            {member_of([:increment, :decrement, :add, :remove, :set, :foo]), HostileTerms.term()}
+          )
+        ])
 
-      for _ <- 1..400 do
-        id = if :rand.uniform(2) == 1, do: Enum.random(known), else: random_term()
-        arg = random_term()
+      check all(
+              id <- one_of([member_of(known), HostileTerms.term()]),
+              arg <- arg,
+              call <- integer(1..11),
+              type <- one_of([member_of(types), constant(:arg)]),
+              amount <- member_of([1, -1, 0, 2 ** 70, :arg]),
+              decay? <- frequency([{49, constant(false)}, {1, constant(true)}]),
+              max_runs: 400
+            ) do
+        pick = fn x -> if x == :arg, do: arg, else: x end
 
         {call, result} =
-          case :rand.uniform(11) do
-            1 -> {:create, ContextStore.create(store, id, Enum.random([arg | types]))}
+          case call do
+            1 -> {:create, ContextStore.create(store, id, pick.(type))}
             2 -> {:get, ContextStore.get(store, id)}
             3 -> {:update, ContextStore.update(store, id, arg)}
             4 -> {:add, ContextStore.add(store, id, arg)}
             5 -> {:remove, ContextStore.remove(store, id, arg)}
             6 -> {:set, ContextStore.set(store, id, arg)}
             7 -> {:member?, ContextStore.member?(store, id, arg)}
-            8 -> {:increment, ContextStore.increment(store, id, Enum.random([1, -1, 0, arg]))}
-            9 -> {:decrement, ContextStore.decrement(store, id, Enum.random([1, 2 ** 70, arg]))}
+            8 -> {:increment, ContextStore.increment(store, id, pick.(amount))}
+            9 -> {:decrement, ContextStore.decrement(store, id, pick.(amount))}
             10 -> {:get_metadata, ContextStore.get_metadata(store, id)}
             11 -> {:update_ok, ContextStore.update(store, id, arg, return: :ok)}
           end
@@ -385,7 +402,7 @@ defmodule Vsmcp.CRDT.ContextStoreBadInputTest do
         assert match?(:ok, result) or match?({:ok, _}, result) or match?({:error, _}, result),
                "#{call} #{inspect(id)} #{inspect(arg)} -> #{inspect(result)}"
 
-        if :rand.uniform(50) == 1, do: :ok = ContextStore.decay_now(store)
+        if decay?, do: :ok = ContextStore.decay_now(store)
       end
 
       assert Process.alive?(store)

@@ -13,6 +13,7 @@ defmodule Vsmcp.CRDT.ContextStoreSetValueTest do
   there, so the tests know which path they exercised.
   """
   use ExUnit.Case, async: true
+  use ExUnitProperties
 
   import Vsmcp.CRDT.TestHelpers
 
@@ -39,19 +40,20 @@ defmodule Vsmcp.CRDT.ContextStoreSetValueTest do
     Enum.reduce(elements, %{}, &put(&2, &1))
   end
 
-  defp random_element do
-    case :rand.uniform(10) do
-      1 -> {:t, :rand.uniform(50)}
-      2 -> "s#{:rand.uniform(50)}"
-      _ -> :rand.uniform(3_500)
-    end
+  # Mostly integers (most of them already in the set), some tuples and
+  # strings.
+  defp element do
+    frequency([
+      {8, integer(1..3_500)},
+      {1, tuple({constant(:t), integer(1..50)})},
+      {1, map(integer(1..50), &"s#{&1}")}
+    ])
   end
 
-  # One random step; checks the reply against the model.
-  defp step(store, id, model) do
-    e = random_element()
-
-    case :rand.uniform(9) do
+  # One step (`op` in 1..9, on element `e`); checks the reply against the
+  # model.
+  defp step(store, id, model, {op, e}) do
+    case op do
       n when n <= 3 ->
         model = put(model, e)
         assert {:ok, v} = ContextStore.add(store, id, e)
@@ -81,22 +83,28 @@ defmodule Vsmcp.CRDT.ContextStoreSetValueTest do
 
   for type <- [:or_set, :aw_set] do
     test "#{type}: replies follow interleaved adds, removes and gets", %{store: store} do
-      :rand.seed(:exsss, {7, 8, 9})
-      id = {:big, unquote(type)}
-      :ok = ContextStore.create(store, id, unquote(type))
-      # 3,000 elements: value replies of updates go to a dirty scheduler,
-      # copies of the cached value stay on the normal one.
-      model = fill(store, id, Enum.to_list(1..3_000))
-      assert {:ok, v} = ContextStore.get(store, id)
-      assert v == expected(model)
-      assert %{len: 3_000} = cache(store, id)
+      # Each run (and each shrink) starts from a fresh set of its own.
+      check all(
+              steps <-
+                list_of(tuple({integer(1..9), element()}), min_length: 1_500, max_length: 1_500),
+              max_runs: 1
+            ) do
+        id = {:big, unquote(type), System.unique_integer([:positive])}
+        :ok = ContextStore.create(store, id, unquote(type))
+        # 3,000 elements: value replies of updates go to a dirty scheduler,
+        # copies of the cached value stay on the normal one.
+        model = fill(store, id, Enum.to_list(1..3_000))
+        assert {:ok, v} = ContextStore.get(store, id)
+        assert v == expected(model)
+        assert %{len: 3_000} = cache(store, id)
 
-      model = Enum.reduce(1..1_500, model, fn _, m -> step(store, id, m) end)
-      assert {:ok, v} = ContextStore.get(store, id)
-      assert v == expected(model)
-      # Still cached, edited rather than rebuilt, and compacted on the way.
-      assert %{len: len, pending: 0} = cache(store, id)
-      assert len == map_size(model)
+        model = Enum.reduce(steps, model, &step(store, id, &2, &1))
+        assert {:ok, v} = ContextStore.get(store, id)
+        assert v == expected(model)
+        # Still cached, edited rather than rebuilt, and compacted on the way.
+        assert %{len: len, pending: 0} = cache(store, id)
+        assert len == map_size(model)
+      end
     end
   end
 

@@ -186,16 +186,21 @@ defmodule Vsmcp.CRDT.Sync.HostileMessagesTest do
   test "random binaries and forged messages of every tag to every :pg member", ctx do
     before = values(ctx.stores)
     members = :pg.get_members(PG.default_scope(), {:topic, ctx.topic})
+    # Built once: a generator written in a later clause of `check all` is
+    # rebuilt for every run, and `hostile/0` builds its nasty terms (17 MiB
+    # binaries, terms nested 100_000 deep) each time it is called: that was
+    # most of this test's time.
+    bodies =
+      one_of([
+        binary(max_length: 64),
+        HostileTerms.hostile() |> map(&:erlang.term_to_binary/1)
+      ])
 
     capture_log(fn ->
       check all(
               tag <- integer(0..9),
               version <- integer(0..6),
-              body <-
-                one_of([
-                  binary(max_length: 64),
-                  HostileTerms.hostile() |> map(&:erlang.term_to_binary/1)
-                ]),
+              body <- bodies,
               max_runs: 200
             ) do
         for bytes <- [body, <<0xC9, version, tag>> <> body], pid <- members do

@@ -5,7 +5,9 @@ defmodule Vsmcp.CRDT.Types.BadInputTest do
   (queries), never a crash.
   """
   use ExUnit.Case, async: true
+  use ExUnitProperties
 
+  alias Vsmcp.CRDT.HostileTerms
   alias Vsmcp.CRDT.Types.{GCounter, LWWRegister, ORSet, PNCounter}
 
   @modules [GCounter, PNCounter, ORSet, LWWRegister]
@@ -66,21 +68,24 @@ defmodule Vsmcp.CRDT.Types.BadInputTest do
   defp all_rejected?(results), do: Enum.all?(results, &(&1 != :ok))
 
   test "random binaries as state are rejected by every function" do
-    for mod <- @modules, _ <- 1..300 do
-      bytes = :crypto.strong_rand_bytes(:rand.uniform(64) - 1)
-      crdt = %{mod.new(:n) | state: bytes}
-      results = exercise(mod, crdt)
+    for mod <- @modules do
+      check all(bytes <- binary(max_length: 63), max_runs: 300) do
+        crdt = %{mod.new(:n) | state: bytes}
+        results = exercise(mod, crdt)
 
-      assert all_rejected?(results),
-             "#{inspect(mod)} accepted #{inspect(bytes)}: #{inspect(results)}"
+        assert all_rejected?(results),
+               "#{inspect(mod)} accepted #{inspect(bytes)}: #{inspect(results)}"
+      end
     end
   end
 
   test "random bodies behind a valid header never crash" do
-    for mod <- @modules, _ <- 1..300 do
+    for mod <- @modules do
       <<header::binary-size(3), _::binary>> = mod.new(:n).state
-      crdt = %{mod.new(:n) | state: header <> :crypto.strong_rand_bytes(:rand.uniform(40))}
-      exercise(mod, crdt)
+
+      check all(body <- binary(min_length: 1, max_length: 40), max_runs: 300) do
+        exercise(mod, %{mod.new(:n) | state: header <> body})
+      end
     end
   end
 
@@ -111,8 +116,14 @@ defmodule Vsmcp.CRDT.Types.BadInputTest do
 
   test "random terms in place of a CRDT are rejected" do
     for mod <- @modules,
-        term <- random_terms(200) ++ [nil, %{}, %{state: "x"}, %{mod.new(:n) | state: 123}] do
+        term <- [nil, %{}, %{state: "x"}, %{mod.new(:n) | state: 123}] do
       assert all_rejected?(exercise(mod, term)), "#{inspect(mod)} accepted #{inspect(term)}"
+    end
+
+    for mod <- @modules do
+      check all(term <- HostileTerms.term(), max_runs: 200) do
+        assert all_rejected?(exercise(mod, term)), "#{inspect(mod)} accepted #{inspect(term)}"
+      end
     end
   end
 
@@ -184,7 +195,7 @@ defmodule Vsmcp.CRDT.Types.BadInputTest do
   end
 
   test "random terms as elements, values and node ids work" do
-    for term <- random_terms(100) do
+    check all(term <- HostileTerms.data(), max_runs: 100) do
       {s, d} = ORSet.add(ORSet.new(term), term)
       assert ORSet.member?(s, term)
       assert ORSet.value(ORSet.merge(ORSet.new(:other), d)) == MapSet.new([term])
@@ -193,46 +204,6 @@ defmodule Vsmcp.CRDT.Types.BadInputTest do
       assert LWWRegister.get(r) === term
       assert %{node_id: node} = LWWRegister.causal_context(r)
       assert node === term
-    end
-  end
-
-  # Atoms come from a fixed list: tests must not create atoms either.
-  @atoms [:a, :b, nil, true, false, :ok, :error]
-
-  defp random_terms(n), do: for(_ <- 1..n, do: random_term(3))
-
-  defp random_term(0), do: leaf()
-
-  defp random_term(depth) do
-    case :rand.uniform(8) do
-      1 ->
-        List.to_tuple(for _ <- 1..:rand.uniform(3), do: random_term(depth - 1))
-
-      2 ->
-        for _ <- 1..:rand.uniform(3), do: random_term(depth - 1)
-
-      3 ->
-        Map.new(1..:rand.uniform(3), fn _ -> {random_term(depth - 1), random_term(depth - 1)} end)
-
-      4 ->
-        [random_term(depth - 1) | leaf()]
-
-      _ ->
-        leaf()
-    end
-  end
-
-  defp leaf do
-    case :rand.uniform(9) do
-      1 -> Enum.random(@atoms)
-      2 -> :rand.uniform(1_000) - 500
-      3 -> (:rand.uniform(1_000) + 1) ** 12 * Enum.random([1, -1])
-      4 -> :rand.uniform() * 1.0e6 - 5.0e5
-      5 -> :crypto.strong_rand_bytes(:rand.uniform(8))
-      6 -> self()
-      7 -> make_ref()
-      8 -> <<:rand.uniform(7)::3>>
-      9 -> ""
     end
   end
 end
