@@ -206,8 +206,10 @@ defmodule Vsmcp.CRDT.Types.EncodedState do
             inspect(reason)
   end
 
-  defp check(%{__struct__: module, state: state} = crdt, module) when is_binary(state),
-    do: {:ok, crdt}
+  # A map posing as the struct must have every field (`crdt.node_id` is read).
+  defp check(%{__struct__: module, state: state, node_id: _} = crdt, module)
+       when is_binary(state),
+       do: {:ok, crdt}
 
   defp check(%{__struct__: module}, module), do: {:error, :invalid_argument}
   defp check(%{__struct__: _other}, _module), do: {:error, :type_mismatch}
