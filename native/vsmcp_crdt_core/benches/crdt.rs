@@ -361,13 +361,18 @@ fn auth(c: &mut Criterion) {
         vsmcp_crdt_core::sync::Keyring::new(&[b"a cluster secret of 32 bytes!!!!"], b"t").unwrap();
     for size in [64usize, 1 << 20] {
         let msg = vec![0xC9u8; size];
-        let sealed = ring.seal(&msg);
+        let sealed = ring.seal(&msg, 1, Some(b"a recipient's sync id"));
         g.throughput(criterion::Throughput::Bytes(size as u64));
         g.bench_function(BenchmarkId::new("seal", size), |b| {
-            b.iter(|| ring.seal(black_box(&msg)))
+            b.iter(|| ring.seal(black_box(&msg), 1, Some(b"a recipient's sync id")))
         });
         g.bench_function(BenchmarkId::new("open", size), |b| {
-            b.iter(|| ring.open(black_box(&sealed)).unwrap().len())
+            b.iter(|| {
+                ring.open(black_box(&sealed), b"a recipient's sync id")
+                    .unwrap()
+                    .msg
+                    .len()
+            })
         });
     }
     g.finish();
