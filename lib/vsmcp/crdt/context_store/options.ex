@@ -267,17 +267,26 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   """
   @spec validate(keyword()) :: :ok | {:error, reason()}
   def validate(opts) do
-    if is_list(opts) and Keyword.keyword?(opts) do
-      compatible = drop_allowlisted(opts)
+    cond do
+      not (is_list(opts) and Keyword.keyword?(opts)) ->
+        {:error, {:invalid_option, :options, scrub(opts, 4)}}
 
-      case NimbleOptions.validate(compatible, Schemas.store_with_groups()) do
-        {:ok, _} -> :ok
-        {:error, error} -> {:error, invalid_option(error, compatible)}
-      end
-    else
-      {:error, {:invalid_option, :options, scrub(opts, 4)}}
+      # NimbleOptions raises on an improper list where a keyword list goes.
+      group = Enum.find([:storage_opts, :sync_opts], &improper_list?(opts[&1])) ->
+        {:error, {:invalid_option, group, scrub(opts[group], 4)}}
+
+      true ->
+        compatible = drop_allowlisted(opts)
+
+        case NimbleOptions.validate(compatible, Schemas.store_with_groups()) do
+          {:ok, _} -> :ok
+          {:error, error} -> {:error, invalid_option(error, compatible)}
+        end
     end
   end
+
+  defp improper_list?([_ | rest]), do: not is_list(rest) or improper_list?(rest)
+  defp improper_list?(_other), do: false
 
   # The replaced store's keys that are accepted and ignored.
   defp drop_allowlisted(opts) do
@@ -320,19 +329,17 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
 
   defp secret_key?(_), do: false
 
-  # `term` with the values under secret-named keys replaced, `depth` deep.
+  # `term` with the values under secret-named keys replaced, `depth` deep
+  # (improper lists too: this runs on whatever a caller passed).
   defp scrub(term, 0), do: term
+  defp scrub([], _depth), do: []
 
-  defp scrub(list, depth) when is_list(list) do
-    Enum.map(list, fn
-      {k, v} -> if secret_key?(k), do: {k, :redacted}, else: {k, scrub(v, depth - 1)}
-      other -> scrub(other, depth - 1)
-    end)
-  rescue
-    # An improper list.
-    ArgumentError -> list
+  defp scrub([{k, v} | rest], depth) do
+    v = if secret_key?(k), do: :redacted, else: scrub(v, depth - 1)
+    [{k, v} | scrub(rest, depth)]
   end
 
+  defp scrub([head | rest], depth), do: [scrub(head, depth - 1) | scrub(rest, depth)]
   defp scrub(term, _depth), do: term
 
   defp value_at(opts, path) do
@@ -359,10 +366,21 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
   @doc false
   def validate_secret(secret) when is_binary(secret), do: validate_secret([secret])
 
+  # A function (`hide_secret/1`) returning a secret or a list of them,
+  # called once here; it must not raise or return another function.
   def validate_secret(f) when is_function(f, 0) do
-    case validate_secret(f.()) do
+    secrets =
+      try do
+        f.()
+      rescue
+        _ -> :raised
+      catch
+        _, _ -> :raised
+      end
+
+    case not is_function(secrets) and validate_secret(secrets) do
       {:ok, _} -> {:ok, f}
-      error -> error
+      _ -> {:error, @secret_expected}
     end
   end
 

@@ -156,6 +156,40 @@ defmodule Vsmcp.CRDT.ContextStore.OptionsTest do
     end
   end
 
+  describe "secrets and odd shapes" do
+    @secret "0123456789abcdef0123"
+
+    test "errors never echo a secret, and improper lists get an error, not a raise" do
+      for opts <- [
+            [{:a, 1} | :x],
+            [sync_opts: [{:peers, 1} | :x]],
+            [storage_opts: [memory_limt: [1 | 2]]],
+            [sync_opts: [topic: [{:secret, @secret} | :tail]]],
+            [sync_opts: [secrets: @secret]],
+            [secret: @secret],
+            [:junk, sync_opts: [secret: @secret]],
+            [sync_opts: [secret: fn -> raise "boom" end]],
+            [sync_opts: [secret: fn -> fn -> @secret end end]]
+          ] do
+        assert {:error, {:invalid_option, _, _} = reason} = Options.validate(opts)
+        refute inspect(reason, limit: :infinity) =~ @secret
+      end
+
+      assert Options.validate(sync_opts: [secret: fn -> @secret end]) == :ok
+    end
+
+    test "hide_secret/1 puts a function in place of a secret and leaves the rest" do
+      opts = Options.hide_secret(name: :s, sync_opts: [topic: "t", secret: @secret])
+      assert opts[:name] == :s and opts[:sync_opts][:topic] == "t"
+      f = opts[:sync_opts][:secret]
+      assert is_function(f, 0) and f.() == @secret
+      assert Options.hide_secret(opts) == opts
+
+      for odd <- [nil, [1 | 2], [sync_opts: :x], %{sync_opts: [secret: @secret]}],
+          do: assert(Options.hide_secret(odd) == odd)
+    end
+  end
+
   describe "decay_interval/1" do
     test "the storage option, or the default of 60 s" do
       assert Options.decay_interval(storage_opts: [decay_interval: 5]) == 5

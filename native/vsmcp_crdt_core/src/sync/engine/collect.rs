@@ -36,9 +36,6 @@ pub(super) struct Member {
     pub(super) cleared: HashMap<Box<[u8]>, u64>,
     /// The directories its latest report lists: `(at, dirs)`.
     pub(super) listed: Option<(u64, Vec<Box<[u8]>>)>,
-    /// With authentication: the stamp of its latest hello taken
-    /// (`Timestamp::to_u64`); an older one is a replay (see `on_hello`).
-    pub(super) last_hello: u64,
 }
 
 impl Member {

@@ -64,7 +64,7 @@ use crate::error::Error;
 use crate::hash::{HashMap, HashSet};
 use crate::hlc::Timestamp;
 use crate::store::Store;
-use crate::sync::auth::FRAME_BYTES;
+use crate::sync::auth::{ReplayWindow, FRAME_BYTES};
 use crate::sync::digest::{stable_hash, Digest, BUCKETS};
 use crate::sync::log::DeltaLog;
 use crate::sync::wire::{
@@ -92,6 +92,11 @@ const STABILITY_VERSION: u8 = 4;
 
 /// Longest sync id accepted from a peer.
 const MAX_ID_BYTES: usize = 64;
+
+/// The most sending sessions whose sequence numbers an engine remembers
+/// (see `Engine::take_seq`): far more than sessions of real members over
+/// an engine's life; without the secret no one can make more.
+const MAX_REPLAY_WINDOWS: usize = 4096;
 
 fn random_u64() -> u64 {
     use std::io::Read;
@@ -147,6 +152,11 @@ pub struct Engine {
     counters: Counters,
     /// With authentication: the sequence number of our last message.
     sent_seq: u64,
+    /// With authentication: the sequence numbers taken of each sending
+    /// session heard since this engine started (by sync id), kept when
+    /// its session is dropped, at most `MAX_REPLAY_WINDOWS` (the least
+    /// recently used goes), with when each was last used.
+    windows: HashMap<ReplicaId, (ReplayWindow, u64)>,
 }
 
 /// The directory part of a sync id (a replica id plus a session).
@@ -211,6 +221,7 @@ impl Engine {
             prime_cursor: Some(None),
             counters: Counters::default(),
             sent_seq: 0,
+            windows: HashMap::default(),
         }
     }
 
@@ -428,6 +439,13 @@ impl Engine {
         if from == self.me {
             return None;
         }
+        if let Some(o) = sealed {
+            // Before anything is counted or changed: a replay does nothing.
+            if let Err((why, e)) = self.take_seq(&from, o.seq, &msg) {
+                self.reject(events, Some(&from), why, e);
+                return None;
+            }
+        }
         if let Some(p) = self.peers.get_mut(&from) {
             p.stats.msgs_received += 1;
             p.stats.bytes_received += outer_len as u64;
@@ -476,9 +494,52 @@ impl Engine {
             clock: store.tick_clock(),
             sent: clock,
             seq,
-            auth_seq: sealed.map(|o| o.seq),
         };
         Some((msg, version, ctx))
+    }
+
+    /// With authentication: take sequence number `seq` of `from`'s
+    /// session, or say why not. Messages sealed for us were made during
+    /// this engine's life (its session is in the MAC), and every number
+    /// of a session heard since is remembered, also once the session is
+    /// dropped: a replay is refused whenever it comes. A session's window
+    /// opens with its first hello (a hello, a broadcast, is the only
+    /// message that can come from before our start); anything else from
+    /// a session not heard is from no known peer.
+    fn take_seq(
+        &mut self,
+        from: &ReplicaId,
+        seq: u64,
+        msg: &Message,
+    ) -> std::result::Result<(), (Reject, &'static str)> {
+        let use_n = self.sent_seq;
+        match self.windows.get_mut(from) {
+            Some((w, used)) => {
+                *used = use_n;
+                if w.take(seq) {
+                    Ok(())
+                } else {
+                    Err((Reject::Stale, "a replayed message"))
+                }
+            }
+            None if matches!(msg, Message::Hello { .. }) => {
+                if self.windows.len() >= MAX_REPLAY_WINDOWS {
+                    let oldest = self
+                        .windows
+                        .iter()
+                        .min_by_key(|(_, (_, u))| *u)
+                        .map(|(r, _)| r.clone());
+                    if let Some(r) = oldest {
+                        self.windows.remove(&r);
+                    }
+                }
+                let mut w = ReplayWindow::above(seq.saturating_sub(1));
+                w.take(seq);
+                self.windows.insert(from.clone(), (w, use_n));
+                Ok(())
+            }
+            None => Err((Reject::UnknownPeer, "no hello yet")),
+        }
     }
 
     /// Handle one message from the transport: each kind has its handler.
@@ -515,15 +576,6 @@ impl Engine {
         let from = &ctx.from;
         let Some(p) = self.peers.get_mut(from) else {
             self.reject(events, Some(from), Reject::UnknownPeer, "no hello yet");
-            return Vec::new();
-        };
-        if let Some(n) = ctx.auth_seq {
-            if !p.replay.take(n) {
-                self.reject(events, Some(from), Reject::Stale, "a replayed message");
-                return Vec::new();
-            }
-        }
-        let Some(p) = self.peers.get_mut(from) else {
             return Vec::new();
         };
         if version != p.version {
@@ -594,8 +646,6 @@ struct Inbound {
     sent: Option<Timestamp>,
     /// The envelope's sequence number of a `States` message (0: none).
     seq: u64,
-    /// With authentication: the frame's sequence number.
-    auth_seq: Option<u64>,
 }
 
 impl Inbound {

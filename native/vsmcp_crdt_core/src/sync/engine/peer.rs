@@ -7,7 +7,6 @@ use super::deltas::DeltaLink;
 use super::{directory_of, Engine, Event, Inbound, Outbound, PeerStats, Reject};
 use crate::hlc::Timestamp;
 use crate::store::Store;
-use crate::sync::auth::ReplayWindow;
 use crate::sync::wire::{negotiate, Message};
 
 /// A peer session down for this many `down_after_ms` (50 s with the
@@ -34,8 +33,6 @@ pub(super) struct Peer {
     pub(super) link: DeltaLink,
     pub(super) exchange: Exchange,
     pub(super) proof: Proof,
-    /// With authentication: the sequence numbers taken of this session.
-    pub(super) replay: ReplayWindow,
 }
 
 impl Peer {
@@ -54,7 +51,6 @@ impl Peer {
             link: DeltaLink::new(sent_upto),
             exchange: Exchange::default(),
             proof: Proof::default(),
-            replay: ReplayWindow::above(0),
         }
     }
 }
@@ -222,31 +218,8 @@ impl Engine {
             return Vec::new();
         };
         let dir: Box<[u8]> = directory_of(from).into();
-        // With authentication, a hello is taken only if it is newer than
-        // every hello of its directory taken so far: a replayed one (of a
-        // session superseded since, or of one gone) is refused, and the
-        // same one again changes nothing, not even liveness. A restarted
-        // session's hellos are newer: its clock is persisted.
-        let stamp = hello.clock.to_u64();
-        if ctx.auth_seq.is_some() {
-            if let Some(m) = self.members.get(&dir) {
-                if stamp < m.last_hello {
-                    let why = "a hello older than one taken";
-                    self.reject(events, Some(from), Reject::Stale, why);
-                    return Vec::new();
-                }
-                if stamp == m.last_hello {
-                    return Vec::new();
-                }
-            }
-        }
         if !self.admit_member(store, from, &dir, now_ms, events) {
             return Vec::new();
-        }
-        if ctx.auth_seq.is_some() {
-            if let Some(m) = self.members.get_mut(&dir) {
-                m.last_hello = m.last_hello.max(stamp);
-            }
         }
         let out = Vec::new();
         if !self.peers.contains_key(from) && !self.members.contains_key(&dir) {
@@ -267,8 +240,7 @@ impl Engine {
                 return out;
             }
         }
-        let new_session = !self.peers.contains_key(from);
-        if new_session {
+        if !self.peers.contains_key(from) {
             // A restart of a known directory supersedes its old session.
             self.drop_sessions_of(&dir, events);
             // It acknowledged nothing: it catches up by digest, not by
@@ -285,14 +257,6 @@ impl Engine {
         let Some(p) = self.peers.get_mut(from) else {
             return out;
         };
-        if let Some(n) = ctx.auth_seq {
-            // A new session takes nothing it sent before this hello.
-            if new_session {
-                p.replay = ReplayWindow::above(n);
-            } else {
-                p.replay.take(n);
-            }
-        }
         p.live.last_seen_ms = now_ms;
         p.version = version;
         p.proof.heard(hello.clock.to_u64(), hello.log_pos);
