@@ -406,6 +406,7 @@ cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
         beam_code: mem[:code],
         beam_atom: mem[:atom],
         beam_system: mem[:system],
+        beam_carriers: beam_carriers(),
         process_count: :erlang.system_info(:process_count),
         port_count: :erlang.system_info(:port_count),
         tombstones: info.crdts.tombstones,
@@ -428,6 +429,15 @@ cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
         info_ms: div(t2 - t1, 1000),
         tokens_ms: div(t3 - t2, 1000)
       }
+    end
+
+    # Bytes of every carrier the BEAM's allocators hold (what it has mapped
+    # for :erlang.memory/0's blocks, free space in carriers included).
+    def beam_carriers do
+      case :instrument.carriers() do
+        {:ok, {_, carriers}} -> Enum.reduce(carriers, 0, &(elem(&1, 2) + &2))
+        _ -> nil
+      end
     end
 
     # info/1 asks the sync peer too (5 s call timeout): retry when it is busy.
@@ -537,6 +547,92 @@ defmodule SoakBench do
 
       _ ->
         %{rss_kb: nil, rss_anon_kb: nil, rss_file_kb: nil}
+    end
+  end
+
+  # Resident memory by kind of mapping (/proc/<pid>/smaps): the brk heap
+  # (glibc's main arena), glibc's other arenas (anonymous mappings at a
+  # 64 MiB boundary that with the reserved ---p mapping after them make
+  # 64 MiB: HEAP_MAX_SIZE), anonymous read-write mappings of 512 MiB or
+  # more (mimalloc's arenas: the NIF's Rust allocations), other anonymous
+  # mappings (BEAM carriers, large malloc chunks) and file-backed mappings.
+  def smaps(os_pid) do
+    case File.read("/proc/#{os_pid}/smaps") do
+      {:ok, s} ->
+        maps =
+          s
+          |> String.split("\n")
+          |> Enum.reduce([], fn line, acc ->
+            case Regex.run(~r/^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/, line) do
+              [_, a, b, perms, path] ->
+                [
+                  %{
+                    from: String.to_integer(a, 16),
+                    to: String.to_integer(b, 16),
+                    perms: perms,
+                    path: path,
+                    rss: 0
+                  }
+                  | acc
+                ]
+
+              nil ->
+                case {acc, Regex.run(~r/^Rss:\s+(\d+) kB/, line)} do
+                  {[m | rest], [_, kb]} -> [%{m | rss: String.to_integer(kb)} | rest]
+                  _ -> acc
+                end
+            end
+          end)
+          |> Enum.reverse()
+
+        arena = 64 * 1024 * 1024
+
+        kinds =
+          maps
+          |> Enum.chunk_every(2, 1, [nil])
+          |> Enum.map(fn [m, next] ->
+            kind =
+              cond do
+                m.path == "[heap]" ->
+                  :heap
+
+                m.path != "" ->
+                  :file
+
+                # mimalloc's arena (the NIF's Rust allocations): it reserves
+                # 1 GiB at a time; the BEAM's 1 GiB literal area is ---p
+                # where untouched and holds a few MiB.
+                m.to - m.from >= 512 * 1024 * 1024 and String.starts_with?(m.perms, "rw") ->
+                  :big
+
+                rem(m.from, arena) == 0 and
+                    (m.to - m.from == arena or
+                       (next != nil and next.from == m.to and next.perms == "---p" and
+                          next.path == "" and next.to - m.from == arena)) ->
+                  :arena
+
+                true ->
+                  :anon
+              end
+
+            {kind, m.rss}
+          end)
+
+        sum = fn k ->
+          kinds |> Enum.filter(&(elem(&1, 0) == k)) |> Enum.map(&elem(&1, 1)) |> Enum.sum()
+        end
+
+        %{
+          smaps_heap_kb: sum.(:heap),
+          smaps_arena_kb: sum.(:arena),
+          smaps_big_kb: sum.(:big),
+          smaps_anon_kb: sum.(:anon),
+          smaps_file_kb: sum.(:file),
+          arenas: Enum.count(kinds, &(elem(&1, 0) == :arena))
+        }
+
+      _ ->
+        %{}
     end
   end
 
@@ -703,7 +799,8 @@ defmodule SoakBench do
 
   # --- CSV ----------------------------------------------------------------------
   @columns ~w(t_s node ops ops_per_s errors skipped deletes lag_n lag_p50_ms lag_max_ms
-              lag_pending_ms rss_kb rss_anon_kb rss_file_kb fds fd_sst fd_wal fd_file
+              lag_pending_ms rss_kb rss_anon_kb rss_file_kb smaps_heap_kb smaps_arena_kb
+              arenas smaps_big_kb smaps_anon_kb smaps_file_kb beam_carriers glibc_kb anon_minus_beam_kb fds fd_sst fd_wal fd_file
               fd_socket fd_pipe fd_anon fd_other beam_total beam_processes beam_binary
               beam_ets beam_code beam_atom beam_system process_count port_count
               tombstones tokens hot warm hot_bytes warm_bytes memtable_bytes
@@ -740,8 +837,13 @@ defmodule SoakBench do
       {"Throughput (ops/s per node)", :linear, [{:ops_per_s, "", nil}]},
       {"Convergence lag per reader (ms, log): p50 solid, max dashed, oldest probe not yet seen dotted",
        :log, [{:lag_p50_ms, "", nil}, {:lag_max_ms, "6,4", nil}, {:lag_pending_ms, "1,3", nil}]},
-      {"RSS (MiB) solid, :erlang.memory(:total) (MiB) dashed", :linear,
-       [{:rss_kb, "", 1 / 1024}, {:beam_total, "6,4", 1 / 1_048_576}]},
+      {"RSS (MiB) solid, mimalloc arena RSS (NIF's Rust heap) dotted, :erlang.memory(:total) dashed",
+       :linear,
+       [
+         {:rss_kb, "", 1 / 1024},
+         {:smaps_big_kb, "1,3", 1 / 1024},
+         {:beam_total, "6,4", 1 / 1_048_576}
+       ]},
       {"Open file handles per node", :linear, [{:fds, "", nil}]},
       {"Delete tombstones held solid, remove tokens held dashed", :linear,
        [{:tombstones, "", nil}, {:tokens, "6,4", nil}]}
@@ -1050,9 +1152,18 @@ try do
       B.on_all(nodes, fn n ->
         s = B.call(n, :sample, [node_cfg.(n)], 120_000)
         os = B.proc_status(n.os_pid)
-        fd = B.fds(n.os_pid)
+        fd = B.fds(n.os_pid) |> Map.merge(B.smaps(n.os_pid))
         {writes, reads} = B.call(n, :drain_probes, [], 60_000)
-        {s |> Map.merge(os) |> Map.merge(fd), writes, reads}
+        s = s |> Map.merge(os) |> Map.merge(fd)
+
+        derived = %{
+          glibc_kb: (s[:smaps_heap_kb] || 0) + (s[:smaps_arena_kb] || 0),
+          anon_minus_beam_kb:
+            s[:smaps_anon_kb] && s.beam_carriers &&
+              s.smaps_anon_kb - div(s.beam_carriers, 1024)
+        }
+
+        {Map.merge(s, derived), writes, reads}
       end)
 
     writes = Map.new(Enum.with_index(samples), fn {{_, w, _}, i} -> {i, w} end)
@@ -1307,6 +1418,11 @@ try do
       {label, key, scale} <- [
         {"RSS MiB", :rss_kb, 1 / 1024},
         {"RssAnon MiB", :rss_anon_kb, 1 / 1024},
+        {"glibc heap + arenas MiB (smaps)", :glibc_kb, 1 / 1024},
+        {"mimalloc arena MiB (smaps)", :smaps_big_kb, 1 / 1024},
+        {"other anon MiB (smaps)", :smaps_anon_kb, 1 / 1024},
+        {"BEAM carriers MiB", :beam_carriers, 1 / 1_048_576},
+        {"other anon - BEAM carriers MiB", :anon_minus_beam_kb, 1 / 1024},
         {"BEAM total MiB", :beam_total, 1 / 1_048_576},
         {"BEAM processes MiB", :beam_processes, 1 / 1_048_576},
         {"BEAM binary MiB", :beam_binary, 1 / 1_048_576},
