@@ -850,7 +850,8 @@ defmodule SoakBench do
     ]
 
     h = 90 + length(panels) * (@panel_h + @gap) + 20
-    x_max = cfg.duration * 1.0
+    # Samples can end a little after --duration (a slow sample delays the next).
+    x_max = Enum.reduce(rows, cfg.duration * 1.0, &max(&1.t_s * 1.0, &2))
 
     body =
       panels
