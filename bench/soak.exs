@@ -43,15 +43,23 @@
 # not yet visible there.
 #
 # Every --interval s, per node: ops done, failures and skipped ops, probe
-# lag, VmRSS of the node's OS process (/proc/<pid>/status), open file
-# handles (/proc/<pid>/fd, by kind), :erlang.memory/0, info/1 (delete
+# lag, VmRSS of the node's OS process (/proc/<pid>/status) and its
+# resident memory by mapping kind (/proc/<pid>/smaps: glibc heap and
+# arenas, mimalloc's arena = the NIF's Rust heap, other anonymous, files),
+# open file handles (/proc/<pid>/fd, by kind), :erlang.memory/0 and the
+# BEAM's allocator carriers (:instrument.carriers/0), info/1 (delete
 # tombstones held: crdts.tombstones; items hot/warm; the store's memory and
 # disk figures; sync_info collection counters and log), and remove tokens
 # held: Native.store_remove_tokens/2 summed over every remove-wins set id
 # of the id space (it counts the sets in memory, hot tier, only).
 #
 # Writes to --out (default bench/soak): soak.csv (one row per sample and
-# node), soak-partitions.csv and soak.svg (the plot), and prints a summary.
+# node), soak-partitions.csv and soak.svg (the plot), and prints a summary:
+# the first warm minute against the last, and the growth per minute of
+# each memory figure and of the file handles from the 2nd-3rd minutes to
+# the last two (minutes scaled down for runs shorter than 6 minutes).
+# A --partition-every over twice --duration runs without partitions.
+# Results: bench/RESULTS-soak.md.
 # Options: --duration S (600), --interval S (5), --out DIR, --rate R (2000
 # ops/s per node), --workers N (4), --ids N (2000), --partition-every S
 # (60), --partition-s S (10), --probe-ms MS (250), --seed N.
