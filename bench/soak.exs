@@ -396,8 +396,11 @@ cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
         end
 
       t1 = now()
-      info = info_retry(60_000)
+      # nil when the store or its sync peer did not answer for 30 s (the
+      # sample is kept, its info/1 columns left empty).
+      info = info_retry(30_000) || %{}
       t2 = now()
+      i = fn path -> get_in(info, path) end
       tokens = remove_tokens(cfg)
       t3 = now()
 
@@ -417,22 +420,23 @@ cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
         beam_carriers: beam_carriers(),
         process_count: :erlang.system_info(:process_count),
         port_count: :erlang.system_info(:port_count),
-        tombstones: info.crdts.tombstones,
+        tombstones: i.([:crdts, :tombstones]),
         tokens: tokens,
-        hot: info.hot,
-        warm: info.warm,
-        hot_bytes: info.memory.hot_bytes,
-        warm_bytes: info.memory.warm_bytes,
-        memtable_bytes: info.memory.memtable_bytes,
-        block_cache_bytes: info.memory.block_cache_bytes,
-        table_readers_bytes: info.memory.table_readers_bytes,
-        sst_bytes: info.disk.sst_bytes,
-        wal_files: info.disk.wal_files,
-        collected_tombstones: info.sync.counters[:collected_tombstones],
-        collected_elements: info.sync.counters[:collected_elements],
-        log_entries: info.sync[:log_entries],
-        type_clashes: (info.sync[:rejected] || %{})[:type_clash],
-        peers_up: Enum.count(info.sync[:peers] || [], & &1.up),
+        hot: i.([:hot]),
+        warm: i.([:warm]),
+        hot_bytes: i.([:memory, :hot_bytes]),
+        warm_bytes: i.([:memory, :warm_bytes]),
+        memtable_bytes: i.([:memory, :memtable_bytes]),
+        block_cache_bytes: i.([:memory, :block_cache_bytes]),
+        table_readers_bytes: i.([:memory, :table_readers_bytes]),
+        sst_bytes: i.([:disk, :sst_bytes]),
+        wal_files: i.([:disk, :wal_files]),
+        collected_tombstones: i.([:sync, :counters, :collected_tombstones]),
+        collected_elements: i.([:sync, :counters, :collected_elements]),
+        log_entries: i.([:sync, :log_entries]),
+        type_clashes: i.([:sync, :rejected, :type_clash]),
+        peers_up: if(info == %{}, do: nil, else: Enum.count(i.([:sync, :peers]) || [], & &1.up)),
+        sample_error: if(info == %{}, do: "info/1: no answer for 30 s", else: nil),
         peer_queue: queue,
         info_ms: div(t2 - t1, 1000),
         tokens_ms: div(t3 - t2, 1000)
@@ -448,7 +452,8 @@ cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
       end
     end
 
-    # info/1 asks the sync peer too (5 s call timeout): retry when it is busy.
+    # info/1 asks the sync peer too (5 s call timeout): retry when it is
+    # busy; nil after `budget_ms` without an answer.
     defp info_retry(budget_ms) do
       t0 = System.monotonic_time(:millisecond)
 
@@ -457,13 +462,14 @@ cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
           ContextStore.info(ContextStore)
         catch
           :exit, {:timeout, _} ->
-            if System.monotonic_time(:millisecond) - t0 > budget_ms,
-              do: raise("info: no answer")
-
-            nil
+            if System.monotonic_time(:millisecond) - t0 > budget_ms, do: :failed, else: nil
         end
       end)
-      |> Enum.find(&is_map/1)
+      |> Enum.find(&(is_map(&1) or &1 == :failed))
+      |> case do
+        :failed -> nil
+        info -> info
+      end
     end
 
     # Remove tokens held in the remove-wins sets of the id space (the shared
@@ -483,7 +489,12 @@ cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
     end
 
     # Held tombstones and tokens, for the wait after the load.
-    def held(cfg), do: {info_retry(60_000).crdts.tombstones, remove_tokens(cfg)}
+    def held(cfg) do
+      case info_retry(60_000) do
+        nil -> {nil, remove_tokens(cfg)}
+        info -> {info.crdts.tombstones, remove_tokens(cfg)}
+      end
+    end
   end
 
 # --- runner -------------------------------------------------------------------
@@ -814,22 +825,30 @@ defmodule SoakBench do
               tombstones tokens hot warm hot_bytes warm_bytes memtable_bytes
               block_cache_bytes table_readers_bytes sst_bytes wal_files
               collected_tombstones collected_elements log_entries type_clashes peers_up peer_queue
-              info_ms tokens_ms partition load1)a
+              info_ms tokens_ms sample_error partition load1)a
 
   def columns, do: @columns
 
   def write_csv(path, rows) do
-    lines =
-      [Enum.join(@columns, ",")] ++
-        Enum.map(rows, fn row ->
-          Enum.map_join(@columns, ",", fn c -> csv_value(Map.get(row, c)) end)
-        end)
+    File.write!(path, Enum.join(@columns, ",") <> "\n")
+    append_csv(path, rows)
+  end
 
-    File.write!(path, Enum.join(lines, "\n") <> "\n")
+  # Rows are appended as they are sampled: a run that fails keeps them.
+  def append_csv(path, rows) do
+    lines =
+      Enum.map(rows, fn row ->
+        Enum.map_join(@columns, ",", fn c -> csv_value(Map.get(row, c)) end) <> "\n"
+      end)
+
+    File.write!(path, lines, [:append])
   end
 
   defp csv_value(nil), do: ""
-  defp csv_value(v) when is_binary(v), do: if(v == "", do: "", else: ~s("#{v}"))
+
+  defp csv_value(v) when is_binary(v),
+    do: if(v == "", do: "", else: ~s("#{String.replace(v, ~s("), "'")}"))
+
   defp csv_value(v), do: to_string(v)
 
   # --- SVG ----------------------------------------------------------------------
@@ -1157,23 +1176,47 @@ try do
     Process.sleep(wait)
     t = B.now()
 
+    # A node that does not answer gives a row with the runner's figures
+    # (RSS, fds, smaps) and the reason in `sample_error`; its probes are
+    # drained at the next sample.
     samples =
-      B.on_all(nodes, fn n ->
-        s = B.call(n, :sample, [node_cfg.(n)], 120_000)
-        os = B.proc_status(n.os_pid)
-        fd = B.fds(n.os_pid) |> Map.merge(B.smaps(n.os_pid))
-        {writes, reads} = B.call(n, :drain_probes, [], 60_000)
-        s = s |> Map.merge(os) |> Map.merge(fd)
+      B.on_all(
+        nodes,
+        fn n ->
+          s =
+            try do
+              B.call(n, :sample, [node_cfg.(n)], 90_000)
+            catch
+              kind, reason ->
+                %{
+                  t: B.now(),
+                  sample_error: "sample: #{kind} #{inspect(reason) |> String.slice(0, 120)}"
+                }
+            end
 
-        derived = %{
-          glibc_kb: (s[:smaps_heap_kb] || 0) + (s[:smaps_arena_kb] || 0),
-          anon_minus_beam_kb:
-            s[:smaps_anon_kb] && s.beam_carriers &&
-              s.smaps_anon_kb - div(s.beam_carriers, 1024)
-        }
+          os = B.proc_status(n.os_pid)
+          fd = B.fds(n.os_pid) |> Map.merge(B.smaps(n.os_pid))
 
-        {Map.merge(s, derived), writes, reads}
-      end)
+          {writes, reads} =
+            try do
+              B.call(n, :drain_probes, [], 60_000)
+            catch
+              _, _ -> {[], []}
+            end
+
+          s = s |> Map.merge(os) |> Map.merge(fd)
+
+          derived = %{
+            glibc_kb: (s[:smaps_heap_kb] || 0) + (s[:smaps_arena_kb] || 0),
+            anon_minus_beam_kb:
+              s[:smaps_anon_kb] && s[:beam_carriers] &&
+                s.smaps_anon_kb - div(s.beam_carriers, 1024)
+          }
+
+          {Map.merge(s, derived), writes, reads}
+        end,
+        300_000
+      )
 
     writes = Map.new(Enum.with_index(samples), fn {{_, w, _}, i} -> {i, w} end)
     reads = Map.new(Enum.with_index(samples), fn {{_, _, r}, i} -> {i, r} end)
@@ -1186,7 +1229,9 @@ try do
 
         dt_s = if prev, do: (s.t - prev.t) / 1_000_000, else: (s.t - t0) / 1_000_000
 
-        ops_per_s = round((s.ops - if(prev, do: prev.ops, else: 0)) / max(dt_s, 0.001))
+        ops_per_s =
+          if s[:ops],
+            do: round((s.ops - if(prev, do: prev.ops, else: 0)) / max(dt_s, 0.001))
 
         Map.merge(s, %{
           t_s: Float.round((t - t0) / 1_000_000, 1),
@@ -1201,8 +1246,15 @@ try do
         })
       end
 
-    {rows, resolved, probe_state,
-     Map.new(Enum.with_index(samples), fn {{s, _, _}, i} -> {i, s} end)}
+    # The last answered sample of each node, for the next ops/s.
+    prev =
+      samples
+      |> Enum.with_index()
+      |> Enum.reduce(state.prev, fn {{s, _, _}, i}, acc ->
+        if s[:ops], do: Map.put(acc, i, s), else: acc
+      end)
+
+    {rows, resolved, probe_state, prev}
   end
 
   collect_partitions = fn acc ->
@@ -1227,6 +1279,8 @@ try do
 
   IO.puts("\n" <> header)
   IO.puts("|" <> String.duplicate("---|", 10))
+  csv = Path.join(cfg.out, "soak.csv")
+  B.write_csv(csv, [])
 
   state =
     Enum.reduce(
@@ -1243,9 +1297,15 @@ try do
           "| #{hd(rows).t_s} | #{by.(:ops_per_s, & &1)} | " <>
             "#{Enum.map_join(rows, " ", &"#{&1.lag_p50_ms}/#{&1.lag_max_ms}(#{&1.lag_pending_ms})")} | " <>
             "#{by.(:rss_kb, mib)} | #{by.(:fds, & &1)} | #{by.(:tombstones, & &1)} | " <>
-            "#{by.(:tokens, & &1)} | #{by.(:beam_total, &div(&1, 1_048_576))} | " <>
+            "#{by.(:tokens, & &1)} | #{by.(:beam_total, &(&1 && div(&1, 1_048_576)))} | " <>
             "#{by.(:info_ms, & &1)} | #{hd(rows).load1} |"
         )
+
+        for r <- rows,
+            r[:sample_error],
+            do: IO.puts("sample error on n#{r.node}: #{r.sample_error}")
+
+        B.append_csv(csv, rows)
 
         %{
           state
@@ -1321,7 +1381,7 @@ try do
       %{row | partition: if(cut, do: cut.label, else: "")}
     end)
 
-  csv = Path.join(cfg.out, "soak.csv")
+  # Rewritten with the partition of each row.
   B.write_csv(csv, rows)
 
   File.write!(
@@ -1456,7 +1516,14 @@ try do
     )
   end
 
-  totals = for n <- 1..3, do: rows |> Enum.filter(&(&1.node == n)) |> List.last()
+  totals =
+    for n <- 1..3, do: rows |> Enum.filter(&(&1.node == n and &1[:ops] != nil)) |> List.last()
+
+  failed_samples = for n <- 1..3, do: Enum.count(rows, &(&1.node == n and &1[:sample_error]))
+
+  IO.puts(
+    "\nsamples with an error (see sample_error) per node: #{Enum.join(failed_samples, " / ")}"
+  )
 
   IO.puts(
     "\nops done per node #{Enum.map_join(totals, " / ", & &1.ops)}, failed #{Enum.map_join(totals, " / ", & &1.errors)}, " <>
