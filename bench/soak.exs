@@ -1517,7 +1517,8 @@ try do
   end
 
   totals =
-    for n <- 1..3, do: rows |> Enum.filter(&(&1.node == n and &1[:ops] != nil)) |> List.last()
+    for n <- 1..3,
+        do: rows |> Enum.filter(&(&1.node == n and &1[:tombstones] != nil)) |> List.last()
 
   failed_samples = for n <- 1..3, do: Enum.count(rows, &(&1.node == n and &1[:sample_error]))
 
