@@ -50,12 +50,17 @@ fn nif_loaded() -> bool {
 /// (`purge_delay = -1`). Its purging runs inside whichever thread next
 /// allocates, a scheduler in the middle of a NIF call: after a large set
 /// was freed, a microsecond call spent milliseconds in `madvise`. Freed
-/// memory is reused by later allocations, as glibc's would be.
+/// memory is reused by later allocations, as glibc's would be. An
+/// operator who prefers memory back over that latency sets mimalloc's own
+/// `MIMALLOC_PURGE_DELAY` (milliseconds) in the environment, which is
+/// then left as given.
 fn on_load(_env: rustler::Env, _info: rustler::Term) -> bool {
     // `mi_option_purge_delay` in mimalloc's option enum.
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: setting an allocator option; valid at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: setting an allocator option; valid at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
     true
 }
 
