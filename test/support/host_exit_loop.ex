@@ -237,11 +237,15 @@ defmodule Vsmcp.CRDT.HostExitLoop do
 
     File.mkdir_p!(Path.join(project, "config"))
     File.write!(Path.join(project, "config/config.exs"), "import Config\n")
-    File.write!(Path.join(project, "mix.exs"), mix_exs(project))
+    # A copy of the package's files, not this checkout: the host's (non-test)
+    # NIF build must not land in this checkout's priv/native/ while other
+    # tests start :peer nodes (see HostProjectTest).
+    dep = Vsmcp.Test.Package.copy!(Path.join(project, "dep"))
+    File.write!(Path.join(project, "mix.exs"), mix_exs(project, dep))
   end
 
   # Every path absolute: runs happen in other working directories.
-  defp mix_exs(project) do
+  defp mix_exs(project, dep) do
     """
     defmodule HostApp.MixProject do
       use Mix.Project
@@ -261,7 +265,7 @@ defmodule Vsmcp.CRDT.HostExitLoop do
           elixirc_paths: ["lib"],
           test_paths: [Path.join(@root, "test")],
           deps: [
-            {:vsmcp_crdt, path: #{inspect(@repo_dir)}},
+            {:vsmcp_crdt, path: #{inspect(dep)}},
             #{phoenix_pubsub_dep()}
           ]
         ]

@@ -27,6 +27,9 @@ defmodule Vsmcp.CRDT.ContextStoreSchedulerTest do
   """
   use ExUnit.Case, async: false
 
+  # In a VM of its own: see test/test_helper.exs.
+  @moduletag :scheduler_hygiene
+
   import Vsmcp.CRDT.TestHelpers
 
   alias Vsmcp.CRDT.ContextStore

@@ -8,10 +8,11 @@ defmodule Vsmcp.CRDT.HostProjectTest do
   precompiled NIF, and a build from exactly the package's files.)
 
   The host project lives in its own temporary directory with its own `_build`
-  and `deps`; the only thing it writes into this repository is the installed
-  `priv/native/libvsmcp_crdt_nif.so` (git-ignored; this checkout's next
-  compile puts its own build back). Cargo reuses `CARGO_TARGET_DIR` from the
-  environment, so the Rust build is incremental.
+  and `deps`, and depends on a copy of this repository's package files
+  (`Vsmcp.Test.Package.copy!/1`), so it writes nothing into this checkout:
+  the suite's own test build of the NIF stays in `priv/native/` for the
+  `:peer` nodes other tests start meanwhile. Cargo reuses `CARGO_TARGET_DIR`
+  from the environment, so the RocksDB build is reused.
 
   The second test (`:host_exit_loop`) runs a host application's own suite
   30 times against `Vsmcp.CRDT.HostExitLoop` (test/support), with the host
@@ -134,7 +135,13 @@ defmodule Vsmcp.CRDT.HostProjectTest do
     end
   end
 
+  # The host depends on a copy of this repository's package files: a
+  # `path:` dependency on the checkout itself would install the host's
+  # (non-test) NIF build into this checkout's priv/native/ while the rest of
+  # the suite runs, and :peer nodes started later would load it.
   defp write_host_project(dir) do
+    dep = Vsmcp.Test.Package.copy!(Path.join(dir, "dep"))
+
     File.write!(Path.join(dir, "mix.exs"), """
     defmodule HostApp.MixProject do
       use Mix.Project
@@ -144,7 +151,7 @@ defmodule Vsmcp.CRDT.HostProjectTest do
           app: :host_app,
           version: "0.0.1",
           elixir: "~> 1.14",
-          deps: [{:vsmcp_crdt, path: #{inspect(@repo_dir)}}]
+          deps: [{:vsmcp_crdt, path: #{inspect(dep)}}]
         ]
       end
 

@@ -55,7 +55,9 @@ defmodule Vsmcp.CRDT.HostileTermsTest do
       {:stop, 2} => "stops the store; its bad arguments have their own test below",
       {:stop, 3} => "stops the store; its bad arguments have their own test below",
       {:inject_write_failure, 2} =>
-        "test-only fault injection (@doc false): makes every later write fail, on purpose"
+        "test-only fault injection (@doc false): makes every later write fail, on purpose",
+      {:inject_clock_skew, 1} =>
+        "test-only fault injection (@doc false): skews every store's clock in this VM, on purpose"
     },
     Vsmcp.CRDT.Supervisor => %{
       {:init, 1} =>

@@ -158,8 +158,13 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
     opts |> Keyword.get(:storage_opts, []) |> storage_decay_interval()
   end
 
-  defp storage_decay_interval(storage) when is_list(storage),
-    do: Keyword.get(storage, :decay_interval) || @default_decay_interval
+  # Checked options hold an integer (or nil); anything else is the default.
+  defp storage_decay_interval(storage) when is_list(storage) do
+    case Keyword.get(storage, :decay_interval) do
+      ms when is_integer(ms) and ms >= 0 -> ms
+      _ -> @default_decay_interval
+    end
+  end
 
   @doc """
   The sync options of a store (`:sync_opts` of `start_link/1`), checked,

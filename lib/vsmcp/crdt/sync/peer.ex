@@ -124,7 +124,7 @@ defmodule Vsmcp.CRDT.Sync.Peer do
   sender's messages (both built-in ones do while the nodes stay
   connected), a peer answers only after it has merged what we sent
   before, so once `b` below synced, `a` holds `b`'s change (the stores
-  first wait until `b` has met `a`, a few milliseconds):
+  first wait until each has met the other, a few milliseconds):
 
       iex> alias Vsmcp.CRDT.{ContextStore, Sync.Peer}
       iex> tmp = fn -> Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}") end
@@ -132,9 +132,8 @@ defmodule Vsmcp.CRDT.Sync.Peer do
       iex> {:ok, a} = ContextStore.start_link(storage_opts: [data_dir: tmp.()], sync_opts: sync)
       iex> {:ok, b} = ContextStore.start_link(storage_opts: [data_dir: tmp.()], sync_opts: sync)
       iex> {{:ok, peer_a}, {:ok, peer_b}} = {GenServer.call(a, :peer), GenServer.call(b, :peer)}
-      iex> key_a = Peer.info(peer_a).replica
-      iex> met_a? = fn -> Enum.any?(Peer.info(peer_b).peers, &(&1.key == key_a and &1.up)) end
-      iex> Stream.interval(5) |> Stream.take(200) |> Enum.any?(fn _ -> met_a?.() end)
+      iex> up? = fn peer, other -> Enum.any?(Peer.info(peer).peers, &(&1.key == Peer.info(other).replica and &1.up)) end
+      iex> Stream.interval(5) |> Stream.take(400) |> Enum.any?(fn _ -> up?.(peer_b, peer_a) and up?.(peer_a, peer_b) end)
       true
       iex> :ok = ContextStore.create(b, :views, :g_counter)
       iex> {:ok, 3} = ContextStore.increment(b, :views, 3)

@@ -100,9 +100,19 @@ defmodule Vsmcp.CRDT.Sync.Transport.PG do
   end
 
   # :pg counts a process once per join, and would deliver once per join.
+  # The join is a call to the scope process: if the scope goes down
+  # meanwhile (junk makes OTP's :pg crash), the caller, a sync peer
+  # re-joining at its heartbeat, must not go down with it; the next
+  # heartbeat joins the restarted scope.
   defp join_once(scope, group) do
-    if self() in :pg.get_local_members(scope, group),
-      do: :ok,
-      else: :pg.join(scope, group, self())
+    if self() in :pg.get_local_members(scope, group) do
+      :ok
+    else
+      try do
+        :pg.join(scope, group, self())
+      catch
+        :exit, _ -> :ok
+      end
+    end
   end
 end
