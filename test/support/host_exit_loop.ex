@@ -266,7 +266,7 @@ defmodule Vsmcp.CRDT.HostExitLoop do
           test_paths: [Path.join(@root, "test")],
           deps: [
             {:vsmcp_crdt, path: #{inspect(dep)}},
-            #{phoenix_pubsub_dep()}
+            #{phoenix_pubsub_dep(dep)}
           ]
         ]
       end
@@ -280,8 +280,10 @@ defmodule Vsmcp.CRDT.HostExitLoop do
 
   # As this repository's mix.exs: the vendored copy where Hex is not
   # reachable, Hex otherwise.
-  defp phoenix_pubsub_dep do
-    vendored = Path.expand("../shared/vendor/phoenix_pubsub", @repo_dir)
+  # The vendored copy beside the package copy at `dep` (`Package.copy!/1`
+  # puts it there): the host's dependency and the package's must be one.
+  defp phoenix_pubsub_dep(dep) do
+    vendored = Path.expand("../shared/vendor/phoenix_pubsub", dep)
 
     if File.dir?(vendored),
       do: "{:phoenix_pubsub, path: #{inspect(vendored)}}",
