@@ -26,8 +26,6 @@ defmodule Vsmcp.CRDT.HostProjectTest do
 
   @moduletag :host_project
 
-  @repo_dir Path.expand("../../..", __DIR__)
-
   # The expression the host project evaluates, and what it must print.
   # Change these two lines when the public API exists.
   @host_expression "Vsmcp.CRDT.Native.nif_loaded()"
