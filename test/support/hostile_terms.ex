@@ -27,6 +27,7 @@ defmodule Vsmcp.CRDT.HostileTerms do
   import StreamData, except: [term: 0]
 
   alias Vsmcp.CRDT.HLC
+  alias Vsmcp.CRDT.TestHelpers
   alias Vsmcp.CRDT.Types.GCounter
 
   # `:data_dir` and `:dets_file` are left out: only `options/0` makes
@@ -107,8 +108,8 @@ defmodule Vsmcp.CRDT.HostileTerms do
       {:id, big},
       [big],
       :binary.copy(<<0>>, 17 <<< 20),
-      nested(300),
-      nested(100_000),
+      TestHelpers.nested(300),
+      TestHelpers.nested(100_000),
       Enum.reduce(1..100_000, :leaf, &[&1 | &2]),
       [1 | 2],
       [:a, :b | "c"],
@@ -143,7 +144,7 @@ defmodule Vsmcp.CRDT.HostileTerms do
       {:increment, 1 <<< 64},
       {:decrement, -1},
       {:add, big},
-      {:set, nested(100_000)},
+      {:set, TestHelpers.nested(100_000)},
       {:increment},
       {:add, 1, 2},
       [return: :ok],
@@ -219,17 +220,6 @@ defmodule Vsmcp.CRDT.HostileTerms do
       tuple({constant(:t), integer(1..50)}),
       integer(1..50) |> map(&"s#{&1}")
     ])
-  end
-
-  @doc "A term nested `depth` levels (tuples, lists and maps in turn)."
-  def nested(depth) do
-    Enum.reduce(1..depth, :leaf, fn i, acc ->
-      case rem(i, 3) do
-        0 -> [acc]
-        1 -> {acc}
-        2 -> %{k: acc}
-      end
-    end)
   end
 
   @doc "The pid of a process that has exited."

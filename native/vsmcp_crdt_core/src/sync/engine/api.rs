@@ -92,8 +92,8 @@ pub enum Reject {
     /// With authentication on: no valid MAC of an accepted secret.
     Unauthenticated,
     /// With authentication on: a replay (a sequence number taken
-    /// before or too old, a hello older than one taken), or a message
-    /// only a recipient may get sealed as a broadcast.
+    /// before, or too far below the highest taken), or a message only a
+    /// recipient may take sealed as a broadcast.
     Stale,
 }
 
