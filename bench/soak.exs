@@ -429,6 +429,8 @@ cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
         memtable_bytes: i.([:memory, :memtable_bytes]),
         block_cache_bytes: i.([:memory, :block_cache_bytes]),
         table_readers_bytes: i.([:memory, :table_readers_bytes]),
+        nif_live_bytes: i.([:memory, :nif_heap_live_bytes]),
+        nif_committed_bytes: i.([:memory, :nif_heap_committed_bytes]),
         sst_bytes: i.([:disk, :sst_bytes]),
         wal_files: i.([:disk, :wal_files]),
         collected_tombstones: i.([:sync, :counters, :collected_tombstones]),
@@ -823,7 +825,7 @@ defmodule SoakBench do
               fd_socket fd_pipe fd_anon fd_other beam_total beam_processes beam_binary
               beam_ets beam_code beam_atom beam_system process_count port_count
               tombstones tokens hot warm hot_bytes warm_bytes memtable_bytes
-              block_cache_bytes table_readers_bytes sst_bytes wal_files
+              block_cache_bytes table_readers_bytes nif_live_bytes nif_committed_bytes sst_bytes wal_files
               collected_tombstones collected_elements log_entries type_clashes peers_up peer_queue
               info_ms tokens_ms sample_error partition load1)a
 
@@ -1450,6 +1452,8 @@ try do
   table = [
     {"throughput, ops/s (mean)", avg.(:ops_per_s, 1)},
     {"RSS, MiB (mean)", avg.(:rss_kb, 1 / 1024)},
+    {"NIF heap live, MiB (mean)", avg.(:nif_live_bytes, 1 / 1_048_576)},
+    {"NIF heap committed (mimalloc), MiB (mean)", avg.(:nif_committed_bytes, 1 / 1_048_576)},
     {":erlang.memory(:total), MiB (mean)", avg.(:beam_total, 1 / 1_048_576)},
     {"open fds (mean)", avg.(:fds, 1)},
     {"open fds (max)", mx.(:fds)},
@@ -1489,6 +1493,8 @@ try do
         {"RssAnon MiB", :rss_anon_kb, 1 / 1024},
         {"glibc heap + arenas MiB (smaps)", :glibc_kb, 1 / 1024},
         {"mimalloc arena MiB (smaps)", :smaps_big_kb, 1 / 1024},
+        {"NIF heap live MiB", :nif_live_bytes, 1 / 1_048_576},
+        {"NIF heap committed MiB", :nif_committed_bytes, 1 / 1_048_576},
         {"other anon MiB (smaps)", :smaps_anon_kb, 1 / 1024},
         {"BEAM carriers MiB", :beam_carriers, 1 / 1_048_576},
         {"other anon - BEAM carriers MiB", :anon_minus_beam_kb, 1 / 1024},

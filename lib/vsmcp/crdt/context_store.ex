@@ -914,7 +914,12 @@ defmodule Vsmcp.CRDT.ContextStore do
     `:pending_bytes` (estimated encoded size of the writes not yet on disk),
     and RocksDB's `:memtable_bytes` (`rocksdb.cur-size-all-mem-tables`),
     `:block_cache_bytes` (`rocksdb.block-cache-usage`) and
-    `:table_readers_bytes` (`rocksdb.estimate-table-readers-mem`).
+    `:table_readers_bytes` (`rocksdb.estimate-table-readers-mem`); and the
+    native library's Rust heap, shared by every store of the VM:
+    `:nif_heap_live_bytes` (allocations not yet freed: a figure that grows
+    without bound is a leak) and `:nif_heap_committed_bytes` (what its
+    allocator, mimalloc, holds from the OS: live bytes plus freed memory
+    kept for reuse, see the operations guide).
   * `:disk` - bytes on disk: `:sst_bytes` (`rocksdb.total-sst-files-size`,
     files not yet deleted included), `:live_sst_bytes`
     (`rocksdb.live-sst-files-size`), `:live_data_bytes`

@@ -27,6 +27,7 @@
 mod atoms;
 mod errors;
 mod handle;
+mod heap;
 mod import;
 mod op;
 mod operations;
@@ -66,12 +67,6 @@ fn on_load(_env: rustler::Env, _info: rustler::Term) -> bool {
 
 rustler::init!("Elixir.Vsmcp.CRDT.Native", load = on_load);
 
-/// Rust allocations of the NIF (CRDT states, elements, encoded records)
-/// come from mimalloc instead of glibc malloc. With glibc, freeing a large
-/// set leaves its hundreds of thousands of small chunks in the allocating
-/// scheduler thread's fastbins, and the next large allocation on that
-/// thread consolidates all of them (`malloc_consolidate`): 8-15 ms inside a
-/// NIF call that itself does microseconds of work. mimalloc frees are O(1)
-/// and never consolidate.
+/// The NIF's Rust heap: mimalloc, counting live bytes (see `heap`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: heap::Counting = heap::Counting;

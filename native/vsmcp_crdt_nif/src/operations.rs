@@ -118,6 +118,8 @@ struct Memory {
     memtable_bytes: u64,
     block_cache_bytes: u64,
     table_readers_bytes: u64,
+    nif_heap_live_bytes: u64,
+    nif_heap_committed_bytes: u64,
 }
 
 #[derive(NifMap)]
@@ -205,6 +207,8 @@ impl<'a> InfoMap<'a> {
                 memtable_bytes: d.memtable_bytes,
                 block_cache_bytes: d.block_cache_bytes,
                 table_readers_bytes: d.table_readers_bytes,
+                nif_heap_live_bytes: crate::heap::live_bytes(),
+                nif_heap_committed_bytes: crate::heap::committed_bytes(),
             },
             disk: Disk {
                 sst_bytes: d.total_sst_bytes,
