@@ -45,7 +45,9 @@
 # Every --interval s, per node: ops done, failures and skipped ops, probe
 # lag, VmRSS of the node's OS process (/proc/<pid>/status) and its
 # resident memory by mapping kind (/proc/<pid>/smaps: glibc heap and
-# arenas, mimalloc's arena = the NIF's Rust heap, other anonymous, files),
+# arenas, a 1 GiB+ read-write mapping (mimalloc's arena, when the NIF used
+# it), other anonymous, files), the NIF's Rust heap (info/1: live bytes and
+# jemalloc's resident bytes),
 # open file handles (/proc/<pid>/fd, by kind), :erlang.memory/0 and the
 # BEAM's allocator carriers (:instrument.carriers/0), info/1 (delete
 # tombstones held: crdts.tombstones; items hot/warm; the store's memory and
@@ -430,7 +432,7 @@ cluster_modules = Code.require_file("../test/support/cluster.ex", __DIR__)
         block_cache_bytes: i.([:memory, :block_cache_bytes]),
         table_readers_bytes: i.([:memory, :table_readers_bytes]),
         nif_live_bytes: i.([:memory, :nif_heap_live_bytes]),
-        nif_committed_bytes: i.([:memory, :nif_heap_committed_bytes]),
+        nif_resident_bytes: i.([:memory, :nif_heap_resident_bytes]),
         sst_bytes: i.([:disk, :sst_bytes]),
         wal_files: i.([:disk, :wal_files]),
         collected_tombstones: i.([:sync, :counters, :collected_tombstones]),
@@ -825,7 +827,7 @@ defmodule SoakBench do
               fd_socket fd_pipe fd_anon fd_other beam_total beam_processes beam_binary
               beam_ets beam_code beam_atom beam_system process_count port_count
               tombstones tokens hot warm hot_bytes warm_bytes memtable_bytes
-              block_cache_bytes table_readers_bytes nif_live_bytes nif_committed_bytes sst_bytes wal_files
+              block_cache_bytes table_readers_bytes nif_live_bytes nif_resident_bytes sst_bytes wal_files
               collected_tombstones collected_elements log_entries type_clashes peers_up peer_queue
               info_ms tokens_ms sample_error partition load1)a
 
@@ -866,11 +868,12 @@ defmodule SoakBench do
       {"Throughput (ops/s per node)", :linear, [{:ops_per_s, "", nil}]},
       {"Convergence lag per reader (ms, log): p50 solid, max dashed, oldest probe not yet seen dotted",
        :log, [{:lag_p50_ms, "", nil}, {:lag_max_ms, "6,4", nil}, {:lag_pending_ms, "1,3", nil}]},
-      {"RSS (MiB) solid, mimalloc arena RSS (NIF's Rust heap) dotted, :erlang.memory(:total) dashed",
+      {"RSS (MiB) solid, NIF heap resident (jemalloc) dotted, NIF heap live dash-dot, :erlang.memory(:total) dashed",
        :linear,
        [
          {:rss_kb, "", 1 / 1024},
-         {:smaps_big_kb, "1,3", 1 / 1024},
+         {:nif_resident_bytes, "1,3", 1 / 1_048_576},
+         {:nif_live_bytes, "8,3,2,3", 1 / 1_048_576},
          {:beam_total, "6,4", 1 / 1_048_576}
        ]},
       {"Open file handles per node", :linear, [{:fds, "", nil}]},
@@ -1453,7 +1456,7 @@ try do
     {"throughput, ops/s (mean)", avg.(:ops_per_s, 1)},
     {"RSS, MiB (mean)", avg.(:rss_kb, 1 / 1024)},
     {"NIF heap live, MiB (mean)", avg.(:nif_live_bytes, 1 / 1_048_576)},
-    {"NIF heap committed (mimalloc), MiB (mean)", avg.(:nif_committed_bytes, 1 / 1_048_576)},
+    {"NIF heap resident (jemalloc), MiB (mean)", avg.(:nif_resident_bytes, 1 / 1_048_576)},
     {":erlang.memory(:total), MiB (mean)", avg.(:beam_total, 1 / 1_048_576)},
     {"open fds (mean)", avg.(:fds, 1)},
     {"open fds (max)", mx.(:fds)},
@@ -1494,7 +1497,7 @@ try do
         {"glibc heap + arenas MiB (smaps)", :glibc_kb, 1 / 1024},
         {"mimalloc arena MiB (smaps)", :smaps_big_kb, 1 / 1024},
         {"NIF heap live MiB", :nif_live_bytes, 1 / 1_048_576},
-        {"NIF heap committed MiB", :nif_committed_bytes, 1 / 1_048_576},
+        {"NIF heap resident MiB", :nif_resident_bytes, 1 / 1_048_576},
         {"other anon MiB (smaps)", :smaps_anon_kb, 1 / 1024},
         {"BEAM carriers MiB", :beam_carriers, 1 / 1_048_576},
         {"other anon - BEAM carriers MiB", :anon_minus_beam_kb, 1 / 1024},

@@ -917,9 +917,10 @@ defmodule Vsmcp.CRDT.ContextStore do
     `:table_readers_bytes` (`rocksdb.estimate-table-readers-mem`); and the
     native library's Rust heap, shared by every store of the VM:
     `:nif_heap_live_bytes` (allocations not yet freed: a figure that grows
-    without bound is a leak) and `:nif_heap_committed_bytes` (what its
-    allocator, mimalloc, holds from the OS: live bytes plus freed memory
-    kept for reuse, see the operations guide).
+    without bound is a leak) and `:nif_heap_resident_bytes` (what its
+    allocator, jemalloc, holds resident: live bytes, freed pages not yet
+    given back, about a second, and its metadata; see the operations
+    guide).
   * `:disk` - bytes on disk: `:sst_bytes` (`rocksdb.total-sst-files-size`,
     files not yet deleted included), `:live_sst_bytes`
     (`rocksdb.live-sst-files-size`), `:live_data_bytes`

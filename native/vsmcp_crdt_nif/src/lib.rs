@@ -47,26 +47,14 @@ fn nif_loaded() -> bool {
     true
 }
 
-/// At load: mimalloc never returns freed pages to the OS on its own
-/// (`purge_delay = -1`). Its purging runs inside whichever thread next
-/// allocates, a scheduler in the middle of a NIF call: after a large set
-/// was freed, a microsecond call spent milliseconds in `madvise`. Freed
-/// memory is reused by later allocations, as glibc's would be. An
-/// operator who prefers memory back over that latency sets mimalloc's own
-/// `MIMALLOC_PURGE_DELAY` (milliseconds) in the environment, which is
-/// then left as given.
+/// At load: the Rust heap's decay (see `heap`).
 fn on_load(_env: rustler::Env, _info: rustler::Term) -> bool {
-    // `mi_option_purge_delay` in mimalloc's option enum.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: setting an allocator option; valid at any time.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
+    heap::configure();
     true
 }
 
 rustler::init!("Elixir.Vsmcp.CRDT.Native", load = on_load);
 
-/// The NIF's Rust heap: mimalloc, counting live bytes (see `heap`).
+/// The NIF's Rust heap: jemalloc, counting live bytes (see `heap`).
 #[global_allocator]
 static ALLOCATOR: heap::Counting = heap::Counting;

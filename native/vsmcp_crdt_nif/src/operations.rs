@@ -119,7 +119,7 @@ struct Memory {
     block_cache_bytes: u64,
     table_readers_bytes: u64,
     nif_heap_live_bytes: u64,
-    nif_heap_committed_bytes: u64,
+    nif_heap_resident_bytes: u64,
 }
 
 #[derive(NifMap)]
@@ -208,7 +208,7 @@ impl<'a> InfoMap<'a> {
                 block_cache_bytes: d.block_cache_bytes,
                 table_readers_bytes: d.table_readers_bytes,
                 nif_heap_live_bytes: crate::heap::live_bytes(),
-                nif_heap_committed_bytes: crate::heap::committed_bytes(),
+                nif_heap_resident_bytes: crate::heap::resident_bytes(),
             },
             disk: Disk {
                 sst_bytes: d.total_sst_bytes,
