@@ -699,8 +699,11 @@ defmodule Vsmcp.CRDT.ContextStore do
   `:forgetting` (forgotten replicas whose forgetting is not settled yet:
   `%{key:, held_by: [member key]}`, see the sync guide),
   `:counters` (messages, bytes, merges, retransmits), `:rejected` (refused
-  peer input by kind) and the outgoing log's `:log_entries` and
-  `:log_bytes`.
+  peer input by kind), the outgoing log's `:log_entries` and
+  `:log_bytes`, and `:digest_ready` (`true` once the anti-entropy
+  digest holds every id: after a start it is built a page of 2,000 ids
+  per tick, so no call waits on it; about 10 s for a million ids). Deltas
+  flow from the start.
 
       iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
       iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
@@ -918,9 +921,9 @@ defmodule Vsmcp.CRDT.ContextStore do
     native library's Rust heap, shared by every store of the VM:
     `:nif_heap_live_bytes` (allocations not yet freed: a figure that grows
     without bound is a leak) and `:nif_heap_resident_bytes` (what its
-    allocator, jemalloc, holds resident: live bytes, freed pages not yet
-    given back, about a second, and its metadata; see the operations
-    guide).
+    allocator, jemalloc, holds resident: live allocations rounded up to
+    size classes, per-thread caches, freed pages not yet given back and its
+    metadata; see the operations guide).
   * `:disk` - bytes on disk: `:sst_bytes` (`rocksdb.total-sst-files-size`,
     files not yet deleted included), `:live_sst_bytes`
     (`rocksdb.live-sst-files-size`), `:live_data_bytes`

@@ -5,33 +5,50 @@
 //! hundreds of thousands of small chunks in the allocating scheduler
 //! thread's fastbins, and the next large allocation on that thread
 //! consolidates all of them (`malloc_consolidate`): 8-15 ms inside a NIF
-//! call that itself does microseconds of work. mimalloc (used before) frees
-//! in O(1) but gives memory back to the OS (`madvise`) inside whichever
-//! thread next allocates, a scheduler in the middle of a NIF call, so it
-//! was told never to, and the VM's RSS became the high-water mark of the
-//! Rust heap: in the soak, 97-103 MiB committed for 4-5 MiB live. jemalloc
-//! frees without consolidating and returns freed pages from its own
-//! **background threads** (`background_thread:true`, built in), after
-//! `dirty_decay_ms` (set to [`DECAY_MS`] at load): memory goes back within
-//! seconds and the schedulers never run the `madvise`.
+//! call that itself does microseconds of work. mimalloc (used before this
+//! release) frees in O(1) but gives memory back to the OS (`madvise`)
+//! inside whichever thread next allocates, a scheduler in the middle of a
+//! NIF call, so it was told never to, and the VM's RSS became the
+//! high-water mark of the Rust heap (`bench/RESULTS-soak.md`). jemalloc
+//! frees without consolidating, and on Linux (glibc) its **background
+//! threads** give freed pages back after `dirty_decay_ms`, so no
+//! scheduler runs that `madvise`.
 //!
-//! An operator tunes it with jemalloc's own `_RJEM_MALLOC_CONF` (the
-//! library's symbols are prefixed, so it never replaces the VM's malloc);
-//! when that is set, the decay is left as configured there.
+//! **Configuration** ([`MALLOC_CONF`], read by jemalloc when it starts):
+//! - `background_thread:true` on Linux with glibc, the one platform where
+//!   jemalloc has background threads and where they are tested (on macOS
+//!   jemalloc does not start with it; on musl it is not built);
+//! - `dirty_decay_ms:1000` there: freed pages go back about a second after
+//!   they were freed. Elsewhere (no background threads) the decay runs on
+//!   the allocating threads and jemalloc's 10 s default is kept: it purges
+//!   a little at a time along its decay curve;
+//! - `muzzy_decay_ms:0`: purged pages leave the RSS at once (`MADV_DONTNEED`);
+//! - `oversize_threshold:0`: no separate arena for allocations of 8 MiB or
+//!   more, whose decay jemalloc forces to 0 (a purge on every free, on the
+//!   freeing thread): large sets' tables decay like everything else.
+//!
+//! An operator overrides any of these, key by key, with jemalloc's own
+//! `_RJEM_MALLOC_CONF` in the environment (the library's symbols are
+//! prefixed, so it never replaces the VM's malloc). `background_thread:false`
+//! there moves purging back onto the threads that allocate: schedulers.
 //!
 //! **Live bytes.** RSS alone cannot tell a leak from memory an allocator
 //! keeps for reuse. [`live_bytes`] is the sum of the sizes of the
 //! allocations not yet freed, counted here on every allocation and free:
-//! one relaxed add on a per-thread stripe (a cache line no other scheduler
-//! writes), so counting never contends. [`resident_bytes`] is what
-//! jemalloc holds resident (`stats.resident`). Both are per OS process:
-//! every store of the VM shares this heap.
+//! one relaxed add on the thread's stripe, one of [`STRIPES`] cache lines
+//! handed to threads in turn, so threads rarely share one. [`resident_bytes`]
+//! is jemalloc's `stats.resident`: live allocations rounded up to their size
+//! classes, partly used pages, per-thread caches, freed pages not yet
+//! purged, and jemalloc's metadata; it stays above the live figure. Both
+//! are per OS process: every store of the VM shares this heap.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
-const STRIPES: usize = 32;
+/// Stripes of the live-bytes counter (about the threads of a 16-core VM:
+/// schedulers, dirty schedulers, async threads, RocksDB's).
+pub const STRIPES: usize = 64;
 
 #[repr(align(128))]
 struct Stripe(AtomicI64);
@@ -111,36 +128,24 @@ pub fn live_bytes() -> u64 {
     sum.max(0) as u64
 }
 
-/// Freed memory goes back to the OS after this long (jemalloc's
-/// `dirty_decay_ms`, done by its background threads; `muzzy_decay_ms` is 0,
-/// so purged pages leave the RSS at once).
-pub const DECAY_MS: isize = 1000;
+/// jemalloc's options (see the module doc), read when it starts: before
+/// any Rust code of the library runs, so they are a static. jemalloc's own
+/// default for this symbol is weak; this definition replaces it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const CONF: &[u8] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,oversize_threshold:0\0";
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+const CONF: &[u8] = b"muzzy_decay_ms:0,oversize_threshold:0\0";
 
-/// At load: the decay of every arena, unless `_RJEM_MALLOC_CONF` says
-/// otherwise. Best effort: an arena not yet created takes the default set
-/// here when it is.
-pub fn configure() {
-    if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
-        return;
-    }
-    // SAFETY: jemalloc's documented controls, each with the type it reads
-    // (`ssize_t`); names are NUL-terminated.
-    unsafe {
-        let _ = tikv_jemalloc_ctl::raw::write(b"arenas.dirty_decay_ms\0", DECAY_MS);
-        let _ = tikv_jemalloc_ctl::raw::write(b"arenas.muzzy_decay_ms\0", 0isize);
-        let n = tikv_jemalloc_ctl::arenas::narenas::read().unwrap_or(0);
-        for i in 0..n {
-            let _ = tikv_jemalloc_ctl::raw::write(
-                format!("arena.{i}.dirty_decay_ms\0").as_bytes(),
-                DECAY_MS,
-            );
-            let _ = tikv_jemalloc_ctl::raw::write(
-                format!("arena.{i}.muzzy_decay_ms\0").as_bytes(),
-                0isize,
-            );
-        }
-    }
-}
+/// A `const char *` for C: the pointer to a static, NUL-terminated string.
+#[repr(transparent)]
+pub struct ConfPtr(*const std::ffi::c_char);
+// SAFETY: it points to an immutable static, shared read-only.
+unsafe impl Sync for ConfPtr {}
+
+/// jemalloc's `malloc_conf` (prefixed: `_rjem_malloc_conf`).
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: ConfPtr = ConfPtr(CONF.as_ptr() as *const std::ffi::c_char);
 
 /// Bytes of physical memory jemalloc holds (`stats.resident`: live
 /// allocations, pages kept for reuse until their decay, and its metadata),

@@ -47,13 +47,7 @@ fn nif_loaded() -> bool {
     true
 }
 
-/// At load: the Rust heap's decay (see `heap`).
-fn on_load(_env: rustler::Env, _info: rustler::Term) -> bool {
-    heap::configure();
-    true
-}
-
-rustler::init!("Elixir.Vsmcp.CRDT.Native", load = on_load);
+rustler::init!("Elixir.Vsmcp.CRDT.Native");
 
 /// The NIF's Rust heap: jemalloc, counting live bytes (see `heap`).
 #[global_allocator]

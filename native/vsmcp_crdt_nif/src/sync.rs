@@ -280,6 +280,8 @@ struct SyncInfo<'a> {
     rejected: Term<'a>,
     log_entries: usize,
     log_bytes: usize,
+    /// The digest holds every id (built page by page after a start).
+    digest_ready: bool,
 }
 
 #[derive(NifMap)]
@@ -423,6 +425,7 @@ fn sync_info<'a>(env: Env<'a>, s: Sync) -> Result<SyncInfo<'a>, NifError<'a>> {
             rejected: atom_map(env, &rejected),
             log_entries: e.log().len(),
             log_bytes: e.log().bytes(),
+            digest_ready: e.primed(),
         }
     })
 }

@@ -297,7 +297,13 @@ defmodule Vsmcp.CRDT.ContextStoreOperationsTest do
     assert memory.hot_bytes > 0
     assert memory.warm_bytes >= 0 and memory.pending_bytes >= 0
 
-    for key <- [:memtable_bytes, :block_cache_bytes, :table_readers_bytes],
+    for key <- [
+          :memtable_bytes,
+          :block_cache_bytes,
+          :table_readers_bytes,
+          :nif_heap_live_bytes,
+          :nif_heap_resident_bytes
+        ],
         do: assert(is_integer(memory[key]) and memory[key] >= 0)
 
     for key <- [:sst_bytes, :live_sst_bytes, :live_data_bytes, :keys_estimate],

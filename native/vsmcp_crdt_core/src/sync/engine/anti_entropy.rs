@@ -74,7 +74,10 @@ impl Exchange {
 /// Ids taken into the digest per engine call while it is first built: a
 /// store of a million ids is primed over many calls, each bounded, instead
 /// of one call of seconds that holds its caller (and anyone waiting on it).
-pub(super) const PRIME_PAGE: usize = 20_000;
+/// Each id read costs a few microseconds (a cold one a RocksDB read), so a
+/// page holds the sync process (and a `subscribe/3` or `info/1` waiting on
+/// it) for about 10-20 ms; a million ids are primed in about 500 ticks.
+pub(super) const PRIME_PAGE: usize = 2_000;
 
 /// Bytes of states encoded per peer per call: a large state transfer (a
 /// late joiner, a long absence) is spread over ticks instead of being built
