@@ -21,7 +21,7 @@ use common::net::{
 use common::Rng;
 use vsmcp_crdt_core::store::record::Gen;
 use vsmcp_crdt_core::store::{Access, Merged, Store, StoreConfig};
-use vsmcp_crdt_core::sync::{Engine, EngineConfig, Event, Reject};
+use vsmcp_crdt_core::sync::{Engine, EngineConfig, Event, Reject, REPORT_FANOUT};
 use vsmcp_crdt_core::{Crdt, Kind, Mutation, Value};
 
 // ---------------------------------------------------------------------
@@ -1542,6 +1542,49 @@ fn tombstones_are_collected_once_every_node_agrees() {
     for i in 0..2 {
         assert_eq!(net.kind(i, b"x"), Some(Kind::ORSet), "node {i}");
         assert_eq!(net.value(i, b"x"), net.value(0, b"x"));
+    }
+}
+
+/// Above `REPORT_FANOUT` members, one hello in `ceil(members / fanout)`
+/// carries the stability report (each lists every member and goes to every
+/// peer: one per hello would cost each node O(members²) bytes a second),
+/// and tombstones are still collected everywhere.
+#[test]
+fn stability_reports_are_spaced_out_in_large_clusters() {
+    const FRONTIER_TAG: u8 = 7;
+    let n = REPORT_FANOUT + 2;
+    let mut net = Net::new(n, 0, 71);
+    net.settle();
+    // Each node's members: the n - 1 other directories.
+    assert_eq!(net.nodes[0].engine.member_info().len(), n - 1);
+    let s0 = net.nodes[0].store.clone();
+    s0.create(b"gone", Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    net.settle();
+    net.nodes[1]
+        .store
+        .delete(b"gone", Access::MayBlock)
+        .unwrap();
+    net.recorded = Some(Vec::new());
+    let hellos = 8;
+    for i in 0..2 * hellos {
+        net.step(i % 2 == 0);
+    }
+    let recorded = net.recorded.take().unwrap();
+    let reports = recorded
+        .iter()
+        .filter(|(_, b)| tag_of(b) == Some(FRONTIER_TAG))
+        .count();
+    // Every node said `hellos` hellos; a report goes to the n - 1 others.
+    let every = (n - 1).div_ceil(REPORT_FANOUT);
+    assert_eq!(every, 2);
+    assert_eq!(reports, n * (hellos / every) * (n - 1));
+    for _ in 0..3 {
+        net.settle();
+    }
+    assert_eq!(tombstones(&net), vec![0; n]);
+    for i in 0..n {
+        assert_eq!(net.value(i, b"gone"), None, "node {i}");
     }
 }
 

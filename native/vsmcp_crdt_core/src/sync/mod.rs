@@ -51,7 +51,7 @@ pub use canonical::canonical_state_bytes;
 pub use digest::{bucket_of, Digest, BUCKETS};
 pub use engine::{
     directory_of, Counters, Engine, EngineConfig, Event, ForgettingInfo, MemberInfo, Outbound,
-    PeerInfo, PeerStats, Reject,
+    PeerInfo, PeerStats, Reject, REPORT_FANOUT,
 };
 pub use log::{Batch, DeltaLog, NextBatch, PeerAck};
 pub use wire::{

@@ -2,7 +2,9 @@
 //! reports, forgetting, and dropping tokens and tombstones that nothing
 //! can need any more (see "Membership and stability" in the engine docs).
 
-use super::{directory_of, Engine, Event, Inbound, Outbound, Reject, STABILITY_VERSION};
+use super::{
+    directory_of, Engine, Event, Inbound, Outbound, Reject, REPORT_FANOUT, STABILITY_VERSION,
+};
 use crate::causal::ReplicaId;
 use crate::error::Error;
 use crate::hash::{HashMap, HashSet};
@@ -240,6 +242,18 @@ impl Engine {
             m.last_seen_ms = now_ms;
         }
         true
+    }
+
+    /// One hello in this many carries our stability report: 1 up to
+    /// [`REPORT_FANOUT`] members, then one more per `REPORT_FANOUT`
+    /// members. A report lists every member and goes to every peer, so
+    /// sending one per hello costs each node O(members²) bytes a second;
+    /// spaced this way it costs O(members), and collection follows
+    /// `report_every` heartbeats behind instead of one. Fewer reports are
+    /// never wrong: each is a fact as of its own hello, and a member's
+    /// newest report replaces its older ones.
+    pub(super) fn report_every(&self) -> u64 {
+        self.members.len().div_ceil(REPORT_FANOUT).max(1) as u64
     }
 
     /// Our stability report, due after a hello, to each peer up that reads

@@ -85,6 +85,10 @@ use peer::{Hello, Peer};
 /// directory's id, which a restart keeps.
 const VOLATILE_BYTES: usize = 16;
 
+/// Members per hello between two stability reports (see
+/// `Engine::report_every`): up to 8 members, every hello carries one.
+pub const REPORT_FANOUT: usize = 8;
+
 /// The first wire version whose speakers prove frontiers and report
 /// stability (see "Membership and stability"); an older peer never does,
 /// so while it is a member nothing is collected.
@@ -141,6 +145,8 @@ pub struct Engine {
     /// Our frontier report, due to be sent with the next tick: `(at,
     /// frontiers)`.
     report: Option<(u64, Frontiers)>,
+    /// Hellos made (paces the reports, see `report_every`).
+    hellos: u64,
     /// State transfers in progress, per peer.
     transfers: std::collections::BTreeMap<ReplicaId, std::collections::VecDeque<Transfer>>,
     /// Buckets whose states are queued for a peer (not queued twice).
@@ -215,6 +221,7 @@ impl Engine {
             transfer_turn: 0,
             started_ms: None,
             report: None,
+            hellos: 0,
             transfers: Default::default(),
             queued: Default::default(),
             dirty: HashSet::default(),

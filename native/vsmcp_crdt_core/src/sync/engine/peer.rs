@@ -165,12 +165,19 @@ impl Engine {
     /// next tick, to each peer that reads it.
     pub fn hello(&mut self, store: &Store, events: &mut Vec<Event>) -> Outbound {
         // Every change of a member before our frontier of it is here, as of
-        // now (before the clock of the hello): the report.
-        let frontiers: Vec<(Vec<u8>, u64)> = self
-            .members
-            .iter()
-            .map(|(d, m)| (d.to_vec(), m.frontier))
-            .collect();
+        // now (before the clock of the hello): the report, with one hello
+        // in `report_every` (see `REPORT_FANOUT`).
+        let every = self.report_every();
+        let reports = self.hellos.is_multiple_of(every);
+        self.hellos = self.hellos.wrapping_add(1);
+        let frontiers: Vec<(Vec<u8>, u64)> = if reports {
+            self.members
+                .iter()
+                .map(|(d, m)| (d.to_vec(), m.frontier))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // The clock first: a change made meanwhile has a later stamp than
         // the hello's, and is not claimed by its log position.
         let clock = store.tick_clock();
@@ -185,7 +192,9 @@ impl Engine {
         };
         self.take_local(store, events);
         self.refresh_digest(store);
-        self.report = Some((clock.to_u64(), frontiers));
+        if reports {
+            self.report = Some((clock.to_u64(), frontiers));
+        }
         let msg = Message::Hello {
             from: self.me.clone(),
             versions: self.cfg.versions.clone(),
