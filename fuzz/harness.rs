@@ -375,7 +375,8 @@ impl Node {
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = StoreConfig::new(&dir, b"fuzz");
         cfg.ephemeral = true;
-        cfg.cache_bytes = 1 << 20;
+        cfg.cache_bytes = Some(1 << 20);
+        cfg.memory_budget = vsmcp_crdt_core::store::config::MIN_MEMORY_BUDGET;
         let store = Store::open(cfg).expect("a store opens in a fresh directory");
         let engine = Engine::new(&store, EngineConfig::default());
         Node {

@@ -42,7 +42,14 @@ defmodule Vsmcp.CRDT.HostileTerms do
 
   @store_keys [:node_id, :name, :storage_opts, :durability, :sync_opts, :ets_name, :dets_name]
   @storage_keys [:data_dir, :dets_file, :memory_limit, :ets_limit, :access_threshold] ++
-                  [:decay_interval, :max_value_bytes, :flush_interval, :cache_bytes, :durability]
+                  [
+                    :decay_interval,
+                    :max_value_bytes,
+                    :flush_interval,
+                    :cache_bytes,
+                    :memory_budget
+                  ] ++
+                  [:durability]
   @sync_keys [:enabled, :topic, :transport, :pubsub, :transport_opts, :tick_interval] ++
                [:heartbeat_interval, :down_after, :retransmit_interval, :max_log_bytes] ++
                [:collect_after, :member_expiry, :wire_versions]

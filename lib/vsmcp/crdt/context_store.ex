@@ -65,7 +65,11 @@ defmodule Vsmcp.CRDT.ContextStore do
       `:max_value_bytes` (largest id, element or value in encoded bytes,
       default 16 MiB; larger ones get `{:error, {:value_too_large, size,
       max}}`), `:flush_interval` (ms of group commit, default 5),
-      `:cache_bytes` (RocksDB block cache).
+      `:memory_budget` (bytes the store sizes its fixed costs by, default
+      256 MiB: RocksDB gets at most half, a quarter as block cache and a
+      quarter as two memtables; the rest is left to the hot and warm tiers
+      and the VM; see the operations guide), `:cache_bytes` (RocksDB block
+      cache, instead of a quarter of `:memory_budget`).
     * `:durability` - `:relaxed` (default: acknowledged writes reach the
       RocksDB write-ahead log within `:flush_interval` ms) or `:strict`
       (acknowledged only once in the log; survives a SIGKILL of the OS

@@ -85,7 +85,8 @@ fn a_backup_restores_values_metadata_and_tombstones_under_a_new_identity() {
 
         // The copy forgot the identity and says where it came from.
         {
-            let tier = ColdTier::open(&dest, false, 1 << 20).unwrap();
+            let small = StoreConfig::new(&dest, b"n").rocks_memory();
+            let tier = ColdTier::open(&dest, false, small).unwrap();
             assert_eq!(tier.get_meta(REPLICA_KEY).unwrap(), None);
             let origin = tier.get_meta(BACKUP_OF_KEY).unwrap().unwrap();
             assert_eq!(&origin[..16], &directory_id(&s)[..]);

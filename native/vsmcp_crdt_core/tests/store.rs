@@ -717,3 +717,50 @@ fn collecting_a_warm_set_keeps_the_tier_counts() {
     }
     assert_eq!(set_len(&s, b"set"), 0);
 }
+
+/// `memory_budget` sizes RocksDB: a quarter as block cache (unless
+/// `cache_bytes` is given), an eighth per memtable, the log flushed beyond
+/// a quarter; a tiny budget acts as the minimum, a huge one is capped.
+#[test]
+fn memory_budget_sizes_rocksdb() {
+    use vsmcp_crdt_core::store::config::{DEFAULT_MEMORY_BUDGET, MIN_MEMORY_BUDGET};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    assert_eq!(c.memory_budget, DEFAULT_MEMORY_BUDGET);
+    let m = c.rocks_memory();
+    assert_eq!(
+        (m.cache_bytes, m.write_buffer_bytes, m.max_wal_bytes),
+        (64 << 20, 32 << 20, 64 << 20)
+    );
+    c.memory_budget = 0;
+    let m = c.rocks_memory();
+    assert_eq!(m.write_buffer_bytes, MIN_MEMORY_BUDGET / 8);
+    c.memory_budget = 1 << 48;
+    c.cache_bytes = Some(5 << 20);
+    let m = c.rocks_memory();
+    assert_eq!(
+        (m.cache_bytes, m.write_buffer_bytes, m.max_wal_bytes),
+        (5 << 20, 1 << 30, 4 << 30)
+    );
+
+    // RocksDB takes it: with an 8 MiB budget (1 MiB memtables) 20 MiB of
+    // writes are flushed as they come instead of held in a memtable.
+    let mut c = cfg(dir.path());
+    c.memory_budget = MIN_MEMORY_BUDGET;
+    let s = Store::open(c).unwrap();
+    let value = vec![7u8; 1000];
+    for i in 0..20_000u32 {
+        let id = i.to_be_bytes();
+        s.create(&id, Kind::LwwRegister, Access::MayBlock).unwrap();
+        s.update(&id, Mutation::Set(&value), Access::MayBlock, |_| ())
+            .unwrap();
+    }
+    s.flush().unwrap();
+    let d = s.info().unwrap().disk;
+    assert!(
+        d.memtable_bytes <= 3 << 20,
+        "memtables {} B with 1 MiB write buffers",
+        d.memtable_bytes
+    );
+    assert!(d.total_sst_bytes > 0, "nothing flushed to SST files");
+}

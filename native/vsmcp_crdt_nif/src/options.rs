@@ -56,7 +56,10 @@ impl<'a> Decoder<'a> for StoreOptions {
             cfg.max_clock_offset_ms = v;
         }
         if let Some(v) = get::<usize>(map, "cache_bytes")? {
-            cfg.cache_bytes = v;
+            cfg.cache_bytes = Some(v);
+        }
+        if let Some(v) = get::<usize>(map, "memory_budget")? {
+            cfg.memory_budget = v;
         }
         if let Some(d) = get::<Atom>(map, "durability")? {
             cfg.durability = if d == atoms::strict() {

@@ -61,6 +61,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
     :flush_interval,
     :max_value_bytes,
     :max_clock_offset,
+    :memory_budget,
     :cache_bytes
   ]
 
@@ -78,6 +79,7 @@ defmodule Vsmcp.CRDT.ContextStore.Options do
           optional(:flush_interval) => non_neg_integer(),
           optional(:max_value_bytes) => non_neg_integer(),
           optional(:max_clock_offset) => non_neg_integer(),
+          optional(:memory_budget) => non_neg_integer(),
           optional(:cache_bytes) => non_neg_integer(),
           optional(:dets_import) => String.t()
         }

@@ -4,6 +4,7 @@
 //! Elixir option names (`memory_limit`, `ets_limit`) are translated at the
 //! NIF edge.
 
+use super::cold::RocksMemory;
 use crate::hlc::WallClock;
 use std::path::PathBuf;
 
@@ -64,8 +65,11 @@ pub struct StoreConfig {
     /// Largest accepted id, element or register value, in encoded bytes.
     pub max_value_bytes: usize,
     pub max_clock_offset_ms: u64,
-    /// RocksDB block cache size.
-    pub cache_bytes: usize,
+    /// The memory the store sizes its fixed costs by (see
+    /// [`StoreConfig::rocks_memory`]).
+    pub memory_budget: usize,
+    /// RocksDB block cache size; `None`: a quarter of `memory_budget`.
+    pub cache_bytes: Option<usize>,
     /// Source of physical time (`WallClock::System`; tests may drive it).
     pub wall_clock: WallClock,
     /// Tests only: the directory's replica id, when the directory has none
@@ -74,6 +78,16 @@ pub struct StoreConfig {
     #[cfg(feature = "fault-injection")]
     pub test_replica_seed: Option<u64>,
 }
+
+/// The default `memory_budget`: 256 MiB, of which RocksDB takes at most
+/// half (64 MiB of block cache, two memtables of 32 MiB), which leaves a
+/// 512 MiB container room for the VM, the hot and warm tiers and the sync
+/// log.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+
+/// The smallest budget honoured: below it RocksDB's buffers would be too
+/// small to write efficiently (a memtable of 1 MiB flushes constantly).
+pub const MIN_MEMORY_BUDGET: usize = 8 << 20;
 
 impl StoreConfig {
     pub fn new(path: impl Into<PathBuf>, node_id: &[u8]) -> Self {
@@ -88,10 +102,27 @@ impl StoreConfig {
             flush_interval_ms: 5,
             max_value_bytes: 16 << 20,
             max_clock_offset_ms: crate::hlc::DEFAULT_MAX_OFFSET_MS,
-            cache_bytes: 64 << 20,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            cache_bytes: None,
             wall_clock: WallClock::System,
             #[cfg(feature = "fault-injection")]
             test_replica_seed: None,
+        }
+    }
+
+    /// RocksDB's share of the memory budget: a quarter for the block cache
+    /// (unless `cache_bytes` says otherwise), an eighth per memtable (two
+    /// at most: a quarter), and the write-ahead log flushed beyond a
+    /// quarter. The other half is for what is sized in items (the hot and
+    /// warm tiers), the sync log (`max_log_bytes`) and the VM. A memtable
+    /// stops growing at 1 GiB and the log at 4 GiB whatever the budget
+    /// (larger ones only lengthen recovery).
+    pub fn rocks_memory(&self) -> RocksMemory {
+        let budget = self.memory_budget.max(MIN_MEMORY_BUDGET);
+        RocksMemory {
+            cache_bytes: self.cache_bytes.unwrap_or(budget / 4),
+            write_buffer_bytes: (budget / 8).min(1 << 30),
+            max_wal_bytes: (budget / 4).min(4 << 30) as u64,
         }
     }
 }

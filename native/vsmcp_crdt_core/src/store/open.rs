@@ -53,7 +53,7 @@ fn decode_u64(b: &[u8]) -> Option<u64> {
 
 impl Store {
     pub fn open(cfg: StoreConfig) -> Result<Store> {
-        let cold = ColdTier::open(&cfg.path, cfg.ephemeral, cfg.cache_bytes)?;
+        let cold = ColdTier::open(&cfg.path, cfg.ephemeral, cfg.rocks_memory())?;
         let incarnation = cold
             .get_meta(INCARNATION_KEY)?
             .and_then(|b| decode_u64(&b))

@@ -295,7 +295,8 @@ impl World {
         cfg.durability = durability;
         // The flush thread never fires: flushes are the world's choice.
         cfg.flush_interval_ms = 3_600_000;
-        cfg.cache_bytes = 1 << 20;
+        cfg.cache_bytes = Some(1 << 20);
+        cfg.memory_budget = vsmcp_crdt_core::store::config::MIN_MEMORY_BUDGET;
         if self.plan.tiny_tiers {
             cfg.hot_limit = 2;
             cfg.warm_limit = 2;

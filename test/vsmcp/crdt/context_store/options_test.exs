@@ -18,6 +18,7 @@ defmodule Vsmcp.CRDT.ContextStore.OptionsTest do
     memory_limit: 2 ** 48,
     ets_limit: 2 ** 48,
     cache_bytes: 2 ** 48,
+    memory_budget: 2 ** 48,
     max_value_bytes: 2 ** 48,
     access_threshold: 2 ** 32 - 1,
     flush_interval: 2 ** 32 - 1,
@@ -148,7 +149,7 @@ defmodule Vsmcp.CRDT.ContextStore.OptionsTest do
       for key <-
             ~w(node_id name durability storage_opts sync_opts data_dir dets_file memory_limit
                ets_limit access_threshold decay_interval flush_interval max_value_bytes
-               max_clock_offset cache_bytes enabled topic transport pubsub transport_opts
+               max_clock_offset memory_budget cache_bytes enabled topic transport pubsub transport_opts
                tick_interval heartbeat_interval down_after retransmit_interval collect_after
                max_log_bytes wire_versions)a do
         assert moduledoc =~ "`#{inspect(key)}`", "#{key} is not documented"

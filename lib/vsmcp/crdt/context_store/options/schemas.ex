@@ -85,9 +85,18 @@ defmodule Vsmcp.CRDT.ContextStore.Options.Schemas do
       doc:
         "Milliseconds a peer's clock may be ahead of ours (default 500). Accepted: `0..2^32-1`."
     ],
+    memory_budget: [
+      type: {:in, 0..@max_size},
+      doc:
+        "Bytes the store sizes its fixed memory costs by (default 256 MiB): RocksDB's block " <>
+          "cache takes a quarter, its two memtables a quarter, its write-ahead log is flushed " <>
+          "beyond a quarter; budgets under 8 MiB act as 8 MiB. Accepted: `0..2^48`."
+    ],
     cache_bytes: [
       type: {:in, 0..@max_size},
-      doc: "RocksDB's block cache, in bytes. Accepted: `0..2^48`."
+      doc:
+        "RocksDB's block cache, in bytes (default: a quarter of `:memory_budget`). " <>
+          "Accepted: `0..2^48`."
     ],
     durability: [
       type: {:in, [:relaxed, :strict]},

@@ -3,7 +3,7 @@
 //! properties (`Store::info`). Everything here may read or write the disk:
 //! dirty schedulers only.
 
-use super::rocks::{storage_err, RocksDir};
+use super::rocks::{storage_err, RocksDir, RocksMemory};
 use crate::error::Result;
 use crate::hlc::now_ms;
 use crate::store::halt::Gate;
@@ -17,8 +17,12 @@ pub use crate::store::keys::BACKUP_OF_KEY;
 /// The first and last record keys.
 pub type KeyRange = (Box<[u8]>, Box<[u8]>);
 
-/// Block cache of the short-lived handle that edits a fresh checkpoint.
-const EDIT_CACHE_BYTES: usize = 1 << 20;
+/// Memory of the short-lived handle that edits a fresh checkpoint.
+const EDIT_MEMORY: RocksMemory = RocksMemory {
+    cache_bytes: 1 << 20,
+    write_buffer_bytes: 1 << 20,
+    max_wal_bytes: 4 << 20,
+};
 
 /// RocksDB properties summed over the store's column families.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,7 +96,7 @@ impl RocksDir {
     /// fresh directory open).
     fn detach_identity(dest: &Path, origin: &[u8]) -> Result<()> {
         let _gate = Gate::enter()?;
-        let db = Self::open_db(dest, EDIT_CACHE_BYTES)?;
+        let db = Self::open_db(dest, EDIT_MEMORY)?;
         let res = (|| {
             let meta = db
                 .cf_handle(CF_META)

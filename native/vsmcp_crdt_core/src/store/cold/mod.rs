@@ -19,4 +19,4 @@ pub use super::keys::{
     INCARNATION_KEY, NODE_KEY, REPLICA_KEY, SYNCED_KEY, TOMB_CUT_KEY, TOMB_PREFIX,
 };
 pub use registry::{ColdTier, HandedOver, Owner};
-pub use rocks::{Cached, RocksDir};
+pub use rocks::{Cached, RocksDir, RocksMemory};

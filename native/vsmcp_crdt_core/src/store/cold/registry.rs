@@ -6,7 +6,7 @@
 //! writes) instead of failing; and at process exit [`halt`] calls
 //! `write_all_pending_at_exit` to write what every store has pending.
 
-use super::rocks::{storage_err, RocksDir};
+use super::rocks::{storage_err, RocksDir, RocksMemory};
 use crate::error::{Error, Result};
 use crate::store::halt::{self, Gate};
 use crate::store::keys::BatchOp;
@@ -67,7 +67,7 @@ impl ColdTier {
     /// The writes a predecessor on the same path handed over wait in the
     /// tier ([`ColdTier::take_orphans`]) until a successor has opened
     /// completely; the exit hook and the tier's last close write them too.
-    pub fn open(path: &Path, ephemeral: bool, cache_bytes: usize) -> Result<Arc<ColdTier>> {
+    pub fn open(path: &Path, ephemeral: bool, memory: RocksMemory) -> Result<Arc<ColdTier>> {
         std::fs::create_dir_all(path).map_err(|e| storage_err(path, e))?;
         let canon = std::fs::canonicalize(path).map_err(|e| storage_err(path, e))?;
         // A handle of this process whose last reference was just dropped is
@@ -95,7 +95,7 @@ impl ColdTier {
             }
             let opened = {
                 let _gate = Gate::enter()?;
-                RocksDir::open_fresh(&canon, ephemeral, cache_bytes)
+                RocksDir::open_fresh(&canon, ephemeral, memory)
             };
             match opened {
                 Ok(rocks) => {

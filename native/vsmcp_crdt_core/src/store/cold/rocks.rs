@@ -46,11 +46,23 @@ pub enum Cached {
     Missing,
 }
 
+/// RocksDB's memory: what [`crate::store::StoreConfig::memory_budget`]
+/// gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RocksMemory {
+    /// The block cache (decompressed blocks of SST files).
+    pub cache_bytes: usize,
+    /// One memtable; RocksDB keeps up to two (one being flushed).
+    pub write_buffer_bytes: usize,
+    /// The write-ahead log is flushed away beyond this.
+    pub max_wal_bytes: u64,
+}
+
 /// An open RocksDB directory (shared through [`super::ColdTier`]).
 pub struct RocksDir {
     /// `None` once released by the last store using it.
     pub(super) db: RwLock<Option<DB>>,
-    cache_bytes: usize,
+    memory: RocksMemory,
     last_recovery: Mutex<Option<Instant>>,
     pub(super) path: PathBuf,
     pub(super) _cleanup: DirCleanup,
@@ -87,7 +99,11 @@ pub(super) fn storage_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl RocksDir {
-    pub(super) fn open_fresh(path: &Path, ephemeral: bool, cache_bytes: usize) -> Result<RocksDir> {
+    pub(super) fn open_fresh(
+        path: &Path,
+        ephemeral: bool,
+        memory: RocksMemory,
+    ) -> Result<RocksDir> {
         let has_current = path.join("CURRENT").exists();
         if !has_current {
             let foreign = std::fs::read_dir(path)
@@ -101,10 +117,10 @@ impl RocksDir {
                 ));
             }
         }
-        let db = Self::open_db(path, cache_bytes)?;
+        let db = Self::open_db(path, memory)?;
         let tier = RocksDir {
             db: RwLock::new(Some(db)),
-            cache_bytes,
+            memory,
             last_recovery: Mutex::new(None),
             path: path.to_path_buf(),
             _cleanup: DirCleanup(ephemeral.then(|| path.to_path_buf())),
@@ -123,19 +139,21 @@ impl RocksDir {
         Ok(tier)
     }
 
-    pub(super) fn open_db(path: &Path, cache_bytes: usize) -> Result<DB> {
+    pub(super) fn open_db(path: &Path, memory: RocksMemory) -> Result<DB> {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_keep_log_file_num(2);
-        db_opts.set_max_total_wal_size(64 << 20);
+        db_opts.set_max_total_wal_size(memory.max_wal_bytes);
         // The last reader of an obsolete memtable would otherwise free it
         // (tens of MB) in its own thread: a normal scheduler, in a read.
         db_opts.set_avoid_unnecessary_blocking_io(true);
         let mut crdt_opts = Options::default();
         crdt_opts.set_merge_operator("vsmcp_record_join", full_merge, partial_merge);
+        crdt_opts.set_write_buffer_size(memory.write_buffer_bytes);
+        crdt_opts.set_max_write_buffer_number(2);
         let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&Cache::new_lru_cache(cache_bytes));
+        table.set_block_cache(&Cache::new_lru_cache(memory.cache_bytes));
         table.set_bloom_filter(10.0, false);
         crdt_opts.set_block_based_table_factory(&table);
         crdt_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -181,7 +199,7 @@ impl RocksDir {
         // on the same path rarely fails, but if it does, keep trying:
         // without a database the store answers `Error::Closed`.
         for _ in 0..50 {
-            if let Ok(db) = Self::open_db(&self.path, self.cache_bytes) {
+            if let Ok(db) = Self::open_db(&self.path, self.memory) {
                 *guard = Some(db);
                 return true;
             }
