@@ -66,9 +66,9 @@ defmodule Vsmcp.CRDT.ContextStore do
       default 16 MiB; larger ones get `{:error, {:value_too_large, size,
       max}}`), `:flush_interval` (ms of group commit, default 5),
       `:memory_budget` (bytes the store sizes its fixed costs by, default
-      256 MiB: RocksDB gets at most half, a quarter as block cache and a
-      quarter as two memtables; the rest is left to the hot and warm tiers
-      and the VM; see the operations guide), `:cache_bytes` (RocksDB block
+      256 MiB: a quarter for RocksDB's block cache and a quarter for its
+      memtables; the rest is left to the hot and warm tiers and the VM; see
+      the operations guide), `:cache_bytes` (RocksDB block
       cache, instead of a quarter of `:memory_budget`).
     * `:durability` - `:relaxed` (default: acknowledged writes reach the
       RocksDB write-ahead log within `:flush_interval` ms) or `:strict`

@@ -772,18 +772,25 @@ fn a_digest_request_during_a_transfer_to_the_same_peer_is_refused_and_counted() 
 fn a_large_stores_digest_is_built_over_several_calls() {
     let mut net = Net::new(2, 0, 1408);
     let s0 = net.nodes[0].store.clone();
-    // 2.25 pages (`PRIME_PAGE` is 2,000): primed by the third tick.
+    // 4.5 pages (`PRIME_PAGE` is 1,000); with no time budget each call
+    // takes one page: primed by the fifth tick.
     for k in 0..4_500u32 {
         s0.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
             .unwrap();
     }
-    net.restart_engine(0, fast_cfg(30));
+    net.restart_engine(
+        0,
+        EngineConfig {
+            prime_budget_ms: 0,
+            ..fast_cfg(30)
+        },
+    );
     let mut ev = Vec::new();
-    let _ = net.nodes[0].engine.tick(&s0, net.now, &mut ev);
-    assert!(!net.nodes[0].engine.primed());
-    for _ in 0..3 {
+    for _ in 0..4 {
         let _ = net.nodes[0].engine.tick(&s0, net.now, &mut ev);
+        assert!(!net.nodes[0].engine.primed());
     }
+    let _ = net.nodes[0].engine.tick(&s0, net.now, &mut ev);
     assert!(net.nodes[0].engine.primed());
     for _ in 0..3 {
         net.settle();
@@ -1548,7 +1555,8 @@ fn tombstones_are_collected_once_every_node_agrees() {
 /// Above `REPORT_FANOUT` members, one hello in `ceil(members / fanout)`
 /// carries the stability report (each lists every member and goes to every
 /// peer: one per hello would cost each node O(members²) bytes a second),
-/// and tombstones are still collected everywhere.
+/// and remove tokens (which wait for every member's report) are still
+/// collected everywhere, as are delete tombstones.
 #[test]
 fn stability_reports_are_spaced_out_in_large_clusters() {
     const FRONTIER_TAG: u8 = 7;
@@ -1560,11 +1568,19 @@ fn stability_reports_are_spaced_out_in_large_clusters() {
     let s0 = net.nodes[0].store.clone();
     s0.create(b"gone", Kind::GCounter, Access::MayBlock)
         .unwrap();
+    s0.create(b"set", Kind::ORSet, Access::MayBlock).unwrap();
+    for i in 0..20u32 {
+        update(&s0, b"set", Mutation::Add(&i.to_be_bytes()));
+    }
     net.settle();
     net.nodes[1]
         .store
         .delete(b"gone", Access::MayBlock)
         .unwrap();
+    for i in 0..20u32 {
+        let s = &net.nodes[i as usize % n].store;
+        update(s, b"set", Mutation::Remove(&i.to_be_bytes()));
+    }
     net.recorded = Some(Vec::new());
     let hellos = 8;
     for i in 0..2 * hellos {
@@ -1585,6 +1601,11 @@ fn stability_reports_are_spaced_out_in_large_clusters() {
     assert_eq!(tombstones(&net), vec![0; n]);
     for i in 0..n {
         assert_eq!(net.value(i, b"gone"), None, "node {i}");
+        assert_eq!(set_entries(&net.nodes[i].store, b"set"), 0, "node {i}");
+        assert!(
+            net.nodes[i].engine.counters().collected_elements > 0,
+            "node {i}"
+        );
     }
 }
 

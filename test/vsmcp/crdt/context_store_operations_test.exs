@@ -103,6 +103,25 @@ defmodule Vsmcp.CRDT.ContextStoreOperationsTest do
           do: assert({:ok, _} = ContextStore.get(restored, id))
     end
 
+    test "after a restart, sync_info's digest_ready turns true once every id is in the digest" do
+      root = tmp_dir!()
+
+      opts = [
+        storage_opts: [data_dir: Path.join(root, "db")],
+        sync_opts: [topic: "ready-#{System.unique_integer([:positive])}", transport: :pg]
+      ]
+
+      store = start_store!(opts)
+      for i <- 1..3_000, do: :ok = ContextStore.create(store, {:c, i}, :g_counter)
+      eventually(fn -> ContextStore.sync_info(store).digest_ready end)
+      stop_and_wait(store)
+
+      store = start_store!(opts)
+      assert is_boolean(ContextStore.sync_info(store).digest_ready)
+      eventually(fn -> ContextStore.sync_info(store).digest_ready end)
+      assert {:ok, 0} = ContextStore.get(store, {:c, 3_000})
+    end
+
     test "the restored copy is a new replica: both run and sync as two" do
       root = tmp_dir!()
       topic = "backup-#{System.unique_integer([:positive])}"

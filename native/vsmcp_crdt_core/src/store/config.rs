@@ -86,8 +86,8 @@ pub struct StoreConfig {
 pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
 
 /// The smallest budget honoured: below it RocksDB's buffers would be too
-/// small to write efficiently (a memtable of 1 MiB flushes constantly).
-pub const MIN_MEMORY_BUDGET: usize = 8 << 20;
+/// small to write efficiently (4 MiB memtables already flush often).
+pub const MIN_MEMORY_BUDGET: usize = 32 << 20;
 
 impl StoreConfig {
     pub fn new(path: impl Into<PathBuf>, node_id: &[u8]) -> Self {
@@ -115,14 +115,16 @@ impl StoreConfig {
     /// at most: a quarter), and the write-ahead log flushed beyond a
     /// quarter. The other half is for what is sized in items (the hot and
     /// warm tiers), the sync log (`max_log_bytes`) and the VM. A memtable
-    /// stops growing at 1 GiB and the log at 4 GiB whatever the budget
-    /// (larger ones only lengthen recovery).
+    /// stops growing at 256 MiB and the log at 1 GiB whatever the budget
+    /// (larger ones only lengthen the log replay of a restart). Not
+    /// counted: RocksDB's index and filter blocks (`table_readers_bytes`
+    /// in `info`), which grow with the data on disk.
     pub fn rocks_memory(&self) -> RocksMemory {
         let budget = self.memory_budget.max(MIN_MEMORY_BUDGET);
         RocksMemory {
             cache_bytes: self.cache_bytes.unwrap_or(budget / 4),
-            write_buffer_bytes: (budget / 8).min(1 << 30),
-            max_wal_bytes: (budget / 4).min(4 << 30) as u64,
+            write_buffer_bytes: (budget / 8).min(256 << 20),
+            max_wal_bytes: (budget / 4).min(1 << 30) as u64,
         }
     }
 }

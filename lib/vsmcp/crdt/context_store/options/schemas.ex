@@ -88,9 +88,10 @@ defmodule Vsmcp.CRDT.ContextStore.Options.Schemas do
     memory_budget: [
       type: {:in, 0..@max_size},
       doc:
-        "Bytes the store sizes its fixed memory costs by (default 256 MiB): RocksDB's block " <>
-          "cache takes a quarter, its two memtables a quarter, its write-ahead log is flushed " <>
-          "beyond a quarter; budgets under 8 MiB act as 8 MiB. Accepted: `0..2^48`."
+        "Bytes the store sizes its fixed memory costs by (default 256 MiB; see the operations " <>
+          "guide): RocksDB's block cache takes a quarter, its two memtables a quarter, its " <>
+          "write-ahead log is flushed " <>
+          "beyond a quarter; budgets under 32 MiB act as 32 MiB. Accepted: `0..2^48`."
     ],
     cache_bytes: [
       type: {:in, 0..@max_size},

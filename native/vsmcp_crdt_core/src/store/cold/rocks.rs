@@ -148,18 +148,28 @@ impl RocksDir {
         // The last reader of an obsolete memtable would otherwise free it
         // (tens of MB) in its own thread: a normal scheduler, in a read.
         db_opts.set_avoid_unnecessary_blocking_io(true);
+        // One block cache for both column families.
+        let cache = Cache::new_lru_cache(memory.cache_bytes);
         let mut crdt_opts = Options::default();
         crdt_opts.set_merge_operator("vsmcp_record_join", full_merge, partial_merge);
         crdt_opts.set_write_buffer_size(memory.write_buffer_bytes);
         crdt_opts.set_max_write_buffer_number(2);
         let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&Cache::new_lru_cache(memory.cache_bytes));
+        table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
         crdt_opts.set_block_based_table_factory(&table);
         crdt_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // The metadata (HLC, members, tombstones) is small: memtables of at
+        // most 4 MiB, flushed with the records by the log's bound anyway.
+        let mut meta_opts = Options::default();
+        meta_opts.set_write_buffer_size(memory.write_buffer_bytes.min(4 << 20));
+        meta_opts.set_max_write_buffer_number(2);
+        let mut meta_table = BlockBasedOptions::default();
+        meta_table.set_block_cache(&cache);
+        meta_opts.set_block_based_table_factory(&meta_table);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_CRDT, crdt_opts),
-            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_META, meta_opts),
         ];
         DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| storage_err(path, e))
     }

@@ -71,13 +71,13 @@ impl Exchange {
     }
 }
 
-/// Ids taken into the digest per engine call while it is first built: a
-/// store of a million ids is primed over many calls, each bounded, instead
-/// of one call of seconds that holds its caller (and anyone waiting on it).
-/// Each id read costs a few microseconds (a cold one a RocksDB read), so a
-/// page holds the sync process (and a `subscribe/3` or `info/1` waiting on
-/// it) for about 10-20 ms; a million ids are primed in about 500 ticks.
-pub(super) const PRIME_PAGE: usize = 2_000;
+/// Ids listed per page while the digest is first built. An engine call
+/// takes pages until `EngineConfig::prime_budget_ms` (50 ms) has passed, so
+/// a store of a few ten thousand ids is primed by its first call (its first
+/// hello announces its real digest root), and a store of a million ids over
+/// many calls, none of which holds its caller (the sync process, and a
+/// `subscribe/3` or `info/1` waiting on it) much longer than the budget.
+pub(super) const PRIME_PAGE: usize = 1_000;
 
 /// Bytes of states encoded per peer per call: a large state transfer (a
 /// late joiner, a long absence) is spread over ticks instead of being built
@@ -431,9 +431,23 @@ impl Engine {
     }
 
     /// Bring the digest up to date with every changed id, and take a
-    /// stability snapshot of each remove-wins set holding tokens.
+    /// stability snapshot of each remove-wins set holding tokens; while
+    /// the digest is first built, take pages of ids into it for up to
+    /// `prime_budget_ms` (at least one).
     pub(super) fn refresh_digest(&mut self, store: &Store) {
-        self.prime_step(store);
+        let started = std::time::Instant::now();
+        let budget = std::time::Duration::from_millis(self.cfg.prime_budget_ms);
+        loop {
+            self.prime_step(store);
+            self.hash_dirty(store);
+            if self.primed() || started.elapsed() >= budget {
+                return;
+            }
+        }
+    }
+
+    /// Rehash every id marked dirty (changed, or listed by priming).
+    fn hash_dirty(&mut self, store: &Store) {
         if self.dirty.is_empty() {
             return;
         }

@@ -25,6 +25,11 @@ pub struct EngineConfig {
     /// for this long is removed from the membership (see
     /// [`Store::remove_member`]); 0: never.
     pub member_expiry_ms: u64,
+    /// While the digest is first built after a start, each engine call
+    /// takes pages of ids into it for up to this long (at least one page),
+    /// so a small store is primed by its first call and a large one holds
+    /// no caller longer than this (see `PRIME_PAGE`).
+    pub prime_budget_ms: u64,
     /// Message authentication (`sync::auth`): every message sent is
     /// sealed with the keyring's first secret for its recipient, and one
     /// received is refused unless it carries a valid MAC of one of its
@@ -46,6 +51,7 @@ impl Default for EngineConfig {
             attrs: Vec::new(),
             collect_after_ms: 2_000,
             member_expiry_ms: 24 * 3_600_000,
+            prime_budget_ms: 50,
             auth: None,
             #[cfg(feature = "fault-injection")]
             session: None,

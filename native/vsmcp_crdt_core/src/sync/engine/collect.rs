@@ -249,16 +249,26 @@ impl Engine {
     /// members. A report lists every member and goes to every peer, so
     /// sending one per hello costs each node O(members²) bytes a second;
     /// spaced this way it costs O(members), and collection follows
-    /// `report_every` heartbeats behind instead of one. Fewer reports are
-    /// never wrong: each is a fact as of its own hello, and a member's
-    /// newest report replaces its older ones.
+    /// `report_every` heartbeats behind instead of one for remove tokens
+    /// and the settling of a forgotten replica (delete tombstones go by our
+    /// own frontiers, not by reports). Fewer reports are never wrong: each
+    /// is a fact as of its own hello, and a member's newest report replaces
+    /// its older ones.
     pub(super) fn report_every(&self) -> u64 {
         self.members.len().div_ceil(REPORT_FANOUT).max(1) as u64
     }
 
     /// Our stability report, due after a hello, to each peer up that reads
-    /// it.
+    /// it; kept for a later tick while no peer is up (right after a
+    /// start), since the next one may be `report_every` hellos away.
     pub(super) fn send_report(&mut self, clock: Timestamp) -> Vec<Outbound> {
+        if !self
+            .peers
+            .values()
+            .any(|p| p.live.up && p.version >= STABILITY_VERSION)
+        {
+            return Vec::new();
+        }
         let Some((at, frontiers)) = self.report.take() else {
             return Vec::new();
         };

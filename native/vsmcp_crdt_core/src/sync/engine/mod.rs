@@ -145,8 +145,9 @@ pub struct Engine {
     /// Our frontier report, due to be sent with the next tick: `(at,
     /// frontiers)`.
     report: Option<(u64, Frontiers)>,
-    /// Hellos made (paces the reports, see `report_every`).
-    hellos: u64,
+    /// Hellos made since the last one that carried our report (paces the
+    /// reports, see `report_every`; `u64::MAX` before the first).
+    unreported_hellos: u64,
     /// State transfers in progress, per peer.
     transfers: std::collections::BTreeMap<ReplicaId, std::collections::VecDeque<Transfer>>,
     /// Buckets whose states are queued for a peer (not queued twice).
@@ -221,7 +222,7 @@ impl Engine {
             transfer_turn: 0,
             started_ms: None,
             report: None,
-            hellos: 0,
+            unreported_hellos: u64::MAX,
             transfers: Default::default(),
             queued: Default::default(),
             dirty: HashSet::default(),

@@ -167,9 +167,12 @@ impl Engine {
         // Every change of a member before our frontier of it is here, as of
         // now (before the clock of the hello): the report, with one hello
         // in `report_every` (see `REPORT_FANOUT`).
-        let every = self.report_every();
-        let reports = self.hellos.is_multiple_of(every);
-        self.hellos = self.hellos.wrapping_add(1);
+        let reports = self.unreported_hellos.saturating_add(1) >= self.report_every();
+        self.unreported_hellos = if reports {
+            0
+        } else {
+            self.unreported_hellos + 1
+        };
         let frontiers: Vec<(Vec<u8>, u64)> = if reports {
             self.members
                 .iter()
