@@ -142,6 +142,12 @@ impl Engine {
         let from = &ctx.from;
         let now_ms = ctx.now_ms;
         self.refresh_digest(store);
+        // A digest still being built after a start differs in every bucket:
+        // sent, it would pull the peer's whole store. Wait until it holds
+        // every id (the hellos after that bring the exchange).
+        if !self.primed() {
+            return None;
+        }
         let ours = self.digest.root();
         let forget_proof = self.wants_forget_proof(
             directory_of(from),
@@ -185,6 +191,15 @@ impl Engine {
         // with work bounded by what we hold, once.
         if self.transfers.get(from).is_some_and(|q| !q.is_empty()) {
             self.reject(events, Some(from), Reject::Busy, "transfer under way");
+            return Vec::new();
+        }
+        // Answered from a digest still being built after a start, every
+        // bucket would differ and both whole stores would cross. Refused
+        // until it holds every id; the requester asks again after its
+        // retry interval.
+        self.refresh_digest(store);
+        if !self.primed() {
+            self.reject(events, Some(from), Reject::Busy, "digest not ready");
             return Vec::new();
         }
         // Our state is taken now: writes stamped before it finish
