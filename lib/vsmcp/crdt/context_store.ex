@@ -705,9 +705,12 @@ defmodule Vsmcp.CRDT.ContextStore do
   `:counters` (messages, bytes, merges, retransmits), `:rejected` (refused
   peer input by kind), the outgoing log's `:log_entries` and
   `:log_bytes`, and `:digest_ready` (`true` once the anti-entropy
-  digest holds every id: after a start it is built a page of 2,000 ids
-  per tick, so no call waits on it; about 10 s for a million ids). Deltas
-  flow from the start.
+  digest holds every id: after a start it is built in steps of at most
+  about 50 ms per tick, so no call waits on it; 49 s for a million
+  G-Counter ids on disk in `bench/RESULTS-host_app.md`). Deltas flow from
+  the start; digest exchanges wait for it (a peer's `sync/2` waits too),
+  except this store's own `sync/2`, which compares what it has so far
+  (the peers then push the states it has not listed yet).
 
       iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
       iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
