@@ -706,11 +706,11 @@ defmodule Vsmcp.CRDT.ContextStore do
   peer input by kind), the outgoing log's `:log_entries` and
   `:log_bytes`, and `:digest_ready` (`true` once the anti-entropy
   digest holds every id: after a start it is built in steps of at most
-  about 50 ms per tick, so no call waits on it; 49 s for a million
-  G-Counter ids on disk in `bench/RESULTS-host_app.md`). Deltas flow from
-  the start; digest exchanges wait for it (a peer's `sync/2` waits too),
-  except this store's own `sync/2`, which compares what it has so far
-  (the peers then push the states it has not listed yet).
+  about 50 ms per tick, so no call waits on it; see
+  `bench/RESULTS-host_app.md` for a million ids). Deltas flow from the
+  start; a digest exchange before it is ready compares what is listed so
+  far, so peers push the states of ids not listed yet (correct, but for a
+  large store a transfer of much of it).
 
       iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
       iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])

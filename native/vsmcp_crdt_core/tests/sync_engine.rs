@@ -764,41 +764,6 @@ fn a_digest_request_during_a_transfer_to_the_same_peer_is_refused_and_counted() 
     assert_eq!(net.value(1, b"r59"), net.value(0, b"r59"));
 }
 
-/// A store restarted on ids its peer already holds exchanges no states:
-/// while its digest is still being built it neither sends it nor answers
-/// the peer's (a partial digest differs in every bucket and would make
-/// both whole stores cross); once built, the digests agree.
-#[test]
-fn a_restart_with_a_partial_digest_sends_no_states() {
-    let mut net = Net::new(2, 0, 1409);
-    let s0 = net.nodes[0].store.clone();
-    for k in 0..4_500u32 {
-        s0.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
-            .unwrap();
-    }
-    net.settle();
-    assert!(net.nodes[1]
-        .store
-        .metadata(&4_499u32.to_be_bytes(), Access::MayBlock)
-        .is_ok());
-    let before = net.nodes[1].engine.counters().states_sent;
-    net.restart_engine(
-        0,
-        EngineConfig {
-            prime_budget_ms: 0,
-            ..fast_cfg(30)
-        },
-    );
-    for _ in 0..3 {
-        net.settle();
-    }
-    assert!(net.nodes[0].engine.primed());
-    assert_eq!(net.nodes[0].engine.counters().states_sent, 0);
-    assert_eq!(net.nodes[1].engine.counters().states_sent, before);
-    // The exchange happened once the digest was built: both proved.
-    assert!(net.nodes[0].engine.counters().digests_sent > 0);
-}
-
 /// A large store's digest is built page by page (each engine call
 /// bounded), not in one call: right after the engine starts it is partial
 /// and answers prove nothing; a few ticks later it is complete, and a new

@@ -142,12 +142,6 @@ impl Engine {
         let from = &ctx.from;
         let now_ms = ctx.now_ms;
         self.refresh_digest(store);
-        // A digest still being built after a start differs in every bucket:
-        // sent, it would pull the peer's whole store. Wait until it holds
-        // every id (the hellos after that bring the exchange).
-        if !self.primed() {
-            return None;
-        }
         let ours = self.digest.root();
         let forget_proof = self.wants_forget_proof(
             directory_of(from),
@@ -191,15 +185,6 @@ impl Engine {
         // with work bounded by what we hold, once.
         if self.transfers.get(from).is_some_and(|q| !q.is_empty()) {
             self.reject(events, Some(from), Reject::Busy, "transfer under way");
-            return Vec::new();
-        }
-        // Answered from a digest still being built after a start, every
-        // bucket would differ and both whole stores would cross. Refused
-        // until it holds every id; the requester asks again after its
-        // retry interval.
-        self.refresh_digest(store);
-        if !self.primed() {
-            self.reject(events, Some(from), Reject::Busy, "digest not ready");
             return Vec::new();
         }
         // Our state is taken now: writes stamped before it finish
@@ -430,18 +415,25 @@ impl Engine {
     /// Take the next page of the store's ids into the digest, until every
     /// id is in (see [`PRIME_PAGE`]). Ids written meanwhile are marked by
     /// their changes anyway.
-    pub(super) fn prime_step(&mut self, store: &Store) {
+    ///
+    /// False when the page could not be read (the same page is tried again
+    /// at the next call, not within this one).
+    pub(super) fn prime_step(&mut self, store: &Store) -> bool {
         let Some(cursor) = self.prime_cursor.take() else {
-            return;
+            return true;
         };
         match store.ids_page(cursor.as_deref(), PRIME_PAGE) {
             Ok((ids, next)) => {
                 self.dirty.extend(ids);
                 // `None` from the store: the listing is complete.
                 self.prime_cursor = next.map(Some);
+                true
             }
             // Unreadable now: the same page next time.
-            Err(_) => self.prime_cursor = Some(cursor),
+            Err(_) => {
+                self.prime_cursor = Some(cursor);
+                false
+            }
         }
     }
 
@@ -453,9 +445,9 @@ impl Engine {
         let started = std::time::Instant::now();
         let budget = std::time::Duration::from_millis(self.cfg.prime_budget_ms);
         loop {
-            self.prime_step(store);
+            let listed = self.prime_step(store);
             self.hash_dirty(store);
-            if self.primed() || started.elapsed() >= budget {
+            if !listed || self.primed() || started.elapsed() >= budget {
                 return;
             }
         }

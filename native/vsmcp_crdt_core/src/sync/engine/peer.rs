@@ -282,19 +282,15 @@ impl Engine {
         self.advance_by_log(store, from);
         if came_up {
             events.push(Event::PeerUp(from.clone(), hello.attrs));
-            // Introduce ourselves at once, and compare digests (once
-            // ours holds every id: a partial one differs in every bucket
-            // and would pull the peer's whole store; until then the
-            // next hellos bring the digest, see `digest_after_hello`).
+            // Introduce ourselves at once, and compare digests.
             let hello = self.hello(store, events);
-            let mut out = vec![Outbound {
-                to: Some(from.clone()),
-                ..hello
-            }];
-            if self.primed() {
-                out.push(self.digest_to(store, from, ctx.clock, now_ms));
-            }
-            return out;
+            return vec![
+                Outbound {
+                    to: Some(from.clone()),
+                    ..hello
+                },
+                self.digest_to(store, from, ctx.clock, now_ms),
+            ];
         }
         self.digest_after_hello(store, ctx, hello.root)
             .into_iter()
