@@ -249,9 +249,19 @@ for i <- 1..keys, do: :ok = ContextStore.create(store, {:k, i}, :g_counter)
 for i <- 1..keys, do: {:ok, 1} = ContextStore.increment(store, {:k, i})
 :ok = ContextStore.sync(store)
 :erlang.garbage_collect()
+# Steady state: the allocator's freed pages purged (jemalloc's 1 s decay).
+Process.sleep(3_000)
 after_ = rss.()
-Bench.row(["keys", "RSS growth", "bytes/key", ""])
-Bench.row([keys, "#{div(after_ - before, 1_048_576)} MiB", div(after_ - before, keys), ""])
+live = ContextStore.info(store).memory[:nif_heap_live_bytes]
+Bench.row(["keys", "RSS growth", "bytes/key", "NIF heap live bytes/key"])
+
+Bench.row([
+  keys,
+  "#{div(after_ - before, 1_048_576)} MiB",
+  div(after_ - before, keys),
+  if(is_integer(live), do: div(live, keys), else: "-")
+])
+
 Bench.stop(ctx)
 
 # --- restart ------------------------------------------------------------------
