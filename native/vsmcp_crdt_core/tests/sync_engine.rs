@@ -1559,7 +1559,6 @@ fn tombstones_are_collected_once_every_node_agrees() {
 /// collected everywhere, as are delete tombstones.
 #[test]
 fn stability_reports_are_spaced_out_in_large_clusters() {
-    const FRONTIER_TAG: u8 = 7;
     let n = REPORT_FANOUT + 2;
     let mut net = Net::new(n, 0, 71);
     net.settle();
@@ -1589,7 +1588,7 @@ fn stability_reports_are_spaced_out_in_large_clusters() {
     let recorded = net.recorded.take().unwrap();
     let reports = recorded
         .iter()
-        .filter(|(_, b)| tag_of(b) == Some(FRONTIER_TAG))
+        .filter(|(_, b)| tag_of(b) == Some(tag::FRONTIER))
         .count();
     // Every node said `hellos` hellos; a report goes to the n - 1 others.
     let every = (n - 1).div_ceil(REPORT_FANOUT);

@@ -79,10 +79,11 @@ pub struct StoreConfig {
     pub test_replica_seed: Option<u64>,
 }
 
-/// The default `memory_budget`: 256 MiB, of which RocksDB takes at most
-/// half (64 MiB of block cache, two memtables of 32 MiB), which leaves a
-/// 512 MiB container room for the VM, the hot and warm tiers and the sync
-/// log.
+/// The default `memory_budget`: 256 MiB, of which RocksDB's caches and
+/// buffers are sized to half (64 MiB of block cache, two memtables of 32
+/// MiB; its index and filter blocks come on top, see
+/// [`StoreConfig::rocks_memory`]), which leaves a 512 MiB container room
+/// for the VM, the hot and warm tiers and the sync log.
 pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
 
 /// The smallest budget honoured: below it RocksDB's buffers would be too

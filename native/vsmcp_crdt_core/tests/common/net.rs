@@ -29,6 +29,7 @@ pub mod tag {
     pub const STATE_REQUEST: u8 = 4;
     pub const STATES: u8 = 5;
     pub const HELLO: u8 = 6;
+    pub const FRONTIER: u8 = 7;
 }
 
 /// The tag of a message's bytes.

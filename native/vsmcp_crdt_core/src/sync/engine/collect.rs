@@ -262,11 +262,13 @@ impl Engine {
     /// it; kept for a later tick while no peer is up (right after a
     /// start), since the next one may be `report_every` hellos away.
     pub(super) fn send_report(&mut self, clock: Timestamp) -> Vec<Outbound> {
-        if !self
+        let to: Vec<ReplicaId> = self
             .peers
-            .values()
-            .any(|p| p.live.up && p.version >= STABILITY_VERSION)
-        {
+            .iter()
+            .filter(|(_, p)| p.live.up && p.version >= STABILITY_VERSION)
+            .map(|(r, _)| r.clone())
+            .collect();
+        if to.is_empty() {
             return Vec::new();
         }
         let Some((at, frontiers)) = self.report.take() else {
@@ -277,12 +279,6 @@ impl Engine {
             at,
             frontiers,
         };
-        let to: Vec<ReplicaId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.live.up && p.version >= STABILITY_VERSION)
-            .map(|(r, _)| r.clone())
-            .collect();
         to.iter().map(|r| self.out(Some(r), &msg, clock)).collect()
     }
 

@@ -173,14 +173,12 @@ impl Engine {
         } else {
             self.unreported_hellos + 1
         };
-        let frontiers: Vec<(Vec<u8>, u64)> = if reports {
+        let frontiers: Option<Vec<(Vec<u8>, u64)>> = reports.then(|| {
             self.members
                 .iter()
                 .map(|(d, m)| (d.to_vec(), m.frontier))
                 .collect()
-        } else {
-            Vec::new()
-        };
+        });
         // The clock first: a change made meanwhile has a later stamp than
         // the hello's, and is not claimed by its log position.
         let clock = store.tick_clock();
@@ -195,7 +193,7 @@ impl Engine {
         };
         self.take_local(store, events);
         self.refresh_digest(store);
-        if reports {
+        if let Some(frontiers) = frontiers {
             self.report = Some((clock.to_u64(), frontiers));
         }
         let msg = Message::Hello {
