@@ -42,6 +42,11 @@ defmodule Vsmcp.CRDT.Telemetry do
       answered or the timeout (`:start` and `:stop` only; both carry
       `peers: integer` too). Metadata: `%{store:, topic:}`, and `result:
       :ok | :timeout` on `:stop`.
+    * `[:vsmcp_crdt, :sync, :heartbeat]` - the periodic work of a
+      heartbeat (every `:heartbeat_interval` ms, 1 s by default): the
+      engine brings its digest up to date (while a large store's digest is
+      first built, a step of it of about 50 ms at most) and
+      broadcasts the hello. Metadata: `%{store:, topic:}`.
 
   ## Events
 
@@ -58,6 +63,12 @@ defmodule Vsmcp.CRDT.Telemetry do
       `:forgotten_replica`, `:unknown_peer`, `:local_error`, `:busy`,
       `:too_many_peers`, `:unauthenticated`, `:stale` (the last two with
       `secret:`, see the security guide).
+    * `[:vsmcp_crdt, :sync, :sent]` - messages handed to the transport
+      at once: the deltas and retransmissions of a tick, or the replies to
+      one message from a peer. Measurements: `%{messages: integer, bytes:
+      integer}` (a broadcast counted once). Metadata: `%{store:, topic:}`.
+      Nothing is emitted when nothing is sent, so an idle store emits only
+      its heartbeats.
     * `[:vsmcp_crdt, :sync, :merged]` - a message from a peer merged
       entries (deltas or states) into the store. Measurements: `%{entries:
       integer, bytes: integer}` (the message's size). Metadata: `%{store:,

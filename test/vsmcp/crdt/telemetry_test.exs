@@ -57,7 +57,7 @@ defmodule Vsmcp.CRDT.TelemetryTest do
     :ok = ContextStore.stop(store)
   end
 
-  test "a collection is an event: tombstones of deletes every member has are dropped",
+  test "collections, merges, sent messages and heartbeats are events",
        %{dir: dir} do
     parent = self()
     id = "collected-#{System.unique_integer([:positive])}"
@@ -66,7 +66,12 @@ defmodule Vsmcp.CRDT.TelemetryTest do
     :ok =
       :telemetry.attach_many(
         id,
-        [[:vsmcp_crdt, :sync, :collected], [:vsmcp_crdt, :sync, :merged]],
+        [
+          [:vsmcp_crdt, :sync, :collected],
+          [:vsmcp_crdt, :sync, :merged],
+          [:vsmcp_crdt, :sync, :sent],
+          [:vsmcp_crdt, :sync, :heartbeat, :stop]
+        ],
         handler,
         nil
       )
@@ -97,6 +102,16 @@ defmodule Vsmcp.CRDT.TelemetryTest do
                      %{store: ^b, topic: ^topic}}
 
     assert n >= 1 and bytes > 0
+    # a shipped the create; each heartbeat is a span.
+    assert_received {[:vsmcp_crdt, :sync, :sent], %{messages: m, bytes: sent},
+                     %{store: ^a, topic: ^topic}}
+
+    assert m >= 1 and sent > 0
+
+    assert_received {[:vsmcp_crdt, :sync, :heartbeat, :stop], %{duration: d},
+                     %{store: ^b, topic: ^topic, result: :ok}}
+
+    assert d >= 0
     Enum.each(stores, &ContextStore.stop/1)
   end
 
@@ -202,6 +217,8 @@ defmodule Vsmcp.CRDT.TelemetryTest do
       [:vsmcp_crdt, :sync, :round, :stop] => [:duration, :peers],
       [:vsmcp_crdt, :sync, :collected] => [:tombstones, :elements],
       [:vsmcp_crdt, :sync, :merged] => [:entries, :bytes],
+      [:vsmcp_crdt, :sync, :sent] => [:messages, :bytes],
+      [:vsmcp_crdt, :sync, :heartbeat, :stop] => [:duration],
       [:vsmcp_crdt, :store, :decay] => [:duration, :hot, :warm, :hot_before, :warm_before],
       [:vsmcp_crdt, :store, :storage_error] => [:count],
       [:vsmcp_crdt, :store, :open, :stop] => [:duration],

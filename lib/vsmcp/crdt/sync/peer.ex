@@ -315,13 +315,24 @@ defmodule Vsmcp.CRDT.Sync.Peer do
     # restarted (junk sent to it makes OTP's `:pg` crash) has forgotten us.
     :ok = mod.join(t, state.topic, state.key)
 
-    case Native.sync_hello(state.engine, want_changes?(state)) do
-      {:ok, {hello, events}} ->
-        mod.broadcast(t, state.topic, hello)
-        {:noreply, handle_events(state, events)}
+    # A heartbeat's hello is a span: the engine brings its digest up to
+    # date (a step of the first build of a large store's digest included)
+    # and builds the hello.
+    hello =
+      Telemetry.span(
+        [:vsmcp_crdt, :sync, :heartbeat],
+        %{store: state.store, topic: state.topic},
+        fn ->
+          with {:ok, {bytes, events}} <- Native.sync_hello(state.engine, want_changes?(state)) do
+            mod.broadcast(t, state.topic, bytes)
+            {:ok, events}
+          end
+        end
+      )
 
-      {:error, _} ->
-        {:noreply, state}
+    case hello do
+      {:ok, events} -> {:noreply, handle_events(state, events)}
+      {:error, _} -> {:noreply, state}
     end
   end
 
@@ -499,13 +510,24 @@ defmodule Vsmcp.CRDT.Sync.Peer do
 
   defp maybe_stop_local(state), do: state
 
+  defp send_outs(state, []), do: state
+
   defp send_outs(%{transport: {mod, t}} = state, outs) do
-    for {to, bytes} <- outs do
-      case to do
-        nil -> mod.broadcast(t, state.topic, bytes)
-        key -> mod.send_to(t, state.topic, key, bytes)
-      end
-    end
+    sent =
+      Enum.reduce(outs, 0, fn {to, bytes}, sum ->
+        case to do
+          nil -> mod.broadcast(t, state.topic, bytes)
+          key -> mod.send_to(t, state.topic, key, bytes)
+        end
+
+        sum + byte_size(bytes)
+      end)
+
+    Telemetry.emit(
+      [:vsmcp_crdt, :sync, :sent],
+      %{messages: length(outs), bytes: sent},
+      %{store: state.store, topic: state.topic}
+    )
 
     state
   end

@@ -46,7 +46,13 @@ if Code.ensure_loaded?(Telemetry.Metrics) do
         sum("vsmcp_crdt.sync.merged.bytes", tags: [:topic]),
         sum("vsmcp_crdt.sync.collected.tombstones", tags: [:topic]),
         sum("vsmcp_crdt.sync.collected.elements", tags: [:topic]),
+        sum("vsmcp_crdt.sync.sent.messages", tags: [:topic]),
+        sum("vsmcp_crdt.sync.sent.bytes", unit: :byte, tags: [:topic]),
         summary("vsmcp_crdt.sync.round.stop.duration", duration ++ [tags: [:topic, :result]]),
+        summary("vsmcp_crdt.sync.heartbeat.stop.duration",
+          unit: {:native, :microsecond},
+          tags: [:topic, :result]
+        ),
         # Store lifecycle and maintenance
         summary("vsmcp_crdt.store.open.stop.duration", duration ++ [tags: [:topic, :result]]),
         summary("vsmcp_crdt.store.close.stop.duration", duration ++ [tags: [:result]]),
