@@ -205,13 +205,15 @@ defmodule Vsmcp.CRDT.HLCAtomTableTest do
   # Not async: the atom count is global, and other tests (code loading,
   # decoding CRDT states) may create atoms while this one counts.
   use ExUnit.Case, async: false
+  use ExUnitProperties
 
   alias Vsmcp.CRDT.HLC
 
   test "from_string of an unknown atom is invalid and creates no atom" do
     name = "vsmcp_hlc_test_never_an_atom_#{System.unique_integer([:positive])}"
     etf_of_new_atom = <<131, 119, byte_size(name)>> <> name
-    # Load everything from_string uses before counting.
+    # Load everything from_string and StreamData use before counting.
+    junk_strings(fn _ -> :ok end)
     HLC.from_string("1:2@s:warm%20up")
     HLC.from_string("1:2@t:" <> Base.url_encode64(:erlang.term_to_binary({1}), padding: false))
     before = :erlang.system_info(:atom_count)
@@ -226,12 +228,26 @@ defmodule Vsmcp.CRDT.HLCAtomTableTest do
            ) ==
              {:error, :invalid_format}
 
-    for _ <- 1..100 do
-      HLC.from_string("1:2@a:" <> Base.encode16(:crypto.strong_rand_bytes(8)))
-      HLC.from_string(:crypto.strong_rand_bytes(30))
-    end
+    # Any string, and any tail after a well-formed clock, is a clock or
+    # `{:error, :invalid_format}` (StreamData: a failure shrinks).
+    junk_strings(fn input ->
+      assert match?({:ok, %HLC{}}, HLC.from_string(input)) or
+               HLC.from_string(input) == {:error, :invalid_format}
+    end)
 
     assert :erlang.system_info(:atom_count) == before
     assert_raise ArgumentError, fn -> String.to_existing_atom(name) end
+  end
+
+  # `fun` on random strings: junk, and junk after a well-formed clock,
+  # raw and hex-encoded.
+  defp junk_strings(fun) do
+    check all(
+            junk <- binary(max_length: 40),
+            tag <- member_of(["a", "s", "t", "x", ""]),
+            max_runs: 300
+          ) do
+      Enum.each([junk, "1:2@#{tag}:" <> junk, "1:2@#{tag}:" <> Base.encode16(junk)], fun)
+    end
   end
 end
