@@ -253,6 +253,94 @@ fn pages_list_every_id_once_in_order_with_pending_writes_laid_over_the_disk() {
 }
 
 #[test]
+fn record_pages_read_each_id_once_from_disk_or_name_it_pending_and_touch_no_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.flush_interval_ms = 60_000;
+    c.hot_limit = 100;
+    c.warm_limit = 100;
+    let s = Store::open(c).unwrap();
+    let none = s.records_page(None, 10, |_, _| panic!("empty")).unwrap();
+    assert!(none.pending.is_empty() && none.next.is_none());
+    for i in 0..3_000u32 {
+        s.create(&i.to_be_bytes(), Kind::GCounter, Access::MayBlock)
+            .unwrap();
+        s.update(
+            &i.to_be_bytes(),
+            Mutation::Increment(i.into()),
+            Access::MayBlock,
+            |_| (),
+        )
+        .unwrap();
+    }
+    s.flush().unwrap();
+    // Pending on top of the disk: deletes, increments of flushed ids, new
+    // ids, an id deleted and created again, an id created and deleted.
+    let mut pending: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for i in (0..3_000u32).step_by(7) {
+        s.delete(&i.to_be_bytes(), Access::MayBlock).unwrap();
+    }
+    for i in (1..3_000u32).step_by(11).filter(|i| i % 7 != 0) {
+        s.update(
+            &i.to_be_bytes(),
+            Mutation::Increment(1),
+            Access::MayBlock,
+            |_| (),
+        )
+        .unwrap();
+        pending.insert(i.to_be_bytes().to_vec());
+    }
+    for i in 3_000..3_500u32 {
+        s.create(&i.to_be_bytes(), Kind::GCounter, Access::MayBlock)
+            .unwrap();
+        pending.insert(i.to_be_bytes().to_vec());
+    }
+    s.create(&0u32.to_be_bytes(), Kind::GCounter, Access::MayBlock)
+        .unwrap();
+    pending.insert(0u32.to_be_bytes().to_vec());
+    s.create(b"gone", Kind::GCounter, Access::MayBlock).unwrap();
+    s.delete(b"gone", Access::MayBlock).unwrap();
+    // `ids_page`, not `ids`, which flushes first.
+    let expected: Vec<Vec<u8>> = page_all(&s, 10_000).iter().map(|i| i.to_vec()).collect();
+    for limit in [1, 7, 1000, 10_000] {
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let mut named: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut cursor: Option<Box<[u8]>> = None;
+        loop {
+            let page = s
+                .records_page(cursor.as_deref(), limit, |id, r| {
+                    // What the disk holds is what the store reads.
+                    assert_eq!(r.crdt.encode(), state(&s, id).encode());
+                    seen.push(id.to_vec());
+                })
+                .unwrap();
+            for id in page.pending {
+                assert!(named.insert(id.to_vec()), "named twice");
+                seen.push(id.to_vec());
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, expected, "limit {limit}: every id once");
+        assert_eq!(named, pending, "limit {limit}: pending writes named");
+    }
+    // A scan of a reopened store (every id cold) loads nothing into memory.
+    s.close(std::time::Duration::from_secs(5)).unwrap();
+    let s = Store::open(cfg(dir.path())).unwrap();
+    let mut n = 0;
+    let page = s.records_page(None, 10_000, |_, _| n += 1).unwrap();
+    assert_eq!(
+        (n, page.pending.len(), page.next),
+        (expected.len(), 0, None)
+    );
+    let info = s.info().unwrap();
+    assert_eq!((info.hot.count, info.warm.count), (0, 0));
+}
+
+#[test]
 fn pages_taken_during_writes_never_repeat_an_id_nor_miss_a_stable_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path());

@@ -21,6 +21,7 @@ use common::net::{
 use common::Rng;
 use vsmcp_crdt_core::store::record::Gen;
 use vsmcp_crdt_core::store::{Access, Merged, Store, StoreConfig};
+use vsmcp_crdt_core::sync::digest::{item_hash, Digest};
 use vsmcp_crdt_core::sync::{Engine, EngineConfig, Event, Reject, REPORT_FANOUT};
 use vsmcp_crdt_core::{Crdt, Kind, Mutation, Value};
 
@@ -778,6 +779,10 @@ fn a_large_stores_digest_is_built_over_several_calls() {
         s0.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
             .unwrap();
     }
+    // Reopened: every record is on disk and nothing is in memory, so the
+    // digest is built by reading the records there.
+    net.reopen_store(0, |_| {});
+    let s0 = net.nodes[0].store.clone();
     net.restart_engine(
         0,
         EngineConfig {
@@ -786,20 +791,47 @@ fn a_large_stores_digest_is_built_over_several_calls() {
         },
     );
     let mut ev = Vec::new();
-    for _ in 0..4 {
+    for tick in 0..4u32 {
         let _ = net.nodes[0].engine.tick(&s0, net.now, &mut ev);
         assert!(!net.nodes[0].engine.primed());
+        // Writes while the digest is built, ahead of and behind the scan:
+        // increments, deletes, creates, a remove-wins set with tokens.
+        for k in [tick * 1_000 + 10, 4_400 - tick * 1_000] {
+            update(&s0, &k.to_be_bytes(), Mutation::Increment(7));
+            s0.delete(&(k + 1).to_be_bytes(), Access::MayBlock).unwrap();
+        }
+        let set = format!("set{tick}");
+        s0.create(set.as_bytes(), Kind::ORSet, Access::MayBlock)
+            .unwrap();
+        update(&s0, set.as_bytes(), Mutation::Add(b"a"));
+        update(&s0, set.as_bytes(), Mutation::Remove(b"a"));
     }
     let _ = net.nodes[0].engine.tick(&s0, net.now, &mut ev);
     assert!(net.nodes[0].engine.primed());
+    // The digest built from the disk scan, with the writes laid over it,
+    // is the digest of every record read through the store.
+    let mut reference = Digest::new();
+    for id in s0.ids().unwrap() {
+        let h = s0.with_sync_state(&id, |m, c, _| (!m.deleted).then(|| item_hash(&id, m, c)));
+        reference.replace_hash(&id, None, h.unwrap().flatten());
+    }
+    assert_eq!(net.nodes[0].engine.digest_root(), reference.root());
     for _ in 0..3 {
         net.settle();
     }
-    let s1 = &net.nodes[1].store;
+    let s1 = &net.nodes[1].store.clone();
     assert!(s1
         .metadata(&4_499u32.to_be_bytes(), Access::MayBlock)
         .is_ok());
     assert!(s1.metadata(&0u32.to_be_bytes(), Access::MayBlock).is_ok());
+    assert!(s1.metadata(&11u32.to_be_bytes(), Access::MayBlock).is_err());
+    assert_eq!(s1.ids().unwrap(), s0.ids().unwrap());
+    for k in [10u32, 4_400, 3_010, 1_400] {
+        let n = s1.read(&k.to_be_bytes(), Access::MayBlock, |v| {
+            v.crdt.value() == Value::Counter(7)
+        });
+        assert!(n.unwrap(), "{k}");
+    }
 }
 
 // ---------------------------------------------------------------------

@@ -17,6 +17,7 @@
 
 use super::handle::Store;
 use crate::error::Result;
+use crate::record::Record;
 use std::collections::BTreeMap;
 
 /// One page of ids and the cursor of the next (`None`: the listing is
@@ -29,25 +30,7 @@ impl Store {
     /// page. See the module docs for what concurrent writes do.
     pub fn ids_page(&self, after: Option<&[u8]>, limit: usize) -> Result<IdsPage> {
         let limit = limit.max(1);
-        let beyond = |k: &[u8]| after.is_none_or(|a| k > a);
-        // The pending overlay is read before the disk: a write that a
-        // flush moves to RocksDB meanwhile is found on disk then, so no id
-        // falls between the two reads. `true`: present; `false`: deleted.
-        let mut overlay: BTreeMap<Box<[u8]>, bool> = BTreeMap::new();
-        for shard in self.0.shards.iter() {
-            let sh = shard.state.lock();
-            let p = &sh.pending;
-            for (k, p) in p.inflight.iter().chain(p.dirty.iter()) {
-                if !beyond(k) {
-                    continue;
-                }
-                if p.delta.is_some() {
-                    overlay.insert(k.clone(), true);
-                } else if p.reset {
-                    overlay.insert(k.clone(), false);
-                }
-            }
-        }
+        let overlay = self.pending_overlay(after);
         let on_disk = self
             .0
             .cold
@@ -66,6 +49,80 @@ impl Store {
         let next = (ids.len() == limit).then(|| ids[limit - 1].clone());
         Ok((ids, next))
     }
+
+    /// A page of records for a scan of the whole store (the first build
+    /// of the sync digest): `f` gets each id greater than `after` whose
+    /// current record is the one on disk, decoded, for up to `limit` (at
+    /// least 1) records on disk; the page also names the ids of that range
+    /// whose current value is a pending write (read those through the
+    /// store), and the cursor of the next page (`None`: complete).
+    ///
+    /// Cost: O(pending writes) for the overlay, then one range scan of
+    /// `limit` records decoded (values copied, the block cache not filled):
+    /// no tier is touched, so a scan neither promotes nor evicts anything.
+    /// A record that does not decode is named as pending, so the store's
+    /// own read reports it. An id written after its record was read is a
+    /// change the caller is told of anyway (the store's change feed), as
+    /// for [`Store::ids_page`]. Dirty schedulers only.
+    pub fn records_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        mut f: impl FnMut(&[u8], &Record),
+    ) -> Result<RecordsPage> {
+        let overlay = self.pending_overlay(after);
+        let mut pending = Vec::new();
+        let next = self.0.cold.records_after(after, limit, |k, v| {
+            if overlay.contains_key(k) {
+                return;
+            }
+            match Record::decode(v) {
+                Ok(r) => f(k, &r),
+                Err(_) => pending.push(Box::from(k)),
+            }
+        })?;
+        pending.extend(
+            overlay
+                .into_iter()
+                .filter(|(k, present)| *present && next.as_ref().is_none_or(|n| k <= n))
+                .map(|(k, _)| k),
+        );
+        Ok(RecordsPage { pending, next })
+    }
+
+    /// The pending writes of ids greater than `after`: `true` for a write
+    /// that leaves the id present, `false` for a delete. Read before the
+    /// disk: a write that a flush moves to RocksDB meanwhile is found on
+    /// disk then, so no id falls between the two reads.
+    fn pending_overlay(&self, after: Option<&[u8]>) -> BTreeMap<Box<[u8]>, bool> {
+        let beyond = |k: &[u8]| after.is_none_or(|a| k > a);
+        let mut overlay = BTreeMap::new();
+        for shard in self.0.shards.iter() {
+            let sh = shard.state.lock();
+            let p = &sh.pending;
+            for (k, p) in p.inflight.iter().chain(p.dirty.iter()) {
+                if !beyond(k) {
+                    continue;
+                }
+                if p.delta.is_some() {
+                    overlay.insert(k.clone(), true);
+                } else if p.reset {
+                    overlay.insert(k.clone(), false);
+                }
+            }
+        }
+        overlay
+    }
+}
+
+/// A page of [`Store::records_page`].
+#[derive(Debug, Default)]
+pub struct RecordsPage {
+    /// Ids in the page's range whose current value is a pending write (or
+    /// whose record did not decode): read them through the store.
+    pub pending: Vec<Box<[u8]>>,
+    /// The cursor of the next page; `None` when the scan is complete.
+    pub next: Option<Box<[u8]>>,
 }
 
 impl Store {

@@ -83,7 +83,7 @@ pub use crate::crdt::Mutation;
 pub use config::{Access, Durability, StoreConfig, INLINE_BYTES};
 pub use handle::{Stats, Store, View};
 pub use info::Info;
-pub use listing::IdsPage;
+pub use listing::{IdsPage, RecordsPage};
 pub use replication::Merged;
 pub use tiers::{drop_in_background, Ext, Tier};
 pub use write_behind::Pending;

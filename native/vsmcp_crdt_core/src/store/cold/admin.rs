@@ -145,6 +145,44 @@ impl RocksDir {
         Ok(out)
     }
 
+    /// Call `f` with the key and record of up to `limit` records whose keys
+    /// are greater than `after` (from the first key when `None`), in byte
+    /// order. Returns the last key visited when `limit` were visited (more
+    /// may follow), `None` when the records ran out. The block cache is not
+    /// filled.
+    pub fn records_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<Option<Box<[u8]>>> {
+        let (_gate, db) = self.db()?;
+        let mut ro = ReadOptions::default();
+        ro.fill_cache(false);
+        let mut it = db.raw_iterator_cf_opt(self.cf(&db, CF_CRDT)?, ro);
+        match after {
+            Some(k) => it.seek(k),
+            None => it.seek_to_first(),
+        }
+        let mut seen = 0;
+        let mut last = None;
+        while seen < limit.max(1) {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if after != Some(k) {
+                f(k, v);
+                seen += 1;
+                if seen == limit.max(1) {
+                    last = Some(Box::from(k));
+                }
+            }
+            it.next();
+        }
+        it.status().map_err(|e| storage_err(&self.path, e))?;
+        Ok(last)
+    }
+
     /// Call `f` with the key and record of up to `n` consecutive records
     /// from `from` (the first key at or after it), wrapping to the start
     /// once. Returns how many were visited.

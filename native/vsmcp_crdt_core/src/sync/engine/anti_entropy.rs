@@ -3,8 +3,9 @@
 
 use super::{directory_of, Engine, Event, Inbound, Outbound, Reject, Snapshot, STABILITY_VERSION};
 use crate::causal::ReplicaId;
+use crate::crdt::Crdt;
 use crate::hlc::Timestamp;
-use crate::record::encode_parts;
+use crate::record::{encode_parts, Gen, Meta};
 use crate::store::Store;
 use crate::sync::digest::{bucket_of, item_hash};
 use crate::sync::wire::{states_messages, Entry, Message};
@@ -412,9 +413,12 @@ impl Engine {
         (out, bytes)
     }
 
-    /// Take the next page of the store's ids into the digest, until every
-    /// id is in (see [`PRIME_PAGE`]). Ids written meanwhile are marked by
-    /// their changes anyway.
+    /// Take the next page of the store's records into the digest, until
+    /// every id is in (see [`PRIME_PAGE`]). A record read from disk is
+    /// hashed as read (no tier is touched, so priming a large store neither
+    /// promotes nor evicts anything); an id whose current value is a
+    /// pending write is marked dirty and read through the store. Ids
+    /// written meanwhile are marked by their changes anyway.
     ///
     /// False when the page could not be read (the same page is tried again
     /// at the next call, not within this one).
@@ -422,11 +426,20 @@ impl Engine {
         let Some(cursor) = self.prime_cursor.take() else {
             return true;
         };
-        match store.ids_page(cursor.as_deref(), PRIME_PAGE) {
-            Ok((ids, next)) => {
-                self.dirty.extend(ids);
+        let mut read = Vec::with_capacity(PRIME_PAGE);
+        let page = store.records_page(cursor.as_deref(), PRIME_PAGE, |id, r| {
+            read.push((Box::<[u8]>::from(id), hashed(id, &r.meta, &r.crdt)));
+        });
+        match page {
+            Ok(page) => {
+                // Every token read arrived before our clock now.
+                let clock = store.clock().to_u64();
+                for (id, h) in read {
+                    self.take_hash(id, h, clock);
+                }
+                self.dirty.extend(page.pending);
                 // `None` from the store: the listing is complete.
-                self.prime_cursor = next.map(Some);
+                self.prime_cursor = page.next.map(Some);
                 true
             }
             // Unreadable now: the same page next time.
@@ -453,57 +466,77 @@ impl Engine {
         }
     }
 
-    /// Rehash every id marked dirty (changed, or listed by priming).
+    /// Rehash every id marked dirty (changed, or pending when primed).
     fn hash_dirty(&mut self, store: &Store) {
         if self.dirty.is_empty() {
             return;
         }
         for id in std::mem::take(&mut self.dirty) {
-            let read = store.with_sync_state(&id, |m, c, _| {
-                // Tombstones stay out of the digest: a peer that still
-                // holds the deleted record learns of the delete when it
-                // pushes the record and we answer with the tombstone.
-                if m.deleted {
-                    return None;
-                }
-                Some((item_hash(&id, m, c), c.stability_snapshot(), m.gen.clone()))
-            });
-            let new = match read {
-                Ok(Some(Some((h, snapshot, gen)))) => {
-                    match snapshot {
-                        Some(vv) => {
-                            // Every token read arrived before our clock now.
-                            let at = store.clock().to_u64();
-                            let keep = self.collectable.get(&id).is_some_and(|s| s.gen == gen);
-                            if !keep {
-                                self.collectable
-                                    .insert(id.clone(), Snapshot { at, gen, vv });
-                            }
-                        }
-                        None => {
-                            self.collectable.remove(&id);
-                        }
-                    }
-                    Some(h)
-                }
-                Ok(_) => {
-                    self.collectable.remove(&id);
-                    None
+            let read = store.with_sync_state(&id, |m, c, _| hashed(&id, m, c));
+            match read {
+                Ok(read) => {
+                    // Every token read arrived before our clock now.
+                    let clock = store.clock().to_u64();
+                    self.take_hash(id, read.flatten(), clock);
                 }
                 // Unreadable now: try again at the next refresh.
                 Err(_) => {
                     self.dirty.insert(id);
-                    continue;
                 }
-            };
-            let bucket = &mut self.hashes[bucket_of(&id) as usize];
-            let old = match new {
-                Some(h) => bucket.insert(id.clone(), h),
-                None => bucket.remove(&id),
-            };
-            if old != new {
-                self.digest.replace_hash(&id, old, new);
             }
         }
     }
+
+    /// Put `id`'s item hash (`None`: absent or deleted) into the digest,
+    /// and keep or drop the stability snapshot of a set holding tokens,
+    /// taken at `clock` (our HLC when the state was read).
+    fn take_hash(&mut self, id: Box<[u8]>, read: Option<Hashed>, clock: u64) {
+        let new = match read {
+            Some((h, snapshot, gen)) => {
+                match snapshot {
+                    Some(vv) => {
+                        let keep = self.collectable.get(&id).is_some_and(|s| s.gen == gen);
+                        if !keep {
+                            self.collectable
+                                .insert(id.clone(), Snapshot { at: clock, gen, vv });
+                        }
+                    }
+                    None => {
+                        self.collectable.remove(&id);
+                    }
+                }
+                Some(h)
+            }
+            None => {
+                self.collectable.remove(&id);
+                None
+            }
+        };
+        let bucket = &mut self.hashes[bucket_of(&id) as usize];
+        let old = match new {
+            Some(h) => bucket.insert(id.clone(), h),
+            None => bucket.remove(&id),
+        };
+        if old != new {
+            self.digest.replace_hash(&id, old, new);
+        }
+    }
+}
+
+/// What the digest keeps of a live record: its item hash, the stability
+/// snapshot of a set holding remove tokens, and its generation.
+type Hashed = (u64, Option<Vec<(ReplicaId, u64)>>, Gen);
+
+/// The digest's view of a record read: `None` for a tombstone, which stays
+/// out of the digest (a peer that still holds the deleted record learns of
+/// the delete when it pushes the record and we answer with the tombstone).
+fn hashed(id: &[u8], meta: &Meta, crdt: &Crdt) -> Option<Hashed> {
+    if meta.deleted {
+        return None;
+    }
+    Some((
+        item_hash(id, meta, crdt),
+        crdt.stability_snapshot(),
+        meta.gen.clone(),
+    ))
 }
