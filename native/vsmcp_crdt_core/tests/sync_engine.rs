@@ -834,6 +834,81 @@ fn a_large_stores_digest_is_built_over_several_calls() {
     }
 }
 
+#[test]
+fn digests_wait_until_a_restarted_stores_digest_is_built_then_are_answered() {
+    let mut net = Net::new(2, 0, 1409);
+    let s0 = net.nodes[0].store.clone();
+    for k in 0..20_000u32 {
+        s0.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
+            .unwrap();
+    }
+    for _ in 0..3 {
+        net.settle();
+    }
+    let s1 = net.nodes[1].store.clone();
+    assert_eq!(s1.ids().unwrap().len(), 20_000);
+    let pushed_before = net.nodes[1].engine.counters().states_sent;
+    // n0 restarts: its digest is built one page per call (20 pages).
+    net.reopen_store(0, |_| {});
+    net.restart_engine(
+        0,
+        EngineConfig {
+            prime_budget_ms: 0,
+            ..fast_cfg(30)
+        },
+    );
+    net.recorded = Some(Vec::new());
+    net.events.clear();
+    // Hellos: each side comes up at the other's (n0 puts its digest off).
+    net.step(true);
+    assert!(!net.nodes[0].engine.primed());
+    // n1's `sync` round asks n0 for its digest: put off too.
+    let now = net.now;
+    let mut ev = Vec::new();
+    let (peers, outs) = net.nodes[1].engine.round(&s1, now, &mut ev);
+    let r0 = net.nodes[0].engine.me().clone();
+    assert_eq!(peers, vec![r0.clone()]);
+    net.send(1, outs);
+    net.deliver_all();
+    // Nothing of the digest exchange leaves n0 while its digest is being
+    // built; the tick that completes it answers n1's digest and sends
+    // n0's.
+    let from_n0 = |net: &Net, tag: u8| {
+        net.recorded
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|(to, b)| *to == 1 && tag_of(b) == Some(tag))
+            .count()
+    };
+    let answered = |net: &Net| {
+        net.events
+            .iter()
+            .any(|(i, e)| *i == 1 && matches!(e, Event::Answered(r) if *r == r0))
+    };
+    let mut steps = 0;
+    while !net.nodes[0].engine.primed() {
+        for t in [tag::DIGEST_REQUEST, tag::STATE_REQUEST, tag::STATES] {
+            assert_eq!(
+                from_n0(&net, t),
+                0,
+                "tag {t} sent before the digest was built"
+            );
+        }
+        assert!(!answered(&net));
+        net.step(false);
+        steps += 1;
+    }
+    assert!(steps >= 5, "built over several ticks ({steps})");
+    assert!(from_n0(&net, tag::STATE_REQUEST) >= 1);
+    assert!(from_n0(&net, tag::DIGEST_REQUEST) >= 1);
+    assert!(answered(&net));
+    // Equal stores: no state crossed either way.
+    net.settle();
+    assert_eq!(net.nodes[1].engine.counters().states_sent, pushed_before);
+    assert_eq!(net.nodes[0].engine.counters().states_sent, 0);
+}
+
 // ---------------------------------------------------------------------
 // Set remove tokens: collected once stable.
 // A remove token is collected only once every member has it, and a

@@ -168,7 +168,7 @@ impl Engine {
             return None;
         }
         p.exchange.root_mismatches = 0;
-        Some(self.digest_to(store, from, ctx.clock, now_ms))
+        self.digest_or_defer(store, from, ctx.clock, now_ms)
     }
 
     /// A peer's digest: queue our states of the buckets that differ, ask
@@ -188,6 +188,25 @@ impl Engine {
             self.reject(events, Some(from), Reject::Busy, "transfer under way");
             return Vec::new();
         }
+        self.refresh_digest(store);
+        if !self.primed() {
+            if self.peers.contains_key(from) {
+                self.deferred.answers.insert(from.clone(), buckets.to_vec());
+            }
+            return Vec::new();
+        }
+        self.answer_digest(store, from, ctx.clock, buckets, events)
+    }
+
+    /// Answer `from`'s digest `buckets` (our digest holds every id).
+    fn answer_digest(
+        &mut self,
+        store: &Store,
+        from: &ReplicaId,
+        clock: Timestamp,
+        buckets: &[u64],
+        events: &mut Vec<Event>,
+    ) -> Vec<Outbound> {
         // Our state is taken now: writes stamped before it finish
         // first (see `hello`), and changes made since our last tick
         // count too (the requester's `sync` must see every write
@@ -220,7 +239,56 @@ impl Engine {
                 log_pos,
             });
         }
-        self.drain_transfer(store, from, ctx.clock)
+        self.drain_transfer(store, from, clock)
+    }
+
+    /// Our digest to `to`, or, while it is first built, a note to send it
+    /// once it holds every id (see [`Deferred`]).
+    pub(super) fn digest_or_defer(
+        &mut self,
+        store: &Store,
+        to: &ReplicaId,
+        clock: Timestamp,
+        now_ms: u64,
+    ) -> Option<Outbound> {
+        self.refresh_digest(store);
+        if self.primed() {
+            return Some(self.digest_to(store, to, clock, now_ms));
+        }
+        self.deferred.digests.insert(to.clone());
+        None
+    }
+
+    /// Once our digest holds every id: the digests put off and the answers
+    /// to the peers' digests put off, to the peers still up.
+    pub(super) fn take_deferred(
+        &mut self,
+        store: &Store,
+        clock: Timestamp,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Vec<Outbound> {
+        if !self.primed() || self.deferred.is_empty() {
+            return Vec::new();
+        }
+        let Deferred { answers, digests } = std::mem::take(&mut self.deferred);
+        let mut out = Vec::new();
+        for to in digests {
+            if self.peers.contains_key(&to) {
+                out.push(self.digest_to(store, &to, clock, now_ms));
+            }
+        }
+        for (from, buckets) in answers {
+            if !self.peers.contains_key(&from) {
+                continue;
+            }
+            if self.transfers.get(&from).is_some_and(|q| !q.is_empty()) {
+                self.reject(events, Some(&from), Reject::Busy, "transfer under way");
+                continue;
+            }
+            out.extend(self.answer_digest(store, &from, clock, &buckets, events));
+        }
+        out
     }
 
     /// A peer's answer to our digest: the buckets it wants our states of.
@@ -284,7 +352,7 @@ impl Engine {
         let clock = store.tick_clock();
         let peers = self.up_peers();
         for r in &peers {
-            out.push(self.digest_to(store, r, clock, now_ms));
+            out.extend(self.digest_or_defer(store, r, clock, now_ms));
         }
         (peers, out)
     }
@@ -539,4 +607,31 @@ fn hashed(id: &[u8], meta: &Meta, crdt: &Crdt) -> Option<Hashed> {
         crdt.stability_snapshot(),
         meta.gen.clone(),
     ))
+}
+
+/// Digest exchanges put off while our digest is first built after a start
+/// ("Deferred while priming"). A digest still missing ids differs from a
+/// peer's in every bucket: sent, it would pull the peer's whole store;
+/// answered, it would ask for all of it and push only the part listed so
+/// far (and end no round of the peer's `sync` with a proof). Neither is
+/// refused: each is sent at the first tick once the digest holds every id,
+/// so a peer's `sync` waits for it instead of failing. One of each per
+/// peer at most (the latest request), dropped with the session.
+#[derive(Debug, Default)]
+pub(super) struct Deferred {
+    /// The peers' digests to answer, by peer.
+    pub(super) answers: std::collections::BTreeMap<ReplicaId, Vec<u64>>,
+    /// The peers to send our digest to.
+    pub(super) digests: std::collections::BTreeSet<ReplicaId>,
+}
+
+impl Deferred {
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty() && self.digests.is_empty()
+    }
+
+    pub(super) fn forget(&mut self, r: &ReplicaId) {
+        self.answers.remove(r);
+        self.digests.remove(r);
+    }
 }

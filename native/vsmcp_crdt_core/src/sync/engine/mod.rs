@@ -71,7 +71,7 @@ use crate::sync::wire::{
     Envelope, Message, MAX_MESSAGE_BYTES, MAX_SINGLE_ENTRY_MESSAGE_BYTES, MIN_WIRE_VERSION,
 };
 
-use anti_entropy::Transfer;
+use anti_entropy::{Deferred, Transfer};
 pub use api::{
     Counters, EngineConfig, Event, ForgettingInfo, MemberInfo, Outbound, PeerInfo, PeerStats,
     Reject, REJECT_KINDS,
@@ -156,6 +156,9 @@ pub struct Engine {
     /// While the digest is being built from the store's ids, page by page:
     /// the cursor of the next page (`Some(None)`: the first).
     prime_cursor: Option<Option<Box<[u8]>>>,
+    /// Digest exchanges put off until our digest holds every id (see
+    /// `anti_entropy.rs`, "Deferred while priming").
+    deferred: Deferred,
     counters: Counters,
     /// With authentication: the sequence number of our last message.
     sent_seq: u64,
@@ -227,6 +230,7 @@ impl Engine {
             queued: Default::default(),
             dirty: HashSet::default(),
             prime_cursor: Some(None),
+            deferred: Deferred::default(),
             counters: Counters::default(),
             sent_seq: 0,
             windows: HashMap::default(),
@@ -376,7 +380,8 @@ impl Engine {
             self.refresh_digest(store);
         }
         let clock = store.tick_clock();
-        let mut out = self.drain_transfers(store, clock);
+        let mut out = self.take_deferred(store, clock, now_ms, events);
+        out.extend(self.drain_transfers(store, clock));
         out.extend(self.send_report(clock));
         self.expire_members(store, now_ms, events);
         let ids: Vec<ReplicaId> = self.peers.keys().cloned().collect();

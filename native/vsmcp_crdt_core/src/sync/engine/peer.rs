@@ -106,6 +106,7 @@ impl Engine {
         self.log.remove_peer(r);
         self.transfers.remove(r);
         self.queued.remove(r);
+        self.deferred.forget(r);
     }
 
     /// Drop every session of directory `dir` (each reported down).
@@ -280,15 +281,15 @@ impl Engine {
         self.advance_by_log(store, from);
         if came_up {
             events.push(Event::PeerUp(from.clone(), hello.attrs));
-            // Introduce ourselves at once, and compare digests.
+            // Introduce ourselves at once, and compare digests (once ours
+            // holds every id).
             let hello = self.hello(store, events);
-            return vec![
-                Outbound {
-                    to: Some(from.clone()),
-                    ..hello
-                },
-                self.digest_to(store, from, ctx.clock, now_ms),
-            ];
+            let mut out = vec![Outbound {
+                to: Some(from.clone()),
+                ..hello
+            }];
+            out.extend(self.digest_or_defer(store, from, ctx.clock, now_ms));
+            return out;
         }
         self.digest_after_hello(store, ctx, hello.root)
             .into_iter()
