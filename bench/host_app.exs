@@ -3,6 +3,7 @@
 #   MIX_ENV=prod mix run bench/host_app.exs                  # every phase, full sizes
 #   MIX_ENV=prod mix run bench/host_app.exs --quick          # small sizes, a smoke test
 #   MIX_ENV=prod mix run bench/host_app.exs --only memory --only start
+#   MIX_ENV=prod mix run bench/host_app.exs --only memory --storage memory_budget=67108864
 #
 # Every node is a :peer node (test/support/cluster.ex) running
 # `Phoenix.PubSub` (name `Vsmcp.PubSub`) and `Vsmcp.CRDT.Supervisor`: the
@@ -572,9 +573,18 @@ defmodule HostApp do
       connect: connect,
       load: :persistent_term.get(:host_app_load),
       prefix: "host_app",
-      app_env: [{:logger, :level, :warning}],
+      app_env: [{:logger, :level, :warning}] ++ storage_env(),
       pubsub: Vsmcp.PubSub
     )
+  end
+
+  # `--storage memory_budget=67108864,ets_limit=20000`: storage options of
+  # every node's default store (config :vsmcp, Vsmcp.CRDT.ContextStore).
+  defp storage_env do
+    case :persistent_term.get(:host_app_storage, []) do
+      [] -> []
+      opts -> [{:vsmcp, Vsmcp.CRDT.ContextStore, [storage_opts: opts]}]
+    end
   end
 
   def wait_peers(nodes) do
@@ -691,11 +701,21 @@ alias HostApp, as: H
       burst: :integer,
       idle_s: :integer,
       catchup: :integer,
-      node_counts: :string
+      node_counts: :string,
+      storage: :string
     ]
   )
 
 if rest != [] or invalid != [], do: raise("unknown arguments: #{inspect(rest ++ invalid)}")
+
+storage =
+  for pair <- String.split(Keyword.get(opts, :storage, ""), ",", trim: true) do
+    [k, v] = String.split(pair, "=", parts: 2)
+    {String.to_atom(k), String.to_integer(v)}
+  end
+
+:persistent_term.put(:host_app_storage, storage)
+if storage != [], do: IO.puts("storage_opts of every store: #{inspect(storage)}")
 
 all_phases = ~w(memory start values lowrate nodes)
 only = opts |> Keyword.get_values(:only) |> Enum.flat_map(&String.split(&1, ","))
@@ -766,10 +786,12 @@ try do
 
     for n <- cfg.mem_sizes, do: H.memory_case("g_counter", :g_counter, n, tmp, cfg.settle_ms)
 
-    for kind <- [:pn_counter, :or_set, :lww_register],
+    # `--type-n 0` / `--set-elements 0` leave these cases out.
+    for kind <- [:pn_counter, :or_set, :lww_register], cfg.type_n > 0,
         do: H.memory_case(to_string(kind), kind, cfg.type_n, tmp, cfg.settle_ms)
 
-    H.memory_case("set elements", :set_elements, cfg.set_elements, tmp, cfg.settle_ms)
+    if cfg.set_elements > 0,
+      do: H.memory_case("set elements", :set_elements, cfg.set_elements, tmp, cfg.settle_ms)
   end)
 
   # --- 2. start -------------------------------------------------------------------
