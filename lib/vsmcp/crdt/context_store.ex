@@ -705,12 +705,11 @@ defmodule Vsmcp.CRDT.ContextStore do
   `:counters` (messages, bytes, merges, retransmits), `:rejected` (refused
   peer input by kind), the outgoing log's `:log_entries` and
   `:log_bytes`, and `:digest_ready` (`true` once the anti-entropy
-  digest holds every id: after a start it is built in steps of at most
-  about 50 ms per tick, so no call waits on it; see
-  `bench/RESULTS-host_app.md` for a million ids). Deltas flow from the
-  start; a digest exchange before it is ready compares what is listed so
-  far, so peers push the states of ids not listed yet (correct, but for a
-  large store a transfer of much of it).
+  digest holds every id: after a start it is built by a scan of the
+  records on disk in steps of at most about 50 ms, so no call waits on
+  it; a million ids take about 2.5 s, see `bench/RESULTS-host_app.md`).
+  Deltas flow from the start; digest exchanges, and so `sync/2` rounds,
+  wait until it is ready (the sync guide's "A restart").
 
       iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
       iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
