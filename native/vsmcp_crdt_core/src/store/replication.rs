@@ -60,6 +60,10 @@ pub enum Merged {
     CutDeleted,
 }
 
+/// At most this many entries of room are kept in a shard's map of local
+/// changes when it is taken (about 100 B each).
+const OUT_CAPACITY_KEPT: usize = 256;
+
 impl Store {
     /// Start recording local changes for sync (for [`Store::take_outgoing`]).
     /// Returns the owner token that [`Store::stop_capture`] needs: a newer
@@ -103,7 +107,10 @@ impl Store {
         for shard in self.0.shards.iter() {
             let taken = {
                 let mut sh = shard.state.lock();
-                let cap = sh.out.capacity();
+                // Room for what this round held, but not a burst's worth
+                // kept for ever (a sync process held up for a while lets
+                // a shard's map grow to many thousands of entries).
+                let cap = sh.out.len().min(OUT_CAPACITY_KEPT);
                 std::mem::replace(
                     &mut sh.out,
                     HashMap::with_capacity_and_hasher(cap, Default::default()),

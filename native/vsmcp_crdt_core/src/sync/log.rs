@@ -241,6 +241,12 @@ impl DeltaLog {
             .unwrap_or(u64::MAX);
         while self.first_seq <= min_ack && self.pop_front() {}
         while self.bytes > self.max_bytes && self.pop_front() {}
+        // A log that grew while a peer lagged gives its room back once the
+        // peer caught up (32 B per entry of capacity otherwise kept).
+        let cap = self.entries.capacity();
+        if cap > 4_096 && self.entries.len() < cap / 4 {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
     }
 
     fn pop_front(&mut self) -> bool {
@@ -328,6 +334,24 @@ mod tests {
         log.remove_peer(&b);
         assert!(log.is_empty());
         assert_eq!(log.bytes(), 0);
+    }
+
+    #[test]
+    fn room_of_a_lagging_peer_is_given_back_once_it_caught_up() {
+        let a = ReplicaId::from("a");
+        let mut log = DeltaLog::new(1 << 30);
+        log.add_peer(a.clone());
+        for i in 0..100_000u32 {
+            log.record(&i.to_be_bytes(), &[0xC7, 1, 1, 0]);
+        }
+        assert!(log.entries.capacity() >= 100_000);
+        log.ack(&a, 99_990).unwrap();
+        assert_eq!(log.len(), 10);
+        assert!(log.entries.capacity() <= 4_096, "{}", log.entries.capacity());
+        // Still a log: the rest acknowledged, then more recorded.
+        log.ack(&a, 100_000).unwrap();
+        assert!(log.is_empty());
+        assert_eq!(log.record(b"x", &[0xC7, 1, 1, 0]), 100_001);
     }
 
     #[test]
