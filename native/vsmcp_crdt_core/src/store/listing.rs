@@ -54,12 +54,15 @@ impl Store {
     /// of the sync digest): `f` gets each id greater than `after` whose
     /// current record is the one on disk, decoded, for up to `limit` (at
     /// least 1) records on disk; the page also names the ids of that range
-    /// whose current value is a pending write (read those through the
-    /// store), and the cursor of the next page (`None`: complete).
+    /// whose current value is a pending write (at most `limit`; read those
+    /// through the store), and the cursor of the next page (`None`:
+    /// complete).
     ///
     /// Cost: O(pending writes) for the overlay, then one range scan of
     /// `limit` records decoded (values copied, the block cache not filled):
-    /// no tier is touched, so a scan neither promotes nor evicts anything.
+    /// no tier is touched, so a scan neither promotes nor evicts anything
+    /// (the ids it names as pending are loaded when read through the
+    /// store).
     /// A record that does not decode is named as pending, so the store's
     /// own read reports it. An id written after its record was read is a
     /// change the caller is told of anyway (the store's change feed), as
@@ -70,17 +73,25 @@ impl Store {
         limit: usize,
         mut f: impl FnMut(&[u8], &Record),
     ) -> Result<RecordsPage> {
+        let limit = limit.max(1);
         let overlay = self.pending_overlay(after);
+        // At most `limit` pending ids per page: the page ends at the
+        // limit-th one at the latest.
+        let until = overlay.keys().nth(limit - 1).cloned();
         let mut pending = Vec::new();
-        let next = self.0.cold.records_after(after, limit, |k, v| {
-            if overlay.contains_key(k) {
-                return;
-            }
-            match Record::decode(v) {
-                Ok(r) => f(k, &r),
-                Err(_) => pending.push(Box::from(k)),
-            }
-        })?;
+        let last = self
+            .0
+            .cold
+            .records_after(after, until.as_deref(), limit, |k, v| {
+                if overlay.contains_key(k) {
+                    return;
+                }
+                match Record::decode(v) {
+                    Ok(r) => f(k, &r),
+                    Err(_) => pending.push(Box::from(k)),
+                }
+            })?;
+        let next = last.or(until);
         pending.extend(
             overlay
                 .into_iter()

@@ -347,7 +347,11 @@ mod tests {
         assert!(log.entries.capacity() >= 100_000);
         log.ack(&a, 99_990).unwrap();
         assert_eq!(log.len(), 10);
-        assert!(log.entries.capacity() <= 4_096, "{}", log.entries.capacity());
+        assert!(
+            log.entries.capacity() <= 4_096,
+            "{}",
+            log.entries.capacity()
+        );
         // Still a log: the rest acknowledged, then more recorded.
         log.ack(&a, 100_000).unwrap();
         assert!(log.is_empty());

@@ -146,13 +146,15 @@ impl RocksDir {
     }
 
     /// Call `f` with the key and record of up to `limit` records whose keys
-    /// are greater than `after` (from the first key when `None`), in byte
-    /// order. Returns the last key visited when `limit` were visited (more
-    /// may follow), `None` when the records ran out. The block cache is not
+    /// are greater than `after` (from the first key when `None`) and not
+    /// greater than `until` (no bound when `None`), in byte order. Returns
+    /// the last key visited when `limit` were visited (more may follow),
+    /// `None` when the records in the range ran out. The block cache is not
     /// filled.
     pub fn records_after(
         &self,
         after: Option<&[u8]>,
+        until: Option<&[u8]>,
         limit: usize,
         mut f: impl FnMut(&[u8], &[u8]),
     ) -> Result<Option<Box<[u8]>>> {
@@ -170,6 +172,9 @@ impl RocksDir {
             let (Some(k), Some(v)) = (it.key(), it.value()) else {
                 break;
             };
+            if until.is_some_and(|u| k > u) {
+                break;
+            }
             if after != Some(k) {
                 f(k, v);
                 seen += 1;

@@ -80,6 +80,10 @@ impl Exchange {
 /// `subscribe/3` or `info/1` waiting on it) much longer than the budget.
 pub(super) const PRIME_PAGE: usize = 1_000;
 
+/// Failed reads of a page in a row after which digests are exchanged
+/// although ours is not complete (see [`Engine::exchanges_ready`]).
+pub(super) const PRIME_FAILURES: u32 = 20;
+
 /// Bytes of states encoded per peer per call: a large state transfer (a
 /// late joiner, a long absence) is spread over ticks instead of being built
 /// in memory at once.
@@ -189,32 +193,38 @@ impl Engine {
             return Vec::new();
         }
         self.refresh_digest(store);
-        if !self.primed() {
+        if !self.exchanges_ready() {
             if self.peers.contains_key(from) {
                 self.deferred.answers.insert(from.clone(), buckets.to_vec());
             }
             return Vec::new();
         }
-        self.answer_digest(store, from, ctx.clock, buckets, events)
+        // This request supersedes one put off.
+        self.deferred.answers.remove(from);
+        let snap = store.tick_clock();
+        let flushed = self.take_for_answer(store, events);
+        self.queue_answer(from, buckets, flushed, snap);
+        self.drain_transfer(store, from, ctx.clock)
     }
 
-    /// Answer `from`'s digest `buckets` (our digest holds every id).
-    fn answer_digest(
-        &mut self,
-        store: &Store,
-        from: &ReplicaId,
-        clock: Timestamp,
-        buckets: &[u64],
-        events: &mut Vec<Event>,
-    ) -> Vec<Outbound> {
-        // Our state is taken now: writes stamped before it finish
-        // first (see `hello`), and changes made since our last tick
-        // count too (the requester's `sync` must see every write
-        // acknowledged before it).
-        let snap = store.tick_clock();
+    /// Before answering digests (our state is taken at a clock read just
+    /// before, the answer's `snap`): writes stamped
+    /// before it finish first (see `hello`), and changes made since our
+    /// last tick count too (the requester's `sync` must see every write
+    /// acknowledged before it). Whether the flush succeeded.
+    fn take_for_answer(&mut self, store: &Store, events: &mut Vec<Event>) -> bool {
         let flushed = store.flush().is_ok();
         self.take_local(store, events);
         self.refresh_digest(store);
+        flushed
+    }
+
+    /// Queue the answer to `from`'s digest `buckets` (after
+    /// [`Engine::take_for_answer`]): our states of the buckets that
+    /// differ, our request for theirs, and (version 4, our digest complete
+    /// and flushed) the proof that the answer came whole. Sent by the
+    /// transfer drains, within their per-call byte budget.
+    fn queue_answer(&mut self, from: &ReplicaId, buckets: &[u64], flushed: bool, snap: Timestamp) {
         let diff = self.digest.diff(buckets);
         let first = self
             .peers
@@ -239,7 +249,15 @@ impl Engine {
                 log_pos,
             });
         }
-        self.drain_transfer(store, from, clock)
+    }
+
+    /// Whether digests are sent and answered: once our digest holds every
+    /// id, or once building it failed [`PRIME_FAILURES`] times in a row (a
+    /// store part of whose disk cannot be read is still repaired by
+    /// exchanges of the digest it has, as before deferral; their answers
+    /// carry no proof, see [`Engine::queue_answer`]).
+    pub(super) fn exchanges_ready(&self) -> bool {
+        self.primed() || self.prime_failures >= PRIME_FAILURES
     }
 
     /// Our digest to `to`, or, while it is first built, a note to send it
@@ -252,15 +270,19 @@ impl Engine {
         now_ms: u64,
     ) -> Option<Outbound> {
         self.refresh_digest(store);
-        if self.primed() {
+        if self.exchanges_ready() {
+            self.deferred.digests.remove(to);
             return Some(self.digest_to(store, to, clock, now_ms));
         }
         self.deferred.digests.insert(to.clone());
         None
     }
 
-    /// Once our digest holds every id: the digests put off and the answers
-    /// to the peers' digests put off, to the peers still up.
+    /// Once digests are exchanged again: the digests put off and the
+    /// answers to the peers' digests put off, to the sessions still up.
+    /// Answers are only queued here: the transfer drains send them within
+    /// their shared byte budget, so many peers cost no more per tick than
+    /// one.
     pub(super) fn take_deferred(
         &mut self,
         store: &Store,
@@ -268,25 +290,30 @@ impl Engine {
         now_ms: u64,
         events: &mut Vec<Event>,
     ) -> Vec<Outbound> {
-        if !self.primed() || self.deferred.is_empty() {
+        if self.deferred.is_empty() || !self.exchanges_ready() {
             return Vec::new();
         }
         let Deferred { answers, digests } = std::mem::take(&mut self.deferred);
+        let up = |e: &Engine, r: &ReplicaId| e.peers.get(r).is_some_and(|p| p.live.up);
         let mut out = Vec::new();
         for to in digests {
-            if self.peers.contains_key(&to) {
+            if up(self, &to) {
                 out.push(self.digest_to(store, &to, clock, now_ms));
             }
         }
+        let answers: Vec<(ReplicaId, Vec<u64>)> =
+            answers.into_iter().filter(|(r, _)| up(self, r)).collect();
+        if answers.is_empty() {
+            return out;
+        }
+        let snap = store.tick_clock();
+        let flushed = self.take_for_answer(store, events);
         for (from, buckets) in answers {
-            if !self.peers.contains_key(&from) {
-                continue;
-            }
             if self.transfers.get(&from).is_some_and(|q| !q.is_empty()) {
                 self.reject(events, Some(&from), Reject::Busy, "transfer under way");
                 continue;
             }
-            out.extend(self.answer_digest(store, &from, clock, &buckets, events));
+            self.queue_answer(&from, &buckets, flushed, snap);
         }
         out
     }
@@ -348,11 +375,17 @@ impl Engine {
         now_ms: u64,
         events: &mut Vec<Event>,
     ) -> (Vec<ReplicaId>, Vec<Outbound>) {
+        let put_off = self.deferred.digests.clone();
         let mut out = self.tick(store, now_ms, events);
         let clock = store.tick_clock();
         let peers = self.up_peers();
         for r in &peers {
-            out.extend(self.digest_or_defer(store, r, clock, now_ms));
+            // The tick may just have sent it a digest put off: that one
+            // was built after the tick took our changes, so it serves.
+            let sent_by_tick = put_off.contains(r) && !self.deferred.digests.contains(r);
+            if !sent_by_tick {
+                out.extend(self.digest_or_defer(store, r, clock, now_ms));
+            }
         }
         (peers, out)
     }
@@ -500,6 +533,7 @@ impl Engine {
         });
         match page {
             Ok(page) => {
+                self.prime_failures = 0;
                 // Every token read arrived before our clock now.
                 let clock = store.clock().to_u64();
                 for (id, h) in read {
@@ -512,6 +546,7 @@ impl Engine {
             }
             // Unreadable now: the same page next time.
             Err(_) => {
+                self.prime_failures = self.prime_failures.saturating_add(1);
                 self.prime_cursor = Some(cursor);
                 false
             }
@@ -539,19 +574,21 @@ impl Engine {
         if self.dirty.is_empty() {
             return;
         }
+        let mut read = Vec::with_capacity(self.dirty.len());
         for id in std::mem::take(&mut self.dirty) {
-            let read = store.with_sync_state(&id, |m, c, _| hashed(&id, m, c));
-            match read {
-                Ok(read) => {
-                    // Every token read arrived before our clock now.
-                    let clock = store.clock().to_u64();
-                    self.take_hash(id, read.flatten(), clock);
-                }
+            match store.with_sync_state(&id, |m, c, _| hashed(&id, m, c)) {
+                Ok(h) => read.push((id, h.flatten())),
                 // Unreadable now: try again at the next refresh.
                 Err(_) => {
                     self.dirty.insert(id);
                 }
             }
+        }
+        // Every token read arrived before our clock now (a later time
+        // only delays a collection).
+        let clock = store.clock().to_u64();
+        for (id, h) in read {
+            self.take_hash(id, h, clock);
         }
     }
 
@@ -633,5 +670,76 @@ impl Deferred {
     pub(super) fn forget(&mut self, r: &ReplicaId) {
         self.answers.remove(r);
         self.digests.remove(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Access, StoreConfig};
+    use crate::sync::EngineConfig;
+    use crate::Kind;
+
+    /// A store of 3,000 ids on disk, reopened (writes kept pending for a
+    /// minute), with an engine that takes one page of its digest per call.
+    fn reopened() -> (tempfile::TempDir, Store, Engine) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(StoreConfig::new(dir.path(), b"n")).unwrap();
+        for k in 0..3_000u32 {
+            s.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
+                .unwrap();
+        }
+        s.close(std::time::Duration::from_secs(5)).unwrap();
+        let mut c = StoreConfig::new(dir.path(), b"n");
+        c.flush_interval_ms = 60_000;
+        let s = Store::open(c).unwrap();
+        s.start_capture();
+        let cfg = EngineConfig {
+            prime_budget_ms: 0,
+            ..EngineConfig::default()
+        };
+        let e = Engine::new(&s, cfg);
+        (dir, s, e)
+    }
+
+    #[test]
+    fn digests_are_put_off_while_the_digest_is_built_unless_its_pages_keep_failing() {
+        let (_dir, s, mut e) = reopened();
+        let peer = ReplicaId::from("p");
+        let clock = s.tick_clock();
+        assert_eq!(e.digest_or_defer(&s, &peer, clock, 1), None);
+        assert!(!e.primed() && e.deferred.digests.contains(&peer));
+        // Its pages can no longer be read (closed): after PRIME_FAILURES
+        // failed reads in a row, digests go out with what the digest holds.
+        s.close(std::time::Duration::from_secs(5)).unwrap();
+        for _ in 1..PRIME_FAILURES {
+            assert_eq!(e.digest_or_defer(&s, &peer, clock, 1), None);
+        }
+        assert!(e.digest_or_defer(&s, &peer, clock, 1).is_some());
+        assert!(e.exchanges_ready() && !e.primed());
+        assert!(e.deferred.is_empty(), "sent, so no longer put off");
+    }
+
+    #[test]
+    fn a_page_names_at_most_its_limit_of_pending_writes() {
+        let (_dir, s, _e) = reopened();
+        for k in 10_000..10_500u32 {
+            s.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
+                .unwrap();
+        }
+        let mut cursor: Option<Box<[u8]>> = None;
+        let (mut read, mut named) = (0, 0);
+        loop {
+            let page = s
+                .records_page(cursor.as_deref(), 7, |_, _| read += 1)
+                .unwrap();
+            assert!(page.pending.len() <= 7);
+            named += page.pending.len();
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!((read, named), (3_000, 500));
     }
 }

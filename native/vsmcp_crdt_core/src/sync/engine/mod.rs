@@ -156,8 +156,10 @@ pub struct Engine {
     /// While the digest is being built from the store's ids, page by page:
     /// the cursor of the next page (`Some(None)`: the first).
     prime_cursor: Option<Option<Box<[u8]>>>,
+    /// Failed reads of a page of the digest's first build, in a row.
+    prime_failures: u32,
     /// Digest exchanges put off until our digest holds every id (see
-    /// `anti_entropy.rs`, "Deferred while priming").
+    /// `anti_entropy.rs`, [`Deferred`]).
     deferred: Deferred,
     counters: Counters,
     /// With authentication: the sequence number of our last message.
@@ -230,6 +232,7 @@ impl Engine {
             queued: Default::default(),
             dirty: HashSet::default(),
             prime_cursor: Some(None),
+            prime_failures: 0,
             deferred: Deferred::default(),
             counters: Counters::default(),
             sent_seq: 0,
