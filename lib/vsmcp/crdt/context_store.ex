@@ -706,8 +706,8 @@ defmodule Vsmcp.CRDT.ContextStore do
   peer input by kind), the outgoing log's `:log_entries` and
   `:log_bytes`, and `:digest_ready` (`true` once the anti-entropy
   digest holds every id: after a start it is built by a scan of the
-  records on disk in steps of at most about 50 ms, so no call waits on
-  it; a million ids take about 2.5 s, see `bench/RESULTS-host_app.md`).
+  records on disk in steps of about 50 ms, so no call waits on it; a
+  million ids take about 2.5 s, see `bench/RESULTS-host_app.md`).
   Deltas flow from the start; digest exchanges, and so `sync/2` rounds,
   wait until it is ready (the sync guide's "A restart").
 

@@ -45,7 +45,7 @@ defmodule Vsmcp.CRDT.Telemetry do
     * `[:vsmcp_crdt, :sync, :heartbeat]` - the periodic work of a
       heartbeat (every `:heartbeat_interval` ms, 1 s by default): the
       engine brings its digest up to date (while a large store's digest is
-      first built, a step of it of about 50 ms at most) and
+      first built, a step of it of about 50 ms) and
       broadcasts the hello. Metadata: `%{store:, topic:}`.
 
   ## Events
