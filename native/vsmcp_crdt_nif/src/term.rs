@@ -20,6 +20,7 @@ use crate::atoms;
 use rustler::types::map::MapIterator;
 use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term, TermType};
+use smallvec::SmallVec;
 use vsmcp_crdt_core::term::{self as ct, TermBuilder};
 use vsmcp_crdt_core::{Error, Result};
 
@@ -135,15 +136,23 @@ fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize, budget: &mut usize) 
                 out.extend_from_slice(bytes);
                 return Ok(());
             }
+            let n = term.map_size().map_err(|_| Error::InvalidArgument("map"))?;
             let iter = MapIterator::new(term).ok_or(Error::InvalidArgument("map"))?;
-            let mut pairs = Vec::new();
+            // Each pair encoded straight into `out`, then put in canonical
+            // order there: no buffer per key and value.
+            ct::write_header(out, ct::MAP, n);
+            let mut spans = SmallVec::<[(usize, usize, usize); 8]>::with_capacity(n);
             for (k, v) in iter {
-                let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                encode_into(k, &mut kb, depth + 1, budget)?;
-                encode_into(v, &mut vb, depth + 1, budget)?;
-                pairs.push((kb, vb));
+                let start = out.len();
+                encode_into(k, out, depth + 1, budget)?;
+                let key_end = out.len();
+                encode_into(v, out, depth + 1, budget)?;
+                spans.push((start, key_end, out.len()));
             }
-            ct::write_map(out, &mut pairs);
+            if spans.len() != n {
+                return Err(Error::InvalidArgument("map"));
+            }
+            ct::order_map_pairs(out, &mut spans);
         }
         _ => write_etf(term, out),
     }
