@@ -9,12 +9,16 @@
 use crate::causal::ReplicaId;
 use crate::hlc::Timestamp;
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LwwEntry {
     pub ts: Timestamp,
     pub replica: ReplicaId,
-    pub value: Box<[u8]>,
+    /// Shared, not copied, by the clones a local write makes (the state,
+    /// its delta, the pending write and the outgoing change hold one
+    /// value).
+    pub value: Arc<[u8]>,
 }
 
 impl Ord for LwwEntry {
