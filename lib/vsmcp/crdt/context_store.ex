@@ -301,7 +301,18 @@ defmodule Vsmcp.CRDT.ContextStore do
   """
   @spec get(store(), crdt_id()) :: {:ok, term()} | {:error, term()}
   def get(store \\ __MODULE__, id) do
-    with {:ok, pid} <- whereis(store), do: native(Native.store_get(pid, id))
+    with {:ok, pid} <- whereis(store) do
+      # A large set's reply may come as a message tagged with `ref` (the
+      # NIF then answers `ref`): see "Replies by message" in
+      # native/vsmcp_crdt_nif/src/set_cache.rs. `make_ref/0` and the
+      # receive in one function let the VM skip older messages.
+      ref = make_ref()
+
+      case native(Native.store_get(pid, id, ref)) do
+        ^ref -> receive(do: ({^ref, reply} -> reply))
+        reply -> reply
+      end
+    end
   end
 
   @doc """
@@ -355,10 +366,19 @@ defmodule Vsmcp.CRDT.ContextStore do
   def update(store \\ __MODULE__, id, operation, opts \\ [])
 
   def update(store, id, operation, opts) do
-    want_value = Keyword.get(opts, :return, :value) != :ok
+    with {:ok, pid} <- whereis(store) do
+      if Keyword.get(opts, :return, :value) == :ok do
+        native(Native.store_update(pid, id, operation, false))
+      else
+        # As in get/2: a large set's new value may come as a message.
+        ref = make_ref()
 
-    with {:ok, pid} <- whereis(store),
-         do: native(Native.store_update(pid, id, operation, want_value))
+        case native(Native.store_update(pid, id, operation, ref)) do
+          ^ref -> receive(do: ({^ref, reply} -> reply))
+          reply -> reply
+        end
+      end
+    end
   end
 
   @doc """
