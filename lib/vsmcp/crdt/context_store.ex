@@ -302,16 +302,25 @@ defmodule Vsmcp.CRDT.ContextStore do
   @spec get(store(), crdt_id()) :: {:ok, term()} | {:error, term()}
   def get(store \\ __MODULE__, id) do
     with {:ok, pid} <- whereis(store) do
-      # A large set's reply may come as a message tagged with `ref` (the
-      # NIF then answers `ref`): see "Replies by message" in
-      # native/vsmcp_crdt_nif/src/set_cache.rs. `make_ref/0` and the
-      # receive in one function let the VM skip older messages.
-      ref = make_ref()
-
-      case native(Native.store_get(pid, id, ref)) do
-        ^ref -> receive(do: ({^ref, reply} -> reply))
+      # A large set answers `:by_message`: its value then comes as a message
+      # (see "Replies by message" in native/vsmcp_crdt_nif/src/set_cache.rs).
+      case native(Native.store_get(pid, id, :ask)) do
+        :by_message -> get_by_message(pid, id)
         reply -> reply
       end
+    end
+  end
+
+  # The NIF sends a large set's reply tagged with `ref` and answers `ref`
+  # (anything else is the reply itself). `make_ref/0` and the receive in one
+  # function let the VM skip the messages queued before; kept apart from
+  # the calls that need no reference, which then pay nothing for it.
+  defp get_by_message(pid, id) do
+    ref = make_ref()
+
+    case native(Native.store_get(pid, id, ref)) do
+      ^ref -> receive(do: ({^ref, reply} -> reply))
+      reply -> reply
     end
   end
 
@@ -367,17 +376,22 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   def update(store, id, operation, opts) do
     with {:ok, pid} <- whereis(store) do
-      if Keyword.get(opts, :return, :value) == :ok do
-        native(Native.store_update(pid, id, operation, false))
-      else
-        # As in get/2: a large set's new value may come as a message.
-        ref = make_ref()
-
-        case native(Native.store_update(pid, id, operation, ref)) do
-          ^ref -> receive(do: ({^ref, reply} -> reply))
-          reply -> reply
-        end
+      case {Keyword.get(opts, :return, :value), operation} do
+        {:ok, _} -> native(Native.store_update(pid, id, operation, false))
+        {_, {op, _}} when op in [:add, :remove] -> update_by_message(pid, id, operation)
+        _ -> native(Native.store_update(pid, id, operation, true))
       end
+    end
+  end
+
+  # A set's new value: as get_by_message/2 (an update cannot be asked
+  # twice, so the reference is made for every value-returning set update).
+  defp update_by_message(pid, id, operation) do
+    ref = make_ref()
+
+    case native(Native.store_update(pid, id, operation, ref)) do
+      ^ref -> receive(do: ({^ref, reply} -> reply))
+      reply -> reply
     end
   end
 

@@ -172,12 +172,13 @@ impl SetCache {
     }
 
     /// The reply to the caller of `env`: the map copied into `env`, or,
-    /// with a `reply_to` reference and a set of `SEND_MIN_LEN` elements or
-    /// more, `{reply_to, {:ok, set}}` sent to the caller (see the module
-    /// docs).
-    fn reply<'a>(&self, env: Env<'a>, reply_to: Option<Term<'a>>) -> SetReply<'a> {
+    /// with `ReplyTo::Message` and a set of `SEND_MIN_LEN` elements or
+    /// more, `{tag, {:ok, set}}` sent to the caller (see the module docs).
+    fn reply<'a>(&self, env: Env<'a>, reply_to: ReplyTo<'a>) -> SetReply<'a> {
         match reply_to {
-            Some(tag) if self.len >= SEND_MIN_LEN && self.send(env, tag) => SetReply::Sent(tag),
+            ReplyTo::Message(tag) if self.len >= SEND_MIN_LEN && self.send(env, tag) => {
+                SetReply::Sent(tag)
+            }
             _ => SetReply::Map(self.copy_to(env)),
         }
     }
@@ -204,6 +205,35 @@ impl SetCache {
                 ) == 1
             }
         })
+    }
+}
+
+/// How the caller of a NIF takes a value (its reply argument).
+#[derive(Clone, Copy)]
+pub enum ReplyTo<'a> {
+    /// As the NIF's return value.
+    Return,
+    /// A large set's as the message `{tag, {:ok, set}}`, the NIF returning
+    /// `tag` (a reference the caller made, see the module docs).
+    Message(Term<'a>),
+    /// Ask first: a hot set of `SEND_MIN_LEN` entries or more answers
+    /// `:by_message` at once, without copying anything, and the caller asks
+    /// again with a reference (so that a reference and the receive it
+    /// needs are made only for large sets); anything else as `Return`.
+    AskFirst,
+}
+
+impl<'a> ReplyTo<'a> {
+    /// From a NIF argument: a reference, `:ask`, or anything else (`nil`,
+    /// `true`) for `Return`.
+    pub fn from_term(t: Term<'a>) -> Self {
+        if t.is_ref() {
+            ReplyTo::Message(t)
+        } else if t == crate::atoms::ask().encode(t.get_env()) {
+            ReplyTo::AskFirst
+        } else {
+            ReplyTo::Return
+        }
     }
 }
 
@@ -272,7 +302,7 @@ pub fn value<'a>(
     edited: Option<&[u8]>,
     inline: bool,
     trust: Trust,
-    reply_to: Option<Term<'a>>,
+    reply_to: ReplyTo<'a>,
 ) -> Result<SetReply<'a>, Error> {
     let size = 16 + s.size_hint();
     if let Some(c) = cache_mut(ext) {

@@ -14,7 +14,7 @@ use crate::errors::{answer, answer_or_dirty, NifError};
 use crate::handle::{self, resolve, with_store, Handle, StoreResource};
 use crate::op::{self, OpError};
 use crate::options::StoreOptions;
-use crate::set_cache;
+use crate::set_cache::{self, ReplyTo};
 use crate::term::{self as tc, Trust};
 use crate::value::{kind_atom, value_term};
 use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
@@ -119,14 +119,10 @@ fn create_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, kind: Term<'a>, a: Ac
 }
 twin!(store_create, store_create_dirty, create_impl, (id, kind));
 
-/// The caller's reference for a reply by message (see `set_cache`,
-/// "Replies by message"), if `t` is one.
-fn reply_ref(t: Term) -> Option<Term> {
-    t.is_ref().then_some(t)
-}
-
-/// `{:ok, value}`; with a reference `reply_to`, a large set's reply may be
-/// sent as `{reply_to, {:ok, set}}` and `reply_to` answered.
+/// `{:ok, value}`. `reply_to` (see `set_cache::ReplyTo`): `nil`; `:ask`,
+/// to which a large hot set answers `:by_message`; or a reference, with
+/// which a large set's reply may be sent as `{reply_to, {:ok, set}}` and
+/// `reply_to` answered.
 fn get_impl<'a>(
     env: Env<'a>,
     h: &Handle,
@@ -135,7 +131,7 @@ fn get_impl<'a>(
     a: Access,
 ) -> Reply<'a> {
     let inline = a == Access::MemoryOnly;
-    let reply_to = reply_ref(reply_to);
+    let reply_to = ReplyTo::from_term(reply_to);
     let r = tc::with_scratch(|id_buf, _| {
         tc::encode_append(id, id_buf, limit(a))?;
         h.store.read(id_buf, a, |v| {
@@ -197,7 +193,7 @@ fn update_in<'a>(
 ) -> Reply<'a> {
     // `false`: answer `:ok`; `true` or a reference (a reply that may be
     // sent, as in `get_impl`): answer the value.
-    let reply_to = reply_ref(want_value);
+    let reply_to = ReplyTo::from_term(want_value);
     let want_value = want_value.decode::<bool>().unwrap_or(true);
     tc::encode_append(id, id_buf, limit(a))?;
     let id: &[u8] = id_buf;

@@ -10,7 +10,7 @@
 //! is left out of the set rather than failing the whole read.
 
 use crate::atoms;
-use crate::set_cache::{self, SetReply};
+use crate::set_cache::{self, ReplyTo, SetReply};
 use crate::set_value::{decode_elements, mapset_of, set_map};
 use crate::term::{self as tc, Trust};
 use rustler::{Atom, Encoder, Env, Term};
@@ -25,21 +25,23 @@ use vsmcp_crdt_core::Error;
 /// * `inline`: on a normal scheduler; work over the inline budget is
 ///   `Err(WouldBlock)`, which must only happen before anything changed (a
 ///   read, or an update the core already vetted: see `Store::update_with`).
-/// * `reply_to`: a reference from the caller, or `None`. A large hot set's
-///   reply may then be sent to the caller as `{reply_to, {:ok, set}}`, and
-///   `reply_to` itself is the answer (see `set_cache`, "Replies by
-///   message").
+/// * `reply_to`: how the caller takes a large hot set's value (see
+///   `set_cache::ReplyTo` and "Replies by message" there).
 pub fn value_term<'a>(
     env: Env<'a>,
     v: View<'_>,
     edited: Option<&[u8]>,
     inline: bool,
     trust: Trust,
-    reply_to: Option<Term<'a>>,
+    reply_to: ReplyTo<'a>,
 ) -> Result<Term<'a>, Error> {
     let ok = atoms::ok();
     let View { crdt, version, ext } = v;
     if let Crdt::ORSet(s) = crdt {
+        let large = s.entry_count() >= set_cache::SEND_MIN_LEN;
+        if let (ReplyTo::AskFirst, true, Some(_)) = (reply_to, large, &ext) {
+            return Ok(atoms::by_message().encode(env));
+        }
         let m = match ext {
             Some(ext) => {
                 match set_cache::value(env, s, version, ext, edited, inline, trust, reply_to)? {

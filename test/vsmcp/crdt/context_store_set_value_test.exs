@@ -146,6 +146,9 @@ defmodule Vsmcp.CRDT.ContextStoreSetValueTest do
     large = fill(store, :large, Enum.to_list(1..300))
     assert {:ok, _} = ContextStore.get(store, :large)
     assert %{len: 300} = cache(store, :large)
+    # Asked first, it says so without sending anything.
+    assert Native.store_get(store, :large, :ask) == :by_message
+    refute_received _
     ref = make_ref()
     assert Native.store_get(store, :large, ref) == ref
     assert_received {^ref, {:ok, v}}
@@ -166,6 +169,7 @@ defmodule Vsmcp.CRDT.ContextStoreSetValueTest do
     ref = make_ref()
     assert {:ok, v} = Native.store_get(store, :small, ref)
     assert v == expected(small)
+    assert {:ok, ^v} = Native.store_get(store, :small, :ask)
     refute_received {^ref, _}
   end
 
