@@ -16,8 +16,9 @@
 //! contains it and removed otherwise, reading membership from the set at
 //! that moment (so the map only ever holds decodings of present elements).
 //! The map is therefore correct exactly when it has as many keys as the set
-//! has present elements; that count (O(n), a few ns per element) is checked
-//! after every batch of edits, and a mismatch (two elements that decode to
+//! has present elements; that count (O(n), a few ns per element, skipped
+//! when the map has as many keys as the set has entries) is checked after
+//! every batch of edits, and a mismatch (two elements that decode to
 //! equal terms, an element that no longer decodes) drops the cache: such a
 //! set is built per call, as it was before this cache.
 //!
@@ -144,7 +145,10 @@ impl SetCache {
             *map = env.save(m);
             true
         });
-        ok && self.len == s.len()
+        // Keys <= present elements <= entries (the map holds only
+        // decodings of present elements): as many keys as entries settles
+        // it in O(1), as in a set never removed from; else count.
+        ok && (self.len == s.entry_count() || self.len == s.len())
     }
 
     /// Whether applying `pending` would make a compaction due.
