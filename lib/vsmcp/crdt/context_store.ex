@@ -289,6 +289,11 @@ defmodule Vsmcp.CRDT.ContextStore do
   The value of `id`: an integer for counters, a `MapSet` for sets, the
   latest value (`nil` before the first `set/3`) for registers.
 
+  A set of 256 elements or more reaches the calling process as a message,
+  which `get/2` receives before it returns (the same holds for the value
+  `add/3` and `remove/3` return): the value is copied into the caller once,
+  and the caller's other messages are left as they were.
+
       iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
       iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
       iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :tags, :or_set)
