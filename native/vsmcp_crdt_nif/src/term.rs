@@ -189,16 +189,62 @@ struct Maker<'a> {
     trust: Trust,
 }
 
-impl<'a> TermBuilder for Maker<'a> {
-    type Term = Term<'a>;
+/// Atoms most recently decoded on this thread, by name: a hit skips the
+/// VM's atom table (a hash and a lock per lookup), which dominated decoding
+/// of small maps with atom keys. An atom is a VM-wide constant, valid in
+/// every environment, and an atom found here exists, so `Trust::Remote`
+/// may use it too. Direct-mapped, `ATOM_CACHE_SLOTS` names of at most
+/// `ATOM_CACHE_NAME` bytes; a miss replaces the slot.
+const ATOM_CACHE_SLOTS: usize = 256;
+const ATOM_CACHE_NAME: usize = 64;
 
-    fn atom(&mut self, name: &str) -> Result<Term<'a>> {
+/// One slot of the atom cache: a name and its atom.
+type AtomSlot = Option<(Box<[u8]>, Atom)>;
+
+thread_local! {
+    static ATOM_CACHE: std::cell::RefCell<Vec<AtomSlot>> =
+        std::cell::RefCell::new(vec![None; ATOM_CACHE_SLOTS]);
+}
+
+fn atom_slot(name: &[u8]) -> usize {
+    // FNV-1a: names are short.
+    let h = name.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h as usize) % ATOM_CACHE_SLOTS
+}
+
+impl<'a> Maker<'a> {
+    fn lookup_atom(&self, name: &str) -> Option<Atom> {
         let atom = match self.trust {
             Trust::Local => Atom::from_str(self.env, name),
             Trust::Remote => Atom::existing_from_str(self.env, name),
         };
+        atom.ok()
+    }
+}
+
+impl<'a> TermBuilder for Maker<'a> {
+    type Term = Term<'a>;
+
+    fn atom(&mut self, name: &str) -> Result<Term<'a>> {
+        let bytes = name.as_bytes();
+        let atom = if bytes.len() <= ATOM_CACHE_NAME {
+            let slot = atom_slot(bytes);
+            let hit = ATOM_CACHE.with(|c| match &c.borrow()[slot] {
+                Some((n, a)) if **n == *bytes => Some(*a),
+                _ => None,
+            });
+            hit.or_else(|| {
+                let a = self.lookup_atom(name)?;
+                ATOM_CACHE.with(|c| c.borrow_mut()[slot] = Some((bytes.into(), a)));
+                Some(a)
+            })
+        } else {
+            self.lookup_atom(name)
+        };
         atom.map(|a| a.encode(self.env))
-            .map_err(|_| Error::Decode(format!("atom {name:?} is unknown or invalid")))
+            .ok_or_else(|| Error::Decode(format!("atom {name:?} is unknown or invalid")))
     }
     fn int(&mut self, v: i64) -> Result<Term<'a>> {
         Ok(v.encode(self.env))
