@@ -289,6 +289,11 @@ defmodule Vsmcp.CRDT.ContextStore do
   The value of `id`: an integer for counters, a `MapSet` for sets, the
   latest value (`nil` before the first `set/3`) for registers.
 
+  A set of 256 elements or more reaches the calling process as a message,
+  which `get/2` receives before it returns (the same holds for the value
+  `add/3` and `remove/3` return): the value is copied into the caller once,
+  and the caller's other messages are left as they were.
+
       iex> dir = Path.join(System.tmp_dir!(), "doc_\#{System.system_time()}_\#{System.unique_integer([:positive])}")
       iex> {:ok, s} = Vsmcp.CRDT.ContextStore.start_link(storage_opts: [data_dir: dir])
       iex> :ok = Vsmcp.CRDT.ContextStore.create(s, :tags, :or_set)
@@ -301,7 +306,27 @@ defmodule Vsmcp.CRDT.ContextStore do
   """
   @spec get(store(), crdt_id()) :: {:ok, term()} | {:error, term()}
   def get(store \\ __MODULE__, id) do
-    with {:ok, pid} <- whereis(store), do: native(Native.store_get(pid, id))
+    with {:ok, pid} <- whereis(store) do
+      # A large set answers `:by_message`: its value then comes as a message
+      # (see "Replies by message" in native/vsmcp_crdt_nif/src/set_cache.rs).
+      case native(Native.store_get(pid, id, :ask)) do
+        :by_message -> get_by_message(pid, id)
+        reply -> reply
+      end
+    end
+  end
+
+  # The NIF sends a large set's reply tagged with `ref` and answers `ref`
+  # (anything else is the reply itself). `make_ref/0` and the receive in one
+  # function let the VM skip the messages queued before; kept apart from
+  # the calls that need no reference, which then pay nothing for it.
+  defp get_by_message(pid, id) do
+    ref = make_ref()
+
+    case native(Native.store_get(pid, id, ref)) do
+      ^ref -> receive(do: ({^ref, reply} -> reply))
+      reply -> reply
+    end
   end
 
   @doc """
@@ -355,10 +380,24 @@ defmodule Vsmcp.CRDT.ContextStore do
   def update(store \\ __MODULE__, id, operation, opts \\ [])
 
   def update(store, id, operation, opts) do
-    want_value = Keyword.get(opts, :return, :value) != :ok
+    with {:ok, pid} <- whereis(store) do
+      case {Keyword.get(opts, :return, :value), operation} do
+        {:ok, _} -> native(Native.store_update(pid, id, operation, false))
+        {_, {op, _}} when op in [:add, :remove] -> update_by_message(pid, id, operation)
+        _ -> native(Native.store_update(pid, id, operation, true))
+      end
+    end
+  end
 
-    with {:ok, pid} <- whereis(store),
-         do: native(Native.store_update(pid, id, operation, want_value))
+  # A set's new value: as get_by_message/2 (an update cannot be asked
+  # twice, so the reference is made for every value-returning set update).
+  defp update_by_message(pid, id, operation) do
+    ref = make_ref()
+
+    case native(Native.store_update(pid, id, operation, ref)) do
+      ^ref -> receive(do: ({^ref, reply} -> reply))
+      reply -> reply
+    end
   end
 
   @doc """

@@ -178,17 +178,17 @@ defmodule Vsmcp.CRDT.Native do
   @doc false
   def store_create_dirty(_h, _id, _type), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
-  def store_get(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
+  def store_get(_h, _id, _reply_to), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
-  def store_get_dirty(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
+  def store_get_dirty(_h, _id, _reply_to), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_member(_h, _id, _elem), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_member_dirty(_h, _id, _elem), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
-  def store_update(_h, _id, _op, _want_value), do: :erlang.nif_error(:nif_not_loaded)
+  def store_update(_h, _id, _op, _reply), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
-  def store_update_dirty(_h, _id, _op, _want_value), do: :erlang.nif_error(:nif_not_loaded)
+  def store_update_dirty(_h, _id, _op, _reply), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def store_metadata(_h, _id), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

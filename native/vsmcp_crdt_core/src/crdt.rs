@@ -433,7 +433,7 @@ fn lww_from_wire(w: LwwWire) -> LwwRegister {
     LwwRegister::from_entry(w.map(|(wall, counter, replica, value)| LwwEntry {
         ts: Timestamp::new(wall, counter),
         replica,
-        value: value.into_vec().into_boxed_slice(),
+        value: value.into_vec().into(),
     }))
 }
 

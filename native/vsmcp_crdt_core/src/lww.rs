@@ -9,12 +9,16 @@
 use crate::causal::ReplicaId;
 use crate::hlc::Timestamp;
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LwwEntry {
     pub ts: Timestamp,
     pub replica: ReplicaId,
-    pub value: Box<[u8]>,
+    /// Shared, not copied, by the clones a local write makes (the state,
+    /// its delta, the pending write and the outgoing change hold one
+    /// value).
+    pub value: Arc<[u8]>,
 }
 
 impl Ord for LwwEntry {
@@ -86,5 +90,30 @@ impl LwwRegister {
 
     pub fn from_entry(entry: Option<LwwEntry>) -> Self {
         LwwRegister { entry }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `ContextStore.set/3` relies on to answer the caller's own term:
+    /// a local write wins locally even over an entry from a peer whose
+    /// clock was ahead (its timestamp later than the writer's clock), and
+    /// every replica that joins both keeps it.
+    #[test]
+    fn a_local_set_supersedes_a_held_entry_stamped_later() {
+        let theirs = LwwRegister::from_entry(Some(LwwEntry {
+            ts: Timestamp::new(90_000, 7),
+            replica: ReplicaId::from("zz-peer-ahead"),
+            value: b"theirs".as_slice().into(),
+        }));
+        let mut r = theirs.clone();
+        let delta = r.set(&ReplicaId::from("aa-me"), b"mine", Timestamp::new(1_000, 0));
+        assert_eq!(r.value(), Some(&b"mine"[..]));
+        assert!(r.timestamp() > theirs.timestamp());
+        let mut peer = theirs.clone();
+        peer.join(&delta);
+        assert_eq!(peer, r);
     }
 }

@@ -91,6 +91,30 @@ pub fn write_map(out: &mut Vec<u8>, pairs: &mut [(Vec<u8>, Vec<u8>)]) {
     }
 }
 
+/// Put a map's pairs, already written one after another at the end of
+/// `out`, in canonical (key bytes) order, as [`write_map`] writes them:
+/// `spans` holds each pair's `(start, key_end, end)` in `out`, in the
+/// order written, the first starting where the pairs start and each
+/// ending where the next starts. Encoding the pairs straight into `out`
+/// this way allocates nothing per pair; pairs already in order (as many
+/// small maps are) are left where they are.
+pub fn order_map_pairs(out: &mut Vec<u8>, spans: &mut [(usize, usize, usize)]) {
+    let key = |s: &(usize, usize, usize)| s.0..s.1;
+    if spans.windows(2).all(|w| out[key(&w[0])] <= out[key(&w[1])]) {
+        return;
+    }
+    let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
+        return;
+    };
+    let (from, to) = (first.0, last.2);
+    spans.sort_unstable_by(|a, b| out[key(a)].cmp(&out[key(b)]));
+    out.reserve(to - from);
+    for s in spans.iter() {
+        out.extend_from_within(s.0..s.2);
+    }
+    out.drain(from..to);
+}
+
 /// Builds terms of some host representation while decoding.
 pub trait TermBuilder {
     type Term;
@@ -294,16 +318,16 @@ pub fn encode_value(v: &Value, out: &mut Vec<u8>) {
             }
         }
         Value::Map(pairs) => {
-            let mut enc: Vec<(Vec<u8>, Vec<u8>)> = pairs
-                .iter()
-                .map(|(k, v)| {
-                    let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                    encode_value(k, &mut kb);
-                    encode_value(v, &mut vb);
-                    (kb, vb)
-                })
-                .collect();
-            write_map(out, &mut enc);
+            write_header(out, MAP, pairs.len());
+            let mut spans = Vec::with_capacity(pairs.len());
+            for (k, v) in pairs {
+                let start = out.len();
+                encode_value(k, out);
+                let key_end = out.len();
+                encode_value(v, out);
+                spans.push((start, key_end, out.len()));
+            }
+            order_map_pairs(out, &mut spans);
         }
         Value::Etf(e) => write_etf(out, e),
     }
@@ -335,6 +359,38 @@ mod tests {
         encode_value(&w, &mut b);
         assert_eq!(a, b);
         assert_eq!(decode(&a, &mut ValueBuilder).unwrap(), w);
+    }
+
+    proptest::proptest! {
+        /// Pairs ordered where they were written give the bytes of
+        /// `write_map` over the same pairs, after any prefix already in
+        /// `out` (nested maps are encoded after their parent's earlier pairs).
+        #[test]
+        fn map_pairs_ordered_in_place_as_write_map_writes_them(
+            prefix in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+            pairs in proptest::collection::hash_map(
+                proptest::collection::vec(0u8..4, 0..4),
+                proptest::collection::vec(proptest::num::u8::ANY, 0..4),
+                0..12,
+            ),
+        ) {
+            // Distinct keys (a map's), in the hash map's arbitrary order.
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = pairs.into_iter().collect();
+            let mut expected = prefix.clone();
+            write_map(&mut expected, &mut pairs.clone());
+            let mut out = prefix;
+            write_header(&mut out, MAP, pairs.len());
+            let mut spans = Vec::new();
+            for (k, v) in &pairs {
+                let start = out.len();
+                out.extend_from_slice(k);
+                let key_end = out.len();
+                out.extend_from_slice(v);
+                spans.push((start, key_end, out.len()));
+            }
+            order_map_pairs(&mut out, &mut spans);
+            proptest::prop_assert_eq!(out, expected);
+        }
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub use rustler::types::atom::{error, nil, ok};
 rustler::atoms! {
     // Replies of the store NIFs (`store.rs`, `errors.rs`).
     dirty,
+    // A get's reply that will come by message (`set_cache`), and the
+    // argument asking for that answer.
+    by_message,
+    ask,
     noproc,
     unknown_type,
     unsupported_operation,

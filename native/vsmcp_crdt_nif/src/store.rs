@@ -14,7 +14,7 @@ use crate::errors::{answer, answer_or_dirty, NifError};
 use crate::handle::{self, resolve, with_store, Handle, StoreResource};
 use crate::op::{self, OpError};
 use crate::options::StoreOptions;
-use crate::set_cache;
+use crate::set_cache::{self, ReplyTo};
 use crate::term::{self as tc, Trust};
 use crate::value::{kind_atom, value_term};
 use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
@@ -119,16 +119,28 @@ fn create_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, kind: Term<'a>, a: Ac
 }
 twin!(store_create, store_create_dirty, create_impl, (id, kind));
 
-fn get_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, a: Access) -> Reply<'a> {
+/// `{:ok, value}`. `reply_to` (see `set_cache::ReplyTo`): `nil`; `:ask`,
+/// to which a large hot set answers `:by_message`; or a reference, with
+/// which a large set's reply may be sent as `{reply_to, {:ok, set}}` and
+/// `reply_to` answered.
+fn get_impl<'a>(
+    env: Env<'a>,
+    h: &Handle,
+    id: Term<'a>,
+    reply_to: Term<'a>,
+    a: Access,
+) -> Reply<'a> {
     let inline = a == Access::MemoryOnly;
+    let reply_to = ReplyTo::from_term(reply_to);
     let r = tc::with_scratch(|id_buf, _| {
         tc::encode_append(id, id_buf, limit(a))?;
-        h.store
-            .read(id_buf, a, |v| value_term(env, v, None, inline, h.trust))
+        h.store.read(id_buf, a, |v| {
+            value_term(env, v, None, inline, h.trust, reply_to)
+        })
     });
     Ok(r??)
 }
-twin!(store_get, store_get_dirty, get_impl, (id));
+twin!(store_get, store_get_dirty, get_impl, (id, reply_to));
 
 fn member_impl<'a>(env: Env<'a>, h: &Handle, id: Term<'a>, elem: Term<'a>, a: Access) -> Reply<'a> {
     let id = id_bytes(id, a)?;
@@ -179,6 +191,9 @@ fn update_in<'a>(
     id_buf: &mut Vec<u8>,
     op_buf: &mut Vec<u8>,
 ) -> Reply<'a> {
+    // `false`: answer `:ok`; `true` or a reference (a reply that may be
+    // sent, as in `get_impl`): answer the value.
+    let reply_to = ReplyTo::from_term(want_value);
     let want_value = want_value.decode::<bool>().unwrap_or(true);
     tc::encode_append(id, id_buf, limit(a))?;
     let id: &[u8] = id_buf;
@@ -209,7 +224,7 @@ fn update_in<'a>(
             }
         }
         if want_value {
-            value_term(env, v, edited, false, h.trust)
+            value_term(env, v, edited, false, h.trust, reply_to)
         } else {
             if let (Crdt::ORSet(_), Some(ext)) = (v.crdt, v.ext) {
                 set_cache::note_update(v.version, ext, edited);

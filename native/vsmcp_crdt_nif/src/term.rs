@@ -20,6 +20,7 @@ use crate::atoms;
 use rustler::types::map::MapIterator;
 use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term, TermType};
+use smallvec::SmallVec;
 use vsmcp_crdt_core::term::{self as ct, TermBuilder};
 use vsmcp_crdt_core::{Error, Result};
 
@@ -135,15 +136,23 @@ fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize, budget: &mut usize) 
                 out.extend_from_slice(bytes);
                 return Ok(());
             }
+            let n = term.map_size().map_err(|_| Error::InvalidArgument("map"))?;
             let iter = MapIterator::new(term).ok_or(Error::InvalidArgument("map"))?;
-            let mut pairs = Vec::new();
+            // Each pair encoded straight into `out`, then put in canonical
+            // order there: no buffer per key and value.
+            ct::write_header(out, ct::MAP, n);
+            let mut spans = SmallVec::<[(usize, usize, usize); 8]>::with_capacity(n);
             for (k, v) in iter {
-                let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                encode_into(k, &mut kb, depth + 1, budget)?;
-                encode_into(v, &mut vb, depth + 1, budget)?;
-                pairs.push((kb, vb));
+                let start = out.len();
+                encode_into(k, out, depth + 1, budget)?;
+                let key_end = out.len();
+                encode_into(v, out, depth + 1, budget)?;
+                spans.push((start, key_end, out.len()));
             }
-            ct::write_map(out, &mut pairs);
+            if spans.len() != n {
+                return Err(Error::InvalidArgument("map"));
+            }
+            ct::order_map_pairs(out, &mut spans);
         }
         _ => write_etf(term, out),
     }
@@ -180,16 +189,62 @@ struct Maker<'a> {
     trust: Trust,
 }
 
-impl<'a> TermBuilder for Maker<'a> {
-    type Term = Term<'a>;
+/// Atoms most recently decoded on this thread, by name: a hit skips the
+/// VM's atom table (a hash and a lock per lookup), which dominated decoding
+/// of small maps with atom keys. An atom is a VM-wide constant, valid in
+/// every environment, and an atom found here exists, so `Trust::Remote`
+/// may use it too. Direct-mapped, `ATOM_CACHE_SLOTS` names of at most
+/// `ATOM_CACHE_NAME` bytes; a miss replaces the slot.
+const ATOM_CACHE_SLOTS: usize = 256;
+const ATOM_CACHE_NAME: usize = 64;
 
-    fn atom(&mut self, name: &str) -> Result<Term<'a>> {
+/// One slot of the atom cache: a name and its atom.
+type AtomSlot = Option<(Box<[u8]>, Atom)>;
+
+thread_local! {
+    static ATOM_CACHE: std::cell::RefCell<Vec<AtomSlot>> =
+        std::cell::RefCell::new(vec![None; ATOM_CACHE_SLOTS]);
+}
+
+fn atom_slot(name: &[u8]) -> usize {
+    // FNV-1a: names are short.
+    let h = name.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h as usize) % ATOM_CACHE_SLOTS
+}
+
+impl<'a> Maker<'a> {
+    fn lookup_atom(&self, name: &str) -> Option<Atom> {
         let atom = match self.trust {
             Trust::Local => Atom::from_str(self.env, name),
             Trust::Remote => Atom::existing_from_str(self.env, name),
         };
+        atom.ok()
+    }
+}
+
+impl<'a> TermBuilder for Maker<'a> {
+    type Term = Term<'a>;
+
+    fn atom(&mut self, name: &str) -> Result<Term<'a>> {
+        let bytes = name.as_bytes();
+        let atom = if bytes.len() <= ATOM_CACHE_NAME {
+            let slot = atom_slot(bytes);
+            let hit = ATOM_CACHE.with(|c| match &c.borrow()[slot] {
+                Some((n, a)) if **n == *bytes => Some(*a),
+                _ => None,
+            });
+            hit.or_else(|| {
+                let a = self.lookup_atom(name)?;
+                ATOM_CACHE.with(|c| c.borrow_mut()[slot] = Some((bytes.into(), a)));
+                Some(a)
+            })
+        } else {
+            self.lookup_atom(name)
+        };
         atom.map(|a| a.encode(self.env))
-            .map_err(|_| Error::Decode(format!("atom {name:?} is unknown or invalid")))
+            .ok_or_else(|| Error::Decode(format!("atom {name:?} is unknown or invalid")))
     }
     fn int(&mut self, v: i64) -> Result<Term<'a>> {
         Ok(v.encode(self.env))

@@ -10,7 +10,7 @@
 //! is left out of the set rather than failing the whole read.
 
 use crate::atoms;
-use crate::set_cache;
+use crate::set_cache::{self, ReplyTo, SetReply};
 use crate::set_value::{decode_elements, mapset_of, set_map};
 use crate::term::{self as tc, Trust};
 use rustler::{Atom, Encoder, Env, Term};
@@ -25,18 +25,30 @@ use vsmcp_crdt_core::Error;
 /// * `inline`: on a normal scheduler; work over the inline budget is
 ///   `Err(WouldBlock)`, which must only happen before anything changed (a
 ///   read, or an update the core already vetted: see `Store::update_with`).
+/// * `reply_to`: how the caller takes a large hot set's value (see
+///   `set_cache::ReplyTo` and "Replies by message" there).
 pub fn value_term<'a>(
     env: Env<'a>,
     v: View<'_>,
     edited: Option<&[u8]>,
     inline: bool,
     trust: Trust,
+    reply_to: ReplyTo<'a>,
 ) -> Result<Term<'a>, Error> {
     let ok = atoms::ok();
     let View { crdt, version, ext } = v;
     if let Crdt::ORSet(s) = crdt {
+        let large = s.entry_count() >= set_cache::SEND_MIN_LEN;
+        if let (ReplyTo::AskFirst, true, Some(_)) = (reply_to, large, &ext) {
+            return Ok(atoms::by_message().encode(env));
+        }
         let m = match ext {
-            Some(ext) => set_cache::value(env, s, version, ext, edited, inline, trust)?,
+            Some(ext) => {
+                match set_cache::value(env, s, version, ext, edited, inline, trust, reply_to)? {
+                    SetReply::Map(m) => m,
+                    SetReply::Sent(tag) => return Ok(tag),
+                }
+            }
             // Not hot (a warm item, decoded for this call): built, not kept.
             None => {
                 if inline && crdt.size_hint() > INLINE_BYTES {

@@ -85,7 +85,7 @@ defmodule Vsmcp.CRDT.ContextStoreSchedulerTest do
     defp summarize({:ok, list}) when is_list(list), do: {:ok, {:list_of, length(list)}}
     defp summarize(other), do: other
 
-    def get(s, id), do: call(:store_get, [s, id])
+    def get(s, id), do: call(:store_get, [s, id, nil])
     def member(s, id, e), do: call(:store_member, [s, id, e])
     def update(s, id, op), do: call(:store_update, [s, id, op, true])
     def update_ok(s, id, op), do: call(:store_update, [s, id, op, false])

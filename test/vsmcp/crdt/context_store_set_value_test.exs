@@ -138,6 +138,61 @@ defmodule Vsmcp.CRDT.ContextStoreSetValueTest do
     assert v == expected(model)
   end
 
+  test "a large set's reply comes as a message tagged with the caller's reference",
+       %{store: store} do
+    # 256 elements or more (set_cache.rs SEND_MIN_LEN), cached: sent as
+    # `{ref, {:ok, set}}` and the NIF answers `ref`.
+    :ok = ContextStore.create(store, :large, :or_set)
+    large = fill(store, :large, Enum.to_list(1..300))
+    assert {:ok, _} = ContextStore.get(store, :large)
+    assert %{len: 300} = cache(store, :large)
+    # Asked first, it says so without sending anything.
+    assert Native.store_get(store, :large, :ask) == :by_message
+    refute_received _
+    ref = make_ref()
+    assert Native.store_get(store, :large, ref) == ref
+    assert_received {^ref, {:ok, v}}
+    assert v == expected(large)
+
+    ref = make_ref()
+    assert Native.store_update(store, :large, {:add, :x}, ref) == ref
+    large = put(large, :x)
+    assert_received {^ref, {:ok, v}}
+    assert v == expected(large)
+
+    # Without a reference, or below the size, the NIF answers the value.
+    assert {:ok, v} = Native.store_get(store, :large, nil)
+    assert v == expected(large)
+    :ok = ContextStore.create(store, :small, :or_set)
+    small = fill(store, :small, Enum.to_list(1..100))
+    assert {:ok, _} = ContextStore.get(store, :small)
+    ref = make_ref()
+    assert {:ok, v} = Native.store_get(store, :small, ref)
+    assert v == expected(small)
+    assert {:ok, ^v} = Native.store_get(store, :small, :ask)
+    refute_received {^ref, _}
+  end
+
+  test "replies by message leave the caller's other messages as they were",
+       %{store: store} do
+    :ok = ContextStore.create(store, :s, :or_set)
+    model = fill(store, :s, Enum.to_list(1..1_000))
+    # Messages already queued, one of them shaped like a reply.
+    send(self(), {make_ref(), {:ok, :not_a_reply}})
+    send(self(), :other)
+
+    for _ <- 1..3 do
+      assert {:ok, v} = ContextStore.get(store, :s)
+      assert v == expected(model)
+    end
+
+    assert {:ok, v} = ContextStore.add(store, :s, :x)
+    assert v == expected(put(model, :x))
+    assert :ok = ContextStore.update(store, :s, {:add, :y}, return: :ok)
+
+    assert {:messages, [{_, {:ok, :not_a_reply}}, :other]} = Process.info(self(), :messages)
+  end
+
   test "a set grows past the cached size and shrinks back", %{store: store} do
     :ok = ContextStore.create(store, :s, :or_set)
 
