@@ -787,7 +787,8 @@ try do
     for n <- cfg.mem_sizes, do: H.memory_case("g_counter", :g_counter, n, tmp, cfg.settle_ms)
 
     # `--type-n 0` / `--set-elements 0` leave these cases out.
-    for kind <- [:pn_counter, :or_set, :lww_register], cfg.type_n > 0,
+    for kind <- [:pn_counter, :or_set, :lww_register],
+        cfg.type_n > 0,
         do: H.memory_case(to_string(kind), kind, cfg.type_n, tmp, cfg.settle_ms)
 
     if cfg.set_elements > 0,

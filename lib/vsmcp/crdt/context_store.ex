@@ -224,10 +224,24 @@ defmodule Vsmcp.CRDT.ContextStore do
 
   # Call the plain NIF (normal scheduler); on `:dirty` repeat the same call
   # on its `_dirty` twin (dirty IO scheduler). A macro, so the hot path pays
-  # no `apply/3`.
-  defmacrop native(call) do
+  # no `apply/3`. Without the operation span: for a call that is one of
+  # several NIF calls of one operation, inside that operation's span.
+  defmacrop native_part(call) do
     {{:., meta, [mod, fun]}, cmeta, args} = call
     dirty = {{:., meta, [mod, :"#{fun}_dirty"]}, cmeta, args}
+
+    quote do
+      case unquote(call) do
+        :dirty -> unquote(dirty)
+        other -> other
+      end
+    end
+  end
+
+  # `native_part/1` inside the operation span (opt-in: one
+  # `:persistent_term` read when off).
+  defmacrop native(call) do
+    {{:., _meta, [_mod, fun]}, _cmeta, args} = call
 
     op =
       case {fun, args} do
@@ -241,19 +255,10 @@ defmodule Vsmcp.CRDT.ContextStore do
     [pid | _] = args
 
     quote do
-      # Per-operation telemetry is opt-in: one :persistent_term read when off.
       if Telemetry.operations?() do
-        Telemetry.operation(unquote(op), unquote(pid), fn ->
-          case unquote(call) do
-            :dirty -> unquote(dirty)
-            other -> other
-          end
-        end)
+        Telemetry.operation(unquote(op), unquote(pid), fn -> native_part(unquote(call)) end)
       else
-        case unquote(call) do
-          :dirty -> unquote(dirty)
-          other -> other
-        end
+        native_part(unquote(call))
       end
     end
   end
@@ -307,12 +312,19 @@ defmodule Vsmcp.CRDT.ContextStore do
   @spec get(store(), crdt_id()) :: {:ok, term()} | {:error, term()}
   def get(store \\ __MODULE__, id) do
     with {:ok, pid} <- whereis(store) do
-      # A large set answers `:by_message`: its value then comes as a message
-      # (see "Replies by message" in native/vsmcp_crdt_nif/src/set_cache.rs).
-      case native(Native.store_get(pid, id, :ask)) do
-        :by_message -> get_by_message(pid, id)
-        reply -> reply
-      end
+      # One operation span, however many NIF calls the get takes.
+      if Telemetry.operations?(),
+        do: Telemetry.operation(:get, pid, fn -> get_from(pid, id) end),
+        else: get_from(pid, id)
+    end
+  end
+
+  # A large set answers `:by_message`: its value then comes as a message
+  # (see "Replies by message" in native/vsmcp_crdt_nif/src/set_cache.rs).
+  defp get_from(pid, id) do
+    case native_part(Native.store_get(pid, id, :ask)) do
+      :by_message -> get_by_message(pid, id)
+      reply -> reply
     end
   end
 
@@ -323,7 +335,7 @@ defmodule Vsmcp.CRDT.ContextStore do
   defp get_by_message(pid, id) do
     ref = make_ref()
 
-    case native(Native.store_get(pid, id, ref)) do
+    case native_part(Native.store_get(pid, id, ref)) do
       ^ref -> receive(do: ({^ref, reply} -> reply))
       reply -> reply
     end

@@ -144,6 +144,21 @@ defmodule Vsmcp.CRDT.TelemetryTest do
 
       {:error, :not_found} = ContextStore.get(store, :missing)
       assert_receive {[:vsmcp_crdt, :operation, :stop], _, %{operation: :get, result: :error}}
+
+      # A large set's get is one operation, whatever NIF calls it takes.
+      :ok = ContextStore.create(store, :big, :or_set)
+      for i <- 1..300, do: :ok = ContextStore.update(store, :big, {:add, i}, return: :ok)
+
+      drain = fn drain ->
+        receive(do: ({[:vsmcp_crdt, :operation, _], _, _} -> drain.(drain)), after: (0 -> :ok))
+      end
+
+      drain.(drain)
+      {:ok, big} = ContextStore.get(store, :big)
+      assert MapSet.size(big) == 300
+      assert_receive {[:vsmcp_crdt, :operation, :start], _, %{operation: :get}}
+      assert_receive {[:vsmcp_crdt, :operation, :stop], _, %{operation: :get, result: :ok}}
+      refute_receive {[:vsmcp_crdt, :operation, _], _, _}, 50
     after
       Vsmcp.CRDT.Telemetry.operations(false)
       :telemetry.detach(id)
