@@ -141,7 +141,11 @@ fn encode_into(term: Term, out: &mut Vec<u8>, depth: usize, budget: &mut usize) 
             // Each pair encoded straight into `out`, then put in canonical
             // order there: no buffer per key and value.
             ct::write_header(out, ct::MAP, n);
-            let mut spans = SmallVec::<[(usize, usize, usize); 8]>::with_capacity(n);
+            // No more room than the budget can pay for (each pair spends
+            // at least 32): a huge map on a normal scheduler gives up
+            // after a few pairs, not after reserving room for all of them.
+            let room = n.min(*budget / 32 + 1);
+            let mut spans = SmallVec::<[(usize, usize, usize); 8]>::with_capacity(room);
             for (k, v) in iter {
                 let start = out.len();
                 encode_into(k, out, depth + 1, budget)?;
