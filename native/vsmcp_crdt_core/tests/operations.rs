@@ -214,22 +214,27 @@ fn page_all(s: &Store, limit: usize) -> Vec<Box<[u8]>> {
     }
 }
 
-#[test]
-fn pages_list_every_id_once_in_order_with_pending_writes_laid_over_the_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path());
+/// 3,000 ids on disk (each incremented by its number), writes kept pending
+/// for a minute, and pending on top of the disk: deletes of flushed ids,
+/// new ids, an id deleted and created again, an id created and deleted.
+fn pending_over_disk(dir: &std::path::Path) -> Store {
+    let mut c = cfg(dir);
     c.flush_interval_ms = 60_000;
     c.hot_limit = 100;
     c.warm_limit = 100;
     let s = Store::open(c).unwrap();
-    assert_eq!(s.ids_page(None, 10).unwrap(), (vec![], None));
     for i in 0..3_000u32 {
         s.create(&i.to_be_bytes(), Kind::GCounter, Access::MayBlock)
             .unwrap();
+        s.update(
+            &i.to_be_bytes(),
+            Mutation::Increment(i.into()),
+            Access::MayBlock,
+            |_| (),
+        )
+        .unwrap();
     }
     s.flush().unwrap();
-    // Pending on top of the disk: deletes of flushed ids, new ids, an id
-    // deleted and created again, an id created and deleted.
     for i in (0..3_000u32).step_by(7) {
         s.delete(&i.to_be_bytes(), Access::MayBlock).unwrap();
     }
@@ -241,6 +246,15 @@ fn pages_list_every_id_once_in_order_with_pending_writes_laid_over_the_disk() {
         .unwrap();
     s.create(b"gone", Kind::GCounter, Access::MayBlock).unwrap();
     s.delete(b"gone", Access::MayBlock).unwrap();
+    s
+}
+
+#[test]
+fn pages_list_every_id_once_in_order_with_pending_writes_laid_over_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = Store::open(cfg(&dir.path().join("empty"))).unwrap();
+    assert_eq!(empty.ids_page(None, 10).unwrap(), (vec![], None));
+    let s = pending_over_disk(&dir.path().join("db"));
     let expected = s.ids().unwrap();
     for limit in [1, 7, 1000, 10_000] {
         assert_eq!(page_all(&s, limit), expected, "limit {limit}");
@@ -255,31 +269,18 @@ fn pages_list_every_id_once_in_order_with_pending_writes_laid_over_the_disk() {
 #[test]
 fn record_pages_read_each_id_once_from_disk_or_name_it_pending_and_touch_no_tier() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path());
-    c.flush_interval_ms = 60_000;
-    c.hot_limit = 100;
-    c.warm_limit = 100;
-    let s = Store::open(c).unwrap();
-    let none = s.records_page(None, 10, |_, _| panic!("empty")).unwrap();
-    assert!(none.pending.is_empty() && none.next.is_none());
-    for i in 0..3_000u32 {
-        s.create(&i.to_be_bytes(), Kind::GCounter, Access::MayBlock)
-            .unwrap();
-        s.update(
-            &i.to_be_bytes(),
-            Mutation::Increment(i.into()),
-            Access::MayBlock,
-            |_| (),
-        )
+    let empty = Store::open(cfg(&dir.path().join("empty"))).unwrap();
+    let none = empty
+        .records_page(None, 10, |_, _| panic!("empty"))
         .unwrap();
-    }
-    s.flush().unwrap();
-    // Pending on top of the disk: deletes, increments of flushed ids, new
-    // ids, an id deleted and created again, an id created and deleted.
-    let mut pending: BTreeSet<Vec<u8>> = BTreeSet::new();
-    for i in (0..3_000u32).step_by(7) {
-        s.delete(&i.to_be_bytes(), Access::MayBlock).unwrap();
-    }
+    assert!(none.pending.is_empty() && none.next.is_none());
+    let s = pending_over_disk(&dir.path().join("db"));
+    // Pending: increments of flushed ids, and the ids created after the
+    // flush (not the deletes).
+    let mut pending: BTreeSet<Vec<u8>> = (3_000..3_500u32)
+        .chain([0])
+        .map(|i| i.to_be_bytes().to_vec())
+        .collect();
     for i in (1..3_000u32).step_by(11).filter(|i| i % 7 != 0) {
         s.update(
             &i.to_be_bytes(),
@@ -290,16 +291,6 @@ fn record_pages_read_each_id_once_from_disk_or_name_it_pending_and_touch_no_tier
         .unwrap();
         pending.insert(i.to_be_bytes().to_vec());
     }
-    for i in 3_000..3_500u32 {
-        s.create(&i.to_be_bytes(), Kind::GCounter, Access::MayBlock)
-            .unwrap();
-        pending.insert(i.to_be_bytes().to_vec());
-    }
-    s.create(&0u32.to_be_bytes(), Kind::GCounter, Access::MayBlock)
-        .unwrap();
-    pending.insert(0u32.to_be_bytes().to_vec());
-    s.create(b"gone", Kind::GCounter, Access::MayBlock).unwrap();
-    s.delete(b"gone", Access::MayBlock).unwrap();
     // `ids_page`, not `ids`, which flushes first.
     let expected: Vec<Vec<u8>> = page_all(&s, 10_000).iter().map(|i| i.to_vec()).collect();
     for limit in [1, 7, 1000, 10_000] {
@@ -311,6 +302,7 @@ fn record_pages_read_each_id_once_from_disk_or_name_it_pending_and_touch_no_tier
                 .records_page(cursor.as_deref(), limit, |id, r| {
                     // What the disk holds is what the store reads.
                     assert_eq!(r.crdt.encode(), state(&s, id).encode());
+                    assert_eq!(r.meta, s.metadata(id, Access::MayBlock).unwrap().0);
                     seen.push(id.to_vec());
                 })
                 .unwrap();
@@ -329,7 +321,7 @@ fn record_pages_read_each_id_once_from_disk_or_name_it_pending_and_touch_no_tier
     }
     // A scan of a reopened store (every id cold) loads nothing into memory.
     s.close(std::time::Duration::from_secs(5)).unwrap();
-    let s = Store::open(cfg(dir.path())).unwrap();
+    let s = Store::open(cfg(&dir.path().join("db"))).unwrap();
     let mut n = 0;
     let page = s.records_page(None, 10_000, |_, _| n += 1).unwrap();
     assert_eq!(

@@ -125,23 +125,14 @@ impl RocksDir {
         limit: usize,
         mut hidden: impl FnMut(&[u8]) -> bool,
     ) -> Result<Vec<Box<[u8]>>> {
-        let (_gate, db) = self.db()?;
-        let mut ro = ReadOptions::default();
-        ro.fill_cache(false);
-        let mut it = db.raw_iterator_cf_opt(self.cf(&db, CF_CRDT)?, ro);
-        match after {
-            Some(k) => it.seek(k),
-            None => it.seek_to_first(),
-        }
         let mut out = Vec::with_capacity(limit.min(4096));
-        while out.len() < limit {
-            let Some(k) = it.key() else { break };
-            if after != Some(k) && !hidden(k) {
+        self.scan(after, None, limit, |k, _| {
+            let shown = !hidden(k);
+            if shown {
                 out.push(k.into());
             }
-            it.next();
-        }
-        it.status().map_err(|e| storage_err(&self.path, e))?;
+            shown
+        })?;
         Ok(out)
     }
 
@@ -158,6 +149,24 @@ impl RocksDir {
         limit: usize,
         mut f: impl FnMut(&[u8], &[u8]),
     ) -> Result<Option<Box<[u8]>>> {
+        self.scan(after, until, limit.max(1), |k, v| {
+            f(k, v);
+            true
+        })
+    }
+
+    /// Visit the records with keys in `(after, until]` in byte order until
+    /// `limit` of them counted (`f` answers whether a record counts);
+    /// returns the key of the record that reached the limit, `None` when
+    /// the range ran out first. Values are borrowed from the iterator, not
+    /// copied; the block cache is not filled.
+    fn scan(
+        &self,
+        after: Option<&[u8]>,
+        until: Option<&[u8]>,
+        limit: usize,
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Option<Box<[u8]>>> {
         let (_gate, db) = self.db()?;
         let mut ro = ReadOptions::default();
         ro.fill_cache(false);
@@ -166,19 +175,18 @@ impl RocksDir {
             Some(k) => it.seek(k),
             None => it.seek_to_first(),
         }
-        let mut seen = 0;
+        let mut counted = 0;
         let mut last = None;
-        while seen < limit.max(1) {
+        while counted < limit {
             let (Some(k), Some(v)) = (it.key(), it.value()) else {
                 break;
             };
             if until.is_some_and(|u| k > u) {
                 break;
             }
-            if after != Some(k) {
-                f(k, v);
-                seen += 1;
-                if seen == limit.max(1) {
+            if after != Some(k) && f(k, v) {
+                counted += 1;
+                if counted == limit {
                     last = Some(Box::from(k));
                 }
             }
