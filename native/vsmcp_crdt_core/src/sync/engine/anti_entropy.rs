@@ -172,7 +172,7 @@ impl Engine {
             return None;
         }
         p.exchange.root_mismatches = 0;
-        self.digest_or_defer(store, from, ctx.clock, now_ms)
+        self.digest_to(store, from, ctx.clock, now_ms)
     }
 
     /// A peer's digest: queue our states of the buckets that differ, ask
@@ -188,8 +188,7 @@ impl Engine {
         let from = &ctx.from;
         // One transfer per peer at a time: a request is answered
         // with work bounded by what we hold, once.
-        if self.transfers.get(from).is_some_and(|q| !q.is_empty()) {
-            self.reject(events, Some(from), Reject::Busy, "transfer under way");
+        if self.refused_busy(from, events) {
             return Vec::new();
         }
         self.refresh_digest(store);
@@ -205,6 +204,16 @@ impl Engine {
         let flushed = self.take_for_answer(store, events);
         self.queue_answer(from, buckets, flushed, snap);
         self.drain_transfer(store, from, ctx.clock)
+    }
+
+    /// One transfer per peer at a time: while our states still go to
+    /// `from`, its digest is refused (counted `busy`).
+    fn refused_busy(&mut self, from: &ReplicaId, events: &mut Vec<Event>) -> bool {
+        let busy = self.transfers.get(from).is_some_and(|q| !q.is_empty());
+        if busy {
+            self.reject(events, Some(from), Reject::Busy, "transfer under way");
+        }
+        busy
     }
 
     /// Before answering digests (our state is taken at a clock read just
@@ -260,24 +269,6 @@ impl Engine {
         self.primed() || self.prime_failures >= PRIME_FAILURES
     }
 
-    /// Our digest to `to`, or, while it is first built, a note to send it
-    /// once it holds every id (see [`Deferred`]).
-    pub(super) fn digest_or_defer(
-        &mut self,
-        store: &Store,
-        to: &ReplicaId,
-        clock: Timestamp,
-        now_ms: u64,
-    ) -> Option<Outbound> {
-        self.refresh_digest(store);
-        if self.exchanges_ready() {
-            self.deferred.digests.remove(to);
-            return Some(self.digest_to(store, to, clock, now_ms));
-        }
-        self.deferred.digests.insert(to.clone());
-        None
-    }
-
     /// Once digests are exchanged again: the digests put off and the
     /// answers to the peers' digests put off, to the sessions still up.
     /// Answers are only queued here: the transfer drains send them within
@@ -298,7 +289,7 @@ impl Engine {
         let mut out = Vec::new();
         for to in digests {
             if up(self, &to) {
-                out.push(self.digest_to(store, &to, clock, now_ms));
+                out.extend(self.digest_to(store, &to, clock, now_ms));
             }
         }
         let answers: Vec<(ReplicaId, Vec<u64>)> =
@@ -309,11 +300,9 @@ impl Engine {
         let snap = store.tick_clock();
         let flushed = self.take_for_answer(store, events);
         for (from, buckets) in answers {
-            if self.transfers.get(&from).is_some_and(|q| !q.is_empty()) {
-                self.reject(events, Some(&from), Reject::Busy, "transfer under way");
-                continue;
+            if !self.refused_busy(&from, events) {
+                self.queue_answer(&from, &buckets, flushed, snap);
             }
-            self.queue_answer(&from, &buckets, flushed, snap);
         }
         out
     }
@@ -384,20 +373,27 @@ impl Engine {
             // was built after the tick took our changes, so it serves.
             let sent_by_tick = put_off.contains(r) && !self.deferred.digests.contains(r);
             if !sent_by_tick {
-                out.extend(self.digest_or_defer(store, r, clock, now_ms));
+                out.extend(self.digest_to(store, r, clock, now_ms));
             }
         }
         (peers, out)
     }
 
+    /// Our digest to `to`, or, while it is first built, a note to send it
+    /// once it holds every id (see [`Deferred`]).
     pub(super) fn digest_to(
         &mut self,
         store: &Store,
         to: &ReplicaId,
         clock: Timestamp,
         now_ms: u64,
-    ) -> Outbound {
+    ) -> Option<Outbound> {
         self.refresh_digest(store);
+        if !self.exchanges_ready() {
+            self.deferred.digests.insert(to.clone());
+            return None;
+        }
+        self.deferred.digests.remove(to);
         self.counters.digests_sent += 1;
         if let Some(p) = self.peers.get_mut(to) {
             p.exchange.digest_sent_ms = Some(now_ms);
@@ -407,7 +403,7 @@ impl Engine {
             from: self.me.clone(),
             buckets: self.digest.buckets().to_vec(),
         };
-        self.out(Some(to), &msg, clock)
+        Some(self.out(Some(to), &msg, clock))
     }
 
     /// Something `from` sent failed to merge or was dropped: its answer to
@@ -647,7 +643,8 @@ fn hashed(id: &[u8], meta: &Meta, crdt: &Crdt) -> Option<Hashed> {
 }
 
 /// Digest exchanges put off while our digest is first built after a start
-/// ("Deferred while priming"). A digest still missing ids differs from a
+/// (every digest we send goes through [`Engine::digest_to`], every one we
+/// answer through `on_digest_request`). A digest still missing ids differs from a
 /// peer's in every bucket: sent, it would pull the peer's whole store;
 /// answered, it would ask for all of it and push only the part listed so
 /// far (and end no round of the peer's `sync` with a proof). Neither is
@@ -707,15 +704,15 @@ mod tests {
         let (_dir, s, mut e) = reopened();
         let peer = ReplicaId::from("p");
         let clock = s.tick_clock();
-        assert_eq!(e.digest_or_defer(&s, &peer, clock, 1), None);
+        assert_eq!(e.digest_to(&s, &peer, clock, 1), None);
         assert!(!e.primed() && e.deferred.digests.contains(&peer));
         // Its pages can no longer be read (closed): after PRIME_FAILURES
         // failed reads in a row, digests go out with what the digest holds.
         s.close(std::time::Duration::from_secs(5)).unwrap();
         for _ in 1..PRIME_FAILURES {
-            assert_eq!(e.digest_or_defer(&s, &peer, clock, 1), None);
+            assert_eq!(e.digest_to(&s, &peer, clock, 1), None);
         }
-        assert!(e.digest_or_defer(&s, &peer, clock, 1).is_some());
+        assert!(e.digest_to(&s, &peer, clock, 1).is_some());
         assert!(e.exchanges_ready() && !e.primed());
         assert!(e.deferred.is_empty(), "sent, so no longer put off");
     }

@@ -106,7 +106,7 @@ impl Engine {
                         p.link.sent_upto = sent_upto;
                         p.link.inflight_since = None;
                     }
-                    out.push(self.digest_to(store, r, clock, now_ms));
+                    out.extend(self.digest_to(store, r, clock, now_ms));
                     break;
                 }
                 NextBatch::Batch(b) => {

@@ -288,7 +288,7 @@ impl Engine {
                 to: Some(from.clone()),
                 ..hello
             }];
-            out.extend(self.digest_or_defer(store, from, ctx.clock, now_ms));
+            out.extend(self.digest_to(store, from, ctx.clock, now_ms));
             return out;
         }
         self.digest_after_hello(store, ctx, hello.root)
