@@ -765,6 +765,28 @@ fn a_digest_request_during_a_transfer_to_the_same_peer_is_refused_and_counted() 
     assert_eq!(net.value(1, b"r59"), net.value(0, b"r59"));
 }
 
+/// G-Counters `0..n` (big-endian ids) on `s`.
+fn create_counters(s: &Store, n: u32) {
+    for k in 0..n {
+        s.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
+            .unwrap();
+    }
+}
+
+/// Reopen `node`'s store (every record on disk, nothing in memory, so its
+/// digest is built by reading the records there) under an engine that
+/// takes one page of it per call (no time budget).
+fn restart_building_a_page_per_call(net: &mut Net, node: usize) {
+    net.reopen_store(node, |_| {});
+    net.restart_engine(
+        node,
+        EngineConfig {
+            prime_budget_ms: 0,
+            ..fast_cfg(30)
+        },
+    );
+}
+
 /// A large store's digest is built page by page (each engine call
 /// bounded), not in one call: right after the engine starts it is partial
 /// and answers prove nothing; a few ticks later it is complete, and a new
@@ -772,24 +794,10 @@ fn a_digest_request_during_a_transfer_to_the_same_peer_is_refused_and_counted() 
 #[test]
 fn a_large_stores_digest_is_built_over_several_calls() {
     let mut net = Net::new(2, 0, 1408);
+    // 4.5 pages (`PRIME_PAGE` is 1,000): primed by the fifth tick.
+    create_counters(&net.nodes[0].store, 4_500);
+    restart_building_a_page_per_call(&mut net, 0);
     let s0 = net.nodes[0].store.clone();
-    // 4.5 pages (`PRIME_PAGE` is 1,000); with no time budget each call
-    // takes one page: primed by the fifth tick.
-    for k in 0..4_500u32 {
-        s0.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
-            .unwrap();
-    }
-    // Reopened: every record is on disk and nothing is in memory, so the
-    // digest is built by reading the records there.
-    net.reopen_store(0, |_| {});
-    let s0 = net.nodes[0].store.clone();
-    net.restart_engine(
-        0,
-        EngineConfig {
-            prime_budget_ms: 0,
-            ..fast_cfg(30)
-        },
-    );
     let mut ev = Vec::new();
     for tick in 0..4u32 {
         let _ = net.nodes[0].engine.tick(&s0, net.now, &mut ev);
@@ -837,11 +845,7 @@ fn a_large_stores_digest_is_built_over_several_calls() {
 #[test]
 fn digests_wait_until_a_restarted_stores_digest_is_built_then_are_answered() {
     let mut net = Net::new(2, 0, 1409);
-    let s0 = net.nodes[0].store.clone();
-    for k in 0..20_000u32 {
-        s0.create(&k.to_be_bytes(), Kind::GCounter, Access::MayBlock)
-            .unwrap();
-    }
+    create_counters(&net.nodes[0].store, 20_000);
     for _ in 0..3 {
         net.settle();
     }
@@ -849,14 +853,7 @@ fn digests_wait_until_a_restarted_stores_digest_is_built_then_are_answered() {
     assert_eq!(s1.ids().unwrap().len(), 20_000);
     let pushed_before = net.nodes[1].engine.counters().states_sent;
     // n0 restarts: its digest is built one page per call (20 pages).
-    net.reopen_store(0, |_| {});
-    net.restart_engine(
-        0,
-        EngineConfig {
-            prime_budget_ms: 0,
-            ..fast_cfg(30)
-        },
-    );
+    restart_building_a_page_per_call(&mut net, 0);
     net.recorded = Some(Vec::new());
     net.events.clear();
     // Hellos: each side comes up at the other's (n0 puts its digest off).
